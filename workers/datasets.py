@@ -1,0 +1,227 @@
+"""Data sets as uint8 arrays (N, H, W, C) + int64 labels + class names.
+
+Everything the engine trains or scores on goes through ``Dataset`` so the loop, the jobs and
+the benches share one shape convention (see docs/architecture.md). Nothing here downloads:
+Fashion-MNIST comes from the Debian package's IDX files, digits from scikit-learn's bundled
+copy, user data from a folder on disk.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workers.imageio import DEFAULT_MAX_PIXELS, BadImage, decode_image
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+# "T-shirt/top" officially; the slash is replaced because class names appear in REST paths
+# (/classes/{name}/exclude) and folder names, where a slash cannot be.
+FASHION_MNIST_CLASSES = [
+    "T-shirt-top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+UNLABELED = -1  # label of images from the flat unlabeled folder
+
+# Class names become Label Studio choices, JSON keys and folder names: keep them printable,
+# short and free of path separators.
+_CLASS_NAME_RE = re.compile(r"^[^\x00-\x1f/\\]{1,100}$")
+
+
+@dataclass
+class Dataset:
+    """images uint8 (N, H, W, C), labels int64 (N,) (−1 = unlabeled), class_names list[str].
+
+    ``paths`` (optional) holds the source file of each image for folder data sets.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    paths: list[str] | None = field(default=None)
+
+    def __post_init__(self):
+        self.images = np.asarray(self.images)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
+            raise ValueError(f"images must be uint8 (N,H,W,C) with C in (1,3), got {self.images.dtype} {self.images.shape}")
+        if len(self.labels) != len(self.images):
+            raise ValueError("images and labels differ in length")
+        validate_class_names(self.class_names)
+        if len(self.labels) and self.labels.max(initial=-1) >= len(self.class_names):
+            raise ValueError("label outside class_names")
+        if self.paths is not None and len(self.paths) != len(self.images):
+            raise ValueError("paths and images differ in length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, idx) -> "Dataset":
+        idx = np.asarray(idx)
+        paths = None if self.paths is None else [self.paths[i] for i in np.arange(len(self))[idx]]
+        return Dataset(self.images[idx], self.labels[idx], list(self.class_names), paths)
+
+
+def validate_class_names(names) -> list[str]:
+    """Raise ValueError unless names are unique, non-empty, printable strings without slashes."""
+    names = list(names)
+    if not names:
+        raise ValueError("at least one class is required")
+    for n in names:
+        if not isinstance(n, str) or not _CLASS_NAME_RE.match(n) or n.strip() != n or n in (".", ".."):
+            raise ValueError(f"invalid class name {n!r}: 1–100 printable characters, no slashes, no edge spaces")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate class names: {dup}")
+    return names
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX)
+
+def _read_idx(path) -> np.ndarray:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:  # 0x08 = unsigned byte, the only type MNIST-likes use
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: truncated IDX file")
+    return arr.reshape(dims)
+
+
+def load_fashion_mnist(root=FASHION_MNIST_ROOT) -> tuple[Dataset, Dataset]:
+    """The official split: (train 60 000, test 10 000), images (N, 28, 28, 1)."""
+    root = Path(root)
+
+    def part(prefix):
+        x = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+        y = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+        return Dataset(x[..., None].copy(), y.astype(np.int64), list(FASHION_MNIST_CLASSES))
+
+    return part("train"), part("t10k")
+
+
+# ---------------------------------------------------------------- scikit-learn digits
+
+def load_digits(size: int = 28) -> Dataset:
+    """sklearn's 1 797 8×8 digits, 0..16 scaled to 0..255 and upsampled to size×size.
+
+    Upsampled so the same small CNN (built for 28×28) serves both data sets; bilinear so the
+    strokes stay smooth rather than blocky.
+    """
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits as _sk_digits
+
+    d = _sk_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) * (255.0 / 16.0))[:, None]
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    imgs = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()
+    return Dataset(imgs, d.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+# ---------------------------------------------------------------- splits
+
+def split_indices(n: int, ratios=(0.7, 0.2, 0.1), seed: int = 0, stratify=None):
+    """Shuffle 0..n−1 into (pool, val, test) by ``ratios``; per class when ``stratify`` is given.
+
+    Stratified so small classes appear in every part (the research's 7:2:1 split per class).
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
+        raise ValueError("ratios must be three non-negative numbers")
+    r = r / r.sum()
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if stratify is None else [np.flatnonzero(np.asarray(stratify) == c) for c in np.unique(stratify)]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for g in groups:
+        g = rng.permutation(g)
+        n_val = int(round(len(g) * r[1]))
+        n_test = int(round(len(g) * r[2]))
+        n_pool = len(g) - n_val - n_test
+        parts[0].append(g[:n_pool])
+        parts[1].append(g[n_pool:n_pool + n_val])
+        parts[2].append(g[n_pool + n_val:])
+    return tuple(np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts)
+
+
+# ---------------------------------------------------------------- image folders
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def load_image_folder(root, size: int = 28, channels: int = 1, *, class_names=None,
+                      unlabeled_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Load ``root/<class>/*.{png,jpg,...}`` into a Dataset, quarantining unreadable images.
+
+    Returns (Dataset, quarantined) where quarantined is a list of (path, reason). A root that
+    holds images directly (no class subfolders), or ``unlabeled_dir`` (a subfolder name), is
+    read as unlabeled pool images (label −1); ``class_names`` then names the classes (and may
+    also restrict/order the class folders). Folders whose name is not a valid class name are
+    refused, not silently skipped, since a typo would otherwise drop a class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != unlabeled_dir)
+    if class_names is None:
+        class_names = [p.name for p in subdirs]
+    class_names = validate_class_names(class_names) if class_names else []
+    index = {n: i for i, n in enumerate(class_names)}
+
+    sources: list[tuple[Path, int]] = []
+    for d in subdirs:
+        if d.name not in index:
+            raise ValueError(f"folder {d.name!r} is not one of the classes {class_names}")
+        sources += [(p, index[d.name]) for p in _image_files(d)]
+    flat = [root] + ([root / unlabeled_dir] if unlabeled_dir and (root / unlabeled_dir).is_dir() else [])
+    for d in flat:
+        sources += [(p, UNLABELED) for p in _image_files(d)]
+    if not class_names:
+        raise ValueError("no classes: give class_names for a flat unlabeled folder")
+
+    images, labels, paths, quarantined = [], [], [], []
+    for p, y in sources:
+        try:
+            images.append(decode_image(p, size, channels, max_pixels=max_pixels))
+        except BadImage as e:
+            quarantined.append((str(p), e.reason))
+            continue
+        labels.append(y)
+        paths.append(str(p))
+    arr = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    return Dataset(arr, np.asarray(labels, np.int64), class_names, paths), quarantined
+
+
+# ---------------------------------------------------------------- named data sets
+
+def load_named(name: str, seed: int = 0, *, val_fraction: float = 1 / 6,
+               fashion_root=None) -> tuple[Dataset, Dataset, Dataset]:
+    """(pool, val, test) for ``fashion-mnist`` or ``digits``.
+
+    fashion-mnist keeps the official 10k test set and splits the 60k train set into pool and a
+    stratified validation part (10k by default); digits is split 7:2:1 stratified.
+    """
+    if name == "fashion-mnist":
+        train, test = load_fashion_mnist(fashion_root or os.environ.get("CAMLOOP_FASHION_MNIST", FASHION_MNIST_ROOT))
+        pool_i, val_i, _ = split_indices(len(train), (1 - val_fraction, val_fraction, 0.0), seed, stratify=train.labels)
+        return train.subset(pool_i), train.subset(val_i), test
+    if name == "digits":
+        d = load_digits()
+        pool_i, val_i, test_i = split_indices(len(d), (0.7, 0.2, 0.1), seed, stratify=d.labels)
+        return d.subset(pool_i), d.subset(val_i), d.subset(test_i)
+    raise ValueError(f"unknown data set {name!r}; known: fashion-mnist, digits")
