@@ -1,0 +1,61 @@
+"""Strategies by name (the timm idea: a config string picks the behaviour). Pure data, no torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+CAM_KEYS = ("cam_mask_mean", "cam_mask_area", "cam_entropy", "cam_top2_overlap", "cam_disagreement", "cam_score")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    weights: dict[str, float] = field(default_factory=dict)  # empty = random order
+    diversity: bool = False
+    class_budget: bool = False
+    needs_committee: bool = False
+    needs_cam: bool = False
+
+    @property
+    def is_random(self) -> bool:
+        return not self.weights
+
+    def without_cam(self) -> "StrategySpec":
+        """The same strategy with the Grad-CAM term removed (the `--no-cam` ablation); the class
+        budget then runs on validation accuracy alone."""
+        weights = {k: w for k, w in self.weights.items() if k not in CAM_KEYS}
+        if self.weights and not weights:
+            raise ValueError(f"strategy {self.name!r} is only the Grad-CAM term; nothing left without it")
+        return replace(self, name=f"{self.name}-no-cam", weights=weights, needs_cam=False)
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    s.name: s
+    for s in (
+        StrategySpec("random"),
+        StrategySpec("least-confidence", {"least_confidence": 1.0}),
+        StrategySpec("margin", {"margin": 1.0}),
+        StrategySpec("entropy", {"entropy": 1.0}),
+        StrategySpec("bald", {"bald": 1.0}, needs_committee=True),
+        StrategySpec("vote-entropy", {"vote_entropy": 1.0}, needs_committee=True),
+        StrategySpec("gradcam", {"cam_score": 1.0}, needs_cam=True),
+        # The default: uncertainty + committee + Grad-CAM, fused by rank, spread by k-center greedy,
+        # the budget shared between classes by their need.
+        StrategySpec(
+            "hybrid",
+            {"margin": 1.0, "entropy": 1.0, "bald": 1.0, "cam_score": 1.0},
+            diversity=True,
+            class_budget=True,
+            needs_committee=True,
+            needs_cam=True,
+        ),
+    )
+}
+
+DEFAULT_STRATEGY = "hybrid"
+
+
+def get_strategy(name: str) -> StrategySpec:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
