@@ -37,6 +37,8 @@ def _open(path_or_bytes) -> Image.Image:
     path = Path(path_or_bytes)
     try:
         size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
     except OSError as e:
         raise BadImage(f"unreadable: {e.strerror or e}") from None
     if size == 0:
@@ -130,7 +132,7 @@ def decode_image(path_or_bytes, size: int | None = None, channels: int = 3, *,
     except Image.DecompressionBombError as e:
         raise BadImage(f"decompression bomb guard: {e}") from None
     except UnidentifiedImageError:
-        raise BadImage("not an image (unidentified format)") from None
+        raise BadImage("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e)
         if "truncated" in msg.lower() or isinstance(e, EOFError):
@@ -168,5 +170,5 @@ def safe_path(root, rel) -> Path:
     # resolve() follows symlinks, so a link inside the root pointing outside is caught here.
     full = (root_p / rel_p).resolve(strict=False)
     if full != root_p and root_p not in full.parents:
-        raise ValueError(f"refused path {rel_s!r}: leaves the root (symlink)")
+        raise ValueError(f"refused path {rel_s!r}: resolves outside the root (symlink)")
     return full
