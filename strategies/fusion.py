@@ -20,7 +20,8 @@ def rank_normalise(x) -> np.ndarray:
         return np.zeros(0)
     if n == 1:
         return np.ones(1)
-    order = np.argsort(a, kind="stable")
+    # Any sort will do (ties get their mean rank whatever their order); introsort is ~4x timsort here.
+    order = np.argsort(a)
     s = a[order]
     # Tie groups in the sorted values: start index of each run of equal values.
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])

@@ -53,7 +53,10 @@ def select(
     def pick(idx: np.ndarray, k: int) -> np.ndarray:
         if emb is None:
             return idx[top_k(fused[idx], k)]
-        return idx[diverse_top(fused[idx], emb[idx], k, candidates_factor)]
+        # Narrow to the candidates before touching embeddings: copying a whole class's rows
+        # (100k x 64 on a 1M pool) would cost more than the k-center step itself.
+        cand = idx[top_k(fused[idx], k * candidates_factor)]
+        return cand[diverse_top(fused[cand], emb[cand], k, candidates_factor)]
 
     if class_quota is None:
         chosen = pick(np.flatnonzero(eligible), budget)
