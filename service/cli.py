@@ -9,3 +9,6 @@ app = typer.Typer(help="camloop: human-in-the-loop active learning for images", 
 @app.callback()
 def main() -> None:
     """camloop: human-in-the-loop active learning for images."""
+
+from service.simulate_cmd import simulate as _simulate  # noqa: E402  (registered here, lives in its own module)
+app.command("simulate")(_simulate)
