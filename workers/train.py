@@ -1,0 +1,302 @@
+"""One round of retraining: augmented duplication, class balancing, class exclusion, early
+stopping, per-epoch atomic checkpoints that a re-run resumes from.
+
+The training set of a round is built as index lists into the labeled images (no copies of
+pixels): every labeled image of an active class once, every *newly* labeled image
+``duplicate_new`` times in total (research 003's "+n×2"), then classes duplicated up toward the
+largest one. Augmentation is random per draw, so each copy of a new image is a different
+random augmentation every epoch. Excluded classes are dropped from the set and masked out of
+the head's logits (−inf), so the remaining classes do not spend capacity on them.
+
+Determinism and resume: the order and augmentations of epoch e come from generators seeded by
+(seed, e), and the global torch seed is reset from (seed, e) at each epoch start (dropout). A
+run interrupted after epoch k and resumed from ``checkpoint_dir/last.pt`` therefore computes the
+same epochs k+1.. as an uninterrupted run, and ends with the same total epoch count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workers.evaluate import active_logit_mask, default_device, predict_probs
+from workers.preprocess import to_model_input
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    duplicate_new: int = 2          # each newly labeled image enters training this many times
+    balance: bool = True            # duplicate small classes toward the largest
+    balance_max_factor: float | None = None  # cap on how many times a class may be repeated
+    patience: int = 5               # epochs without val-accuracy gain before stopping
+    augment: bool = True
+    hflip: bool = True              # off for data where left/right matters (digits, text)
+    max_rotate: float = 10.0        # degrees
+    max_translate: float = 0.1      # fraction of the side (the "random crop")
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int                 # 1-based epoch whose weights the model now holds (0: none)
+    history: list[dict] = field(default_factory=list)  # one dict per epoch run
+    val_accuracy: float = float("nan")  # best validation accuracy (on active classes)
+    epochs_run: int = 0
+    stopped_early: bool = False
+    resumed_from: int = 0           # epochs already done in the checkpoint this run resumed
+
+
+# ----------------------------------------------------------------------- training set
+
+def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.ndarray,
+                           duplicate_new: int = 2, balance: bool = True,
+                           balance_max_factor: float | None = None, rng=None) -> np.ndarray:
+    """Indices into the labeled images forming one epoch's multiset (before shuffling).
+
+    * images of excluded classes (``active[label]`` False) and unlabeled ones (−1) are dropped;
+    * a newly labeled image appears ``duplicate_new`` times (≥ 1), an older one once;
+    * with ``balance``, each class is then repeated (whole copies first, then a random subset
+      without replacement) up to the largest class's count, at most ``balance_max_factor`` ×
+      its own count when that cap is set.
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    labels = np.asarray(labels, np.int64)
+    is_new = np.asarray(is_new, bool)
+    active = np.asarray(active, bool)
+    keep = (labels >= 0) & active[np.clip(labels, 0, None)]
+    base = np.flatnonzero(keep)
+    reps = np.where(is_new[base], max(1, int(duplicate_new)), 1)
+    idx = np.repeat(base, reps)
+    if not balance or idx.size == 0:
+        return idx
+    counts = np.bincount(labels[idx], minlength=len(active))
+    target = counts.max()
+    parts = [idx]
+    for c in np.flatnonzero(counts > 0):
+        have = counts[c]
+        want = target if balance_max_factor is None else min(target, int(math.floor(have * balance_max_factor)))
+        extra = want - have
+        if extra <= 0:
+            continue
+        members = idx[labels[idx] == c]
+        whole, rest = divmod(extra, have)
+        parts.append(np.tile(members, whole))
+        if rest:
+            parts.append(rng.choice(members, size=rest, replace=False))
+    return np.concatenate(parts)
+
+
+# ----------------------------------------------------------------------- augmentation
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True, max_rotate: float = 10.0,
+                  max_translate: float = 0.1, scale_range=(0.9, 1.1)) -> torch.Tensor:
+    """Random flip / rotation / scale / translation (a random crop) per image, one batched
+    ``grid_sample`` on the device. ``generator`` is a CPU generator (the parameters are tiny;
+    drawing them on the CPU keeps the run reproducible across devices)."""
+    n = x.shape[0]
+    if n == 0:
+        return x
+    u = torch.rand(n, 5, generator=generator)
+    angle = (u[:, 0] * 2 - 1) * math.radians(max_rotate)
+    lo, hi = scale_range
+    scale = lo + u[:, 1] * (hi - lo)
+    tx = (u[:, 2] * 2 - 1) * max_translate * 2  # grid coordinates span 2 per side
+    ty = (u[:, 3] * 2 - 1) * max_translate * 2
+    flip = torch.where((u[:, 4] < 0.5) & torch.tensor(hflip), -1.0, 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, tx], dim=1),
+        torch.stack([sin * flip, cos, ty], dim=1),
+    ], dim=1).to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # 'border' repeats the edge pixels (usually background) instead of inventing a black frame.
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # readers see the old or the new file, never half of one
+
+
+def _fingerprint(model, train, is_new, val, active, config: TrainConfig) -> str:
+    """Identifies a training run, so a checkpoint of a different run is never resumed."""
+    h = hashlib.sha256()
+    cfg = asdict(config)
+    cfg.pop("device", None)  # the same run may resume on another device
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h.update(json.dumps([model.name if hasattr(model, "name") else type(model).__name__,
+                         model.num_classes, len(train), len(val)]).encode())
+    for arr in (train.labels, np.asarray(is_new, bool), np.asarray(active, bool), val.labels):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(hashlib.sha256(np.ascontiguousarray(train.images).tobytes()).digest())
+    return h.hexdigest()
+
+
+def _state_cpu(model) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------- the loop
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def _val_accuracy(model, val, active, device, batch_size) -> float:
+    if val is None or len(val) == 0:
+        return float("nan")
+    keep = (val.labels >= 0) & np.asarray(active, bool)[np.clip(val.labels, 0, None)]
+    if not keep.any():
+        return float("nan")
+    probs = predict_probs(model, val.images[keep], active=active, device=device, batch_size=max(256, batch_size))
+    return float((probs.argmax(1) == val.labels[keep]).mean())
+
+
+def train_model(model, train, is_new, val, active, config: TrainConfig | None = None,
+                checkpoint_dir=None, progress: bool | Callable[[dict], None] = False) -> TrainResult:
+    """Train ``model`` in place on ``train`` (a Dataset of labeled images); see the module doc.
+
+    ``is_new`` (bool per train image) marks this round's new labels; ``active`` (bool per class)
+    the classes still trained. ``progress``: True logs a line per epoch; a callable receives a
+    dict per epoch (epoch, epochs, train_loss, train_accuracy, val_accuracy, seconds). On
+    return the model holds the weights of the best validation epoch (the last epoch when there
+    is no validation set).
+    """
+    config = config or TrainConfig()
+    dev = default_device(config.device)
+    C = model.num_classes
+    active = np.ones(C, bool) if active is None else np.asarray(active, bool)
+    is_new = np.zeros(len(train), bool) if is_new is None else np.asarray(is_new, bool)
+    if is_new.shape != (len(train),):
+        raise ValueError("is_new must have one entry per training image")
+    model.to(dev)
+    mask = active_logit_mask(active, C, dev)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    ckpt_path = None
+    start_epoch, history = 0, []
+    best_acc, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    stopped_early = False
+    fp = _fingerprint(model, train, is_new, val, active, config)
+    if checkpoint_dir is not None:
+        ckpt_dir = Path(checkpoint_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = ckpt_dir / CHECKPOINT_NAME
+        if ckpt_path.is_file():
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if ck.get("fingerprint") == fp:
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                start_epoch, history = ck["epoch"], ck["history"]
+                best_acc, best_epoch, best_state = ck["best_acc"], ck["best_epoch"], ck["best_state"]
+                bad_epochs, stopped_early = ck["bad_epochs"], ck["finished"] and ck["stopped_early"]
+                if ck["finished"]:
+                    # Idempotent re-run (an RQ retry after the job already finished): no training.
+                    if best_state is not None:
+                        model.load_state_dict(best_state)
+                    return TrainResult(best_epoch, history, best_acc if best_acc >= 0 else float("nan"),
+                                       len(history), stopped_early, start_epoch)
+                log.info("resuming training from %s after epoch %d", ckpt_path, start_epoch)
+            else:
+                log.warning("checkpoint %s belongs to another run; starting afresh", ckpt_path)
+    resumed_from = start_epoch
+
+    images = torch.from_numpy(np.ascontiguousarray(train.images))
+    if dev.type == "cuda":
+        images = images.pin_memory()  # async host→device copies of each batch
+    labels = torch.from_numpy(np.asarray(train.labels, np.int64))
+    bs = max(1, int(config.batch_size))
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        if stopped_early:
+            break
+        t0 = time.perf_counter()
+        seed = _epoch_seed(config.seed, epoch)
+        torch.manual_seed(seed)  # dropout masks of this epoch
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(seed)
+        idx = build_training_indices(train.labels, is_new, active, config.duplicate_new, config.balance,
+                                     config.balance_max_factor, rng)
+        idx = idx[rng.permutation(idx.size)]
+        # BatchNorm cannot train on a batch of one: fold a lone last image into the batch before.
+        starts = list(range(0, idx.size, bs))
+        if len(starts) > 1 and idx.size - starts[-1] == 1:
+            starts.pop()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for j, s in enumerate(starts):
+            e = starts[j + 1] if j + 1 < len(starts) else idx.size
+            bi = torch.from_numpy(idx[s:e])
+            x = to_model_input(images[bi], model, device=dev)
+            y = labels[bi].to(dev, non_blocking=True)
+            if config.augment:
+                x = augment_batch(x, gen, hflip=config.hflip, max_rotate=config.max_rotate,
+                                  max_translate=config.max_translate, scale_range=config.scale_range)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                logits = model(x)
+            logits = logits.float()
+            if mask is not None:
+                logits = logits + mask  # excluded classes: −inf logit, zero probability, no gradient
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(bi)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(bi)
+
+        val_acc = _val_accuracy(model, val, active, dev, bs)
+        rec = {"epoch": epoch, "epochs": config.epochs,
+               "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "val_accuracy": val_acc, "train_images": int(seen),
+               "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        # No validation set: every epoch counts as the best so far (the model ends on its last).
+        score = val_acc if not math.isnan(val_acc) else float(epoch)
+        if score > best_acc:
+            best_acc, best_epoch, best_state, bad_epochs = score, epoch, _state_cpu(model), 0
+        else:
+            bad_epochs += 1
+        stopped_early = bad_epochs >= config.patience and epoch < config.epochs
+        finished = stopped_early or epoch == config.epochs
+        if ckpt_path is not None:
+            _atomic_save({"fingerprint": fp, "epoch": epoch, "history": history, "model": _state_cpu(model),
+                          "optimizer": opt.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
+                          "best_state": best_state, "bad_epochs": bad_epochs, "finished": finished,
+                          "stopped_early": stopped_early}, ckpt_path)
+        if callable(progress):
+            progress(dict(rec))
+        elif progress:
+            log.info("epoch %d/%d loss %.4f train acc %.3f val acc %.3f (%.1fs)", epoch, config.epochs,
+                     rec["train_loss"], rec["train_accuracy"], val_acc, rec["seconds"])
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    has_val = val is not None and len(val) > 0
+    return TrainResult(best_epoch, history, best_acc if has_val and best_acc >= 0 else float("nan"),
+                       len(history), stopped_early, resumed_from)
