@@ -1,0 +1,146 @@
+"""The durable state: SQLAlchemy 2 models. Schema changes go through service/migrations.
+
+Every process (API, reconciler, CLI) reads the truth from here; Redis only carries work.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+ROUND_STATES = ("created", "training", "scoring", "selecting", "labeling", "closed", "failed")
+ACTIVE_ROUND_STATES = ("created", "training", "scoring", "selecting")
+ITEM_SPLITS = ("pool", "val", "test")
+ITEM_STATUSES = ("unlabeled", "queued", "labeled", "quarantined")
+JOB_STATES = ("queued", "started", "finished", "failed")
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    class_names: Mapped[list] = mapped_column(JSON)  # order = the model head's order
+    # model, image_size, channels, strategy, budget, duplicate_new, epochs, exclusion{...},
+    # ls_project_id, auto_next_round, mc_samples, seed
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    classes: Mapped[list["ProjectClass"]] = relationship(back_populates="project", order_by="ProjectClass.index")
+
+
+class ProjectClass(Base):
+    __tablename__ = "classes"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | excluded
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    changed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)  # 'rule' or a key name
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reincluded_round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    project: Mapped[Project] = relationship(back_populates="classes")
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256"),
+        Index("ix_items_project_split_status", "project_id", "split", "status"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    uri: Mapped[str] = mapped_column(Text)  # relative to the data root
+    sha256: Mapped[str] = mapped_column(String(64))
+    split: Mapped[str] = mapped_column(String(8), default="pool")
+    status: Mapped[str] = mapped_column(String(16), default="unlabeled")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why quarantined
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)  # current label (name)
+    cache_shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cache_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Label(Base):
+    """Every label ever given, append-only. The item's current label is Item.label; counts use
+    items, so a relabel never counts twice. (source, external_id) makes delivery idempotent."""
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("project_id", "source", "external_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    class_name: Mapped[str] = mapped_column(String(200))
+    who: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16))  # api | label-studio | registration
+    external_id: Mapped[str] = mapped_column(String(200))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("project_id", "number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="created")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # bumped by retry → new job ids
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("rq_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), nullable=True, index=True)
+    rq_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # ingest | train | score
+    shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    manifest_path: Mapped[str] = mapped_column(Text)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class QueueEntry(Base):
+    __tablename__ = "queue_entries"
+    __table_args__ = (UniqueConstraint("round_id", "item_id"), Index("ix_queue_round_rank", "round_id", "rank"))
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)
+    pred: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    scores: Mapped[dict] = mapped_column(JSON, default=dict)
