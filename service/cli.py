@@ -12,3 +12,12 @@ def main() -> None:
 
 from service.simulate_cmd import simulate as _simulate  # noqa: E402  (registered here, lives in its own module)
 app.command("simulate")(_simulate)
+
+# Server, worker and REST clients: each in its own module, registered here (service/cli_server.py,
+# service/cli_client.py), so this file stays a list of registrations.
+from service import cli_client as _client, cli_server as _server  # noqa: E402
+app.command("serve")(_server.serve)
+app.command("worker")(_server.worker)
+app.command("status")(_client.status)
+app.add_typer(_client.project_app, name="project")
+app.add_typer(_client.round_app, name="round")

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     url_signing_key: SecretStr = Field(default=SecretStr(""), description="HMAC key for signed image URLs; generated per data dir when empty")
     signed_url_ttl_s: int = 3600
     public_base_url: str = "http://127.0.0.1:8000"
+    # For the thin REST clients (`camloop project|round|status`), not the server.
+    api_url: str | None = Field(default=None, description="server the CLI clients call; default public_base_url")
+    api_key: SecretStr | None = Field(default=None, description="bearer key the CLI clients send")
 
     label_studio_url: str | None = None
     label_studio_token: SecretStr | None = None

