@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     label_studio_url: str | None = None
     label_studio_token: SecretStr | None = None
     label_studio_webhook_secret: SecretStr = SecretStr("")
+    label_studio_webhook_url: str | None = Field(default=None, description="where Label Studio posts webhooks; default <public_base_url>/api/v1/webhooks/label-studio")
+    label_studio_maximum_annotations: int = Field(default=1, ge=1, description="annotators per task; the label is their majority")
+    label_studio_url_ttl_s: int = Field(default=14 * 24 * 3600, description="lifetime of the signed image/heatmap URLs inside Label Studio tasks (tasks wait for experts for days)")
+    label_studio_poll_interval_s: float = Field(default=30.0, description="reconciliation poll period: webhooks are sent once and never retried")
 
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     score_shard_size: int = 4096
@@ -44,6 +48,7 @@ class Settings(BaseSettings):
     job_retries: int = 2
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
+    reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")
 
     @property
     def artifacts_path(self) -> Path:
@@ -52,6 +57,10 @@ class Settings(BaseSettings):
     @property
     def database_url_effective(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'camloop.db').resolve()}"
+
+    @property
+    def label_studio_webhook_url_effective(self) -> str:
+        return self.label_studio_webhook_url or f"{self.public_base_url.rstrip('/')}/api/v1/webhooks/label-studio"
 
     @staticmethod
     def split_keys(secret: SecretStr) -> frozenset[str]:

@@ -1,0 +1,199 @@
+"""The one place camloop talks to Label Studio (label-studio-sdk 2.x).
+
+What the orchestration needs from Label Studio is small, so this wrapper is too:
+  * ``ensure_project``   create the project for a camloop project, or attach to one by id/title;
+  * ``ensure_webhook``   point its annotation webhooks at camloop with the shared secret header;
+  * ``import_batch``     queue exactly one round's batch, in camloop's priority order, with predictions;
+  * ``iter_annotations`` every annotation of the project with its task (for the reconciliation poll).
+
+Priority order: Label Studio Community's uncertainty sampling is random once several
+annotators share a project, so camloop orders the queue itself. Projects use *Sequential
+sampling*, which hands each expert the first unfinished task by task id; tasks imported in
+one request get increasing ids in request order, so importing the batch sorted by camloop's
+priority is what puts the most useful image first. A later round's tasks come after any
+leftovers of an earlier round, which is what we want (finish what was started).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio
+
+from service.labelstudio import config as cfg
+from service.labelstudio.webhook import ACTIONS, SECRET_HEADER
+
+SEQUENTIAL = "Sequential sampling"
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio refused or could not do what camloop asked (message says what and why)."""
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of a round's batch, as the orchestration hands it over (priority order = list order)."""
+    item_id: int
+    image_url: str        # signed, expiring URL served by camloop (service.signing)
+    heatmap_url: str      # signed URL of the Grad-CAM overlay of the predicted class
+    predicted_class: str
+    score: float          # the model's probability for predicted_class
+
+
+def task_payload(item: BatchItem, round_no: int, rank: int) -> dict:
+    """A Label Studio task for one batch item: data the config shows + camloop's ids + a prediction."""
+    return {
+        "data": {
+            cfg.IMAGE: item.image_url,
+            cfg.HEATMAP: item.heatmap_url,
+            cfg.GUESS: f"{item.predicted_class} ({item.score:.0%})",
+            cfg.ITEM_ID: int(item.item_id),
+            cfg.ROUND: int(round_no),
+            cfg.RANK: int(rank),
+        },
+        "predictions": [cfg.prediction(item.predicted_class, item.score, cfg.round_version(round_no))],
+    }
+
+
+def _as_dict(obj: Any) -> dict:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    return obj.model_dump() if hasattr(obj, "model_dump") else obj.dict()
+
+
+class LabelStudioBridge:
+    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0):
+        if not url or not token:
+            raise LabelStudioError("Label Studio URL and API token are required "
+                                   "(CAMLOOP_LABEL_STUDIO_URL, CAMLOOP_LABEL_STUDIO_TOKEN)")
+        self.url = url.rstrip("/")
+        self.sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings) -> "LabelStudioBridge":
+        token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
+        return cls(settings.label_studio_url or "", token)
+
+    # -- projects ---------------------------------------------------------------------------
+
+    def ensure_project(self, ref: int | str, classes: Sequence[str], *, maximum_annotations: int = 1,
+                       description: str = "") -> int:
+        """Label Studio project id for `ref`: an existing id, an existing title, or a new project titled `ref`.
+
+        An attached project gets camloop's config and settings too, so an operator can point
+        camloop at a project made by hand; calling this again is harmless (same result).
+        """
+        settings = dict(
+            label_config=cfg.labeling_config(classes),
+            maximum_annotations=int(maximum_annotations),
+            sampling=SEQUENTIAL,
+            show_skip_button=True,
+            show_collab_predictions=True,   # the model's guess is pre-selected; the expert corrects it
+        )
+        if maximum_annotations < 1:
+            raise ValueError("maximum_annotations must be at least 1")
+        project_id = ref if isinstance(ref, int) else self.find_project(ref)
+        try:
+            if project_id is None:
+                return int(self.sdk.projects.create(title=str(ref), description=description, **settings).id)
+            self.sdk.projects.update(id=int(project_id), **settings)
+            return int(project_id)
+        except Exception as e:  # the SDK raises ApiError subclasses with the server's message
+            raise LabelStudioError(f"could not create or configure Label Studio project {ref!r}: {e}") from e
+
+    def find_project(self, title: str) -> int | None:
+        # The list filter is a substring match: insist on the exact title, oldest first.
+        matches = sorted(int(p.id) for p in self.sdk.projects.list(title=title) if p.title == title)
+        return matches[0] if matches else None
+
+    def project(self, project_id: int) -> dict:
+        return _as_dict(self.sdk.projects.get(id=project_id))
+
+    # -- webhook ----------------------------------------------------------------------------
+
+    def ensure_webhook(self, project_id: int, url: str, secret: str) -> int:
+        """One active webhook of the project posting annotation events to `url` with the secret header.
+
+        Idempotent: an existing webhook to the same URL is updated (new secret, actions), not doubled.
+        """
+        if not secret:
+            raise LabelStudioError("a webhook secret is required (CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET)")
+        fields = dict(url=url, headers={SECRET_HEADER: secret}, send_payload=True, send_for_all_actions=False,
+                      actions=list(ACTIONS), is_active=True, project=project_id)
+        existing = [w for w in self.sdk.webhooks.list(project=project_id)
+                    if w.url == url and w.project == project_id]
+        if existing:
+            self.sdk.webhooks.update(id_=existing[0].id, **fields) if _takes_id_(self.sdk) else \
+                self.sdk.webhooks.update(id=existing[0].id, **fields)
+            return int(existing[0].id)
+        return int(self.sdk.webhooks.create(**fields).id)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def iter_tasks(self, project_id: int, *, with_annotations: bool = True) -> Iterator[dict]:
+        fields = "all" if with_annotations else "task_only"
+        for t in self.sdk.tasks.list(project=project_id, fields=fields, page_size=500):
+            yield _as_dict(t)
+
+    def imported_items(self, project_id: int, round_no: int) -> dict[int, int]:
+        """camloop item id → Label Studio task id, for the tasks a round already imported."""
+        out: dict[int, int] = {}
+        for t in self.iter_tasks(project_id, with_annotations=False):
+            data = t.get("data") or {}
+            if data.get(cfg.ROUND) == round_no and data.get(cfg.ITEM_ID) is not None:
+                out[int(data[cfg.ITEM_ID])] = int(t["id"])
+        return out
+
+    def import_batch(self, project_id: int, round_no: int, batch: Sequence[BatchItem]) -> dict[int, int]:
+        """Queue a round's batch (priority order = `batch` order) → {item id: task id}.
+
+        Idempotent per (project, round): items this round already imported are not imported
+        again, so a retried push after a crash cannot queue an image twice.
+        """
+        ids = [b.item_id for b in batch]
+        if len(set(ids)) != len(ids):
+            raise ValueError("batch has duplicate item ids")
+        done = self.imported_items(project_id, round_no)
+        todo = [(rank, b) for rank, b in enumerate(batch) if b.item_id not in done]
+        if todo:
+            payload = [task_payload(b, round_no, rank) for rank, b in todo]
+            try:
+                res = self.sdk.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
+            except Exception as e:
+                raise LabelStudioError(f"import of round {round_no} into project {project_id} failed: {e}") from e
+            task_ids = list(res.task_ids or [])
+            if len(task_ids) != len(todo):
+                raise LabelStudioError(f"imported {len(todo)} tasks, Label Studio returned {len(task_ids)} ids")
+            # Community answers synchronously with ids in request order; sort defensively anyway.
+            done.update({b.item_id: tid for (_, b), tid in zip(todo, sorted(task_ids))})
+            # Show this round's predictions (the project can still hide them in its settings).
+            self.sdk.projects.update(id=project_id, model_version=cfg.round_version(round_no))
+        return {i: done[i] for i in ids}
+
+    # -- annotations ------------------------------------------------------------------------
+
+    def iter_annotations(self, project_id: int) -> Iterator[tuple[dict, dict]]:
+        """(annotation, task) for every annotation in the project, skipped ones included.
+
+        The task list of the data manager is used rather than /api/tasks/{id}/annotations:
+        the latter leaves cancelled (skipped) annotations out, and costs one call per task.
+        """
+        for task in self.iter_tasks(project_id, with_annotations=True):
+            for ann in task.get("annotations") or []:
+                ann = dict(ann)
+                ann.setdefault("project", project_id)
+                ann.setdefault("task", task["id"])
+                yield ann, task
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def _takes_id_(sdk: LabelStudio) -> bool:
+    import inspect
+    return "id_" in inspect.signature(sdk.webhooks.update).parameters

@@ -1,0 +1,80 @@
+"""The labeling interface experts see, generated from the project's classes.
+
+One screen per image: the image and, beside it, the Grad-CAM overlay of the class the
+model predicted; one single-choice question for the class (pre-selected with the model's
+guess when the project shows predictions) and one optional checkbox "the model looked at
+the wrong region", which is stored with the label and reported per class.
+
+The names below are the contract between this config, the tasks we import and the
+annotations we read back; change them only together with a migration of old projects.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from xml.sax.saxutils import quoteattr
+
+IMAGE = "image"            # task data key and <Image name> of the picture to label
+HEATMAP = "heatmap"        # task data key and <Image name> of the Grad-CAM overlay
+GUESS = "model_guess"      # task data key: the model's guess in words, shown as a header
+ITEM_ID = "camloop_item_id"  # task data key: camloop's item id, how labels find their item
+ROUND = "camloop_round"    # task data key: the round that queued the task
+RANK = "camloop_rank"      # task data key: 0-based priority within the round's batch
+CLASS_FROM = "label"       # <Choices name> of the class question
+WRONG_FROM = "wrong_region"  # <Choices name> of the wrong-region flag
+WRONG_VALUE = "The model looked at the wrong region"
+
+
+def validate_classes(classes: Sequence[str]) -> list[str]:
+    names = [str(c) for c in classes]
+    if len(names) < 2:
+        raise ValueError("a classification project needs at least two classes")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate class names: {names}")
+    for n in names:
+        if not n.strip() or n != n.strip():
+            raise ValueError(f"class name {n!r} is empty or has surrounding spaces")
+    return names
+
+
+def labeling_config(classes: Sequence[str]) -> str:
+    """Label Studio XML for `classes` (order kept: it is the order experts see)."""
+    names = validate_classes(classes)
+    choices = "\n".join(f"      <Choice value={quoteattr(n)}/>" for n in names)
+    return f"""<View>
+  <Header value="Model's guess: ${GUESS}" size="5"/>
+  <View style="display: flex; gap: 1em; flex-wrap: wrap;">
+    <View style="flex: 1; min-width: 240px;">
+      <Header value="Image" size="6"/>
+      <Image name="{IMAGE}" value="${IMAGE}" zoom="true" zoomControl="true"/>
+    </View>
+    <View style="flex: 1; min-width: 240px;">
+      <Header value="Where the model looked (Grad-CAM of its guess)" size="6"/>
+      <Image name="{HEATMAP}" value="${HEATMAP}" zoom="true" zoomControl="true"/>
+    </View>
+  </View>
+  <Header value="Which class is this image?" size="5"/>
+  <Choices name="{CLASS_FROM}" toName="{IMAGE}" choice="single-radio" required="true" showInline="true">
+{choices}
+  </Choices>
+  <Choices name="{WRONG_FROM}" toName="{HEATMAP}" choice="multiple">
+    <Choice value={quoteattr(WRONG_VALUE)}/>
+  </Choices>
+</View>
+"""
+
+
+def prediction(predicted_class: str, score: float, model_version: str) -> dict:
+    """A Label Studio prediction that pre-selects the model's class for the expert."""
+    return {
+        "model_version": model_version,
+        "score": float(score),
+        "result": [{
+            "from_name": CLASS_FROM, "to_name": IMAGE, "type": "choices",
+            "value": {"choices": [predicted_class]},
+        }],
+    }
+
+
+def round_version(round_no: int) -> str:
+    """model_version of a round's predictions: the project can show or hide them by it."""
+    return f"round-{int(round_no)}"

@@ -1,0 +1,90 @@
+"""Label Studio webhook requests → typed events, after checking the shared secret.
+
+Label Studio sends each webhook once, with a 1 s timeout, and never retries; so the route
+must answer fast (parse, apply, return) and the reconciliation poll catches whatever was
+lost. Errors here are raised as WebhookError with the HTTP status the route should answer.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from service.labelstudio.events import AnnotationDeleted, AnnotationError, AnnotationUpserted, Event, parse_annotation
+
+SECRET_HEADER = "X-Camloop-Webhook-Secret"
+ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+class WebhookError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def check_secret(headers: Mapping[str, str], expected: str) -> None:
+    """Raise 401/403 unless the shared secret header matches (constant-time compare)."""
+    if not expected:
+        # Refuse rather than accept anything: an unset secret is a configuration error.
+        raise WebhookError(503, "webhook secret not configured (CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET)")
+    got = None
+    for k, v in headers.items():  # header names are case-insensitive
+        if k.lower() == SECRET_HEADER.lower():
+            got = v
+            break
+    if got is None:
+        raise WebhookError(401, f"missing {SECRET_HEADER} header")
+    if not hmac.compare_digest(got.encode(), expected.encode()):
+        raise WebhookError(403, f"wrong {SECRET_HEADER}")
+
+
+ClassesOf = Callable[[int | None], Sequence[str] | None]
+
+
+def _project_id(payload: dict) -> int | None:
+    for src in (payload.get("project"), payload.get("annotation"), payload.get("task")):
+        if isinstance(src, dict):
+            v = src.get("id") if src is payload.get("project") else src.get("project")
+            if isinstance(v, int):
+                return v
+    return None
+
+
+def parse_payload(body: bytes | str, classes: Iterable[str] | ClassesOf) -> tuple[str, list[Event]]:
+    """(action, events) for one webhook body. Other actions give (action, []).
+
+    `classes` is the project's class list, or a function from the Label Studio project id
+    to it (None = not a project camloop knows → 404).
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WebhookError(400, f"malformed JSON: {e}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+        raise WebhookError(400, "payload is not an object with an 'action'")
+    action = payload["action"]
+    if action not in ACTIONS:
+        return action, []  # e.g. PROJECT_UPDATED when a webhook sends all actions: ignored, not an error
+    if action == "ANNOTATIONS_DELETED":
+        anns = payload.get("annotations")
+        if not isinstance(anns, list):
+            raise WebhookError(400, "ANNOTATIONS_DELETED without an 'annotations' list (send_payload off?)")
+        try:
+            return action, [AnnotationDeleted(int(a["id"])) for a in anns]
+        except (KeyError, TypeError, ValueError):
+            raise WebhookError(400, "ANNOTATIONS_DELETED with an annotation without an integer id") from None
+    if callable(classes):
+        pid = _project_id(payload)
+        found = classes(pid)
+        if found is None:
+            raise WebhookError(404, f"Label Studio project {pid} is not connected to a camloop project")
+        classes = found
+    ann, task = payload.get("annotation"), payload.get("task")
+    if not isinstance(ann, dict) or not isinstance(task, dict):
+        raise WebhookError(400, f"{action} without 'annotation' and 'task' objects (send_payload off?)")
+    try:
+        ev: AnnotationUpserted = parse_annotation(ann, task, classes)
+    except AnnotationError as e:
+        raise WebhookError(422, str(e)) from None
+    return action, [ev]

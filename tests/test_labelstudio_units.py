@@ -1,0 +1,254 @@
+"""The bridge's pure parts: signing, safe join, config, parsing, idempotent apply, resolution, agreement."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from service.labelstudio import config as cfg
+from service.labelstudio.agreement import agreement_report, cohen_kappa, fleiss_kappa
+from service.labelstudio.apply import MemorySink, apply_events
+from service.labelstudio.events import AnnotationDeleted, AnnotationError, AnnotationUpserted, parse_annotation
+from service.labelstudio.resolve import resolve_item
+from service.labelstudio.webhook import SECRET_HEADER, WebhookError, check_secret, parse_payload
+from service.settings import Settings
+from service.signing import SignatureError, UnsafePath, UrlSigner, safe_join, signing_key
+
+CLASSES = ["cat", "dog", "bird"]
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+# --- signing ---------------------------------------------------------------------------------
+
+def _split(url: str) -> tuple[str, str, str]:
+    from urllib.parse import parse_qs, unquote, urlsplit
+    u = urlsplit(url)
+    q = parse_qs(u.query)
+    return unquote(u.path), q["exp"][0], q["sig"][0]
+
+
+def test_signed_url_roundtrip_expiry_and_tamper():
+    s = UrlSigner(b"k" * 32, "http://camloop.test/", ttl_s=60)
+    url = s.sign("/api/v1/media/images/a b.png", now=1000)
+    assert url.startswith("http://camloop.test/api/v1/media/images/a%20b.png?exp=1060&sig=")
+    path, exp, sig = _split(url)
+    s.verify(path, exp, sig, now=1059)
+    with pytest.raises(SignatureError, match="expired"):
+        s.verify(path, exp, sig, now=1061)
+    with pytest.raises(SignatureError, match="bad signature"):
+        s.verify("/api/v1/media/images/other.png", exp, sig, now=1000)
+    with pytest.raises(SignatureError, match="bad signature"):  # extending the expiry breaks the signature
+        s.verify(path, "99999", sig, now=1000)
+    with pytest.raises(SignatureError, match="bad signature"):
+        UrlSigner(b"other-key", "http://camloop.test").verify(path, exp, sig, now=1000)
+    with pytest.raises(SignatureError, match="missing"):
+        s.verify(path, None, None)
+    with pytest.raises(SignatureError, match="malformed"):
+        s.verify(path, "soon", sig)
+
+
+def test_signing_key_generated_once_per_data_dir(tmp_path):
+    st = Settings(data_dir=tmp_path)
+    k1 = signing_key(st)
+    assert len(k1) == 64 and signing_key(st) == k1
+    assert (tmp_path / ".url_signing_key").stat().st_mode & 0o777 == 0o600
+    assert signing_key(Settings(data_dir=tmp_path, url_signing_key="configured")) == b"configured"
+
+
+def test_safe_join_refuses_escapes(tmp_path):
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.png").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_text("no")
+    os.symlink(tmp_path / "secret.txt", root / "img" / "link.png")
+    os.symlink(root / "img" / "a.png", root / "inside-link.png")
+    assert safe_join(root, "img/a.png") == (root / "img" / "a.png").resolve()
+    assert safe_join(root, "inside-link.png") == (root / "img" / "a.png").resolve()
+    for bad in ["../secret.txt", "img/../../secret.txt", "/etc/passwd", "img/link.png", "", "a\x00b", "img\\..\\x"]:
+        with pytest.raises(UnsafePath):
+            safe_join(root, bad)
+
+
+# --- labeling config -------------------------------------------------------------------------
+
+def test_labeling_config_escapes_and_contains_the_parts():
+    xml = cfg.labeling_config(["cat", 'say "hi" & <bye>'])
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(xml)
+    images = {e.get("name"): e.get("value") for e in root.iter("Image")}
+    assert images == {cfg.IMAGE: "$image", cfg.HEATMAP: "$heatmap"}
+    choices = {e.get("name"): [c.get("value") for c in e.iter("Choice")] for e in root.iter("Choices")}
+    assert choices[cfg.CLASS_FROM] == ["cat", 'say "hi" & <bye>']
+    assert choices[cfg.WRONG_FROM] == [cfg.WRONG_VALUE]
+    for bad in (["only"], ["a", "a"], ["a", " b"]):
+        with pytest.raises(ValueError):
+            cfg.labeling_config(bad)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def ann(aid, label=None, *, task=7, user=1, wrong=False, cancelled=False, at=T0, extra=None):
+    result = []
+    if label is not None:
+        result.append({"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices", "value": {"choices": [label]}})
+    if wrong:
+        result.append({"from_name": cfg.WRONG_FROM, "to_name": cfg.HEATMAP, "type": "choices", "value": {"choices": [cfg.WRONG_VALUE]}})
+    return {"id": aid, "task": task, "project": 3, "completed_by": user, "result": result + (extra or []),
+            "was_cancelled": cancelled, "updated_at": at.isoformat().replace("+00:00", "Z")}
+
+
+def task(tid=7, item=42, rnd=2):
+    return {"id": tid, "project": 3, "data": {cfg.ITEM_ID: item, cfg.ROUND: rnd, cfg.IMAGE: "u"}}
+
+
+def test_parse_annotation_cases():
+    e = parse_annotation(ann(1, "dog", wrong=True), task(), CLASSES)
+    assert (e.annotation_id, e.ls_task_id, e.item_id, e.annotator, e.label, e.wrong_region, e.skipped, e.problem, e.round) == \
+        (1, 7, 42, 1, "dog", True, False, None, 2)
+    assert e.counts and e.updated_at == T0
+    skip = parse_annotation(ann(2, cancelled=True), task(), CLASSES)
+    assert skip.skipped and not skip.counts and skip.problem is None and skip.label is None
+    zebra = parse_annotation(ann(3, "zebra"), task(), CLASSES)
+    assert zebra.label is None and "'zebra' is not in the project" in zebra.problem and not zebra.counts
+    empty = parse_annotation(ann(4), task(), CLASSES)
+    assert empty.problem == "no class chosen"
+    with pytest.raises(AnnotationError, match="camloop_item_id"):
+        parse_annotation(ann(5, "dog"), {"id": 7, "data": {}}, CLASSES)
+    with pytest.raises(AnnotationError, match="not an integer"):
+        parse_annotation(ann(5, "dog"), {"id": 7, "data": {cfg.ITEM_ID: "x"}}, CLASSES)
+
+
+def body(action, **kw):
+    return json.dumps({"action": action, **kw}).encode()
+
+
+def test_webhook_payloads_and_errors():
+    action, evs = parse_payload(body("ANNOTATION_CREATED", annotation=ann(1, "cat"), task=task(), project={"id": 3}), CLASSES)
+    assert action == "ANNOTATION_CREATED" and evs[0].label == "cat"
+    _, evs = parse_payload(body("ANNOTATIONS_DELETED", annotations=[{"id": 1}, {"id": 9}], project={"id": 3}), CLASSES)
+    assert evs == [AnnotationDeleted(1), AnnotationDeleted(9)]
+    assert parse_payload(body("PROJECT_UPDATED", project={"id": 3}), CLASSES) == ("PROJECT_UPDATED", [])
+    _, evs = parse_payload(body("ANNOTATION_UPDATED", annotation=ann(1, "cat"), task=task(), project={"id": 3}),
+                           lambda pid: CLASSES if pid == 3 else None)
+    assert evs[0].label == "cat"
+    cases = [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1]", 400, "action"),
+        (body("ANNOTATION_CREATED", annotation=ann(1, "cat")), 400, "send_payload"),
+        (body("ANNOTATIONS_DELETED", annotations=[{"x": 1}]), 400, "integer id"),
+        (body("ANNOTATION_CREATED", annotation=ann(1, "cat"), task={"id": 7, "data": {}}), 422, "camloop_item_id"),
+    ]
+    for raw, status, msg in cases:
+        with pytest.raises(WebhookError, match=msg) as ei:
+            parse_payload(raw, CLASSES)
+        assert ei.value.status == status
+    with pytest.raises(WebhookError, match="not connected") as ei:
+        parse_payload(body("ANNOTATION_CREATED", annotation=ann(1, "cat"), task=task(), project={"id": 99}),
+                      lambda pid: CLASSES if pid == 3 else None)
+    assert ei.value.status == 404
+
+
+def test_secret_header_checks():
+    check_secret({SECRET_HEADER.lower(): "s3cret"}, "s3cret")
+    for headers, status in (({}, 401), ({SECRET_HEADER: "nope"}, 403), ({SECRET_HEADER: ""}, 403)):
+        with pytest.raises(WebhookError) as ei:
+            check_secret(headers, "s3cret")
+        assert ei.value.status == status
+    with pytest.raises(WebhookError) as ei:
+        check_secret({SECRET_HEADER: ""}, "")
+    assert ei.value.status == 503  # an unset secret never means "accept anything"
+
+
+# --- idempotent apply ------------------------------------------------------------------------
+
+def ev(aid, label="cat", *, item=42, user=1, at=T0, skipped=False, wrong=False, problem=None):
+    return AnnotationUpserted(aid, 7, 3, item, user, None if (skipped or problem) else label, wrong, skipped, problem, at, 1)
+
+
+def test_apply_is_idempotent_update_replaces_delete_removes():
+    sink = MemorySink()
+    r = apply_events(sink, [ev(1), ev(1), ev(2, "dog", user=2)])
+    assert (r.created, r.unchanged) == (2, 1)
+    r = apply_events(sink, [ev(1, at=T0 + timedelta(seconds=5))])  # replay with a newer timestamp only
+    assert r.unchanged == 1
+    r = apply_events(sink, [ev(1, "bird", at=T0 + timedelta(seconds=9))])
+    assert r.updated == 1 and sink.get(1).label == "bird"
+    r = apply_events(sink, [ev(1, "cat", at=T0)])  # a stale webhook arriving after the poll saw the edit
+    assert r.unchanged == 1 and sink.get(1).label == "bird"
+    r = apply_events(sink, [AnnotationDeleted(2), AnnotationDeleted(2), AnnotationDeleted(77)])
+    assert r.deleted == 1 and set(sink.rows) == {1} and r.changed_items == {42}
+    r = apply_events(sink, [ev(5, problem="class 'zebra' is not in the project")])
+    assert r.created == 1 and "zebra" in r.problems[0]
+
+
+# --- resolution ------------------------------------------------------------------------------
+
+def test_resolution_majority_tie_skip_and_pending():
+    r = resolve_item(1, [ev(1, "cat", user=1), ev(2, "cat", user=2), ev(3, "dog", user=3)], required=3)
+    assert (r.label, r.status, r.needs_review, r.complete, r.votes) == ("cat", "majority", True, True, {"cat": 2, "dog": 1})
+    r = resolve_item(1, [ev(1, "cat", user=1), ev(2, "dog", user=2), ev(3, "bird", user=3)], required=3)
+    assert (r.label, r.status, r.needs_review) == (None, "tie", True)
+    r = resolve_item(1, [ev(1, "cat", user=1), ev(2, "cat", user=2), ev(3, skipped=True, user=3)], required=3)
+    assert (r.label, r.status, r.needs_review, r.skips, r.complete) == ("cat", "agreed", False, 1, True)
+    r = resolve_item(1, [ev(1, "cat", user=1)], required=3)
+    assert (r.label, r.complete) == ("cat", False)
+    assert resolve_item(1, [], required=1).status == "pending"
+    assert resolve_item(1, [ev(1, skipped=True)]).status == "skipped"
+    r = resolve_item(1, [ev(1, problem="x")])
+    assert (r.status, r.needs_review, r.label) == ("unusable", True, None)
+    # an annotator who answers twice votes once, with their latest answer
+    r = resolve_item(1, [ev(1, "dog", user=1, at=T0), ev(2, "cat", user=1, at=T0 + timedelta(1)), ev(3, "cat", user=2)])
+    assert (r.status, r.votes) == ("agreed", {"cat": 2})
+    r = resolve_item(1, [ev(1, "cat", user=1, wrong=True), ev(2, "cat", user=2, wrong=True), ev(3, "cat", user=3)])
+    assert r.wrong_region and r.wrong_region_votes == 2
+
+
+# --- agreement -------------------------------------------------------------------------------
+
+def test_fleiss_kappa_matches_the_wikipedia_worked_example():
+    # Fleiss (1971) as worked on Wikipedia: 10 subjects, 14 raters, 5 categories, kappa = 0.210
+    rows = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+            [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    counts = [{str(j): v for j, v in enumerate(r) if v} for r in rows]
+    assert fleiss_kappa(counts) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_cohen_kappa_matches_sklearn():
+    a = ["cat", "dog", "cat", "bird", "dog", "cat", "bird", "bird"]
+    b = ["cat", "dog", "dog", "bird", "dog", "cat", "cat", "bird"]
+    assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert cohen_kappa(["cat", "cat"], ["cat", "cat"]) is None  # undefined, not a perfect 1 or a 0
+
+
+def test_agreement_report_per_class():
+    by_item = {
+        1: [ev(1, "cat", user=1), ev(2, "cat", user=2), ev(3, "cat", user=3, wrong=True)],
+        2: [ev(4, "dog", user=1), ev(5, "dog", user=2), ev(6, "cat", user=3)],
+        3: [ev(7, "dog", user=1), ev(8, "bird", user=2), ev(9, "cat", user=3)],
+        4: [ev(10, "bird", user=1)],   # single vote: no overlap, but counts for the wrong-region rate
+    }
+    by_item = {i: [AnnotationUpserted(**{**a.__dict__, "item_id": i}) for a in v] for i, v in by_item.items()}
+    rep = agreement_report(by_item, CLASSES)
+    assert rep["items"] == 4 and rep["items_with_overlap"] == 3
+    # observed agreement per item: 1, 1/3, 0 → mean 4/9
+    assert rep["percent_agreement"] == pytest.approx(4 / 9)
+    counts = [{"cat": 3}, {"dog": 2, "cat": 1}, {"dog": 1, "bird": 1, "cat": 1}]
+    assert rep["fleiss_kappa"] == pytest.approx(fleiss_kappa(counts))
+    # cat: pairs agreeing Σ n(n-1) = 6 + 0 + 0, pairs involving a cat vote Σ n(N-1) = 6 + 2 + 2
+    assert rep["per_class"]["cat"]["percent_agreement"] == pytest.approx(6 / 10)
+    assert rep["per_class"]["dog"]["percent_agreement"] == pytest.approx(2 / 6)
+    assert rep["per_class"]["bird"]["percent_agreement"] == pytest.approx(0.0)
+    assert rep["per_class"]["cat"]["wrong_region_rate"] == pytest.approx(1 / 5)
+    assert rep["per_class"]["bird"]["votes"] == 2
+    # per-class kappa: with 2 categories it equals the overall Fleiss kappa
+    two = {1: [ev(1, "cat", user=1), ev(2, "cat", user=2)], 2: [ev(3, "dog", user=1), ev(4, "cat", user=2)],
+           3: [ev(5, "dog", user=1), ev(6, "dog", user=2)]}
+    two = {i: [AnnotationUpserted(**{**a.__dict__, "item_id": i}) for a in v] for i, v in two.items()}
+    r2 = agreement_report(two, ["cat", "dog"])
+    assert r2["per_class"]["cat"]["kappa"] == pytest.approx(r2["fleiss_kappa"])
+    assert r2["per_class"]["dog"]["kappa"] == pytest.approx(r2["fleiss_kappa"])
+    assert r2["pairs"][0]["kappa"] == pytest.approx(cohen_kappa_score(["cat", "dog", "dog"], ["cat", "cat", "dog"]))
