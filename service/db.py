@@ -20,9 +20,6 @@ from service.settings import Settings
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -67,22 +64,3 @@ def session_scope(settings: Settings) -> Iterator[Session]:
         raise
     finally:
         s.close()
-
-
-def alembic_config(settings: Settings):
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # '%' is ConfigParser interpolation syntax; URLs with escaped passwords contain it.
-    cfg.set_main_option("sqlalchemy.url", settings.database_url_effective.replace("%", "%%"))
-    cfg.attributes["settings"] = settings
-    return cfg
-
-
-def upgrade(settings: Settings) -> None:
-    """`alembic upgrade head` on the configured database (what `camloop serve` runs first)."""
-    from alembic import command
-
-    get_engine(settings)  # creates the SQLite file's folder
-    command.upgrade(alembic_config(settings), "head")

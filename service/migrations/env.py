@@ -1,4 +1,8 @@
-"""Alembic environment: the URL comes from our settings (service.settings), never alembic.ini."""
+"""Alembic environment: the URL comes from our settings (service.settings), never alembic.ini.
+
+service.migrate passes either an open connection (attributes["connection"], so the upgrade runs
+inside the caller's transaction) or a URL; the plain `alembic` CLI falls back to get_settings().
+"""
 from __future__ import annotations
 
 from alembic import context
@@ -10,32 +14,36 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    settings = config.attributes.get("settings")
-    if settings is None:
-        from service.settings import get_settings
+    if config.attributes.get("url"):
+        return config.attributes["url"]
+    from service.settings import get_settings
 
-        settings = get_settings()
-    return settings.database_url_effective
+    return get_settings().database_url_effective
 
 
 def run_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
-                      render_as_batch=True)
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(conn) -> None:
+    # render_as_batch: SQLite cannot ALTER most things in place; batch mode copies the table.
+    context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_online() -> None:
+    conn = config.attributes.get("connection")
+    if conn is not None:
+        _run(conn)
+        return
     from service.db import make_engine
 
-    settings = config.attributes.get("settings")
-    # A fresh engine (not the cached one): migrations run once, and SQLite's batch mode
-    # (ALTER TABLE emulation) wants its own connection.
-    engine = make_engine(_url()) if settings is None else make_engine(settings.database_url_effective)
-    with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
+    engine = make_engine(_url())
+    with engine.connect() as c:
+        _run(c)
     engine.dispose()
 
 

@@ -1,0 +1,198 @@
+"""/api/v1 routes. Each: authenticate, open a transaction, call one service function, shape the answer."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+
+from service import items as items_svc
+from service import labels as labels_svc
+from service import metrics as metrics_svc
+from service import projects as projects_svc
+from service import rounds as rounds_svc
+from service.api.auth import Caller, authenticate, require_write
+from service.api.schemas import ClassChangeIn, ItemsIn, LabelsIn, ProjectIn
+from service.db import session_scope
+from service.errors import NotFound
+from service.settings import Settings
+from service.store import Item, Job, QueueEntry, Round
+
+router = APIRouter()
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def caller(request: Request) -> Caller:
+    return authenticate(request, settings_of(request))
+
+
+def writer(c: Caller = Depends(caller)) -> Caller:
+    return require_write(c)
+
+
+def _advance(settings: Settings, pid: int) -> None:
+    # Requests about a project nudge its rounds forward, so answers are never a tick stale.
+    rounds_svc.advance_project(settings, pid)
+
+
+# ------------------------------------------------------------------- projects
+
+@router.post("/projects", status_code=201, tags=["projects"])
+def create_project(body: ProjectIn, request: Request, c: Caller = Depends(writer)) -> dict:
+    with session_scope(settings_of(request)) as s:
+        p = projects_svc.create_project(s, body.name, body.classes, body.config)
+        return projects_svc.project_view(p, projects_svc.class_statuses(s, p.id))
+
+
+@router.get("/projects/{pid}", tags=["projects"])
+def get_project(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+    with session_scope(settings_of(request)) as s:
+        p = projects_svc.get_project(s, pid)
+        return projects_svc.project_view(p, projects_svc.class_statuses(s, pid))
+
+
+# ------------------------------------------------------------------- items
+
+@router.post("/projects/{pid}/items", status_code=202, tags=["items"])
+def register_items(pid: int, body: ItemsIn, request: Request, c: Caller = Depends(writer)) -> dict:
+    settings = settings_of(request)
+    entries = items_svc.expand_request(settings, body.folder, [e.model_dump() for e in body.items or []],
+                                       body.split, body.recursive)
+    with session_scope(settings) as s:
+        return items_svc.register(s, settings, projects_svc.get_project(s, pid), entries, c.who)
+
+
+@router.get("/projects/{pid}/items", tags=["items"])
+def list_items(pid: int, request: Request, split: str | None = None, status: str | None = None,
+               limit: int = 1000, offset: int = 0, c: Caller = Depends(caller)) -> dict:
+    with session_scope(settings_of(request)) as s:
+        projects_svc.get_project(s, pid)
+        q = select(Item).where(Item.project_id == pid).order_by(Item.id)
+        if split:
+            q = q.where(Item.split == split)
+        if status:
+            q = q.where(Item.status == status)
+        rows = s.scalars(q.limit(min(limit, 10000)).offset(offset))
+        return {"items": [{"id": it.id, "uri": it.uri, "split": it.split, "status": it.status, "label": it.label,
+                           "reason": it.reason} for it in rows]}
+
+
+@router.get("/projects/{pid}/items/{iid}/heatmap.png", tags=["items"], response_class=Response)
+def heatmap(pid: int, iid: int, request: Request, c: Caller = Depends(caller)) -> Response:
+    from service.heatmap_view import heatmap_png
+
+    with session_scope(settings_of(request)) as s:
+        png = heatmap_png(s, settings_of(request), items_svc.get_item(s, pid, iid))
+    return Response(png, media_type="image/png")
+
+
+# ------------------------------------------------------------------- rounds
+
+def _round_view(s, rnd: Round) -> dict:
+    jobs = s.scalars(select(Job).where(Job.round_id == rnd.id).order_by(Job.id))
+    return {"project_id": rnd.project_id, "number": rnd.number, "state": rnd.state, "stage": rnd.state,
+            "error": rnd.error, "progress": rnd.progress, "attempt": rnd.attempt,
+            "model_version_id": rnd.model_version_id,
+            "started_at": rnd.started_at.isoformat() if rnd.started_at else None,
+            "finished_at": rnd.finished_at.isoformat() if rnd.finished_at else None,
+            "jobs": [{"id": j.rq_id, "kind": j.kind, "shard": j.shard, "state": j.state, "attempts": j.attempts,
+                      "error": j.error, "duration_s": j.duration_s} for j in jobs]}
+
+
+@router.post("/projects/{pid}/rounds", status_code=202, tags=["rounds"])
+def start_round(pid: int, request: Request, c: Caller = Depends(writer)) -> dict:
+    settings = settings_of(request)
+    with session_scope(settings) as s:
+        rnd = rounds_svc.start_round(s, settings, projects_svc.get_project(s, pid))
+        number = rnd.number
+    rounds_svc.advance(settings, pid, number)  # enqueue the first jobs before answering
+    with session_scope(settings) as s:
+        return _round_view(s, rounds_svc.get_round(s, pid, number))
+
+
+@router.get("/projects/{pid}/rounds", tags=["rounds"])
+def list_rounds(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+    with session_scope(settings_of(request)) as s:
+        projects_svc.get_project(s, pid)
+        rows = s.scalars(select(Round).where(Round.project_id == pid).order_by(Round.number))
+        return {"rounds": [_round_view(s, r) for r in rows]}
+
+
+@router.get("/projects/{pid}/rounds/{n}", tags=["rounds"])
+def get_round(pid: int, n: int, request: Request, c: Caller = Depends(caller)) -> dict:
+    settings = settings_of(request)
+    _advance(settings, pid)
+    with session_scope(settings) as s:
+        return _round_view(s, rounds_svc.get_round(s, pid, n))
+
+
+@router.post("/projects/{pid}/rounds/{n}/retry", status_code=202, tags=["rounds"])
+def retry_round(pid: int, n: int, request: Request, c: Caller = Depends(writer)) -> dict:
+    settings = settings_of(request)
+    with session_scope(settings) as s:
+        rounds_svc.retry_round(s, projects_svc.get_project(s, pid), n)
+    rounds_svc.advance(settings, pid, n)
+    with session_scope(settings) as s:
+        return _round_view(s, rounds_svc.get_round(s, pid, n))
+
+
+# ------------------------------------------------------------------- queue, metrics, labels
+
+@router.get("/projects/{pid}/queue", tags=["queue"])
+def queue(pid: int, request: Request, round: int | None = None, include_labeled: bool = False,
+          c: Caller = Depends(caller)) -> dict:
+    settings = settings_of(request)
+    _advance(settings, pid)
+    with session_scope(settings) as s:
+        projects_svc.get_project(s, pid)
+        q = select(Round).where(Round.project_id == pid)
+        q = q.where(Round.number == round) if round is not None else q.where(Round.state == "labeling")
+        rnd = s.scalar(q.order_by(Round.number.desc()).limit(1))
+        if rnd is None:
+            if round is not None:
+                raise NotFound(f"round {round} not found")
+            return {"round": None, "items": []}
+        rows = s.execute(select(QueueEntry, Item).join(Item, Item.id == QueueEntry.item_id)
+                         .where(QueueEntry.round_id == rnd.id).order_by(QueueEntry.rank)).all()
+        return {"round": rnd.number, "state": rnd.state, "items": [
+            {"rank": e.rank, "item_id": it.id, "uri": it.uri, "status": it.status, "predicted": e.pred,
+             "scores": e.scores, "label": it.label}
+            for e, it in rows if include_labeled or it.status == "queued"]}
+
+
+@router.get("/projects/{pid}/metrics", tags=["metrics"])
+def project_metrics(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+    settings = settings_of(request)
+    _advance(settings, pid)
+    with session_scope(settings) as s:
+        return metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
+
+
+@router.post("/projects/{pid}/labels", tags=["labels"])
+def post_labels(pid: int, body: LabelsIn, request: Request, response: Response, c: Caller = Depends(writer)) -> dict:
+    settings = settings_of(request)
+    out = []
+    with session_scope(settings) as s:
+        p = projects_svc.get_project(s, pid)
+        for lab in body.labels:
+            row, created = labels_svc.record_label(s, p, lab.item_id, lab.class_name, lab.who or c.who, "api",
+                                                   lab.client_id)
+            out.append(labels_svc.label_view(row, created))
+    response.status_code = 201 if any(o["created"] for o in out) else 200
+    _advance(settings, pid)
+    return {"labels": out}
+
+
+@router.post("/projects/{pid}/classes/{name}/exclude", tags=["classes"])
+def exclude_class(pid: int, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
+    with session_scope(settings_of(request)) as s:
+        projects_svc.set_class_status(s, pid, name, True, c.who, body.reason or "excluded by an engineer")
+        return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+
+
+@router.post("/projects/{pid}/classes/{name}/include", tags=["classes"])
+def include_class(pid: int, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
+    with session_scope(settings_of(request)) as s:
+        projects_svc.set_class_status(s, pid, name, False, c.who, body.reason or "included by an engineer")
+        return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
