@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")
-    reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")
 
     @property
     def artifacts_path(self) -> Path:
