@@ -204,7 +204,8 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
             for k in COMMITTEE_KEYS:
                 cols[k] = torch.zeros_like(cols["entropy"])
 
-        size = (cam_size, cam_size)
+        side = cam_size or min(x.shape[-1], 2 * max(cams.shape[-2:]))
+        size = (side, side)
         maps_n = normalise_maps(cams, size)
         top2_n = normalise_maps(top2_maps, size) if top2_maps is not None else None
         mem_n = None
@@ -243,8 +244,9 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
     class_mask: bool (C,) of active classes; excluded classes get −inf logits, so probability 0,
     and are never predicted. mc_samples: MC-dropout members (0 = no MC members). members:
     snapshot models (same classes) added to the committee. cam_size: side of the maps the cam
-    scores are computed on (default min(input_size, 56): beyond that the upsampled 7×7 maps only
-    cost memory). bf16: autocast the backbone on CUDA (default on there). Returns host arrays.
+    scores are computed on (default: twice the feature map's side, at most the input's — the maps
+    are bilinear upsamplings of e.g. 7×7, so finer grids change the scores little and cost
+    time: the member maps are T per image). bf16: autocast the backbone on CUDA (default on there). Returns host arrays.
     """
     if device is None:
         device = next(model.parameters()).device
@@ -253,7 +255,7 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
     for m in members:
         m.to(device)
     bf16 = (device.type == "cuda") if bf16 is None else bool(bf16)
-    cam_size = int(cam_size or min(model.input_size, 56))
+    cam_size = int(cam_size) if cam_size else None
     n = len(images)
     w = model.head.weight.detach().float()
     b = model.head.bias.detach().float()
