@@ -30,7 +30,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bald": ("bald", {}),
     "gradcam": ("gradcam", {}),
     "hybrid": ("hybrid", {}),
-    "hybrid-no-dup": ("hybrid", {"duplicate_new": 0}),
+    "hybrid-no-dup": ("hybrid", {"duplicate_new": 1}),
     "hybrid-no-excl": ("hybrid", {"exclusion": False}),
     "hybrid-no-cam": ("hybrid", {"use_cam": False}),
 }
@@ -79,7 +79,8 @@ def markdown(summary: dict[str, dict], target: float, meta: dict) -> str:
     lines = [
         f"Data set {meta['dataset']}, model {meta['model']}, {meta['epochs']} epochs/round, initial {meta['initial']}, "
         f"+{meta['budget']}/round, {meta['rounds']} rounds, seeds {meta['seeds']}, pool "
-        f"{meta['pool_limit'] or 'full'}, test set {meta['test_size']} images; machine: {meta['machine']}.",
+        f"{meta['pool_limit'] or 'full'}, test set {meta['test_size']} images, exclusion from round "
+        f"{meta['exclude_after']} below {meta['exclude_below']:.2f}; machine: {meta['machine']}.",
         "",
         f"| strategy | AULC (mean ± sd) | labels to {target:.0%} | final acc | labeled at end | excluded classes | s/run |",
         "|---|---|---|---|---|---|---|",
@@ -104,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--mc-samples", type=int, default=8)
     ap.add_argument("--target", type=float, default=0.92)
+    ap.add_argument("--exclude-after", type=int, default=3)
+    ap.add_argument("--test-limit", type=int, default=None, help="stratified test subsample (default: the full test set)")
+    ap.add_argument("--exclude-below", type=float, default=0.5)
     ap.add_argument("--strategies", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
     ap.add_argument("--device", default=None)
     ap.add_argument("--out-dir", type=Path, default=Path("bench/results/label_efficiency"))
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
             cfg = SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
                                    budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
                                    mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
-                                   **overrides)
+                                   exclude_after=args.exclude_after, exclude_below=args.exclude_below,
+                                   test_limit=args.test_limit, **overrides)
             t0 = time.perf_counter()
             result = run_simulation(cfg, progress=lambda r, n=name, s=seed: print(
                 f"  {n} seed {s} round {r['round']}: {r['labeled']} labels, acc {r['accuracy']:.4f}", flush=True))
@@ -154,6 +159,7 @@ def _write_outputs(args, runs: dict[str, list[dict]]) -> None:
     meta = {
         "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "initial": args.initial,
         "budget": args.budget, "rounds": args.rounds, "seeds": args.seeds, "pool_limit": args.pool_limit,
+        "exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
         "test_size": first["config"].get("test_size"), "target": args.target,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch device {args.device or 'default'}",
         "python": sys.version.split()[0],

@@ -51,7 +51,7 @@ def simulate(
 
     config = SimulationConfig(
         dataset=dataset, strategy=strategy, model=model, initial=initial, budget=budget, rounds=rounds,
-        seed=seed, duplicate_new=0 if no_duplication else 2, exclusion=not no_exclusion,
+        seed=seed, duplicate_new=1 if no_duplication else 2, exclusion=not no_exclusion,
         exclude_after=exclude_after, exclude_below=exclude_below, use_cam=not no_cam, epochs=epochs,
         mc_samples=mc_samples, device=device, pool_limit=pool_limit,
     )
