@@ -37,24 +37,33 @@ class BatchItem:
     """One image of a round's batch, as the orchestration hands it over (priority order = list order)."""
     item_id: int
     image_url: str        # signed, expiring URL served by camloop (service.signing)
-    heatmap_url: str      # signed URL of the Grad-CAM overlay of the predicted class
-    predicted_class: str
-    score: float          # the model's probability for predicted_class
+    heatmap_url: str | None  # signed URL of the Grad-CAM overlay of the predicted class (None: no model yet)
+    predicted_class: str | None  # None in a cold-start round (no model yet): no prediction is attached
+    score: float | None   # the model's probability for predicted_class
 
 
 def task_payload(item: BatchItem, round_no: int, rank: int) -> dict:
     """A Label Studio task for one batch item: data the config shows + camloop's ids + a prediction."""
-    return {
+    if item.predicted_class is None:
+        guess = "none yet (first round: no model; the right panel repeats the image)"
+    elif item.score is None:
+        guess = item.predicted_class
+    else:
+        guess = f"{item.predicted_class} ({item.score:.0%})"
+    task = {
         "data": {
             cfg.IMAGE: item.image_url,
-            cfg.HEATMAP: item.heatmap_url,
-            cfg.GUESS: f"{item.predicted_class} ({item.score:.0%})",
+            # The config shows $heatmap; every task must carry it, so a cold start repeats the image.
+            cfg.HEATMAP: item.heatmap_url or item.image_url,
+            cfg.GUESS: f"{guess}, {cfg.round_version(round_no)}",
             cfg.ITEM_ID: int(item.item_id),
             cfg.ROUND: int(round_no),
             cfg.RANK: int(rank),
         },
-        "predictions": [cfg.prediction(item.predicted_class, item.score, cfg.round_version(round_no))],
     }
+    if item.predicted_class is not None:
+        task["predictions"] = [cfg.prediction(item.predicted_class, item.score or 0.0, cfg.round_version(round_no))]
+    return task
 
 
 def _as_dict(obj: Any) -> dict:
@@ -125,8 +134,8 @@ class LabelStudioBridge:
         existing = [w for w in self.sdk.webhooks.list(project=project_id)
                     if w.url == url and w.project == project_id]
         if existing:
-            self.sdk.webhooks.update(id_=existing[0].id, **fields) if _takes_id_(self.sdk) else \
-                self.sdk.webhooks.update(id=existing[0].id, **fields)
+            # update() takes no `project` (a webhook cannot move between projects).
+            self.sdk.webhooks.update(id=existing[0].id, **{k: v for k, v in fields.items() if k != "project"})
             return int(existing[0].id)
         return int(self.sdk.webhooks.create(**fields).id)
 
@@ -193,7 +202,3 @@ class LabelStudioBridge:
         except httpx.HTTPError:
             return False
 
-
-def _takes_id_(sdk: LabelStudio) -> bool:
-    import inspect
-    return "id_" in inspect.signature(sdk.webhooks.update).parameters

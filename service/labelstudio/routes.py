@@ -1,8 +1,12 @@
-"""HTTP entry points Label Studio calls: the webhook receiver and the signed media files.
+"""HTTP entry points Label Studio (and the expert's browser) call.
 
-Routes stay thin: the webhook route checks the secret, parses, applies and answers within
-Label Studio's 1 s timeout; the media route checks a signature and joins the path safely.
-The API's app factory includes these routers; tests mount them on a bare FastAPI app.
+  POST /api/v1/webhooks/label-studio                 webhook receiver (shared secret header)
+  GET  /api/v1/signed/files/<path>?exp=&sig=         an image under the data root
+  GET  /api/v1/signed/heatmaps/<pid>/<iid>.png?exp=&sig=   an item's Grad-CAM overlay
+
+The browser has no camloop API key, so the two GET routes take a signed, expiring URL
+instead (service.signing). Routes stay thin: the webhook answers within Label Studio's 1 s
+timeout; the poll catches up on anything it missed.
 """
 from __future__ import annotations
 
@@ -10,74 +14,101 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.labelstudio.apply import ApplyResult, LabelSink, apply_events
 from service.labelstudio.webhook import ClassesOf, WebhookError, check_secret, parse_payload
 from service.signing import SignatureError, UnsafePath, UrlSigner, safe_join
 
 WEBHOOK_PATH = "/api/v1/webhooks/label-studio"
-MEDIA_PREFIX = "/api/v1/media"
+FILES_PREFIX = "/api/v1/signed/files"
+HEATMAPS_PREFIX = "/api/v1/signed/heatmaps"
 
 
 def handle_webhook(body: bytes, headers, *, secret: str, classes_of: ClassesOf, sink: LabelSink) -> dict:
-    """The whole webhook, framework-free: returns the JSON answer or raises WebhookError.
+    """A webhook against any LabelSink, framework-free: the JSON answer, or WebhookError.
 
-    An annotation with a class not in the project is stored (marked unusable, for review)
-    and then reported as 422, so the error is visible in Label Studio's webhook log too.
+    An annotation with a class not in the project is stored (unusable, for review) and then
+    reported as 422, so the error shows in Label Studio's log too and nothing is lost.
     """
     check_secret(headers, secret)
     action, events = parse_payload(body, classes_of)
     res: ApplyResult = apply_events(sink, events)
-    answer = {"action": action, "created": res.created, "updated": res.updated,
-              "unchanged": res.unchanged, "deleted": res.deleted, "problems": res.problems}
+    answer = result_view(action, res)
     if res.problems:
         raise WebhookError(422, "; ".join(res.problems))
     return answer
 
 
-def webhook_router(*, secret: Callable[[], str], classes_of: ClassesOf,
-                   sink: Callable[[], LabelSink], on_applied: Callable[[dict], None] | None = None) -> APIRouter:
-    """`sink()` gives the LabelSink for this request (e.g. bound to a DB session)."""
+def result_view(action: str, res: ApplyResult) -> dict:
+    return {"action": action, "created": res.created, "updated": res.updated, "unchanged": res.unchanged,
+            "deleted": res.deleted, "problems": res.problems}
+
+
+def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, secret: Callable[[], str] | None = None,
+                   classes_of: ClassesOf | None = None, sink: Callable[[], LabelSink] | None = None) -> APIRouter:
+    """`handler(body, headers)` returns the JSON answer or raises WebhookError.
+
+    Without a handler: handle_webhook against `sink()` (a LabelSink, e.g. MemorySink in tests).
+    """
+    if handler is None:
+        def handler(body, headers):
+            return handle_webhook(body, headers, secret=secret(), classes_of=classes_of, sink=sink())
     router = APIRouter()
 
-    @router.post(WEBHOOK_PATH)
+    @router.post(WEBHOOK_PATH, tags=["label-studio"])
     async def label_studio_webhook(request: Request):
         body = await request.body()
         try:
-            answer = handle_webhook(body, request.headers, secret=secret(), classes_of=classes_of, sink=sink())
+            return handler(body, request.headers)
         except WebhookError as e:
             return JSONResponse({"detail": e.message}, status_code=e.status)
-        if on_applied:
-            on_applied(answer)  # e.g. "batch fully labeled → start the next round"
-        return answer
 
     return router
 
 
-def media_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Path]) -> APIRouter:
-    """GET /api/v1/media/<path relative to the data root>?exp=…&sig=… (see media_url)."""
+def _verify(signer: UrlSigner, path: str, request: Request) -> None:
+    try:
+        signer.verify(path, request.query_params.get("exp"), request.query_params.get("sig"))
+    except SignatureError as e:
+        raise HTTPException(403, str(e)) from None
+
+
+def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Path]) -> APIRouter:
     router = APIRouter()
 
-    @router.get(MEDIA_PREFIX + "/{rel_path:path}")
-    def signed_media(rel_path: str, request: Request):
-        q = request.query_params
+    @router.get(FILES_PREFIX + "/{rel_path:path}", tags=["label-studio"])
+    def signed_file(rel_path: str, request: Request):
+        _verify(signer(), f"{FILES_PREFIX}/{rel_path}", request)
         try:
-            signer().verify(f"{MEDIA_PREFIX}/{rel_path}", q.get("exp"), q.get("sig"))
             path = safe_join(data_root(), rel_path)
-        except SignatureError as e:
-            raise HTTPException(403, str(e)) from None
         except UnsafePath as e:
             raise HTTPException(400, str(e)) from None
         if not path.is_file():
-            # The image was moved or deleted after it was queued: say so; the task stays in
-            # Label Studio and the expert can skip it (a skip is recorded, nothing breaks).
+            # Moved or deleted after it was queued: say so. The task stays in Label Studio and
+            # the expert can skip it; the skip is recorded and nothing else breaks.
             raise HTTPException(404, f"image {rel_path!r} no longer exists in the data root")
         return FileResponse(path)
 
     return router
 
 
-def media_url(signer: UrlSigner, rel_path: str, ttl_s: int | None = None) -> str:
-    """Signed URL of a file under the data root, for task data (image_url)."""
-    return signer.sign(f"{MEDIA_PREFIX}/{rel_path.lstrip('/')}", ttl_s=ttl_s)
+def heatmaps_router(*, signer: Callable[[], UrlSigner], render: Callable[[int, int], bytes]) -> APIRouter:
+    """`render(project_id, item_id)` → PNG bytes (raises the store's NotFound when there is none)."""
+    router = APIRouter()
+
+    @router.get(HEATMAPS_PREFIX + "/{pid}/{iid}.png", tags=["label-studio"], response_class=Response)
+    def signed_heatmap(pid: int, iid: int, request: Request):
+        _verify(signer(), f"{HEATMAPS_PREFIX}/{pid}/{iid}.png", request)
+        return Response(render(pid, iid), media_type="image/png")
+
+    return router
+
+
+def file_url(signer: UrlSigner, rel_path: str, ttl_s: int | None = None) -> str:
+    """Signed URL of a file under the data root (an item's uri)."""
+    return signer.sign(f"{FILES_PREFIX}/{rel_path.lstrip('/')}", ttl_s=ttl_s)
+
+
+def heatmap_url(signer: UrlSigner, project_id: int, item_id: int, ttl_s: int | None = None) -> str:
+    return signer.sign(f"{HEATMAPS_PREFIX}/{int(project_id)}/{int(item_id)}.png", ttl_s=ttl_s)

@@ -1,0 +1,238 @@
+"""What the rest of camloop calls: connect a project, push a round, take a webhook, poll.
+
+    connect_project(settings, project_id)          create/attach the LS project + register the webhook
+    push_round(settings, project_id, round_number) import the round's queue (rounds.on_labeling hook)
+    handle_webhook_request(settings, body, headers) the webhook route's whole job
+    poll_project(settings, project_id) / poll_all(settings)   reconciliation (webhooks are never retried)
+    review(settings, project_id)                   ties/disagreements + per-class agreement report
+    install(app, settings)                         routes, the labeling hook and the poll thread
+
+Every function opens its own session and commits; all of them are idempotent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from sqlalchemy import select
+
+from service.db import get_engine, session_scope
+from service.labelstudio import ledger
+from service.labelstudio.agreement import agreement_report
+from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudioError
+from service.labelstudio.events import AnnotationDeleted
+from service.labelstudio.poll import events_from_snapshot, snapshot
+from service.labelstudio.resolve import resolve_all
+from service.labelstudio.routes import (file_url, files_router, heatmap_url, heatmaps_router, result_view,
+                                        webhook_router)
+from service.labelstudio.store_apply import apply_to_store
+from service.labelstudio.webhook import WebhookError, _project_id, check_secret, parse_payload
+from service.settings import Settings
+from service.signing import UrlSigner
+from service.store import Item, Project, QueueEntry, Round
+
+log = logging.getLogger("camloop.labelstudio")
+
+
+def _tables(settings: Settings) -> None:
+    ledger.ensure_tables(get_engine(settings))
+
+
+def _bridge(settings: Settings, bridge: LabelStudioBridge | None) -> LabelStudioBridge:
+    return bridge or LabelStudioBridge.from_settings(settings)
+
+
+def connect_project(settings: Settings, project_id: int, *, ls_project: int | str | None = None,
+                    maximum_annotations: int | None = None, bridge: LabelStudioBridge | None = None) -> int:
+    """Create (or attach to: an id or an exact title) the Label Studio project of a camloop project.
+
+    Default title "camloop: <project name>". Registers the webhook with the shared secret.
+    """
+    _tables(settings)
+    b = _bridge(settings, bridge)
+    m = int(maximum_annotations or settings.label_studio_maximum_annotations)
+    with session_scope(settings) as s:
+        project = s.get(Project, project_id)
+        if project is None:
+            raise LabelStudioError(f"camloop project {project_id} does not exist")
+        link = ledger.get_link(s, project_id)
+        ref = ls_project if ls_project is not None else (link.ls_project_id if link else f"camloop: {project.name}")
+        classes = list(project.class_names)
+    ls_id = b.ensure_project(ref, classes, maximum_annotations=m,
+                             description=f"camloop project {project_id}: images queued by active learning")
+    hook = b.ensure_webhook(ls_id, settings.label_studio_webhook_url_effective,
+                            settings.label_studio_webhook_secret.get_secret_value())
+    with session_scope(settings) as s:
+        ledger.set_link(s, project_id, ls_id, hook, m)
+    return ls_id
+
+
+def round_batch(settings: Settings, project_id: int, round_number: int) -> list[BatchItem]:
+    """The round's queue in priority order, as BatchItems with freshly signed URLs."""
+    signer = UrlSigner.from_settings(settings)
+    ttl = settings.label_studio_url_ttl_s
+    with session_scope(settings) as s:
+        rows = s.execute(
+            select(QueueEntry, Item).join(Round, Round.id == QueueEntry.round_id).join(Item, Item.id == QueueEntry.item_id)
+            .where(Round.project_id == project_id, Round.number == round_number).order_by(QueueEntry.rank)).all()
+        out = []
+        for q, item in rows:
+            scores = q.scores or {}
+            # least_confidence = 1 − p(predicted class); other strategies do not carry p (see docs: Needs).
+            p = scores.get("p_pred", 1 - scores["least_confidence"] if "least_confidence" in scores else None)
+            out.append(BatchItem(
+                item_id=item.id, image_url=file_url(signer, item.uri, ttl),
+                heatmap_url=heatmap_url(signer, project_id, item.id, ttl) if q.pred else None,
+                predicted_class=q.pred, score=p))
+        return out
+
+
+def push_round(settings: Settings, project_id: int, round_number: int, *,
+               bridge: LabelStudioBridge | None = None) -> dict[int, int]:
+    """Import the round's batch into the project's Label Studio project → {item id: task id}.
+
+    Registered as rounds.on_labeling by install(); safe to call again (imports only what is missing).
+    """
+    _tables(settings)
+    with session_scope(settings) as s:
+        link = ledger.get_link(s, project_id)
+    if link is None:
+        connect_project(settings, project_id, bridge=bridge)
+        with session_scope(settings) as s:
+            link = ledger.get_link(s, project_id)
+    batch = round_batch(settings, project_id, round_number)
+    return _bridge(settings, bridge).import_batch(link.ls_project_id, round_number, batch)
+
+
+def handle_webhook_request(settings: Settings, body: bytes, headers) -> dict:
+    """Check the secret, parse, apply to the ledger and the store. Raises WebhookError(status, message)."""
+    check_secret(headers, settings.label_studio_webhook_secret.get_secret_value())
+    _tables(settings)
+    try:
+        ls_pid = _project_id(json.loads(body))
+    except (ValueError, TypeError):
+        ls_pid = None  # parse_payload below says what is wrong
+    problems: list[str] = []
+    with session_scope(settings) as s:
+        link = ledger.project_for_ls(s, ls_pid) if ls_pid is not None else None
+        project = s.get(Project, link.project_id) if link else None
+        action, events = parse_payload(body, lambda _pid: list(project.class_names) if project else None)
+        if project is None:
+            if not events:
+                return {"action": action, "ignored": True}
+            if all(isinstance(e, AnnotationDeleted) for e in events):
+                raise WebhookError(404, f"Label Studio project {ls_pid} is not connected to a camloop project")
+        applied, synced = apply_to_store(s, project, events, link.maximum_annotations)
+        answer = {**result_view(action, applied), "labeled": synced.labeled, "retracted": synced.retracted,
+                  "review": [r.item_id for r in synced.review]}
+        problems = applied.problems + synced.problems
+    if problems:  # after the commit: the unusable annotation is kept, the error is still reported
+        raise WebhookError(422, "; ".join(problems))
+    return answer
+
+
+def poll_project(settings: Settings, project_id: int, *, bridge: LabelStudioBridge | None = None) -> dict:
+    """One reconciliation pass: recovers missed creates/updates/deletes; counts nothing twice."""
+    _tables(settings)
+    b = _bridge(settings, bridge)
+    with session_scope(settings) as s:
+        link = ledger.get_link(s, project_id)
+        if link is None:
+            raise LabelStudioError(f"camloop project {project_id} is not connected to Label Studio")
+        project = s.get(Project, project_id)
+        classes = list(project.class_names)
+    snap = snapshot(b, link.ls_project_id, classes)  # outside the transaction: network time
+    with session_scope(settings) as s:
+        project = s.get(Project, project_id)
+        sink = ledger.SqlSink(s, project_id)
+        events = events_from_snapshot(snap, sink.annotation_ids(link.ls_project_id))
+        applied, synced = apply_to_store(s, project, events, link.maximum_annotations)
+    return {**result_view("POLL", applied), "labeled": synced.labeled, "retracted": synced.retracted,
+            "review": [r.item_id for r in synced.review], "errors": snap.errors + synced.problems,
+            "tasks": snap.tasks, "open_tasks": snap.open_tasks}
+
+
+def poll_all(settings: Settings, *, bridge: LabelStudioBridge | None = None) -> dict[int, dict]:
+    _tables(settings)
+    with session_scope(settings) as s:
+        pids = list(s.scalars(select(ledger.links.c.project_id)))
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = poll_project(settings, pid, bridge=bridge)
+        except Exception as e:  # noqa: BLE001 — one project's outage must not stop the others
+            log.warning("Label Studio poll of project %s failed: %s", pid, e)
+            out[pid] = {"error": str(e)}
+    return out
+
+
+def review(settings: Settings, project_id: int) -> dict:
+    """Items needing a decision (ties, disagreements, unusable answers) and the agreement report."""
+    _tables(settings)
+    with session_scope(settings) as s:
+        link = ledger.get_link(s, project_id)
+        project = s.get(Project, project_id)
+        by_item = ledger.SqlSink(s, project_id).all_items()
+        required = link.maximum_annotations if link else 1
+        classes = list(project.class_names)
+    res = resolve_all(by_item, required)
+    return {
+        "review": [dict(item_id=r.item_id, status=r.status, votes=r.votes, skips=r.skips, unusable=r.unusable,
+                        wrong_region=r.wrong_region) for r in res.values() if r.needs_review],
+        "agreement": agreement_report(by_item, classes),
+    }
+
+
+class Poller(threading.Thread):
+    """Polls every connected project every settings.label_studio_poll_interval_s seconds."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(name="labelstudio-poller", daemon=True)
+        self.settings = settings
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_evt.wait(self.settings.label_studio_poll_interval_s):
+            try:
+                poll_all(self.settings)
+            except Exception:  # noqa: BLE001
+                log.exception("Label Studio poll failed")
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+
+def install(app, settings: Settings, *, poll: bool = True) -> None:
+    """Mount the routes on `app`, push batches when rounds reach labeling, poll in the background."""
+    from service import rounds
+    from service.heatmap_view import heatmap_png
+    from service.items import get_item
+
+    signer = lambda: UrlSigner.from_settings(settings)  # noqa: E731 — read lazily: the key file may appear later
+
+    def render(pid: int, iid: int) -> bytes:
+        with session_scope(settings) as s:
+            return heatmap_png(s, settings, get_item(s, pid, iid))
+
+    app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
+    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))
+    app.include_router(heatmaps_router(signer=signer, render=render))
+    if settings.label_studio_url and settings.label_studio_token:
+        if push_round not in rounds._labeling_hooks:
+            rounds.on_labeling(push_round)
+        if poll:
+            inner = app.router.lifespan_context
+
+            @asynccontextmanager
+            async def lifespan(a):
+                poller = Poller(settings)
+                async with inner(a) as state:
+                    poller.start()
+                    try:
+                        yield state
+                    finally:
+                        poller.stop()
+
+            app.router.lifespan_context = lifespan

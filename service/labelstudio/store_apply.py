@@ -1,0 +1,91 @@
+"""From the bridge's annotation ledger to camloop's store: resolved labels in, retracted labels out.
+
+After events are applied to the ledger, every item they touched is resolved again (majority
+of its annotators, service.labelstudio.resolve) and the store is brought in line:
+  * complete and resolved (agreed / majority)  → labels.record_label(source='label-studio'),
+    which sets the item's label; the external id is a digest of the votes, so the same
+    resolution delivered twice is one label, and a changed resolution is a new label
+    ("latest wins" in the store);
+  * otherwise (tie, all skipped, votes deleted, still waiting for annotators) → an item whose
+    current label came from Label Studio gets it taken back, so it never trains on a label
+    that no longer has a majority behind it.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.errors import ServiceError
+from service.labels import record_label
+from service.labelstudio.apply import ApplyResult, apply_events
+from service.labelstudio.events import Event
+from service.labelstudio.ledger import SqlSink
+from service.labelstudio.resolve import Resolution, one_per_annotator, resolve_item
+from service.store import Item, Label, Project, QueueEntry, Round
+
+SOURCE = "label-studio"
+
+
+@dataclass
+class SyncResult:
+    labeled: list[int] = field(default_factory=list)      # items whose store label was (re)set
+    retracted: list[int] = field(default_factory=list)    # items whose Label Studio label was taken back
+    review: list[Resolution] = field(default_factory=list)  # ties and disagreements
+    problems: list[str] = field(default_factory=list)
+
+
+def _external_id(item_id: int, res: Resolution, voters: Sequence) -> str:
+    votes = ",".join(f"{a.annotation_id}:{a.label}" for a in voters if a.counts)
+    return f"ls-item-{item_id}-" + hashlib.sha256(f"{res.label}|{votes}".encode()).hexdigest()[:24]
+
+
+def _who(res: Resolution) -> str:
+    votes = ", ".join(f"{k}×{v}" for k, v in sorted(res.votes.items(), key=lambda kv: -kv[1]))
+    return f"label-studio {res.status} ({votes})"[:200]
+
+
+def _unlabeled_status(s: Session, item_id: int) -> str:
+    queued = s.scalar(select(QueueEntry.id).join(Round, Round.id == QueueEntry.round_id)
+                      .where(QueueEntry.item_id == item_id, Round.state == "labeling").limit(1))
+    return "queued" if queued is not None else "unlabeled"
+
+
+def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[int], required: int) -> SyncResult:
+    out = SyncResult()
+    for item_id, anns in sorted(sink.for_items(set(item_ids)).items()):
+        res = resolve_item(item_id, anns, required)
+        if res.needs_review:
+            out.review.append(res)
+        item = s.get(Item, item_id)
+        if item is None or item.project_id != project.id:
+            out.problems.append(f"item {item_id} is not in project {project.id} (deleted?); its annotations are kept")
+            continue
+        if res.complete and res.label is not None:
+            try:
+                record_label(s, project, item_id, res.label, _who(res), SOURCE,
+                             _external_id(item_id, res, one_per_annotator(anns)))
+            except ServiceError as e:  # quarantined item (image gone), class removed since: reported, kept
+                out.problems.append(f"item {item_id}: {e}")
+                continue
+            if item.label != res.label or item.status != "labeled":
+                # Same resolution as once before (after a retraction): the label row exists; restore it.
+                item.label, item.status = res.label, "labeled"
+            out.labeled.append(item_id)
+        elif item.status == "labeled":
+            latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
+            if latest is not None and latest.source == SOURCE:
+                item.label, item.status = None, _unlabeled_status(s, item_id)
+                out.retracted.append(item_id)
+    s.flush()
+    return out
+
+
+def apply_to_store(s: Session, project: Project, events: Iterable[Event], required: int) -> tuple[ApplyResult, SyncResult]:
+    """Apply events to the ledger, then resolve and write the items they touched. One transaction (the caller's)."""
+    sink = SqlSink(s, project.id)
+    applied = apply_events(sink, events)
+    return applied, sync_items(s, project, sink, applied.changed_items, required)
