@@ -87,8 +87,9 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
     for it in pending_labels:
         s.add(Label(project_id=project.id, item_id=it.id, class_name=it.label, who=who, source="registration",
                     external_id=f"register:{it.sha256}", round=0))
-    first = (s.scalar(select(func.max(Item.cache_shard)).where(Item.project_id == project.id)) or -1) + 1
-    first = max(first, (s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == "ingest")) or -1) + 1)
+    last = [s.scalar(select(func.max(Item.cache_shard)).where(Item.project_id == project.id)),
+            s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == "ingest"))]
+    first = max([-1] + [v for v in last if v is not None]) + 1
     jobs = []
     cfg = project.config
     for k in range(0, len(new), INGEST_CHUNK):
