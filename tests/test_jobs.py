@@ -18,6 +18,8 @@ from service.settings import Settings
 from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker,
                                unique_prefix, wait_for, worker_env, write_pngs)
 
+pytestmark = pytest.mark.slow  # a real worker process (not skipped; just selectable)
+
 N_IMAGES = 120
 
 
