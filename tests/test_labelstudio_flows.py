@@ -28,7 +28,7 @@ from service.labelstudio.apply import MemorySink
 from service.labelstudio.client import BatchItem, LabelStudioBridge
 from service.labelstudio.poll import reconcile
 from service.labelstudio.resolve import resolve_all
-from service.labelstudio.routes import WEBHOOK_PATH, webhook_router
+from service.labelstudio.routes import WEBHOOK_PATH, handle_webhook, webhook_router
 from service.labelstudio.webhook import SECRET_HEADER
 from tests.labelstudio_server import label_studio  # noqa: F401  (session fixture)
 
@@ -123,7 +123,7 @@ def _free_port() -> int:
 
 
 class Receiver:
-    """uvicorn serving service.labelstudio.routes.webhook_router into a MemorySink; can go down and up."""
+    """uvicorn serving camloop's webhook route (routes.webhook_router) into a MemorySink; can go down and up."""
 
     def __init__(self, secret: str, classes=CLASSES):
         self.secret = secret
@@ -131,11 +131,18 @@ class Receiver:
         self.answers: list[dict] = []
         self.port = _free_port()
         app = FastAPI()
-        app.include_router(webhook_router(secret=lambda: self.secret, classes_of=lambda _pid: classes,
-                                          sink=lambda: self.sink, on_applied=self.answers.append))
+        self.classes = classes
+        app.include_router(webhook_router(self._handle))
         self.app = app
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
+
+    def _handle(self, body: bytes, headers) -> dict:
+        # camloop's own webhook handling; only accepted deliveries reach `answers`
+        answer = handle_webhook(body, headers, secret=self.secret, classes_of=lambda _pid: self.classes,
+                                sink=self.sink)
+        self.answers.append(answer)
+        return answer
 
     @property
     def url(self) -> str:
