@@ -39,7 +39,7 @@ def cam_mask(maps, threshold: float = 0.5) -> torch.Tensor:
 def cam_scores(maps, top2_maps=None, member_maps=None, threshold: float = 0.5) -> dict[str, torch.Tensor]:
     m = _maps(maps, "maps", 3)
     n, h, w = m.shape
-    flat = m.reshape(n, -1)
+    flat = m.reshape(n, h * w)
     mask = flat >= threshold
     area = mask.sum(dim=1)
     # Mean activation inside the mask; an empty mask (an all-dark map) counts as activation 0.
@@ -54,7 +54,7 @@ def cam_scores(maps, top2_maps=None, member_maps=None, threshold: float = 0.5) -
         t = _maps(top2_maps, "top2_maps", 4)
         if t.shape[0] != n or t.shape[1] != 2 or t.shape[2:] != (h, w):
             raise ValueError(f"top2_maps must be (N, 2, h, w) = ({n}, 2, {h}, {w}), got {tuple(t.shape)}")
-        a, b = (t[:, 0] >= threshold).reshape(n, -1), (t[:, 1] >= threshold).reshape(n, -1)
+        a, b = (t[:, 0] >= threshold).reshape(n, h * w), (t[:, 1] >= threshold).reshape(n, h * w)
         union = (a | b).sum(dim=1)
         iou = (a & b).sum(dim=1).to(m.dtype) / union.clamp(min=1).to(m.dtype)
         out["cam_top2_overlap"] = iou
@@ -67,7 +67,7 @@ def cam_scores(maps, top2_maps=None, member_maps=None, threshold: float = 0.5) -
             raise ValueError(f"member_maps must be (M, N, h, w) with N, h, w = {n}, {h}, {w}, got {tuple(mm.shape)}")
         if mm.shape[0] < 2:
             raise ValueError("member_maps needs at least 2 members to disagree")
-        dis = 2.0 * mm.std(dim=0, unbiased=False).reshape(n, -1).mean(dim=1)
+        dis = 2.0 * mm.std(dim=0, unbiased=False).reshape(n, h * w).mean(dim=1)
         out["cam_disagreement"] = dis
         parts.append(dis)
     else:
