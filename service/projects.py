@@ -1,12 +1,18 @@
 """Projects and their classes (status active|excluded, with who, why and when)."""
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound, Unprocessable
+from service.settings import Settings
 from service.store import Project, ProjectClass, Round, utcnow
+
+log = logging.getLogger("camloop.projects")
 
 DEFAULT_CONFIG = {
     "model": "small-cnn", "image_size": 28, "channels": 1, "strategy": "hybrid", "budget": 100,
@@ -16,6 +22,29 @@ DEFAULT_CONFIG = {
                   "min_gain": 0.01, "min_active": 2},
     "ls_project_id": None, "auto_next_round": False,
 }
+
+
+CreatedHook = Callable[[Settings, int], None]
+_created_hooks: list[CreatedHook] = []
+
+
+def on_created(fn: CreatedHook) -> CreatedHook:
+    """Register fn(settings, project_id), called after a project is committed (the Label Studio
+    bridge creates or attaches the experts' project here). Exceptions are logged, never fatal."""
+    _created_hooks.append(fn)
+    return fn
+
+
+def run_created_hooks(settings: Settings, project_id: int) -> list[str]:
+    """Run the hooks; returns what went wrong, for the answer (the project itself exists)."""
+    problems = []
+    for fn in list(_created_hooks):
+        try:
+            fn(settings, project_id)
+        except Exception as e:  # noqa: BLE001 — an outage elsewhere must not undo the project
+            log.warning("project %s: %s failed: %s", project_id, getattr(fn, "__name__", fn), e)
+            problems.append(f"{getattr(fn, '__name__', 'hook')}: {e}")
+    return problems
 
 
 def create_project(s: Session, name: str, class_names: list[str], config: dict | None) -> Project:

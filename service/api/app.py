@@ -13,7 +13,8 @@ from service.settings import Settings, get_settings
 log = logging.getLogger("camloop.api")
 
 
-def create_app(settings: Settings | None = None, *, reconcile: bool = True, migrate: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, reconcile: bool = True, migrate: bool = True,
+               labelstudio: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -56,4 +57,9 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     from service.api.routes import router
     app.include_router(router, prefix="/api/v1")
+    if labelstudio:
+        # Webhook, signed media and heatmap routes always; the push hook and the reconciliation
+        # poller act only when CAMLOOP_LABEL_STUDIO_URL and _TOKEN are set.
+        from service.labelstudio.orchestrate import install
+        install(app, settings, poll=settings.label_studio_poll_interval_s > 0)
     return app

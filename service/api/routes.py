@@ -40,9 +40,13 @@ def _advance(settings: Settings, pid: int) -> None:
 
 @router.post("/projects", status_code=201, tags=["projects"])
 def create_project(body: ProjectIn, request: Request, c: Caller = Depends(writer)) -> dict:
-    with session_scope(settings_of(request)) as s:
-        p = projects_svc.create_project(s, body.name, body.classes, body.config)
-        return projects_svc.project_view(p, projects_svc.class_statuses(s, p.id))
+    settings = settings_of(request)
+    with session_scope(settings) as s:
+        pid = projects_svc.create_project(s, body.name, body.classes, body.config).id
+    problems = projects_svc.run_created_hooks(settings, pid)
+    with session_scope(settings) as s:
+        view = projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+    return {**view, "warnings": problems} if problems else view
 
 
 @router.get("/projects/{pid}", tags=["projects"])
@@ -60,7 +64,9 @@ def register_items(pid: int, body: ItemsIn, request: Request, c: Caller = Depend
     entries = items_svc.expand_request(settings, body.folder, [e.model_dump() for e in body.items or []],
                                        body.split, body.recursive)
     with session_scope(settings) as s:
-        return items_svc.register(s, settings, projects_svc.get_project(s, pid), entries, c.who)
+        out = items_svc.register(s, settings, projects_svc.get_project(s, pid), entries, c.who)
+    _advance(settings, pid)  # enqueue the ingest jobs now, not at the reconciler's next tick
+    return out
 
 
 @router.get("/projects/{pid}/items", tags=["items"])
@@ -82,6 +88,7 @@ def list_items(pid: int, request: Request, split: str | None = None, status: str
 def heatmap(pid: int, iid: int, request: Request, c: Caller = Depends(caller)) -> Response:
     from service.heatmap_view import heatmap_png
 
+    _advance(settings_of(request), pid)
     with session_scope(settings_of(request)) as s:
         png = heatmap_png(s, settings_of(request), items_svc.get_item(s, pid, iid))
     return Response(png, media_type="image/png")

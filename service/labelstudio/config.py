@@ -59,8 +59,7 @@ def labeling_config(classes: Sequence[str]) -> str:
   <Choices name="{WRONG_FROM}" toName="{HEATMAP}" choice="multiple">
     <Choice value={quoteattr(WRONG_VALUE)}/>
   </Choices>
-</View>
-"""
+</View>"""  # no trailing newline: Label Studio stores the config stripped, and we compare to it
 
 
 def prediction(predicted_class: str, score: float, model_version: str) -> dict:

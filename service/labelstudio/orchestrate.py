@@ -106,6 +106,27 @@ def push_round(settings: Settings, project_id: int, round_number: int, *,
     return _bridge(settings, bridge).import_batch(link.ls_project_id, round_number, batch)
 
 
+def _configured(settings: Settings) -> bool:
+    return bool(settings.label_studio_url and settings.label_studio_token)
+
+
+def push_if_connected(settings: Settings, project_id: int, round_number: int) -> None:
+    """rounds.on_labeling hook: push the batch when this process talks to a Label Studio."""
+    if _configured(settings):
+        push_round(settings, project_id, round_number)
+
+
+def connect_if_configured(settings: Settings, project_id: int) -> None:
+    """projects.on_created hook: create or attach (config `ls_project_id`) the Label Studio project.
+
+    If Label Studio is down now, the project is still created: push_round connects it later."""
+    if not _configured(settings):
+        return
+    with session_scope(settings) as s:
+        ref = (s.get(Project, project_id).config or {}).get("ls_project_id")
+    connect_project(settings, project_id, ls_project=ref)
+
+
 def handle_webhook_request(settings: Settings, body: bytes, headers) -> dict:
     """Check the secret, parse, apply to the ledger and the store. Raises WebhookError(status, message)."""
     check_secret(headers, settings.label_studio_webhook_secret.get_secret_value())
@@ -216,12 +237,18 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
         with session_scope(settings) as s:
             return heatmap_png(s, settings, get_item(s, pid, iid))
 
+    from service import projects
+
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
     app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))
     app.include_router(heatmaps_router(signer=signer, render=render))
+    # The hooks are process-wide (several apps can live in one process, as in the tests), so
+    # each checks the settings it is called with: a project without Label Studio is left alone.
+    if push_if_connected not in rounds._labeling_hooks:
+        rounds.on_labeling(push_if_connected)
+    if connect_if_configured not in projects._created_hooks:
+        projects.on_created(connect_if_configured)
     if settings.label_studio_url and settings.label_studio_token:
-        if push_round not in rounds._labeling_hooks:
-            rounds.on_labeling(push_round)
         if poll:
             inner = app.router.lifespan_context
 

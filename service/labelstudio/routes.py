@@ -46,10 +46,12 @@ def result_view(action: str, res: ApplyResult) -> dict:
 
 
 def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, secret: Callable[[], str] | None = None,
-                   classes_of: ClassesOf | None = None, sink: Callable[[], LabelSink] | None = None) -> APIRouter:
+                   classes_of: ClassesOf | None = None, sink: Callable[[], LabelSink] | None = None,
+                   on_applied: Callable[[dict], None] | None = None) -> APIRouter:
     """`handler(body, headers)` returns the JSON answer or raises WebhookError.
 
     Without a handler: handle_webhook against `sink()` (a LabelSink, e.g. MemorySink in tests).
+    `on_applied(answer)` runs after a successful delivery (e.g. "batch fully labeled → next round").
     """
     if handler is None:
         def handler(body, headers):
@@ -60,9 +62,12 @@ def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, se
     async def label_studio_webhook(request: Request):
         body = await request.body()
         try:
-            return handler(body, request.headers)
+            answer = handler(body, request.headers)
         except WebhookError as e:
             return JSONResponse({"detail": e.message}, status_code=e.status)
+        if on_applied:
+            on_applied(answer)
+        return answer
 
     return router
 

@@ -1,0 +1,356 @@
+"""The bridge wired into camloop's real store and app, against a real Label Studio 1.23.2.
+
+camloop's app (create_app, which mounts the Label Studio routes) runs under uvicorn on a free port so Label
+Studio's webhooks really cross HTTP; it can be stopped ("camloop down") while experts keep
+labeling, and Label Studio itself is killed and restarted mid-round. Expert answers are
+created through Label Studio's own API (POST /api/tasks/{id}/annotations/) on behalf of
+users created through its API. The store is checked directly: items' labels, the
+append-only labels table, the bridge's ledger.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+from sqlalchemy import func, select
+
+from service.api.app import create_app
+from service.db import session_scope
+from service.labelstudio import config as cfg
+from service.labelstudio import ledger
+from service.labelstudio.orchestrate import connect_project, poll_project, push_round, review
+from service.labelstudio.routes import FILES_PREFIX, WEBHOOK_PATH
+from service.labelstudio.webhook import SECRET_HEADER
+from service.migrate import upgrade_head
+from service.projects import create_project
+from service.settings import Settings
+from service.signing import UrlSigner
+from service.store import Item, Label, QueueEntry, Round
+from tests.labelstudio_server import free_port, label_studio  # noqa: F401  (session fixture)
+
+SECRET = "hook-secret-for-tests"
+API_KEY = "engineer-key-for-tests"
+CLASSES = ["cat", "dog", "bird"]
+
+
+class App:
+    """camloop's API in a thread; stop() and start() again on the same port = a camloop restart."""
+
+    def __init__(self, settings: Settings, port: int):
+        self.settings, self.port = settings, port
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # The tests poll explicitly (interval 0 = no poller thread), to see each pass's counts.
+        app = create_app(self.settings.model_copy(update={"label_studio_poll_interval_s": 0}), reconcile=False)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "camloop app did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _make_project(settings: Settings, name: str, n: int) -> tuple[int, list[int]]:
+    """A camloop project whose round 1 is in `labeling` with n queued items (rank = list order)."""
+    img_dir = settings.data_dir / name
+    img_dir.mkdir(parents=True)
+    with session_scope(settings) as s:
+        project = create_project(s, name, CLASSES, None)
+        items = []
+        for i in range(n):
+            data = _png((30 * i % 256, 0, 255 - 30 * i % 256))
+            (img_dir / f"{i}.png").write_bytes(data)
+            it = Item(project_id=project.id, uri=f"{name}/{i}.png", sha256=hashlib.sha256(data).hexdigest(),
+                      split="pool", status="queued")
+            s.add(it)
+            items.append(it)
+        rnd = Round(project_id=project.id, number=1, state="labeling", progress={"stage": "labeling"})
+        s.add(rnd)
+        s.flush()
+        # Priority order deliberately differs from id order: the LS queue must follow rank.
+        ranked = items[::-1]
+        for rank, it in enumerate(ranked):
+            s.add(QueueEntry(round_id=rnd.id, item_id=it.id, rank=rank, pred=CLASSES[rank % 3],
+                             scores={"least_confidence": round(0.1 + 0.05 * rank, 4), "margin": 0.5}))
+        return project.id, [it.id for it in ranked]
+
+
+@pytest.fixture(scope="module")
+def env(label_studio, tmp_path_factory):
+    url, token = label_studio
+    data = tmp_path_factory.mktemp("camloop-data")
+    port = free_port()
+    settings = Settings(data_dir=data, label_studio_url=url, label_studio_token=token,
+                        label_studio_webhook_secret=SECRET, public_base_url=f"http://127.0.0.1:{port}",
+                        url_signing_key="test-signing-key", label_studio_poll_interval_s=3600,
+                        api_keys=API_KEY)
+    upgrade_head(settings)
+    app = App(settings, port)
+    app.start()
+    ls = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=30)
+    users = []
+    for i in range(3):
+        r = ls.post("/api/users/", json={"email": f"expert{i}-{port}@camloop.test", "username": f"expert{i}-{port}",
+                                         "first_name": f"Expert {i}", "password": "not-used-here-1"})
+        assert r.status_code == 201, r.text
+        users.append(r.json()["id"])
+    yield dict(settings=settings, app=app, ls=ls, users=users, server=label_studio)
+    app.stop()
+    ls.close()
+
+
+def ls_tasks(env, ls_pid: int) -> list[dict]:
+    r = env["ls"].get("/api/tasks", params={"project": ls_pid, "fields": "all", "page_size": 100})
+    assert r.status_code == 200, r.text
+    return r.json()["tasks"]
+
+
+def annotate(env, task_id: int, label: str | None, user: int, *, wrong=False, skip=False) -> int:
+    """What the labeling UI posts when an expert submits (or skips) a task."""
+    result = []
+    if label is not None:
+        result.append({"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices", "value": {"choices": [label]}})
+    if wrong:
+        result.append({"from_name": cfg.WRONG_FROM, "to_name": cfg.HEATMAP, "type": "choices",
+                       "value": {"choices": [cfg.WRONG_VALUE]}})
+    r = env["ls"].post(f"/api/tasks/{task_id}/annotations/",
+                       json={"result": result, "was_cancelled": skip, "completed_by": user, "lead_time": 4.2})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def item_state(env, item_id: int) -> tuple[str | None, str]:
+    with session_scope(env["settings"]) as s:
+        it = s.get(Item, item_id)
+        return it.label, it.status
+
+
+def n_labels(env, item_id: int) -> int:
+    with session_scope(env["settings"]) as s:
+        return s.scalar(select(func.count()).select_from(Label).where(Label.item_id == item_id))
+
+
+def n_ledger(env, project_id: int) -> int:
+    with session_scope(env["settings"]) as s:
+        return s.scalar(select(func.count()).select_from(ledger.annotations)
+                        .where(ledger.annotations.c.project_id == project_id))
+
+
+def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(env):
+    st = env["settings"]
+    pid, ranked = _make_project(st, "order", 6)
+    ls_pid = connect_project(st, pid)
+    assert connect_project(st, pid) == ls_pid  # attach again: same project, webhook not doubled
+    hooks = env["ls"].get("/api/webhooks/", params={"project": ls_pid}).json()
+    assert [h["url"] for h in hooks] == [f"{env['app'].url}{WEBHOOK_PATH}"]
+    assert hooks[0]["headers"] == {SECRET_HEADER: SECRET}
+    project = env["ls"].get(f"/api/projects/{ls_pid}").json()
+    assert project["sampling"] == "Sequential sampling" and project["maximum_annotations"] == 1
+    assert project["label_config"] == cfg.labeling_config(CLASSES)
+
+    mapping = push_round(st, pid, 1)
+    assert push_round(st, pid, 1) == mapping  # a retried hook imports nothing twice
+    tasks = ls_tasks(env, ls_pid)
+    assert len(tasks) == 6
+    tasks.sort(key=lambda t: t["id"])
+    assert [t["data"][cfg.ITEM_ID] for t in tasks] == ranked  # ascending task id = camloop's priority
+    assert [mapping[i] for i in ranked] == [t["id"] for t in tasks]
+    for rank, t in enumerate(tasks):
+        (pred,) = t["predictions"]
+        assert pred["model_version"] == "round-1" and pred["score"] == pytest.approx(1 - (0.1 + 0.05 * rank))
+        assert pred["result"][0]["value"]["choices"] == [CLASSES[rank % 3]]
+        assert t["data"][cfg.RANK] == rank and t["data"][cfg.ROUND] == 1
+    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == "round-1"
+    # What the first expert to open the project is served: the top of camloop's queue.
+    nxt = env["ls"].get(f"/api/projects/{ls_pid}/next")
+    assert nxt.status_code == 200 and nxt.json()["id"] == tasks[0]["id"]
+
+    # The image URL in the task works from a browser with no camloop key, and only as signed.
+    img_url = tasks[0]["data"][cfg.IMAGE]
+    r = httpx.get(img_url)
+    assert r.status_code == 200 and r.content == (st.data_dir / f"order/5.png").read_bytes()
+    assert httpx.get(img_url.replace("sig=", "sig=0")).status_code == 403
+    assert httpx.get(img_url.split("?")[0]).status_code == 403
+    assert httpx.get(img_url.replace("order/5.png", "order/4.png")).status_code == 403
+    signer = UrlSigner.from_settings(st)
+    assert httpx.get(signer.sign(f"{FILES_PREFIX}/order/5.png", ttl_s=-1)).status_code == 403  # expired
+    (st.data_dir.parent / "outside.txt").write_text("secret")
+    r = httpx.get(signer.sign(f"{FILES_PREFIX}/../outside.txt"))
+    assert r.status_code in (400, 404) and "secret" not in r.text
+    (st.data_dir / "order/4.png").unlink()  # an image removed after it was queued
+    r = httpx.get(tasks[1]["data"][cfg.IMAGE])
+    assert r.status_code == 404 and "no longer exists" in r.json()["detail"]
+    # The heatmap URL is signed too; with no scoring run yet it says why there is none.
+    r = httpx.get(tasks[0]["data"][cfg.HEATMAP])
+    assert r.status_code == 404 and "item" in r.json()["detail"]
+    assert httpx.get(tasks[0]["data"][cfg.HEATMAP].replace("sig=", "sig=1")).status_code == 403
+
+
+def test_creating_a_project_over_rest_creates_or_attaches_its_label_studio_project(env):
+    api = httpx.Client(base_url=env["app"].url + "/api/v1", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    r = api.post("/projects", json={"name": "rest-made", "classes": CLASSES})
+    assert r.status_code == 201 and "warnings" not in r.json(), r.text
+    pid = r.json()["id"]
+    with session_scope(env["settings"]) as s:
+        ls_pid = ledger.get_link(s, pid).ls_project_id
+    made = env["ls"].get(f"/api/projects/{ls_pid}").json()
+    assert made["title"] == "camloop: rest-made" and made["label_config"] == cfg.labeling_config(CLASSES)
+    # A project someone already made in Label Studio is attached by id instead of a new one made.
+    theirs = env["ls"].post("/api/projects/", json={"title": "made by hand"}).json()["id"]
+    r = api.post("/projects", json={"name": "rest-attached", "classes": CLASSES, "config": {"ls_project_id": theirs}})
+    assert r.status_code == 201 and "warnings" not in r.json(), r.text
+    with session_scope(env["settings"]) as s:
+        assert ledger.get_link(s, r.json()["id"]).ls_project_id == theirs
+    assert env["ls"].get(f"/api/projects/{theirs}").json()["label_config"] == cfg.labeling_config(CLASSES)
+
+
+def test_webhook_and_poll_into_the_store_nothing_lost_nothing_twice(env):
+    st, app = env["settings"], env["app"]
+    u1, u2, _ = env["users"]
+    pid, ranked = _make_project(st, "flow", 8)
+    ls_pid = connect_project(st, pid)
+    mapping = push_round(st, pid, 1)
+    t = [mapping[i] for i in ranked]
+
+    # Live webhook: the store has the label as soon as Label Studio answered the expert.
+    a0 = annotate(env, t[0], "cat", u1, wrong=True)
+    assert item_state(env, ranked[0]) == ("cat", "labeled") and n_labels(env, ranked[0]) == 1
+    # The poll sees the same annotation: counted once.
+    res = poll_project(st, pid)
+    assert (res["created"], res["updated"], res["deleted"]) == (0, 0, 0) and res["unchanged"] == 1
+    assert n_labels(env, ranked[0]) == 1
+    # An edit replaces the vote (the labels table keeps the history, the item takes the new label).
+    r = env["ls"].patch(f"/api/annotations/{a0}/", json={"result": [
+        {"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices", "value": {"choices": ["dog"]}}]})
+    assert r.status_code == 200, r.text
+    assert item_state(env, ranked[0]) == ("dog", "labeled") and n_labels(env, ranked[0]) == 2
+
+    # Webhook requests that are not Label Studio's are refused, with a reason.
+    hook = f"{app.url}{WEBHOOK_PATH}"
+    assert httpx.post(hook, content=b"{}").status_code == 401
+    assert httpx.post(hook, content=b"{}", headers={SECRET_HEADER: "guess"}).status_code == 403
+    r = httpx.post(hook, content=b"{oops", headers={SECRET_HEADER: SECRET})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+
+    # A class that is not in the project (Label Studio accepts it): stored for review, not a label.
+    annotate(env, t[1], "zebra", u1)
+    assert item_state(env, ranked[1]) == (None, "queued")
+    assert n_ledger(env, pid) == 2
+
+    # camloop goes down; experts keep working: a new answer, a skip, an edit, a delete.
+    app.stop()
+    annotate(env, t[2], "bird", u1)
+    annotate(env, t[3], None, u1, skip=True)
+    a4 = annotate(env, t[4], "cat", u2)
+    r = env["ls"].patch(f"/api/annotations/{a4}/", json={"result": [
+        {"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices", "value": {"choices": ["bird"]}}]})
+    assert r.status_code == 200
+    assert env["ls"].delete(f"/api/annotations/{a0}/").status_code == 204
+    app.start()  # camloop restarts; the missed webhooks are gone for good
+    assert item_state(env, ranked[2]) == (None, "queued") and item_state(env, ranked[0]) == ("dog", "labeled")
+
+    res = poll_project(st, pid)
+    assert (res["created"], res["deleted"]) == (3, 1), res
+    assert item_state(env, ranked[0]) == (None, "queued")      # its only vote was deleted: taken back
+    assert item_state(env, ranked[2]) == ("bird", "labeled")
+    assert item_state(env, ranked[3]) == (None, "queued")      # skipped: recorded, no label
+    assert item_state(env, ranked[4]) == ("bird", "labeled")   # the edited answer, once
+    assert n_labels(env, ranked[4]) == 1
+    assert any("zebra" in p for p in res["problems"])
+    # A second poll finds nothing new: every annotation counted exactly once.
+    again = poll_project(st, pid)
+    assert (again["created"], again["updated"], again["deleted"]) == (0, 0, 0)
+    assert again["unchanged"] == n_ledger(env, pid) == 4  # zebra, bird, skip, cat→bird
+    with session_scope(st) as s:
+        # item 0: cat then dog (history kept); items 2 and 4: bird each
+        assert s.scalar(select(func.count()).select_from(Label).where(Label.project_id == pid)) == 4
+    rv = review(st, pid)
+    assert {r["item_id"]: r["status"] for r in rv["review"]} == {ranked[1]: "unusable"}
+
+
+def test_kill_and_restart_label_studio_and_camloop_mid_round(env):
+    st, app, server = env["settings"], env["app"], env["server"]
+    u1, u2, _ = env["users"]
+    pid, ranked = _make_project(st, "restart", 4)
+    connect_project(st, pid)
+    mapping = push_round(st, pid, 1)
+    t = [mapping[i] for i in ranked]
+    annotate(env, t[0], "dog", u1)                       # delivered by webhook
+    assert item_state(env, ranked[0]) == ("dog", "labeled")
+
+    server.kill()                                        # Label Studio crashes mid-round
+    with pytest.raises(Exception):
+        poll_project(st, pid)                            # the poll fails loudly, and deletes nothing
+    assert item_state(env, ranked[0]) == ("dog", "labeled")
+    app.stop()                                           # and camloop goes down too
+    server.start()                                       # Label Studio comes back on the same data
+    annotate(env, t[1], "cat", u2)                       # answered while camloop is still down
+    app.start()
+    res = poll_project(st, pid)
+    assert (res["created"], res["updated"], res["deleted"], res["unchanged"]) == (1, 0, 0, 1)
+    assert item_state(env, ranked[1]) == ("cat", "labeled")
+    annotate(env, t[2], "bird", u1)                      # webhooks flow again after both restarts
+    assert item_state(env, ranked[2]) == ("bird", "labeled")
+    assert poll_project(st, pid)["created"] == 0
+    assert n_ledger(env, pid) == 3 and all(n_labels(env, i) == 1 for i in ranked[:3])
+    # The batch is not fully labeled yet: one task is still open in Label Studio.
+    assert poll_project(st, pid)["open_tasks"] == 1
+
+
+def test_three_experts_majority_tie_and_per_class_agreement(env):
+    st = env["settings"]
+    u = env["users"]
+    pid, ranked = _make_project(st, "panel", 4)
+    ls_pid = connect_project(st, pid, maximum_annotations=3)
+    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["maximum_annotations"] == 3
+    mapping = push_round(st, pid, 1)
+    t = [mapping[i] for i in ranked]
+    votes = {0: ["cat", "cat", "dog"], 1: ["cat", "dog", "bird"], 2: ["dog", "dog", "dog"], 3: ["bird", "bird", None]}
+    for k, labels in votes.items():
+        for j, lab in enumerate(labels):
+            annotate(env, t[k], lab, u[j], skip=lab is None, wrong=(k == 2 and j == 0))
+            if j == 0:  # one expert of three is not a label yet
+                assert item_state(env, ranked[k]) == (None, "queued")
+    assert item_state(env, ranked[0]) == ("cat", "labeled")   # majority 2:1, flagged for review
+    assert item_state(env, ranked[1]) == (None, "queued")     # three-way tie: no label until someone decides
+    assert item_state(env, ranked[2]) == ("dog", "labeled")   # unanimous
+    assert item_state(env, ranked[3]) == ("bird", "labeled")  # 2 votes + 1 skip
+    rv = review(st, pid)
+    assert {r["item_id"]: r["status"] for r in rv["review"]} == {ranked[0]: "majority", ranked[1]: "tie"}
+    ag = rv["agreement"]
+    assert ag["items_with_overlap"] == 4
+    # per item observed agreement: 1/3, 0, 1, 1 → 7/12
+    assert ag["percent_agreement"] == pytest.approx(7 / 12)
+    # cat: Σ n(n−1) = 2 + 0, Σ n(N−1) = 2·2 + 1·2 → 2/6; dog: (0 + 0 + 6) / (1·2 + 1·2 + 3·2) = 6/10
+    assert ag["per_class"]["cat"]["percent_agreement"] == pytest.approx(2 / 6)
+    assert ag["per_class"]["dog"]["percent_agreement"] == pytest.approx(6 / 10)
+    assert ag["per_class"]["bird"]["percent_agreement"] == pytest.approx(2 / 4)  # (0 + 2) / (1·2 + 2·1)
+    assert ag["per_class"]["dog"]["wrong_region_rate"] == pytest.approx(1 / 5)
+    assert ag["fleiss_kappa"] is not None and len(ag["pairs"]) == 3
+    # The poll agrees with what the webhooks delivered.
+    res = poll_project(st, pid)
+    assert (res["created"], res["updated"], res["deleted"], res["unchanged"]) == (0, 0, 0, 12)
+    assert res["open_tasks"] == 0
