@@ -21,3 +21,5 @@ app.command("worker")(_server.worker)
 app.command("status")(_client.status)
 app.add_typer(_client.project_app, name="project")
 app.add_typer(_client.round_app, name="round")
+from service.demo_cmd import demo as _demo  # noqa: E402
+app.command("demo")(_demo)
