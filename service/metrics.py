@@ -1,7 +1,7 @@
 """The metrics users poll: latest per-class scores, labeled counts, class status, history by round."""
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from service.store import Item, ModelVersion, Project, ProjectClass, Round
@@ -14,6 +14,17 @@ def _per_class(mv: ModelVersion, names: list[str]) -> tuple[str | None, dict]:
     return split, {n: pc.get(n) or {} for n in names}
 
 
+def _wrong_region(s: Session, project_id: int) -> dict[str, tuple[int, int]]:
+    """class → (expert votes, votes saying "the model looked at the wrong region"), from Label Studio."""
+    from service.labelstudio.ledger import annotations as a
+
+    rows = s.execute(select(a.c.label, func.count(), func.sum(cast(a.c.wrong_region, Integer)))
+                     .where(a.c.project_id == project_id, a.c.label.is_not(None), a.c.problem.is_(None),
+                            a.c.skipped.is_(False))
+                     .group_by(a.c.label)).all()
+    return {label: (int(n), int(w or 0)) for label, n, w in rows}
+
+
 def project_metrics(s: Session, project: Project) -> dict:
     classes = list(s.scalars(select(ProjectClass).where(ProjectClass.project_id == project.id).order_by(ProjectClass.index)))
     names = [c.name for c in classes]
@@ -22,11 +33,15 @@ def project_metrics(s: Session, project: Project) -> dict:
     versions = list(s.scalars(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.round)))
     latest = versions[-1] if versions else None
     split, pc = _per_class(latest, names) if latest else (None, {n: {} for n in names})
+    wrong_region = _wrong_region(s, project.id)
     per_class = {}
     for c in classes:
         v = pc.get(c.name, {})
         per_class[c.name] = {k: v.get(k) for k in ("accuracy", "precision", "recall", "f1", "support")}
-        per_class[c.name].update(labeled=int(labeled.get(c.name, 0)), status=c.status, reason=c.reason)
+        votes, wrong = wrong_region.get(c.name, (0, 0))
+        per_class[c.name].update(labeled=int(labeled.get(c.name, 0)), status=c.status, reason=c.reason,
+                                 expert_votes=votes, wrong_region_votes=wrong,
+                                 wrong_region_rate=(wrong / votes) if votes else None)
     history = []
     for mv in versions:
         m = mv.metrics or {}
@@ -37,10 +52,12 @@ def project_metrics(s: Session, project: Project) -> dict:
                         "weighted_f1": ev.get("weighted_f1"),
                         "val_accuracy": (m.get("val") or {}).get("accuracy"),
                         "per_class": {n: (hp.get(n) or {}).get("accuracy") for n in names}})
+    skipped = s.scalar(select(func.count()).select_from(Item).where(
+        Item.project_id == project.id, Item.status == "skipped")) or 0
     last_round = s.scalar(select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1))
     ev = ((latest.metrics or {}).get(split) or {}) if latest else {}
     return {"project_id": project.id, "round": last_round.number if last_round else None,
             "round_state": last_round.state if last_round else None, "evaluated_on": split,
             "model_version_id": latest.id if latest else None,
             "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"), "weighted_f1": ev.get("weighted_f1"),
-            "labeled": int(sum(labeled.values())), "per_class": per_class, "history": history}
+            "labeled": int(sum(labeled.values())), "skipped": skipped, "per_class": per_class, "history": history}

@@ -22,7 +22,9 @@ class Base(DeclarativeBase):
 ROUND_STATES = ("created", "training", "scoring", "selecting", "labeling", "closed", "failed")
 ACTIVE_ROUND_STATES = ("created", "training", "scoring", "selecting")
 ITEM_SPLITS = ("pool", "val", "test")
-ITEM_STATUSES = ("unlabeled", "queued", "labeled", "quarantined")
+# skipped: every expert asked skipped it (unreadable, ambiguous); it leaves the queue and is not
+# offered again until an engineer labels it through the API.
+ITEM_STATUSES = ("unlabeled", "queued", "labeled", "quarantined", "skipped")
 JOB_STATES = ("queued", "started", "finished", "failed")
 
 

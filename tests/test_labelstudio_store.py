@@ -276,7 +276,7 @@ def test_webhook_and_poll_into_the_store_nothing_lost_nothing_twice(env):
     assert (res["created"], res["deleted"]) == (3, 1), res
     assert item_state(env, ranked[0]) == (None, "queued")      # its only vote was deleted: taken back
     assert item_state(env, ranked[2]) == ("bird", "labeled")
-    assert item_state(env, ranked[3]) == (None, "queued")      # skipped: recorded, no label
+    assert item_state(env, ranked[3]) == (None, "skipped")     # skipped: recorded, no label, not re-queued
     assert item_state(env, ranked[4]) == ("bird", "labeled")   # the edited answer, once
     assert n_labels(env, ranked[4]) == 1
     assert any("zebra" in p for p in res["problems"])

@@ -1,7 +1,7 @@
 """/api/v1 routes. Each: authenticate, open a transaction, call one service function, shape the answer."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlalchemy import select
 
 from service import items as items_svc
@@ -203,3 +203,34 @@ def include_class(pid: int, name: str, body: ClassChangeIn, request: Request, c:
     with session_scope(settings_of(request)) as s:
         projects_svc.set_class_status(s, pid, name, False, c.who, body.reason or "included by an engineer")
         return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+
+
+# ------------------------------------------------------------------- Label Studio
+
+@router.get("/projects/{pid}/review", tags=["label-studio"])
+def review(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+    """Items that need a person's decision (ties, disagreements, unusable answers) and the
+    annotators' agreement per class, with how often they said the model looked at the wrong region."""
+    from service.labelstudio.orchestrate import review as review_svc
+
+    settings = settings_of(request)
+    with session_scope(settings) as s:
+        projects_svc.get_project(s, pid)
+    return review_svc(settings, pid)
+
+
+@router.post("/projects/{pid}/label-studio/sync", tags=["label-studio"])
+def sync_label_studio(pid: int, request: Request, c: Caller = Depends(writer)) -> dict:
+    """Reconcile with Label Studio now (the background poll does the same every few seconds)."""
+    from service.labelstudio.client import LabelStudioError
+    from service.labelstudio.orchestrate import sync_project
+
+    settings = settings_of(request)
+    with session_scope(settings) as s:
+        projects_svc.get_project(s, pid)
+    try:
+        out = sync_project(settings, pid)
+    except LabelStudioError as e:  # not configured, unreachable, or it refused: say which
+        raise HTTPException(502 if settings.label_studio_url else 409, str(e)) from None
+    _advance(settings, pid)
+    return out

@@ -8,9 +8,8 @@ review). This ledger holds each annotation's current state keyed by its Label St
 which is what makes webhook + poll idempotent; the *resolved* label of an item (majority of
 its annotators) is what goes into the store's `labels`/`items` (service.labelstudio.store_apply).
 
-The tables live on their own MetaData and are created with checkfirst, so the bridge works
-on a database the store's migrations made; docs/labelstudio.md "Needs from the store" asks
-for them to join the Alembic history.
+The tables live on their own MetaData; Alembic revision 0002 creates them with the store's
+schema, and ensure_tables (checkfirst) remains for a database that was not migrated.
 """
 from __future__ import annotations
 

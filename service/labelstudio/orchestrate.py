@@ -175,6 +175,24 @@ def poll_project(settings: Settings, project_id: int, *, bridge: LabelStudioBrid
             "tasks": snap.tasks, "open_tasks": snap.open_tasks}
 
 
+def sync_project(settings: Settings, project_id: int) -> dict:
+    """Connect the project if it is not yet, push the open round's batch, then poll.
+
+    What an engineer calls after an outage of Label Studio; each step is idempotent."""
+    if not _configured(settings):
+        raise LabelStudioError("Label Studio is not configured (CAMLOOP_LABEL_STUDIO_URL and _TOKEN)")
+    with session_scope(settings) as s:
+        labeling = s.scalar(select(Round.number).where(Round.project_id == project_id, Round.state == "labeling")
+                            .order_by(Round.number.desc()).limit(1))
+    pushed = push_round(settings, project_id, labeling) if labeling is not None else {}
+    if labeling is None:
+        with session_scope(settings) as s:
+            linked = ledger.get_link(s, project_id) is not None
+        if not linked:
+            connect_project(settings, project_id)
+    return {"round": labeling, "tasks_in_round": len(pushed), **poll_project(settings, project_id)}
+
+
 def poll_all(settings: Settings, *, bridge: LabelStudioBridge | None = None) -> dict[int, dict]:
     _tables(settings)
     with session_scope(settings) as s:

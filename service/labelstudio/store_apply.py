@@ -6,7 +6,9 @@ of its annotators, service.labelstudio.resolve) and the store is brought in line
     which sets the item's label; the external id is a digest of the votes, so the same
     resolution delivered twice is one label, and a changed resolution is a new label
     ("latest wins" in the store);
-  * otherwise (tie, all skipped, votes deleted, still waiting for annotators) → an item whose
+  * skipped by every annotator → status 'skipped': the round no longer waits for it and it is
+    not queued again;
+  * otherwise (tie, votes deleted, still waiting for annotators) → an item whose
     current label came from Label Studio gets it taken back, so it never trains on a label
     that no longer has a majority behind it.
 """
@@ -35,6 +37,7 @@ class SyncResult:
     labeled: list[int] = field(default_factory=list)      # items whose store label was (re)set
     retracted: list[int] = field(default_factory=list)    # items whose Label Studio label was taken back
     review: list[Resolution] = field(default_factory=list)  # ties and disagreements
+    skipped: list[int] = field(default_factory=list)      # items every annotator skipped
     problems: list[str] = field(default_factory=list)
 
 
@@ -75,9 +78,16 @@ def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[i
                 # Same resolution as once before (after a retraction): the label row exists; restore it.
                 item.label, item.status = res.label, "labeled"
             out.labeled.append(item_id)
-        elif item.status == "labeled":
+        elif res.complete and res.status == "skipped":
+            # Every annotator skipped it: the round stops waiting for it, and it is not queued
+            # again (experts said they cannot tell); an earlier Label Studio label is taken back.
             latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
-            if latest is not None and latest.source == SOURCE:
+            if item.status == "queued" or (item.status == "labeled" and latest is not None and latest.source == SOURCE):
+                item.label, item.status = None, "skipped"
+                out.skipped.append(item_id)
+        elif item.status in ("labeled", "skipped"):
+            latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
+            if item.status == "skipped" or (latest is not None and latest.source == SOURCE):
                 item.label, item.status = None, _unlabeled_status(s, item_id)
                 out.retracted.append(item_id)
     s.flush()

@@ -1,0 +1,191 @@
+"""Issue 4 end to end: experts label a round in a real Label Studio and the next round trains on it.
+
+Real processes only: `camloop serve` (with the Label Studio settings, so it creates the LS
+project, pushes each round's batch and takes webhooks) and `camloop worker`, on the machine's
+Redis and a SQLite store, against the shared Label Studio 1.23.2 of the test session. Experts
+are users made through Label Studio's API; their answers are posted to Label Studio's own
+annotation endpoint, as the labeling UI does. The test then reads camloop's REST API only.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from service.labelstudio import config as cfg
+from tests.labelstudio_server import free_port, label_studio  # noqa: F401  (session fixture)
+from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker, unique_prefix,
+                               wait_for, worker_env, write_pngs)
+
+pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
+
+KEY = "ls-e2e-engineer-key"
+SECRET = "ls-e2e-webhook-secret"
+BUDGET = 8
+SEEDED = 20
+
+
+def _ok(r: httpx.Response, *codes: int) -> dict:
+    assert r.status_code in (codes or (200,)), f"{r.request.method} {r.request.url} → {r.status_code}: {r.text}"
+    return r.json()
+
+
+@pytest.fixture
+def stack(label_studio, tmp_path):  # noqa: F811
+    ls_url, token = label_studio
+    root = tmp_path / "data"
+    root.mkdir()
+    prefix = unique_prefix("lse2e")
+    port = free_port()
+    env = worker_env(CAMLOOP_DATA_DIR=str(root), CAMLOOP_QUEUE_PREFIX=prefix, CAMLOOP_API_KEYS=KEY,
+                     REDIS_URL=REDIS_URL, CAMLOOP_JOB_RETRIES="1", CAMLOOP_RECONCILE_INTERVAL_S="0.3",
+                     CAMLOOP_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}", CAMLOOP_LABEL_STUDIO_URL=ls_url,
+                     CAMLOOP_LABEL_STUDIO_TOKEN=token, CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET=SECRET,
+                     CAMLOOP_LABEL_STUDIO_POLL_INTERVAL_S="2", CAMLOOP_URL_SIGNING_KEY="ls-e2e-signing-key")
+    log = root / "server.log"
+    server = subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "serve",
+                               "--port", str(port), "--log-level", "warning"],
+                              env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    worker = start_worker(env, root / "worker.log")
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=60)
+    ls = httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {token}"}, timeout=30)
+
+    def healthy():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=120, what="camloop serve /healthz", proc=server, log=log)
+        yield dict(root=root, api=api, ls=ls, server=server, worker=worker, log=log, port=port)
+    finally:
+        api.close()
+        ls.close()
+        stop_worker(worker)
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        cleanup_queues(redis.Redis.from_url(REDIS_URL), prefix)
+
+
+def _logs(stack) -> str:
+    return "\n".join(f"--- {n}\n" + (Path(stack["root"]) / n).read_text(errors="replace")[-3000:]
+                     for n in ("server.log", "worker.log") if (Path(stack["root"]) / n).exists())
+
+
+def _round(stack, pid: int, n: int, states: tuple[str, ...]) -> dict:
+    def reached():
+        r = stack["api"].get(f"/projects/{pid}/rounds/{n}")
+        if r.status_code == 404:
+            return None
+        rnd = _ok(r)
+        if rnd["state"] == "failed":
+            raise AssertionError(f"round {n} failed: {rnd['error']}\n{_logs(stack)}")
+        return rnd if rnd["state"] in states else None
+
+    return wait_for(reached, timeout=600, interval=0.3, what=f"round {n} in {states}", proc=stack["server"],
+                    log=stack["log"])
+
+
+def _expert(ls: httpx.Client, name: str) -> int:
+    r = ls.post("/api/users/", json={"email": f"{name}@camloop.test", "username": name, "first_name": name,
+                                     "password": "not-used-here-1"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def _answer(ls: httpx.Client, task_id: int, user: int, label: str | None, *, wrong: bool = False) -> None:
+    """What the labeling UI posts when an expert submits (label) or skips (None) a task."""
+    result = [] if label is None else [
+        {"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices", "value": {"choices": [label]}}]
+    if wrong:
+        result.append({"from_name": cfg.WRONG_FROM, "to_name": cfg.HEATMAP, "type": "choices",
+                       "value": {"choices": [cfg.WRONG_VALUE]}})
+    r = ls.post(f"/api/tasks/{task_id}/annotations/",
+                json={"result": result, "was_cancelled": label is None, "completed_by": user, "lead_time": 3.0})
+    assert r.status_code == 201, r.text
+
+
+def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
+    api, ls, root = stack["api"], stack["ls"], stack["root"]
+    images, labels = digits_arrays(160, seed=3)
+    truth = {}
+    for sub, sl in (("pool", slice(0, 120)), ("val", slice(120, 160))):
+        for uri, y in write_pngs(root, images[sl], labels[sl], sub=sub):
+            truth[uri] = str(y)
+    classes = [str(i) for i in range(10)]
+
+    # Creating the project creates its Label Studio project (webhook registered with our secret).
+    p = _ok(api.post("/projects", json={"name": f"ls-e2e-{stack['port']}", "classes": classes, "config": {
+        "budget": BUDGET, "epochs": 1, "mc_samples": 2, "hflip": False, "pretrained": False,
+        "auto_next_round": True}}), 201)
+    pid = p["id"]
+    ls_projects = ls.get("/api/projects/", params={"page_size": 1000}).json()
+    ls_projects = ls_projects["results"] if isinstance(ls_projects, dict) else ls_projects
+    ls_pid = next(x["id"] for x in ls_projects if x["title"] == f"camloop: ls-e2e-{stack['port']}")
+    hooks = ls.get("/api/webhooks/", params={"project": ls_pid}).json()
+    assert [h["url"] for h in hooks] == [f"http://127.0.0.1:{stack['port']}/api/v1/webhooks/label-studio"]
+
+    seeded = [u for u in truth if u.startswith("pool/")][:SEEDED]
+    items = [{"uri": u, "split": "val", "label": y} for u, y in truth.items() if u.startswith("val/")]
+    items += [{"uri": u, "split": "pool", "label": truth[u]} for u in seeded]
+    _ok(api.post(f"/projects/{pid}/items", json={"items": items}), 202)
+    _ok(api.post(f"/projects/{pid}/items", json={"folder": "pool"}), 202)
+
+    # Round 1 trains on the seeded labels, scores the pool and queues BUDGET images in Label Studio.
+    _ok(api.post(f"/projects/{pid}/rounds"), 202)
+    _round(stack, pid, 1, ("labeling",))
+    queue = _ok(api.get(f"/projects/{pid}/queue"))["items"]
+    assert len(queue) == BUDGET
+    uri_of = {q["item_id"]: q["uri"] for q in queue}
+
+    def ls_tasks():
+        r = ls.get("/api/tasks", params={"project": ls_pid, "fields": "all", "page_size": 100})
+        return r.json()["tasks"] if r.status_code == 200 else []
+
+    tasks = wait_for(lambda: (t := ls_tasks()) and len(t) == BUDGET and t, timeout=60, what="batch in Label Studio")
+    by_item = {int(t["data"][cfg.ITEM_ID]): t for t in tasks}
+    assert set(by_item) == set(uri_of)
+    # Each task carries the model's guess as a prediction from round 1.
+    assert all(t["predictions"] and t["predictions"][0].get("model_version") == cfg.round_version(1) for t in tasks)
+
+    # Two experts: one labels all but two tasks (one flagged "looked at the wrong region"), one skips.
+    alice, bob = _expert(ls, f"alice-{stack['port']}"), _expert(ls, f"bob-{stack['port']}")
+    ordered = [q["item_id"] for q in queue]
+    skipped_item, wrong_item = ordered[-1], ordered[0]
+    for iid in ordered[:-1]:
+        _answer(ls, by_item[iid]["id"], alice, truth[uri_of[iid]], wrong=(iid == wrong_item))
+    _answer(ls, by_item[skipped_item]["id"], bob, None)
+
+    # The webhooks (and the poll behind them) close round 1; auto_next_round starts round 2,
+    # which trains on the seeded labels plus the experts' BUDGET - 1.
+    _round(stack, pid, 1, ("closed",))
+    r2 = _round(stack, pid, 2, ("labeling", "closed"))
+    assert r2["number"] == 2
+    m = _ok(api.get(f"/projects/{pid}/metrics"))
+    assert m["labeled"] == SEEDED + BUDGET - 1 and m["skipped"] == 1
+    assert m["history"][-1]["round"] == 2 and m["history"][-1]["labeled"] == SEEDED + BUDGET - 1
+    wrong_class = truth[uri_of[wrong_item]]
+    assert m["per_class"][wrong_class]["wrong_region_votes"] == 1
+    listed = {it["id"]: it for it in _ok(api.get(f"/projects/{pid}/items", params={"split": "pool",
+                                                                                   "limit": 1000}))["items"]}
+    for iid in ordered[:-1]:
+        assert (listed[iid]["status"], listed[iid]["label"]) == ("labeled", truth[uri_of[iid]])
+    assert listed[skipped_item]["status"] == "skipped"
+    # Nothing counted twice: a manual sync (webhook + poll already ran) creates nothing new.
+    sync = _ok(api.post(f"/projects/{pid}/label-studio/sync"))
+    assert sync["created"] == 0 and sync["updated"] == 0 and sync["deleted"] == 0
+    assert _ok(api.get(f"/projects/{pid}/metrics"))["labeled"] == SEEDED + BUDGET - 1
+    rv = _ok(api.get(f"/projects/{pid}/review"))
+    assert rv["review"] == [] and "per_class" in rv["agreement"]
+    # Round 2's batch is in Label Studio too, with round 2's predictions.
+    wait_for(lambda: len(ls_tasks()) == 2 * BUDGET, timeout=60, what="round 2 batch in Label Studio")
