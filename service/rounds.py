@@ -410,7 +410,7 @@ def _enter_labeling(s: Session, settings: Settings, project: Project, rnd: Round
 def _labeling_progress(s: Session, rnd: Round) -> tuple[int, int]:
     total = s.scalar(select(func.count()).select_from(QueueEntry).where(QueueEntry.round_id == rnd.id)) or 0
     done = s.scalar(select(func.count()).select_from(QueueEntry).join(Item, Item.id == QueueEntry.item_id)
-                    .where(QueueEntry.round_id == rnd.id, Item.status.in_(("labeled", "quarantined")))) or 0
+                    .where(QueueEntry.round_id == rnd.id, Item.status.in_(("labeled", "quarantined", "skipped")))) or 0
     return done, total
 
 
