@@ -31,6 +31,7 @@ class ReportInput:
     rounds: list[dict]
     class_names: list[str]
     confusion: list[list[int]] | None = None
+    confusion_split: str = "test"
     overlays: list[Overlay] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -104,14 +105,17 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
 
 
 def overlay_grid(overlays: list[Overlay], path: Path, columns: int = 8) -> Path:
+    """Overlays in rows of `columns`, each titled with its caption (may be several lines)."""
     n = len(overlays)
+    columns = max(1, min(columns, n))
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    lines = max((o.caption.count("\n") + 1 for o in overlays), default=1)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * (1.6 + 0.15 * lines)), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
             ax.imshow(np.asarray(Image.open(io.BytesIO(overlays[k].png)).convert("RGB")))
-            ax.set_title(overlays[k].caption, fontsize=6)
+            ax.set_title(overlays[k].caption, fontsize=6.5, linespacing=1.1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -123,21 +127,30 @@ def write_report(data: ReportInput, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str]] = []
     if data.rounds:
-        plot_learning_curves({data.title: data.rounds}, out_dir / "learning_curve.png")
+        curves = {"test accuracy": data.rounds}
+        if any(r.get("excluded") for r in data.rounds) and all(r.get("accuracy_all") is not None for r in data.rounds):
+            # After an exclusion the headline accuracy is over the classes still active; draw
+            # the all-classes accuracy beside it so the gain from dropping a class is visible.
+            curves = {"test accuracy, active classes": data.rounds,
+                      "test accuracy, all classes": [{**r, "accuracy": r["accuracy_all"]} for r in data.rounds]}
+        plot_learning_curves(curves, out_dir / "learning_curve.png")
         figures.append(("Learning curve", "learning_curve.png"))
         plot_per_class_accuracy(data.rounds, data.class_names, out_dir / "per_class_accuracy.png")
         figures.append(("Per-class accuracy by round (× = excluded)", "per_class_accuracy.png"))
     if data.confusion:
         plot_confusion(data.confusion, data.class_names, out_dir / "confusion_matrix.png")
-        figures.append(("Confusion matrix, last round (test split)", "confusion_matrix.png"))
+        figures.append((f"Confusion matrix of the last round's model ({data.confusion_split} split)",
+                        "confusion_matrix.png"))
     if data.overlays:
         overlay_grid(data.overlays, out_dir / "gradcam_queue.png")
-        figures.append(("Grad-CAM of the images queued for experts", "gradcam_queue.png"))
+        figures.append(("Grad-CAM of the images queued for experts in the last round: "
+                        "where the model looked for its guess, and what the expert said", "gradcam_queue.png"))
     (out_dir / "rounds.json").write_text(json.dumps(data.rounds, indent=2))
 
     rows = "".join(
         f"<tr><td>{r['round']}</td><td>{r['labeled']}</td><td>{r['accuracy']:.3f}</td>"
-        f"<td>{r.get('macro_f1', float('nan')):.3f}</td></tr>"
+        f"<td>{r.get('macro_f1', float('nan')):.3f}</td>"
+        f"<td>{html.escape(', '.join(r.get('excluded_after') or r.get('excluded') or []) or '-')}</td></tr>"
         for r in data.rounds
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
@@ -146,7 +159,7 @@ def write_report(data: ReportInput, out_dir: Path) -> Path:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}</style>
 </head><body><h1>{html.escape(data.title)}</h1><ul>{notes}</ul>
-<table><tr><th>round</th><th>labeled</th><th>accuracy</th><th>macro F1</th></tr>{rows}</table>{figs}
+<table><tr><th>round</th><th>labeled</th><th>accuracy</th><th>macro F1</th><th>excluded after</th></tr>{rows}</table>{figs}
 </body></html>"""
     index = out_dir / "index.html"
     index.write_text(page)
