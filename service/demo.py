@@ -8,7 +8,9 @@ to a real Label Studio and wait for people (`--label-studio URL --token T`).
 """
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +18,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from service.embedded import EmbeddedStack
 from service.report import Overlay, ReportInput, write_report
@@ -29,13 +32,17 @@ FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 TERMINAL_STATES = ("labeling", "closed", "failed")
 
 
+class DemoError(RuntimeError):
+    """Something the person running the demo can act on; the CLI prints it without a traceback."""
+
+
 @dataclass
 class DemoOptions:
     dataset: str = "auto"          # auto = fashion-mnist when the Debian package is installed, else digits
-    rounds: int = 4
+    rounds: int = 5
     initial: int = 200             # random pool images labeled before round 1, as a project would start
-    budget: int = 100              # images queued for experts per round
-    pool: int = 3000               # pool images exported (the demo stays minutes on a laptop CPU)
+    budget: int = 150              # images queued for experts per round
+    pool: int = 4000               # pool images exported (the demo stays minutes on a laptop CPU)
     val: int = 500
     test: int = 1000
     epochs: int = 8
@@ -46,11 +53,19 @@ class DemoOptions:
     report_dir: Path | None = None
     label_studio_url: str | None = None
     label_studio_token: str | None = None
+    host: str = "127.0.0.1"        # where the embedded API listens
+    port: int = 0                  # 0: a free port
+    public_url: str | None = None  # what Label Studio and browsers use to reach the API (default http://host:port)
     poll_s: float = 0.5
+    overlays: int = 24             # Grad-CAM overlays of the last round's queue in the report
 
     @property
     def report_path(self) -> Path:
         return self.report_dir or self.data_dir / "report"
+
+    @property
+    def with_label_studio(self) -> bool:
+        return bool(self.label_studio_url)
 
 
 @dataclass
@@ -64,13 +79,16 @@ def choose_dataset(name: str) -> str:
     if name == "auto":
         return "fashion-mnist" if (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists() else "digits"
     if name not in ("fashion-mnist", "digits"):
-        raise ValueError(f"unknown data set {name!r}; known: auto, fashion-mnist, digits")
+        raise DemoError(f"unknown data set {name!r}; known: auto, fashion-mnist, digits")
+    if name == "fashion-mnist" and not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists():
+        raise DemoError(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT} "
+                        "(Debian/Ubuntu: apt-get install dataset-fashion-mnist); use --dataset digits")
     return name
 
 
 def export_images(opts: DemoOptions) -> DemoData:
     """Write PNGs under <data_dir>/images/<dataset>/<split>/; files already there are kept."""
-    # The demo prepares data in the CLI process; the API process itself never imports torch.
+    # The demo prepares data in the CLI process; the API itself never imports torch for a request.
     from workers.datasets import load_named
 
     name = choose_dataset(opts.dataset)
@@ -91,6 +109,103 @@ def export_images(opts: DemoOptions) -> DemoData:
     return data
 
 
+def rounds_from_metrics(metrics: dict, rounds: list[dict]) -> list[dict]:
+    """GET .../metrics history + GET .../rounds → the rounds list of DESIGN.md (what the report draws).
+
+    A class excluded by the rule after round r's evaluation is left out of training from round
+    r+1 on: per round, "excluded" is what was excluded while that round's model trained, and
+    "excluded_after" what the rule decided once it was evaluated."""
+    names = list(metrics["per_class"])
+    # Per-class accuracy is recall (tp / support) on the same held-out split every round, so the
+    # accuracy over all classes — excluded ones count as misses — follows from the supports.
+    support = {n: (metrics["per_class"][n] or {}).get("support") or 0 for n in names}
+    decided: dict[int, list[str]] = {r["number"]: list((r.get("progress") or {}).get("excluded_by_rule") or [])
+                                     for r in rounds}
+    out = []
+    for h in metrics["history"]:
+        if h.get("accuracy") is None:
+            continue
+        r = h["round"]
+        before = sorted({c for n, cs in decided.items() if n < r for c in cs})
+        after = sorted(set(before) | set(decided.get(r, [])))
+        per_class = {n: {"accuracy": (h.get("per_class") or {}).get(n),
+                         "status": "excluded" if n in before else "active"} for n in names}
+        accs = {n: (h.get("per_class") or {}).get(n) for n in names}
+        total = sum(support.values())
+        acc_all = (sum((accs[n] or 0.0) * support[n] for n in names) / total
+                   if total and all(accs[n] is not None for n in names if support[n]) else None)
+        out.append({"round": r, "labeled": h.get("labeled") or 0, "accuracy": h["accuracy"],
+                    "accuracy_all": acc_all, "macro_f1": h.get("macro_f1") or 0.0, "per_class": per_class,
+                    "excluded": before, "excluded_after": after})
+    return out
+
+
+def confusion_from_artifacts(settings: Settings, pid: int, round_number: int) -> tuple[list[list[int]] | None, str]:
+    """The confusion matrix of a round's model, from the train job's metrics file.
+
+    The matrix lives in ModelVersion.metrics[split]["confusion"] (workers.jobs.train_round writes it to
+    <artifacts>/p<pid>/r<round>/metrics.json); GET .../metrics does not return it yet, and the demo
+    process is the embedded server, so it reads the same file the server stored."""
+    from service import paths
+
+    f = paths.round_dir(settings, pid, round_number) / "metrics.json"
+    try:
+        m = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None, ""
+    for split in ("test", "val"):
+        conf = (m.get(split) or {}).get("confusion")
+        if conf:
+            return conf, split
+    return None, ""
+
+
+def caption(q: dict) -> str:
+    """Overlay caption: the model's guess against what the expert answered."""
+    pred, label = q.get("predicted"), q.get("label")
+    mark = "" if not (pred and label) else (" ✓" if pred == label else " ✗")
+    return f"#{q['rank'] + 1} predicted: {pred or '—'}\nexpert: {label or '(not yet)'}{mark}"
+
+
+@dataclass
+class View:
+    """What the live display shows: the rounds so far and what the current round is doing."""
+    table: Table
+    line: Text
+    timer: Text
+    key: str      # changes when the round or its stage changes
+    rows: int     # rounds in the table
+
+    def __rich__(self) -> Group:
+        return Group(self.table, self.line + self.timer)
+
+
+class PlainDisplay:
+    """Stands in for rich's Live when the output is not a terminal (CI logs, a pipe, a file):
+    one line when a round changes stage, the table when a round's results arrive."""
+
+    def __init__(self, console: Console):
+        self.console, self._key, self._rows = console, None, 0
+
+    def __enter__(self) -> "PlainDisplay":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, view: View) -> None:
+        if view.rows != self._rows:
+            self._rows = view.rows
+            self.console.print(view.table)
+        if view.key != self._key:
+            self._key = view.key
+            self.console.print(view.line)
+
+
+def display(console: Console):
+    return Live(console=console, refresh_per_second=4) if console.is_terminal else PlainDisplay(console)
+
+
 class DemoRun:
     """Drives one demo over REST; every step is something a user could do with curl."""
 
@@ -98,18 +213,23 @@ class DemoRun:
         self.opts, self.api, self.console = opts, api, console
         self.truth: dict[int, str] = {}
         self.pid: int | None = None
+        self.name: str | None = None
+        self.ls_project_url: str | None = None
+        self._stage_since: tuple[str, float] = ("", time.monotonic())
 
     def _ok(self, r: httpx.Response) -> dict:
         if r.status_code >= 400:
-            raise RuntimeError(f"{r.request.method} {r.request.url.path} → {r.status_code}: {r.text[:500]}")
+            raise DemoError(f"{r.request.method} {r.request.url.path} → {r.status_code}: {r.text[:500]}")
         return r.json()
 
     def create_project(self, data: DemoData) -> int:
         config = {"model": self.opts.model, "strategy": self.opts.strategy, "budget": self.opts.budget,
                   "epochs": self.opts.epochs, "seed": self.opts.seed}
-        name = f"demo-{data.name}-{int(time.time())}"
-        project = self._ok(self.api.post("/projects", json={"name": name, "classes": data.class_names,
+        self.name = f"demo-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        project = self._ok(self.api.post("/projects", json={"name": self.name, "classes": data.class_names,
                                                               "config": config}))
+        if project.get("warnings"):
+            raise DemoError("the project was created, but: " + "; ".join(project["warnings"]))
         self.pid = project["id"]
         rng = np.random.default_rng(self.opts.seed)
         pool_idx = [i for i, it in enumerate(data.items) if it["split"] == "pool"]
@@ -130,10 +250,13 @@ class DemoRun:
             offset += 10000
         return self.pid
 
-    def wait_round(self, number: int, live: Live, history: list[dict]) -> dict:
+    def get_round(self, number: int) -> dict:
+        return self._ok(self.api.get(f"/projects/{self.pid}/rounds/{number}"))
+
+    def wait_round(self, number: int, live, history: list[dict]) -> dict:
         while True:
-            rnd = self._ok(self.api.get(f"/projects/{self.pid}/rounds/{number}"))
-            live.update(self._view(rnd, history))
+            rnd = self.get_round(number)
+            live.update(self.view(rnd, history))
             if rnd["state"] in TERMINAL_STATES:
                 return rnd
             time.sleep(self.opts.poll_s)
@@ -146,93 +269,191 @@ class DemoRun:
             self._ok(self.api.post(f"/projects/{self.pid}/labels", json={"labels": labels}))
         return len(labels)
 
-    def wait_for_people(self, number: int, live: Live, history: list[dict]) -> None:
+    def wait_for_people(self, number: int, live, history: list[dict]) -> dict:
+        where = self.ls_project_url or self.opts.label_studio_url
         while True:
-            rnd = self._ok(self.api.get(f"/projects/{self.pid}/rounds/{number}"))
-            live.update(self._view(rnd, history, waiting="waiting for experts in Label Studio"))
-            if rnd["state"] == "closed":
-                return
+            rnd = self.get_round(number)
+            live.update(self.view(rnd, history, waiting=f"waiting for experts in Label Studio: {where}"))
+            if rnd["state"] in ("closed", "failed"):
+                return rnd
             time.sleep(max(self.opts.poll_s, 2.0))
 
-    def _view(self, rnd: dict, history: list[dict], waiting: str | None = None) -> Table:
-        table = Table(title=f"camloop demo — project {self.pid}", expand=False)
-        for col in ("round", "labeled", "test accuracy", "macro F1", "excluded"):
+    def view(self, rnd: dict, history: list[dict], waiting: str | None = None) -> "View":
+        table = Table(title=f"camloop demo — project {self.pid} ({self.opts.strategy})", expand=False,
+                      caption="accuracy on the test split: over the classes still active, and over all classes"
+                      if any(h.get("excluded") for h in history) else None)
+        for col in ("round", "labeled", "test accuracy", "all classes", "macro F1", "excluded after"):
             table.add_column(col, justify="right")
+        prev = None
         for h in history:
-            table.add_row(str(h["round"]), str(h["labeled"]), f"{h['accuracy']:.3f}", f"{h['macro_f1']:.3f}",
-                          ", ".join(h.get("excluded", [])) or "-")
-        progress = rnd.get("progress") or {}
-        detail = ", ".join(f"{k}={v}" for k, v in progress.items() if k != "stage")
-        jobs = ", ".join(f"{j['kind']}{'' if j['shard'] is None else j['shard']}:{j['state']}" for j in rnd["jobs"])
-        table.caption = f"round {rnd['number']}: {waiting or rnd['state']}  {detail}  [{jobs}]"
-        return table
+            delta = "" if prev is None else f" ({h['accuracy'] - prev:+.3f})"
+            table.add_row(str(h["round"]), str(h["labeled"]), f"{h['accuracy']:.3f}{delta}",
+                          "—" if h.get("accuracy_all") is None else f"{h['accuracy_all']:.3f}",
+                          f"{h['macro_f1']:.3f}", ", ".join(h.get("excluded_after", [])) or "-")
+            prev = h["accuracy"]
+        state = rnd["state"]
+        key = f"{rnd['number']}:{state}"
+        if self._stage_since[0] != key:
+            self._stage_since = (key, time.monotonic())
+        secs = time.monotonic() - self._stage_since[1]
+        p = rnd.get("progress") or {}
+        detail = {"created": lambda: f"decoding images {p.get('ingest_done', 0)}/{p.get('ingest_total', '?')}"
+                  if p.get("waiting_for") == "ingest" else "",
+                  "training": lambda: f"on {p.get('n_train', '?')} labeled images",
+                  "scoring": lambda: f"the unlabeled pool, shards {p.get('shards_done', 0)}/{p.get('shards', '?')}",
+                  "labeling": lambda: f"labeled {p.get('labeled', 0)}/{p.get('queued', '?')}"}.get(state, lambda: "")()
+        line = Text()
+        line.append(f"round {rnd['number']}/{self.opts.rounds}: ", style="bold")
+        line.append(waiting or state, style="cyan")
+        line.append(f"  {detail}")
+        timer = Text(f"  {secs:.0f} s")
+        return View(table, line, timer, key + (":" + waiting if waiting else ""), len(history))
 
     def history(self) -> tuple[list[dict], dict]:
-        """The metrics history in the rounds format of DESIGN.md (what the report draws)."""
         m = self._ok(self.api.get(f"/projects/{self.pid}/metrics"))
-        names = list(m["per_class"])
-        excluded = [n for n, v in m["per_class"].items() if v.get("status") == "excluded"]
-        rounds = []
-        for h in m["history"]:
-            if h.get("accuracy") is None:
-                continue
-            per_class = {n: {"accuracy": (h.get("per_class") or {}).get(n),
-                             "status": "excluded" if n in excluded else "active"} for n in names}
-            rounds.append({"round": h["round"], "labeled": h.get("labeled") or 0, "accuracy": h["accuracy"],
-                           "macro_f1": h.get("macro_f1") or 0.0, "per_class": per_class, "excluded": excluded})
-        return rounds, m
+        rounds = self._ok(self.api.get(f"/projects/{self.pid}/rounds"))["rounds"]
+        return rounds_from_metrics(m, rounds), m
 
-    def overlays(self, number: int, limit: int = 24) -> list[Overlay]:
+    def overlays(self, number: int, limit: int) -> list[Overlay]:
         queue = self._ok(self.api.get(f"/projects/{self.pid}/queue",
                                       params={"round": number, "include_labeled": True}))["items"]
         out = []
         for q in queue[:limit]:
             r = self.api.get(f"/projects/{self.pid}/items/{q['item_id']}/heatmap.png")
             if r.status_code == 200:
-                out.append(Overlay(r.content, f"#{q['rank']} {q.get('predicted')} / {self.truth[q['item_id']]}"))
+                out.append(Overlay(r.content, caption(q)))
         return out
+
+
+def validate(opts: DemoOptions) -> None:
+    """Refuse bad options before minutes of work, with the choices in the message."""
+    from strategies.registry import STRATEGIES
+    from workers.models import available_models
+
+    if opts.strategy not in STRATEGIES:
+        raise DemoError(f"unknown strategy {opts.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if opts.model not in available_models():
+        raise DemoError(f"unknown model {opts.model!r}; choose one of {', '.join(available_models())}")
+    choose_dataset(opts.dataset)
+    if opts.data_dir.exists() and not opts.data_dir.is_dir():
+        raise DemoError(f"--data-dir {opts.data_dir} exists and is not a folder")
+
+
+def check_label_studio(url: str, token: str) -> str:
+    """Who the token belongs to; a clear error when Label Studio is unreachable or refuses the token."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/api/current-user/whoami", headers={"Authorization": f"Token {token}"},
+                      timeout=15)
+    except httpx.HTTPError as e:
+        raise DemoError(f"cannot reach Label Studio at {url}: {e}") from None
+    if r.status_code in (401, 403):
+        raise DemoError(f"Label Studio at {url} refused the token ({r.status_code}); use a legacy API token "
+                        "(Account & Settings → Legacy Token; the server needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)")
+    if r.status_code != 200:
+        raise DemoError(f"Label Studio at {url} answered {r.status_code} to /api/current-user/whoami: {r.text[:200]}")
+    return r.json().get("email") or r.json().get("username") or "?"
+
+
+def _ls_project_url(opts: DemoOptions, name: str) -> str | None:
+    from service.labelstudio.client import LabelStudioBridge, LabelStudioError
+
+    try:
+        ls_id = LabelStudioBridge(opts.label_studio_url, opts.label_studio_token).find_project(f"camloop: {name}")
+    except (LabelStudioError, Exception):  # noqa: BLE001 — only for the message; the bridge reports real errors
+        return None
+    return f"{opts.label_studio_url.rstrip('/')}/projects/{ls_id}/data" if ls_id else None
+
+
+def demo_settings(opts: DemoOptions) -> Settings:
+    settings = Settings(data_dir=opts.data_dir.resolve())
+    if opts.with_label_studio:
+        from pydantic import SecretStr
+
+        settings = settings.model_copy(update={
+            "label_studio_url": opts.label_studio_url.rstrip("/"),
+            "label_studio_token": SecretStr(opts.label_studio_token),
+            # A fresh secret per run: the demo registers its own webhook on the project it creates.
+            "label_studio_webhook_secret": SecretStr(secrets.token_urlsafe(24)),
+            # Webhooks are the fast path; when Label Studio cannot reach this machine (a container,
+            # its SSRF guard) the poll still brings every answer in within a few seconds.
+            "label_studio_poll_interval_s": 5.0,
+        })
+    return settings
 
 
 def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     """Run the demo; returns the path of the report's index.html."""
     console = console or Console()
+    t_start = time.monotonic()
+    validate(opts)
+    if opts.with_label_studio:
+        who = check_label_studio(opts.label_studio_url, opts.label_studio_token or "")
+        console.print(f"Label Studio {opts.label_studio_url}: token of {who}")
     console.print(f"[bold]camloop demo[/bold]: preparing images in {opts.data_dir} …")
     data = export_images(opts)
     n_pool = sum(1 for it in data.items if it["split"] == "pool")
     console.print(f"data set [bold]{data.name}[/bold]: {n_pool} pool images, {len(data.class_names)} classes; "
-                  f"{opts.initial} labeled to start, {opts.budget} queued per round, {opts.rounds} rounds")
-    settings = Settings(data_dir=opts.data_dir.resolve())
-    if opts.label_studio_url:
-        settings = settings.model_copy(update={"label_studio_url": opts.label_studio_url,
-                                               "label_studio_token": opts.label_studio_token})
-    with EmbeddedStack(settings) as stack:
-        console.print(f"API: {stack.url}/docs   key: {stack.api_key}   (worker pid {stack._worker.pid})")
+                  f"{opts.initial} labeled to start, {opts.budget} queued per round, {opts.rounds} rounds, "
+                  f"{'experts in Label Studio' if opts.with_label_studio else 'the ground truth'} answering")
+    settings = demo_settings(opts)
+    rounds: list[dict] = []
+    metrics: dict = {}
+    overlays: list[Overlay] = []
+    last = None
+    stopped = ""
+    with EmbeddedStack(settings, host=opts.host, port=opts.port, public_url=opts.public_url) as stack:
+        console.print(f"API: {stack.settings.public_base_url}/docs   key: {stack.api_key}\n"
+                      f"logs: {stack.worker_log} (worker), {stack.api_log} (API)")
         with stack.client() as api:
             run = DemoRun(opts, api, console)
             run.create_project(data)
+            if opts.with_label_studio:
+                run.ls_project_url = _ls_project_url(opts, run.name)
+                console.print(f"Label Studio project: [bold]{run.ls_project_url or '(being created)'}[/bold] — "
+                              f"label each round's {opts.budget} images there; the demo goes on when they are done "
+                              "(Ctrl-C stops and writes the report of the rounds so far)")
             history: list[dict] = []
-            last = None
-            with Live(console=console, refresh_per_second=4) as live:
-                for _ in range(opts.rounds):
-                    started = run._ok(api.post(f"/projects/{run.pid}/rounds"))
-                    last = started["number"]
-                    rnd = run.wait_round(last, live, history)
-                    if rnd["state"] == "failed":
-                        raise RuntimeError(f"round {last} failed: {rnd['error']}")
-                    history, _ = run.history()
-                    if opts.label_studio_url:
-                        run.wait_for_people(last, live, history)
-                    else:
-                        run.answer_queue_with_truth(last)
-                    live.update(run._view(run._ok(api.get(f"/projects/{run.pid}/rounds/{last}")), history))
+            try:
+                with display(console) as live:
+                    for _ in range(opts.rounds):
+                        started = run._ok(api.post(f"/projects/{run.pid}/rounds"))
+                        last = started["number"]
+                        rnd = run.wait_round(last, live, history)
+                        if rnd["state"] == "failed":
+                            raise DemoError(f"round {last} failed: {rnd['error']}\n"
+                                            f"the worker log ({stack.worker_log}) ends with:\n{stack.worker_log_tail()}")
+                        history, _ = run.history()
+                        if opts.with_label_studio:
+                            rnd = run.wait_for_people(last, live, history)
+                        else:
+                            run.answer_queue_with_truth(last)
+                            rnd = run.get_round(last)
+                        live.update(run.view(rnd, history))
+            except KeyboardInterrupt:
+                stopped = f"stopped by the user during round {last}"
+                console.print(f"[yellow]{stopped}; writing the report of what is done[/yellow]")
             rounds, metrics = run.history()
-            overlays = run.overlays(last) if last is not None else []
+            if last is not None:
+                overlays = run.overlays(last, opts.overlays)
+    confusion = metrics.get("confusion")
+    confusion_split = metrics.get("evaluated_on") or "test"
+    if confusion is None and rounds:
+        confusion, confusion_split = confusion_from_artifacts(stack.settings, run.pid, rounds[-1]["round"])
+    elapsed = time.monotonic() - t_start
+    notes = [f"data set {data.name}: {n_pool} pool images, {opts.initial} initial labels, {opts.budget} per round, "
+             f"model {opts.model}, {opts.epochs} epochs a round",
+             f"labeled in the pool at the end: {metrics.get('labeled', 0)}",
+             "excluded classes: " + (", ".join(rounds[-1]["excluded_after"]) if rounds and rounds[-1]["excluded_after"]
+                                     else "none"),
+             f"answers from: {'Label Studio ' + (run.ls_project_url or opts.label_studio_url) if opts.with_label_studio else 'the ground truth (--oracle)'}",
+             f"wall time: {elapsed:.0f} s"] + ([stopped] if stopped else [])
     report = write_report(ReportInput(
         title=f"camloop demo — {data.name}, {opts.strategy}", rounds=rounds, class_names=data.class_names,
-        confusion=metrics.get("confusion"), overlays=overlays,
-        notes=[f"{n_pool} pool images, {opts.initial} initial labels, {opts.budget} per round, model {opts.model}",
-               f"labeled in the pool at the end: {metrics['labeled']}",
-               "excluded classes: " + (", ".join(rounds[-1]["excluded"]) if rounds and rounds[-1]["excluded"] else "none")]),
+        confusion=confusion, confusion_split=confusion_split, overlays=overlays, notes=notes),
         opts.report_path)
+    if rounds:
+        first, end = rounds[0], rounds[-1]
+        console.print(f"test accuracy {first['accuracy']:.3f} with {first['labeled']} labels → "
+                      f"{end['accuracy']:.3f} with {end['labeled']} labels, in {elapsed:.0f} s")
     console.print(f"report: [bold]{report}[/bold]")
     return report
