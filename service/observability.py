@@ -1,12 +1,29 @@
-"""Prometheus metrics. Gauges read from the store at scrape time (cached ~1 s so a 200 req/s
-scraper costs a few queries a second); job durations and scoring throughput are observed by the
-reconciler when it sees a job finish."""
+"""Prometheus metrics at GET /metrics.
+
+Gauges are read from the store and from Redis at scrape time (cached ~1 s, so a 200 req/s scraper
+costs a few queries a second):
+
+  camloop_rounds{stage}                  rounds by stage (created … labeling, closed, failed)
+  camloop_queue_depth                    images waiting for experts (queued in a labeling round)
+  camloop_labels{project,class}          labeled pool images per class
+  camloop_rq_jobs{queue,state}           RQ jobs per queue (<prefix>-ingest|train|score): queued, started, failed
+  camloop_redis_up                       1 when the job queue answered this scrape
+
+Job durations and scoring throughput are observed by the reconciler when it sees a job finish
+(service.rounds.poll_job → job_finished), in the API process that serves this endpoint:
+
+  camloop_job_duration_seconds{kind}     histogram of finished jobs' durations (ingest, train, score)
+  camloop_scored_items_total             pool images scored
+  camloop_scoring_seconds_total          time the score jobs spent on them (rate ratio = throughput)
+  camloop_scoring_items_per_second       throughput of the last score job
+"""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
@@ -14,17 +31,26 @@ from service.db import session_scope
 from service.settings import Settings
 from service.store import ROUND_STATES, Item, QueueEntry, Round
 
+log = logging.getLogger("camloop.observability")
+
 REGISTRY = CollectorRegistry()
 JOB_SECONDS = Histogram("camloop_job_duration_seconds", "Duration of finished RQ jobs", ["kind"], registry=REGISTRY,
                         buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+SCORED_ITEMS = Counter("camloop_scored_items", "Pool images scored by finished score jobs", registry=REGISTRY)
+SCORING_SECONDS = Counter("camloop_scoring_seconds", "Seconds finished score jobs spent scoring", registry=REGISTRY)
 _throughput = {"items_per_s": 0.0}
 
 
 def job_finished(job) -> None:
+    """Called once per job when the reconciler records it finished (job: service.store.Job)."""
     if job.duration_s is not None:
         JOB_SECONDS.labels(job.kind).observe(job.duration_s)
-    if job.kind == "score" and job.result and job.result.get("n") and job.result.get("seconds"):
-        _throughput["items_per_s"] = float(job.result["n"]) / max(1e-9, float(job.result["seconds"]))
+    result = job.result or {}
+    if job.kind == "score" and result.get("n") and result.get("seconds"):
+        n, secs = float(result["n"]), max(1e-9, float(result["seconds"]))
+        SCORED_ITEMS.inc(n)
+        SCORING_SECONDS.inc(secs)
+        _throughput["items_per_s"] = n / secs
 
 
 class StoreCollector:
@@ -32,8 +58,9 @@ class StoreCollector:
         self.settings, self.ttl = settings, ttl
         self._cache: tuple[float, list] = (0.0, [])
         self._lock = threading.Lock()
+        self._conn = None
 
-    def _read(self) -> list:
+    def _read_store(self) -> list:
         with session_scope(self.settings) as s:
             by_state = dict(s.execute(select(Round.state, func.count()).group_by(Round.state)).all())
             depth = s.scalar(select(func.count()).select_from(QueueEntry).join(Item, Item.id == QueueEntry.item_id)
@@ -45,20 +72,47 @@ class StoreCollector:
         rounds = GaugeMetricFamily("camloop_rounds", "Rounds by stage", labels=["stage"])
         for st in ROUND_STATES:
             rounds.add_metric([st], by_state.get(st, 0))
-        queue = GaugeMetricFamily("camloop_queue_depth", "Items waiting for experts")
+        queue = GaugeMetricFamily("camloop_queue_depth", "Images waiting for experts")
         queue.add_metric([], depth)
-        labels = GaugeMetricFamily("camloop_labels", "Labeled pool items per class", labels=["project", "class"])
+        labels = GaugeMetricFamily("camloop_labels", "Labeled pool images per class", labels=["project", "class"])
         for pid, cls, n in per_class:
             labels.add_metric([str(pid), str(cls)], n)
         thr = GaugeMetricFamily("camloop_scoring_items_per_second", "Throughput of the last score job")
         thr.add_metric([], _throughput["items_per_s"])
         return [rounds, queue, labels, thr]
 
+    def _read_rq(self) -> list:
+        """Jobs per RQ queue and state, by the names `rq info` and rq-dashboard show."""
+        from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+        from service import jobqueue
+
+        up = GaugeMetricFamily("camloop_redis_up", "1 when the job queue's Redis answered this scrape")
+        jobs = GaugeMetricFamily("camloop_rq_jobs", "RQ jobs per queue and state", labels=["queue", "state"])
+        try:
+            if self._conn is None:
+                self._conn = jobqueue.connection(self.settings)
+            rows = []
+            for kind in jobqueue.KINDS:
+                q = jobqueue.queue(kind, self.settings, self._conn)
+                rows += [(q.name, "queued", q.count),
+                         (q.name, "started", StartedJobRegistry(queue=q).count),
+                         (q.name, "failed", FailedJobRegistry(queue=q).count)]
+        except Exception as e:  # noqa: BLE001 — Redis away: say so in the metrics, never fail the scrape
+            log.warning("metrics: job queue unreachable: %s: %s", type(e).__name__, e)
+            self._conn = None
+            up.add_metric([], 0)
+            return [up]
+        for name, state, n in rows:
+            jobs.add_metric([name, state], n)
+        up.add_metric([], 1)
+        return [up, jobs]
+
     def collect(self):
         with self._lock:
             t, fams = self._cache
             if time.monotonic() - t > self.ttl:
-                fams = self._read()
+                fams = self._read_store() + self._read_rq()
                 self._cache = (time.monotonic(), fams)
         yield from fams
 
