@@ -403,7 +403,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     stopped = ""
     with EmbeddedStack(settings, host=opts.host, port=opts.port, public_url=opts.public_url) as stack:
         console.print(f"API: {stack.settings.public_base_url}/docs   key: {stack.api_key}\n"
-                      f"logs: {stack.worker_log} (worker), {stack.api_log} (API)")
+                      f"logs: {stack.worker_log} (worker), {stack.api_log} (API)", soft_wrap=True)
         with stack.client() as api:
             run = DemoRun(opts, api, console)
             run.create_project(data)
@@ -411,7 +411,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                 run.ls_project_url = _ls_project_url(opts, run.name)
                 console.print(f"Label Studio project: [bold]{run.ls_project_url or '(being created)'}[/bold] — "
                               f"label each round's {opts.budget} images there; the demo goes on when they are done "
-                              "(Ctrl-C stops and writes the report of the rounds so far)")
+                              "(Ctrl-C stops and writes the report of the rounds so far)", soft_wrap=True)
             history: list[dict] = []
             try:
                 with display(console) as live:
@@ -455,5 +455,5 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
         first, end = rounds[0], rounds[-1]
         console.print(f"test accuracy {first['accuracy']:.3f} with {first['labeled']} labels → "
                       f"{end['accuracy']:.3f} with {end['labeled']} labels, in {elapsed:.0f} s")
-    console.print(f"report: [bold]{report}[/bold]")
+    console.print(f"report: [bold]{report}[/bold]", soft_wrap=True)
     return report
