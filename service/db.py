@@ -30,12 +30,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    # hide_parameters: an error's text (logged, or wrapped by a caller) never carries the bound
+    # values of the statement — labels, who labeled them, file paths.
     if url.startswith("sqlite"):
         # check_same_thread off: sessions are per thread, but the pool hands connections across.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # pool_pre_ping: after an outage the pooled connections are dead; each is tested (and
+    # replaced) when checked out instead of failing the first request after recovery.
+    # connect_timeout / pool_timeout: when PostgreSQL is unreachable a request fails within
+    # seconds with a 503 instead of hanging on a half-open TCP connection.
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10,
+                         hide_parameters=True, connect_args=connect_args)
 
 
 def get_engine(settings: Settings) -> Engine:
@@ -60,7 +69,30 @@ def session_scope(settings: Settings) -> Iterator[Session]:
         yield s
         s.commit()
     except BaseException:
-        s.rollback()
+        try:
+            s.rollback()
+        except Exception:  # noqa: BLE001 — the connection died: the server rolls back; keep the first error
+            s.invalidate()
         raise
     finally:
         s.close()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot be reached (or is busy), not that a query is wrong.
+
+    OperationalError covers connection refused/reset, server gone, SQLite "database is locked"
+    or "unable to open database file"; a DBAPIError with connection_invalidated is a connection
+    that died mid-statement; TimeoutError is the pool giving up waiting for a connection.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            msg = str(exc.orig or "").lower()
+            # SQLite's OperationalError also means a broken query ("no such table", syntax):
+            # that is a bug to report as one, not an outage.
+            return not any(k in msg for k in ("no such table", "no such column", "syntax error"))
+    return False

@@ -1,16 +1,83 @@
-"""App factory: migrations at start, the reconciler thread, error mapping, the routers."""
+"""App factory: migrations at start, the reconciler thread, error mapping, the routers.
+
+Error mapping (one place, so every route behaves the same):
+  ServiceError subclasses      → their status with {"detail": message}
+  database unreachable/busy    → 503 + Retry-After, a fixed message (service.errors.DB_UNAVAILABLE)
+  Redis unreachable            → 503 + Retry-After (service.errors.QUEUE_UNAVAILABLE)
+  a request body over settings.max_upload_bytes → 413, before the body is read
+  anything else                → 500 {"detail": "internal error", "error_id"}; the traceback goes to
+                                 the log under the same id, never into the answer
+"""
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from service.errors import ServiceError
+from service.errors import DB_UNAVAILABLE, QUEUE_UNAVAILABLE, ServiceError, Unavailable
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("camloop.api")
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from inside `receive` when a streamed body passes the limit. An HTTPException, so
+    FastAPI's body reader re-raises it as is (it turns other exceptions into a 400)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than {limit} bytes (CAMLOOP_MAX_UPLOAD_BYTES)")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes with 413.
+
+    A declared Content-Length over the limit is refused before any byte is read; a chunked body
+    is counted as it streams and cut off at the limit, so an oversized upload never sits in memory."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, int(limit)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = None
+        for k, v in scope.get("headers") or ():
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    return await _json(send, 400, {"detail": "malformed Content-Length header"})
+        if declared is not None and declared > self.limit:
+            return await _json(send, 413, {"detail": BodyTooLarge(self.limit).detail})
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body") or b"")
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return msg
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _json(send, status: int, body: dict, headers: dict | None = None) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _unavailable(detail: str, retry_after: int = Unavailable.retry_after_s) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
 def create_app(settings: Settings | None = None, *, reconcile: bool = True, migrate: bool = True,
@@ -39,10 +106,46 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
     app = FastAPI(title="camloop", version="0.1.0", lifespan=lifespan,
                   description="Human-in-the-loop active learning for images. Bearer API keys; /healthz is open.")
     app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_req: Request, exc: ServiceError):
+        if isinstance(exc, Unavailable):
+            return _unavailable(str(exc), exc.retry_after_s)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import is_unavailable
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _db_error(req: Request, exc: SQLAlchemyError):
+        if is_unavailable(exc):
+            # One line, no traceback, no SQL: the driver's message names host/port, never a password.
+            orig = getattr(exc, "orig", None) or exc
+            first = (str(orig).strip().splitlines() or [""])[0][:300]
+            log.warning("%s %s → 503 database unavailable: %s: %s", req.method, req.url.path,
+                        type(orig).__name__, first)
+            return _unavailable(DB_UNAVAILABLE)
+        return _internal(req, exc)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_error(req: Request, exc: Exception):
+        log.warning("%s %s → 503 job queue unavailable: %s", req.method, req.url.path, type(exc).__name__)
+        return _unavailable(QUEUE_UNAVAILABLE)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(req: Request, exc: Exception):
+        return _internal(req, exc)
+
+    def _internal(req: Request, exc: BaseException) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("%s %s → 500 (error id %s)", req.method, req.url.path, error_id, exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details", "error_id": error_id},
+                            status_code=500)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
