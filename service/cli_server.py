@@ -56,6 +56,8 @@ def worker(
     gpu: int | None = typer.Option(None, help="pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES)"),
     burst: bool = typer.Option(False, "--burst", help="exit when the queues are empty"),
     name: str | None = typer.Option(None, help="worker name shown by `rq info`"),
+    heartbeat_ttl: int = typer.Option(30, "--heartbeat-ttl", min=2,
+                                      help="seconds after its last heartbeat that a job of a dead worker is retried"),
 ) -> None:
     """Run one RQ worker on the train, score and ingest queues.
 
@@ -66,12 +68,20 @@ def worker(
     forks afterwards, so CUDA is initialised once and workers.jobs' model cache serves all the
     score shards of a round. Scale out with one `camloop worker --gpu N` per GPU.
     The cost: a job that crashes the interpreter takes the worker with it — run it under a
-    supervisor (compose `restart: always`); rq then marks the job abandoned and Retry re-runs it.
+    supervisor (compose `restart: always`). Our subclass (service.jobqueue.HeartbeatWorker)
+    heartbeats the running job from a side thread, so a killed worker's job is retried by the
+    next cleanup within `--heartbeat-ttl` seconds (plain SimpleWorker: job_timeout + 60 s).
+
+    Redis going away does not end the process: RQ retries while idle, and if Redis vanishes
+    mid-job (the job's bookkeeping fails) the worker is built again once Redis answers; the
+    job's outputs are already on disk, and the service's reconciler re-creates lost jobs.
     """
     if gpu is not None:
         # Before anything imports torch: CUDA reads it once, at initialisation.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from rq import SimpleWorker
+    import time
+
+    import redis
 
     import workers.jobs as jobs
     from service import jobqueue
@@ -79,7 +89,29 @@ def worker(
 
     settings = get_settings()
     jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
-    conn = jobqueue.connection(settings)
-    queues = [jobqueue.queue(kind, settings, conn) for kind in ("train", "score", "ingest")]
-    w = SimpleWorker(queues, connection=conn, name=name)
-    w.work(burst=burst, with_scheduler=False)
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            conn = jobqueue.connection(settings)
+            conn.ping()
+            queues = [jobqueue.queue(kind, settings, conn) for kind in ("train", "score", "ingest")]
+            w = jobqueue.HeartbeatWorker(queues, connection=conn, name=name)
+            w.heartbeat_ttl_s = heartbeat_ttl
+            w.work(burst=burst, with_scheduler=False)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            typer.echo(f"camloop worker: Redis unavailable ({type(e).__name__}); retrying in {backoff:.0f} s", err=True)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        # work() returns on a stop request (SIGTERM/SIGINT), at the end of a burst, or after an
+        # unhandled error it logged (e.g. Redis lost, or emptied, while finishing a job's
+        # bookkeeping): only the first two end the process.
+        if burst or w.stop_asked:
+            return
+        if time.monotonic() - started > 60:
+            backoff = 1.0
+        typer.echo(f"camloop worker: the RQ worker stopped unexpectedly; building it again in {backoff:.0f} s",
+                   err=True)
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)

@@ -3,22 +3,36 @@
 Queue names are ``<prefix>-ingest``, ``<prefix>-train``, ``<prefix>-score`` so ``rq info`` shows
 them by name. Jobs are enqueued **by dotted name** (``workers.jobs.train_round``): the API
 process never imports the worker code (and so never imports torch).
+
+A worker that dies mid-job (SIGKILL, the kernel's OOM killer, a lost machine) is noticed within
+one heartbeat TTL: `HeartbeatWorker` keeps its running job's entry in RQ's StartedJobRegistry
+alive with a short TTL from a side thread, and `status()` asks RQ to clean that registry when
+it sees a job "started". RQ then retries the abandoned job (its `Retry` budget) or fails it
+with AbandonedJobError; the job itself resumes from its checkpoint or skips finished outputs.
+Plain rq.SimpleWorker cannot heartbeat while it runs a job (same thread), so it registers the
+job for job_timeout + 60 s — an hour by default — before anyone may call it abandoned.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from service.settings import Settings, get_settings
 
 KINDS = ("ingest", "train", "score")
 JOB_FUNCS = {"ingest": "workers.jobs.ingest", "train": "workers.jobs.train_round", "score": "workers.jobs.score_shard"}
+
+log = logging.getLogger("camloop.jobqueue")
+
+DEFAULT_HEARTBEAT_TTL_S = 30  # a dead worker's job is retried this long after its last heartbeat
 
 _embedded: dict[str, object] = {}
 _lock = threading.Lock()
@@ -97,19 +111,36 @@ def enqueue(kind: str, job_id: str, manifest_path: str, *args, settings: Setting
     return job_id
 
 
+def _state(job: Job) -> str:
+    return str(job.get_status(refresh=True) or "missing").split(".")[-1].lower()
+
+
+def reap_abandoned(job: Job, conn: redis.Redis) -> None:
+    """Let RQ handle this job's queue's abandoned executions (workers that stopped heartbeating):
+    each is retried while its Retry budget lasts, else failed with AbandonedJobError."""
+    if job.origin:
+        StartedJobRegistry(job.origin, connection=conn).cleanup()
+
+
 def status(job_id: str, settings: Settings | None = None, conn: redis.Redis | None = None) -> JobStatus:
     conn = conn or connection(settings)
     try:
         job = Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
         return JobStatus("missing")
-    st = str(job.get_status(refresh=True) or "missing")
-    st = st.split(".")[-1].lower()
+    st = _state(job)
+    if st == "started":
+        reap_abandoned(job, conn)  # a cheap ZRANGEBYSCORE when nothing expired
+        st = _state(job)
     if st == "failed":
         res = job.latest_result()
         exc = (res.exc_string if res is not None else None) or "job failed"
         lines = [ln for ln in exc.strip().splitlines() if ln.strip()]
-        return JobStatus("failed", error=lines[-1] if lines else exc)
+        last = lines[-1] if lines else exc
+        if "AbandonedJobError" in exc:
+            last = ("the worker running it died (killed, out of memory, or its machine went away) "
+                    f"and its retries are used up: {last}")
+        return JobStatus("failed", error=last)
     if st == "finished":
         res = job.latest_result()
         rv = res.return_value if res is not None else None
@@ -119,3 +150,53 @@ def status(job_id: str, settings: Settings | None = None, conn: redis.Redis | No
     if st in ("queued", "deferred", "scheduled"):
         return JobStatus("queued")
     return JobStatus("missing")
+
+
+# ------------------------------------------------------------------------------- the worker class
+
+class HeartbeatWorker(SimpleWorker):
+    """rq.SimpleWorker (jobs run in this process, which never forks: see service.cli_server)
+    plus a heartbeat thread while a job runs.
+
+    SimpleWorker executes the job on its only thread, so it cannot heartbeat during a job and
+    registers each execution for job_timeout + 60 s instead: a worker SIGKILLed mid-training
+    would leave its job "started" for an hour. Here the execution is registered for
+    `heartbeat_ttl_s` and a daemon thread renews it (worker key, execution, job) every quarter
+    of that; torch and numpy release the GIL in their kernels, so the thread keeps beating
+    during training. When the process dies the beats stop, the entry expires, and the next
+    `StartedJobRegistry.cleanup()` — `status()` above, or any worker's maintenance — retries
+    the job. A job's own code sees nothing of this.
+    """
+
+    heartbeat_ttl_s: int = DEFAULT_HEARTBEAT_TTL_S
+    stop_asked: bool = False  # SIGTERM/SIGINT seen: `camloop worker` must not build the worker again
+
+    def request_stop(self, signum, frame):
+        self.stop_asked = True
+        return super().request_stop(signum, frame)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return max(2, int(self.heartbeat_ttl_s))
+
+    def execute_job(self, job: Job, queue: Queue):
+        from rq.worker.base import WorkerStatus
+
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="rq-job-heartbeat",
+                                daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join(timeout=10)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: Job, execution, stop: threading.Event) -> None:
+        interval = max(0.5, self.get_heartbeat_ttl(job) / 4)
+        while not stop.wait(interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception as e:  # noqa: BLE001 — Redis away for a moment: beat again next time
+                log.warning("heartbeat for job %s failed: %s: %s", job.id, type(e).__name__, e)
