@@ -9,15 +9,24 @@ pinned with ``CUDA_VISIBLE_DEVICES``. SimpleWorker runs jobs in its own process 
 forking, so CUDA is initialised once in a process that never forks afterwards (forking after
 CUDA init breaks the child's context), and the model cache below survives between the score
 shards of a round instead of being reloaded per job.
+
+Out of memory on the device is not a reason to fail a round: the batch that did not fit is
+split (halved) and the work retried at the smaller size, down to one image a batch; only an
+image that alone does not fit fails the job. torch.cuda.OutOfMemoryError and the CPU
+allocator's RuntimeError ("out of memory" / "can't allocate memory") are both recognised. The
+batch size that fitted and the number of splits are in the job's result and metrics.
 """
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -27,6 +36,9 @@ DEVICE = "auto"
 
 _MODEL_CACHE: "OrderedDict[str, object]" = OrderedDict()
 _MODEL_CACHE_SIZE = 2
+
+log = logging.getLogger("camloop.jobs")
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -106,6 +118,49 @@ def _dataset(split: dict, class_names):
     return Dataset(_gather(split["cache"]), np.asarray(split["labels"], np.int64), list(class_names))
 
 
+# ------------------------------------------------------------------------------- out of memory
+
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """A device or host allocation failure: worth retrying with a smaller batch."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
+
+
+def _free_memory() -> None:
+    """Drop what the failed attempt held (its tensors are garbage once the frames unwind)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def split_on_oom(run: Callable[[int], T], batch_size: int, *, what: str) -> tuple[T, int, int]:
+    """run(batch_size), halving the batch after each out-of-memory error → (result, batch, splits).
+
+    Each attempt starts over from what `run` rebuilds (a model fresh from its seed, a shard from
+    its first image), so nothing of a failed attempt reaches the result. Gives up — re-raising
+    the error — only when one image a batch does not fit."""
+    bs, splits = max(1, int(batch_size)), 0
+    while True:
+        try:
+            return run(bs), bs, splits
+        except Exception as e:  # noqa: BLE001 — anything but OOM is re-raised at once
+            if not is_oom(e) or bs == 1:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        # Out of the except block: the traceback (and the tensors its frames hold) is gone now.
+        log.warning("%s: out of memory at batch %d (%s); retrying at %d", what, bs, first, bs // 2)
+        _free_memory()
+        bs, splits = bs // 2, splits + 1
+
+
 # ------------------------------------------------------------------------------- ingest
 
 def ingest(manifest_path: str) -> dict:
@@ -148,7 +203,9 @@ def train_round(manifest_path: str) -> dict:
     """Train the round's model on the labeled pool, evaluate on val/test, write checkpoint + metrics.
 
     Retried after a crash it resumes from the per-epoch checkpoint (workers.train); run again
-    after success it returns the finished result without training."""
+    after success it returns the finished result without training. Out of memory: the batch is
+    halved and training starts again from the seed (the failure comes at the first batch, before
+    any checkpoint, in practice; a checkpoint of another batch size is not resumed)."""
     import torch
 
     from workers.evaluate import evaluate
@@ -162,25 +219,38 @@ def train_round(manifest_path: str) -> dict:
     names = m["class_names"]
     active = np.asarray(m["active"], bool)
     dev = _device()
-    torch.manual_seed(int(m.get("seed", 0)))
-    model = _build(m)
     train = _dataset(m["train"], names)
     val = _dataset(m["val"], names) if m["val"]["labels"] else None
-    tc = TrainConfig(**{**m.get("train_config", {}), "device": str(dev)})
-    res = train_model(model, train, np.asarray(m["train"]["is_new"], bool), val, active, tc,
-                      checkpoint_dir=m["checkpoint_dir"])
+    base = {**m.get("train_config", {}), "device": str(dev)}
+
+    def attempt(bs: int):
+        torch.manual_seed(int(m.get("seed", 0)))
+        model = _build(m)  # fresh weights each attempt: a failed one may have taken steps
+        tc = TrainConfig(**{**base, "batch_size": bs})
+        return model, train_model(model, train, np.asarray(m["train"]["is_new"], bool), val, active, tc,
+                                  checkpoint_dir=m["checkpoint_dir"])
+
+    (model, res), bs, splits = split_on_oom(attempt, int(base.get("batch_size") or TrainConfig.batch_size),
+                                           what=f"train {Path(manifest_path).parent.name}")
     metrics = {"train": {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                          "val_accuracy": res.val_accuracy, "resumed_from": res.resumed_from,
-                         "n_train": len(train), "n_new": int(np.sum(m["train"]["is_new"]))}}
+                         "n_train": len(train), "n_new": int(np.sum(m["train"]["is_new"])),
+                         "batch_size": bs, "oom_splits": splits}}
+    eval_bs = 512
     for split in ("val", "test"):
         if m[split]["labels"]:
-            metrics[split] = evaluate(model, _dataset(m[split], names), names, active=active, device=dev)
+            data = _dataset(m[split], names)
+            metrics[split], eval_bs, more = split_on_oom(
+                lambda b: evaluate(model, data, names, active=active, device=dev, batch_size=b), eval_bs,
+                what=f"evaluate {split}")
+            metrics["train"]["oom_splits"] += more
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": {k: m[k] for k in ("model", "class_names", "channels", "image_size")}}
     _atomic_write_bytes(ckpt, lambda f: torch.save(state, f))
     metrics["train"]["seconds"] = time.perf_counter() - t0
     write_json_atomic(metrics_path, metrics)  # last: marks completion
-    return {"checkpoint": str(ckpt), "metrics": str(metrics_path), "val_accuracy": res.val_accuracy}
+    return {"checkpoint": str(ckpt), "metrics": str(metrics_path), "val_accuracy": res.val_accuracy,
+            "batch_size": bs, "oom_splits": metrics["train"]["oom_splits"]}
 
 
 # ------------------------------------------------------------------------------- score
@@ -214,9 +284,14 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     t0 = time.perf_counter()
     model = _load_model(m["checkpoint"], m)
     images = _gather(sh["cache"])
-    res = score_images(model, images, mc_samples=int(m.get("mc_samples", 8)), device=_device(),
-                       class_mask=np.asarray(m["active"], bool), return_maps=True,
-                       batch_size=int(m.get("batch_size", 256)), seed=int(m.get("seed", 0)))
+    # The whole shard again at half the batch after an OOM: the error comes at the first (the
+    # largest) batch in practice, and one call per shard keeps the result a function of the
+    # batch size alone (MC-dropout masks are drawn batch by batch from one seeded generator).
+    res, bs, splits = split_on_oom(
+        lambda b: score_images(model, images, mc_samples=int(m.get("mc_samples", 8)), device=_device(),
+                               class_mask=np.asarray(m["active"], bool), return_maps=True,
+                               batch_size=b, seed=int(m.get("seed", 0))),
+        int(m.get("batch_size", 256)), what=f"score shard {int(shard)}")
     cam = getattr(res, "cam_lowres", None)
     if cam is None:
         cam = res.maps
@@ -228,4 +303,5 @@ def score_shard(manifest_path: str, shard: int) -> dict:
         arrays[f"col_{k}"] = np.asarray(v, np.float32)
     _atomic_write_bytes(out, lambda f: np.savez(f, **arrays))
     secs = time.perf_counter() - t0
-    return {"shard": int(shard), "scores": str(out), "n": len(images), "seconds": secs}
+    return {"shard": int(shard), "scores": str(out), "n": len(images), "seconds": secs, "batch_size": bs,
+            "oom_splits": splits}
