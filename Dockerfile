@@ -1,6 +1,9 @@
-# One image for the API and the GPU workers; `command` in compose.yaml picks the role.
+# One image for the API and the GPU workers; `command` in compose.yaml picks the role
+# (`camloop serve` or `camloop worker`). Build: docker compose build (or docker build -t camloop:local .).
 FROM python:3.11-slim
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
+    CAMLOOP_DATA_DIR=/data CAMLOOP_ARTIFACTS_DIR=/artifacts
+# Fashion-MNIST from Debian, so `camloop demo` and `camloop simulate` work inside the image too.
 RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist curl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
@@ -8,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY workers ./workers
 COPY strategies ./strategies
-RUN pip install .
+RUN pip install . && camloop --help >/dev/null
 RUN useradd --create-home camloop && mkdir -p /data /artifacts && chown camloop /data /artifacts
 USER camloop
 EXPOSE 8000
