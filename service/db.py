@@ -29,6 +29,20 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _sqlite_savepoint_in_transaction(conn, _name) -> None:
+    """Before a SAVEPOINT: make sure SQLite is inside a transaction.
+
+    pysqlite (Python < 3.12 "legacy" transaction control) sends BEGIN only before DML, so a
+    session that has only read so far runs its first SAVEPOINT outside any transaction — and in
+    SQLite the RELEASE of such a savepoint COMMITS. `begin_nested()` (labels.record_label,
+    rounds.start_round) would then commit each label of a request on its own, and a request
+    failing on its 2nd label would leave the 1st written. BEGIN IMMEDIATE here: the transaction
+    is a write (waits its turn under busy_timeout, no stale-snapshot upgrade failure)."""
+    dbapi = conn.connection.dbapi_connection
+    if not dbapi.in_transaction:
+        dbapi.execute("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str) -> Engine:
     # hide_parameters: an error's text (logged, or wrapped by a caller) never carries the bound
     # values of the statement — labels, who labeled them, file paths.
@@ -37,6 +51,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _sqlite_savepoint_in_transaction)
         return engine
     # pool_pre_ping: after an outage the pooled connections are dead; each is tested (and
     # replaced) when checked out instead of failing the first request after recovery.
