@@ -60,4 +60,6 @@ def project_metrics(s: Session, project: Project) -> dict:
             "round_state": last_round.state if last_round else None, "evaluated_on": split,
             "model_version_id": latest.id if latest else None,
             "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"), "weighted_f1": ev.get("weighted_f1"),
+            # rows = true class, columns = predicted, in class order; None before the first model
+            "confusion": ev.get("confusion"), "ece": ev.get("ece"),
             "labeled": int(sum(labeled.values())), "skipped": skipped, "per_class": per_class, "history": history}

@@ -152,7 +152,8 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
         r = ls.get("/api/tasks", params={"project": ls_pid, "fields": "all", "page_size": 100})
         return r.json()["tasks"] if r.status_code == 200 else []
 
-    tasks = wait_for(lambda: (t := ls_tasks()) and len(t) == BUDGET and t, timeout=60, what="batch in Label Studio")
+    tasks = wait_for(lambda: (t := ls_tasks()) and len(t) == BUDGET and t, timeout=120, what="batch in Label Studio",
+                     log=stack["log"])
     by_item = {int(t["data"][cfg.ITEM_ID]): t for t in tasks}
     assert set(by_item) == set(uri_of)
     # Each task carries the model's guess as a prediction from round 1.
@@ -174,6 +175,9 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
     m = _ok(api.get(f"/projects/{pid}/metrics"))
     assert m["labeled"] == SEEDED + BUDGET - 1 and m["skipped"] == 1
     assert m["history"][-1]["round"] == 2 and m["history"][-1]["labeled"] == SEEDED + BUDGET - 1
+    # The latest model's confusion matrix (true class × predicted) over the held-out split.
+    assert m["evaluated_on"] == "val" and len(m["confusion"]) == len(classes)
+    assert sum(map(sum, m["confusion"])) == sum(pc["support"] for pc in m["per_class"].values()) == 40
     wrong_class = truth[uri_of[wrong_item]]
     assert m["per_class"][wrong_class]["wrong_region_votes"] == 1
     listed = {it["id"]: it for it in _ok(api.get(f"/projects/{pid}/items", params={"split": "pool",
@@ -188,4 +192,5 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
     rv = _ok(api.get(f"/projects/{pid}/review"))
     assert rv["review"] == [] and "per_class" in rv["agreement"]
     # Round 2's batch is in Label Studio too, with round 2's predictions.
-    wait_for(lambda: len(ls_tasks()) == 2 * BUDGET, timeout=60, what="round 2 batch in Label Studio")
+    wait_for(lambda: len(ls_tasks()) == 2 * BUDGET, timeout=120, what="round 2 batch in Label Studio",
+             log=stack["log"])
