@@ -23,3 +23,5 @@ app.add_typer(_client.project_app, name="project")
 app.add_typer(_client.round_app, name="round")
 from service.demo_cmd import demo as _demo  # noqa: E402
 app.command("demo")(_demo)
+from service.cli_queues import queues as _queues  # noqa: E402
+app.command("queues")(_queues)
