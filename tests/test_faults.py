@@ -347,6 +347,10 @@ def test_redis_killed_and_restarted_empty_mid_round_jobs_recreated_round_complet
         r = c.post(f"/api/v1/projects/{pid}/labels",
                    json={"labels": [{"item_id": pool_item, "class": "3", "client_id": "during-outage"}]})
         assert r.status_code == 201, r.text
+        late = write_pngs(stack.root, *digits_arrays(5, seed=11), sub="late")  # registered while Redis is down:
+        r = c.post(f"/api/v1/projects/{pid}/items", json={"folder": "late"})  # committed, ingested later
+        assert r.status_code == 202 and r.json()["registered"] + r.json()["duplicates"] == len(late), r.text
+        n_late = r.json()["registered"]  # digits has a few pixel-identical images: duplicates are not registered
         own.start()  # no persistence (--save "", no AOF): it starts empty
 
         rnd = stack.wait_round(pid, 1, states=("labeling",))
@@ -362,6 +366,19 @@ def test_redis_killed_and_restarted_empty_mid_round_jobs_recreated_round_complet
         assert len(q) == 20 and len({e["item_id"] for e in q}) == 20 and pool_item not in {e["item_id"] for e in q}
         m = stack.ok(c.get(f"/api/v1/projects/{pid}/metrics"))
         assert m["labeled"] == 301  # 300 seeds + the label taken while Redis was down
+        # The images registered during the outage: committed with their ingest job, which Redis lost.
+        # Ingest results are collected when a round starts (rounds.advance in `created`): round 2's
+        # start re-creates the lost job and the images are decoded, none lost.
+        from sqlalchemy import create_engine, text
+        db = create_engine(f"sqlite:///{stack.root / 'camloop.db'}")
+
+        def late_cached() -> int:
+            with db.connect() as conn:
+                return conn.execute(text("SELECT count(*) FROM items WHERE uri LIKE 'late/%' AND cache_index IS NOT NULL")
+                                    ).scalar()
+
+        stack.ok(c.post(f"/api/v1/projects/{pid}/rounds"), 202)
+        wait_for(lambda: late_cached() == n_late, timeout=120, what="late images ingested", proc=w)
         log = (stack.root / "worker.log").read_text(errors="replace")
         assert "Redis" in log or "building it again" in log
     finally:

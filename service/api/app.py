@@ -66,6 +66,36 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
+class InternalErrors:
+    """ASGI middleware: an unexpected exception becomes a JSON 500 with an error id; the traceback
+    goes to the log under that id. Handled here, inside Starlette's ServerErrorMiddleware, so the
+    exception is not re-raised to the server: uvicorn would otherwise close the keep-alive
+    connection and the client's next request on it would fail with a connection reset."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 — everything unexpected, by definition
+            if started:
+                raise
+            error_id = uuid.uuid4().hex[:12]
+            log.error("%s %s → 500 (error id %s)", scope.get("method"), scope.get("path"), error_id, exc_info=exc)
+            await _json(send, 500, {"detail": "internal error; the server log has the details", "error_id": error_id})
+
+
 async def _json(send, status: int, body: dict, headers: dict | None = None) -> None:
     import json
 
@@ -107,6 +137,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
                   description="Human-in-the-loop active learning for images. Bearer API keys; /healthz is open.")
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(InternalErrors)  # added last = outermost of ours
 
     @app.exception_handler(ServiceError)
     async def _service_error(_req: Request, exc: ServiceError):
@@ -136,10 +167,6 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
     async def _redis_error(req: Request, exc: Exception):
         log.warning("%s %s → 503 job queue unavailable: %s", req.method, req.url.path, type(exc).__name__)
         return _unavailable(QUEUE_UNAVAILABLE)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(req: Request, exc: Exception):
-        return _internal(req, exc)
 
     def _internal(req: Request, exc: BaseException) -> JSONResponse:
         error_id = uuid.uuid4().hex[:12]

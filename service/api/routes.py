@@ -1,7 +1,10 @@
 """/api/v1 routes. Each: authenticate, open a transaction, call one service function, shape the answer."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from service import items as items_svc
@@ -17,6 +20,7 @@ from service.settings import Settings
 from service.store import Item, Job, QueueEntry, Round
 
 router = APIRouter()
+log = logging.getLogger("camloop.api")
 
 
 def settings_of(request: Request) -> Settings:
@@ -31,9 +35,18 @@ def writer(c: Caller = Depends(caller)) -> Caller:
     return require_write(c)
 
 
-def _advance(settings: Settings, pid: int) -> None:
+def _advance(settings: Settings, pid: int, number: int | None = None) -> None:
     # Requests about a project nudge its rounds forward, so answers are never a tick stale.
-    rounds_svc.advance_project(settings, pid)
+    # Redis down is no reason to fail a request whose work is committed: the store is the
+    # truth, and the reconciler enqueues (again) what is missing once Redis answers.
+    try:
+        if number is None:
+            rounds_svc.advance_project(settings, pid)
+        else:
+            rounds_svc.advance(settings, pid, number)
+    except RedisError as e:
+        log.warning("project %s: jobs not enqueued now, job queue unavailable (%s); the reconciler will",
+                    pid, type(e).__name__)
 
 
 # ------------------------------------------------------------------- projects
@@ -113,7 +126,7 @@ def start_round(pid: int, request: Request, c: Caller = Depends(writer)) -> dict
     with session_scope(settings) as s:
         rnd = rounds_svc.start_round(s, settings, projects_svc.get_project(s, pid))
         number = rnd.number
-    rounds_svc.advance(settings, pid, number)  # enqueue the first jobs before answering
+    _advance(settings, pid, number)  # enqueue the first jobs before answering
     with session_scope(settings) as s:
         return _round_view(s, rounds_svc.get_round(s, pid, number))
 
@@ -139,7 +152,7 @@ def retry_round(pid: int, n: int, request: Request, c: Caller = Depends(writer))
     settings = settings_of(request)
     with session_scope(settings) as s:
         rounds_svc.retry_round(s, projects_svc.get_project(s, pid), n)
-    rounds_svc.advance(settings, pid, n)
+    _advance(settings, pid, n)
     with session_scope(settings) as s:
         return _round_view(s, rounds_svc.get_round(s, pid, n))
 
@@ -222,6 +235,8 @@ def review(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
 @router.post("/projects/{pid}/label-studio/sync", tags=["label-studio"])
 def sync_label_studio(pid: int, request: Request, c: Caller = Depends(writer)) -> dict:
     """Reconcile with Label Studio now (the background poll does the same every few seconds)."""
+    import httpx
+
     from service.labelstudio.client import LabelStudioError
     from service.labelstudio.orchestrate import sync_project
 
@@ -232,5 +247,7 @@ def sync_label_studio(pid: int, request: Request, c: Caller = Depends(writer)) -
         out = sync_project(settings, pid)
     except LabelStudioError as e:  # not configured, unreachable, or it refused: say which
         raise HTTPException(502 if settings.label_studio_url else 409, str(e)) from None
+    except httpx.HTTPError as e:  # the SDK lets transport errors through (connection refused, timeout)
+        raise HTTPException(502, f"Label Studio unreachable: {type(e).__name__}: {e}") from None
     _advance(settings, pid)
     return out
