@@ -151,8 +151,17 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     from service.db import is_unavailable
 
+    from sqlalchemy.exc import DataError
+
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(req: Request, exc: SQLAlchemyError):
+        if isinstance(exc, DataError):
+            # A value the schema let through but the column cannot hold (PostgreSQL: integer out
+            # of range, string too long). The schemas bound what they know; this is the net.
+            log.warning("%s %s → 422 value does not fit the database: %s", req.method, req.url.path,
+                        type(getattr(exc, "orig", exc)).__name__)
+            return JSONResponse({"detail": "a value in the request is out of range or too long for the store"},
+                                status_code=422)
         if is_unavailable(exc):
             # One line, no traceback, no SQL: the driver's message names host/port, never a password.
             orig = getattr(exc, "orig", None) or exc
@@ -161,6 +170,10 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
                         type(orig).__name__, first)
             return _unavailable(DB_UNAVAILABLE)
         return _internal(req, exc)
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(req: Request, exc: OverflowError):  # SQLite: "Python int too large to convert"
+        return JSONResponse({"detail": "a number in the request is out of range"}, status_code=422)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
@@ -13,7 +14,7 @@ from service import metrics as metrics_svc
 from service import projects as projects_svc
 from service import rounds as rounds_svc
 from service.api.auth import Caller, authenticate, require_write
-from service.api.schemas import ClassChangeIn, ItemsIn, LabelsIn, ProjectIn
+from service.api.schemas import MAX_ID, ClassChangeIn, ItemsIn, LabelsIn, ProjectIn
 from service.db import session_scope
 from service.errors import NotFound
 from service.settings import Settings
@@ -21,6 +22,12 @@ from service.store import Item, Job, QueueEntry, Round
 
 router = APIRouter()
 log = logging.getLogger("camloop.api")
+
+# Ids are bounded in the contract (the store's INTEGER columns): a larger number is a 422 from
+# validation, not an overflow inside the database driver (found by tests/test_fuzz_openapi.py).
+Pid = Annotated[int, Path(ge=1, le=MAX_ID, description="project id")]
+Iid = Annotated[int, Path(ge=1, le=MAX_ID, description="item id")]
+RoundNo = Annotated[int, Path(ge=1, le=MAX_ID, description="round number")]
 
 
 def settings_of(request: Request) -> Settings:
@@ -63,7 +70,7 @@ def create_project(body: ProjectIn, request: Request, c: Caller = Depends(writer
 
 
 @router.get("/projects/{pid}", tags=["projects"])
-def get_project(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+def get_project(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
     with session_scope(settings_of(request)) as s:
         p = projects_svc.get_project(s, pid)
         return projects_svc.project_view(p, projects_svc.class_statuses(s, pid))
@@ -72,7 +79,7 @@ def get_project(pid: int, request: Request, c: Caller = Depends(caller)) -> dict
 # ------------------------------------------------------------------- items
 
 @router.post("/projects/{pid}/items", status_code=202, tags=["items"])
-def register_items(pid: int, body: ItemsIn, request: Request, c: Caller = Depends(writer)) -> dict:
+def register_items(pid: Pid, body: ItemsIn, request: Request, c: Caller = Depends(writer)) -> dict:
     settings = settings_of(request)
     entries = items_svc.expand_request(settings, body.folder, [e.model_dump() for e in body.items or []],
                                        body.split, body.recursive)
@@ -83,8 +90,9 @@ def register_items(pid: int, body: ItemsIn, request: Request, c: Caller = Depend
 
 
 @router.get("/projects/{pid}/items", tags=["items"])
-def list_items(pid: int, request: Request, split: str | None = None, status: str | None = None,
-               limit: int = 1000, offset: int = 0, c: Caller = Depends(caller)) -> dict:
+def list_items(pid: Pid, request: Request, split: str | None = None, status: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+               offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0, c: Caller = Depends(caller)) -> dict:
     with session_scope(settings_of(request)) as s:
         projects_svc.get_project(s, pid)
         q = select(Item).where(Item.project_id == pid).order_by(Item.id)
@@ -92,13 +100,13 @@ def list_items(pid: int, request: Request, split: str | None = None, status: str
             q = q.where(Item.split == split)
         if status:
             q = q.where(Item.status == status)
-        rows = s.scalars(q.limit(min(limit, 10000)).offset(offset))
+        rows = s.scalars(q.limit(limit).offset(offset))
         return {"items": [{"id": it.id, "uri": it.uri, "split": it.split, "status": it.status, "label": it.label,
                            "reason": it.reason} for it in rows]}
 
 
 @router.get("/projects/{pid}/items/{iid}/heatmap.png", tags=["items"], response_class=Response)
-def heatmap(pid: int, iid: int, request: Request, c: Caller = Depends(caller)) -> Response:
+def heatmap(pid: Pid, iid: Iid, request: Request, c: Caller = Depends(caller)) -> Response:
     from service.heatmap_view import heatmap_png
 
     _advance(settings_of(request), pid)
@@ -121,7 +129,7 @@ def _round_view(s, rnd: Round) -> dict:
 
 
 @router.post("/projects/{pid}/rounds", status_code=202, tags=["rounds"])
-def start_round(pid: int, request: Request, c: Caller = Depends(writer)) -> dict:
+def start_round(pid: Pid, request: Request, c: Caller = Depends(writer)) -> dict:
     settings = settings_of(request)
     with session_scope(settings) as s:
         rnd = rounds_svc.start_round(s, settings, projects_svc.get_project(s, pid))
@@ -132,7 +140,7 @@ def start_round(pid: int, request: Request, c: Caller = Depends(writer)) -> dict
 
 
 @router.get("/projects/{pid}/rounds", tags=["rounds"])
-def list_rounds(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+def list_rounds(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
     with session_scope(settings_of(request)) as s:
         projects_svc.get_project(s, pid)
         rows = s.scalars(select(Round).where(Round.project_id == pid).order_by(Round.number))
@@ -140,7 +148,7 @@ def list_rounds(pid: int, request: Request, c: Caller = Depends(caller)) -> dict
 
 
 @router.get("/projects/{pid}/rounds/{n}", tags=["rounds"])
-def get_round(pid: int, n: int, request: Request, c: Caller = Depends(caller)) -> dict:
+def get_round(pid: Pid, n: RoundNo, request: Request, c: Caller = Depends(caller)) -> dict:
     settings = settings_of(request)
     _advance(settings, pid)
     with session_scope(settings) as s:
@@ -148,7 +156,7 @@ def get_round(pid: int, n: int, request: Request, c: Caller = Depends(caller)) -
 
 
 @router.post("/projects/{pid}/rounds/{n}/retry", status_code=202, tags=["rounds"])
-def retry_round(pid: int, n: int, request: Request, c: Caller = Depends(writer)) -> dict:
+def retry_round(pid: Pid, n: RoundNo, request: Request, c: Caller = Depends(writer)) -> dict:
     settings = settings_of(request)
     with session_scope(settings) as s:
         rounds_svc.retry_round(s, projects_svc.get_project(s, pid), n)
@@ -160,7 +168,8 @@ def retry_round(pid: int, n: int, request: Request, c: Caller = Depends(writer))
 # ------------------------------------------------------------------- queue, metrics, labels
 
 @router.get("/projects/{pid}/queue", tags=["queue"])
-def queue(pid: int, request: Request, round: int | None = None, include_labeled: bool = False,
+def queue(pid: Pid, request: Request, round: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+          include_labeled: bool = False,
           c: Caller = Depends(caller)) -> dict:
     settings = settings_of(request)
     _advance(settings, pid)
@@ -182,7 +191,7 @@ def queue(pid: int, request: Request, round: int | None = None, include_labeled:
 
 
 @router.get("/projects/{pid}/metrics", tags=["metrics"])
-def project_metrics(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+def project_metrics(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
     settings = settings_of(request)
     _advance(settings, pid)
     with session_scope(settings) as s:
@@ -190,7 +199,7 @@ def project_metrics(pid: int, request: Request, c: Caller = Depends(caller)) -> 
 
 
 @router.post("/projects/{pid}/labels", tags=["labels"])
-def post_labels(pid: int, body: LabelsIn, request: Request, response: Response, c: Caller = Depends(writer)) -> dict:
+def post_labels(pid: Pid, body: LabelsIn, request: Request, response: Response, c: Caller = Depends(writer)) -> dict:
     settings = settings_of(request)
     out = []
     with session_scope(settings) as s:
@@ -205,14 +214,14 @@ def post_labels(pid: int, body: LabelsIn, request: Request, response: Response, 
 
 
 @router.post("/projects/{pid}/classes/{name}/exclude", tags=["classes"])
-def exclude_class(pid: int, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
+def exclude_class(pid: Pid, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
     with session_scope(settings_of(request)) as s:
         projects_svc.set_class_status(s, pid, name, True, c.who, body.reason or "excluded by an engineer")
         return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
 
 
 @router.post("/projects/{pid}/classes/{name}/include", tags=["classes"])
-def include_class(pid: int, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
+def include_class(pid: Pid, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
     with session_scope(settings_of(request)) as s:
         projects_svc.set_class_status(s, pid, name, False, c.who, body.reason or "included by an engineer")
         return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
@@ -221,7 +230,7 @@ def include_class(pid: int, name: str, body: ClassChangeIn, request: Request, c:
 # ------------------------------------------------------------------- Label Studio
 
 @router.get("/projects/{pid}/review", tags=["label-studio"])
-def review(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
+def review(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
     """Items that need a person's decision (ties, disagreements, unusable answers) and the
     annotators' agreement per class, with how often they said the model looked at the wrong region."""
     from service.labelstudio.orchestrate import review as review_svc
@@ -233,7 +242,7 @@ def review(pid: int, request: Request, c: Caller = Depends(caller)) -> dict:
 
 
 @router.post("/projects/{pid}/label-studio/sync", tags=["label-studio"])
-def sync_label_studio(pid: int, request: Request, c: Caller = Depends(writer)) -> dict:
+def sync_label_studio(pid: Pid, request: Request, c: Caller = Depends(writer)) -> dict:
     """Reconcile with Label Studio now (the background poll does the same every few seconds)."""
     import httpx
 
