@@ -30,6 +30,8 @@ def demo(
         None, "--label-studio", help="push each round to this Label Studio (URL) and wait for people to label it"),
     token: Optional[str] = typer.Option(None, "--token", envvar="LABEL_STUDIO_TOKEN",
                                         help="Label Studio legacy API token (or LABEL_STUDIO_TOKEN)"),
+    exclusion: bool = typer.Option(_D.exclusion, "--exclusion/--no-exclusion",
+                                   help="let the class-exclusion rule drop hopeless classes (from round 3)"),
     host: str = typer.Option(_D.host, help="interface the demo's API listens on (0.0.0.0: reachable from other machines)"),
     port: int = typer.Option(_D.port, min=0, max=65535, help="port of the demo's API (0: any free port)"),
     public_url: Optional[str] = typer.Option(
@@ -53,7 +55,8 @@ def demo(
         run_demo(DemoOptions(dataset=dataset, rounds=rounds, initial=initial, budget=budget, pool=pool,
                              epochs=epochs, strategy=strategy, model=model, seed=seed, data_dir=data_dir,
                              report_dir=report_dir, label_studio_url=label_studio, label_studio_token=token,
-                             host=host, port=port, public_url=public_url))
+                             host=host, port=port, public_url=public_url,
+                             exclusion=exclusion))
     except DemoError as e:
         typer.secho(f"camloop demo: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
