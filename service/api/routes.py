@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -42,10 +44,26 @@ def writer(c: Caller = Depends(caller)) -> Caller:
     return require_write(c)
 
 
-def _advance(settings: Settings, pid: int, number: int | None = None) -> None:
-    # Requests about a project nudge its rounds forward, so answers are never a tick stale.
-    # Redis down is no reason to fail a request whose work is committed: the store is the
-    # truth, and the reconciler enqueues (again) what is missing once Redis answers.
+_nudged: dict[int, float] = {}   # project → monotonic time its last nudge from a request started
+_nudge_lock = threading.Lock()
+
+
+def _advance(settings: Settings, pid: int, number: int | None = None, *, force: bool = True) -> None:
+    """Advance the project's rounds (or round `number`) now.
+
+    Requests that start work (a round start or retry, registering images, a Label Studio sync)
+    call it with force, so their answer shows the jobs they caused. Reads and labels only nudge
+    (force=False): at most once per reconcile_interval_s per project — a dashboard polling at
+    200 req/s, or 50 annotators, would otherwise run the state machine hundreds of times a
+    second, one at a time under rounds' lock; the background reconciler ticks anyway.
+    Redis down is no reason to fail a request whose work is committed: the store is the
+    truth, and the reconciler enqueues (again) what is missing once Redis answers."""
+    if not force:
+        now = time.monotonic()
+        with _nudge_lock:
+            if now - _nudged.get(pid, float("-inf")) < settings.reconcile_interval_s:
+                return
+            _nudged[pid] = now
     try:
         if number is None:
             rounds_svc.advance_project(settings, pid)
@@ -109,7 +127,7 @@ def list_items(pid: Pid, request: Request, split: str | None = None, status: str
 def heatmap(pid: Pid, iid: Iid, request: Request, c: Caller = Depends(caller)) -> Response:
     from service.heatmap_view import heatmap_png
 
-    _advance(settings_of(request), pid)
+    _advance(settings_of(request), pid, force=False)
     with session_scope(settings_of(request)) as s:
         png = heatmap_png(s, settings_of(request), items_svc.get_item(s, pid, iid))
     return Response(png, media_type="image/png")
@@ -134,6 +152,7 @@ def start_round(pid: Pid, request: Request, c: Caller = Depends(writer)) -> dict
     with session_scope(settings) as s:
         rnd = rounds_svc.start_round(s, settings, projects_svc.get_project(s, pid))
         number = rnd.number
+    _forget_metrics(pid)
     _advance(settings, pid, number)  # enqueue the first jobs before answering
     with session_scope(settings) as s:
         return _round_view(s, rounds_svc.get_round(s, pid, number))
@@ -150,7 +169,7 @@ def list_rounds(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict
 @router.get("/projects/{pid}/rounds/{n}", tags=["rounds"])
 def get_round(pid: Pid, n: RoundNo, request: Request, c: Caller = Depends(caller)) -> dict:
     settings = settings_of(request)
-    _advance(settings, pid)
+    _advance(settings, pid, force=False)
     with session_scope(settings) as s:
         return _round_view(s, rounds_svc.get_round(s, pid, n))
 
@@ -172,7 +191,7 @@ def queue(pid: Pid, request: Request, round: Annotated[int | None, Query(ge=1, l
           include_labeled: bool = False,
           c: Caller = Depends(caller)) -> dict:
     settings = settings_of(request)
-    _advance(settings, pid)
+    _advance(settings, pid, force=False)
     with session_scope(settings) as s:
         projects_svc.get_project(s, pid)
         q = select(Round).where(Round.project_id == pid)
@@ -190,12 +209,29 @@ def queue(pid: Pid, request: Request, round: Annotated[int | None, Query(ge=1, l
             for e, it in rows if include_labeled or it.status == "queued"]}
 
 
+# A dashboard polling GET /metrics hundreds of times a second gets the answer computed at most
+# once per reconcile_interval_s per project: an answer is never more than the background
+# reconciler's tick stale (0.5 s by default). Labels do not drop it — with 50 annotators posting
+# it would never be reused; class changes and round starts (rare, and seen at once) do.
+_metrics_cache: dict[int, tuple[float, dict]] = {}
+
+
+def _forget_metrics(pid: int) -> None:
+    _metrics_cache.pop(pid, None)
+
+
 @router.get("/projects/{pid}/metrics", tags=["metrics"])
 def project_metrics(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
     settings = settings_of(request)
-    _advance(settings, pid)
+    hit = _metrics_cache.get(pid)
+    if hit is not None and time.monotonic() - hit[0] < settings.reconcile_interval_s:
+        return hit[1]
+    t0 = time.monotonic()
+    _advance(settings, pid, force=False)
     with session_scope(settings) as s:
-        return metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
+        out = metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
+    _metrics_cache[pid] = (t0, out)
+    return out
 
 
 @router.post("/projects/{pid}/labels", tags=["labels"])
@@ -209,7 +245,7 @@ def post_labels(pid: Pid, body: LabelsIn, request: Request, response: Response, 
                                                    lab.client_id)
             out.append(labels_svc.label_view(row, created))
     response.status_code = 201 if any(o["created"] for o in out) else 200
-    _advance(settings, pid)
+    _advance(settings, pid, force=False)
     return {"labels": out}
 
 
@@ -217,14 +253,18 @@ def post_labels(pid: Pid, body: LabelsIn, request: Request, response: Response, 
 def exclude_class(pid: Pid, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
     with session_scope(settings_of(request)) as s:
         projects_svc.set_class_status(s, pid, name, True, c.who, body.reason or "excluded by an engineer")
-        return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+        view = projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+    _forget_metrics(pid)  # after the commit: a read racing it cannot cache the old state
+    return view
 
 
 @router.post("/projects/{pid}/classes/{name}/include", tags=["classes"])
 def include_class(pid: Pid, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
     with session_scope(settings_of(request)) as s:
         projects_svc.set_class_status(s, pid, name, False, c.who, body.reason or "included by an engineer")
-        return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+        view = projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+    _forget_metrics(pid)  # after the commit: a read racing it cannot cache the old state
+    return view
 
 
 # ------------------------------------------------------------------- Label Studio

@@ -1,0 +1,43 @@
+"""The load test, small: annotators posting labels (with retries and relabels) while a
+dashboard polls GET /metrics with a read-only key and a round trains on a real worker; then
+the store is checked against what every client was told. Zero labels lost, zero counted twice,
+no 5xx. No timing assertions: latency figures come from bench/load_annotators.py (docs/reliability.md).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "load_annotators.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("load_annotators", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("db", ["postgresql", "sqlite"])
+def test_annotators_dashboard_and_training_no_label_lost_or_counted_twice(db, tmp_path):
+    out = _bench().run(annotators=12, dashboard_rps=20, seconds=8, db=db, seed_labels=300, epochs=3,
+                       think=(0.2, 0.8), root=tmp_path / "stack")
+    check = out["check"]
+    assert out["round"]["state_at_start"] == "training" and out["round"]["error"] is None, out["round"]
+    assert out["labels_endpoint"]["requests"] >= 12 and out["metrics_endpoint"]["requests"] >= 20
+    for ep in ("labels_endpoint", "metrics_endpoint"):
+        assert not [s for s in out[ep]["statuses"] if s.startswith("5")], out[ep]["statuses"]
+    assert out["server_log_500s"] == 0
+    assert check["acknowledged_client_ids"] > 0
+    assert check["lost"] == 0 and check["double_counted"] == 0, check
+    assert check["stored_but_never_acknowledged"] == 0 and check["stored_with_other_item_or_class"] == 0, check
+    assert check["stored_api_labels"] == check["acknowledged_client_ids"], check
+    assert check["immediate_duplicate_deliveries"] > 0 and check["duplicates_counted_as_new"] == 0, check
+    assert check["metrics_labeled"] == check["pool_items_labeled"] == check["metrics_per_class_sum"], check
+    assert check["items_with_labels_not_marked_labeled"] == 0 and check["items_whose_label_is_none_of_theirs"] == 0
