@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from service import paths
 from service.errors import BadRequest, NotFound, Unprocessable
 from service.settings import Settings
-from service.store import ITEM_SPLITS, Item, Job, Label, Project
+from service.store import ITEM_SPLITS, Item, Job, Label, Project, utcnow
 
 INGEST_CHUNK = 1024  # images per cache shard: one ingest job each
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -36,6 +37,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _image_files(base: Path, root: Path, recursive: bool) -> list[str]:
+    """Image files under `base` as posix paths relative to `root`, sorted like sorted(Paths).
+
+    os.scandir: one directory read gives names and types, instead of a stat + relative_to per
+    file (pathlib's rglob + is_file took ~1 s for 10k files). Like Path.rglob, symlinked folders
+    are not descended; a symlinked file is listed (ingest's safe_path refuses one that leaves the
+    data root, and quarantines it)."""
+    prefix = base.relative_to(root).as_posix()
+    prefix = "" if prefix == "." else prefix + "/"
+    out: list[str] = []
+    stack = [(str(base), prefix)]
+    while stack:
+        folder, rel = stack.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir():
+                    if recursive and not e.is_symlink():
+                        stack.append((e.path, rel + e.name + "/"))
+                elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    out.append(rel + e.name)
+    out.sort(key=lambda r: r.split("/"))
+    return out
+
+
 def expand_request(settings: Settings, folder: str | None, entries: list[dict] | None,
                    split: str, recursive: bool = True) -> list[dict]:
     """[{uri, split, label}] with uris relative to the data root; anything outside → BadRequest."""
@@ -45,10 +70,8 @@ def expand_request(settings: Settings, folder: str | None, entries: list[dict] |
         base = _safe(root, folder)
         if not base.is_dir():
             raise BadRequest(f"not a folder under the data root: {folder!r}")
-        files = base.rglob("*") if recursive else base.iterdir()
-        for p in sorted(files):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                out.append({"uri": p.relative_to(root).as_posix(), "split": split, "label": None})
+        for rel in _image_files(base, root, recursive):
+            out.append({"uri": rel, "split": split, "label": None})
     for e in entries or []:
         p = _safe(root, e["uri"])
         if not p.is_file():
@@ -61,15 +84,21 @@ def expand_request(settings: Settings, folder: str | None, entries: list[dict] |
 
 
 def register(s: Session, settings: Settings, project: Project, entries: list[dict], who: str) -> dict:
-    """Create items (skipping content already registered), their initial labels, and ingest jobs."""
+    """Create items (skipping content already registered), their initial labels, and ingest jobs.
+
+    Rows go in with Core bulk INSERTs (insertmanyvalues, RETURNING the ids in parameter order):
+    flushing 10k ORM objects one by one took ~9 s of a 16 s registration on SQLite."""
     names = set(project.class_names)
     for e in entries:
         if e["label"] is not None and e["label"] not in names:
             raise Unprocessable(f"unknown class {e['label']!r}; known classes: {', '.join(project.class_names)}")
     root = settings.data_dir.resolve()
     known = set(s.scalars(select(Item.sha256).where(Item.project_id == project.id)))
-    new: list[Item] = []
-    pending_labels = []
+    last = [s.scalar(select(func.max(Item.cache_shard)).where(Item.project_id == project.id)),
+            s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == "ingest"))]
+    first = max([-1] + [v for v in last if v is not None]) + 1
+    now = utcnow()
+    rows: list[dict] = []
     dup = 0
     for e in entries:
         digest = _sha256(root / e["uri"])
@@ -77,32 +106,29 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
             dup += 1
             continue
         known.add(digest)
-        it = Item(project_id=project.id, uri=e["uri"], sha256=digest, split=e["split"],
-                  status="labeled" if e["label"] is not None else "unlabeled", label=e["label"])
-        new.append(it)
-        if e["label"] is not None and e["split"] == "pool":
-            pending_labels.append(it)
-    s.add_all(new)
-    s.flush()
-    for it in pending_labels:
-        s.add(Label(project_id=project.id, item_id=it.id, class_name=it.label, who=who, source="registration",
-                    external_id=f"register:{it.sha256}", round=0))
-    last = [s.scalar(select(func.max(Item.cache_shard)).where(Item.project_id == project.id)),
-            s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == "ingest"))]
-    first = max([-1] + [v for v in last if v is not None]) + 1
+        rows.append({"project_id": project.id, "uri": e["uri"], "sha256": digest, "split": e["split"],
+                     "status": "labeled" if e["label"] is not None else "unlabeled", "label": e["label"],
+                     # index filled in when the ingest result arrives
+                     "cache_shard": first + len(rows) // INGEST_CHUNK, "created_at": now})
+    items = Item.__table__
+    ids: list[int] = []
+    if rows:
+        ids = list(s.execute(items.insert().returning(items.c.id, sort_by_parameter_order=True), rows).scalars())
+    labels = [{"project_id": project.id, "item_id": iid, "class_name": r["label"], "who": who,
+               "source": "registration", "external_id": f"register:{r['sha256']}", "round": 0, "created_at": now}
+              for iid, r in zip(ids, rows) if r["label"] is not None and r["split"] == "pool"]
+    if labels:
+        s.execute(Label.__table__.insert(), labels)
     jobs = []
     cfg = project.config
-    for k in range(0, len(new), INGEST_CHUNK):
+    for k in range(0, len(rows), INGEST_CHUNK):
         shard = first + k // INGEST_CHUNK
-        chunk = new[k:k + INGEST_CHUNK]
-        for it in chunk:
-            it.cache_shard = shard  # index filled in when the ingest result arrives
         man = paths.ingest_manifest(settings, project.id, shard)
         man.parent.mkdir(parents=True, exist_ok=True)
         man.write_text(json.dumps({
             "project_id": project.id, "shard": shard, "data_root": str(root),
             "image_size": cfg["image_size"], "channels": cfg["channels"], "max_pixels": settings.max_image_pixels,
-            "items": [[it.id, it.uri] for it in chunk],
+            "items": [[iid, r["uri"]] for iid, r in zip(ids[k:k + INGEST_CHUNK], rows[k:k + INGEST_CHUNK])],
             "out": str(paths.cache_file(settings, project.id, shard)),
             "result": str(paths.ingest_result(settings, project.id, shard))}))
         job = Job(project_id=project.id, kind="ingest", shard=shard, manifest_path=str(man),
@@ -110,19 +136,28 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
         s.add(job)
         jobs.append(job)
     s.flush()
-    return {"registered": len(new), "duplicates": dup, "ingest_jobs": [j.rq_id for j in jobs]}
+    return {"registered": len(rows), "duplicates": dup, "ingest_jobs": [j.rq_id for j in jobs]}
 
 
 def apply_ingest_result(s: Session, job: Job) -> None:
-    """Fill cache indices and quarantine what could not be decoded (with the reason)."""
+    """Fill cache indices and quarantine what could not be decoded (with the reason).
+
+    One executemany UPDATE for the decoded items (not an ORM object per item); Item objects
+    this session already holds get those attributes expired so they are read again."""
     res = json.loads(Path(job.result["result"]).read_text())
-    ids = {i for i, _ in res["ok"]} | {i for i, _ in res["bad"]}
-    items = {it.id: it for it in s.scalars(select(Item).where(Item.id.in_(ids)))}
-    for iid, idx in res["ok"]:
-        items[iid].cache_shard, items[iid].cache_index = job.shard, idx
-    for iid, reason in res["bad"]:
-        it = items[iid]
-        it.status, it.reason, it.cache_index = "quarantined", reason, None
+    items = Item.__table__
+    ok = [{"b_id": int(iid), "b_shard": job.shard, "b_index": int(idx)} for iid, idx in res["ok"]]
+    if ok:
+        s.execute(update(items).where(items.c.id == bindparam("b_id"))
+                  .values(cache_shard=bindparam("b_shard"), cache_index=bindparam("b_index")), ok)
+    bad = [{"b_id": int(iid), "b_reason": str(reason)} for iid, reason in res["bad"]]
+    if bad:
+        s.execute(update(items).where(items.c.id == bindparam("b_id"))
+                  .values(status="quarantined", reason=bindparam("b_reason"), cache_index=None), bad)
+    touched = {r["b_id"] for r in ok} | {r["b_id"] for r in bad}
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, Item) and obj.id in touched:
+            s.expire(obj)
 
 
 def get_item(s: Session, pid: int, iid: int) -> Item:

@@ -7,12 +7,16 @@ becomes the item's label ("latest wins"); counts are over items, so nothing coun
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Sequence
+
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, Unprocessable
 from service.store import Item, Label, Project, QueueEntry, Round
+
+_IN_CHUNK = 2000  # ids per IN (...): well under SQLite's bound-parameter limit
 
 
 def record_label(s: Session, project: Project, item_id: int, class_name: str, who: str,
@@ -33,16 +37,22 @@ def record_label(s: Session, project: Project, item_id: int, class_name: str, wh
     if item.status == "quarantined":
         raise Conflict(f"item {item_id} is quarantined: {item.reason}")
     # The round whose queue asked for this item (else the latest round): the label answers it.
-    rnd = s.scalar(select(Round).join(QueueEntry, QueueEntry.round_id == Round.id)
-                   .where(QueueEntry.item_id == item_id).order_by(Round.number.desc()).limit(1))
-    if rnd is None:
-        rnd = s.scalar(select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1))
+    # One query (rounds with a queue entry for the item first), two columns, no Round objects:
+    # this runs once per label delivered.
+    qe = QueueEntry.__table__
+    rnd = s.execute(select(Round.number, Round.model_version_id)
+                    .outerjoin(qe, and_(qe.c.round_id == Round.id, qe.c.item_id == item_id))
+                    .where(Round.project_id == project.id)
+                    .order_by(qe.c.item_id.is_(None), Round.number.desc()).limit(1)).first()
     lab = Label(project_id=project.id, item_id=item_id, class_name=class_name, who=who, source=source,
                 external_id=external_id, round=rnd.number if rnd else 0,
                 model_version_id=rnd.model_version_id if rnd else None)
     try:
+        # One flush for the INSERT and the item's UPDATE; if the insert loses to a concurrent
+        # delivery, the savepoint's rollback undoes the item change as well.
         with s.begin_nested():
             s.add(lab)
+            item.label, item.status = class_name, "labeled"
             s.flush()
     except IntegrityError:
         # A concurrent delivery of the same id won the insert: answer as the repeat it is.
@@ -51,9 +61,76 @@ def record_label(s: Session, project: Project, item_id: int, class_name: str, wh
         if prev is None or prev.item_id != item_id or prev.class_name != class_name:
             raise Conflict(f"label id {external_id!r} conflicts with a concurrent label") from None
         return prev, False
-    item.label, item.status = class_name, "labeled"
-    s.flush()
     return lab, True
+
+
+def record_labels(s: Session, project: Project, labels: Sequence[tuple[int, str, str, str]],
+                  source: str) -> list[tuple[Label, bool]]:
+    """Many labels at once: `labels` = [(item_id, class_name, who, external_id), ...] →
+    [(label, created), ...] in the same order, with exactly the outcome of calling record_label
+    for each in turn (repeats, conflicts, relabels "latest wins", the first error raised before
+    anything is written) — in a handful of statements instead of ~7 per label.
+
+    A concurrent delivery of one of the ids (the batch INSERT fails on the unique constraint)
+    rolls the batch's savepoint back and the labels are recorded one by one instead."""
+    labels = [(int(i), c, w, e) for i, c, w, e in labels]
+    if not labels:
+        return []
+    names = set(project.class_names)
+    ext_ids = sorted({e for *_, e in labels})
+    item_ids = sorted({i for i, *_ in labels})
+    prev: dict[str, Label] = {}
+    items: dict[int, Item] = {}
+    asked: dict[int, int] = {}  # item → the latest round whose queue holds it
+    for k in range(0, max(len(ext_ids), len(item_ids)), _IN_CHUNK):
+        ext, ids = ext_ids[k:k + _IN_CHUNK], item_ids[k:k + _IN_CHUNK]
+        if ext:
+            prev.update((lab.external_id, lab) for lab in s.scalars(select(Label).where(
+                Label.project_id == project.id, Label.source == source, Label.external_id.in_(ext))))
+        if ids:
+            items.update((it.id, it) for it in s.scalars(select(Item).where(Item.id.in_(ids))))
+            asked.update(s.execute(select(QueueEntry.item_id, func.max(Round.number))
+                                   .join(Round, Round.id == QueueEntry.round_id)
+                                   .where(Round.project_id == project.id, QueueEntry.item_id.in_(ids))
+                                   .group_by(QueueEntry.item_id)).all())
+    rounds = dict(s.execute(select(Round.number, Round.model_version_id).where(Round.project_id == project.id)).all())
+    latest = max(rounds, default=None)
+    out: list[tuple[Label, bool]] = []
+    new: list[Label] = []
+    for item_id, class_name, who, external_id in labels:
+        if class_name not in names:
+            raise Unprocessable(f"unknown class {class_name!r}; known classes: {', '.join(project.class_names)}")
+        p = prev.get(external_id)
+        if p is not None:
+            if p.item_id != item_id or p.class_name != class_name:
+                raise Conflict(f"label id {external_id!r} was already used for item {p.item_id} "
+                               f"as {p.class_name!r}")
+            out.append((p, False))
+            continue
+        item = items.get(item_id)
+        if item is None or item.project_id != project.id:
+            raise Unprocessable(f"item {item_id} is not in project {project.id}")
+        if item.status == "quarantined":
+            raise Conflict(f"item {item_id} is quarantined: {item.reason}")
+        number = asked.get(item_id, latest)
+        lab = Label(project_id=project.id, item_id=item_id, class_name=class_name, who=who, source=source,
+                    external_id=external_id, round=number if number is not None else 0,
+                    model_version_id=rounds.get(number) if number is not None else None)
+        prev[external_id] = lab
+        new.append(lab)
+        out.append((lab, True))
+    if not new:
+        return out
+    try:
+        with s.begin_nested():
+            s.add_all(new)
+            for lab in new:  # in order: the last label of an item wins
+                items[lab.item_id].label, items[lab.item_id].status = lab.class_name, "labeled"
+            s.flush()
+    except IntegrityError:
+        return [record_label(s, project, item_id, class_name, who, source, external_id)
+                for item_id, class_name, who, external_id in labels]
+    return out
 
 
 def label_view(lab: Label, created: bool) -> dict:

@@ -14,6 +14,13 @@ def cache_file(settings: Settings, pid: int, shard: int) -> Path:
     return project_dir(settings, pid) / "cache" / f"shard_{shard:05d}.npy"
 
 
+def cache_files(settings: Settings, pid: int, shards) -> dict[int, str]:
+    """{shard: cache file path} for many shards with one Path.resolve() (manifests list one
+    path per image: resolving per image cost seconds on a 10k pool)."""
+    base = project_dir(settings, pid) / "cache"
+    return {int(k): str(base / f"shard_{int(k):05d}.npy") for k in set(shards) if k is not None}
+
+
 def ingest_manifest(settings: Settings, pid: int, shard: int) -> Path:
     return project_dir(settings, pid) / "cache" / f"ingest_{shard:05d}.json"
 

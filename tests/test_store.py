@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
+
 import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
@@ -92,3 +94,211 @@ def test_json_columns_round_trip(store):
     with session_scope(store) as s:
         p = s.get(Project, pid)
         assert p.class_names == ["x", "y", "z"] and p.config["exclusion"]["patience"] == 2
+
+
+# ------------------------------------------------------------------ bulk paths (issue 3)
+
+def _labeled_project(s, n_items=12):
+    from service.store import ProjectClass
+
+    p = Project(name=f"lab-{uuid.uuid4().hex[:8]}", class_names=["a", "b", "c"], config={})
+    s.add(p)
+    s.flush()
+    s.add_all([ProjectClass(project_id=p.id, index=k, name=n) for k, n in enumerate(p.class_names)])
+    its = [Item(project_id=p.id, uri=f"{k}.png", sha256=f"{p.id}-{k}") for k in range(n_items)]
+    s.add_all(its)
+    s.flush()
+    return p, [it.id for it in its]
+
+
+def _label_scenario(s, p, ids):
+    """Rounds 1..3; round 2's queue holds items 0..3 (and round 1's items 0..1); item 5 quarantined."""
+    from service.store import ModelVersion, QueueEntry
+
+    rounds = []
+    for n in (1, 2, 3):
+        mv = ModelVersion(project_id=p.id, round=n, checkpoint_path=f"m{n}.pt", metrics={})
+        s.add(mv)
+        s.flush()
+        r = Round(project_id=p.id, number=n, state="closed" if n < 3 else "training", model_version_id=mv.id)
+        s.add(r)
+        s.flush()
+        rounds.append(r)
+    s.add_all([QueueEntry(round_id=rounds[0].id, item_id=ids[k], rank=k, scores={}) for k in (0, 1)])
+    s.add_all([QueueEntry(round_id=rounds[1].id, item_id=ids[k], rank=k, scores={}) for k in (0, 1, 2, 3)])
+    it = s.get(Item, ids[5])
+    it.status, it.reason = "quarantined", "truncated file"
+    s.flush()
+
+
+def _outcome(s, pid, res):
+    from service.store import ModelVersion
+
+    mv_round = dict(s.execute(select(ModelVersion.id, ModelVersion.round).where(ModelVersion.project_id == pid)).all())
+    labs = [(lab.item_id, lab.class_name, lab.round, mv_round.get(lab.model_version_id), lab.external_id, created)
+            for lab, created in res]
+    items = [(it.label, it.status) for it in s.scalars(select(Item).where(Item.project_id == pid).order_by(Item.id))]
+    rows = sorted((lab.item_id, lab.class_name, lab.round, lab.external_id)
+                  for lab in s.scalars(select(Label).where(Label.project_id == pid)))
+    return labs, items, rows
+
+
+def test_record_labels_in_one_batch_equals_recording_them_one_by_one(store):
+    """Queued items answer their latest queue's round, others the latest round; repeats are not
+    created twice (also inside one batch); a relabel in the same batch wins (latest wins)."""
+    from service import labels
+
+    def batch(ids):
+        return [(ids[0], "a", "w", "e0"), (ids[2], "b", "w", "e2"), (ids[0], "a", "w", "e0"),
+                (ids[6], "c", "w", "e6"), (ids[6], "a", "w", "e6-relabel"), (ids[3], "b", "x", "e3"),
+                (ids[9], "c", "w", "e9")]
+
+    outcomes = []
+    for mode in ("loop", "batch"):
+        with session_scope(store) as s:
+            p, ids = _labeled_project(s)
+            _label_scenario(s, p, ids)
+            pid = p.id
+        with session_scope(store) as s:  # one earlier delivery: e2 again is a repeat
+            p = s.get(Project, pid)
+            labels.record_label(s, p, ids[2], "b", "w", "api", "e2")
+        with session_scope(store) as s:
+            p = s.get(Project, pid)
+            if mode == "loop":
+                res = [labels.record_label(s, p, i, c, w, "api", e) for i, c, w, e in batch(ids)]
+            else:
+                res = labels.record_labels(s, p, batch(ids), "api")
+            labs, items, rows = _outcome(s, pid, res)
+            outcomes.append((labs, items, rows, ids))
+    (l1, i1, r1, ids1), (l2, i2, r2, ids2) = outcomes
+    norm = lambda labs, ids: [(ids.index(i), *rest) for i, *rest in labs]  # noqa: E731
+    assert norm(l1, ids1) == norm(l2, ids2)
+    assert i1 == i2
+    assert [(ids1.index(i), *r) for i, *r in r1] == [(ids2.index(i), *r) for i, *r in r2]
+    # The facts themselves, not only the equality of the two paths:
+    created = [c for *_, c in l2]
+    assert created == [True, False, False, True, True, True, True]
+    assert [lab[2] for lab in l2] == [2, 2, 2, 3, 3, 2, 3]  # queued → its queue's round; else the latest
+    assert i2[6] == ("a", "labeled") and i2[0] == ("a", "labeled") and i2[1] == (None, "unlabeled")
+
+
+@pytest.mark.parametrize("bad, error", [((5, "a", "e5"), "Conflict"), ((1, "zzz", "e1"), "Unprocessable"),
+                                        ((0, "b", "e0"), "Conflict")])
+def test_record_labels_refuses_like_record_label_and_writes_nothing(store, bad, error):
+    from service import errors, labels
+
+    with session_scope(store) as s:
+        p, ids = _labeled_project(s)
+        _label_scenario(s, p, ids)
+        pid = p.id
+    with session_scope(store) as s:
+        labels.record_label(s, s.get(Project, pid), ids[0], "a", "w", "api", "e0")
+    k, cls, ext = bad
+    with pytest.raises(getattr(errors, error)):
+        with session_scope(store) as s:
+            labels.record_labels(s, s.get(Project, pid), [(ids[7], "a", "w", "e7"), (ids[k], cls, "w", ext)], "api")
+    with session_scope(store) as s:
+        assert s.get(Item, ids[7]).status == "unlabeled"
+        assert s.scalar(select(Label).where(Label.external_id == "e7", Label.project_id == pid)) is None
+
+
+def test_record_labels_falls_back_when_a_concurrent_delivery_wins_the_insert(store):
+    """Another session commits the same delivery id between the batch's lookups and its INSERT:
+    the batch's savepoint rolls back and the labels are recorded one by one (a repeat, not an error)."""
+    from sqlalchemy import event
+
+    from service import labels
+    from service.db import session_factory
+
+    with session_scope(store) as s:
+        p, ids = _labeled_project(s)
+        pid = p.id
+    fired = []
+
+    with session_scope(store) as s:
+        def race(session, _ctx, _instances):
+            if not fired:
+                fired.append(1)
+                other = session_factory(store)()
+                other.add(Label(project_id=pid, item_id=ids[1], class_name="b", who="other", source="api",
+                                external_id="e1"))
+                other.commit()
+                other.close()
+
+        event.listen(s, "before_flush", race)
+        res = labels.record_labels(s, s.get(Project, pid), [(ids[0], "a", "w", "e0"), (ids[1], "b", "w", "e1")],
+                                   "api")
+        assert fired
+        assert [(lab.external_id, created) for lab, created in res] == [("e0", True), ("e1", False)]
+        assert res[1][0].who == "other"
+    with session_scope(store) as s:
+        got = sorted((lab.external_id, lab.who) for lab in s.scalars(select(Label).where(Label.project_id == pid)))
+        assert got == [("e0", "w"), ("e1", "other")]
+        assert s.get(Item, ids[0]).status == "labeled"
+
+
+def test_register_bulk_inserts_items_labels_shards_and_ingest_manifests(tmp_path, db_url):
+    """items.register: ids in manifest order, cache shards of INGEST_CHUNK images, registration
+    labels for labeled pool images only, duplicates by content skipped; a second registration
+    numbers its shards after the first's; apply_ingest_result fills indices and quarantines."""
+    import json
+
+    from PIL import Image
+
+    from service import items as items_svc
+    from service import paths, projects
+
+    settings = make_settings(tmp_path, db_url, "unused")
+    upgrade_head(settings)
+    (tmp_path / "imgs").mkdir()
+    for k in range(7):
+        Image.fromarray(np.full((4, 4), k, np.uint8), mode="L").save(tmp_path / "imgs" / f"{k}.png")
+    Image.fromarray(np.full((4, 4), 0, np.uint8), mode="L").save(tmp_path / "imgs" / "dup.png")
+    old = items_svc.INGEST_CHUNK
+    items_svc.INGEST_CHUNK = 3
+    try:
+        with session_scope(settings) as s:
+            p = projects.create_project(s, f"reg-{uuid.uuid4().hex[:8]}", ["a", "b"], {})
+            pid = p.id
+            entries = items_svc.expand_request(settings, None, [
+                {"uri": "imgs/0.png", "label": "a"}, {"uri": "imgs/1.png"}, {"uri": "imgs/2.png", "label": "b"},
+                {"uri": "imgs/3.png", "split": "val", "label": "a"}, {"uri": "imgs/dup.png"}, {"uri": "imgs/4.png"}],
+                "pool")
+            out = items_svc.register(s, settings, p, entries, "tester")
+        assert out["registered"] == 5 and out["duplicates"] == 1 and len(out["ingest_jobs"]) == 2
+        with session_scope(settings) as s:
+            its = list(s.scalars(select(Item).where(Item.project_id == pid).order_by(Item.id)))
+            assert [it.uri for it in its] == ["imgs/0.png", "imgs/1.png", "imgs/2.png", "imgs/3.png", "imgs/4.png"]
+            assert [it.cache_shard for it in its] == [0, 0, 0, 1, 1]
+            assert [(it.status, it.label, it.split) for it in its] == [
+                ("labeled", "a", "pool"), ("unlabeled", None, "pool"), ("labeled", "b", "pool"),
+                ("labeled", "a", "val"), ("unlabeled", None, "pool")]
+            labs = sorted((lab.item_id, lab.class_name, lab.source, lab.who)
+                          for lab in s.scalars(select(Label).where(Label.project_id == pid)))
+            assert labs == [(its[0].id, "a", "registration", "tester"), (its[2].id, "b", "registration", "tester")]
+            man = json.loads(paths.ingest_manifest(settings, pid, 1).read_text())
+            assert man["items"] == [[its[3].id, "imgs/3.png"], [its[4].id, "imgs/4.png"]]
+            assert man["out"] == str(paths.cache_file(settings, pid, 1))
+        with session_scope(settings) as s:  # a later registration: shards after the first's
+            entries = items_svc.expand_request(settings, None, [{"uri": "imgs/5.png"}, {"uri": "imgs/1.png"}], "pool")
+            out2 = items_svc.register(s, settings, s.get(Project, pid), entries, "tester")
+            assert out2["registered"] == 1 and out2["duplicates"] == 1
+            assert out2["ingest_jobs"][0].endswith("-ingest-2")
+    finally:
+        items_svc.INGEST_CHUNK = old
+
+    from service.store import Job
+
+    with session_scope(settings) as s:
+        job = s.scalar(select(Job).where(Job.project_id == pid, Job.kind == "ingest", Job.shard == 0))
+        res = tmp_path / "res0.json"
+        res.write_text(json.dumps({"shard": 0, "ok": [[its[0].id, 0], [its[2].id, 1]], "bad": [[its[1].id, "truncated"]]}))
+        job.result = {"result": str(res)}
+        held = s.get(Item, its[0].id)  # an object this session already holds is refreshed too
+        assert held.cache_index is None
+        items_svc.apply_ingest_result(s, job)
+        assert (held.cache_shard, held.cache_index) == (0, 0)
+    with session_scope(settings) as s:
+        got = [(it.cache_index, it.status, it.reason) for it in
+               s.scalars(select(Item).where(Item.id.in_([its[0].id, its[1].id, its[2].id])).order_by(Item.id))]
+        assert got == [(0, "labeled", None), (None, "quarantined", "truncated"), (1, "labeled", None)]
