@@ -194,6 +194,101 @@ def setup_project(st: Stack, *, seed_labels: int, epochs: int) -> tuple[int, lis
 
 # ------------------------------------------------------------------------------ the load
 
+class Response:
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.content = status_code, body
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class _Closed(Exception):
+    pass
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for the load generator only.
+
+    httpx's async client costs a few ms of CPU per request and its pool slows down with many
+    waiters; on 2 shared cores the generator would measure itself. This one writes the request
+    bytes and reads status, headers and a Content-Length (or chunked) body — about 0.1 ms."""
+
+    def __init__(self, host: str, port: int, headers: dict[str, str], size: int, timeout: float = 60):
+        self.host, self.port, self.size, self.timeout = host, port, size, timeout
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{host}:{port}", **headers}.items())
+        self._idle: list = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        head = f"{method} {path} HTTP/1.1\r\n{self._head}"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        data = head.encode() + b"\r\n" + (body or b"")
+        async with self._slots:
+            while True:
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+                reader, writer = conn
+                try:
+                    writer.write(data)
+                    resp, keep = await asyncio.wait_for(self._read(reader), self.timeout)
+                except _Closed:
+                    writer.close()
+                    if reused:  # the server closed an idle keep-alive connection before reading: resend
+                        continue
+                    raise ConnectionResetError("server closed the connection") from None
+                except BaseException:
+                    writer.close()
+                    raise
+                if keep:
+                    self._idle.append(conn)
+                else:
+                    writer.close()
+                return resp
+
+    @staticmethod
+    async def _read(reader) -> tuple[Response, bool]:
+        line = await reader.readline()
+        if not line:
+            raise _Closed()
+        status = int(line.split(b" ", 2)[1])
+        length, chunked, keep = 0, False, True
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            k, v = k.strip().lower(), v.strip().lower()
+            if k == "content-length":
+                length = int(v)
+            elif k == "transfer-encoding" and "chunked" in v:
+                chunked = True
+            elif k == "connection" and v == "close":
+                keep = False
+        if chunked:
+            parts = []
+            while True:
+                n = int((await reader.readline()).strip(), 16)
+                if n == 0:
+                    await reader.readline()
+                    break
+                parts.append(await reader.readexactly(n))
+                await reader.readline()
+            return Response(status, b"".join(parts)), keep
+        return Response(status, await reader.readexactly(length) if length else b""), keep
+
+    async def get(self, path: str) -> Response:
+        return await self.request("GET", path)
+
+    async def post(self, path: str, json_body) -> Response:
+        return await self.request("POST", path, json.dumps(json_body).encode())
+
+    async def close(self) -> None:
+        for _, w in self._idle:
+            w.close()
+        self._idle.clear()
+
+
 @dataclass
 class Endpoint:
     latencies: list[float] = field(default_factory=list)
@@ -243,7 +338,7 @@ async def _annotator(i: int, c, pid: int, own: list[int], hot: list[int], truth:
         for attempt in range(2 if rng.random() < 0.1 else 1):
             t0 = time.perf_counter()
             try:
-                r = await c.post(url, json=body)
+                r = await c.post(url, body)
                 status, ok = str(r.status_code), r.status_code in (200, 201)
             except Exception as e:  # noqa: BLE001 — timeouts, resets: the client keeps it and re-sends later
                 status, ok, r = type(e).__name__, False, None
@@ -260,72 +355,76 @@ async def _annotator(i: int, c, pid: int, own: list[int], hot: list[int], truth:
         await asyncio.sleep(rng.uniform(*think))
 
 
-async def _dashboard(c, pid: int, rps: float, stop: float, ep: Endpoint) -> None:
+async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint, in_flight: int) -> None:
+    """Open loop: request k is due at start + k/rps whether or not earlier ones came back; at most
+    `in_flight` are outstanding (a dashboard's connection pool), later ones wait their turn in
+    a FIFO and that wait counts in their latency (measured from the due time)."""
     url = f"/api/v1/projects/{pid}/metrics"
     interval = 1.0 / rps
     start = time.monotonic()
     tasks = set()
 
-    async def one(scheduled: float) -> None:
-        try:
+    async def one(due: float) -> None:
+        try:  # RawHttp holds at most `in_flight` connections; the rest wait in its FIFO
             r = await c.get(url)
             status, ok = str(r.status_code), r.status_code == 200
         except Exception as e:  # noqa: BLE001
             status, ok = type(e).__name__, False
-        ep.record(status, time.monotonic() - scheduled, ok)  # from the scheduled time: no coordinated omission
+        ep.record(status, time.monotonic() - due, ok)
 
     k = 0
     while True:
-        scheduled = start + k * interval
-        if scheduled >= stop:
+        due = start + k * interval
+        if due >= stop:
             break
-        delay = scheduled - time.monotonic()
+        delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        t = asyncio.create_task(one(scheduled))
+        t = asyncio.create_task(one(due))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
         k += 1
+        if k % 50 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let the responses in
     if tasks:
         await asyncio.gather(*tasks)
 
 
 async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str], *, annotators: int,
                 dashboard_rps: float, seconds: float, think: tuple[float, float], seed: int) -> dict:
-    import httpx
-
     rng = random.Random(seed)
     items = list(unlabeled)
     rng.shuffle(items)
     hot, rest = items[:20], items[20:]
     shares = [rest[k::annotators] for k in range(annotators)]
     ledger, labels_ep, dash_ep = Ledger(), Endpoint(), Endpoint()
-    limits = httpx.Limits(max_connections=annotators + 200, max_keepalive_connections=annotators + 200)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ENGINEER}"}, timeout=30,
-                                 limits=limits) as ann, \
-            httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {DASHBOARD}"}, timeout=30,
-                              limits=limits) as dash:
-        t0 = time.monotonic()
-        stop = t0 + seconds
-        await asyncio.gather(
-            _dashboard(dash, pid, dashboard_rps, stop, dash_ep),
-            *[_annotator(i, ann, pid, shares[i], hot, truth, stop, labels_ep, ledger, think, random.Random(seed + i))
-              for i in range(annotators)])
-        wall = time.monotonic() - t0
-        # Re-send what failed, until it is through (idempotent: client ids).
-        resent_after = 0
-        for body in ledger.pending:
-            for _ in range(20):
-                try:
-                    r = await ann.post(f"/api/v1/projects/{pid}/labels", json=body)
-                    if r.status_code in (200, 201):
-                        for lab in body["labels"]:
-                            ledger.acked[lab["client_id"]] = (lab["item_id"], lab["class"])
-                        resent_after += 1
-                        break
-                except Exception:  # noqa: BLE001
-                    pass
-                await asyncio.sleep(0.5)
+    in_flight = 64  # the dashboard's connections; more requests due wait (in a FIFO) for one
+    host, port = url.split("//", 1)[1].split(":")
+    ann = RawHttp(host, int(port), {"Authorization": f"Bearer {ENGINEER}"}, size=annotators)
+    dash = RawHttp(host, int(port), {"Authorization": f"Bearer {DASHBOARD}"}, size=in_flight)
+    t0 = time.monotonic()
+    stop = t0 + seconds
+    await asyncio.gather(
+        _dashboard(dash, pid, dashboard_rps, stop, dash_ep, in_flight),
+        *[_annotator(i, ann, pid, shares[i], hot, truth, stop, labels_ep, ledger, think, random.Random(seed + i))
+          for i in range(annotators)])
+    wall = time.monotonic() - t0
+    # Re-send what failed, until it is through (idempotent: client ids).
+    resent_after = 0
+    for body in ledger.pending:
+        for _ in range(20):
+            try:
+                r = await ann.post(f"/api/v1/projects/{pid}/labels", body)
+                if r.status_code in (200, 201):
+                    for lab in body["labels"]:
+                        ledger.acked[lab["client_id"]] = (lab["item_id"], lab["class"])
+                    resent_after += 1
+                    break
+            except Exception:  # noqa: BLE001
+                pass
+            await asyncio.sleep(0.5)
+    await ann.close()
+    await dash.close()
     return {"wall_s": wall, "labels_endpoint": labels_ep.summary(wall), "metrics_endpoint": dash_ep.summary(wall),
             "ledger": ledger, "resent_after_failure": resent_after, "hot_items": hot}
 
@@ -371,6 +470,12 @@ def verify(db_url: str, pid: int, ledger: Ledger, metrics: dict) -> dict:
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60, db: str = "postgresql",
         seed_labels: int = 300, epochs: int = 15, think: tuple[float, float] = (0.3, 1.2), seed: int = 0,
         root: Path | None = None) -> dict:
@@ -382,8 +487,12 @@ def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60
         c = httpx.Client(base_url=st.url, headers={"Authorization": f"Bearer {ENGINEER}"}, timeout=60)
         c.post(f"/api/v1/projects/{pid}/rounds").raise_for_status()
         state_before = c.get(f"/api/v1/projects/{pid}/rounds/1").json()["state"]
+        load_avg_before = os.getloadavg()
+        cpu0 = [_cpu_s(p.pid) for p in st.procs]
         load = asyncio.run(_load(st.url, pid, unlabeled, truth, annotators=annotators, dashboard_rps=dashboard_rps,
                                  seconds=seconds, think=think, seed=seed))
+        cpu = [_cpu_s(p.pid) - c0 for p, c0 in zip(st.procs, cpu0)]
+        load_avg_after = os.getloadavg()
         rnd = c.get(f"/api/v1/projects/{pid}/rounds/1").json()
         time.sleep(1.0)  # GET metrics may be one reconciler tick (0.5 s) stale: read it after one
         metrics = c.get(f"/api/v1/projects/{pid}/metrics").json()
@@ -394,7 +503,11 @@ def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60
         return {"config": {"annotators": annotators, "dashboard_rps": dashboard_rps, "seconds": seconds, "db": db,
                            "seed_labels": seed_labels, "epochs": epochs, "think_s": list(think)},
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                            "load_generator": "same machine, one asyncio process (httpx)"},
+                            "load_generator": "same machine, one asyncio process (raw HTTP/1.1 keep-alive)",
+                            "load_average_before": load_avg_before, "load_average_after": load_avg_after},
+                "cpu_seconds_during_load": {"api_server": cpu[0], "worker": cpu[1],
+                                            "api_ms_per_request": 1000 * cpu[0] / max(1, load["labels_endpoint"][
+                                                "requests"] + load["metrics_endpoint"]["requests"])},
                 "round": {"state_at_start": state_before, "state_at_end": rnd["state"], "error": rnd["error"],
                           "train_seconds": next((j["duration_s"] for j in rnd["jobs"] if j["kind"] == "train"), None)},
                 **load, "check": check, "server_log_500s": server_log.count("→ 500")}

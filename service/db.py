@@ -104,10 +104,20 @@ def is_unavailable(exc: BaseException) -> bool:
 
     if isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError)):
         return True
-    if isinstance(exc, sa_exc.DBAPIError):
+    if isinstance(exc, sa_exc.DBAPIError) and not is_conflict(exc):
         if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
             msg = str(exc.orig or "").lower()
             # SQLite's OperationalError also means a broken query ("no such table", syntax):
             # that is a bug to report as one, not an outage.
             return not any(k in msg for k in ("no such table", "no such column", "syntax error"))
     return False
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """The database aborted this transaction to resolve a conflict with a concurrent one
+    (PostgreSQL deadlock_detected / serialization_failure, SQLSTATE class 40): running the
+    whole transaction again is the documented remedy."""
+    from sqlalchemy import exc as sa_exc
+
+    orig = getattr(exc, "orig", None) if isinstance(exc, sa_exc.DBAPIError) else None
+    return str(getattr(orig, "sqlstate", "") or "").startswith("40")

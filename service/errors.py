@@ -38,4 +38,6 @@ class Unavailable(ServiceError):
 
 DB_UNAVAILABLE = ("database unavailable: the request was not applied (its transaction rolled back); "
                   "retry later — labels carry client ids, so a retry never counts one twice")
+DB_CONFLICT = ("the database aborted this request to resolve a conflict with a concurrent one (nothing of it was "
+               "written): retry it")
 QUEUE_UNAVAILABLE = "job queue (Redis) unavailable: retry later; rounds resume once it is back"

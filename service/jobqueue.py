@@ -61,8 +61,24 @@ def redis_url(settings: Settings | None = None) -> str:
     return settings.redis_url or start_embedded(settings.data_dir)
 
 
+_clients: dict[str, redis.Redis] = {}
+
+
 def connection(settings: Settings | None = None) -> redis.Redis:
-    return redis.Redis.from_url(redis_url(settings))
+    """One client (and so one connection pool) per Redis URL per process.
+
+    The reconciler and request handlers ask for it several times a second; a fresh client each
+    time meant a new TCP connection and its handshake (redis-py sends CLIENT SETINFO twice) for
+    every poll — most of a reconciler tick's cost. redis-py's pool is thread-safe and resets
+    itself in a forked child."""
+    url = redis_url(settings)
+    client = _clients.get(url)
+    if client is None:
+        with _lock:
+            client = _clients.get(url)
+            if client is None:
+                client = _clients[url] = redis.Redis.from_url(url, health_check_interval=30)
+    return client
 
 
 def queue_name(kind: str, settings: Settings | None = None) -> str:

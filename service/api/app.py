@@ -3,6 +3,7 @@
 Error mapping (one place, so every route behaves the same):
   ServiceError subclasses      → their status with {"detail": message}
   database unreachable/busy    → 503 + Retry-After, a fixed message (service.errors.DB_UNAVAILABLE)
+  transaction aborted by the database to break a deadlock → 503 + Retry-After: 1 (DB_CONFLICT)
   Redis unreachable            → 503 + Retry-After (service.errors.QUEUE_UNAVAILABLE)
   a request body over settings.max_upload_bytes → 413, before the body is read
   anything else                → 500 {"detail": "internal error", "error_id"}; the traceback goes to
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from service.errors import DB_UNAVAILABLE, QUEUE_UNAVAILABLE, ServiceError, Unavailable
+from service.errors import DB_CONFLICT, DB_UNAVAILABLE, QUEUE_UNAVAILABLE, ServiceError, Unavailable
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("camloop.api")
@@ -149,7 +150,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db import is_unavailable
+    from service.db import is_conflict, is_unavailable
 
     from sqlalchemy.exc import DataError
 
@@ -162,6 +163,10 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
                         type(getattr(exc, "orig", exc)).__name__)
             return JSONResponse({"detail": "a value in the request is out of range or too long for the store"},
                                 status_code=422)
+        if is_conflict(exc):
+            log.warning("%s %s → 503 transaction aborted by the database (%s)", req.method, req.url.path,
+                        type(getattr(exc, "orig", exc)).__name__)
+            return _unavailable(DB_CONFLICT, retry_after=1)
         if is_unavailable(exc):
             # One line, no traceback, no SQL: the driver's message names host/port, never a password.
             orig = getattr(exc, "orig", None) or exc

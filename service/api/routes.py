@@ -7,8 +7,12 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import items as items_svc
 from service import labels as labels_svc
@@ -17,7 +21,7 @@ from service import projects as projects_svc
 from service import rounds as rounds_svc
 from service.api.auth import Caller, authenticate, require_write
 from service.api.schemas import MAX_ID, ClassChangeIn, ItemsIn, LabelsIn, ProjectIn
-from service.db import session_scope
+from service.db import is_conflict, session_scope
 from service.errors import NotFound
 from service.settings import Settings
 from service.store import Item, Job, QueueEntry, Round
@@ -36,11 +40,13 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def caller(request: Request) -> Caller:
+# async: a key check is a hash and a constant-time compare, microseconds; a sync dependency
+# would cost every request a hop to the thread pool and back.
+async def caller(request: Request) -> Caller:
     return authenticate(request, settings_of(request))
 
 
-def writer(c: Caller = Depends(caller)) -> Caller:
+async def writer(c: Caller = Depends(caller)) -> Caller:
     return require_write(c)
 
 
@@ -213,37 +219,58 @@ def queue(pid: Pid, request: Request, round: Annotated[int | None, Query(ge=1, l
 # once per reconcile_interval_s per project: an answer is never more than the background
 # reconciler's tick stale (0.5 s by default). Labels do not drop it — with 50 annotators posting
 # it would never be reused; class changes and round starts (rare, and seen at once) do.
-_metrics_cache: dict[int, tuple[float, dict]] = {}
+# The answer is kept encoded: serialising the nested dict again is most of a cached request's cost.
+_metrics_cache: dict[int, tuple[float, bytes]] = {}
 
 
 def _forget_metrics(pid: int) -> None:
     _metrics_cache.pop(pid, None)
 
 
-@router.get("/projects/{pid}/metrics", tags=["metrics"])
-def project_metrics(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
-    settings = settings_of(request)
-    hit = _metrics_cache.get(pid)
-    if hit is not None and time.monotonic() - hit[0] < settings.reconcile_interval_s:
-        return hit[1]
+def _metrics_body(settings: Settings, pid: int) -> bytes:
     t0 = time.monotonic()
     _advance(settings, pid, force=False)
     with session_scope(settings) as s:
         out = metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
-    _metrics_cache[pid] = (t0, out)
-    return out
+    body = JSONResponse(jsonable_encoder(out)).body
+    _metrics_cache[pid] = (t0, body)
+    return body
+
+
+@router.get("/projects/{pid}/metrics", tags=["metrics"])
+async def project_metrics(pid: Pid, request: Request, c: Caller = Depends(caller)) -> dict:
+    # async: a cached answer is served on the event loop; only a miss (database work) goes to
+    # the thread pool.
+    settings = settings_of(request)
+    hit = _metrics_cache.get(pid)
+    if hit is not None and time.monotonic() - hit[0] < settings.reconcile_interval_s:
+        return Response(hit[1], media_type="application/json")
+    return Response(await run_in_threadpool(_metrics_body, settings, pid), media_type="application/json")
 
 
 @router.post("/projects/{pid}/labels", tags=["labels"])
 def post_labels(pid: Pid, body: LabelsIn, request: Request, response: Response, c: Caller = Depends(writer)) -> dict:
     settings = settings_of(request)
-    out = []
-    with session_scope(settings) as s:
-        p = projects_svc.get_project(s, pid)
-        for lab in body.labels:
-            row, created = labels_svc.record_label(s, p, lab.item_id, lab.class_name, lab.who or c.who, "api",
-                                                   lab.client_id)
-            out.append(labels_svc.label_view(row, created))
+    # Rows are written in item order, so two requests labeling the same items lock them in the
+    # same order (no deadlock between them); the answer keeps the request's order. A transaction
+    # the database aborted to break a deadlock with some other writer is run again (it rolled
+    # back entirely, and client ids make a repeat count nothing twice).
+    order = sorted(range(len(body.labels)), key=lambda k: body.labels[k].item_id)
+    for attempt in range(3):
+        out: list[dict | None] = [None] * len(body.labels)
+        try:
+            with session_scope(settings) as s:
+                p = projects_svc.get_project(s, pid)
+                for k in order:
+                    lab = body.labels[k]
+                    row, created = labels_svc.record_label(s, p, lab.item_id, lab.class_name, lab.who or c.who,
+                                                           "api", lab.client_id)
+                    out[k] = labels_svc.label_view(row, created)
+            break
+        except SQLAlchemyError as e:
+            if attempt == 2 or not is_conflict(e):
+                raise
+            log.warning("POST labels of project %s: %s, running it again", pid, type(e.orig).__name__)
     response.status_code = 201 if any(o["created"] for o in out) else 200
     _advance(settings, pid, force=False)
     return {"labels": out}
