@@ -232,10 +232,10 @@ class RawHttp:
                 try:
                     writer.write(data)
                     resp, keep = await asyncio.wait_for(self._read(reader), self.timeout)
-                except _Closed:
+                except (_Closed, ConnectionResetError, BrokenPipeError):
                     writer.close()
-                    if reused:  # the server closed an idle keep-alive connection before reading: resend
-                        continue
+                    if reused:  # the server closed an idle keep-alive connection as we sent: resend
+                        continue  # (HTTP clients do the same; our POSTs are idempotent by client id)
                     raise ConnectionResetError("server closed the connection") from None
                 except BaseException:
                     writer.close()
