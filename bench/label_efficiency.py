@@ -6,10 +6,19 @@ duplication / without class exclusion / without the Grad-CAM term. Reports label
 (92 %) and the area under the learning curve (AULC, the mean test accuracy over the labeled
 range, trapezoids), and writes results.json, results.md and curves.png under --out-dir.
 
-Every run's JSON is kept in --out-dir/runs/, and a run whose file exists is not run again, so a
-cut-off benchmark resumes where it stopped. Reduced CPU version, e.g.:
+Every run's JSON is kept in --out-dir/runs/, and a run whose file exists is not run again (a run
+file made with other settings is an error, not silently reused), so a cut-off benchmark resumes
+where it stopped. Two processes may share one --out-dir with different --strategies (each writes
+its own run files); `--report-only` then rebuilds results.* from every run file there.
 
-    nice -n 10 .venv/bin/python bench/label_efficiency.py --seeds 1 --rounds 3 --pool-limit 12000 --epochs 4
+Besides --target (the issue's 92 %), --second-target reports labels-to-X for an X the model can
+reach; `--reference 1000,2000,4000,all` first trains the model on random label sets of those
+sizes (all = the whole pool) with the same training settings and writes reference.json: the
+model's ceiling, and the random-label points a strategy is judged against. CPU version as run
+for docs/benchmarks.md (issue 2):
+
+    nice -n 15 .venv/bin/python bench/label_efficiency.py --seeds 1 --rounds 3 --pool-limit 20000 \
+        --out-dir bench/results/label_efficiency_cpu
 """
 from __future__ import annotations
 
@@ -53,51 +62,116 @@ def aulc(rounds: list[dict]) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
-def summarise(runs: dict[str, list[dict]], target: float) -> dict[str, dict]:
-    """Per variant over seeds: AULC mean/std, labels-to-target per seed, final accuracy."""
+def summarise(runs: dict[str, list[dict]], target: float, second_target: float | None = None) -> dict[str, dict]:
+    """Per variant over seeds: AULC mean/std, labels-to-target(s) per seed, final accuracy,
+    mean accuracy per round."""
     out = {}
     for name, results in runs.items():
         aulcs = [aulc(r["rounds"]) for r in results]
         ltt = [labels_to_target(r["rounds"], target) for r in results]
         finals = [r["rounds"][-1]["accuracy"] for r in results]
         reached = [v for v in ltt if v is not None]
+        n = min(len(r["rounds"]) for r in results)
         out[name] = {
             "seeds": len(results),
+            "seed_ids": [int(r["config"]["seed"]) for r in results],
+            "aulc": aulcs,
             "aulc_mean": float(np.mean(aulcs)),
-            "aulc_std": float(np.std(aulcs)),
+            "aulc_std": float(np.std(aulcs, ddof=1)) if len(aulcs) > 1 else 0.0,
             "labels_to_target": ltt,
             "labels_to_target_mean": float(np.mean(reached)) if len(reached) == len(ltt) else None,
             "final_accuracy_mean": float(np.mean(finals)),
             "final_labeled": int(results[0]["rounds"][-1]["labeled"]),
+            "round_labeled": [int(results[0]["rounds"][i]["labeled"]) for i in range(n)],
+            "round_accuracy_mean": [float(np.mean([r["rounds"][i]["accuracy"] for r in results])) for i in range(n)],
             "exclusions": [e for r in results for e in r.get("exclusions", [])],
             "seconds_mean": float(np.mean([r.get("wall_seconds", float("nan")) for r in results])),
         }
+        if second_target is not None:
+            out[name]["labels_to_second_target"] = [labels_to_target(r["rounds"], second_target) for r in results]
     return out
 
 
-def markdown(summary: dict[str, dict], target: float, meta: dict) -> str:
+def versus(runs: dict[str, list[dict]], name: str, baseline: str = "random") -> list[dict]:
+    """`name` minus `baseline` test accuracy per round, for every seed both have run: the issue's
+    "never below random at any round" is `all(d["diff"] >= 0)`."""
+    base = {int(r["config"]["seed"]): r for r in runs.get(baseline, [])}
+    rows = []
+    for r in runs.get(name, []):
+        seed = int(r["config"]["seed"])
+        if seed not in base:
+            continue
+        for a, b in zip(r["rounds"], base[seed]["rounds"]):
+            rows.append({"seed": seed, "round": a["round"], "labeled": a["labeled"], "accuracy": a["accuracy"],
+                         "baseline_accuracy": b["accuracy"], "diff": a["accuracy"] - b["accuracy"]})
+    return rows
+
+
+def _fmt_ltt(values) -> str:
+    return ", ".join("—" if v is None else f"{v:,}" for v in values)
+
+
+def markdown(summary: dict[str, dict], target: float, meta: dict, comparisons: dict[str, list[dict]] | None = None,
+             reference: dict | None = None) -> str:
+    second = meta.get("second_target")
     lines = [
         f"Data set {meta['dataset']}, model {meta['model']}, {meta['epochs']} epochs/round, initial {meta['initial']}, "
         f"+{meta['budget']}/round, {meta['rounds']} rounds, seeds {meta['seeds']}, pool "
-        f"{meta['pool_limit'] or 'full'}, test set {meta['test_size']} images, exclusion from round "
-        f"{meta['exclude_after']} below {meta['exclude_below']:.2f}; machine: {meta['machine']}.",
+        f"{meta['pool_limit'] or 'full'}, validation {meta.get('val_size')} images, test set {meta['test_size']} "
+        f"images, exclusion from round {meta['exclude_after']} below {meta['exclude_below']:.2f}; "
+        f"machine: {meta['machine']}.",
         "",
-        f"| strategy | AULC (mean ± sd) | labels to {target:.0%} | final acc | labeled at end | excluded classes | s/run |",
-        "|---|---|---|---|---|---|---|",
     ]
+    head = f"| strategy | seeds | AULC (mean ± sd) | labels to {target:.0%} |"
+    rule = "|---|---|---|---|"
+    if second is not None:
+        head += f" labels to {second:.1%} |"
+        rule += "---|"
+    head += " final acc | labeled at end | excluded classes | s/run |"
+    rule += "---|---|---|---|"
+    lines += [head, rule]
     for name, s in summary.items():
-        ltt = ", ".join("not reached" if v is None else f"{v:,}" for v in s["labels_to_target"])
         excl = ", ".join(sorted({e["class"] for e in s["exclusions"]})) or "none"
-        lines.append(f"| {name} | {s['aulc_mean']:.4f} ± {s['aulc_std']:.4f} | {ltt} | {s['final_accuracy_mean']:.4f} "
-                     f"| {s['final_labeled']:,} | {excl} | {s['seconds_mean']:.0f} |")
+        row = (f"| {name} | {s['seeds']} | {s['aulc_mean']:.4f} ± {s['aulc_std']:.4f} | "
+               f"{_fmt_ltt(s['labels_to_target'])} |")
+        if second is not None:
+            row += f" {_fmt_ltt(s.get('labels_to_second_target', []))} |"
+        row += f" {s['final_accuracy_mean']:.4f} | {s['final_labeled']:,} | {excl} | {s['seconds_mean']:.0f} |"
+        lines.append(row)
+    lines += ["", "— = not reached within the labels run. AULC = mean test accuracy over the labeled range."]
+    if summary:
+        xs = max((s["round_labeled"] for s in summary.values()), key=len)
+        lines += ["", "Mean test accuracy per round:", "",
+                  "| strategy | " + " | ".join(f"{x:,}" for x in xs) + " |",
+                  "|---|" + "---|" * len(xs)]
+        for name, s in summary.items():
+            cells = [f"{a:.4f}" for a in s["round_accuracy_mean"]] + [""] * (len(xs) - len(s["round_accuracy_mean"]))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, rows in (comparisons or {}).items():
+        if not rows:
+            continue
+        below = [r for r in rows if r["diff"] < 0]
+        lines += ["", f"{name} − random, per seed and round (test accuracy points): "
+                  + ", ".join(f"s{r['seed']}@{r['labeled']:,}: {100 * r['diff']:+.2f}" for r in rows)
+                  + f". Below random: {len(below)} of {len(rows)}"
+                  + (" (" + ", ".join(f"seed {r['seed']} at {r['labeled']:,}" for r in below) + ")." if below else ".")]
+    if reference:
+        lines += ["", "Reference (random labels, one training, same settings): "
+                  + ", ".join(f"{k}: {v['accuracy']:.4f}" for k, v in reference.items() if k != "meta") + "."]
     return "\n".join(lines) + "\n"
+
+
+# Settings a run file must share with the current invocation to be reused.
+_RUN_KEYS = ("dataset", "model", "initial", "budget", "epochs", "mc_samples", "pool_limit", "val_limit", "test_limit",
+             "exclude_after", "exclude_below")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Label efficiency benchmark (issue 2)")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--model", default="small-cnn")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (or see --seed-list)")
+    ap.add_argument("--seed-list", default=None, help="comma list of seeds, instead of 0..--seeds-1")
     ap.add_argument("--rounds", type=int, default=9, help="acquisition rounds after the initial 1,000")
     ap.add_argument("--initial", type=int, default=1000)
     ap.add_argument("--budget", type=int, default=1000)
@@ -105,41 +179,69 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--mc-samples", type=int, default=8)
     ap.add_argument("--target", type=float, default=0.92)
+    ap.add_argument("--second-target", type=float, default=None,
+                    help="a second labels-to-X column; default: --ceiling-fraction × the reference ceiling, if any")
+    ap.add_argument("--ceiling-fraction", type=float, default=0.95)
     ap.add_argument("--exclude-after", type=int, default=3)
     ap.add_argument("--test-limit", type=int, default=None, help="stratified test subsample (default: the full test set)")
+    ap.add_argument("--val-limit", type=int, default=2000,
+                    help="stratified validation subsample (early stopping, exclusion rule); 0 = all of it")
     ap.add_argument("--exclude-below", type=float, default=0.5)
     ap.add_argument("--strategies", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--reference", default=None,
+                    help="comma list of random-label set sizes (or 'all') to train once each and write "
+                         "reference.json; then exit")
+    ap.add_argument("--reference-epochs", type=int, default=None, help="epochs for --reference 'all' (default --epochs)")
+    ap.add_argument("--report-only", action="store_true", help="rebuild results.* from the run files in --out-dir")
     ap.add_argument("--out-dir", type=Path, default=Path("bench/results/label_efficiency"))
     args = ap.parse_args(argv)
+    if args.val_limit == 0:
+        args.val_limit = None
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
 
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown strategies {unknown}; choose from {', '.join(VARIANTS)}")
+    seeds = ([int(x) for x in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds)))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.reference:
+        _reference(args)
+        return 0
     from workers.loop import SimulationConfig, run_simulation
 
     run_dir = args.out_dir / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        runs = _load_runs(run_dir, args)
+        _write_outputs(args, runs)
+        print((args.out_dir / "results.md").read_text())
+        return 0
     runs: dict[str, list[dict]] = {n: [] for n in names}
     # Seed-major order: after one seed every strategy has a point, so a cut-off run still compares.
-    for seed in range(args.seeds):
+    for seed in seeds:
         for name in names:
             path = run_dir / f"{name}_seed{seed}.json"
             if path.exists():
-                runs[name].append(json.loads(path.read_text()))
+                runs[name].append(_checked(json.loads(path.read_text()), args, path))
                 continue
             strategy, overrides = VARIANTS[name]
             cfg = SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
                                    budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
                                    mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
                                    exclude_after=args.exclude_after, exclude_below=args.exclude_below,
-                                   test_limit=args.test_limit, **overrides)
+                                   test_limit=args.test_limit, val_limit=args.val_limit, **overrides)
             t0 = time.perf_counter()
             result = run_simulation(cfg, progress=lambda r, n=name, s=seed: print(
-                f"  {n} seed {s} round {r['round']}: {r['labeled']} labels, acc {r['accuracy']:.4f}", flush=True))
+                f"  {n} seed {s} round {r['round']}: {r['labeled']} labels, acc {r['accuracy']:.4f} "
+                f"({r['seconds']})", flush=True))
             result["wall_seconds"] = time.perf_counter() - t0
             result["variant"] = name
+            result["host"] = _machine(args)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result))
             os.replace(tmp, path)
@@ -151,31 +253,100 @@ def main(argv=None) -> int:
     return 0
 
 
+def _machine(args) -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch device {args.device or 'default'}"
+
+
+def _checked(result: dict, args, path: Path) -> dict:
+    cfg = result["config"]
+    want = {"dataset": args.dataset, "model": args.model, "initial": args.initial, "budget": args.budget,
+            "epochs": args.epochs, "mc_samples": args.mc_samples, "pool_limit": args.pool_limit,
+            "val_limit": args.val_limit, "test_limit": args.test_limit, "exclude_after": args.exclude_after,
+            "exclude_below": args.exclude_below}
+    diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
+    if diff:
+        raise SystemExit(f"{path} was run with other settings (stored, asked): {diff}; use another --out-dir")
+    return result
+
+
+def _load_runs(run_dir: Path, args) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for name in VARIANTS:  # table order
+        files = sorted(run_dir.glob(f"{name}_seed*.json"), key=lambda p: int(p.stem.rsplit("seed", 1)[1]))
+        if files:
+            runs[name] = [_checked(json.loads(f.read_text()), args, f) for f in files]
+    return runs
+
+
+def _reference(args) -> None:
+    """Train once on random label sets of the given sizes (the loop's round 0 with initial=N),
+    test accuracy of each; 'all' = the whole pool, i.e. the model's ceiling under these settings."""
+    from workers.loop import SimulationConfig, run_simulation
+
+    path = args.out_dir / "reference.json"
+    ref = json.loads(path.read_text()) if path.exists() else {}
+    for size in [x.strip() for x in args.reference.split(",") if x.strip()]:
+        if size in ref:
+            continue
+        n = 10**9 if size == "all" else int(size)
+        epochs = (args.reference_epochs or args.epochs) if size == "all" else args.epochs
+        cfg = SimulationConfig(dataset=args.dataset, strategy="random", model=args.model, initial=n, budget=0,
+                               rounds=0, seed=0, epochs=epochs, device=args.device, exclusion=False,
+                               val_limit=args.val_limit, test_limit=args.test_limit)
+        t0 = time.perf_counter()
+        out = run_simulation(cfg)
+        r = out["rounds"][0]
+        ref[size] = {"labeled": r["labeled"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                     "epochs": epochs, "seconds": time.perf_counter() - t0,
+                     "per_class": {c: v["accuracy"] for c, v in r["per_class"].items()}}
+        ref["meta"] = {"dataset": args.dataset, "model": args.model, "val_limit": args.val_limit,
+                       "test_size": out["config"]["test_size"], "pool_size": out["config"]["pool_size"],
+                       "machine": _machine(args)}
+        print(f"reference {size}: {r['labeled']} labels, test accuracy {r['accuracy']:.4f} "
+              f"({ref[size]['seconds']:.0f} s)", flush=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ref, indent=1))
+        os.replace(tmp, path)
+
+
 def _write_outputs(args, runs: dict[str, list[dict]]) -> None:
     done = {k: v for k, v in runs.items() if v}
     if not done:
         return
     first = next(iter(done.values()))[0]
+    ref_path = args.out_dir / "reference.json"
+    reference = json.loads(ref_path.read_text()) if ref_path.exists() else None
+    second = args.second_target
+    if second is None and reference and "all" in reference:
+        second = round(args.ceiling_fraction * reference["all"]["accuracy"], 3)
     meta = {
         "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "initial": args.initial,
-        "budget": args.budget, "rounds": args.rounds, "seeds": args.seeds, "pool_limit": args.pool_limit,
-        "exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
-        "test_size": first["config"].get("test_size"), "target": args.target,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch device {args.device or 'default'}",
+        "budget": args.budget, "rounds": args.rounds, "seeds": sorted({int(r["config"]["seed"]) for v in done.values() for r in v}),
+        "pool_limit": args.pool_limit, "pool_size": first["config"].get("pool_size"),
+        "val_size": first["config"].get("val_size"), "exclude_after": args.exclude_after,
+        "exclude_below": args.exclude_below, "test_size": first["config"].get("test_size"), "target": args.target,
+        "second_target": second,
+        "second_target_rule": (None if args.second_target is not None or second is None
+                               else f"{args.ceiling_fraction} x reference ceiling {reference['all']['accuracy']:.4f}"),
+        "machine": first.get("host") or _machine(args),
         "python": sys.version.split()[0],
+        "wall_seconds_total": float(sum(r.get("wall_seconds", 0.0) for v in done.values() for r in v)),
     }
-    summary = summarise(done, args.target)
-    (args.out_dir / "results.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=1))
-    (args.out_dir / "results.md").write_text(markdown(summary, args.target, meta))
+    summary = summarise(done, args.target, second)
+    comparisons = {n: versus(done, n) for n in done if n != "random"}
+    (args.out_dir / "results.json").write_text(json.dumps(
+        {"meta": meta, "summary": summary, "versus_random": comparisons, "reference": reference}, indent=1))
+    (args.out_dir / "results.md").write_text(markdown(summary, args.target, meta, comparisons, reference))
     from service.report import plot_learning_curves
 
     # Mean curve per variant over the seeds done so far (same x grid: same initial/budget/rounds).
     curves = {}
     for name, results in done.items():
         n = min(len(r["rounds"]) for r in results)
-        curves[name] = [{"labeled": results[0]["rounds"][i]["labeled"],
-                         "accuracy": float(np.mean([r["rounds"][i]["accuracy"] for r in results]))} for i in range(n)]
-    plot_learning_curves(curves, args.out_dir / "curves.png", target=args.target)
+        curves[f"{name} (n={len(results)})"] = [
+            {"labeled": results[0]["rounds"][i]["labeled"],
+             "accuracy": float(np.mean([r["rounds"][i]["accuracy"] for r in results]))} for i in range(n)]
+    plot_learning_curves(curves, args.out_dir / "curves.png", target=second if second is not None else args.target)
 
 
 if __name__ == "__main__":

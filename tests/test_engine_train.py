@@ -7,7 +7,7 @@ import torch
 
 from workers.datasets import Dataset
 from workers.models import build_model
-from workers.train import TrainConfig, augment_batch, build_training_indices, train_model
+from workers.train import TrainConfig, augment_batch, build_training_indices, repeat_flags, train_model
 
 S = 12
 
@@ -61,6 +61,36 @@ def test_balancing_cap():
     labels = np.array([0] * 10 + [1] * 2)
     idx = build_training_indices(labels, np.zeros(12, bool), np.ones(2, bool), balance=True, balance_max_factor=2.0)
     assert np.bincount(labels[idx]).tolist() == [10, 4]
+
+
+def test_repeat_flags_mark_every_occurrence_after_the_first():
+    idx = np.array([3, 1, 3, 2, 1, 3])
+    assert repeat_flags(idx).tolist() == [False, False, True, False, True, True]
+    assert repeat_flags(np.array([], dtype=np.int64)).shape == (0,)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_augment_scope_copies_leaves_originals_clean():
+    # Balanced classes, nothing new: no image repeats within an epoch, so "copies" augments
+    # nothing and trains exactly as augment=False; "all" augments every draw and differs.
+    d = _squares()
+    runs = {}
+    for name, kw in {"copies": dict(augment_scope="copies"), "off": dict(augment=False),
+                     "all": dict(augment_scope="all")}.items():
+        m = _model()
+        train_model(m, d, np.zeros(len(d), bool), None, np.ones(3, bool), _cfg(epochs=2, **kw))
+        runs[name] = _state(m)
+    assert all(torch.equal(runs["copies"][k], runs["off"][k]) for k in runs["off"])
+    assert not all(torch.equal(runs["all"][k], runs["off"][k]) for k in runs["off"])
+    # With new labels duplicated, "copies" augments their second entries: it differs from off.
+    m = _model()
+    train_model(m, d, np.arange(len(d)) % 3 == 0, None, np.ones(3, bool), _cfg(epochs=2, augment_scope="copies"))
+    assert not all(torch.equal(m.state_dict()[k], runs["off"][k]) for k in runs["off"])
+    with pytest.raises(ValueError, match="augment_scope"):
+        train_model(_model(), d, None, None, None, _cfg(epochs=1, augment_scope="some"))
 
 
 def test_excluded_classes_and_unlabeled_dropped():

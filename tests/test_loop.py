@@ -41,3 +41,13 @@ def test_random_labels_grow_by_budget_and_stop_when_the_pool_is_empty():
     assert labeled[:2] == [1000, min(1200, out["config"]["pool_size"])]
     assert len(labeled) == 2  # round 2 found the pool empty and the loop stopped
     assert np.isfinite([r["accuracy"] for r in out["rounds"]]).all()
+
+
+def test_val_limit_subsamples_validation_stratified():
+    full = run_simulation(SimulationConfig(dataset="digits", strategy="random", initial=100, rounds=0, epochs=1,
+                                           exclusion=False))
+    small = run_simulation(SimulationConfig(dataset="digits", strategy="random", initial=100, rounds=0, epochs=1,
+                                            exclusion=False, val_limit=100))
+    assert full["config"]["val_size"] > 300
+    assert 95 <= small["config"]["val_size"] <= 105
+    assert small["config"]["val_limit"] == 100 and small["config"]["test_size"] == full["config"]["test_size"]

@@ -47,6 +47,7 @@ class SimulationConfig:
     pool_limit: int | None = None  # subsample the pool (stratified) for quick CPU runs
     batch_size: int | None = None  # None: sized to the labeled set (see _batch_size)
     test_limit: int | None = None  # subsample the test split (stratified); None = all of it
+    val_limit: int | None = None  # subsample the validation split (stratified); None = as load_named gives it
 
 
 Progress = Callable[[dict], None]
@@ -76,6 +77,11 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None) -
         val_cap = max(1000, config.pool_limit // 5)
         if val_cap < len(val):
             val = val.subset(_stratified_subset(val.labels, val_cap, rng))
+    if config.val_limit is not None and config.val_limit < len(val):
+        # Validation is read every epoch (early stopping) and every round (the exclusion rule):
+        # on Fashion-MNIST's 10k split that forward pass costs more than training on a few
+        # thousand labels on a CPU; a few hundred images per class are enough for both uses.
+        val = val.subset(_stratified_subset(val.labels, config.val_limit, rng))
     if config.test_limit is not None and config.test_limit < len(test):
         test = test.subset(_stratified_subset(test.labels, config.test_limit, rng))
     names = list(pool.class_names)

@@ -4,8 +4,13 @@ stopping, per-epoch atomic checkpoints that a re-run resumes from.
 The training set of a round is built as index lists into the labeled images (no copies of
 pixels): every labeled image of an active class once, every *newly* labeled image
 ``duplicate_new`` times in total (research 003's "+n×2"), then classes duplicated up toward the
-largest one. Augmentation is random per draw, so each copy of a new image is a different
-random augmentation every epoch. Excluded classes are dropped from the set and masked out of
+largest one. Augmentation is random per draw. By default (``augment_scope="copies"``) only
+the *copies* are augmented: every labeled image enters an epoch once as itself, and each extra
+copy (the second entry of a new label, a class-balancing repeat) is a different random
+augmentation of it every epoch — "+n×2" as an original plus an augmented twin. Augmenting
+every draw (``"all"``) was measured to cost accuracy on Fashion-MNIST at a few thousand labels
+and a round's worth of epochs (docs/benchmarks.md, issue 2): the model underfits the augmented
+distribution before it has learned the clean one. Excluded classes are dropped from the set and masked out of
 the head's logits (−inf), so the remaining classes do not spend capacity on them.
 
 Determinism and resume: the order and augmentations of epoch e come from generators seeded by
@@ -50,6 +55,7 @@ class TrainConfig:
     balance_max_factor: float | None = None  # cap on how many times a class may be repeated
     patience: int = 5               # epochs without val-accuracy gain before stopping
     augment: bool = True
+    augment_scope: str = "copies"   # "copies": only repeats of an image in an epoch; "all": every draw
     hflip: bool = True              # off for data where left/right matters (digits, text)
     max_rotate: float = 10.0        # degrees
     max_translate: float = 0.1      # fraction of the side (the "random crop")
@@ -108,6 +114,17 @@ def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.nd
     return np.concatenate(parts)
 
 
+def repeat_flags(idx: np.ndarray) -> np.ndarray:
+    """True for every entry of ``idx`` that repeats an index seen earlier in it (a copy), False
+    for the first occurrence of each index (the image itself)."""
+    idx = np.asarray(idx)
+    flags = np.ones(idx.size, dtype=bool)
+    if idx.size:
+        _, first = np.unique(idx, return_index=True)
+        flags[first] = False
+    return flags
+
+
 # ----------------------------------------------------------------------- augmentation
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True, max_rotate: float = 10.0,
@@ -150,8 +167,9 @@ def _fingerprint(model, train, is_new, val, active, config: TrainConfig) -> str:
     cfg.pop("device", None)  # the same run may resume on another device
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     h.update(json.dumps([model.name if hasattr(model, "name") else type(model).__name__,
-                         model.num_classes, len(train), len(val)]).encode())
-    for arr in (train.labels, np.asarray(is_new, bool), np.asarray(active, bool), val.labels):
+                         model.num_classes, len(train), 0 if val is None else len(val)]).encode())
+    val_labels = np.zeros(0, np.int64) if val is None else val.labels
+    for arr in (train.labels, np.asarray(is_new, bool), np.asarray(active, bool), val_labels):
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(hashlib.sha256(np.ascontiguousarray(train.images).tobytes()).digest())
     return h.hexdigest()
@@ -207,6 +225,8 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
     is no validation set).
     """
     config = config or TrainConfig()
+    if config.augment_scope not in ("copies", "all"):
+        raise ValueError(f"augment_scope must be 'copies' or 'all', got {config.augment_scope!r}")
     dev = default_device(config.device)
     C = model.num_classes
     active = np.ones(C, bool) if active is None else np.asarray(active, bool)
@@ -266,7 +286,9 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             g["lr"] = _epoch_lr(config, epoch)
         idx = build_training_indices(train.labels, is_new, active, config.duplicate_new, config.balance,
                                      config.balance_max_factor, rng)
-        idx = idx[rng.permutation(idx.size)]
+        copy = repeat_flags(idx)
+        perm = rng.permutation(idx.size)
+        idx, copy = idx[perm], copy[perm]
         # Active learning trains on a few hundred labels: at batch 128 that is a handful of
         # optimiser steps per epoch and the model barely moves in a round's epochs (measured on
         # Fashion-MNIST, 1 000 labels, 10 epochs: 62% test accuracy at batch 128 vs 73% at 32).
@@ -284,8 +306,13 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             x = to_model_input(images[bi], model, device=dev)
             y = labels[bi].to(dev, non_blocking=True)
             if config.augment:
-                x = augment_batch(x, gen, hflip=config.hflip, max_rotate=config.max_rotate,
-                                  max_translate=config.max_translate, scale_range=config.scale_range)
+                sel = None if config.augment_scope == "all" else torch.from_numpy(copy[s:e]).to(x.device)
+                if sel is None:
+                    x = augment_batch(x, gen, hflip=config.hflip, max_rotate=config.max_rotate,
+                                      max_translate=config.max_translate, scale_range=config.scale_range)
+                elif bool(sel.any()):
+                    x[sel] = augment_batch(x[sel], gen, hflip=config.hflip, max_rotate=config.max_rotate,
+                                           max_translate=config.max_translate, scale_range=config.scale_range)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 logits = model(x)
             logits = logits.float()
