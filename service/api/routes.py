@@ -215,10 +215,12 @@ def queue(pid: Pid, request: Request, round: Annotated[int | None, Query(ge=1, l
             for e, it in rows if include_labeled or it.status == "queued"]}
 
 
-# A dashboard polling GET /metrics hundreds of times a second gets the answer computed at most
-# once per reconcile_interval_s per project: an answer is never more than the background
-# reconciler's tick stale (0.5 s by default). Labels do not drop it — with 50 annotators posting
-# it would never be reused; class changes and round starts (rare, and seen at once) do.
+# Dashboards (read-only keys) polling GET /metrics hundreds of times a second get the answer
+# computed at most once per reconcile_interval_s per project: never more than the background
+# reconciler's tick stale (0.5 s by default). Engineer keys — the clients that also write (CLI,
+# demo, scripts) — always get a fresh answer, so they read their own writes. Labels do not drop
+# the cache (with 50 annotators posting it would never be reused); class changes and round
+# starts do.
 # The answer is kept encoded: serialising the nested dict again is most of a cached request's cost.
 _metrics_cache: dict[int, tuple[float, bytes]] = {}
 
@@ -243,7 +245,7 @@ async def project_metrics(pid: Pid, request: Request, c: Caller = Depends(caller
     # the thread pool.
     settings = settings_of(request)
     hit = _metrics_cache.get(pid)
-    if hit is not None and time.monotonic() - hit[0] < settings.reconcile_interval_s:
+    if not c.can_write and hit is not None and time.monotonic() - hit[0] < settings.reconcile_interval_s:
         return Response(hit[1], media_type="application/json")
     return Response(await run_in_threadpool(_metrics_body, settings, pid), media_type="application/json")
 
