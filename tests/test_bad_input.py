@@ -404,7 +404,7 @@ def test_concurrent_round_starts_across_two_server_processes_only_one_wins(pg_ur
     try:
         for i, (cl, port) in enumerate(zip(clients, ports)):
             # One after the other: two processes migrating one fresh database at once is the
-            # separate bug of test_two_servers_starting_at_once_on_a_fresh_database_both_come_up.
+            # separate bug of test_two_processes_migrating_a_fresh_database_at_once_both_succeed.
             procs.append(start_server(env, tmp_path / f"server{i}.log", port))
             wait_for(lambda: _healthy(cl), timeout=120, what="serve", proc=procs[-1], log=tmp_path / f"server{i}.log")
         pid = new_project(clients[0])
