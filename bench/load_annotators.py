@@ -103,6 +103,7 @@ class Stack:
         keys = list(conn.scan_iter(match=f"rq:*{self.prefix}*", count=1000))
         if keys:
             conn.delete(*keys)
+        conn.srem("rq:queues", *[f"rq:queue:{self.prefix}-{k}" for k in ("ingest", "train", "score")])
         if self.admin_dsn:
             import psycopg
 

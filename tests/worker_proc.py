@@ -129,6 +129,8 @@ def cleanup_queues(conn, prefix: str) -> None:
         keys = list(conn.scan_iter(match=pattern, count=1000))
         if keys:
             conn.delete(*keys)
+    # rq keeps a set of every queue it has seen; leave no name of ours in it (rq info lists them).
+    conn.srem("rq:queues", *[f"rq:queue:{prefix}-{kind}" for kind in ("ingest", "train", "score")])
 
 
 # ------------------------------------------------------------------ a private Redis
