@@ -110,10 +110,12 @@ def status(
     table = Table(title=f"project {project}: round {m.get('round')}  labeled {m.get('labeled')}  "
                         f"accuracy {_fmt(m.get('accuracy'))}  macro F1 {_fmt(m.get('macro_f1'))}")
     for col in ("class", "status", "labeled", "accuracy", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="left" if col in ("class", "status") else "right")
+        table.add_column(col, justify="left" if col in ("class", "status") else "right", no_wrap=col == "class")
     for name, pc in (m.get("per_class") or {}).items():
-        table.add_row(name, str(pc.get("status", "")), str(pc.get("labeled", "")),
-                      *(_fmt(pc.get(k)) for k in ("accuracy", "precision", "recall", "f1")), str(pc.get("support", "")))
+        table.add_row(name, str(pc.get("status", "")), _fmt(pc.get("labeled")),
+                      *(_fmt(pc.get(k)) for k in ("accuracy", "precision", "recall", "f1", "support")))
+    if m.get("accuracy") is None:
+        console.print("no model evaluated yet: accuracy needs a trained round and labeled val/test images")
     console.print(table)
 
 

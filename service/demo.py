@@ -278,9 +278,10 @@ class DemoRun:
         where = self.ls_project_url or self.opts.label_studio_url
         while True:
             rnd = self.get_round(number)
-            live.update(self.view(rnd, history, waiting=f"waiting for experts in Label Studio: {where}"))
             if rnd["state"] in ("closed", "failed"):
+                live.update(self.view(rnd, history))
                 return rnd
+            live.update(self.view(rnd, history, waiting=f"waiting for experts in Label Studio: {where}"))
             time.sleep(max(self.opts.poll_s, 2.0))
 
     def view(self, rnd: dict, history: list[dict], waiting: str | None = None) -> "View":
