@@ -13,11 +13,14 @@ The API process never imports torch: selection here uses strategies' numpy modul
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
+import mmap
 import os
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -365,23 +368,108 @@ def _enter_scoring(s: Session, settings: Settings, project: Project, rnd: Round,
             poll_job(s, settings, job, conn)
 
 
-def _load_scores(settings: Settings, rnd: Round) -> dict:
+_NPY_HEADERS: dict[bytes, tuple] = {}  # raw .npy header → (shape, fortran, dtype): shards repeat them
+
+
+class _Npz:
+    """A score shard (.npz) read in place: one mmap of the file, a member parsed only when asked
+    for, its array a view of the mapping — the columns a strategy uses and the few embedding rows
+    diversity needs are all that is read of a 1M pool's ~250 shards (np.load unzips every member
+    it is asked for, whole, each time). A compressed member falls back to np.load."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with zipfile.ZipFile(path) as z:
+            self.members = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
+        self._stored = all(i.compress_type == zipfile.ZIP_STORED for i in self.members.values())
+        self._mm = None
+        self._npz = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if not self._stored:
+            if self._npz is None:
+                self._npz = np.load(self.path)
+            return self._npz[name]
+        if self._mm is None:
+            with open(self.path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm, info = self._mm, self.members[name]
+        off = info.header_offset  # the member's local header; name and extra lengths at 26..30
+        off += 30 + int.from_bytes(mm[off + 26:off + 28], "little") + int.from_bytes(mm[off + 28:off + 30], "little")
+        size_len = 2 if mm[off + 6] == 1 else 4  # .npy format version 1.0: 2-byte header length
+        raw = bytes(mm[off:off + 8 + size_len + int.from_bytes(mm[off + 8:off + 8 + size_len], "little")])
+        parsed = _NPY_HEADERS.get(raw)
+        if parsed is None:
+            f = io.BytesIO(raw)
+            major, _ = np.lib.format.read_magic(f)
+            parsed = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+            if len(_NPY_HEADERS) < 256:
+                _NPY_HEADERS[raw] = parsed
+        shape, fortran, dtype = parsed
+        if dtype.hasobject:
+            return np.load(self.path, allow_pickle=False)[name]  # refuses, as np.load would
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
+            return np.empty(shape, dtype)
+        a = np.frombuffer(mm, dtype=dtype, count=count, offset=off + len(raw))
+        return a.reshape(shape, order="F" if fortran else "C")
+
+
+def _score_parts(settings: Settings, rnd: Round) -> list[_Npz]:
     manifest = _manifest(paths.round_dir(settings, rnd.project_id, rnd.number) / "score.json")
-    parts = [np.load(paths.score_file(settings, rnd.project_id, rnd.number, int(k))) for k in sorted(manifest["shards"], key=int)]
-    if not parts:
-        return {"item_ids": np.zeros(0, np.int64), "pred": np.zeros(0, np.int64), "embedding": None, "columns": {}}
-    keys = [k for k in parts[0].files if k.startswith("col_")]
-    return {"item_ids": np.concatenate([p["item_ids"] for p in parts]),
-            "pred": np.concatenate([p["pred"] for p in parts]),
-            "embedding": np.concatenate([p["embedding"] for p in parts]),
-            "columns": {k[4:]: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in keys}}
+    return [_Npz(paths.score_file(settings, rnd.project_id, rnd.number, int(k)))
+            for k in sorted(manifest["shards"], key=int)]
+
+
+def _candidate_rows(fused: np.ndarray, pred: np.ndarray, quota, excluded: np.ndarray, budget: int,
+                    factor: int) -> np.ndarray:
+    """Rows (ascending) that strategies.selection.select can look at with these quotas: each
+    class's top quota·factor eligible rows by fused score, and the top budget·(factor+1) eligible
+    rows overall (what fills the quotas a class could not). Everything else it never reaches."""
+    from strategies.diversity import top_k
+
+    eligible = ~np.asarray(excluded, bool)[pred]
+    el = np.flatnonzero(eligible)
+    parts = [el[top_k(fused[el], budget * (factor + 1))]]
+    if quota is not None:
+        order = np.argsort(pred, kind="stable")
+        bounds = np.searchsorted(pred[order], np.arange(len(quota) + 1))
+        for c, q in enumerate(np.asarray(quota, np.int64)):
+            if q > 0:
+                idx = order[bounds[c]:bounds[c + 1]]
+                idx = idx[eligible[idx]]
+                parts.append(idx[top_k(fused[idx], int(q) * factor)])
+    return np.unique(np.concatenate(parts))
+
+
+def _select(columns: dict, weights: dict, pred: np.ndarray, budget: int, quota, excluded: np.ndarray, rng,
+            load_embeddings: Callable[[np.ndarray], np.ndarray] | None, factor: int = 10) -> np.ndarray:
+    """strategies.selection.select, reading embeddings only for the rows it can reach.
+
+    Diversity needs the embeddings of each class's candidates only (~20k rows of a 1M pool, not
+    ~250 MB). The fused score is computed once here; select then runs on the candidate rows with
+    that one column — its rank transform is monotone, so every top-k, every candidate set, the
+    k-center picks and the final order are the ones select makes on the whole pool (equal by test;
+    only exactly tied fused scores at a cut may be broken another way)."""
+    from strategies.fusion import fuse_ranks
+    from strategies.selection import select as select_idx
+
+    if load_embeddings is None:
+        return select_idx(columns, weights, pred, None, budget, quota, excluded, rng, factor)
+    if not weights or not any(w != 0 for w in weights.values()):
+        return select_idx(columns, weights, pred, load_embeddings(np.arange(pred.size)), budget, quota, excluded,
+                          rng, factor)
+    fused = fuse_ranks(columns, weights)
+    rows = _candidate_rows(fused, pred, quota, excluded, budget, factor)
+    sub = select_idx({"fused": fused[rows]}, {"fused": 1.0}, pred[rows], load_embeddings(rows), budget, quota,
+                     excluded, rng, factor)
+    return rows[sub]
 
 
 def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -> list[dict]:
     """The round's batch, priority order: [{item_id, pred, scores}] (strategies, numpy only)."""
     from strategies.budget import allocate_budget, class_need
     from strategies.registry import get_strategy
-    from strategies.selection import select as select_idx
 
     cfg = project.config
     budget = int(cfg["budget"])
@@ -395,15 +483,41 @@ def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -
         pick = rng.permutation(ids.size)[:budget]
         return [{"item_id": int(ids[i]), "pred": None, "scores": {}} for i in pick]
     spec = get_strategy(cfg["strategy"])
-    sc = _load_scores(settings, rnd)
-    # Items labeled while scoring ran are no longer candidates.
-    still = set(s.scalars(select(Item.id).where(Item.project_id == project.id, Item.status == "unlabeled")))
-    keep = np.array([int(i) in still for i in sc["item_ids"]], bool)
-    ids, pred = sc["item_ids"][keep], sc["pred"][keep]
-    columns = {k: v[keep] for k, v in sc["columns"].items()}
-    emb = sc["embedding"][keep] if spec.diversity and sc["embedding"] is not None else None
+    show = list(spec.weights) or ["margin", "entropy"]
+    parts = _score_parts(settings, rnd)
+    if not parts:
+        return []
+    keys = [k for k in dict.fromkeys([*spec.weights, *show, "cam_score"]) if f"col_{k}" in parts[0].members]
+    ids = np.concatenate([p["item_ids"] for p in parts]).astype(np.int64, copy=False)
+    pred = np.concatenate([p["pred"] for p in parts]).astype(np.int64, copy=False)
+    columns = {k: np.concatenate([p[f"col_{k}"] for p in parts]).astype(np.float64) for k in keys}
+    offsets = np.cumsum([0] + [len(p["item_ids"]) for p in parts])
+    # Items labeled (queued, quarantined, skipped) while scoring ran are no longer candidates. The
+    # scored items were the unlabeled pool; ask for the pool items that are not unlabeled now — a
+    # few thousand rows, not the whole pool (items are never deleted, only their status changes).
+    gone = np.fromiter(s.scalars(select(Item.id).where(Item.project_id == project.id, Item.split == "pool",
+                                                       Item.status != "unlabeled")), np.int64)
+    keep = ~np.isin(ids, gone)
+    where = None  # kept row → row in the shards
+    if not keep.all():
+        where = np.flatnonzero(keep)
+        ids, pred = ids[keep], pred[keep]
+        columns = {k: v[keep] for k, v in columns.items()}
     if ids.size == 0:
         return []
+
+    def load_embeddings(rows: np.ndarray) -> np.ndarray:
+        g = rows if where is None else where[rows]
+        shard = np.searchsorted(offsets, g, side="right") - 1
+        out = None
+        for k in np.unique(shard):
+            sel = shard == k
+            e = parts[int(k)]["embedding"]
+            if out is None:
+                out = np.empty((g.size, e.shape[1]), e.dtype)
+            out[sel] = e[g[sel] - offsets[k]]
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
     quota = None
     if spec.class_budget:
         mv = s.get(ModelVersion, rnd.model_version_id)
@@ -416,8 +530,9 @@ def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -
             cam = np.divide(sums, counts, out=np.zeros(len(names)), where=counts > 0)
         quota = allocate_budget(budget, class_need(cam, val_acc, active), active,
                                 available=np.bincount(pred, minlength=len(names)))
-    chosen = select_idx(columns, spec.weights, pred, emb, budget, quota, ~active, rng)
-    show = list(spec.weights) or ["margin", "entropy"]
+    weighted = {k: columns[k] for k in spec.weights if k in columns}
+    chosen = _select(weighted, spec.weights, pred, budget, quota, ~active, rng,
+                     load_embeddings if spec.diversity else None)
     return [{"item_id": int(ids[i]), "pred": names[int(pred[i])],
              "scores": {k: round(float(columns[k][i]), 6) for k in show if k in columns}} for i in chosen]
 

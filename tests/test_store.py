@@ -302,3 +302,61 @@ def test_register_bulk_inserts_items_labels_shards_and_ingest_manifests(tmp_path
         got = [(it.cache_index, it.status, it.reason) for it in
                s.scalars(select(Item).where(Item.id.in_([its[0].id, its[1].id, its[2].id])).order_by(Item.id))]
         assert got == [(0, "labeled", None), (None, "quarantined", "truncated"), (1, "labeled", None)]
+
+
+# ------------------------------------------------------------------ selection at pool scale (issue 3)
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_selection_reading_only_candidate_embeddings_equals_select_on_the_whole_pool(seed):
+    """rounds._select hands strategies.select only the rows it can reach (and loads only their
+    embeddings); the batch must be the one select picks with every row and every embedding."""
+    from service.rounds import _select
+    from strategies.budget import allocate_budget, class_need
+    from strategies.registry import get_strategy
+    from strategies.selection import select
+
+    rng = np.random.default_rng(seed)
+    n, c, budget = 20_000, 6, 150
+    spec = get_strategy("hybrid")
+    columns = {k: rng.random(n) for k in spec.weights}
+    pred = rng.choice(c, n, p=[0.4, 0.3, 0.2, 0.0985, 0.0015, 0.0])  # class 4 too small for its quota, 5 empty
+    emb = rng.normal(size=(n, 16)).astype(np.float32)
+    excluded = np.zeros(c, bool)
+    excluded[2] = seed == 1  # an excluded class, in one of the runs
+    active = ~excluded
+    quota = allocate_budget(budget, class_need(rng.random(c), rng.random(c), active), active)
+    for q in (quota, None):
+        want = select(columns, spec.weights, pred, emb, budget, q, excluded, np.random.default_rng(7))
+        asked = []
+
+        def load(rows):
+            asked.append(rows.size)
+            return emb[rows]
+
+        got = _select(columns, spec.weights, pred, budget, q, excluded, np.random.default_rng(7), load)
+        assert got.tolist() == want.tolist()
+        assert asked and sum(asked) < n // 5  # only the candidates' embeddings were read
+    # no diversity: the plain call
+    want = select(columns, spec.weights, pred, None, budget, quota, excluded, np.random.default_rng(7))
+    got = _select(columns, spec.weights, pred, budget, quota, excluded, np.random.default_rng(7), None)
+    assert got.tolist() == want.tolist()
+
+
+def test_score_shards_are_read_in_place_exactly(tmp_path):
+    """rounds._Npz (mmap of np.savez's stored members) returns what np.load does, for every
+    dtype/shape a score shard has, empty members included; a compressed file falls back."""
+    from service.rounds import _Npz
+
+    rng = np.random.default_rng(0)
+    arrays = {"item_ids": np.arange(5, 50, dtype=np.int64), "pred": rng.integers(0, 9, 45),
+              "probs": rng.random((45, 9)).astype(np.float32), "embedding": rng.normal(size=(45, 33)).astype(np.float32),
+              "cam_lowres": rng.random((45, 7, 7)).astype(np.float16), "col_margin": rng.random(45).astype(np.float32),
+              "fortran": np.asfortranarray(rng.random((4, 3))), "empty": np.zeros((0, 7), np.float16)}
+    np.savez(tmp_path / "a.npz", **arrays)
+    np.savez_compressed(tmp_path / "b.npz", **arrays)
+    for f in ("a.npz", "b.npz"):
+        z = _Npz(tmp_path / f)
+        assert set(z.members) == set(arrays)
+        for k, v in arrays.items():
+            got = z[k]
+            assert got.dtype == v.dtype and got.shape == v.shape and np.array_equal(got, v), (f, k)
