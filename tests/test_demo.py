@@ -25,6 +25,19 @@ def demo_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "CAMLOOP_DEVICE": "cpu", "COLUMNS": "120"}
 
 
+def processes_in(folder: Path) -> list[str]:
+    """Command lines of live processes whose working directory is inside `folder`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if cwd == str(folder) or cwd.startswith(f"{folder}/"):
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
 def camloop(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from service.cli import app; app()", *args],
                           capture_output=True, text=True, timeout=timeout, env=demo_env())
@@ -51,6 +64,8 @@ def test_demo_runs_rounds_and_writes_the_report(tmp_path):
     assert [r["labeled"] for r in rounds] == [40, 60]  # the initial labels, then one answered round
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rounds)
     assert set(rounds[0]["per_class"]) == {str(i) for i in range(10)}
+    # Nothing outlives the demo: not the worker, not the bundled Redis server.
+    assert processes_in(data.resolve()) == []
     assert "test accuracy" in out.stdout and f"report: {report / 'index.html'}" in out.stdout.replace("\n", "")
 
 
