@@ -8,7 +8,6 @@ to a real Label Studio and wait for people (`--label-studio URL --token T`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -142,26 +141,6 @@ def rounds_from_metrics(metrics: dict, rounds: list[dict]) -> list[dict]:
                     "accuracy_all": acc_all, "macro_f1": h.get("macro_f1") or 0.0, "per_class": per_class,
                     "excluded": before, "excluded_after": after})
     return out
-
-
-def confusion_from_artifacts(settings: Settings, pid: int, round_number: int) -> tuple[list[list[int]] | None, str]:
-    """The confusion matrix of a round's model, from the train job's metrics file.
-
-    The matrix lives in ModelVersion.metrics[split]["confusion"] (workers.jobs.train_round writes it to
-    <artifacts>/p<pid>/r<round>/metrics.json); GET .../metrics does not return it yet, and the demo
-    process is the embedded server, so it reads the same file the server stored."""
-    from service import paths
-
-    f = paths.round_dir(settings, pid, round_number) / "metrics.json"
-    try:
-        m = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None, ""
-    for split in ("test", "val"):
-        conf = (m.get(split) or {}).get("confusion")
-        if conf:
-            return conf, split
-    return None, ""
 
 
 def caption(q: dict) -> str:
@@ -447,10 +426,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
             rounds, metrics = run.history()
             if last is not None:
                 overlays = run.overlays(last, opts.overlays)
+    # GET .../metrics: the latest model's confusion matrix on the split it was evaluated on.
     confusion = metrics.get("confusion")
     confusion_split = metrics.get("evaluated_on") or "test"
-    if confusion is None and rounds:
-        confusion, confusion_split = confusion_from_artifacts(stack.settings, run.pid, rounds[-1]["round"])
     elapsed = time.monotonic() - t_start
     notes = [f"data set {data.name}: {n_pool} pool images, {opts.initial} initial labels, {opts.budget} per round, "
              f"model {opts.model}, {opts.epochs} epochs a round",
