@@ -24,6 +24,10 @@ def upgrade_head(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     engine = get_engine(settings)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two servers starting on a fresh database would both create alembic_version: one
+            # migrator at a time (the lock is freed at commit; the second then finds head).
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7352019)")
         cfg = alembic_config(settings.database_url_effective)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

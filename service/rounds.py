@@ -68,6 +68,10 @@ def start_round(s: Session, settings: Settings, project: Project) -> Round:
     """A new round in `created`. Only one active round per project: a concurrent start loses
     on the unique (project, number) constraint and gets Conflict. A round still in `labeling`
     is closed: its unanswered queue entries go back to the pool."""
+    # Check-then-insert is a race under READ COMMITTED: a no-op UPDATE of the project row first
+    # takes its row lock (PostgreSQL) / the write lock (SQLite), so starts of one project queue up.
+    s.execute(update(Project).where(Project.id == project.id).values(name=Project.name)
+              .execution_options(synchronize_session=False))
     active = s.scalar(select(Round).where(Round.project_id == project.id, Round.state.in_(ACTIVE_ROUND_STATES)))
     if active is not None:
         raise Conflict(f"round {active.number} is still {active.state}; one active round per project")

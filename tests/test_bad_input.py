@@ -302,9 +302,6 @@ def test_webhooks_without_or_with_a_wrong_secret_malformed_or_replayed(app):
     assert m["labeled"] == 1 and m["per_class"]["3"]["labeled"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="orchestrate.handle_webhook_request calls _project_id(json.loads(body)) "
-                   "before checking the body is an object: a JSON array, string or number answers 500; fix "
-                   "requested in .notes/REQUESTS.md")
 def test_webhook_with_a_json_body_that_is_not_an_object_is_a_400(app):
     c, _ = app
     for body in (b"[]", b'[{"action": "ANNOTATION_CREATED"}]', b'"text"', b"42", b"null"):
@@ -325,10 +322,6 @@ def test_webhook_refused_when_the_server_has_no_secret_configured(tmp_path, queu
 
 # ------------------------------------------------------------------ concurrent round starts
 
-@pytest.mark.xfail(strict=True, reason="rounds.start_round checks for an active round, then reads max(number), then "
-                   "inserts, with no lock: a start whose check ran before a concurrent start committed and whose "
-                   "max() ran after it inserts round N+1 next to the new round N (two active rounds); fix (lock the "
-                   "project row first) requested in .notes/REQUESTS.md")
 def test_round_start_check_then_insert_race_lets_only_one_win(pg_url, tmp_path, queue_prefix):
     """The race made deterministic on PostgreSQL: start B is held right after its "is a round
     active?" query until start A has committed its round; then B goes on."""
@@ -382,8 +375,6 @@ def test_round_start_check_then_insert_race_lets_only_one_win(pg_url, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the same race over HTTP (two processes): it shows up in about one run of "
-                   "four, so not strict; make it a plain test when the rounds.start_round fix lands")
 def test_concurrent_round_starts_across_two_server_processes_only_one_wins(pg_url, tmp_path):
     """Two `camloop serve` processes on one PostgreSQL database; 8 clients start round 1 at once."""
     import redis as redis_lib
@@ -460,9 +451,6 @@ migrate.upgrade_head(Settings(data_dir=data, database_url=url))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="service.migrate.upgrade_head takes no lock: two processes migrating one fresh "
-                   "PostgreSQL database at once race on CREATE TABLE alembic_version and one fails; fix (advisory "
-                   "lock) requested in .notes/REQUESTS.md")
 def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(tmp_path):
     """Two `camloop serve` starting together (compose with two API replicas), made deterministic:
     both processes enter Alembic's upgrade at the same moment (a file barrier; with a lock taken

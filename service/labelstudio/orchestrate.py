@@ -132,7 +132,8 @@ def handle_webhook_request(settings: Settings, body: bytes, headers) -> dict:
     check_secret(headers, settings.label_studio_webhook_secret.get_secret_value())
     _tables(settings)
     try:
-        ls_pid = _project_id(json.loads(body))
+        payload = json.loads(body)
+        ls_pid = _project_id(payload) if isinstance(payload, dict) else None
     except (ValueError, TypeError):
         ls_pid = None  # parse_payload below says what is wrong
     problems: list[str] = []
