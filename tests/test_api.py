@@ -153,7 +153,9 @@ def test_cold_start_round_queue_labels_and_close(api):
 def test_concurrent_round_starts_one_wins(api):
     c, settings = api
     pid = new_project(c)
-    register(c, settings, pid, pool=10, val=5)
+    # Seed labels: round 1 then waits in `training` (no worker here), an active round. A cold
+    # start would reach `labeling` at once, and a start after that legitimately closes it.
+    register(c, settings, pid, pool=10, val=5, seed_labels=4)
     barrier, codes = threading.Barrier(4), []
 
     def start():
@@ -237,3 +239,28 @@ def test_prometheus_metrics_and_heatmap_without_scores(api):
     r = c.get(f"/api/v1/projects/{pid}/items/{item}/heatmap.png")
     assert r.status_code == 404 and "no Grad-CAM map" in r.json()["detail"]
     assert c.get(f"/api/v1/projects/{pid}/items/999999/heatmap.png").status_code == 404
+
+
+def test_dashboard_metrics_cache_serves_one_recompute_and_never_hides_a_class_change(api):
+    c, settings = api
+    pid = new_project(c)
+    dash = {"Authorization": f"Bearer {DASHBOARD_KEY}"}
+    first = c.get(f"/api/v1/projects/{pid}/metrics", headers=dash)
+    assert first.status_code == 200 and first.json()["per_class"]["3"]["status"] == "active"
+    # Many dashboards at once: every one answered, all with the same (cached or recomputed) view.
+    answers = []
+
+    def poll():
+        answers.append(c.get(f"/api/v1/projects/{pid}/metrics", headers=dash))
+
+    threads = [threading.Thread(target=poll) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in answers] == [200] * 16
+    assert {r.json()["per_class"]["3"]["status"] for r in answers} == {"active"}
+    # A write drops the cached answer: the next dashboard read already shows it.
+    assert c.post(f"/api/v1/projects/{pid}/classes/3/exclude", json={"reason": "hopeless"}).status_code == 200
+    after = c.get(f"/api/v1/projects/{pid}/metrics", headers=dash).json()["per_class"]["3"]
+    assert (after["status"], after["reason"]) == ("excluded", "hopeless")

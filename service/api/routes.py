@@ -1,6 +1,8 @@
 """/api/v1 routes. Each: authenticate, open a transaction, call one service function, shape the answer."""
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import threading
 import time
@@ -158,7 +160,7 @@ def start_round(pid: Pid, request: Request, c: Caller = Depends(writer)) -> dict
     with session_scope(settings) as s:
         rnd = rounds_svc.start_round(s, settings, projects_svc.get_project(s, pid))
         number = rnd.number
-    _forget_metrics(pid)
+    _forget_metrics(settings, pid)
     _advance(settings, pid, number)  # enqueue the first jobs before answering
     with session_scope(settings) as s:
         return _round_view(s, rounds_svc.get_round(s, pid, number))
@@ -222,21 +224,49 @@ def queue(pid: Pid, request: Request, round: Annotated[int | None, Query(ge=1, l
 # the cache (with 50 annotators posting it would never be reused); class changes and round
 # starts do.
 # The answer is kept encoded: serialising the nested dict again is most of a cached request's cost.
-_metrics_cache: dict[int, tuple[float, bytes]] = {}
+# Single flight, stale while revalidate: when an entry expires, exactly one recompute runs while
+# the other dashboard requests keep getting the previous bytes; without it, every request that
+# arrived during a recompute missed too and ran its own (measured at 200 req/s: 4–10 concurrent
+# recomputes slowing each other until the server never caught up). Only a first request, or one
+# after a write dropped the entry, waits for the recompute.
+# Keyed by database too: several apps (tests) in one process must not share project ids.
+_metrics_cache: dict[tuple[str, int], tuple[float, bytes]] = {}
+_metrics_refresh: dict[tuple[str, int], asyncio.Future] = {}
+_metrics_generation: dict[tuple[str, int], int] = {}
 
 
-def _forget_metrics(pid: int) -> None:
-    _metrics_cache.pop(pid, None)
+def _metrics_key(settings: Settings, pid: int) -> tuple[str, int]:
+    return settings.database_url_effective, pid
 
 
-def _metrics_body(settings: Settings, pid: int) -> bytes:
-    t0 = time.monotonic()
+def _forget_metrics(settings: Settings, pid: int) -> None:
+    key = _metrics_key(settings, pid)
+    _metrics_cache.pop(key, None)
+    # A recompute that started before the write must not store what it read.
+    _metrics_generation[key] = _metrics_generation.get(key, 0) + 1
+
+
+def _metrics_body(settings: Settings, pid: int, store: bool = True) -> bytes:
+    key = _metrics_key(settings, pid)
+    t0, generation = time.monotonic(), _metrics_generation.get(key, 0)
     _advance(settings, pid, force=False)
     with session_scope(settings) as s:
         out = metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
     body = JSONResponse(jsonable_encoder(out)).body
-    _metrics_cache[pid] = (t0, body)
+    if store and _metrics_generation.get(key, 0) == generation:
+        _metrics_cache[key] = (t0, body)
     return body
+
+
+def _refresh_metrics(settings: Settings, pid: int) -> asyncio.Future:
+    """The one recompute in flight for this project (started if there is none)."""
+    key = _metrics_key(settings, pid)
+    fut = _metrics_refresh.get(key)
+    if fut is None:
+        fut = asyncio.ensure_future(run_in_threadpool(_metrics_body, settings, pid))
+        _metrics_refresh[key] = fut
+        fut.add_done_callback(lambda f, k=key: _metrics_refresh.pop(k, None) if _metrics_refresh.get(k) is f else None)
+    return fut
 
 
 @router.get("/projects/{pid}/metrics", tags=["metrics"])
@@ -244,10 +274,15 @@ async def project_metrics(pid: Pid, request: Request, c: Caller = Depends(caller
     # async: a cached answer is served on the event loop; only a miss (database work) goes to
     # the thread pool.
     settings = settings_of(request)
-    hit = _metrics_cache.get(pid)
-    if not c.can_write and hit is not None and time.monotonic() - hit[0] < settings.reconcile_interval_s:
+    if c.can_write:
+        return Response(await run_in_threadpool(_metrics_body, settings, pid), media_type="application/json")
+    hit = _metrics_cache.get(_metrics_key(settings, pid))
+    if hit is not None:
+        if time.monotonic() - hit[0] >= settings.reconcile_interval_s:
+            _refresh_metrics(settings, pid)  # in the background; this request gets the previous answer
         return Response(hit[1], media_type="application/json")
-    return Response(await run_in_threadpool(_metrics_body, settings, pid), media_type="application/json")
+    # shield: a client that gives up must not cancel the recompute the others are waiting for
+    return Response(await asyncio.shield(_refresh_metrics(settings, pid)), media_type="application/json")
 
 
 @router.post("/projects/{pid}/labels", tags=["labels"])
@@ -280,19 +315,21 @@ def post_labels(pid: Pid, body: LabelsIn, request: Request, response: Response, 
 
 @router.post("/projects/{pid}/classes/{name}/exclude", tags=["classes"])
 def exclude_class(pid: Pid, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
-    with session_scope(settings_of(request)) as s:
+    settings = settings_of(request)
+    with session_scope(settings) as s:
         projects_svc.set_class_status(s, pid, name, True, c.who, body.reason or "excluded by an engineer")
         view = projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
-    _forget_metrics(pid)  # after the commit: a read racing it cannot cache the old state
+    _forget_metrics(settings, pid)  # after the commit: a read racing it cannot cache the old state
     return view
 
 
 @router.post("/projects/{pid}/classes/{name}/include", tags=["classes"])
 def include_class(pid: Pid, name: str, body: ClassChangeIn, request: Request, c: Caller = Depends(writer)) -> dict:
-    with session_scope(settings_of(request)) as s:
+    settings = settings_of(request)
+    with session_scope(settings) as s:
         projects_svc.set_class_status(s, pid, name, False, c.who, body.reason or "included by an engineer")
         view = projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
-    _forget_metrics(pid)  # after the commit: a read racing it cannot cache the old state
+    _forget_metrics(settings, pid)  # after the commit: a read racing it cannot cache the old state
     return view
 
 
