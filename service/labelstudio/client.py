@@ -15,7 +15,9 @@ leftovers of an earlier round, which is what we want (finish what was started).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,26 @@ def _as_dict(obj: Any) -> dict:
     return obj.model_dump() if hasattr(obj, "model_dump") else obj.dict()
 
 
+@contextmanager
+def _talking(what: str):
+    """Transport failures (refused, timed out, reset) as LabelStudioError: the SDK lets httpx's
+    errors through, and callers (poller, hooks, the sync route) handle one kind of failure."""
+    try:
+        yield
+    except httpx.HTTPError as e:
+        raise LabelStudioError(f"Label Studio unreachable while trying to {what}: {type(e).__name__}: {e}") from e
+
+
+def _reaching(what: str):
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*a, **kw):
+            with _talking(what):
+                return fn(*a, **kw)
+        return inner
+    return wrap
+
+
 class LabelStudioBridge:
     def __init__(self, url: str, token: str, *, timeout_s: float = 30.0):
         if not url or not token:
@@ -87,6 +109,7 @@ class LabelStudioBridge:
 
     # -- projects ---------------------------------------------------------------------------
 
+    @_reaching("create or configure a project")
     def ensure_project(self, ref: int | str, classes: Sequence[str], *, maximum_annotations: int = 1,
                        description: str = "") -> int:
         """Label Studio project id for `ref`: an existing id, an existing title, or a new project titled `ref`.
@@ -112,16 +135,19 @@ class LabelStudioBridge:
         except Exception as e:  # the SDK raises ApiError subclasses with the server's message
             raise LabelStudioError(f"could not create or configure Label Studio project {ref!r}: {e}") from e
 
+    @_reaching("find a project")
     def find_project(self, title: str) -> int | None:
         # The list filter is a substring match: insist on the exact title, oldest first.
         matches = sorted(int(p.id) for p in self.sdk.projects.list(title=title) if p.title == title)
         return matches[0] if matches else None
 
+    @_reaching("read a project")
     def project(self, project_id: int) -> dict:
         return _as_dict(self.sdk.projects.get(id=project_id))
 
     # -- webhook ----------------------------------------------------------------------------
 
+    @_reaching("register the webhook")
     def ensure_webhook(self, project_id: int, url: str, secret: str) -> int:
         """One active webhook of the project posting annotation events to `url` with the secret header.
 
@@ -143,9 +169,11 @@ class LabelStudioBridge:
 
     def iter_tasks(self, project_id: int, *, with_annotations: bool = True) -> Iterator[dict]:
         fields = "all" if with_annotations else "task_only"
-        for t in self.sdk.tasks.list(project=project_id, fields=fields, page_size=500):
-            yield _as_dict(t)
+        with _talking(f"list the tasks of project {project_id}"):  # pages are fetched as we iterate
+            for t in self.sdk.tasks.list(project=project_id, fields=fields, page_size=500):
+                yield _as_dict(t)
 
+    @_reaching("list a round's tasks")
     def imported_items(self, project_id: int, round_no: int) -> dict[int, int]:
         """camloop item id → Label Studio task id, for the tasks a round already imported."""
         out: dict[int, int] = {}
@@ -155,6 +183,7 @@ class LabelStudioBridge:
                 out[int(data[cfg.ITEM_ID])] = int(t["id"])
         return out
 
+    @_reaching("import a batch")
     def import_batch(self, project_id: int, round_no: int, batch: Sequence[BatchItem]) -> dict[int, int]:
         """Queue a round's batch (priority order = `batch` order) → {item id: task id}.
 
