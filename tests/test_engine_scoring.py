@@ -123,8 +123,16 @@ def test_score_images_cam_columns_from_the_same_maps_as_gradcam_maps():
         top2 = m(x).topk(2, dim=1).indices
     top2_maps = torch.stack([gradcam_maps(m, x, top2[:, 0]), gradcam_maps(m, x, top2[:, 1])], dim=1)
     want = gradcam_scores.cam_scores(maps, top2_maps=top2_maps)
-    for key in ("cam_mask_mean", "cam_mask_area", "cam_entropy", "cam_top2_overlap"):
-        np.testing.assert_allclose(r.columns[key], want[key].numpy(), atol=1e-4, err_msg=key)
+    np.testing.assert_allclose(r.columns["cam_entropy"], want["cam_entropy"].numpy(), atol=1e-4)
+    # The mask columns threshold the map at 0.5: a pixel within float rounding of it may fall on
+    # either side in two equal computations, so images with such a pixel are left out of them.
+    def near(t):
+        return (t - 0.5).abs().flatten(1).amin(1).numpy() < 1e-4
+
+    clear = ~(near(maps) | near(top2_maps[:, 0]) | near(top2_maps[:, 1]))
+    assert clear.sum() >= 5
+    for key in ("cam_mask_mean", "cam_mask_area", "cam_top2_overlap"):
+        np.testing.assert_allclose(r.columns[key][clear], want[key].numpy()[clear], atol=1e-4, err_msg=key)
 
 
 def test_mc_dropout_committee_members():

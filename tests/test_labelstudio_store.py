@@ -171,7 +171,20 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     assert project["sampling"] == "Sequential sampling" and project["maximum_annotations"] == 1
     assert project["label_config"] == cfg.labeling_config(CLASSES)
 
-    mapping = push_round(st, pid, 1)
+    # The labeling hook, a sync and a retry racing: the batch is imported once.
+    results, barrier = [], threading.Barrier(6)
+
+    def push():
+        barrier.wait()
+        results.append(push_round(st, pid, 1))
+
+    threads = [threading.Thread(target=push) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mapping = results[0]
+    assert len(results) == 6 and all(r == mapping for r in results)
     assert push_round(st, pid, 1) == mapping  # a retried hook imports nothing twice
     tasks = ls_tasks(env, ls_pid)
     assert len(tasks) == 6

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from sqlalchemy import select
 
@@ -94,16 +94,40 @@ def push_round(settings: Settings, project_id: int, round_number: int, *,
     """Import the round's batch into the project's Label Studio project → {item id: task id}.
 
     Registered as rounds.on_labeling by install(); safe to call again (imports only what is missing).
+    One push per project at a time: the labeling hook and a sync (or a second API replica) racing
+    would both see the round's tasks missing and both import them (seen: 24 tasks for a batch of 8).
     """
     _tables(settings)
-    with session_scope(settings) as s:
-        link = ledger.get_link(s, project_id)
-    if link is None:
-        connect_project(settings, project_id, bridge=bridge)
+    with _push_lock(settings, project_id):
         with session_scope(settings) as s:
             link = ledger.get_link(s, project_id)
-    batch = round_batch(settings, project_id, round_number)
-    return _bridge(settings, bridge).import_batch(link.ls_project_id, round_number, batch)
+        if link is None:
+            connect_project(settings, project_id, bridge=bridge)
+            with session_scope(settings) as s:
+                link = ledger.get_link(s, project_id)
+        batch = round_batch(settings, project_id, round_number)
+        return _bridge(settings, bridge).import_batch(link.ls_project_id, round_number, batch)
+
+
+_push_locks: dict[tuple[str, int], threading.Lock] = {}
+_push_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _push_lock(settings: Settings, project_id: int):
+    """In this process a lock per project; across API processes on PostgreSQL, an advisory lock
+    held by a transaction of its own for the push (SQLite means one machine, one API process)."""
+    key = (settings.database_url_effective, project_id)
+    with _push_locks_guard:
+        lock = _push_locks.setdefault(key, threading.Lock())
+    with lock:
+        engine = get_engine(settings)
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, %s)", (7352020, int(project_id)))
+            yield
 
 
 def _configured(settings: Settings) -> bool:
