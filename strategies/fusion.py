@@ -23,11 +23,15 @@ def rank_normalise(x) -> np.ndarray:
     # Any sort will do (ties get their mean rank whatever their order); introsort is ~4x timsort here.
     order = np.argsort(a)
     s = a[order]
+    differs = s[1:] != s[:-1]
+    ranks = np.empty(n)
+    if differs.all():  # no ties (the usual case for float scores): rank = position, no run bookkeeping
+        ranks[order] = np.arange(n, dtype=np.float64)
+        return ranks / (n - 1)
     # Tie groups in the sorted values: start index of each run of equal values.
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    starts = np.flatnonzero(np.r_[True, differs])
     ends = np.r_[starts[1:], n]  # exclusive
     mean_rank = (starts + ends - 1) / 2.0  # 0-based average rank of each run
-    ranks = np.empty(n)
     ranks[order] = np.repeat(mean_rank, ends - starts)
     return ranks / (n - 1)
 

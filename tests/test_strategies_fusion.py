@@ -25,6 +25,16 @@ def test_rank_normalise_matches_brute_force_average_rank(x):
         assert r[i] == pytest.approx((below + (equal - 1) / 2) / (n - 1))
 
 
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(2, 40), elements=st.floats(-1e6, 1e6), unique=True))
+def test_rank_normalise_without_ties_is_the_sorted_position(x):
+    # the fast path (no tie bookkeeping) must agree with the definition too
+    r = rank_normalise(x)
+    n = len(x)
+    for i in range(n):
+        assert r[i] == pytest.approx(sum(1 for v in x if v < x[i]) / (n - 1))
+
+
 def test_fusion_is_weighted_mean_of_ranks_and_scale_free():
     a = np.array([0.1, 0.2, 0.3, 0.4])
     b = np.array([400.0, 300.0, 200.0, 100.0])  # opposite order, huge scale
