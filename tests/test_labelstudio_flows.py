@@ -44,17 +44,29 @@ class Expert:
         self.base = ls.url
         self.email = email
         self.http = httpx.Client(base_url=ls.url, timeout=60)
+        self.password = secrets.token_urlsafe(12)
+        self.relogins = 0
         invite = httpx.get(f"{ls.url}/api/invite", headers={"Authorization": f"Token {ls.token}"}, timeout=60)
         invite.raise_for_status()
         self.http.get("/user/signup/")  # sets the csrftoken cookie, as the page load does
         r = self.http.post(f"/user/signup/?token={invite.json()['token']}",
-                           data={"email": email, "password": secrets.token_urlsafe(12),
+                           data={"email": email, "password": self.password,
                                  "csrfmiddlewaretoken": self._csrf()},
                            headers={"Referer": f"{ls.url}/user/signup/"})
         assert r.status_code == 302, f"sign-up of {email} failed: {r.status_code} {r.text[:300]}"
         me = self.http.get("/api/current-user/whoami")
         me.raise_for_status()
         self.user_id = int(me.json()["id"])
+
+    def login(self) -> None:
+        """What the browser shows after Label Studio dropped a session: the login page, filled in."""
+        self.http.cookies.clear()
+        self.http.get("/user/login/")  # the csrftoken cookie
+        r = self.http.post("/user/login/", data={"email": self.email, "password": self.password,
+                                                 "csrfmiddlewaretoken": self._csrf()},
+                           headers={"Referer": f"{self.base}/user/login/"})
+        assert r.status_code == 302, f"login of {self.email} failed: {r.status_code} {r.text[:300]}"
+        self.relogins += 1
 
     def _csrf(self) -> str:
         return self.http.cookies.get("csrftoken") or ""
@@ -64,6 +76,9 @@ class Expert:
 
     def next_task(self, project_id: int) -> dict | None:
         r = self.http.get(f"/api/projects/{project_id}/next")
+        if r.status_code == 401:  # session gone (after a Label Studio crash, at times): log in again
+            self.login()
+            r = self.http.get(f"/api/projects/{project_id}/next")
         if r.status_code == 404:  # "no more tasks" for this expert
             return None
         r.raise_for_status()
@@ -371,7 +386,8 @@ def test_kill_and_restart_label_studio_mid_round(label_studio, bridge, receiver)
     expert.update(pid, lost_then_changed["id"], "cat")
 
     label_studio.kill()                                           # Label Studio crashes mid-round (SIGKILL)
-    label_studio.start()                                          # same data dir; the expert's session survives
+    label_studio.start()                                          # same data dir; the expert logs in again if
+                                                                  # the session did not survive (it mostly does)
 
     receiver.start()                                              # camloop back
     _, after = expert.label_next(pid, lambda i: "bird")           # delivered by webhook again
