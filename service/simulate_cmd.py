@@ -17,7 +17,9 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-STRATEGY_NAMES = ["random", "least-confidence", "margin", "entropy", "bald", "vote-entropy", "gradcam", "hybrid"]
+from strategies.registry import STRATEGIES
+
+STRATEGY_NAMES = list(STRATEGIES)
 
 
 def simulate(
@@ -34,7 +36,7 @@ def simulate(
     pool_limit: Optional[int] = typer.Option(None, min=1, help="subsample the pool (stratified) for a quick run"),
     no_duplication: bool = typer.Option(False, "--no-duplication", help="new labels enter training once, not duplicated"),
     no_exclusion: bool = typer.Option(False, "--no-exclusion", help="never exclude a class"),
-    no_cam: bool = typer.Option(False, "--no-cam", help="drop the Grad-CAM term from the strategy"),
+    no_cam: bool = typer.Option(False, "--no-cam", help="drop the Grad-CAM term from the strategy (gradcam, hybrid-cam; the default hybrid has none)"),
     exclude_after: int = typer.Option(3, min=0),
     exclude_below: float = typer.Option(0.5, min=0.0, max=1.0),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the engine's choice)"),

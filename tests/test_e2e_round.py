@@ -168,7 +168,11 @@ def test_two_rounds_over_http(stack):
     w = _worker(stack)
     p = _ok(c.post("/api/v1/projects", json={"name": "digits", "classes": [str(i) for i in range(10)],
                                               "config": {"budget": BUDGET, "epochs": 2, "mc_samples": 2,
-                                                         "hflip": False, "pretrained": False}}), 201)
+                                                         "hflip": False, "pretrained": False,
+                                                         # the full method: the Grad-CAM term in the
+                                                         # fusion and in the class budget (the
+                                                         # default hybrid runs in test_api)
+                                                         "strategy": "hybrid-cam"}}), 201)
     pid = p["id"]
     # The pool folder (unlabeled) and the held-out images with their known labels, in one request.
     held = [{"uri": u, "split": u.split("/")[0], "label": str(y)} for u, y in truth.items() if not u.startswith("pool/")]
@@ -201,7 +205,7 @@ def test_two_rounds_over_http(stack):
 
     q = _ok(c.get(f"/api/v1/projects/{pid}/queue"))
     assert len(q["items"]) == BUDGET
-    assert all(e["scores"] for e in q["items"])
+    assert all({"margin", "entropy", "bald", "cam_score"} <= set(e["scores"]) for e in q["items"])
     assert len({e["item_id"] for e in q["items"]}) == BUDGET
     _label_queue(stack, pid, truth)
     _wait_round(stack, pid, 2, states=("closed",))

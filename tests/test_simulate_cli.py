@@ -14,13 +14,13 @@ def test_simulate_writes_design_json_and_plot(tmp_path):
                                  "rounds": [{"round": 0, "labeled": 100, "accuracy": 0.3},
                                             {"round": 1, "labeled": 200, "accuracy": 0.5}]}))
     res = CliRunner().invoke(app, [
-        "simulate", "--dataset", "digits", "--strategy", "hybrid", "--initial", "120", "--budget", "80",
+        "simulate", "--dataset", "digits", "--strategy", "hybrid-cam", "--initial", "120", "--budget", "80",
         "--rounds", "2", "--seed", "0", "--epochs", "5", "--mc-samples", "4", "--out", str(out),
         "--plot", str(plot), "--compare", str(other),
     ])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert data["config"]["strategy"] == "hybrid" and data["config"]["dataset"] == "digits"
+    assert data["config"]["strategy"] == "hybrid-cam" and data["config"]["dataset"] == "digits"
     rounds = data["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["labeled"] for r in rounds] == [120, 200, 280]

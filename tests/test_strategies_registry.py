@@ -11,7 +11,7 @@ SCORE_KEYS = {"least_confidence", "margin", "entropy", "vote_entropy", "mean_kl"
 
 
 def test_names_and_weights_use_known_score_keys():
-    assert list(STRATEGIES) == ["random", "least-confidence", "margin", "entropy", "bald", "vote-entropy", "gradcam", "hybrid"]
+    assert list(STRATEGIES) == ["random", "least-confidence", "margin", "entropy", "bald", "vote-entropy", "gradcam", "hybrid", "hybrid-cam"]
     assert DEFAULT_STRATEGY == "hybrid"
     assert set(CAM_KEYS) == set(CAM_SCORE_KEYS)
     for spec in STRATEGIES.values():
@@ -19,12 +19,15 @@ def test_names_and_weights_use_known_score_keys():
         assert spec.needs_committee == any(k in ("bald", "vote_entropy", "mean_kl") for k in spec.weights)
         assert spec.needs_cam == any(k.startswith("cam_") for k in spec.weights)
     hybrid = get_strategy("hybrid")
-    assert hybrid.diversity and hybrid.class_budget and hybrid.needs_cam and hybrid.needs_committee
+    assert hybrid.diversity and hybrid.class_budget and hybrid.needs_committee and not hybrid.needs_cam
+    full = get_strategy("hybrid-cam")  # the default plus the Grad-CAM term, nothing else
+    assert full.needs_cam and full.without_cam().weights == hybrid.weights
+    assert (full.diversity, full.class_budget, full.needs_committee) == (True, True, True)
     assert get_strategy("random").is_random
 
 
 def test_without_cam_and_unknown_names():
-    h = get_strategy("hybrid").without_cam()
+    h = get_strategy("hybrid-cam").without_cam()
     assert not h.needs_cam and "cam_score" not in h.weights and h.weights
     with pytest.raises(ValueError, match="only the Grad-CAM"):
         get_strategy("gradcam").without_cam()
