@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from service import jobqueue, paths
 from service.db import session_scope
 from service.errors import Conflict, NotFound
+from service.failure_log import FailureStreak
 from service.settings import Settings
 from service.store import (ACTIVE_ROUND_STATES, Item, Job, Label, ModelVersion, Project, ProjectClass, QueueEntry,
                            Round, utcnow)
@@ -662,11 +663,13 @@ class Reconciler(threading.Thread):
         self._stop_evt = threading.Event()
 
     def run(self) -> None:
+        streak = FailureStreak(log, "reconcile")
         while not self._stop_evt.is_set():
             try:
                 reconcile_all(self.settings)
-            except Exception:  # noqa: BLE001 — keep reconciling after a transient DB/Redis error
-                log.exception("reconcile failed")
+                streak.succeeded()
+            except Exception as exc:  # noqa: BLE001 — keep reconciling after a transient DB/Redis error
+                streak.failed(exc)
             self._stop_evt.wait(self.interval)
 
     def stop(self) -> None:

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from sqlalchemy import select
 
 from service.db import get_engine, session_scope
+from service.failure_log import FailureStreak
 from service.labelstudio import ledger
 from service.labelstudio.agreement import agreement_report
 from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudioError
@@ -258,11 +259,13 @@ class Poller(threading.Thread):
         self._stop_evt = threading.Event()
 
     def run(self) -> None:
+        streak = FailureStreak(log, "Label Studio poll")
         while not self._stop_evt.wait(self.settings.label_studio_poll_interval_s):
             try:
                 poll_all(self.settings)
-            except Exception:  # noqa: BLE001
-                log.exception("Label Studio poll failed")
+                streak.succeeded()
+            except Exception as exc:  # noqa: BLE001 — Label Studio or the store down: next tick
+                streak.failed(exc)
 
     def stop(self) -> None:
         self._stop_evt.set()
