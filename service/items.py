@@ -101,7 +101,14 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
     rows: list[dict] = []
     dup = 0
     for e in entries:
-        digest = _sha256(root / e["uri"])
+        path = root / e["uri"]
+        if path.resolve().is_relative_to(root):
+            digest = _sha256(path)
+        else:
+            # A symlink listed in a registered folder that points out of the data root: never read
+            # it (not even to hash it). It is registered under a digest of its name, and ingest's
+            # safe_path quarantines it with the reason.
+            digest = hashlib.sha256(f"outside the data root: {e['uri']}".encode()).hexdigest()
         if digest in known:
             dup += 1
             continue

@@ -7,6 +7,7 @@ last test races round starts through two `camloop serve` processes on one Postgr
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -23,7 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from service.db import session_scope
-from service.store import Label
+from service.store import Item, Label
 from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, make_settings, run_jobs, write_digits
 
 CLASSES = [str(i) for i in range(10)]
@@ -162,6 +163,10 @@ def test_paths_leaving_the_data_root_are_refused_or_quarantined(app, tmp_path):
                 break
             time.sleep(0.1)
         assert items["pool/sneaky.png"]["status"] == "quarantined" and "outside" in items["pool/sneaky.png"]["reason"]
+        # ...and the file it points to was never read, not even to hash it at registration
+        with session_scope(settings) as s:
+            digest = s.scalar(select(Item.sha256).where(Item.project_id == pid, Item.uri == "pool/sneaky.png"))
+        assert digest and digest != hashlib.sha256(outside.read_bytes()).hexdigest()
         assert items["pool/00000.png"]["status"] == "unlabeled"
     else:
         assert r.status_code == 400, r.text
