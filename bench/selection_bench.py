@@ -47,7 +47,7 @@ def _timed(fn):
 def strategies_part(args) -> dict:
     rng = np.random.default_rng(0)
     n, c = args.items, args.classes
-    spec = get_strategy("hybrid")
+    spec = get_strategy(args.strategy)
     columns = {k: rng.random(n) for k in spec.weights}
     pred = rng.integers(0, c, n)
     emb = rng.normal(size=(n, args.dim)).astype(np.float32)
@@ -59,8 +59,11 @@ def strategies_part(args) -> dict:
     runs, fuse = [], []
     for _ in range(args.repeats):
         def one():
-            # What a round does after scoring: class need from per-class cam means, quotas, select.
-            cam_mean = np.bincount(pred, weights=columns["cam_score"], minlength=c) / np.maximum(np.bincount(pred, minlength=c), 1)
+            # What a round does after scoring: class need (from per-class cam means when the strategy
+            # has the Grad-CAM term), quotas, select.
+            cam_mean = None
+            if spec.needs_cam:
+                cam_mean = np.bincount(pred, weights=columns["cam_score"], minlength=c) / np.maximum(np.bincount(pred, minlength=c), 1)
             need = class_need(cam_mean, rng.random(c), active)
             quota = allocate_budget(args.budget, need, active, available=np.bincount(pred, minlength=c))
             return select(columns, spec.weights, pred, emb, args.budget, quota, excluded, rng)
@@ -69,7 +72,7 @@ def strategies_part(args) -> dict:
         assert idx.size == args.budget
         runs.append((w, cpu))
         fuse.append(_timed(lambda: fuse_ranks(columns, spec.weights))[1:])
-    return {"part": "strategies", "items": n, "dim": args.dim, "columns": len(spec.weights), "classes": c,
+    return {"part": "strategies", "strategy": spec.name, "items": n, "dim": args.dim, "columns": len(spec.weights), "classes": c,
             "budget": args.budget, "repeats": args.repeats,
             "wall_s": [round(w, 3) for w, _ in runs], "cpu_s": [round(x, 3) for _, x in runs],
             "best_wall_s": round(min(w for w, _ in runs), 3), "median_cpu_s": round(statistics.median(x for _, x in runs), 3),
@@ -100,7 +103,7 @@ def service_part(args) -> dict:
         upgrade_head(settings)
         t0 = time.perf_counter()
         with session_scope(settings) as s:
-            pid = projects.create_project(s, f"sel-{prefix}", classes, {"budget": args.budget, "strategy": "hybrid"}).id
+            pid = projects.create_project(s, f"sel-{prefix}", classes, {"budget": args.budget, "strategy": args.strategy}).id
             for k in range(0, n, 50_000):
                 s.execute(insert(Item), [{"project_id": pid, "uri": f"pool/{i:07d}.png", "sha256": f"{i:064x}",
                                           "split": "pool", "status": "unlabeled", "cache_shard": i // 1024,
@@ -165,6 +168,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--strategy", default="hybrid", help="hybrid (the default) or hybrid-cam (+ the Grad-CAM column and class need)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--postgres", action="store_true", help="service part: a fresh PostgreSQL database, dropped after")
     ap.add_argument("--json", default=None)
@@ -175,13 +179,13 @@ def main() -> None:
     out = strategies_part(args) if args.part == "strategies" else service_part(args)
     out["machine_before"], out["machine_after"] = before, machine()
     if args.part == "strategies":
-        print(f"selection over {out['items']:,} items, {out['dim']}-d embeddings, {out['columns']} score columns, "
+        print(f"{out['strategy']}: selection over {out['items']:,} items, {out['dim']}-d embeddings, {out['columns']} score columns, "
               f"{out['classes']} classes (1 excluded), budget {out['budget']}, candidates 10x per class")
         print(f"  wall s: {out['wall_s']}  process CPU s: {out['cpu_s']}")
         print(f"  of which rank fusion alone: median wall {out['fusion_alone_median_wall_s']} s, "
               f"CPU {out['fusion_alone_median_cpu_s']} s")
     else:
-        print(f"service selection (selecting → labeling, service.rounds.advance) over {out['items']:,} scored items, "
+        print(f"service selection, {args.strategy} (selecting → labeling, service.rounds.advance) over {out['items']:,} scored items, "
               f"budget {out['budget']}, {out['database']} (store set up in {out['store_setup_s']} s)")
         print(f"  wall s: {out['wall_s']}  process CPU s: {out['cpu_s']}  of which select_batch: {out['selection_s']}")
     best = out["best_wall_s"]
