@@ -292,16 +292,18 @@ def post_labels(pid: Pid, body: LabelsIn, request: Request, response: Response, 
     # same order (no deadlock between them); the answer keeps the request's order. A transaction
     # the database aborted to break a deadlock with some other writer is run again (it rolled
     # back entirely, and client ids make a repeat count nothing twice).
+    # One batch (labels.record_labels: a handful of statements, not ~7 per label; 0.5 ms instead of
+    # 3.6 ms a label on PostgreSQL in bench/orchestration_bench.py), same outcome as one by one.
     order = sorted(range(len(body.labels)), key=lambda k: body.labels[k].item_id)
     for attempt in range(3):
         out: list[dict | None] = [None] * len(body.labels)
         try:
             with session_scope(settings) as s:
                 p = projects_svc.get_project(s, pid)
-                for k in order:
-                    lab = body.labels[k]
-                    row, created = labels_svc.record_label(s, p, lab.item_id, lab.class_name, lab.who or c.who,
-                                                           "api", lab.client_id)
+                rows = labels_svc.record_labels(s, p, [
+                    (body.labels[k].item_id, body.labels[k].class_name, body.labels[k].who or c.who,
+                     body.labels[k].client_id) for k in order], "api")
+                for k, (row, created) in zip(order, rows):
                     out[k] = labels_svc.label_view(row, created)
             break
         except SQLAlchemyError as e:
