@@ -67,7 +67,11 @@ def cam_scores(maps, top2_maps=None, member_maps=None, threshold: float = 0.5) -
             raise ValueError(f"member_maps must be (M, N, h, w) with N, h, w = {n}, {h}, {w}, got {tuple(mm.shape)}")
         if mm.shape[0] < 2:
             raise ValueError("member_maps needs at least 2 members to disagree")
-        dis = 2.0 * mm.std(dim=0, unbiased=False).reshape(n, h * w).mean(dim=1)
+        # The population std over members, in two passes: the same value as
+        # mm.std(dim=0, unbiased=False) to float rounding, ~9x faster on the CPU (torch's std
+        # reduces over the outer dim in a slow strided kernel: 5 of 54 ms a small-cnn batch).
+        dev = mm - mm.mean(dim=0)
+        dis = 2.0 * dev.square().mean(dim=0).sqrt().reshape(n, h * w).mean(dim=1)
         out["cam_disagreement"] = dis
         parts.append(dis)
     else:
