@@ -41,8 +41,9 @@ STRATEGIES: dict[str, StrategySpec] = {
         # The default: uncertainty + committee, fused by rank, spread by k-center greedy, the budget
         # shared between classes by their validation accuracy. It has no Grad-CAM term because the
         # label-efficiency benchmark (docs/benchmarks.md, issue 2) measured the term as a loss on
-        # Fashion-MNIST: with it, AULC -0.6 points and final accuracy -1.0 point on both seeds, and
-        # `gradcam` alone fell below random. The maps are still computed for the experts' heatmaps.
+        # Fashion-MNIST: with it, AULC -0.2 to -1.0 and final accuracy -0.7 to -1.3 points on each
+        # of 3 seeds, and `gradcam` alone fell below random. The maps are still computed for the
+        # experts' heatmaps.
         StrategySpec(
             "hybrid",
             {"margin": 1.0, "entropy": 1.0, "bald": 1.0},
