@@ -9,6 +9,7 @@ worker: an RQ worker on `<prefix>-train`, `<prefix>-score`, `<prefix>-ingest`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -30,6 +31,11 @@ def serve(
 
     settings = get_settings()
     upgrade_head(settings)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; under the default action
+    # the process then dies without its `finally` or atexit hooks, and the bundled Redis it
+    # started (jobqueue.shutdown_embedded) kept running — one stray server per `kill` of
+    # `camloop serve`. A handler that exits the normal way lets both run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     child = None
     if with_worker:
         child = spawn_worker(settings)

@@ -4,11 +4,16 @@ process that only joined a running bundled server (`camloop queues` beside `caml
 leaves it running."""
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import redis
 
 from service import jobqueue
@@ -55,3 +60,38 @@ def test_a_process_that_joined_the_bundled_server_leaves_it_running(tmp_path):
     assert redis.Redis.from_url(url).get("k") == b"1"  # still up, data still there
     jobqueue.shutdown_embedded()
     assert not _server_pids(url.split("unix://")[1].split("?")[0])
+
+
+def test_serve_stopped_with_sigterm_stops_its_bundled_redis(tmp_path):
+    # `kill $SERVER_PID`, as the README does: uvicorn shuts down, then re-raises the SIGTERM.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(CAMLOOP_DATA_DIR=str(tmp_path / "data"), CAMLOOP_API_KEYS="k")
+    proc = subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "serve", "--port", str(port),
+                             "--with-worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "camloop serve did not come up"
+            time.sleep(0.3)
+        settings_file = tmp_path / "data" / "redis.rdb.settings"
+        socket_file = json.loads(settings_file.read_text())["unixsocket"]
+        assert _server_pids(socket_file)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while _server_pids(socket_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _server_pids(socket_file), "the bundled Redis outlived `camloop serve`"
+    assert redis.Redis.from_url(REDIS_URL).ping()
