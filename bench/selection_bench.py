@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from strategies.budget import allocate_budget, class_need  # noqa: E402
+from strategies.budget import allocate_budget, class_need, per_class_mean  # noqa: E402
 from strategies.registry import get_strategy  # noqa: E402
 from strategies.selection import select  # noqa: E402
 
@@ -61,9 +61,7 @@ def strategies_part(args) -> dict:
         def one():
             # What a round does after scoring: class need (from per-class cam means when the strategy
             # has the Grad-CAM term), quotas, select.
-            cam_mean = None
-            if spec.needs_cam:
-                cam_mean = np.bincount(pred, weights=columns["cam_score"], minlength=c) / np.maximum(np.bincount(pred, minlength=c), 1)
+            cam_mean = per_class_mean(pred, columns["cam_score"], c) if spec.needs_cam else None
             need = class_need(cam_mean, rng.random(c), active)
             quota = allocate_budget(args.budget, need, active, available=np.bincount(pred, minlength=c))
             return select(columns, spec.weights, pred, emb, args.budget, quota, excluded, rng)

@@ -473,7 +473,7 @@ def _select(columns: dict, weights: dict, pred: np.ndarray, budget: int, quota, 
 
 def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -> list[dict]:
     """The round's batch, priority order: [{item_id, pred, scores}] (strategies, numpy only)."""
-    from strategies.budget import allocate_budget, class_need
+    from strategies.budget import allocate_budget, class_need, per_class_mean
     from strategies.registry import get_strategy
 
     cfg = project.config
@@ -530,9 +530,7 @@ def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -
         val_acc = np.array([float((pc.get(n) or {}).get("accuracy") or 0.0) for n in names])
         cam = None
         if spec.needs_cam and "cam_score" in columns:
-            counts = np.bincount(pred, minlength=len(names))
-            sums = np.bincount(pred, weights=columns["cam_score"], minlength=len(names))
-            cam = np.divide(sums, counts, out=np.zeros(len(names)), where=counts > 0)
+            cam = per_class_mean(pred, columns["cam_score"], len(names))
         quota = allocate_budget(budget, class_need(cam, val_acc, active), active,
                                 available=np.bincount(pred, minlength=len(names)))
     weighted = {k: columns[k] for k in spec.weights if k in columns}

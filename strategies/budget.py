@@ -12,6 +12,15 @@ from strategies._checks import finite_array
 NEED_FLOOR = 0.05
 
 
+def per_class_mean(pred, values, n_classes: int) -> np.ndarray:
+    """Mean of `values` over the items predicted as each class (C,): the `per_class_cam_score` of
+    class_need. A class nobody is predicted as has no cam evidence: 0, its accuracy term still
+    counts."""
+    counts = np.bincount(pred, minlength=n_classes)
+    sums = np.bincount(pred, weights=values, minlength=n_classes)
+    return np.divide(sums, counts, out=np.zeros(n_classes), where=counts > 0)
+
+
 def class_need(per_class_cam_score, val_accuracy, active, cam_weight: float = 0.5) -> np.ndarray:
     """Need per class (C,), 0 for inactive classes.
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies.budget import allocate_budget, class_need
+from strategies.budget import allocate_budget, class_need, per_class_mean
 
 
 def test_need_rises_with_cam_score_and_falls_with_accuracy():
@@ -16,6 +16,12 @@ def test_need_rises_with_cam_score_and_falls_with_accuracy():
     assert acc_only[1] > acc_only[2] > acc_only[0] > 0
     with pytest.raises(ValueError, match="NaN"):
         class_need([0.1, np.nan, 0.1, 0.1], [0.5] * 4, active)
+
+
+def test_per_class_mean_of_the_items_predicted_as_each_class():
+    # class 2 is predicted for nothing: 0, not NaN (class_need refuses NaN)
+    out = per_class_mean(np.array([0, 0, 1, 3]), np.array([0.2, 0.4, 0.9, 0.5]), 4)
+    assert out.tolist() == pytest.approx([0.3, 0.9, 0.0, 0.5])
 
 
 def test_allocation_proportional_and_capped():

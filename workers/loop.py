@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from strategies.budget import allocate_budget, class_need
+from strategies.budget import allocate_budget, class_need, per_class_mean
 from strategies.exclusion import ExclusionRule
 from strategies.registry import StrategySpec, get_strategy
 from strategies.selection import select
@@ -266,10 +266,7 @@ def _acquire(config, spec, model, pool, labeled, status, names, val_history, rng
     if spec.class_budget:
         cam = None
         if spec.needs_cam:
-            counts = np.bincount(pred, minlength=len(names))
-            sums = np.bincount(pred, weights=columns["cam_score"], minlength=len(names))
-            # A class nobody is predicted as has no cam evidence: 0, its accuracy term still counts.
-            cam = np.divide(sums, counts, out=np.zeros(len(names)), where=counts > 0)
+            cam = per_class_mean(pred, columns["cam_score"], len(names))
         val_acc = np.array([val_history[c][-1] for c in names])
         need = class_need(cam, val_acc, active)
         quota = allocate_budget(config.budget, need, active,
