@@ -83,15 +83,19 @@ def _ingest(uris: list[str], root: Path, work: Path, shard: int, size: int, chan
     return refs, time.perf_counter() - t0
 
 
+def _meta(args) -> dict:
+    """The model fields a checkpoint and a score manifest carry (workers.jobs._build reads them)."""
+    return {"model": args.model, "class_names": [str(i) for i in range(args.classes)], "channels": args.channels,
+            "image_size": args.size}
+
+
 def _score_manifest(work: Path, tag: str, refs: list, shard: int, args, checkpoint: Path) -> Path:
     out = work / f"scores_{tag}"
     out.mkdir()
     shards = {str(k // shard): {"item_ids": list(range(k, min(k + shard, len(refs)))), "cache": refs[k:k + shard]}
               for k in range(0, len(refs), shard)}
     m = {"checkpoint": str(checkpoint), "out_dir": str(out), "shards": shards, "mc_samples": args.mc,
-         "active": [True] * args.classes, "batch_size": args.batch, "seed": 0, "model": args.model,
-         "class_names": [str(i) for i in range(args.classes)], "channels": args.channels,
-         "image_size": args.size, "pretrained": False}
+         "active": [True] * args.classes, "batch_size": args.batch, "seed": 0, **_meta(args), "pretrained": False}
     path = work / f"score_{tag}.manifest.json"
     path.write_text(json.dumps(m))
     return path
@@ -155,9 +159,7 @@ def _forward_rate(checkpoint: Path, refs: list, args, threads: int) -> float:
     if threads:
         torch.set_num_threads(threads)
     jobs.DEVICE = args.device
-    meta = {"model": args.model, "class_names": [str(i) for i in range(args.classes)], "channels": args.channels,
-            "image_size": args.size}
-    model = jobs._load_model(str(checkpoint), meta)
+    model = jobs._load_model(str(checkpoint), _meta(args))
     device = next(model.parameters()).device
     images = jobs._gather(refs)
 
@@ -201,8 +203,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(args.model, args.classes, in_channels=args.channels, input_size=args.size, pretrained=False)
         checkpoint = work / "model.pt"
-        torch.save({"state_dict": model.state_dict(), "meta": {"model": args.model, "class_names": [str(i) for i in range(args.classes)],
-                                                               "channels": args.channels, "image_size": args.size}}, checkpoint)
+        torch.save({"state_dict": model.state_dict(), "meta": _meta(args)}, checkpoint)
         n_shards = (len(refs) + args.shard - 1) // args.shard
         fwd = _forward_rate(checkpoint, refs, args, args.threads)
         one = _run_workers(_score_manifest(work, "w1", refs, args.shard, args, checkpoint), n_shards, 1,

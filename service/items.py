@@ -29,6 +29,20 @@ def _safe(root: Path, rel: str) -> Path:
         raise BadRequest(f"not found under the data root: {rel!r}") from None
 
 
+def _leaves_root(root: Path, rel: str) -> bool:
+    """Whether `rel` resolves outside `root`, by ingest's own rule (workers.imageio.safe_path).
+
+    register() asks only for symlinks: explicit entries were resolved by _safe already, and the
+    folder listing does not descend symlinked folders, so only a listed file can be a link out."""
+    from workers.imageio import safe_path
+
+    try:
+        safe_path(root, rel)
+    except ValueError:
+        return True
+    return False
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -102,13 +116,13 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
     dup = 0
     for e in entries:
         path = root / e["uri"]
-        if path.resolve().is_relative_to(root):
-            digest = _sha256(path)
-        else:
+        if path.is_symlink() and _leaves_root(root, e["uri"]):
             # A symlink listed in a registered folder that points out of the data root: never read
             # it (not even to hash it). It is registered under a digest of its name, and ingest's
             # safe_path quarantines it with the reason.
             digest = hashlib.sha256(f"outside the data root: {e['uri']}".encode()).hexdigest()
+        else:
+            digest = _sha256(path)
         if digest in known:
             dup += 1
             continue
