@@ -492,7 +492,10 @@ def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -
     parts = _score_parts(settings, rnd)
     if not parts:
         return []
-    keys = [k for k in dict.fromkeys([*spec.weights, *show, "cam_score"]) if f"col_{k}" in parts[0].members]
+    # least_confidence is always read: 1 − it is the probability of the guess (p_pred), which the
+    # experts see ("Shirt, 62 %") and Label Studio sorts predictions by, whatever the strategy.
+    keys = [k for k in dict.fromkeys([*spec.weights, *show, "cam_score", "least_confidence"])
+            if f"col_{k}" in parts[0].members]
     ids = np.concatenate([p["item_ids"] for p in parts]).astype(np.int64, copy=False)
     pred = np.concatenate([p["pred"] for p in parts]).astype(np.int64, copy=False)
     columns = {k: np.concatenate([p[f"col_{k}"] for p in parts]).astype(np.float64) for k in keys}
@@ -536,8 +539,13 @@ def select_batch(s: Session, settings: Settings, project: Project, rnd: Round) -
     weighted = {k: columns[k] for k in spec.weights if k in columns}
     chosen = _select(weighted, spec.weights, pred, budget, quota, ~active, rng,
                      load_embeddings if spec.diversity else None)
-    return [{"item_id": int(ids[i]), "pred": names[int(pred[i])],
-             "scores": {k: round(float(columns[k][i]), 6) for k in show if k in columns}} for i in chosen]
+    def scores(i) -> dict:
+        out = {k: round(float(columns[k][i]), 6) for k in show if k in columns}
+        if "least_confidence" in columns:
+            out["p_pred"] = round(1.0 - float(columns["least_confidence"][i]), 6)
+        return out
+
+    return [{"item_id": int(ids[i]), "pred": names[int(pred[i])], "scores": scores(i)} for i in chosen]
 
 
 def _enter_labeling(s: Session, settings: Settings, project: Project, rnd: Round) -> bool:
