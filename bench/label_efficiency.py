@@ -340,7 +340,7 @@ def _write_outputs(args, runs: dict[str, list[dict]]) -> None:
     (args.out_dir / "results.json").write_text(json.dumps(
         {"meta": meta, "summary": summary, "versus_random": comparisons, "reference": reference}, indent=1))
     (args.out_dir / "results.md").write_text(markdown(summary, args.target, meta, comparisons, reference))
-    from service.report import plot_learning_curves
+    from service.demo.report import plot_learning_curves
 
     # Mean curve per variant over the seeds done so far (same x grid: same initial/budget/rounds).
     curves = {}

@@ -107,7 +107,7 @@ class Stack:
         if self.admin_dsn:
             import psycopg
 
-            from service import db
+            from service.store import db
             for eng in list(db._engines.values()):
                 eng.dispose()
             with psycopg.connect(self.admin_dsn, autocommit=True) as c:

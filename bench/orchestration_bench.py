@@ -97,7 +97,7 @@ def postgres_database(url: str | None, create: bool):
         yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
     finally:
         with contextlib.suppress(Exception):
-            from service import db
+            from service.store import db
 
             for eng in list(getattr(db, "_engines", {}).values()):
                 eng.dispose()
@@ -171,13 +171,13 @@ class _Clock:
 def _one_overhead(settings, tmp: Path, budget: int, tag: str) -> dict:
     from sqlalchemy import select
 
-    from service import items as items_svc
-    from service import labels as labels_svc
-    from service import paths
-    from service import projects as projects_svc
+    from service.core import items as items_svc
+    from service.core import labels as labels_svc
+    from service.core import paths
+    from service.core import projects as projects_svc
     from service import rounds
-    from service.db import session_scope
-    from service.jobqueue import connection
+    from service.store.db import session_scope
+    from service.runtime.jobqueue import connection
     from service.store import Item, Job, Round
 
     clock = _Clock()
@@ -233,7 +233,7 @@ def _one_overhead(settings, tmp: Path, budget: int, tag: str) -> dict:
 
 
 def overhead(args) -> dict:
-    from service.migrate import upgrade_head
+    from service.store.migrate import upgrade_head
     from service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="camloop-orch-"))
@@ -271,7 +271,7 @@ def overhead(args) -> dict:
 
 
 def _cleanup_redis(settings, prefix: str) -> None:
-    from service.jobqueue import connection
+    from service.runtime.jobqueue import connection
 
     conn = connection(settings)
     keys = list(conn.scan_iter(match=f"rq:*{prefix}*", count=1000))

@@ -38,7 +38,7 @@ def pg_url():
     try:
         yield f"{base}/{name}"
     finally:
-        from service import db
+        from service.store import db
 
         for eng in list(getattr(db, "_engines", {}).values()):
             eng.dispose()
@@ -123,7 +123,7 @@ def run_jobs(settings, kinds=("ingest",)) -> None:
     """Drain our queues with a real rq SimpleWorker in this process (burst mode)."""
     from rq import SimpleWorker
 
-    from service import jobqueue
+    from service.runtime import jobqueue
 
     conn = jobqueue.connection(settings)
     SimpleWorker([jobqueue.queue(k, settings, conn) for k in kinds], connection=conn).work(burst=True)

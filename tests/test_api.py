@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from service.db import session_scope
+from service.store.db import session_scope
 from service.store import Label
 from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, run_jobs, write_digits
 
@@ -79,8 +79,8 @@ def test_auth_keys_roles_and_open_healthz(api):
 
 
 def test_the_api_process_never_imports_torch():
-    code = ("import sys; from service.api import create_app; import service.rounds, service.jobqueue, "
-            "service.heatmap_view, strategies.selection, strategies.budget, strategies.exclusion; "
+    code = ("import sys; from service.api import create_app; import service.rounds, service.runtime.jobqueue, "
+            "service.core.heatmap_view, strategies.selection, strategies.budget, strategies.exclusion; "
             "create_app(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -223,7 +223,7 @@ def test_failed_job_fails_the_round_with_the_reason_and_retry_re_enqueues(api):
     assert rnd["jobs"][0]["state"] == "failed" and rnd["jobs"][0]["id"].endswith("-a0")
     r = c.post(f"/api/v1/projects/{pid}/rounds/1/retry")
     assert r.status_code == 202 and r.json()["state"] == "training" and r.json()["attempt"] == 1
-    from service import jobqueue
+    from service.runtime import jobqueue
     assert jobqueue.status(f"{settings.queue_prefix}-p{pid}-r1-train-a1", settings).state == "queued"
     assert c.post(f"/api/v1/projects/{pid}/rounds/1/retry").status_code == 409  # not failed now
 

@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from service.db import session_scope
+from service.store.db import session_scope
 from service.store import Item, Label
 from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, make_settings, run_jobs, write_digits
 
@@ -122,7 +122,7 @@ def test_bad_image_files_are_quarantined_with_their_reason_and_odd_modes_decode(
                json={"labels": [{"item_id": items["pool/bomb.png"]["id"], "class": "1", "client_id": "q1"}]})
     assert r.status_code == 409 and "quarantined" in r.json()["detail"] and "bomb" in r.json()["detail"]
     # The odd modes decoded to the cache as the model's 1-channel uint8: CMYK white, 16-bit scaled.
-    from service import paths
+    from service.core import paths
     with session_scope(settings) as s:
         from service.store import Item
         rows = {it.uri: it for it in s.scalars(select(Item).where(Item.project_id == pid))}
@@ -172,7 +172,7 @@ def test_paths_leaving_the_data_root_are_refused_or_quarantined(app, tmp_path):
         assert r.status_code == 400, r.text
     # The signed-file route refuses the same paths even with a valid signature.
     from service.labelstudio.routes import FILES_PREFIX
-    from service.signing import UrlSigner
+    from service.core.signing import UrlSigner
     signer = UrlSigner.from_settings(settings)
     for rel in ("../secret-outside.png", "link-out.png", "dir-out/secret-outside.png"):
         url = signer.sign(f"{FILES_PREFIX}/{rel}")
@@ -253,7 +253,7 @@ def test_oversized_request_bodies_are_refused_with_413(app):
 
 def _linked_project(c, settings, ls_pid: int) -> tuple[int, list[int]]:
     """A project linked to a (pretend) Label Studio project id, and its two items."""
-    from service.db import get_engine
+    from service.store.db import get_engine
     from service.labelstudio import ledger
 
     pid = new_project(c)
@@ -333,10 +333,10 @@ def test_round_start_check_then_insert_race_lets_only_one_win(pg_url, tmp_path, 
     from sqlalchemy import event
 
     from service import rounds
-    from service.db import get_engine
+    from service.store.db import get_engine
     from service.errors import Conflict
-    from service.migrate import upgrade_head
-    from service.projects import create_project, get_project
+    from service.store.migrate import upgrade_head
+    from service.core.projects import create_project, get_project
 
     settings = make_settings(tmp_path, pg_url, queue_prefix)
     upgrade_head(settings)
@@ -438,7 +438,7 @@ def _healthy(cl) -> bool:
 _MIGRATOR = """
 import sys, time
 from pathlib import Path
-from service import migrate
+from service.store import migrate
 from service.settings import Settings
 
 url, mine, other, data = sys.argv[1:5]

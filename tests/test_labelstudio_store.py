@@ -21,16 +21,16 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from service.api.app import create_app
-from service.db import session_scope
+from service.store.db import session_scope
 from service.labelstudio import config as cfg
 from service.labelstudio import ledger
 from service.labelstudio.orchestrate import connect_project, poll_project, push_round, review
 from service.labelstudio.routes import FILES_PREFIX, WEBHOOK_PATH
 from service.labelstudio.webhook import SECRET_HEADER
-from service.migrate import upgrade_head
-from service.projects import create_project
+from service.store.migrate import upgrade_head
+from service.core.projects import create_project
 from service.settings import Settings
-from service.signing import UrlSigner
+from service.core.signing import UrlSigner
 from service.store import Item, Label, QueueEntry, Round
 from tests.labelstudio_server import free_port, label_studio  # noqa: F401  (session fixture)
 

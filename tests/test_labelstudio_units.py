@@ -16,7 +16,7 @@ from service.labelstudio.events import AnnotationDeleted, AnnotationError, Annot
 from service.labelstudio.resolve import resolve_item
 from service.labelstudio.webhook import SECRET_HEADER, WebhookError, check_secret, parse_payload
 from service.settings import Settings
-from service.signing import SignatureError, UnsafePath, UrlSigner, safe_join, signing_key
+from service.core.signing import SignatureError, UnsafePath, UrlSigner, safe_join, signing_key
 
 CLASSES = ["cat", "dog", "bird"]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -121,7 +121,7 @@ def test_metrics_follow_a_round_through_its_stages(client):
 def test_rq_info_lists_camloops_queues_by_name(client):
     """`rq info` (RQ's own monitor) shows <prefix>-ingest|train|score once they have had jobs."""
     c, settings = client
-    from service import jobqueue
+    from service.runtime import jobqueue
 
     for kind in jobqueue.KINDS:  # one job on each queue; never run (the queue prefix is cleaned up)
         manifest = settings.data_dir / f"{kind}.json"

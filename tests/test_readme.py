@@ -95,7 +95,7 @@ def test_every_route_is_in_the_api_table():
 
 
 def test_every_setting_and_project_config_key_is_documented():
-    from service.projects import DEFAULT_CONFIG
+    from service.core.projects import DEFAULT_CONFIG
 
     config = README[README.index("## Configuration"):README.index("## Production")]
     for name, field in Settings.model_fields.items():

@@ -3,8 +3,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from service import heatmaps
-from service.report import Overlay, ReportInput, plot_learning_curves, write_report
+from service.core import heatmaps
+from service.demo.report import Overlay, ReportInput, plot_learning_curves, write_report
 
 CLASSES = ["cat", "dog", "owl"]
 

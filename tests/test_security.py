@@ -134,7 +134,7 @@ def test_secrets_are_compared_in_constant_time(app, monkeypatch):
 
 def test_signed_image_urls_work_only_as_signed_and_only_until_they_expire(app):
     from service.labelstudio.routes import FILES_PREFIX
-    from service.signing import SignatureError, UrlSigner
+    from service.core.signing import SignatureError, UrlSigner
 
     c, settings, _ = app
     write_digits(settings.data_dir, 2, "pool")

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from service.db import get_engine, session_scope
-from service.migrate import upgrade_head
+from service.store.db import get_engine, session_scope
+from service.store.migrate import upgrade_head
 from service.store import Item, Label, Project, Round
 from tests.conftest import make_settings
 
@@ -146,7 +146,7 @@ def _outcome(s, pid, res):
 def test_record_labels_in_one_batch_equals_recording_them_one_by_one(store):
     """Queued items answer their latest queue's round, others the latest round; repeats are not
     created twice (also inside one batch); a relabel in the same batch wins (latest wins)."""
-    from service import labels
+    from service.core import labels
 
     def batch(ids):
         return [(ids[0], "a", "w", "e0"), (ids[2], "b", "w", "e2"), (ids[0], "a", "w", "e0"),
@@ -185,7 +185,8 @@ def test_record_labels_in_one_batch_equals_recording_them_one_by_one(store):
 @pytest.mark.parametrize("bad, error", [((5, "a", "e5"), "Conflict"), ((1, "zzz", "e1"), "Unprocessable"),
                                         ((0, "b", "e0"), "Conflict")])
 def test_record_labels_refuses_like_record_label_and_writes_nothing(store, bad, error):
-    from service import errors, labels
+    from service import errors
+    from service.core import labels
 
     with session_scope(store) as s:
         p, ids = _labeled_project(s)
@@ -207,8 +208,8 @@ def test_record_labels_falls_back_when_a_concurrent_delivery_wins_the_insert(sto
     the batch's savepoint rolls back and the labels are recorded one by one (a repeat, not an error)."""
     from sqlalchemy import event
 
-    from service import labels
-    from service.db import session_factory
+    from service.core import labels
+    from service.store.db import session_factory
 
     with session_scope(store) as s:
         p, ids = _labeled_project(s)
@@ -245,8 +246,8 @@ def test_register_bulk_inserts_items_labels_shards_and_ingest_manifests(tmp_path
 
     from PIL import Image
 
-    from service import items as items_svc
-    from service import paths, projects
+    from service.core import items as items_svc
+    from service.core import paths, projects
 
     settings = make_settings(tmp_path, db_url, "unused")
     upgrade_head(settings)

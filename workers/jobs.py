@@ -4,7 +4,7 @@ Each takes the path of a JSON manifest the service wrote, is idempotent (a finis
 detected and returned as is), writes outputs atomically (tmp file + os.replace) and returns a
 small dict manifest — never arrays; the arrays live in files under the artifacts dir.
 
-Worker class (see service/cli_server.py): one long-lived ``rq.SimpleWorker`` process per GPU,
+Worker class (see service/cli/server.py): one long-lived ``rq.SimpleWorker`` process per GPU,
 pinned with ``CUDA_VISIBLE_DEVICES``. SimpleWorker runs jobs in its own process without
 forking, so CUDA is initialised once in a process that never forks afterwards (forking after
 CUDA init breaks the child's context), and the model cache below survives between the score

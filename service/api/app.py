@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
-            from service.migrate import upgrade_head
+            from service.store.migrate import upgrade_head
             upgrade_head(settings)
         rec = Reconciler(settings, settings.reconcile_interval_s) if reconcile else None
         if rec:
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db import is_conflict, is_unavailable
+    from service.store.db import is_conflict, is_unavailable
 
     from sqlalchemy.exc import DataError
 
@@ -196,7 +196,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
     def healthz() -> dict:
         return {"status": "ok"}
 
-    from service.observability import StoreCollector, render
+    from service.runtime.observability import StoreCollector, render
     collector = StoreCollector(settings)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)

@@ -16,14 +16,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import items as items_svc
-from service import labels as labels_svc
-from service import metrics as metrics_svc
-from service import projects as projects_svc
+from service.core import items as items_svc
+from service.core import labels as labels_svc
+from service.core import metrics as metrics_svc
+from service.core import projects as projects_svc
 from service import rounds as rounds_svc
 from service.api.auth import Caller, authenticate, require_write
 from service.api.schemas import MAX_ID, ClassChangeIn, ItemsIn, LabelsIn, ProjectIn
-from service.db import is_conflict, session_scope
+from service.store.db import is_conflict, session_scope
 from service.errors import NotFound
 from service.settings import Settings
 from service.store import Item, Job, QueueEntry, Round
@@ -133,7 +133,7 @@ def list_items(pid: Pid, request: Request, split: str | None = None, status: str
 
 @router.get("/projects/{pid}/items/{iid}/heatmap.png", tags=["items"], response_class=Response)
 def heatmap(pid: Pid, iid: Iid, request: Request, c: Caller = Depends(caller)) -> Response:
-    from service.heatmap_view import heatmap_png
+    from service.core.heatmap_view import heatmap_png
 
     _advance(settings_of(request), pid, force=False)
     with session_scope(settings_of(request)) as s:

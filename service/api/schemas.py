@@ -15,7 +15,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 class ProjectIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     classes: list[Name] = Field(max_length=10000)
-    config: dict = Field(default_factory=dict, description="see service.projects.DEFAULT_CONFIG")
+    config: dict = Field(default_factory=dict, description="see service.core.projects.DEFAULT_CONFIG")
 
 
 class ItemIn(BaseModel):

@@ -38,7 +38,7 @@ class LabelStudioError(RuntimeError):
 class BatchItem:
     """One image of a round's batch, as the orchestration hands it over (priority order = list order)."""
     item_id: int
-    image_url: str        # signed, expiring URL served by camloop (service.signing)
+    image_url: str        # signed, expiring URL served by camloop (service.core.signing)
     heatmap_url: str | None  # signed URL of the Grad-CAM overlay of the predicted class (None: no model yet)
     predicted_class: str | None  # None in a cold-start round (no model yet): no prediction is attached
     score: float | None   # the model's probability for predicted_class

@@ -18,8 +18,8 @@ from contextlib import asynccontextmanager, contextmanager
 
 from sqlalchemy import select
 
-from service.db import get_engine, session_scope
-from service.failure_log import FailureStreak
+from service.store.db import get_engine, session_scope
+from service.runtime.failure_log import FailureStreak
 from service.labelstudio import ledger
 from service.labelstudio.agreement import agreement_report
 from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudioError
@@ -31,7 +31,7 @@ from service.labelstudio.routes import (file_url, files_router, heatmap_url, hea
 from service.labelstudio.store_apply import apply_to_store
 from service.labelstudio.webhook import WebhookError, _project_id, check_secret, parse_payload
 from service.settings import Settings
-from service.signing import UrlSigner
+from service.core.signing import UrlSigner
 from service.store import Item, Project, QueueEntry, Round
 
 log = logging.getLogger("camloop.labelstudio")
@@ -274,8 +274,8 @@ class Poller(threading.Thread):
 def install(app, settings: Settings, *, poll: bool = True) -> None:
     """Mount the routes on `app`, push batches when rounds reach labeling, poll in the background."""
     from service import rounds
-    from service.heatmap_view import heatmap_png
-    from service.items import get_item
+    from service.core.heatmap_view import heatmap_png
+    from service.core.items import get_item
 
     signer = lambda: UrlSigner.from_settings(settings)  # noqa: E731 — read lazily: the key file may appear later
 
@@ -283,7 +283,7 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
         with session_scope(settings) as s:
             return heatmap_png(s, settings, get_item(s, pid, iid))
 
-    from service import projects
+    from service.core import projects
 
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
     app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))

@@ -5,7 +5,7 @@
   GET  /api/v1/signed/heatmaps/<pid>/<iid>.png?exp=&sig=   an item's Grad-CAM overlay
 
 The browser has no camloop API key, so the two GET routes take a signed, expiring URL
-instead (service.signing). Routes stay thin: the webhook answers within Label Studio's 1 s
+instead (service.core.signing). Routes stay thin: the webhook answers within Label Studio's 1 s
 timeout; the poll catches up on anything it missed.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.labelstudio.apply import ApplyResult, LabelSink, apply_events
 from service.labelstudio.webhook import ClassesOf, WebhookError, check_secret, parse_payload
-from service.signing import SignatureError, UnsafePath, UrlSigner, safe_join
+from service.core.signing import SignatureError, UnsafePath, UrlSigner, safe_join
 
 WEBHOOK_PATH = "/api/v1/webhooks/label-studio"
 FILES_PREFIX = "/api/v1/signed/files"

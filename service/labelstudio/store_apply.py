@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.errors import ServiceError
-from service.labels import record_label
+from service.core.labels import record_label
 from service.labelstudio.apply import ApplyResult, apply_events
 from service.labelstudio.events import Event
 from service.labelstudio.ledger import SqlSink

@@ -10,7 +10,7 @@ costs a few queries a second):
   camloop_redis_up                       1 when the job queue answered this scrape
 
 Job durations and scoring throughput are observed by the reconciler when it sees a job finish
-(service.rounds.poll_job → job_finished), in the API process that serves this endpoint:
+(service.rounds.machine.poll_job → job_finished), in the API process that serves this endpoint:
 
   camloop_job_duration_seconds{kind}     histogram of finished jobs' durations (ingest, train, score)
   camloop_scored_items_total             pool images scored
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from service.db import session_scope
+from service.store.db import session_scope
 from service.settings import Settings
 from service.store import ROUND_STATES, Item, QueueEntry, Round
 
@@ -85,7 +85,7 @@ class StoreCollector:
         """Jobs per RQ queue and state, by the names `rq info` and rq-dashboard show."""
         from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-        from service import jobqueue
+        from service.runtime import jobqueue
 
         up = GaugeMetricFamily("camloop_redis_up", "1 when the job queue's Redis answered this scrape")
         jobs = GaugeMetricFamily("camloop_rq_jobs", "RQ jobs per queue and state", labels=["queue", "state"])

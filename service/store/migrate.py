@@ -6,7 +6,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from service.db import get_engine
+from service.store.db import get_engine
 from service.settings import Settings, get_settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"

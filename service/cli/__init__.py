@@ -10,18 +10,18 @@ app = typer.Typer(help="camloop: human-in-the-loop active learning for images", 
 def main() -> None:
     """camloop: human-in-the-loop active learning for images."""
 
-from service.simulate_cmd import simulate as _simulate  # noqa: E402  (registered here, lives in its own module)
+from service.cli.simulate import simulate as _simulate  # noqa: E402  (registered here, lives in its own module)
 app.command("simulate")(_simulate)
 
-# Server, worker and REST clients: each in its own module, registered here (service/cli_server.py,
-# service/cli_client.py), so this file stays a list of registrations.
-from service import cli_client as _client, cli_server as _server  # noqa: E402
+# Server, worker and REST clients: each in its own module, registered here (service/cli/server.py,
+# service/cli/client.py), so this file stays a list of registrations.
+from service.cli import client as _client, server as _server  # noqa: E402
 app.command("serve")(_server.serve)
 app.command("worker")(_server.worker)
 app.command("status")(_client.status)
 app.add_typer(_client.project_app, name="project")
 app.add_typer(_client.round_app, name="round")
-from service.demo_cmd import demo as _demo  # noqa: E402
+from service.cli.demo import demo as _demo  # noqa: E402
 app.command("demo")(_demo)
-from service.cli_queues import queues as _queues  # noqa: E402
+from service.cli.queues import queues as _queues  # noqa: E402
 app.command("queues")(_queues)

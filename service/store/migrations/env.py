@@ -1,6 +1,6 @@
 """Alembic environment: the URL comes from our settings (service.settings), never alembic.ini.
 
-service.migrate passes either an open connection (attributes["connection"], so the upgrade runs
+service.store.migrate passes either an open connection (attributes["connection"], so the upgrade runs
 inside the caller's transaction) or a URL; the plain `alembic` CLI falls back to get_settings().
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run_online() -> None:
     if conn is not None:
         _run(conn)
         return
-    from service.db import make_engine
+    from service.store.db import make_engine
 
     engine = make_engine(_url())
     with engine.connect() as c:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from service import paths
+from service.core import paths
 from service.errors import BadRequest, NotFound, Unprocessable
 from service.settings import Settings
 from service.store import ITEM_SPLITS, Item, Job, Label, Project, utcnow

@@ -79,7 +79,7 @@ def simulate(
         console.print(f"[yellow]excluded[/] {e['class']} at round {e['round']}: {e['reason']}")
     console.print(f"wrote {out}")
     if plot is not None:
-        from service.report import plot_learning_curves
+        from service.demo.report import plot_learning_curves
 
         runs = {_run_label(result, out): result["rounds"]}
         for path in compare:

@@ -114,9 +114,9 @@ class EmbeddedStack:
     def _spawn_worker(self) -> subprocess.Popen:
         """One `camloop worker` child on the same Redis, its output in logs/worker.log.
 
-        Not service.cli_server.spawn_worker: that one inherits the terminal, and rq's INFO lines
+        Not service.cli.server.spawn_worker: that one inherits the terminal, and rq's INFO lines
         would tear the demo's live display. The command and environment are the same."""
-        from service import jobqueue
+        from service.runtime import jobqueue
 
         # The worker reads its settings from the environment, like any `camloop worker`.
         env = {**os.environ, "REDIS_URL": jobqueue.redis_url(self.settings),
@@ -156,7 +156,7 @@ class EmbeddedStack:
         without this the server outlived every demo."""
         import redis
 
-        from service import jobqueue
+        from service.runtime import jobqueue
 
         try:
             redis.Redis.from_url(jobqueue.redis_url(self.settings), socket_timeout=10).shutdown(save=True)

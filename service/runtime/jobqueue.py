@@ -207,7 +207,7 @@ def status(job_id: str, settings: Settings | None = None, conn: redis.Redis | No
 # ------------------------------------------------------------------------------- the worker class
 
 class HeartbeatWorker(SimpleWorker):
-    """rq.SimpleWorker (jobs run in this process, which never forks: see service.cli_server)
+    """rq.SimpleWorker (jobs run in this process, which never forks: see service.cli.server)
     plus a heartbeat thread while a job runs.
 
     SimpleWorker executes the job on its only thread, so it cannot heartbeat during a job and

@@ -5,9 +5,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import paths
+from service.core import paths
 from service.errors import NotFound
-from service.heatmaps import overlay_png
+from service.core.heatmaps import overlay_png
 from service.settings import Settings
 from service.store import Item, Round
 

@@ -20,7 +20,7 @@ def queues(
     from rq import Worker
     from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-    from service import jobqueue
+    from service.runtime import jobqueue
     from service.settings import get_settings
 
     settings = get_settings()

@@ -22,8 +22,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from service.embedded import EmbeddedStack
-from service.report import Overlay, ReportInput, write_report
+from service.runtime.embedded import EmbeddedStack
+from service.demo.report import Overlay, ReportInput, write_report
 from service.settings import Settings
 
 log = logging.getLogger("camloop.demo")

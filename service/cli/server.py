@@ -26,7 +26,7 @@ def serve(
     import uvicorn
 
     from service.api import create_app
-    from service.migrate import upgrade_head
+    from service.store.migrate import upgrade_head
     from service.settings import get_settings
 
     settings = get_settings()
@@ -51,7 +51,7 @@ def serve(
 
 def spawn_worker(settings, *, extra_env: dict[str, str] | None = None, burst: bool = False) -> subprocess.Popen:
     """Start `camloop worker` as a child connected to the same Redis (embedded or not)."""
-    from service import jobqueue
+    from service.runtime import jobqueue
 
     env = {**os.environ, "REDIS_URL": jobqueue.redis_url(settings), **(extra_env or {})}
     cmd = [sys.executable, "-c", "from service.cli import app; app()", "worker"] + (["--burst"] if burst else [])
@@ -74,7 +74,7 @@ def worker(
     forks afterwards, so CUDA is initialised once and workers.jobs' model cache serves all the
     score shards of a round. Scale out with one `camloop worker --gpu N` per GPU.
     The cost: a job that crashes the interpreter takes the worker with it — run it under a
-    supervisor (compose `restart: always`). Our subclass (service.jobqueue.HeartbeatWorker)
+    supervisor (compose `restart: always`). Our subclass (service.runtime.jobqueue.HeartbeatWorker)
     heartbeats the running job from a side thread, so a killed worker's job is retried by the
     next cleanup within `--heartbeat-ttl` seconds (plain SimpleWorker: job_timeout + 60 s).
 
@@ -90,7 +90,7 @@ def worker(
     import redis
 
     import workers.jobs as jobs
-    from service import jobqueue
+    from service.runtime import jobqueue
     from service.settings import get_settings
 
     settings = get_settings()

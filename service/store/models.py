@@ -1,4 +1,4 @@
-"""The durable state: SQLAlchemy 2 models. Schema changes go through service/migrations.
+"""The durable state: SQLAlchemy 2 models. Schema changes go through service/store/migrations.
 
 Every process (API, reconciler, CLI) reads the truth from here; Redis only carries work.
 """

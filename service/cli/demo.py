@@ -1,4 +1,4 @@
-"""`camloop demo`: options only; the work is in service.demo."""
+"""`camloop demo`: options only; the work is in service.demo.run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from service.demo import DemoError, DemoOptions, run_demo
+from service.demo.run import DemoError, DemoOptions, run_demo
 
 _D = DemoOptions()
 

@@ -29,10 +29,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import jobqueue, paths
-from service.db import session_scope
+from service.runtime import jobqueue
+from service.core import paths
+from service.store.db import session_scope
 from service.errors import Conflict, NotFound
-from service.failure_log import FailureStreak
+from service.runtime.failure_log import FailureStreak
 from service.settings import Settings
 from service.store import (ACTIVE_ROUND_STATES, Item, Job, Label, ModelVersion, Project, ProjectClass, QueueEntry,
                            Round, utcnow)
@@ -182,7 +183,7 @@ def poll_job(s: Session, settings: Settings, job: Job, conn) -> str:
         if st.result and "seconds" in st.result:
             job.result = {**job.result, **{k: st.result[k] for k in ("seconds", "n") if k in st.result}}
         job.duration_s = float(job.result.get("seconds") or (utcnow() - _aware(job.created_at)).total_seconds())
-        from service import observability
+        from service.runtime import observability
         observability.job_finished(job)
         return job.state
     st = jobqueue.status(job.rq_id, settings, conn)
@@ -250,7 +251,7 @@ def _ingest_state(s: Session, settings: Settings, pid: int, conn) -> tuple[int, 
     jobs = list(s.scalars(select(Job).where(Job.project_id == pid, Job.kind == "ingest", Job.round_id.is_(None))))
     errors = []
     done = 0
-    from service.items import apply_ingest_result
+    from service.core.items import apply_ingest_result
     for j in jobs:
         was = j.state
         st = poll_job(s, settings, j, conn)

@@ -1,0 +1,1 @@
+"""`camloop demo`: the whole loop on one machine, and its report."""

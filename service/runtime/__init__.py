@@ -1,0 +1,1 @@
+"""Queue and process plumbing: the RQ connection, the embedded stack, observability."""
