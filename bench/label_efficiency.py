@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # (hybrid-cam vs hybrid is the Grad-CAM ablation).
     "hybrid-cam": ("hybrid-cam", {}),
     "hybrid-cam-no-dup": ("hybrid-cam", {"duplicate_new": 1}),
-    "hybrid-cam-no-excl": ("hybrid-cam", {"exclusion": False}),
+    "hybrid-cam-excl": ("hybrid-cam", {"exclusion": {"enabled": True}}),
 }
 
 
@@ -215,7 +215,8 @@ def main(argv=None) -> int:
     if args.reference:
         _reference(args)
         return 0
-    from workers.loop import SimulationConfig, run_simulation
+    from workers.engine.config import SimulationConfig
+    from workers.simulate import run_simulation
 
     run_dir = args.out_dir / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -233,10 +234,13 @@ def main(argv=None) -> int:
                 runs[name].append(_checked(json.loads(path.read_text()), args, path))
                 continue
             strategy, overrides = VARIANTS[name]
+            overrides = dict(overrides)
+            exclusion = {"exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
+                         **overrides.pop("exclusion", {})}
             cfg = SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
                                    budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
                                    mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
-                                   exclude_after=args.exclude_after, exclude_below=args.exclude_below,
+                                   exclusion=exclusion, threads=args.threads,
                                    test_limit=args.test_limit, val_limit=args.val_limit, **overrides)
             t0 = time.perf_counter()
             result = run_simulation(cfg, progress=lambda r, n=name, s=seed: print(
@@ -264,9 +268,12 @@ def _checked(result: dict, args, path: Path) -> dict:
     cfg = result["config"]
     want = {"dataset": args.dataset, "model": args.model, "initial": args.initial, "budget": args.budget,
             "epochs": args.epochs, "mc_samples": args.mc_samples, "pool_limit": args.pool_limit,
-            "val_limit": args.val_limit, "test_limit": args.test_limit, "exclude_after": args.exclude_after,
-            "exclude_below": args.exclude_below}
+            "val_limit": args.val_limit, "test_limit": args.test_limit}
     diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
+    ex = cfg.get("exclusion") or {}
+    for k in ("exclude_after", "exclude_below"):
+        if ex.get(k) != getattr(args, k):
+            diff[k] = (ex.get(k), getattr(args, k))
     if diff:
         raise SystemExit(f"{path} was run with other settings (stored, asked): {diff}; use another --out-dir")
     return result
@@ -282,9 +289,10 @@ def _load_runs(run_dir: Path, args) -> dict[str, list[dict]]:
 
 
 def _reference(args) -> None:
-    """Train once on random label sets of the given sizes (the loop's round 0 with initial=N),
+    """Train once on random label sets of the given sizes (the first round with initial=N),
     test accuracy of each; 'all' = the whole pool, i.e. the model's ceiling under these settings."""
-    from workers.loop import SimulationConfig, run_simulation
+    from workers.engine.config import SimulationConfig
+    from workers.simulate import run_simulation
 
     path = args.out_dir / "reference.json"
     ref = json.loads(path.read_text()) if path.exists() else {}
@@ -293,8 +301,8 @@ def _reference(args) -> None:
             continue
         n = 10**9 if size == "all" else int(size)
         epochs = (args.reference_epochs or args.epochs) if size == "all" else args.epochs
-        cfg = SimulationConfig(dataset=args.dataset, strategy="random", model=args.model, initial=n, budget=0,
-                               rounds=0, seed=0, epochs=epochs, device=args.device, exclusion=False,
+        cfg = SimulationConfig(dataset=args.dataset, strategy="random", model=args.model, initial=n,
+                               rounds=0, seed=0, epochs=epochs, device=args.device, threads=args.threads,
                                val_limit=args.val_limit, test_limit=args.test_limit)
         t0 = time.perf_counter()
         out = run_simulation(cfg)

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     label_studio_poll_interval_s: float = Field(default=30.0, description="reconciliation poll period: webhooks are sent once and never retried")
 
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads a worker's torch uses (default: torch's choice); results depend on it")
     score_shard_size: int = 4096
     job_timeout_s: int = 3600
     job_retries: int = 2

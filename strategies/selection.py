@@ -19,6 +19,7 @@ def select(
     excluded=None,
     rng: np.random.Generator | None = None,
     candidates_factor: int = 10,
+    ineligible=None,
 ) -> np.ndarray:
     """Indices into the pool, most worth labeling first.
 
@@ -27,6 +28,8 @@ def select(
     embeddings (N, D) or None: when given, each class's picks are spread by k-center greedy.
     class_quota (C,) or None: labels per class (from `budget.allocate_budget`); if quotas cannot be
     filled (too few items predicted as a class) the rest of the budget goes to the best remaining items.
+    ineligible (N,) bool or None: items never picked whatever their class (a gatekeeper model
+    recognised them as an excluded class; already chosen for another list).
     """
     pred = np.asarray(pred)
     n = pred.shape[0]
@@ -45,6 +48,11 @@ def select(
         ex = np.asarray(excluded, dtype=bool)
         if ex.any():
             eligible &= ~ex[pred] if n else eligible
+    if ineligible is not None:
+        off = np.asarray(ineligible, dtype=bool)
+        if off.shape != (n,):
+            raise ValueError(f"ineligible has shape {off.shape}, expected ({n},)")
+        eligible &= ~off
     budget = int(min(budget, eligible.sum()))
     if budget == 0:
         return np.zeros(0, dtype=np.int64)

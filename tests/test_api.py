@@ -134,9 +134,14 @@ def test_cold_start_round_queue_labels_and_close(api):
     q = c.get(f"/api/v1/projects/{pid}/queue").json()
     assert q["round"] == 1 and len(q["items"]) == FAST["budget"]
     assert [e["rank"] for e in q["items"]] == list(range(FAST["budget"]))
-    # While its batch waits for experts, the round is not "active": but it is the current one.
-    assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202  # a new start closes it
-    assert get_round(c, pid, 1)["state"] == "closed"
+    # While its batch waits for experts a new start is refused, saying how many images wait; with
+    # force it closes the round and they go back to the pool.
+    r = c.post(f"/api/v1/projects/{pid}/rounds")
+    assert r.status_code == 409 and f"{FAST['budget']} of its {FAST['budget']} images" in r.json()["detail"]
+    assert get_round(c, pid, 1)["state"] == "labeling"
+    assert c.post(f"/api/v1/projects/{pid}/rounds", json={"force": True}).status_code == 202
+    one = get_round(c, pid, 1)
+    assert one["state"] == "closed" and one["progress"]["abandoned"] == FAST["budget"]
     wait_until(lambda: get_round(c, pid, 2), lambda v: v["state"] == "labeling", "labeling 2")
     q = c.get(f"/api/v1/projects/{pid}/queue").json()
     labels = [{"item_id": e["item_id"], "class": truth[e["uri"]], "client_id": f"r2-{e['item_id']}"} for e in q["items"]]
@@ -213,13 +218,15 @@ def test_exclude_and_include_record_who_and_why(api):
 
 def test_failed_job_fails_the_round_with_the_reason_and_retry_re_enqueues(api):
     c, settings = api
-    pid = new_project(c, model="no-such-model")
+    pid = new_project(c)
     register(c, settings, pid, pool=12, val=4, seed_labels=6)
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     wait_until(lambda: get_round(c, pid, 1), lambda v: v["state"] == "training", "training")
+    from service.core import paths
+    paths.cache_file(settings, pid, 0).unlink()  # the decoded images are gone: the job cannot read them
     run_jobs(settings, ("train",))  # the job raises; Retry runs it again, then it is failed
     rnd = wait_until(lambda: get_round(c, pid, 1), lambda v: v["state"] == "failed", "failed")
-    assert "unknown model 'no-such-model'" in rnd["error"]
+    assert "shard_00000.npy" in rnd["error"]
     assert rnd["jobs"][0]["state"] == "failed" and rnd["jobs"][0]["id"].endswith("-a0")
     r = c.post(f"/api/v1/projects/{pid}/rounds/1/retry")
     assert r.status_code == 202 and r.json()["state"] == "training" and r.json()["attempt"] == 1

@@ -357,7 +357,7 @@ def test_round_start_check_then_insert_race_lets_only_one_win(pg_url, tmp_path, 
             first.wait(10)
         try:
             with session_scope(settings) as s:
-                outcome[name] = rounds.start_round(s, settings, get_project(s, pid)).number
+                outcome[name] = rounds.start_round(s, settings, get_project(s, pid))[0].number
         except Conflict as e:
             outcome[name] = e
         finally:

@@ -60,8 +60,11 @@ def test_demo_runs_rounds_and_writes_the_report(tmp_path):
     for name in ("learning_curve.png", "per_class_accuracy.png", "confusion_matrix.png", "gradcam_queue.png"):
         assert name in page and Image.open(report / name).size[0] > 200, name
     rounds = json.loads((report / "rounds.json").read_text())
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert [r["labeled"] for r in rounds] == [40, 60]  # the initial labels, then one answered round
+    # Two labeling rounds, then one more that trains on every label (the last batch's too).
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["labeled"] for r in rounds] == [40, 60, 80]
+    assert [len(r.get("selected", [])) for r in rounds] == [20, 20, 0]
+    assert all(u.startswith("pool/") for r in rounds for u in r.get("selected", []))
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rounds)
     assert set(rounds[0]["per_class"]) == {str(i) for i in range(10)}
     # Nothing outlives the demo: not the worker, not the bundled Redis server.

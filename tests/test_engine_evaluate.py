@@ -32,7 +32,9 @@ def test_metrics_match_sklearn():
 
 def test_class_never_predicted_and_absent_class_are_zero_not_nan():
     m = metrics_from_predictions([0, 0, 1], [0, 0, 0], [0.9, 0.9, 0.9], NAMES)
-    assert m["per_class"]["b"] == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1, "active": True}
+    assert m["per_class"]["b"] == {"accuracy": 0.0, "correct": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                   "support": 1, "active": True}
+    assert m["per_class"]["a"]["correct"] == 2  # counts beside the ratios: what the exclusion rule reads
     assert m["per_class"]["d"]["support"] == 0
     # Macro F1 averages only classes present in the split (a, b): (0.8 + 0) / 2.
     assert m["macro_f1"] == pytest.approx(0.4)

@@ -377,7 +377,7 @@ def test_redis_killed_and_restarted_empty_mid_round_jobs_recreated_round_complet
                 return conn.execute(text("SELECT count(*) FROM items WHERE uri LIKE 'late/%' AND cache_index IS NOT NULL")
                                     ).scalar()
 
-        stack.ok(c.post(f"/api/v1/projects/{pid}/rounds"), 202)
+        stack.ok(c.post(f"/api/v1/projects/{pid}/rounds", json={"force": True}), 202)  # round 1 never labeled
         wait_for(lambda: late_cached() == n_late, timeout=120, what="late images ingested", proc=w)
         log = (stack.root / "worker.log").read_text(errors="replace")
         assert "Redis" in log or "building it again" in log
@@ -395,11 +395,11 @@ def test_out_of_memory_in_training_and_scoring_splits_the_batch_and_the_round_co
     truth = write_digits_pool(stack.root, 600, 60)  # val 60: the training job's own val pass fits
     try:
         stack.start_server()
-        stack.start_worker(preload="import tests.worker_proc as w; w.register_oom_model()",
+        stack.start_worker(preload="import tests.worker_proc as w; w.register_oom_model('small-cnn')",
                            CAMLOOP_TEST_OOM_TRAIN_ABOVE="8", CAMLOOP_TEST_OOM_INFER_ABOVE="64",
                            CAMLOOP_TEST_OOM_KIND="cuda")
         c = stack.client
-        pid = stack.new_project(model=OOM_MODEL, epochs=1)
+        pid = stack.new_project(epochs=1)  # the worker's small-cnn is the OOM-raising one
         register(stack, pid, truth, seed_labels=200)
         stack.ok(c.post(f"/api/v1/projects/{pid}/rounds"), 202)
         rnd = stack.wait_round(pid, 1, states=("labeling", "failed"))
@@ -429,6 +429,7 @@ def test_out_of_memory_split_scores_equal_a_run_at_the_batch_that_fits(tmp_path,
 
     import workers.jobs as jobs
     from tests.worker_proc import register_oom_model
+    from workers.engine import contracts as c
     from workers.models import build_model
     from workers.scoring import score_images
 
@@ -445,10 +446,11 @@ def test_out_of_memory_split_scores_equal_a_run_at_the_batch_that_fits(tmp_path,
     torch.save({"state_dict": model.state_dict(),
                 "meta": {"model": OOM_MODEL, "class_names": CLASSES, "channels": 1, "image_size": 28}}, ckpt)
     manifest = tmp_path / "score.json"
-    jobs.write_json_atomic(manifest, {
-        "checkpoint": str(ckpt), "model": OOM_MODEL, "class_names": CLASSES, "channels": 1, "image_size": 28,
-        "active": [True] * 10, "mc_samples": 4, "seed": 3, "out_dir": str(tmp_path), "batch_size": 128,
-        "shards": {"0": {"item_ids": list(range(1000, 1150)), "cache": [[str(cache), i] for i in range(150)]}}})
+    c.write_manifest(manifest, c.ScoreManifest(
+        project_id=1, round=1, checkpoint=str(ckpt),
+        net=c.ModelSpec(model=OOM_MODEL, class_names=CLASSES, channels=1, image_size=28),
+        active=[True] * 10, mc_samples=4, seed=3, out_dir=str(tmp_path), batch_size=128,
+        shards={"0": c.ImageRefs.build(range(1000, 1150), [cache] * 150, range(150))}))
     out = jobs.score_shard(str(manifest), 0)
     assert (out["batch_size"], out["oom_splits"]) == (32, 2)  # 128 → 64 → 32 ≤ 40
     got = np.load(tmp_path / "scores_00000.npz")

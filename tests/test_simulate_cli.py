@@ -22,7 +22,7 @@ def test_simulate_writes_design_json_and_plot(tmp_path):
     data = json.loads(out.read_text())
     assert data["config"]["strategy"] == "hybrid-cam" and data["config"]["dataset"] == "digits"
     rounds = data["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [r["labeled"] for r in rounds] == [120, 200, 280]
     for r in rounds:
         assert {"round", "labeled", "accuracy", "macro_f1", "per_class"} <= set(r)

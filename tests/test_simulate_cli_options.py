@@ -28,13 +28,13 @@ def _run(tmp_path, name: str, *args: str) -> dict:
 
 def test_ablation_flags_and_defaults_reach_the_loop(tmp_path):
     off = _run(tmp_path, "off", "--initial", "100", "--budget", "50", "--rounds", "1",
-               "--no-duplication", "--no-exclusion", "--no-cam")
-    on = _run(tmp_path, "on", "--initial", "100", "--budget", "50", "--rounds", "0")
-    # --no-duplication means each new label enters training once (duplicate_new=1), not zero times.
-    assert (off["config"]["duplicate_new"], off["config"]["exclusion"], off["config"]["use_cam"]) == (1, False, False)
-    assert (on["config"]["duplicate_new"], on["config"]["exclusion"], on["config"]["use_cam"]) == (2, True, True)
+               "--duplicate-new", "1", "--no-exclusion")
+    on = _run(tmp_path, "on", "--initial", "100", "--budget", "50", "--rounds", "0", "--exclusion")
+    # --duplicate-new 1 means each new label enters training once, not zero times.
+    assert (off["config"]["duplicate_new"], off["config"]["exclusion"]["enabled"]) == (1, False)
+    assert (on["config"]["duplicate_new"], on["config"]["exclusion"]["enabled"]) == (2, True)
     assert [r["labeled"] for r in off["rounds"]] == [100, 150]
-    assert [r["round"] for r in on["rounds"]] == [0]  # --rounds 0: the initial training only
+    assert [r["round"] for r in on["rounds"]] == [1]  # --rounds 0: the initial training only
     for r in off["rounds"]:
         pcs = r["per_class"].values()
         assert sum(pc["labeled"] for pc in pcs) == r["labeled"]
@@ -46,12 +46,11 @@ def test_ablation_flags_and_defaults_reach_the_loop(tmp_path):
         {c: pc["labeled"] for c, pc in on["rounds"][0]["per_class"].items()}
 
 
-def test_gradcam_without_cam_is_a_message_not_a_traceback(tmp_path):
-    # The gradcam strategy is only the Grad-CAM term: --no-cam leaves nothing to rank by.
+def test_a_wrong_config_value_is_named(tmp_path):
     out = tmp_path / "x.json"
-    res = _simulate("--dataset", "digits", "--strategy", "gradcam", "--no-cam", "--out", str(out))
+    res = _simulate("--dataset", "digits", "--channels", "2", "--out", str(out))
     assert res.exit_code == 2, res.output + repr(res.exception)
-    assert "Grad-CAM" in res.output
+    assert "channels" in res.output
     assert not out.exists()
 
 

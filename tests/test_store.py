@@ -309,9 +309,9 @@ def test_register_bulk_inserts_items_labels_shards_and_ingest_manifests(tmp_path
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_selection_reading_only_candidate_embeddings_equals_select_on_the_whole_pool(seed):
-    """rounds._select hands strategies.select only the rows it can reach (and loads only their
+    """select_rows hands strategies.select only the rows it can reach (and loads only their
     embeddings); the batch must be the one select picks with every row and every embedding."""
-    from service.rounds import _select
+    from workers.engine.selection import select_rows
     from strategies.budget import allocate_budget, class_need
     from strategies.registry import get_strategy
     from strategies.selection import select
@@ -325,28 +325,30 @@ def test_selection_reading_only_candidate_embeddings_equals_select_on_the_whole_
     excluded = np.zeros(c, bool)
     excluded[2] = seed == 1  # an excluded class, in one of the runs
     active = ~excluded
+    # Images a gatekeeper recognised as an excluded class, in one of the runs.
+    gated = (rng.random(n) < 0.1) if seed == 2 else None
     quota = allocate_budget(budget, class_need(rng.random(c), rng.random(c), active), active)
     for q in (quota, None):
-        want = select(columns, spec.weights, pred, emb, budget, q, excluded, np.random.default_rng(7))
+        want = select(columns, spec.weights, pred, emb, budget, q, excluded, np.random.default_rng(7), 10, gated)
         asked = []
 
         def load(rows):
             asked.append(rows.size)
             return emb[rows]
 
-        got = _select(columns, spec.weights, pred, budget, q, excluded, np.random.default_rng(7), load)
+        got = select_rows(columns, spec.weights, pred, budget, q, excluded, gated, np.random.default_rng(7), load)
         assert got.tolist() == want.tolist()
         assert asked and sum(asked) < n // 5  # only the candidates' embeddings were read
     # no diversity: the plain call
-    want = select(columns, spec.weights, pred, None, budget, quota, excluded, np.random.default_rng(7))
-    got = _select(columns, spec.weights, pred, budget, quota, excluded, np.random.default_rng(7), None)
+    want = select(columns, spec.weights, pred, None, budget, quota, excluded, np.random.default_rng(7), 10, gated)
+    got = select_rows(columns, spec.weights, pred, budget, quota, excluded, gated, np.random.default_rng(7), None)
     assert got.tolist() == want.tolist()
 
 
 def test_score_shards_are_read_in_place_exactly(tmp_path):
-    """rounds._Npz (mmap of np.savez's stored members) returns what np.load does, for every
+    """ScoreFile (mmap of np.savez's stored members) returns what np.load does, for every
     dtype/shape a score shard has, empty members included; a compressed file falls back."""
-    from service.rounds import _Npz
+    from workers.engine.scorefiles import ScoreFile
 
     rng = np.random.default_rng(0)
     arrays = {"item_ids": np.arange(5, 50, dtype=np.int64), "pred": rng.integers(0, 9, 45),
@@ -356,7 +358,7 @@ def test_score_shards_are_read_in_place_exactly(tmp_path):
     np.savez(tmp_path / "a.npz", **arrays)
     np.savez_compressed(tmp_path / "b.npz", **arrays)
     for f in ("a.npz", "b.npz"):
-        z = _Npz(tmp_path / f)
+        z = ScoreFile(tmp_path / f)
         assert set(z.members) == set(arrays)
         for k, v in arrays.items():
             got = z[k]

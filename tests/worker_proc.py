@@ -273,8 +273,9 @@ def _close(sock: socket.socket) -> None:
 OOM_MODEL = "oom-small-cnn"
 
 
-def register_oom_model() -> str:
-    """Register OOM_MODEL: the real small-cnn behind a first layer that raises the allocator's
+def register_oom_model(as_name: str = OOM_MODEL) -> str:
+    """Register `as_name` (OOM_MODEL, or "small-cnn" itself in a worker process, so a project that
+    names small-cnn gets it there): the real small-cnn behind a first layer that raises the allocator's
     out-of-memory error for batches above a size, as a device would — in training (grad
     enabled) above CAMLOOP_TEST_OOM_TRAIN_ABOVE images, in inference above
     CAMLOOP_TEST_OOM_INFER_ABOVE. CAMLOOP_TEST_OOM_KIND = "cuda" raises
@@ -303,14 +304,16 @@ def register_oom_model() -> str:
                                    f"memory: you tried to allocate {need} bytes. Error code 12 (Cannot allocate memory)")
             return x
 
-    @models.register_model(OOM_MODEL)
+    original = models.small_cnn
+
     def oom_small_cnn(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None):
-        net = models.small_cnn(num_classes, in_channels, pretrained, dropout, input_size)
+        net = original(num_classes, in_channels, pretrained, dropout, input_size)
         guard = OomAbove(int(os.environ.get("CAMLOOP_TEST_OOM_TRAIN_ABOVE", "16")),
                          int(os.environ.get("CAMLOOP_TEST_OOM_INFER_ABOVE", "64")),
                          os.environ.get("CAMLOOP_TEST_OOM_KIND", "cuda"))
         net.features[0] = nn.Sequential(guard, *net.features[0])
-        net.name = OOM_MODEL
+        net.name = as_name
         return net
 
-    return OOM_MODEL
+    models.MODELS[as_name] = oom_small_cnn
+    return as_name

@@ -207,6 +207,39 @@ def load_image_folder(root, size: int = 28, channels: int = 1, *, class_names=No
     return Dataset(arr, np.asarray(labels, np.int64), class_names, paths), quarantined
 
 
+def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0):
+    """(pool, val, test, pool uris) from a labeled folder, for `camloop simulate --folder`.
+
+    Either ``root/{pool,val,test}/<class>/*`` (the demo's export; the class order from
+    ``root/classes.txt`` when present, else sorted folder names) or ``root/<class>/*`` (your own
+    labeled photos), split 7:2:1 per class with ``seed``. Pool uris are paths relative to
+    ``root`` in the order the service would register them (sorted), so a simulation's picks and
+    the service's can be compared line by line. Unreadable images are left out (logged by
+    load_image_folder's caller as quarantined)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    order = root / "classes.txt"
+    names = [ln.strip() for ln in order.read_text().splitlines() if ln.strip()] if order.is_file() else None
+    if (root / "pool").is_dir():
+        parts = {}
+        for split in ("pool", "val", "test"):
+            folder = root / split
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is missing: a folder with pool/ needs val/ and test/ beside it")
+            names = names or sorted(p.name for p in (root / "pool").iterdir() if p.is_dir() and not p.name.startswith("."))
+            parts[split], _ = load_image_folder(folder, size, channels, class_names=names)
+        pool = parts["pool"]
+        uris = [Path(p).relative_to(root).as_posix() for p in pool.paths]
+        return pool, parts["val"], parts["test"], uris
+    data, _ = load_image_folder(root, size, channels, class_names=names)
+    if len(data) == 0:
+        raise ValueError(f"no readable images in the class folders of {root}")
+    pool_i, val_i, test_i = split_indices(len(data), (0.7, 0.2, 0.1), seed, stratify=data.labels)
+    uris = [Path(data.paths[i]).relative_to(root).as_posix() for i in pool_i]
+    return data.subset(pool_i), data.subset(val_i), data.subset(test_i), uris
+
+
 # ---------------------------------------------------------------- named data sets
 
 def load_named(name: str, seed: int = 0, *, val_fraction: float = 1 / 6,

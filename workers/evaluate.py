@@ -109,6 +109,7 @@ def metrics_from_predictions(y_true, y_pred, confidence, class_names, active=Non
     per_class = {
         name: {
             "accuracy": float(recall[i]),  # per-class accuracy = recall, as in the research tables
+            "correct": int(tp[i]),         # counts, not only their ratio: the exclusion rule reads counts
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),

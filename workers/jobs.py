@@ -51,11 +51,6 @@ def _device():
     return torch.device(DEVICE)
 
 
-def _read_manifest(path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _atomic_write_bytes(path: Path, write) -> None:
     """write(file_object) into a tmp file next to `path`, fsync, then os.replace (atomic)."""
     path = Path(path)
@@ -94,28 +89,10 @@ def write_json_atomic(path, obj) -> None:
     _atomic_write_bytes(Path(path), lambda f: f.write(data))
 
 
-def _gather(refs) -> np.ndarray:
-    """Images from the pre-decoded cache: refs = [[shard_file, index], ...] → (N, H, W, C) uint8."""
-    if not refs:
-        raise ValueError("no images")
-    out = None
-    by_file: dict[str, list[tuple[int, int]]] = {}
-    for pos, (f, idx) in enumerate(refs):
-        by_file.setdefault(f, []).append((pos, int(idx)))
-    for f, pairs in by_file.items():
-        arr = np.load(f, mmap_mode="r")
-        if out is None:
-            out = np.empty((len(refs),) + arr.shape[1:], dtype=np.uint8)
-        pos = np.array([p for p, _ in pairs])
-        idx = np.array([i for _, i in pairs])
-        out[pos] = arr[idx]
-    return out
-
-
-def _dataset(split: dict, class_names):
+def _dataset(refs, class_names):
     from workers.datasets import Dataset
 
-    return Dataset(_gather(split["cache"]), np.asarray(split["labels"], np.int64), list(class_names))
+    return Dataset(refs.gather(), np.asarray(refs.labels, np.int64), list(class_names))
 
 
 # ------------------------------------------------------------------------------- out of memory
@@ -167,40 +144,41 @@ def ingest(manifest_path: str) -> dict:
     """Decode a chunk of registered images into one uint8 cache shard (.npy).
 
     Bad images are not errors of the job: they are listed with the reason and the service
-    quarantines them. Output: the shard file and a result JSON (item → index, or reason)."""
+    quarantines them. Output: the shard file and a result JSON (item → row, or reason)."""
+    from workers.engine.contracts import IngestManifest, IngestResult, read_manifest
     from workers.imageio import BadImage, decode_image, safe_path
 
-    m = _read_manifest(manifest_path)
-    out, result = Path(m["out"]), Path(m["result"])
+    m = read_manifest(manifest_path, IngestManifest)
+    out, result = Path(m.out), Path(m.result)
     if result.is_file() and out.is_file():
-        return {"shard": m["shard"], "result": str(result), "cached": True}
-    size, channels = int(m["image_size"]), int(m["channels"])
+        return {"shard": m.shard, "result": str(result), "cached": True}
     ok, bad, arrays = [], [], []
-    for item_id, uri in m["items"]:
+    for item_id, uri in m.items:
         try:
-            path = safe_path(m["data_root"], uri)
-            arrays.append(decode_image(str(path), size=size, channels=channels, max_pixels=m.get("max_pixels")))
-            ok.append([item_id, len(arrays) - 1])
+            path = safe_path(m.data_root, uri)
+            arrays.append(decode_image(str(path), size=m.image_size, channels=m.channels, max_pixels=m.max_pixels))
+            ok.append((item_id, len(arrays) - 1))
         except (BadImage, ValueError, OSError) as e:
-            bad.append([item_id, str(e) or type(e).__name__])
-    stack = np.stack(arrays) if arrays else np.zeros((0, size, size, channels), np.uint8)
+            bad.append((item_id, str(e) or type(e).__name__))
+    stack = np.stack(arrays) if arrays else np.zeros((0, m.image_size, m.image_size, m.channels), np.uint8)
     _atomic_write_bytes(out, lambda f: np.save(f, stack))
-    write_json_atomic(result, {"shard": m["shard"], "ok": ok, "bad": bad})  # last: marks completion
-    return {"shard": m["shard"], "result": str(result), "n_ok": len(ok), "n_bad": len(bad)}
+    data = IngestResult(shard=m.shard, ok=ok, bad=bad).model_dump_json().encode()
+    _atomic_write_bytes(result, lambda f: f.write(data))  # last: marks completion
+    return {"shard": m.shard, "result": str(result), "n_ok": len(ok), "n_bad": len(bad)}
 
 
 # ------------------------------------------------------------------------------- train
 
-def _build(meta: dict):
+def _build(net):
     from workers.models import build_model
 
-    return build_model(meta["model"], len(meta["class_names"]), in_channels=int(meta["channels"]),
-                       input_size=meta.get("image_size"), pretrained=meta.get("pretrained", True),
-                       frozen_blocks=int(meta.get("frozen_blocks", 0)))
+    return build_model(net.model, len(net.class_names), in_channels=net.channels, input_size=net.image_size,
+                       pretrained=net.pretrained, frozen_blocks=net.frozen_blocks)
 
 
 def train_round(manifest_path: str) -> dict:
-    """Train the round's model on the labeled pool, evaluate on val/test, write checkpoint + metrics.
+    """Train the round's model on its training images, evaluate on the evidence and the test split,
+    write checkpoint + metrics.
 
     Retried after a crash it resumes from the per-epoch checkpoint (workers.train); run again
     after success it returns the finished result without training. Out of memory: the batch is
@@ -208,54 +186,60 @@ def train_round(manifest_path: str) -> dict:
     any checkpoint, in practice; a checkpoint of another batch size is not resumed)."""
     import torch
 
+    from workers.engine.contracts import RoundFiles, TrainManifest, TrainResult, read_manifest
     from workers.evaluate import evaluate
     from workers.train import TrainConfig, train_model
 
-    m = _read_manifest(manifest_path)
-    ckpt, metrics_path = Path(m["out_checkpoint"]), Path(m["out_metrics"])
-    if ckpt.is_file() and metrics_path.is_file():
-        return {"checkpoint": str(ckpt), "metrics": str(metrics_path), "cached": True}
+    m = read_manifest(manifest_path, TrainManifest)
+    files = RoundFiles(m.out_dir)
+    if files.checkpoint.is_file() and files.metrics.is_file():
+        return TrainResult(checkpoint=str(files.checkpoint), metrics=str(files.metrics), cached=True).model_dump()
     t0 = time.perf_counter()
-    names = m["class_names"]
-    active = np.asarray(m["active"], bool)
+    names = m.net.class_names
+    active = np.asarray(m.active, bool)
     dev = _device()
-    train = _dataset(m["train"], names)
-    val = _dataset(m["val"], names) if m["val"]["labels"] else None
-    base = {**m.get("train_config", {}), "device": str(dev)}
+    train = _dataset(m.train, names)
+    evidence = _dataset(m.evidence, names) if len(m.evidence) else None
+    base = {**m.settings.model_dump(), "device": str(dev)}
 
     def attempt(bs: int):
-        torch.manual_seed(int(m.get("seed", 0)))
-        model = _build(m)  # fresh weights each attempt: a failed one may have taken steps
+        torch.manual_seed(m.settings.seed)
+        model = _build(m.net)  # fresh weights each attempt: a failed one may have taken steps
         tc = TrainConfig(**{**base, "batch_size": bs})
-        return model, train_model(model, train, np.asarray(m["train"]["is_new"], bool), val, active, tc,
-                                  checkpoint_dir=m["checkpoint_dir"])
+        # The evidence is what early stopping watches too: the split the project trusts to say
+        # how good a model is (its validation split, or the held-out labeled images).
+        return model, train_model(model, train, np.asarray(m.is_new, bool), evidence, active, tc,
+                                  checkpoint_dir=files.resume_dir)
 
-    (model, res), bs, splits = split_on_oom(attempt, int(base.get("batch_size") or TrainConfig.batch_size),
+    (model, res), bs, splits = split_on_oom(attempt, m.settings.batch_size,
                                            what=f"train {Path(manifest_path).parent.name}")
     metrics = {"train": {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                          "val_accuracy": res.val_accuracy, "resumed_from": res.resumed_from,
-                         "n_train": len(train), "n_new": int(np.sum(m["train"]["is_new"])),
-                         "batch_size": bs, "oom_splits": splits}}
+                         "n_train": len(train), "n_new": int(np.sum(m.is_new)),
+                         "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
+                         "batch_size": bs, "oom_splits": splits},
+               "active": list(m.active), "evidence_source": m.evidence_source}
     eval_bs = 512
-    for split in ("val", "test"):
-        if m[split]["labels"]:
-            data = _dataset(m[split], names)
-            metrics[split], eval_bs, more = split_on_oom(
+    for key, refs in (("evidence", m.evidence), ("test", m.test)):
+        if len(refs):
+            data = _dataset(refs, names)
+            metrics[key], eval_bs, more = split_on_oom(
                 lambda b: evaluate(model, data, names, active=active, device=dev, batch_size=b), eval_bs,
-                what=f"evaluate {split}")
+                what=f"evaluate {key}")
             metrics["train"]["oom_splits"] += more
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "meta": {k: m[k] for k in ("model", "class_names", "channels", "image_size")}}
-    _atomic_write_bytes(ckpt, lambda f: torch.save(state, f))
+             "meta": m.net.model_dump()}
+    _atomic_write_bytes(files.checkpoint, lambda f: torch.save(state, f))
     metrics["train"]["seconds"] = time.perf_counter() - t0
-    write_json_atomic(metrics_path, metrics)  # last: marks completion
-    return {"checkpoint": str(ckpt), "metrics": str(metrics_path), "val_accuracy": res.val_accuracy,
-            "batch_size": bs, "oom_splits": metrics["train"]["oom_splits"]}
+    write_json_atomic(files.metrics, metrics)  # last: marks completion
+    return TrainResult(checkpoint=str(files.checkpoint), metrics=str(files.metrics),
+                       seconds=metrics["train"]["seconds"], batch_size=bs,
+                       oom_splits=metrics["train"]["oom_splits"]).model_dump()
 
 
 # ------------------------------------------------------------------------------- score
 
-def _load_model(checkpoint: str, meta: dict):
+def _load_model(checkpoint: str, net):
     import torch
 
     key = f"{checkpoint}:{os.path.getmtime(checkpoint)}"
@@ -263,7 +247,11 @@ def _load_model(checkpoint: str, meta: dict):
         _MODEL_CACHE.move_to_end(key)
         return _MODEL_CACHE[key]
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = _build({**meta, **state["meta"], "pretrained": False})
+    # The checkpoint's own spec where it has one: a gatekeeper may predate a config change.
+    saved = state.get("meta") or {}
+    spec = net.model_copy(update={k: saved[k] for k in ("model", "class_names", "channels", "image_size",
+                                                        "frozen_blocks") if k in saved})
+    model = _build(spec.model_copy(update={"pretrained": False}))
     model.load_state_dict(state["state_dict"])
     model.to(_device()).eval()
     _MODEL_CACHE[key] = model
@@ -272,36 +260,48 @@ def _load_model(checkpoint: str, meta: dict):
     return model
 
 
+def _gated(m, images: np.ndarray) -> np.ndarray:
+    """True for the images a gatekeeper predicts as a class it saw excluded (see contracts.Gatekeeper)."""
+    from workers.evaluate import predict_probs
+
+    gated = np.zeros(len(images), bool)
+    for g in m.gatekeepers:
+        model = _load_model(g.checkpoint, m.net)
+        pred = predict_probs(model, images, active=np.asarray(g.active, bool), device=_device()).argmax(axis=1)
+        gated |= np.asarray(g.excluded, bool)[pred]
+    return gated
+
+
 def score_shard(manifest_path: str, shard: int) -> dict:
-    """Score one shard of the unlabeled pool; write scores_<shard>.npz (skipped if complete)."""
+    """Score one shard of the unlabeled pool; write its score file (skipped if complete)."""
+    from workers.engine import contracts as c
     from workers.scoring import score_images
 
-    m = _read_manifest(manifest_path)
-    out = Path(m["out_dir"]) / f"scores_{int(shard):05d}.npz"
-    sh = m["shards"][str(int(shard))]
+    m = c.read_manifest(manifest_path, c.ScoreManifest)
+    out = c.RoundFiles(m.out_dir).score_file(shard)
+    refs = m.shards[str(int(shard))]
     if out.is_file():
-        return {"shard": int(shard), "scores": str(out), "n": len(sh["item_ids"]), "cached": True}
+        return c.ScoreJobResult(shard=int(shard), scores=str(out), n=len(refs), cached=True).model_dump()
     t0 = time.perf_counter()
-    model = _load_model(m["checkpoint"], m)
-    images = _gather(sh["cache"])
+    model = _load_model(m.checkpoint, m.net)
+    images = refs.gather()
     # The whole shard again at half the batch after an OOM: the error comes at the first (the
     # largest) batch in practice, and one call per shard keeps the result a function of the
     # batch size alone (MC-dropout masks are drawn batch by batch from one seeded generator).
     res, bs, splits = split_on_oom(
-        lambda b: score_images(model, images, mc_samples=int(m.get("mc_samples", 8)), device=_device(),
-                               class_mask=np.asarray(m["active"], bool), return_maps=True,
-                               batch_size=b, seed=int(m.get("seed", 0))),
-        int(m.get("batch_size", 256)), what=f"score shard {int(shard)}")
+        lambda b: score_images(model, images, mc_samples=m.mc_samples, device=_device(),
+                               class_mask=np.asarray(m.active, bool), return_maps=True, batch_size=b, seed=m.seed),
+        m.batch_size, what=f"score shard {int(shard)}")
     cam = getattr(res, "cam_lowres", None)
     if cam is None:
         cam = res.maps
-    arrays = {"item_ids": np.asarray(sh["item_ids"], np.int64), "pred": np.asarray(res.pred, np.int64),
-              "probs": np.asarray(res.probs, np.float32), "embedding": np.asarray(res.embedding, np.float32)}
+    arrays = {c.SCORE_ITEM_IDS: np.asarray(refs.item_ids, np.int64), c.SCORE_PRED: np.asarray(res.pred, np.int64),
+              c.SCORE_PROBS: np.asarray(res.probs, np.float32),
+              c.SCORE_EMBEDDING: np.asarray(res.embedding, np.float32), c.SCORE_GATED: _gated(m, images)}
     if cam is not None:
-        arrays["cam_lowres"] = np.asarray(cam, np.float16)
+        arrays[c.SCORE_CAM] = np.asarray(cam, np.float16)
     for k, v in res.columns.items():
-        arrays[f"col_{k}"] = np.asarray(v, np.float32)
+        arrays[c.SCORE_COLUMN_PREFIX + k] = np.asarray(v, np.float32)
     _atomic_write_bytes(out, lambda f: np.savez(f, **arrays))
-    secs = time.perf_counter() - t0
-    return {"shard": int(shard), "scores": str(out), "n": len(images), "seconds": secs, "batch_size": bs,
-            "oom_splits": splits}
+    return c.ScoreJobResult(shard=int(shard), scores=str(out), n=len(images), seconds=time.perf_counter() - t0,
+                            batch_size=bs, oom_splits=splits).model_dump()

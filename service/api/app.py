@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from service.rounds import Reconciler
+        from service.rounds.reconciler import Reconciler
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(render(collector), media_type="text/plain; version=0.0.4")
 
-    from service.api.routes import router
+    from service.api.routers import router
     app.include_router(router, prefix="/api/v1")
     if labelstudio:
         # Webhook, signed media and heatmap routes always; the push hook and the reconciliation

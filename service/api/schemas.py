@@ -1,21 +1,31 @@
-"""Request bodies (pydantic). Responses are plain dicts built by the service modules.
+"""Request and response bodies (pydantic): the OpenAPI document describes every answer.
 
 Every field is bounded by what the store can hold (INTEGER ids, VARCHAR(200) names), so a value
 out of range is a 422 from validation — on SQLite and PostgreSQL alike — never a driver error."""
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from workers.engine.config import ProjectConfig
 
 MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
+# ----------------------------------------------------------------------------- requests
+
 class ProjectIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     classes: list[Name] = Field(max_length=10000)
-    config: dict = Field(default_factory=dict, description="see service.core.projects.DEFAULT_CONFIG")
+    config: ProjectConfig = Field(default_factory=ProjectConfig, description="every key optional; defaults shown")
+
+
+class ProjectPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(description="keys of the project config to change (nested sections merged)")
 
 
 class ItemIn(BaseModel):
@@ -29,6 +39,13 @@ class ItemsIn(BaseModel):
     items: list[ItemIn] | None = Field(default=None, max_length=1_000_000)
     split: str = Field(default="pool", max_length=16)
     recursive: bool = True
+
+
+class RoundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force: bool = Field(False, description="close a round whose batch is still being labeled (its open images "
+                                           "go back to the pool)")
+    train_only: bool = Field(False, description="train and evaluate on every label, queue nothing (the last round)")
 
 
 class LabelIn(BaseModel):
@@ -46,3 +63,153 @@ class LabelsIn(BaseModel):
 
 class ClassChangeIn(BaseModel):
     reason: str = Field(default="", max_length=2000)
+
+
+# ----------------------------------------------------------------------------- responses
+
+class ClassOut(BaseModel):
+    name: str
+    status: str = Field(description="active | excluded")
+    reason: str | None = None
+    changed_by: str | None = Field(None, description="'rule' or the key fingerprint of the engineer")
+    changed_at: datetime | None = None
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    classes: list[ClassOut]
+    config: ProjectConfig
+    created_at: datetime | None = None
+    warnings: list[str] = Field(default_factory=list, description="what went wrong beside (e.g. Label Studio away)")
+
+
+class RegisteredOut(BaseModel):
+    registered: int
+    duplicates: int = Field(description="images whose content is already registered (skipped)")
+    ingest_jobs: list[str]
+
+
+class ItemOut(BaseModel):
+    id: int
+    uri: str
+    split: str
+    status: str = Field(description="unlabeled | queued | labeled | skipped | quarantined")
+    label: str | None = None
+    reason: str | None = Field(None, description="why it is quarantined")
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemOut]
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    shard: int | None = None
+    state: str
+    attempts: int
+    error: str | None = None
+    duration_s: float | None = None
+
+
+class RoundOut(BaseModel):
+    project_id: int
+    number: int
+    state: str = Field(description="created | training | scoring | selecting | labeling | closed | failed")
+    stage: str
+    error: str | None = None
+    progress: dict[str, Any] = Field(description="what the round is doing: counts, the evidence, exclusions")
+    attempt: int
+    train_only: bool = False
+    model_version_id: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    jobs: list[JobOut]
+    created: bool | None = Field(None, description="POST only: false when an Idempotency-Key named an earlier round")
+
+
+class RoundsOut(BaseModel):
+    rounds: list[RoundOut]
+
+
+class QueueItemOut(BaseModel):
+    rank: int
+    item_id: int
+    uri: str
+    status: str
+    predicted: str | None = Field(None, description="the model's guess")
+    scores: dict[str, float] = Field(description="the strategy's scores; p_pred = probability of the guess")
+    label: str | None = None
+    reserve: bool = Field(False, description="after the batch: labeled while the next model trains")
+
+
+class QueueOut(BaseModel):
+    round: int | None
+    state: str | None = None
+    items: list[QueueItemOut]
+
+
+class ClassMetricsOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # figures other parts add (the experts' votes)
+    accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    support: int | None = None
+    labeled: int
+    status: str
+    reason: str | None = None
+    evidence: dict[str, Any] | None = Field(None, description="held-out counts the exclusion rule and budget read")
+    judged: bool | None = Field(None, description="false: the exclusion rule had no evidence for it this round")
+    why_not_judged: str | None = None
+
+
+class HistoryOut(BaseModel):
+    round: int
+    model_version_id: int
+    labeled: int | None = None
+    trained_on: int | None = None
+    evaluated_on: str | None = None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    weighted_f1: float | None = None
+    evidence_accuracy: float | None = None
+    active: list[bool] | None = None
+    per_class: dict[str, float | None]
+
+
+class MetricsOut(BaseModel):
+    project_id: int
+    round: int | None
+    round_state: str | None
+    evaluated_on: str | None = Field(None, description="test | val | holdout: where accuracy was measured")
+    evidence: dict[str, Any] | None = None
+    model_version_id: int | None
+    accuracy: float | None
+    macro_f1: float | None
+    weighted_f1: float | None
+    confusion: list[list[int]] | None
+    ece: float | None
+    labeled: int
+    skipped: int
+    per_class: dict[str, ClassMetricsOut]
+    history: list[HistoryOut]
+
+
+class LabelOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    id: int
+    item_id: int
+    class_name: str = Field(alias="class")
+    who: str
+    source: str
+    client_id: str
+    round: int
+    model_version_id: int | None = None
+    created_at: datetime | None = None
+    created: bool = Field(description="false: this client_id was delivered before (nothing counted twice)")
+
+
+class LabelsOut(BaseModel):
+    labels: list[LabelOut]

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from service.demo.run import DemoError, DemoOptions, run_demo
+from service.cli.options import json_object as _json_object
 
 _D = DemoOptions()
 
@@ -20,6 +21,7 @@ def demo(
     epochs: int = typer.Option(_D.epochs, min=1, help="training epochs per round"),
     strategy: str = typer.Option(_D.strategy, help="random | least-confidence | margin | entropy | bald | vote-entropy | gradcam | hybrid"),
     model: str = typer.Option(_D.model, help="small-cnn | resnet18 | se-resnet18 | efficientnet-lite0"),
+    reserve: int = typer.Option(_D.reserve, min=0, help="next-ranked images queued after each batch, labeled while the next model trains"),
     seed: int = typer.Option(_D.seed),
     data_dir: Path = typer.Option(_D.data_dir, help="images, database, logs, artifacts and report go here"),
     report_dir: Optional[Path] = typer.Option(None, help="default: <data-dir>/report"),
@@ -32,6 +34,8 @@ def demo(
                                         help="Label Studio legacy API token (or LABEL_STUDIO_TOKEN)"),
     exclusion: bool = typer.Option(_D.exclusion, "--exclusion/--no-exclusion",
                                    help="let the class-exclusion rule drop hopeless classes (from round 3)"),
+    config: Optional[str] = typer.Option(None, help='more project config as JSON, e.g. \'{"exclusion": {"enabled": true}}\''),
+    threads: Optional[int] = typer.Option(None, min=1, help="the worker's torch CPU threads (results depend on it)"),
     host: str = typer.Option(_D.host, help="interface the demo's API listens on (0.0.0.0: reachable from other machines)"),
     port: int = typer.Option(_D.port, min=0, max=65535, help="port of the demo's API (0: any free port)"),
     public_url: Optional[str] = typer.Option(
@@ -56,7 +60,8 @@ def demo(
                              epochs=epochs, strategy=strategy, model=model, seed=seed, data_dir=data_dir,
                              report_dir=report_dir, label_studio_url=label_studio, label_studio_token=token,
                              host=host, port=port, public_url=public_url,
-                             exclusion=exclusion))
+                             exclusion=exclusion, reserve=reserve, config=_json_object(config, "--config"),
+                             threads=threads))
     except DemoError as e:
         typer.secho(f"camloop demo: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None

@@ -95,6 +95,12 @@ def worker(
 
     settings = get_settings()
     jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
+    if settings.torch_threads:
+        import torch
+
+        # Training results depend on the thread count (float sums in another order): fixed
+        # here, a run can be repeated, and compared with `camloop simulate --threads`.
+        torch.set_num_threads(settings.torch_threads)
     backoff = 1.0
     while True:
         started = time.monotonic()

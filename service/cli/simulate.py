@@ -1,6 +1,6 @@
 """`camloop simulate`: the whole active-learning loop in-process, ground truth as the oracle.
 
-Thin shell over workers.loop; the engine (and torch) is imported only when the command runs so
+Thin shell over workers.simulate (the service's round code, in one process); the engine (and torch) is imported only when the command runs so
 `camloop --help` and the other commands stay quick.
 """
 from __future__ import annotations
@@ -14,53 +14,74 @@ from typing import Optional
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from strategies.registry import STRATEGIES
+from service.cli.options import json_object
+from workers.engine.config import ExclusionConfig, SimulationConfig, merge_config
 
 STRATEGY_NAMES = list(STRATEGIES)
+_F = SimulationConfig.model_fields  # the one source of defaults (ProjectConfig's, and the run's)
+_X = ExclusionConfig.model_fields
 
 
 def simulate(
-    dataset: str = typer.Option("digits", help="fashion-mnist | digits"),
-    strategy: str = typer.Option("hybrid", help=" | ".join(STRATEGY_NAMES)),
-    initial: int = typer.Option(100, min=1, help="random labels before round 1"),
-    budget: int = typer.Option(100, min=0, help="labels added per round"),
-    rounds: int = typer.Option(5, min=0, help="acquisition rounds after the initial training"),
-    seed: int = typer.Option(0),
+    dataset: Optional[str] = typer.Option(None, help="a named data set: digits, fashion-mnist, … (default digits)"),
+    folder: Optional[Path] = typer.Option(None, help="a labeled folder instead: <class>/ sub-folders, or the "
+                                                     "demo's export (pool/, val/, test/ with <class>/ in each)"),
+    strategy: str = typer.Option(_F["strategy"].default, help=" | ".join(STRATEGY_NAMES)),
+    initial: int = typer.Option(_F["initial"].default, min=1, help="random labels before round 1"),
+    budget: int = typer.Option(_F["budget"].default, min=1, help="labels added per round"),
+    rounds: int = typer.Option(_F["rounds"].default, min=0, help="acquisition rounds (one more trains on every label)"),
+    seed: int = typer.Option(_F["seed"].default),
     out: Path = typer.Option(..., help="where to write the run's JSON"),
-    model: str = typer.Option("small-cnn", help="small-cnn | resnet18 | se-resnet18 | efficientnet-lite0"),
-    epochs: int = typer.Option(10, min=1),
-    mc_samples: int = typer.Option(8, min=0, help="MC-dropout passes for the committee scores"),
+    model: str = typer.Option(_F["model"].default, help="small-cnn | resnet18 | se-resnet18 | efficientnet-lite0"),
+    image_size: int = typer.Option(_F["image_size"].default, help="model input side (a --folder is decoded at it)"),
+    channels: int = typer.Option(_F["channels"].default, help="1 or 3 (a --folder is decoded to it)"),
+    epochs: int = typer.Option(_F["epochs"].default, min=1),
+    mc_samples: int = typer.Option(_F["mc_samples"].default, min=0, help="MC-dropout passes for the committee scores"),
+    duplicate_new: int = typer.Option(_F["duplicate_new"].default, min=1, help="times each new label enters training (1: no augmented duplication)"),
     pool_limit: Optional[int] = typer.Option(None, min=1, help="subsample the pool (stratified) for a quick run"),
-    no_duplication: bool = typer.Option(False, "--no-duplication", help="new labels enter training once, not duplicated"),
-    no_exclusion: bool = typer.Option(False, "--no-exclusion", help="never exclude a class"),
-    no_cam: bool = typer.Option(False, "--no-cam", help="drop the Grad-CAM term from the strategy (gradcam, hybrid-cam; the default hybrid has none)"),
-    exclude_after: int = typer.Option(3, min=0),
-    exclude_below: float = typer.Option(0.5, min=0.0, max=1.0),
+    exclusion: bool = typer.Option(_X["enabled"].default, "--exclusion/--no-exclusion", help="let the class-exclusion rule act"),
+    exclude_after: int = typer.Option(_X["exclude_after"].default, min=1, help="first round the rule may exclude a class"),
+    exclude_below: float = typer.Option(_X["exclude_below"].default, min=0.0, max=1.0),
+    config: Optional[str] = typer.Option(None, help='more project config as JSON (what a project\'s config takes), '
+                                                    'e.g. \'{"exclusion": {"enabled": true, "exclude_after": 2}}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the engine's choice)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (the results depend on it)"),
     plot: Optional[Path] = typer.Option(None, help="learning-curve PNG of this run and the --compare runs"),
     compare: list[Path] = typer.Option([], help="other simulate JSON files to draw on the --plot (repeatable)"),
 ) -> None:
-    """Run the active-learning loop with the ground truth as the oracle and write the JSON."""
-    if strategy not in STRATEGY_NAMES:
-        raise typer.BadParameter(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}", param_hint="--strategy")
+    """Run the service's rounds in one process with the ground truth as the expert; write the JSON."""
+    from pydantic import ValidationError
+
     for path in compare:
         if not path.is_file():
             raise typer.BadParameter(f"{path} does not exist", param_hint="--compare")
-    from workers.loop import SimulationConfig, run_simulation
+    if folder is not None and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is not a folder", param_hint="--folder")
+    options = {"dataset": None if folder is not None else (dataset or "digits"),
+               "folder": str(folder) if folder is not None else None, "strategy": strategy, "model": model,
+               "image_size": image_size, "channels": channels, "initial": initial, "budget": budget,
+               "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
+               "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
+               "exclusion": {"enabled": exclusion, "exclude_after": exclude_after, "exclude_below": exclude_below}}
+    try:
+        config = SimulationConfig(**merge_config(options, json_object(config, "--config")))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise typer.BadParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    if dataset and folder is not None:
+        raise typer.BadParameter("give --dataset or --folder, not both", param_hint="--folder")
+    from workers.simulate import run_simulation
 
-    config = SimulationConfig(
-        dataset=dataset, strategy=strategy, model=model, initial=initial, budget=budget, rounds=rounds,
-        seed=seed, duplicate_new=1 if no_duplication else 2, exclusion=not no_exclusion,
-        exclude_after=exclude_after, exclude_below=exclude_below, use_cam=not no_cam, epochs=epochs,
-        mc_samples=mc_samples, device=device, pool_limit=pool_limit,
-    )
     console = Console()
     table = _round_table()
+    source = folder.name if folder is not None else config.dataset
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-    task = bar.add_task(f"{strategy} on {dataset}", total=rounds + 1)
+    task = bar.add_task(f"{strategy} on {source}", total=rounds + 1)
 
     def on_round(record: dict) -> None:
         excluded = ", ".join(e["class"] for e in record.get("excluded", [])) or ""
@@ -71,12 +92,12 @@ def simulate(
     try:
         with Live(Group(table, bar), console=console, refresh_per_second=4):
             result = run_simulation(config, progress=on_round)
-    except ValueError as exc:  # bad data set / model / strategy combination: a message, not a traceback
+    except (ValueError, FileNotFoundError) as exc:  # bad data set / folder / model: a message, not a traceback
         raise typer.BadParameter(str(exc)) from exc
     _write_json(out, result)
     console.print(_class_table(result))
     for e in result.get("exclusions", []):
-        console.print(f"[yellow]excluded[/] {e['class']} at round {e['round']}: {e['reason']}")
+        console.print(f"[yellow]excluded[/] {escape(e['class'])} at round {e['round']}: {escape(e['reason'])}")
     console.print(f"wrote {out}")
     if plot is not None:
         from service.demo.report import plot_learning_curves
@@ -103,7 +124,7 @@ def _class_table(result: dict) -> Table:
     for name in ("class", "accuracy", "support", "labeled", "status"):
         t.add_column(name)
     for name, pc in last["per_class"].items():
-        t.add_row(name, f"{pc['accuracy']:.3f}", str(pc["support"]), str(pc["labeled"]), pc["status"])
+        t.add_row(escape(name), f"{pc['accuracy']:.3f}", str(pc["support"]), str(pc["labeled"]), pc["status"])
     return t
 
 

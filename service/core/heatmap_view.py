@@ -10,6 +10,8 @@ from service.errors import NotFound
 from service.core.heatmaps import overlay_png
 from service.settings import Settings
 from service.store import Item, Round
+from workers.engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
+from workers.engine.scorefiles import ScoreFile
 
 
 def find_cam(s: Session, settings: Settings, item: Item) -> np.ndarray | None:
@@ -19,13 +21,12 @@ def find_cam(s: Session, settings: Settings, item: Item) -> np.ndarray | None:
     for rnd in rounds:
         rdir = paths.round_dir(settings, item.project_id, rnd.number)
         for f in sorted(rdir.glob("scores_*.npz")):
-            with np.load(f) as z:
-                if "cam_lowres" not in z.files:
-                    continue
-                ids = z["item_ids"]
-                hit = np.flatnonzero(ids == item.id)
-                if hit.size:
-                    return z["cam_lowres"][hit[0]].astype(np.float32)
+            sf = ScoreFile(f)
+            if SCORE_CAM not in sf.members:
+                continue
+            hit = np.flatnonzero(sf[SCORE_ITEM_IDS] == item.id)
+            if hit.size:
+                return np.asarray(sf[SCORE_CAM][hit[0]], np.float32)
     return None
 
 

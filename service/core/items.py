@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from service.core import paths
 from service.errors import BadRequest, NotFound, Unprocessable
 from service.settings import Settings
 from service.store import ITEM_SPLITS, Item, Job, Label, Project, utcnow
+from workers.engine.config import ProjectConfig
+from workers.engine.contracts import IngestManifest, IngestResult, read_manifest, write_manifest
 
 INGEST_CHUNK = 1024  # images per cache shard: one ingest job each
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -141,17 +142,16 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
     if labels:
         s.execute(Label.__table__.insert(), labels)
     jobs = []
-    cfg = project.config
+    cfg = ProjectConfig.model_validate(project.config or {})
     for k in range(0, len(rows), INGEST_CHUNK):
         shard = first + k // INGEST_CHUNK
         man = paths.ingest_manifest(settings, project.id, shard)
-        man.parent.mkdir(parents=True, exist_ok=True)
-        man.write_text(json.dumps({
-            "project_id": project.id, "shard": shard, "data_root": str(root),
-            "image_size": cfg["image_size"], "channels": cfg["channels"], "max_pixels": settings.max_image_pixels,
-            "items": [[iid, r["uri"]] for iid, r in zip(ids[k:k + INGEST_CHUNK], rows[k:k + INGEST_CHUNK])],
-            "out": str(paths.cache_file(settings, project.id, shard)),
-            "result": str(paths.ingest_result(settings, project.id, shard))}))
+        write_manifest(man, IngestManifest(
+            project_id=project.id, shard=shard, data_root=str(root), image_size=cfg.image_size,
+            channels=cfg.channels, max_pixels=settings.max_image_pixels,
+            items=[(iid, r["uri"]) for iid, r in zip(ids[k:k + INGEST_CHUNK], rows[k:k + INGEST_CHUNK])],
+            out=str(paths.cache_file(settings, project.id, shard)),
+            result=str(paths.ingest_result(settings, project.id, shard))))
         job = Job(project_id=project.id, kind="ingest", shard=shard, manifest_path=str(man),
                   rq_id=f"{settings.queue_prefix}-p{project.id}-ingest-{shard}")
         s.add(job)
@@ -165,13 +165,13 @@ def apply_ingest_result(s: Session, job: Job) -> None:
 
     One executemany UPDATE for the decoded items (not an ORM object per item); Item objects
     this session already holds get those attributes expired so they are read again."""
-    res = json.loads(Path(job.result["result"]).read_text())
+    res = read_manifest(job.result["result"], IngestResult)
     items = Item.__table__
-    ok = [{"b_id": int(iid), "b_shard": job.shard, "b_index": int(idx)} for iid, idx in res["ok"]]
+    ok = [{"b_id": int(iid), "b_shard": job.shard, "b_index": int(idx)} for iid, idx in res.ok]
     if ok:
         s.execute(update(items).where(items.c.id == bindparam("b_id"))
                   .values(cache_shard=bindparam("b_shard"), cache_index=bindparam("b_index")), ok)
-    bad = [{"b_id": int(iid), "b_reason": str(reason)} for iid, reason in res["bad"]]
+    bad = [{"b_id": int(iid), "b_reason": str(reason)} for iid, reason in res.bad]
     if bad:
         s.execute(update(items).where(items.c.id == bindparam("b_id"))
                   .values(status="quarantined", reason=bindparam("b_reason"), cache_index=None), bad)

@@ -1,63 +1,102 @@
-"""The metrics users poll: latest per-class scores, labeled counts, class status, history by round."""
+"""The metrics users poll: latest per-class scores, labeled counts, class status, history by round.
+
+Accuracy is read on the test split when the project registered one, else on the evidence the
+round held out (its validation split, or held-out labeled images: the answer says which and how
+many). Other parts add per-class figures through `add_class_figures` (the Label Studio bridge
+adds the experts' votes); the core never imports them.
+"""
 from __future__ import annotations
 
-from sqlalchemy import Integer, cast, func, select
+from typing import Callable
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.store import Item, ModelVersion, Project, ProjectClass, Round
 
+ClassFigures = Callable[[Session, Project], dict[str, dict]]
+_figures: list[ClassFigures] = []
 
-def _per_class(mv: ModelVersion, names: list[str]) -> tuple[str | None, dict]:
-    m = mv.metrics or {}
-    split = "test" if m.get("test") else ("val" if m.get("val") else None)
-    pc = (m.get(split) or {}).get("per_class") or {} if split else {}
-    return split, {n: pc.get(n) or {} for n in names}
+_KEYS = ("accuracy", "precision", "recall", "f1", "support")
 
 
-def _wrong_region(s: Session, project_id: int) -> dict[str, tuple[int, int]]:
-    """class → (expert votes, votes saying "the model looked at the wrong region"), from Label Studio."""
-    from service.labelstudio.ledger import annotations as a
+def add_class_figures(fn: ClassFigures) -> ClassFigures:
+    """fn(session, project) → {class name: {figure: value}}, merged into each class's metrics."""
+    if fn not in _figures:
+        _figures.append(fn)
+    return fn
 
-    rows = s.execute(select(a.c.label, func.count(), func.sum(cast(a.c.wrong_region, Integer)))
-                     .where(a.c.project_id == project_id, a.c.label.is_not(None), a.c.problem.is_(None),
-                            a.c.skipped.is_(False))
-                     .group_by(a.c.label)).all()
-    return {label: (int(n), int(w or 0)) for label, n, w in rows}
+
+def _evaluation(metrics: dict) -> tuple[str | None, dict]:
+    """(what it was measured on, the evaluation): test first, else the evidence."""
+    if metrics.get("test"):
+        return "test", metrics["test"]
+    ev = metrics.get("evidence") or metrics.get("val")  # "val": metrics written before the evidence split
+    if ev:
+        return metrics.get("evidence_source") or "val", ev
+    return None, {}
+
+
+def _evidence_note(metrics: dict) -> dict | None:
+    ev = metrics.get("evidence") or metrics.get("val")
+    source = metrics.get("evidence_source") or ("val" if ev else "none")
+    n = int((ev or {}).get("n") or 0)
+    notes = {"val": f"measured on {n} validation images",
+             "holdout": f"estimated on {n} held-out labeled images (no validation split registered)",
+             "none": "no held-out evidence yet: too few labels to hold any out"}
+    return {"source": source, "n": n, "note": notes.get(source, "")}
 
 
 def project_metrics(s: Session, project: Project) -> dict:
-    classes = list(s.scalars(select(ProjectClass).where(ProjectClass.project_id == project.id).order_by(ProjectClass.index)))
+    classes = list(s.scalars(select(ProjectClass).where(ProjectClass.project_id == project.id)
+                             .order_by(ProjectClass.index)))
     names = [c.name for c in classes]
     labeled = dict(s.execute(select(Item.label, func.count()).where(
         Item.project_id == project.id, Item.split == "pool", Item.status == "labeled").group_by(Item.label)).all())
-    versions = list(s.scalars(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.round)))
+    versions = list(s.scalars(select(ModelVersion).where(ModelVersion.project_id == project.id)
+                              .order_by(ModelVersion.round)))
     latest = versions[-1] if versions else None
-    split, pc = _per_class(latest, names) if latest else (None, {n: {} for n in names})
-    wrong_region = _wrong_region(s, project.id)
+    lm = (latest.metrics or {}) if latest else {}
+    split, ev = _evaluation(lm)
+    pc = ev.get("per_class") or {}
+    evidence_pc = ((lm.get("evidence") or lm.get("val") or {}).get("per_class") or {})
+    last_round = s.scalar(select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1))
+    not_judged = {}
+    for r in s.scalars(select(Round).where(Round.project_id == project.id, Round.model_version_id.is_not(None))
+                       .order_by(Round.number.desc()).limit(1)):
+        not_judged = (r.progress or {}).get("not_judged") or {}
+    extra: dict[str, dict] = {}
+    for fn in list(_figures):
+        for name, figs in (fn(s, project) or {}).items():
+            extra.setdefault(name, {}).update(figs)
     per_class = {}
     for c in classes:
-        v = pc.get(c.name, {})
-        per_class[c.name] = {k: v.get(k) for k in ("accuracy", "precision", "recall", "f1", "support")}
-        votes, wrong = wrong_region.get(c.name, (0, 0))
-        per_class[c.name].update(labeled=int(labeled.get(c.name, 0)), status=c.status, reason=c.reason,
-                                 expert_votes=votes, wrong_region_votes=wrong,
-                                 wrong_region_rate=(wrong / votes) if votes else None)
+        v = pc.get(c.name) or {}
+        e = evidence_pc.get(c.name) or {}
+        per_class[c.name] = {k: v.get(k) for k in _KEYS}
+        per_class[c.name].update(
+            labeled=int(labeled.get(c.name, 0)), status=c.status, reason=c.reason,
+            evidence={"correct": e.get("correct"), "total": e.get("support", 0)} if latest else None,
+            **({"judged": False, "why_not_judged": not_judged[c.name]} if c.name in not_judged else {}),
+            **extra.get(c.name, {}))
     history = []
     for mv in versions:
         m = mv.metrics or {}
-        ev = m.get("test") or m.get("val") or {}
-        _, hp = _per_class(mv, names)
-        history.append({"round": mv.round, "model_version_id": mv.id, "labeled": (m.get("train") or {}).get("n_train"),
-                        "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"),
-                        "weighted_f1": ev.get("weighted_f1"),
-                        "val_accuracy": (m.get("val") or {}).get("accuracy"),
+        hsplit, hev = _evaluation(m)
+        hp = hev.get("per_class") or {}
+        tr = m.get("train") or {}
+        history.append({"round": mv.round, "model_version_id": mv.id,
+                        "labeled": tr.get("n_labeled", tr.get("n_train")), "trained_on": tr.get("n_train"),
+                        "evaluated_on": hsplit, "accuracy": hev.get("accuracy"), "macro_f1": hev.get("macro_f1"),
+                        "weighted_f1": hev.get("weighted_f1"),
+                        "evidence_accuracy": (m.get("evidence") or m.get("val") or {}).get("accuracy"),
+                        "active": m.get("active"),
                         "per_class": {n: (hp.get(n) or {}).get("accuracy") for n in names}})
     skipped = s.scalar(select(func.count()).select_from(Item).where(
         Item.project_id == project.id, Item.status == "skipped")) or 0
-    last_round = s.scalar(select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1))
-    ev = ((latest.metrics or {}).get(split) or {}) if latest else {}
     return {"project_id": project.id, "round": last_round.number if last_round else None,
             "round_state": last_round.state if last_round else None, "evaluated_on": split,
+            "evidence": _evidence_note(lm) if latest else None,
             "model_version_id": latest.id if latest else None,
             "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"), "weighted_f1": ev.get("weighted_f1"),
             # rows = true class, columns = predicted, in class order; None before the first model

@@ -5,24 +5,16 @@ import logging
 from typing import Callable
 
 from sqlalchemy import select
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound, Unprocessable
 from service.settings import Settings
-from service.store import Project, ProjectClass, Round, utcnow
+from service.store import Item, Project, ProjectClass, Round, utcnow
+from workers.engine.config import DECODE_KEYS, ProjectConfig, merge_config
 
 log = logging.getLogger("camloop.projects")
-
-DEFAULT_CONFIG = {
-    "model": "small-cnn", "image_size": 28, "channels": 1, "strategy": "hybrid", "budget": 100,
-    "duplicate_new": 2, "epochs": 10, "batch_size": None, "hflip": True, "mc_samples": 8, "seed": 0,
-    "pretrained": True, "frozen_blocks": 0,
-    "exclusion": {"enabled": True, "exclude_after": 3, "exclude_below": 0.5, "patience": 2,
-                  "min_gain": 0.01, "min_active": 2},
-    "ls_project_id": None, "auto_next_round": False,
-}
-
 
 CreatedHook = Callable[[Settings, int], None]
 _created_hooks: list[CreatedHook] = []
@@ -47,23 +39,20 @@ def run_created_hooks(settings: Settings, project_id: int) -> list[str]:
     return problems
 
 
-def create_project(s: Session, name: str, class_names: list[str], config: dict | None) -> Project:
-    from strategies.registry import get_strategy
+def validated_config(data: dict | None) -> ProjectConfig:
+    """The config as the one typed model; every wrong type, range or unknown key named."""
+    try:
+        return ProjectConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise Unprocessable("invalid config: " + "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())) from None
 
+
+def create_project(s: Session, name: str, class_names: list[str], config: dict | ProjectConfig | None) -> Project:
     if len(class_names) < 2 or len(set(class_names)) != len(class_names) or not all(c.strip() for c in class_names):
         raise Unprocessable("classes must be at least two distinct non-empty names")
-    cfg = {**DEFAULT_CONFIG, **(config or {})}
-    cfg["exclusion"] = {**DEFAULT_CONFIG["exclusion"], **((config or {}).get("exclusion") or {})}
-    unknown = set(cfg) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise Unprocessable(f"unknown config keys: {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_CONFIG)}")
-    try:
-        get_strategy(cfg["strategy"])
-    except ValueError as e:
-        raise Unprocessable(str(e)) from None
-    if cfg["channels"] not in (1, 3) or int(cfg["budget"]) < 1:
-        raise Unprocessable("channels must be 1 or 3 and budget ≥ 1")
-    p = Project(name=name, class_names=list(class_names), config=cfg)
+    cfg = config if isinstance(config, ProjectConfig) else validated_config(config)
+    p = Project(name=name, class_names=list(class_names), config=cfg.model_dump(mode="json"))
     s.add(p)
     try:
         s.flush()
@@ -73,6 +62,26 @@ def create_project(s: Session, name: str, class_names: list[str], config: dict |
         s.add(ProjectClass(project_id=p.id, index=i, name=c))
     s.flush()
     return p
+
+
+def update_config(s: Session, project: Project, patch: dict) -> Project:
+    """Change a project's config between rounds (nested sections are merged key by key).
+
+    Refused while a round is working (it runs on the config it started with), and for the keys
+    that decide how images are decoded once images are registered (their pixels are cached)."""
+    from service.rounds.state import WORKING_STATES
+
+    busy = s.scalar(select(Round).where(Round.project_id == project.id, Round.state.in_(WORKING_STATES)))
+    if busy is not None:
+        raise Conflict(f"round {busy.number} is {busy.state}; change the config between rounds")
+    new = validated_config(merge_config(project.config or {}, patch))
+    old = project.config or {}
+    changed = [k for k in DECODE_KEYS if old.get(k) != getattr(new, k)]
+    if changed and s.scalar(select(Item.id).where(Item.project_id == project.id).limit(1)) is not None:
+        raise Conflict(f"{', '.join(changed)} cannot change once images are registered (they are decoded with it)")
+    project.config = new.model_dump(mode="json")
+    s.flush()
+    return project
 
 
 def get_project(s: Session, pid: int) -> Project:

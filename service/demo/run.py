@@ -25,6 +25,8 @@ from rich.text import Text
 from service.runtime.embedded import EmbeddedStack
 from service.demo.report import Overlay, ReportInput, write_report
 from service.settings import Settings
+from workers.engine.config import ProjectConfig, merge_config
+from workers.engine.decisions import initial_labeled
 
 log = logging.getLogger("camloop.demo")
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -35,19 +37,23 @@ class DemoError(RuntimeError):
     """Something the person running the demo can act on; the CLI prints it without a traceback."""
 
 
+_P = ProjectConfig()  # the project defaults: the demo runs what a project gets without a config
+
+
 @dataclass
 class DemoOptions:
     dataset: str = "auto"          # auto = fashion-mnist when the Debian package is installed, else digits
-    rounds: int = 5
+    rounds: int = 5                # labeling rounds; one more then trains on every label (the report's last point)
     initial: int = 200             # random pool images labeled before round 1, as a project would start
-    budget: int = 150              # images queued for experts per round
+    budget: int = _P.budget        # images queued for experts per round
     pool: int = 4000               # pool images exported (the demo stays minutes on a laptop CPU)
     val: int = 500
     test: int = 1000
-    epochs: int = 8
-    strategy: str = "hybrid"
-    model: str = "small-cnn"
-    seed: int = 0
+    epochs: int = _P.epochs
+    strategy: str = _P.strategy
+    model: str = _P.model
+    seed: int = _P.seed
+    reserve: int = _P.reserve      # next-ranked images queued after each batch (experts label them while it trains)
     data_dir: Path = Path("camloop-demo")
     report_dir: Path | None = None
     label_studio_url: str | None = None
@@ -57,10 +63,9 @@ class DemoOptions:
     public_url: str | None = None  # what Label Studio and browsers use to reach the API (default http://host:port)
     poll_s: float = 0.5
     overlays: int = 24             # Grad-CAM overlays of the last round's queue in the report
-    # The class-exclusion rule (DESIGN.md) is off by default here: in a five-round demo it drops
-    # Fashion-MNIST's Shirt and Coat from round 3 on, and the accuracy over the classes still active
-    # then rises for a reason other than the labels. --exclusion shows the rule at work.
-    exclusion: bool = False
+    exclusion: bool = _P.exclusion.enabled  # the class-exclusion rule (--exclusion/--no-exclusion)
+    config: dict = field(default_factory=dict)  # more project config keys (--config JSON), over the options
+    threads: int | None = None     # the worker's torch threads (CAMLOOP_TORCH_THREADS)
 
     @property
     def report_path(self) -> Path:
@@ -89,8 +94,14 @@ def choose_dataset(name: str) -> str:
     return name
 
 
+def export_root(opts: DemoOptions, name: str) -> Path:
+    """The labeled folder the demo exports: pool/, val/, test/ with a folder per class in each,
+    and classes.txt (the class order). `camloop simulate --folder` reads it as it is."""
+    return opts.data_dir / "images" / name
+
+
 def export_images(opts: DemoOptions) -> DemoData:
-    """Write PNGs under <data_dir>/images/<dataset>/<split>/; files already there are kept."""
+    """Write PNGs under <data_dir>/images/<dataset>/<split>/<class>/; files already there are kept."""
     # The demo prepares data in the CLI process; the API itself never imports torch for a request.
     from workers.datasets import load_named
 
@@ -98,21 +109,28 @@ def export_images(opts: DemoOptions) -> DemoData:
     pool, val, test = load_named(name, seed=opts.seed)
     rng = np.random.default_rng(opts.seed)
     data = DemoData(name=name, class_names=list(pool.class_names))
+    root = export_root(opts, name)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in data.class_names))
     for split, ds, limit in (("pool", pool, opts.pool), ("val", val, opts.val), ("test", test, opts.test)):
         take = np.sort(rng.permutation(len(ds))[: min(limit, len(ds))])
-        folder = opts.data_dir / "images" / name / split
-        folder.mkdir(parents=True, exist_ok=True)
+        items = []
         for i in take:
-            rel = Path("images") / name / split / f"{i:05d}.png"
+            truth = ds.class_names[int(ds.labels[i])]
+            rel = Path("images") / name / split / truth / f"{i:05d}.png"
             path = opts.data_dir / rel
             if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
                 img = ds.images[i]
                 Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
-            data.items.append({"uri": rel.as_posix(), "split": split, "truth": ds.class_names[int(ds.labels[i])]})
+            items.append({"uri": rel.as_posix(), "split": split, "truth": truth})
+        # The order the service registers a folder in (by path components): item ids then follow
+        # the order `camloop simulate --folder` reads the export in.
+        data.items += sorted(items, key=lambda it: it["uri"].split("/"))
     return data
 
 
-def rounds_from_metrics(metrics: dict, rounds: list[dict]) -> list[dict]:
+def rounds_from_metrics(metrics: dict, rounds: list[dict], selected: dict[int, list[str]] | None = None) -> list[dict]:
     """GET .../metrics history + GET .../rounds → the rounds list of DESIGN.md (what the report draws).
 
     A class excluded by the rule after round r's evaluation is left out of training from round
@@ -137,9 +155,12 @@ def rounds_from_metrics(metrics: dict, rounds: list[dict]) -> list[dict]:
         total = sum(support.values())
         acc_all = (sum((accs[n] or 0.0) * support[n] for n in names) / total
                    if total and all(accs[n] is not None for n in names if support[n]) else None)
-        out.append({"round": r, "labeled": h.get("labeled") or 0, "accuracy": h["accuracy"],
-                    "accuracy_all": acc_all, "macro_f1": h.get("macro_f1") or 0.0, "per_class": per_class,
-                    "excluded": before, "excluded_after": after})
+        row = {"round": r, "labeled": h.get("labeled") or 0, "accuracy": h["accuracy"],
+               "accuracy_all": acc_all, "macro_f1": h.get("macro_f1") or 0.0, "per_class": per_class,
+               "excluded": before, "excluded_after": after}
+        if selected and r in selected:
+            row["selected"] = selected[r]  # the round's batch, as `camloop simulate` writes it
+        out.append(row)
     return out
 
 
@@ -198,6 +219,7 @@ class DemoRun:
         self.pid: int | None = None
         self.name: str | None = None
         self.ls_project_url: str | None = None
+        self.data_name = ""
         self._stage_since: tuple[str, float] = ("", time.monotonic())
 
     def _ok(self, r: httpx.Response) -> dict:
@@ -206,18 +228,19 @@ class DemoRun:
         return r.json()
 
     def create_project(self, data: DemoData) -> int:
-        config = {"model": self.opts.model, "strategy": self.opts.strategy, "budget": self.opts.budget,
-                  "epochs": self.opts.epochs, "seed": self.opts.seed,
-                  "exclusion": {"enabled": bool(self.opts.exclusion)}}
+        config = merge_config({"model": self.opts.model, "strategy": self.opts.strategy, "budget": self.opts.budget,
+                               "epochs": self.opts.epochs, "seed": self.opts.seed, "reserve": self.opts.reserve,
+                               "exclusion": {"enabled": bool(self.opts.exclusion)}}, self.opts.config)
         self.name = f"demo-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         project = self._ok(self.api.post("/projects", json={"name": self.name, "classes": data.class_names,
                                                               "config": config}))
         if project.get("warnings"):
             raise DemoError("the project was created, but: " + "; ".join(project["warnings"]))
         self.pid = project["id"]
-        rng = np.random.default_rng(self.opts.seed)
+        self.data_name = data.name
         pool_idx = [i for i, it in enumerate(data.items) if it["split"] == "pool"]
-        seeded = set(rng.choice(pool_idx, size=min(self.opts.initial, len(pool_idx)), replace=False).tolist())
+        # The same first labels `camloop simulate` draws for this seed and pool.
+        seeded = {pool_idx[k] for k in initial_labeled(len(pool_idx), self.opts.initial, self.opts.seed)}
         # Held-out splits come with their labels; a few random pool images are the starting labels.
         payload = [{"uri": it["uri"], "split": it["split"],
                     "label": it["truth"] if (it["split"] != "pool" or i in seeded) else None}
@@ -237,11 +260,11 @@ class DemoRun:
     def get_round(self, number: int) -> dict:
         return self._ok(self.api.get(f"/projects/{self.pid}/rounds/{number}"))
 
-    def wait_round(self, number: int, live, history: list[dict]) -> dict:
+    def wait_round(self, number: int, live, history: list[dict], until=TERMINAL_STATES) -> dict:
         while True:
             rnd = self.get_round(number)
             live.update(self.view(rnd, history))
-            if rnd["state"] in TERMINAL_STATES:
+            if rnd["state"] in until:
                 return rnd
             time.sleep(self.opts.poll_s)
 
@@ -294,7 +317,8 @@ class DemoRun:
                   "scoring": lambda: f"the unlabeled pool, shards {p.get('shards_done', 0)}/{p.get('shards', '?')}",
                   "labeling": lambda: f"labeled {p.get('labeled', 0)}/{p.get('queued', '?')}"}.get(state, lambda: "")()
         line = Text()
-        line.append(f"round {rnd['number']}/{self.opts.rounds}: ", style="bold")
+        label = "last training" if rnd.get("train_only") else f"round {rnd['number']}/{self.opts.rounds}"
+        line.append(f"{label}: ", style="bold")
         line.append(waiting or state, style="cyan")
         line.append(f"  {detail}")
         timer = Text(f"  {secs:.0f} s")
@@ -303,7 +327,16 @@ class DemoRun:
     def history(self) -> tuple[list[dict], dict]:
         m = self._ok(self.api.get(f"/projects/{self.pid}/metrics"))
         rounds = self._ok(self.api.get(f"/projects/{self.pid}/rounds"))["rounds"]
-        return rounds_from_metrics(m, rounds), m
+        selected = {r["number"]: self.selected(r["number"]) for r in rounds
+                    if r["state"] in ("labeling", "closed") and not r.get("train_only")}
+        return rounds_from_metrics(m, rounds, selected), m
+
+    def selected(self, number: int) -> list[str]:
+        """Round `number`'s batch in priority order, as paths under the exported folder."""
+        queue = self._ok(self.api.get(f"/projects/{self.pid}/queue",
+                                      params={"round": number, "include_labeled": True}))["items"]
+        prefix = len(f"images/{self.data_name}/")
+        return [q["uri"][prefix:] for q in queue if not q.get("reserve")]
 
     def overlays(self, number: int, limit: int) -> list[Overlay]:
         queue = self._ok(self.api.get(f"/projects/{self.pid}/queue",
@@ -356,7 +389,7 @@ def _ls_project_url(opts: DemoOptions, name: str) -> str | None:
 
 
 def demo_settings(opts: DemoOptions) -> Settings:
-    settings = Settings(data_dir=opts.data_dir.resolve())
+    settings = Settings(data_dir=opts.data_dir.resolve(), torch_threads=opts.threads)
     if opts.with_label_studio:
         from pydantic import SecretStr
 
@@ -420,6 +453,15 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                             run.answer_queue_with_truth(last)
                             rnd = run.get_round(last)
                         live.update(run.view(rnd, history))
+                    # One more round trains on every label, the last batch's included, and queues
+                    # nothing: the report's curve then covers every label it counts.
+                    final = run._ok(api.post(f"/projects/{run.pid}/rounds", json={"train_only": True}))
+                    rnd = run.wait_round(final["number"], live, history, until=("closed", "failed"))
+                    if rnd["state"] == "failed":
+                        raise DemoError(f"the last training failed: {rnd['error']}\n"
+                                        f"the worker log ({stack.worker_log}) ends with:\n{stack.worker_log_tail()}")
+                    history, _ = run.history()
+                    live.update(run.view(rnd, history))
             except KeyboardInterrupt:
                 stopped = f"stopped by the user during round {last}"
                 console.print(f"[yellow]{stopped}; writing the report of what is done[/yellow]")

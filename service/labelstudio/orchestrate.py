@@ -288,12 +288,16 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
     app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))
     app.include_router(heatmaps_router(signer=signer, render=render))
+    from service.labelstudio.api import router as bridge_api
+    app.include_router(bridge_api, prefix="/api/v1")
     # The hooks are process-wide (several apps can live in one process, as in the tests), so
     # each checks the settings it is called with: a project without Label Studio is left alone.
-    if push_if_connected not in rounds._labeling_hooks:
-        rounds.on_labeling(push_if_connected)
+    rounds.on_labeling(push_if_connected)
     if connect_if_configured not in projects._created_hooks:
         projects.on_created(connect_if_configured)
+    from service.core.metrics import add_class_figures
+    from service.labelstudio.votes import expert_votes
+    add_class_figures(expert_votes)
     if settings.label_studio_url and settings.label_studio_token:
         if poll:
             inner = app.router.lifespan_context

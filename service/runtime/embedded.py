@@ -124,6 +124,8 @@ class EmbeddedStack:
                "CAMLOOP_ARTIFACTS_DIR": str(self.settings.artifacts_path.resolve()),
                "CAMLOOP_QUEUE_PREFIX": self.settings.queue_prefix,
                "CAMLOOP_DEVICE": self.settings.device, "PYTHONUNBUFFERED": "1"}
+        if self.settings.torch_threads:
+            env["CAMLOOP_TORCH_THREADS"] = str(self.settings.torch_threads)
         if self.settings.database_url:
             env["DATABASE_URL"] = self.settings.database_url
         with open(self.worker_log, "ab") as log:

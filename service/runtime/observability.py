@@ -10,7 +10,7 @@ costs a few queries a second):
   camloop_redis_up                       1 when the job queue answered this scrape
 
 Job durations and scoring throughput are observed by the reconciler when it sees a job finish
-(service.rounds.machine.poll_job → job_finished), in the API process that serves this endpoint:
+(service.rounds.jobs.poll → job_finished), in the API process that serves this endpoint:
 
   camloop_job_duration_seconds{kind}     histogram of finished jobs' durations (ingest, train, score)
   camloop_scored_items_total             pool images scored
@@ -29,7 +29,8 @@ from sqlalchemy import func, select
 
 from service.store.db import session_scope
 from service.settings import Settings
-from service.store import ROUND_STATES, Item, QueueEntry, Round
+from service.rounds.state import ROUND_STATES
+from service.store import Item, QueueEntry, Round
 
 log = logging.getLogger("camloop.observability")
 

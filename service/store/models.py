@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -19,8 +19,8 @@ class Base(DeclarativeBase):
     pass
 
 
-ROUND_STATES = ("created", "training", "scoring", "selecting", "labeling", "closed", "failed")
-ACTIVE_ROUND_STATES = ("created", "training", "scoring", "selecting")
+
+
 ITEM_SPLITS = ("pool", "val", "test")
 # skipped: every expert asked skipped it (unreadable, ambiguous); it leaves the queue and is not
 # offered again until an engineer labels it through the API.
@@ -93,7 +93,8 @@ class Label(Base):
 
 class Round(Base):
     __tablename__ = "rounds"
-    __table_args__ = (UniqueConstraint("project_id", "number"),)
+    __table_args__ = (UniqueConstraint("project_id", "number"),
+                      UniqueConstraint("project_id", "idempotency_key", name="uq_rounds_project_idempotency_key"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
@@ -106,10 +107,16 @@ class Round(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A client's Idempotency-Key: the same key again answers with this round, never a new one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Trains and evaluates on every label, queues nothing (the last round of a labeling campaign).
+    train_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
+    # One per round: only the transition that wins the round's compare-and-set inserts it.
+    __table_args__ = (UniqueConstraint("project_id", "round", name="uq_model_versions_project_round"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     round: Mapped[int] = mapped_column(Integer)
@@ -146,3 +153,6 @@ class QueueEntry(Base):
     rank: Mapped[int] = mapped_column(Integer)
     pred: Mapped[str | None] = mapped_column(String(200), nullable=True)
     scores: Mapped[dict] = mapped_column(JSON, default=dict)
+    # After the batch: the next-ranked images, labeled while the next model trains; replaced by
+    # the next round's batch. A round closes when its batch (not its reserve) is labeled.
+    reserve: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -1,0 +1,290 @@
+"""One handler per round state: look at the facts (store, files, RQ), take at most the
+transitions they allow. What a round decides (training set, evidence, exclusion, selection) is
+workers.engine's — the same code `camloop simulate` runs; this module only feeds it the
+store's facts and writes its answers back.
+
+Every transition goes through state.cas, and its side effects are written only by the caller
+that won it, in the same transaction.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.core import paths
+from service.rounds import inputs, jobs
+from service.rounds.lifecycle import close, open_batch, withdraw_reserves
+from service.rounds.state import RoundState, cas, fail
+from service.settings import Settings
+from service.store import Item, Job, ModelVersion, Project, QueueEntry, Round, utcnow
+from workers.engine import contracts as c
+from workers.engine import plan
+from workers.engine.config import ProjectConfig
+from workers.engine.decisions import decide_exclusion, evidence_accuracy, evidence_of
+from workers.engine.selection import Selection, cold_start, select_from_scores
+
+S = RoundState
+
+
+@dataclass
+class Ctx:
+    s: Session
+    settings: Settings
+    project: Project
+    rnd: Round
+    conn: object                                  # the Redis connection
+    config: ProjectConfig
+    entered: list[str] = field(default_factory=list)  # states this call moved the round into
+
+    @property
+    def pid(self) -> int:
+        return self.project.id
+
+    @property
+    def files(self) -> c.RoundFiles:
+        return paths.round_files(self.settings, self.pid, self.rnd.number)
+
+    def move(self, old: S, new: S, **values) -> bool:
+        won = cas(self.s, self.rnd, old.value, new.value, **values)
+        if won:
+            self.entered.append(new.value)
+        return won
+
+
+# ----------------------------------------------------------------------------- created
+
+def ingest_state(s: Session, settings: Settings, pid: int, conn) -> tuple[int, int, list[str]]:
+    """(ingest jobs done, ingest jobs, errors), applying the results of jobs that just finished."""
+    from service.core.items import apply_ingest_result
+
+    errors, done = [], 0
+    rows = list(s.scalars(select(Job).where(Job.project_id == pid, Job.kind == "ingest", Job.round_id.is_(None))))
+    for j in rows:
+        was = j.state
+        st = jobs.poll(s, settings, j, conn)
+        if st == "finished":
+            if was != "finished":
+                apply_ingest_result(s, j)
+            done += 1
+        elif st == "failed":
+            errors.append(f"ingest shard {j.shard}: {j.error}")
+    return done, len(rows), errors
+
+
+def _write(path: Path, manifest, stale: list[Path]) -> None:
+    """Write a round's manifest; if it differs from the one there (a retry after the config or
+    the labels changed), the outputs made from the old one are removed first."""
+    data = manifest.model_dump_json().encode()
+    if path.is_file() and path.read_bytes() == data:
+        return
+    for p in stale:
+        if p.is_dir():
+            for f in p.iterdir():
+                f.unlink(missing_ok=True)
+        else:
+            p.unlink(missing_ok=True)
+    c.write_manifest(path, manifest)
+
+
+def on_created(x: Ctx) -> None:
+    done, total, errors = ingest_state(x.s, x.settings, x.pid, x.conn)
+    if errors:
+        fail(x.s, x.rnd, "created", "; ".join(errors))
+        return
+    if done < total:
+        x.rnd.progress = {**(x.rnd.progress or {}), "stage": "created", "waiting_for": "ingest",
+                          "ingest_done": done, "ingest_total": total}
+        return
+    names = list(x.project.class_names)
+    index = {n: i for i, n in enumerate(names)}
+    labeled = inputs.pool_refs(x.s, x.settings, x.project, "labeled", index)
+    if not len(labeled):
+        if x.rnd.train_only:
+            fail(x.s, x.rnd, "created", "nothing is labeled yet: a train-only round has nothing to train on")
+            return
+        # Cold start: nothing to train on yet, so the first batch is a random sample.
+        x.move(S.CREATED, S.SELECTING, progress={"stage": "selecting", "cold_start": True})
+        return
+    classes = inputs.classes(x.s, x.pid)
+    active = [cl.status == "active" for cl in classes]
+    split = plan.split_training(labeled, inputs.split_refs(x.s, x.settings, x.project, "val", index), x.config,
+                                len(names))
+    test = inputs.split_refs(x.s, x.settings, x.project, "test", index)
+    prev = inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number)
+    files = x.files
+    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files)
+    if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
+                                                   "n_new": int(sum(manifest.is_new)),
+                                                   "evidence": split.source, "n_evidence": len(split.evidence),
+                                                   **({"train_only": True} if x.rnd.train_only else {})}):
+        return
+    _write(files.train_manifest, manifest,
+           [files.checkpoint, files.metrics, files.resume_dir, files.score_manifest, *files.dir.glob("scores_*.npz")])
+    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
+                          files.train_manifest)
+    jobs.poll(x.s, x.settings, job, x.conn)
+
+
+# ----------------------------------------------------------------------------- training
+
+def on_training(x: Ctx) -> None:
+    files = x.files
+    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
+                          files.train_manifest)
+    st = jobs.poll(x.s, x.settings, job, x.conn)
+    if st == "failed":
+        fail(x.s, x.rnd, "training", f"train job {job.rq_id} failed: {job.error}")
+        return
+    if st != "finished":
+        return
+    metrics = json.loads(Path(job.result["metrics"]).read_text())
+    names = list(x.project.class_names)
+    if x.rnd.train_only:
+        if not x.move(S.TRAINING, S.CLOSED, finished_at=utcnow(), progress={**(x.rnd.progress or {}),
+                                                                           "stage": "closed"}):
+            return
+        x.rnd.model_version_id = _model_version(x, job, metrics).id
+        return
+    prog = {**(x.rnd.progress or {}), "stage": "scoring"}
+    if not x.move(S.TRAINING, S.SCORING, progress=prog):
+        return
+    # Won: this transaction alone writes the round's model version, the exclusion decisions
+    # and the score manifest (a second replica's CAS failed above and wrote nothing).
+    mv = _model_version(x, job, metrics)
+    history = inputs.evidence_history(x.s, x.project, names)
+    excluded_now, not_judged = _apply_exclusion(x, history)
+    classes = inputs.classes(x.s, x.pid)
+    active = [cl.status == "active" for cl in classes]
+    pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
+    keepers = plan.gatekeepers(inputs.trained_models(x.s, x.project, len(names)), active)
+    manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, job.result["checkpoint"], pool,
+                                   x.settings.score_shard_size, keepers, files)
+    _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
+    x.rnd.model_version_id = mv.id
+    x.rnd.progress = {**prog, "shards": len(manifest.shards), "shards_done": 0, "excluded_by_rule": excluded_now,
+                      **({"not_judged": not_judged} if not_judged else {}),
+                      **({"gatekeepers": [g.round for g in keepers]} if keepers else {})}
+    for k in manifest.shards:
+        j = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
+                            files.score_manifest)
+        jobs.poll(x.s, x.settings, j, x.conn)
+
+
+def _model_version(x: Ctx, job: Job, metrics: dict) -> ModelVersion:
+    mv = ModelVersion(project_id=x.pid, round=x.rnd.number, checkpoint_path=job.result["checkpoint"], metrics=metrics)
+    x.s.add(mv)
+    x.s.flush()
+    return mv
+
+
+def _apply_exclusion(x: Ctx, history) -> tuple[list[str], dict[str, str]]:
+    classes = inputs.classes(x.s, x.pid)
+    status = {cl.name: cl.status for cl in classes}
+    reinc = {cl.name: cl.reincluded_round for cl in classes if cl.reincluded_round}
+    decisions = decide_exclusion(x.config.exclusion, history, x.rnd.number, status, reinc)
+    newly, not_judged = [], {}
+    for cl in classes:
+        d = decisions.get(cl.name)
+        if d is None:
+            continue
+        if d.excluded and cl.status == "active":
+            cl.status, cl.reason, cl.changed_by, cl.changed_at = "excluded", d.reason, "rule", utcnow()
+            newly.append(cl.name)
+        elif not d.judged and cl.status == "active" and x.config.exclusion.enabled:
+            not_judged[cl.name] = d.reason
+    return newly, not_judged
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def on_scoring(x: Ctx) -> None:
+    files = x.files
+    shards = jobs.manifest(files.score_manifest, "score").shards
+    states, errors = [], []
+    for k in sorted(shards, key=int):
+        job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
+                              files.score_manifest)
+        states.append(jobs.poll(x.s, x.settings, job, x.conn))
+        if job.state == "failed":
+            errors.append(f"score job {job.rq_id} failed: {job.error}")
+    if errors:
+        fail(x.s, x.rnd, "scoring", "; ".join(errors))
+        return
+    done = states.count("finished")
+    x.rnd.progress = {**(x.rnd.progress or {}), "shards_done": done}
+    if done == len(states):
+        x.move(S.SCORING, S.SELECTING, progress={**x.rnd.progress, "stage": "selecting"})
+
+
+# ----------------------------------------------------------------------------- selecting
+
+def select_batch(x: Ctx) -> Selection:
+    """The round's batch and reserve, in priority order (workers.engine.selection)."""
+    cfg = x.config
+    if (x.rnd.progress or {}).get("cold_start") or x.rnd.model_version_id is None:
+        return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve, cfg.seed, x.rnd.number)
+    names = list(x.project.class_names)
+    active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
+    shards = jobs.manifest(x.files.score_manifest, "score").shards
+    mv = x.s.get(ModelVersion, x.rnd.model_version_id)
+    accuracy = evidence_accuracy(evidence_of(mv.round, mv.metrics or {}, names), names)
+    # Items labeled (queued, quarantined, skipped) while scoring ran are no longer candidates. The
+    # scored items were the unlabeled pool; ask for the pool items that are not unlabeled now — a
+    # few thousand rows, not the whole pool (items are never deleted, only their status changes).
+    gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
+                                                         Item.status != "unlabeled")), np.int64)
+    return select_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.strategy, names,
+                              active, cfg.budget, cfg.reserve, accuracy, cfg.seed, x.rnd.number, gone)
+
+
+def on_selecting(x: Ctx) -> None:
+    t0 = time.perf_counter()
+    sel = select_batch(x)
+    prog = {**(x.rnd.progress or {}), "stage": "labeling", "queued": len(sel.batch), "labeled": 0,
+            "selection_s": round(time.perf_counter() - t0, 4)}
+    if sel.reserve:
+        prog["reserve"] = len(sel.reserve)
+    if sel.gated:
+        prog["kept_out_as_excluded"] = sel.gated
+    if not sel.batch:
+        prog["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
+            "nothing to queue: every unlabeled image looks like an excluded class"
+    if not x.move(S.SELECTING, S.LABELING, progress=prog):
+        return
+    rows = [{"round_id": x.rnd.id, "item_id": p.item_id, "rank": r, "pred": p.pred, "scores": p.scores,
+             "reserve": r >= len(sel.batch)} for r, p in enumerate(sel.batch + sel.reserve)]
+    withdrawn = withdraw_reserves(x.s, x.rnd)
+    if withdrawn:
+        x.rnd.progress = {**x.rnd.progress, "reserve_withdrawn": withdrawn}
+    if rows:
+        x.s.execute(QueueEntry.__table__.insert(), rows)
+        x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows])).values(status="queued")
+                    .execution_options(synchronize_session=False))
+
+
+# ----------------------------------------------------------------------------- labeling
+
+def on_labeling(x: Ctx) -> None:
+    waiting, total = open_batch(x.s, x.rnd)
+    done = total - waiting
+    # Skipped and quarantined items leave the queue too; "labeled" here is "answered".
+    if (x.rnd.progress or {}).get("labeled") != done:
+        x.rnd.progress = {**(x.rnd.progress or {}), "labeled": done, "queued": total}
+    if waiting == 0 and close(x.s, x.rnd) is not None:
+        x.entered.append(S.CLOSED.value)
+
+
+HANDLERS = {
+    S.CREATED: on_created,
+    S.TRAINING: on_training,
+    S.SCORING: on_scoring,
+    S.SELECTING: on_selecting,
+    S.LABELING: on_labeling,
+}
+

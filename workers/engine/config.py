@@ -1,0 +1,152 @@
+"""The one typed configuration of a project, and of a simulation built on it.
+
+`ProjectConfig` is the only source of defaults: the API validates a project's `config` with it
+(and shows it in the OpenAPI schema), the CLI's options take their defaults from it, and
+`camloop simulate` and `camloop demo` build on it. A wrong type, a value out of range or an
+unknown key is an error naming the field — when the config is given, not rounds later inside a
+job. Nothing here imports torch (the API process validates configs).
+
+Types are strict on purpose: `"7"`, `2.5` or `true` for an integer, `"yes"` for a boolean, are
+refused rather than coerced, so what a client sent is what runs.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator,
+                      model_validator)
+
+# The models a project can name. The registry with each model's needs lives beside the engine
+# (workers.models); this list is what a config may say without importing torch.
+KNOWN_MODELS = ("small-cnn", "resnet18", "se-resnet18", "efficientnet-lite0", "resnet50")
+
+
+def _number(v: Any) -> Any:
+    # A float field that takes ints and floats, never a string or a boolean (pydantic's lax
+    # float would turn "0.5" into 0.5 and True into 1.0).
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"must be a number, got {type(v).__name__}")
+    return float(v)
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
+
+
+class ExclusionConfig(_Strict):
+    """When and how a class that stays hopeless is excluded (out of training, queue and head)."""
+
+    enabled: StrictBool = Field(False, description="let the rule exclude classes (an engineer can always exclude or include one by hand)")
+    exclude_after: StrictInt = Field(3, ge=1, le=1000, description="first round whose evaluation may exclude a class")
+    exclude_below: Fraction = Field(0.5, description="held-out accuracy a class must stay below")
+    patience: StrictInt = Field(2, ge=1, le=100, description="rounds the class must stay below without gaining")
+    min_gain: Number = Field(0.01, ge=0.0, le=1.0, description="a gain at least this large over the window keeps the class")
+    min_active: StrictInt = Field(2, ge=2, le=100000, description="never fewer active classes than this")
+
+
+class HoldoutConfig(_Strict):
+    """Labeled images held out as evidence when the project registered no validation split.
+
+    Each labeled pool image is held out or not by a hash of (seed, item id): the choice never
+    changes as labels accumulate, so an image never moves from training into the evidence."""
+
+    fraction: Fraction = Field(0.2, description="share of the labeled pool images held out per class")
+    min_per_class: StrictInt = Field(2, ge=0, le=1000, description="held out per class at least (when it has more labels than this)")
+
+
+class ProjectConfig(_Strict):
+    """A project's settings. Every key is optional; these defaults are camloop's defaults."""
+
+    model: str = Field("small-cnn", description="backbone: " + ", ".join(KNOWN_MODELS))
+    image_size: StrictInt = Field(28, ge=8, le=1024, description="side of the model's square input, pixels")
+    channels: Literal[1, 3] = Field(1, description="1 (greyscale) or 3 (colour)")
+    pretrained: StrictBool = Field(True, description="start from local ImageNet weights where the model has them")
+    frozen_blocks: StrictInt = Field(0, ge=0, le=64, description="first backbone blocks kept frozen")
+    strategy: str = Field("hybrid", description="acquisition strategy (strategies.registry)")
+    budget: StrictInt = Field(100, ge=1, le=1_000_000, description="images queued for experts per round")
+    reserve: StrictInt = Field(0, ge=0, le=1_000_000,
+                               description="next-ranked images queued after the batch, labeled while the next model trains")
+    duplicate_new: StrictInt = Field(2, ge=1, le=16, description="times each new label enters training (augmented copies)")
+    balance: StrictBool = Field(True, description="duplicate classes with few labels toward the others")
+    epochs: StrictInt = Field(10, ge=1, le=10000, description="training epochs a round")
+    batch_size: StrictInt | None = Field(None, ge=1, le=65536, description="training batch; none: sized to the labeled set")
+    hflip: StrictBool = Field(True, description="mirror images in augmentation (off where left/right matters)")
+    mc_samples: StrictInt = Field(8, ge=0, le=256, description="MC-dropout passes of the committee")
+    seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
+    exclusion: ExclusionConfig = Field(default_factory=ExclusionConfig)
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+    ls_project_id: StrictInt | str | None = Field(None, description="attach this Label Studio project (id or exact title)")
+    auto_next_round: StrictBool = Field(False, description="start the next round as soon as a batch is labeled")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in KNOWN_MODELS:
+            raise ValueError(f"unknown model {v!r}; known: {', '.join(KNOWN_MODELS)}")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        from strategies.registry import get_strategy
+
+        get_strategy(v)  # ValueError names the known strategies
+        return v
+
+    @field_validator("ls_project_id")
+    @classmethod
+    def _ls_ref(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must be a project id or a non-empty title")
+        return v
+
+
+# Keys of ProjectConfig that decide how images are decoded: fixed once images are registered
+# (the cached pixels were made with them).
+DECODE_KEYS = ("image_size", "channels")
+
+
+def merge_config(base: dict, patch: dict) -> dict:
+    """`patch` over `base`, one level deep for the nested sections (exclusion, holdout)."""
+    out = dict(base)
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+class SimulationConfig(ProjectConfig):
+    """A `camloop simulate` run: a project's config plus the data and the loop's length.
+
+    Flat on purpose (the project's keys beside the run's), so benchmarks say
+    `SimulationConfig(strategy="random", budget=1000)`."""
+
+    dataset: str | None = Field("digits", description="a named data set (workers.datasets.dataset_names())")
+    folder: str | None = Field(None, description="a folder of class sub-folders, or one with pool/val/test sub-folders")
+    initial: StrictInt = Field(100, ge=1, le=10_000_000, description="random pool images labeled before round 1")
+    rounds: StrictInt = Field(5, ge=0, le=10000, description="acquisition rounds after the initial labels")
+    device: str | None = Field(None, description="cpu | cuda | cuda:N; none: the engine's choice")
+    threads: StrictInt | None = Field(None, ge=1, le=1024, description="torch CPU threads (results depend on it)")
+    pool_limit: StrictInt | None = Field(None, ge=1, description="subsample the pool (stratified) for a quick run")
+    val_limit: StrictInt | None = Field(None, ge=1, description="subsample the validation split (stratified)")
+    test_limit: StrictInt | None = Field(None, ge=1, description="subsample the test split (stratified)")
+    shard_size: StrictInt = Field(4096, ge=1, description="images per score shard, as the service's CAMLOOP_SCORE_SHARD_SIZE")
+    hflip: StrictBool | None = Field(None, description="none: on, except for data sets where mirroring changes the class (digits)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.dataset is None) == (self.folder is None):
+            raise ValueError("give exactly one of dataset and folder")
+        return self
+
+    def project(self, **overrides) -> ProjectConfig:
+        """The project part (what the service would run with these settings)."""
+        data = {k: getattr(self, k) for k in ProjectConfig.model_fields}
+        data["hflip"] = True if self.hflip is None else self.hflip
+        return ProjectConfig(**{**data, **overrides})

@@ -1,0 +1,290 @@
+"""What the service and the workers say to each other: job manifests, job results, file names.
+
+Both sides import this module — the service writes a manifest, the job reads it with the same
+model — so a field cannot be renamed on one side only. Where artifacts live is defined once,
+here (`Layout`, `RoundFiles`). numpy/pydantic only: the API process imports it.
+
+Images travel by reference, never as pixels: `ImageRefs` names the decoded-image cache files
+(each a uint8 `.npy` of shape (N, H, W, C)) and the row of each image in them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------- where files live
+
+class RoundFiles:
+    """The files of one round, under its folder."""
+
+    def __init__(self, folder: Path | str):
+        self.dir = Path(folder)
+
+    @property
+    def train_manifest(self) -> Path:
+        return self.dir / "train.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "model.pt"
+
+    @property
+    def metrics(self) -> Path:
+        """The train job's result file; written last, so its presence marks the job done."""
+        return self.dir / "metrics.json"
+
+    @property
+    def resume_dir(self) -> Path:
+        """Per-epoch checkpoints a retried train job resumes from."""
+        return self.dir / "ckpt"
+
+    @property
+    def score_manifest(self) -> Path:
+        return self.dir / "score.json"
+
+    def score_file(self, shard: int) -> Path:
+        return self.dir / f"scores_{int(shard):05d}.npz"
+
+
+class Layout:
+    """Where a project's artifacts live under the artifacts root."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def project_dir(self, pid: int) -> Path:
+        return (self.root / f"p{pid}").resolve()
+
+    def cache_dir(self, pid: int) -> Path:
+        return self.project_dir(pid) / "cache"
+
+    def cache_file(self, pid: int, shard: int) -> Path:
+        return self.cache_dir(pid) / f"shard_{int(shard):05d}.npy"
+
+    def ingest_manifest(self, pid: int, shard: int) -> Path:
+        return self.cache_dir(pid) / f"ingest_{int(shard):05d}.json"
+
+    def ingest_result(self, pid: int, shard: int) -> Path:
+        return self.cache_dir(pid) / f"shard_{int(shard):05d}.json"
+
+    def round_dir(self, pid: int, number: int) -> Path:
+        return self.project_dir(pid) / f"r{int(number):04d}"
+
+    def round_files(self, pid: int, number: int) -> RoundFiles:
+        return RoundFiles(self.round_dir(pid, number))
+
+
+# ----------------------------------------------------------------------------- images by reference
+
+class ImageRefs(_M):
+    """Images of one split: `files[file[i]]` row `row[i]` holds image i (item `item_ids[i]`,
+    class index `labels[i]`, −1 where unknown). Parallel lists, not one object per image: a
+    manifest lists every pool image (a path per image would make a 10k pool ~1 MB of JSON)."""
+
+    files: list[str] = Field(default_factory=list)
+    file: list[int] = Field(default_factory=list)
+    row: list[int] = Field(default_factory=list)
+    item_ids: list[int] = Field(default_factory=list)
+    labels: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parallel(self):
+        n = len(self.item_ids)
+        if not (len(self.file) == len(self.row) == len(self.labels) == n):
+            raise ValueError("file, row, item_ids and labels must have one entry per image")
+        if n and (min(self.file) < 0 or max(self.file) >= len(self.files)):
+            raise ValueError("file index out of range")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def build(cls, item_ids, cache_paths, rows, labels=None) -> "ImageRefs":
+        """From one cache path per image (the repeated paths are folded into `files`)."""
+        files: dict[str, int] = {}
+        file = [files.setdefault(str(p), len(files)) for p in cache_paths]
+        ids = [int(i) for i in item_ids]
+        return cls(files=list(files), file=file, row=[int(r) for r in rows], item_ids=ids,
+                   labels=[-1] * len(ids) if labels is None else [int(v) for v in labels])
+
+    def take(self, idx) -> "ImageRefs":
+        idx = [int(i) for i in idx]
+        return ImageRefs(files=self.files, file=[self.file[i] for i in idx], row=[self.row[i] for i in idx],
+                         item_ids=[self.item_ids[i] for i in idx], labels=[self.labels[i] for i in idx])
+
+    def chunks(self, size: int) -> dict[str, "ImageRefs"]:
+        """Consecutive pieces of `size` images, keyed "0", "1", … (the score shards)."""
+        size = max(1, int(size))
+        return {str(k // size): self.take(range(k, min(k + size, len(self)))) for k in range(0, len(self), size)}
+
+    def gather(self) -> np.ndarray:
+        """The pixels, (N, H, W, C) uint8, read from the cache files (memory-mapped)."""
+        if not len(self):
+            raise ValueError("no images")
+        out = None
+        file, row = np.asarray(self.file), np.asarray(self.row)
+        for k in np.unique(file):
+            arr = np.load(self.files[int(k)], mmap_mode="r")
+            if out is None:
+                out = np.empty((len(self),) + arr.shape[1:], dtype=np.uint8)
+            sel = file == k
+            out[sel] = arr[row[sel]]
+        return out
+
+
+# ----------------------------------------------------------------------------- ingest
+
+class IngestManifest(_M):
+    kind: Literal["ingest"] = "ingest"
+    project_id: int
+    shard: int
+    data_root: str
+    image_size: int
+    channels: Literal[1, 3]
+    max_pixels: int | None = None
+    items: list[tuple[int, str]]  # (item id, path relative to data_root)
+    out: str                      # the cache file (.npy) this shard decodes into
+    result: str                   # IngestResult JSON; written last, so it marks the job done
+
+
+class IngestResult(_M):
+    shard: int
+    ok: list[tuple[int, int]]     # (item id, row in the cache file)
+    bad: list[tuple[int, str]]    # (item id, why it could not be decoded)
+
+
+# ----------------------------------------------------------------------------- train
+
+class TrainSettings(_M):
+    """The workers.train.TrainConfig fields a round sets (the rest keep the engine's defaults)."""
+    epochs: int
+    batch_size: int
+    duplicate_new: int
+    balance: bool
+    hflip: bool
+    seed: int
+
+
+class ModelSpec(_M):
+    """What it takes to rebuild the round's network."""
+    model: str
+    class_names: list[str]
+    image_size: int
+    channels: Literal[1, 3]
+    pretrained: bool = False
+    frozen_blocks: int = 0
+
+
+class TrainManifest(_M):
+    kind: Literal["train"] = "train"
+    project_id: int
+    round: int
+    net: ModelSpec
+    active: list[bool]            # per class: trained (and in the head) or excluded
+    train: ImageRefs
+    is_new: list[bool]            # per training image: labeled since the previous model trained
+    evidence: ImageRefs           # what per-class accuracy (the exclusion rule, the class budget) is read on
+    evidence_source: Literal["val", "holdout", "none"]
+    test: ImageRefs
+    settings: TrainSettings
+    out_dir: str                  # RoundFiles(out_dir): checkpoint, metrics, resume checkpoints
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if len(self.is_new) != len(self.train):
+            raise ValueError("is_new must have one entry per training image")
+        if len(self.active) != len(self.net.class_names):
+            raise ValueError("active must have one entry per class")
+        return self
+
+
+class TrainResult(_M):
+    checkpoint: str
+    metrics: str
+    cached: bool = False
+    seconds: float | None = None
+    batch_size: int | None = None
+    oom_splits: int = 0
+
+
+# ----------------------------------------------------------------------------- score
+
+class Gatekeeper(_M):
+    """The model of a round that excluded classes. It still knew them, so the pool images it
+    predicts as one of them are kept out of the queue (the current model cannot name a class
+    its head masks)."""
+    checkpoint: str
+    round: int
+    active: list[bool]            # the classes active when it trained
+    excluded: list[bool]          # the classes it saw excluded
+
+
+class ScoreManifest(_M):
+    kind: Literal["score"] = "score"
+    project_id: int
+    round: int
+    net: ModelSpec
+    checkpoint: str
+    active: list[bool]
+    mc_samples: int
+    seed: int
+    batch_size: int = 256
+    shards: dict[str, ImageRefs]  # shard number (as text: JSON keys) → its unlabeled pool images
+    gatekeepers: list[Gatekeeper] = Field(default_factory=list)
+    out_dir: str                  # RoundFiles(out_dir).score_file(shard)
+
+
+class ScoreJobResult(_M):
+    shard: int
+    scores: str
+    n: int
+    cached: bool = False
+    seconds: float | None = None
+    batch_size: int | None = None
+    oom_splits: int = 0
+
+
+# Members of a score file (.npz): per image of the shard, in the manifest's order.
+SCORE_ITEM_IDS = "item_ids"
+SCORE_PRED = "pred"               # predicted class index (over active classes)
+SCORE_PROBS = "probs"
+SCORE_EMBEDDING = "embedding"
+SCORE_CAM = "cam_lowres"          # Grad-CAM of the guess at feature resolution, float16
+SCORE_GATED = "gated"             # True: a gatekeeper predicts an excluded class
+SCORE_COLUMN_PREFIX = "col_"      # col_<score key>, float32
+
+
+def read_manifest(path: Path | str, model: type[_M]) -> _M:
+    return model.model_validate_json(Path(path).read_bytes())
+
+
+def write_manifest(path: Path | str, manifest: _M) -> None:
+    """The manifest as JSON, atomically (a reader sees the old file or the new one, never half)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = manifest.model_dump_json().encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,206 @@
+"""A round's decisions, once: what `camloop simulate`, the benchmarks and the service all run.
+
+A round r (1, 2, …) of a project:
+
+    training set   every labeled pool image of an active class, minus the held-out evidence;
+                   "new" = labeled since the previous model was trained (duplicated ×k)
+    train + eval   one model, seeded by round_seed(seed, r); per-class counts on the evidence
+    exclusion      the rule reads the evidence of every evaluated round (by round number)
+    score          the unlabeled pool, with the gatekeepers of earlier exclusions
+    select         class budget from the evidence (never from missing evidence), then the batch
+                   and the reserve (workers.engine.selection)
+
+Round 1 of a project with no labels trains nothing: its batch is a random sample (cold start).
+
+Pure functions over arrays and small records, numpy only: the API process runs them, and so
+does the simulation driver. I/O (the store, files, jobs) stays with the callers.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.engine.config import ExclusionConfig, HoldoutConfig, ProjectConfig
+
+
+def round_seed(seed: int, number: int) -> int:
+    """The seed of round `number`: model init, training order, MC-dropout masks, selection."""
+    return int(seed) * 1000 + int(number)
+
+
+def train_batch_size(config: ProjectConfig, n_train: int) -> int:
+    """The configured batch, or one sized to the labeled set: early rounds hold ~100 labels, and
+    at 128 an epoch would be one step; aim for >= ~10 steps an epoch, 16..128 a batch."""
+    if config.batch_size:
+        return int(config.batch_size)
+    return int(min(128, max(16, int(n_train) // 10)))
+
+
+def initial_labeled(n_pool: int, k: int, seed: int) -> np.ndarray:
+    """Pool positions labeled before round 1 (the demo's seeds, a simulation's first labels)."""
+    rng = np.random.default_rng(int(seed))
+    return np.sort(rng.choice(int(n_pool), size=min(int(k), int(n_pool)), replace=False))
+
+
+def cold_start_order(n_unlabeled: int, seed: int, number: int) -> np.ndarray:
+    """With nothing labeled there is no model to rank by: a random order of the unlabeled pool."""
+    return np.random.default_rng(round_seed(seed, number)).permutation(int(n_unlabeled))
+
+
+def new_label_mask(train_ids: Sequence[int], previous_train_ids: Sequence[int] | None) -> np.ndarray:
+    """True for the training images labeled since the previous model trained.
+
+    No previous model (round 1, or a cold start's first training): nothing is "new" — the first
+    labels are a random sample, not answers to a queue, and are not duplicated."""
+    ids = np.asarray(train_ids, np.int64)
+    if previous_train_ids is None:
+        return np.zeros(ids.size, bool)
+    return ~np.isin(ids, np.asarray(list(previous_train_ids), np.int64))
+
+
+def _unit_hash(seed: int, ids: np.ndarray) -> np.ndarray:
+    """A uniform number in [0, 1) per id, fixed by (seed, id): splitmix64."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids, np.uint64) + np.uint64((int(seed) * 0x9E3779B97F4A7C15) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def holdout_mask(item_ids: Sequence[int], labels: Sequence[int], n_classes: int, config: HoldoutConfig,
+                 seed: int) -> np.ndarray:
+    """Labeled pool images held out as evidence when no validation split is registered.
+
+    An image is held out when the hash of (seed, id) falls under `fraction`, so the choice does
+    not change as labels accumulate; a class with fewer held out than `min_per_class` gets its
+    lowest-hash images added, never more than half of its labels (the rest must train)."""
+    ids = np.asarray(item_ids, np.int64)
+    y = np.asarray(labels, np.int64)
+    u = _unit_hash(seed, ids)
+    held = u < config.fraction
+    for c in range(int(n_classes)):
+        members = np.flatnonzero(y == c)
+        want = min(int(config.min_per_class), members.size // 2)
+        have = int(held[members].sum())
+        if have < want:
+            free = members[~held[members]]
+            held[free[np.argsort(u[free], kind="stable")[: want - have]]] = True
+    return held
+
+
+# ----------------------------------------------------------------------------- evidence
+
+@dataclass(frozen=True)
+class Evidence:
+    """Per-class counts on the held-out evidence of one evaluated round."""
+    round: int
+    correct: dict[str, int]
+    total: dict[str, int]
+    source: str  # "val" | "holdout" | "none"
+
+    def accuracy(self, name: str) -> float | None:
+        n = self.total.get(name, 0)
+        return self.correct.get(name, 0) / n if n else None
+
+
+def evidence_of(number: int, metrics: Mapping, class_names: Sequence[str]) -> Evidence:
+    """The evidence a train job's metrics hold (per-class `correct` and `support` counts)."""
+    ev = metrics.get("evidence") or {}
+    pc = ev.get("per_class") or {}
+    correct, total = {}, {}
+    for n in class_names:
+        row = pc.get(n) or {}
+        total[n] = int(row.get("support") or 0)
+        c = row.get("correct")
+        if c is None and row.get("accuracy") is not None:  # metrics written before counts were kept
+            c = round(float(row["accuracy"]) * total[n])
+        correct[n] = int(c or 0)
+    return Evidence(int(number), correct, total, str(metrics.get("evidence_source") or ("val" if pc else "none")))
+
+
+def evidence_accuracy(evidence: Evidence | None, class_names: Sequence[str]) -> list[float | None]:
+    if evidence is None:
+        return [None] * len(class_names)
+    return [evidence.accuracy(n) for n in class_names]
+
+
+# ----------------------------------------------------------------------------- exclusion
+
+@dataclass(frozen=True)
+class ExclusionDecision:
+    excluded: bool
+    reason: str
+    judged: bool  # False: no evidence (or too few rounds) to judge the class on
+
+
+def decide_exclusion(config: ExclusionConfig, history: Sequence[Evidence], number: int,
+                     status: Mapping[str, str], reincluded_at: Mapping[str, int] | None = None
+                     ) -> dict[str, ExclusionDecision]:
+    """The rule's decisions after round `number`'s evaluation, from the evidence of every
+    evaluated round up to it (by round number: a round that trained no model has none).
+
+    A class with no held-out images in a round is not judged on it: an accuracy that does not
+    exist is never read as 0."""
+    from strategies.exclusion import ExclusionRule
+
+    if not config.enabled:
+        return {c: ExclusionDecision(s == "excluded", "", False) for c, s in status.items()}
+    # The rule counts its window in evaluated rounds; "from round exclude_after on" is checked
+    # here, on round numbers.
+    rule = ExclusionRule(exclude_after=0, exclude_below=config.exclude_below,
+                         patience=config.patience, min_gain=config.min_gain, min_active=config.min_active)
+    reincluded_at = dict(reincluded_at or {})
+    rounds = [e for e in history if e.round <= number]
+    out: dict[str, ExclusionDecision] = {}
+    hist: dict[str, list[float]] = {}
+    judgeable: dict[str, str] = {}
+    for c, s in status.items():
+        if s == "excluded":
+            judgeable[c] = s
+            hist[c] = []
+            continue
+        since = reincluded_at.get(c, 0)
+        accs = [e.accuracy(c) for e in rounds if e.round >= since]
+        if not accs or any(a is None for a in accs[-(config.patience + 1):]):
+            out[c] = ExclusionDecision(False, "not judged yet: no held-out images of this class"
+                                       if not any(a is not None for a in accs) else
+                                       "not judged yet: a recent round had no held-out images of this class", False)
+            continue
+        hist[c] = [a for a in accs if a is not None]
+        judgeable[c] = s
+    decisions = rule.decide(hist, max(len(v) for v in hist.values()) - 1 if hist else 0, judgeable) \
+        if number >= config.exclude_after else {c: (s == "excluded", "") for c, s in judgeable.items()}
+    for c, (excluded, reason) in decisions.items():
+        out[c] = ExclusionDecision(bool(excluded), reason, True)
+    return out
+
+
+# ----------------------------------------------------------------------------- class budget
+
+def class_quota(budget: int, accuracy: Sequence[float | None], active: np.ndarray, available: np.ndarray,
+                cam_per_class: np.ndarray | None = None) -> np.ndarray:
+    """Labels per class for this round's batch (strategies.budget), from the evidence.
+
+    A class with no evidence gets the mean need of the classes that have some (or an even share
+    when none has): the budget is never moved by an accuracy nobody measured."""
+    from strategies.budget import allocate_budget, class_need
+
+    active = np.asarray(active, bool)
+    acc = np.array([np.nan if a is None else float(a) for a in accuracy], np.float64)
+    known = ~np.isnan(acc) & active
+    fill = float(acc[known].mean()) if known.any() else 0.5
+    acc = np.where(np.isnan(acc), fill, acc)
+    need = class_need(cam_per_class, acc, active)
+    return allocate_budget(int(budget), need, active, available=np.asarray(available, np.int64))
+
+
+def stop_reason(n_unlabeled: int, active: Sequence[bool]) -> str | None:
+    """Why no batch can be made, or None."""
+    if n_unlabeled == 0:
+        return "no unlabeled pool images left"
+    if sum(bool(a) for a in active) < 2:
+        return "fewer than two active classes"
+    return None

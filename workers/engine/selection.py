@@ -1,0 +1,171 @@
+"""A round's batch from its score files: the one selection the service and the simulation run.
+
+Reads only what the strategy needs (workers.engine.scorefiles), keeps out what may not be
+queued (images labeled meanwhile, images a gatekeeper recognised as an excluded class, classes
+excluded from the head), shares the budget between classes from the evidence, and picks the
+batch, then the reserve (the next-ranked images, labeled while the next model trains).
+numpy only: the API process runs it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workers.engine.contracts import (SCORE_COLUMN_PREFIX, SCORE_EMBEDDING, SCORE_GATED, SCORE_ITEM_IDS,
+                                      SCORE_PRED)
+from workers.engine.decisions import class_quota, cold_start_order, round_seed
+from workers.engine.scorefiles import ScoreFile
+
+# Shown with each queued image when the strategy weighs nothing (random): the usual uncertainty.
+DEFAULT_SHOWN = ("margin", "entropy")
+
+
+@dataclass
+class Pick:
+    item_id: int
+    pred: str | None                 # the model's guess (None: cold start, no model yet)
+    scores: dict[str, float] = field(default_factory=dict)  # shown columns + p_pred
+
+
+@dataclass
+class Selection:
+    batch: list[Pick]
+    reserve: list[Pick]
+    gated: int = 0                   # unlabeled images kept out: a gatekeeper saw an excluded class
+    quota: list[int] | None = None   # labels per class the budget asked for
+
+
+def cold_start(item_ids: Sequence[int], budget: int, reserve: int, seed: int, number: int) -> Selection:
+    """No model yet: a random sample of the unlabeled pool (`item_ids` in a fixed order)."""
+    ids = np.asarray(item_ids, np.int64)
+    order = cold_start_order(ids.size, seed, number)
+    take = [Pick(int(ids[i]), None) for i in order[: budget + reserve]]
+    return Selection(take[:budget], take[budget:])
+
+
+def _candidate_rows(fused: np.ndarray, pred: np.ndarray, quota, eligible: np.ndarray, budget: int,
+                    factor: int) -> np.ndarray:
+    """Rows (ascending) that strategies.selection.select can look at with these quotas: each
+    class's top quota·factor eligible rows by fused score, and the top budget·(factor+1) eligible
+    rows overall (what fills the quotas a class could not). Everything else it never reaches."""
+    from strategies.diversity import top_k
+
+    el = np.flatnonzero(eligible)
+    parts = [el[top_k(fused[el], budget * (factor + 1))]]
+    if quota is not None:
+        order = np.argsort(pred, kind="stable")
+        bounds = np.searchsorted(pred[order], np.arange(len(quota) + 1))
+        for c, q in enumerate(np.asarray(quota, np.int64)):
+            if q > 0:
+                idx = order[bounds[c]:bounds[c + 1]]
+                idx = idx[eligible[idx]]
+                parts.append(idx[top_k(fused[idx], int(q) * factor)])
+    return np.unique(np.concatenate(parts))
+
+
+def select_rows(columns: dict, weights: dict, pred: np.ndarray, budget: int, quota, excluded: np.ndarray,
+                ineligible: np.ndarray | None, rng,
+                load_embeddings: Callable[[np.ndarray], np.ndarray] | None, factor: int = 10) -> np.ndarray:
+    """strategies.selection.select, reading embeddings only for the rows it can reach.
+
+    Diversity needs the embeddings of each class's candidates only (~20k rows of a 1M pool, not
+    ~250 MB). The fused score is computed once here; select then runs on the candidate rows with
+    that one column — its rank transform is monotone, so every top-k, every candidate set, the
+    k-center picks and the final order are the ones select makes on the whole pool (equal by test;
+    only exactly tied fused scores at a cut may be broken another way)."""
+    from strategies.fusion import fuse_ranks
+    from strategies.selection import select
+
+    n = pred.size
+    if load_embeddings is None:
+        return select(columns, weights, pred, None, budget, quota, excluded, rng, factor, ineligible)
+    if not weights or not any(w != 0 for w in weights.values()):
+        return select(columns, weights, pred, load_embeddings(np.arange(n)), budget, quota, excluded, rng, factor,
+                      ineligible)
+    fused = fuse_ranks(columns, weights)
+    eligible = ~np.asarray(excluded, bool)[pred]
+    if ineligible is not None:
+        eligible &= ~ineligible
+    rows = _candidate_rows(fused, pred, quota, eligible, budget, factor)
+    sub = select({"fused": fused[rows]}, {"fused": 1.0}, pred[rows], load_embeddings(rows), budget, quota,
+                 excluded, rng, factor, None if ineligible is None else ineligible[rows])
+    return rows[sub]
+
+
+def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_names: Sequence[str],
+                       active: Sequence[bool], budget: int, reserve: int, accuracy: Sequence[float | None],
+                       seed: int, number: int, drop_ids: np.ndarray | None = None) -> Selection:
+    """The batch and the reserve of round `number`, in priority order.
+
+    accuracy: per class, the evidence's accuracy of this round's model (None: no evidence).
+    drop_ids: item ids no longer candidates (labeled, queued or quarantined while scoring ran)."""
+    from strategies.budget import per_class_mean
+    from strategies.registry import get_strategy
+
+    spec = get_strategy(strategy)
+    parts = [ScoreFile(Path(f)) for f in score_files]
+    if not parts:
+        return Selection([], [])
+    active = np.asarray(active, bool)
+    names = list(class_names)
+    shown = list(spec.weights) or list(DEFAULT_SHOWN)
+    # least_confidence is always read: 1 − it is the probability of the guess (p_pred), which the
+    # experts see ("Shirt, 62 %") and Label Studio sorts predictions by, whatever the strategy.
+    keys = [k for k in dict.fromkeys([*spec.weights, *shown, "cam_score", "least_confidence"])
+            if SCORE_COLUMN_PREFIX + k in parts[0].members]
+    ids = np.concatenate([p[SCORE_ITEM_IDS] for p in parts]).astype(np.int64, copy=False)
+    pred = np.concatenate([p[SCORE_PRED] for p in parts]).astype(np.int64, copy=False)
+    gated = (np.concatenate([p[SCORE_GATED] for p in parts]).astype(bool)
+             if SCORE_GATED in parts[0].members else np.zeros(ids.size, bool))
+    columns = {k: np.concatenate([p[SCORE_COLUMN_PREFIX + k] for p in parts]).astype(np.float64) for k in keys}
+    offsets = np.cumsum([0] + [len(p[SCORE_ITEM_IDS]) for p in parts])
+    where = None  # kept row → row in the shards
+    if drop_ids is not None and len(drop_ids):
+        keep = ~np.isin(ids, np.asarray(drop_ids, np.int64))
+        if not keep.all():
+            where = np.flatnonzero(keep)
+            ids, pred, gated = ids[keep], pred[keep], gated[keep]
+            columns = {k: v[keep] for k, v in columns.items()}
+    n_gated = int((gated & active[pred]).sum())
+    if ids.size == 0:
+        return Selection([], [], n_gated)
+
+    def load_embeddings(rows: np.ndarray) -> np.ndarray:
+        g = rows if where is None else where[rows]
+        shard = np.searchsorted(offsets, g, side="right") - 1
+        out = None
+        for k in np.unique(shard):
+            sel = shard == k
+            e = parts[int(k)][SCORE_EMBEDDING]
+            if out is None:
+                out = np.empty((g.size, e.shape[1]), e.dtype)
+            out[sel] = e[g[sel] - offsets[k]]
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+    rng = np.random.default_rng(round_seed(seed, number))
+    quota = None
+    if spec.class_budget:
+        cam = per_class_mean(pred, columns["cam_score"], len(names)) if spec.needs_cam and "cam_score" in columns \
+            else None
+        available = np.bincount(pred[~gated], minlength=len(names))
+        quota = class_quota(budget, accuracy, active, available, cam)
+    weighted = {k: columns[k] for k in spec.weights if k in columns}
+    loader = load_embeddings if spec.diversity else None
+    chosen = select_rows(weighted, spec.weights, pred, budget, quota, ~active, gated, rng, loader)
+    extra = np.zeros(0, np.int64)
+    if reserve > 0:
+        taken = gated.copy()
+        taken[chosen] = True
+        extra = select_rows(weighted, spec.weights, pred, reserve, None, ~active, taken, rng, loader)
+
+    def pick(i: int) -> Pick:
+        scores = {k: round(float(columns[k][i]), 6) for k in shown if k in columns}
+        if "least_confidence" in columns:
+            scores["p_pred"] = round(1.0 - float(columns["least_confidence"][i]), 6)
+        return Pick(int(ids[i]), names[int(pred[i])], scores)
+
+    return Selection([pick(int(i)) for i in chosen], [pick(int(i)) for i in extra], n_gated,
+                     None if quota is None else [int(q) for q in quota])

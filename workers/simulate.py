@@ -1,0 +1,210 @@
+"""`camloop simulate`: the service's rounds in one process, the ground truth as the expert.
+
+Not a second implementation of a round: each round writes the same manifests the service
+writes (workers.engine.plan), runs the same job functions in-process (workers.jobs.train_round,
+score_shard), and decides with the same code (workers.engine.decisions, .selection). What
+differs is only where facts come from: arrays instead of the store, and the oracle's labels
+instead of experts'. So a simulation's figures are the service's figures.
+
+Rounds are numbered as the service numbers them: round r trains on the labels so far (round 1
+on the initial random labels), is evaluated, may exclude classes, then scores the pool and
+queues a batch, which the oracle labels. After the last acquisition round one more round
+trains on every label and is evaluated (a train-only round, as the demo's last): its record
+has no selection. `--rounds R` therefore gives R + 1 records.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from workers.engine import contracts as c
+from workers.engine import plan
+from workers.engine.config import SimulationConfig
+from workers.engine.decisions import decide_exclusion, evidence_accuracy, evidence_of, initial_labeled
+from workers.engine.selection import select_from_scores
+
+log = logging.getLogger("camloop.simulate")
+
+Progress = Callable[[dict], None]
+PROJECT_ID = 0  # the simulation's one project, in its own artifacts folder
+
+
+@dataclass
+class SimData:
+    """The pool, validation and test images of a run, and what names each pool image."""
+    pool: object
+    val: object
+    test: object
+    class_names: list[str]
+    pool_uris: list[str]   # how a selected image is named in the output (a path under the folder)
+    hflip_default: bool = True
+
+
+def _stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    # Same class shares as the full split, so a small CPU run keeps the data set's balance.
+    idx = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = int(round(k * members.size / labels.size))
+        idx.append(rng.choice(members, size=min(take, members.size), replace=False))
+    return np.sort(np.concatenate(idx))
+
+
+def load_data(config: SimulationConfig) -> SimData:
+    from workers.datasets import load_folder_splits, load_named
+
+    if config.folder is not None:
+        pool, val, test, uris = load_folder_splits(config.folder, config.image_size, config.channels, seed=config.seed)
+        data = SimData(pool, val, test, list(pool.class_names), uris)
+    else:
+        pool, val, test = load_named(config.dataset, seed=config.seed)
+        # A mirrored digit is another glyph (or none); garments and photos are symmetric enough.
+        data = SimData(pool, val, test, list(pool.class_names), [f"pool/{i}" for i in range(len(pool))],
+                       hflip_default=config.dataset != "digits")
+    rng = np.random.default_rng(config.seed)
+    if config.pool_limit is not None and config.pool_limit < len(data.pool):
+        keep = _stratified_subset(data.pool.labels, config.pool_limit, rng)
+        data.pool = data.pool.subset(keep)
+        data.pool_uris = [data.pool_uris[i] for i in keep]
+        # A quick run also gets a smaller validation split (read every epoch for early stopping
+        # and every round as the evidence); the test split, which the curve is on, stays whole.
+        val_cap = max(1000, config.pool_limit // 5)
+        if val_cap < len(data.val):
+            data.val = data.val.subset(_stratified_subset(data.val.labels, val_cap, rng))
+    if config.val_limit is not None and config.val_limit < len(data.val):
+        data.val = data.val.subset(_stratified_subset(data.val.labels, config.val_limit, rng))
+    if config.test_limit is not None and config.test_limit < len(data.test):
+        data.test = data.test.subset(_stratified_subset(data.test.labels, config.test_limit, rng))
+    return data
+
+
+def _cache(folder: Path, name: str, images: np.ndarray, first_id: int, labels: np.ndarray) -> c.ImageRefs:
+    """The split's pixels as one cache file, as ingest writes them; ids first_id, first_id+1, …"""
+    path = folder / f"{name}.npy"
+    np.save(path, np.ascontiguousarray(images, np.uint8))
+    n = len(images)
+    return c.ImageRefs.build(range(first_id, first_id + n), [path] * n, range(n), labels)
+
+
+def run_simulation(config: SimulationConfig, progress: Progress | None = None, work_dir: Path | None = None) -> dict:
+    """Run the loop; returns the simulate JSON (config, rounds, exclusions). `progress(record)`
+    is called after each round with that round's record."""
+    import torch
+
+    from workers import jobs
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.device:
+        jobs.DEVICE = config.device
+    data = load_data(config)
+    project = config.project(hflip=data.hflip_default if config.hflip is None else config.hflip)
+    names = data.class_names
+    with tempfile.TemporaryDirectory(prefix="camloop-sim-", dir=work_dir) as tmp:
+        layout = c.Layout(Path(tmp))
+        cache = layout.cache_dir(PROJECT_ID)
+        cache.mkdir(parents=True)
+        n_pool = len(data.pool)
+        pool = _cache(cache, "pool", data.pool.images, 0, data.pool.labels)
+        val = _cache(cache, "val", data.val.images, n_pool, data.val.labels)
+        test = _cache(cache, "test", data.test.images, n_pool + len(data.val), data.test.labels)
+        labeled = np.zeros(n_pool, bool)
+        labeled[initial_labeled(n_pool, config.initial, config.seed)] = True
+        status = {n: "active" for n in names}
+        history, models, records, exclusions = [], [], [], []
+        previous: list[int] | None = None
+        t_run = time.perf_counter()
+        for number in range(1, config.rounds + 2):
+            timings: dict[str, float] = {}
+            files = layout.round_files(PROJECT_ID, number)
+            files.dir.mkdir(parents=True)
+            active = [status[n] == "active" for n in names]
+            split = plan.split_training(pool.take(np.flatnonzero(labeled)), val, project, len(names))
+            manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files)
+            c.write_manifest(files.train_manifest, manifest)
+            t0 = time.perf_counter()
+            jobs.train_round(str(files.train_manifest))
+            timings["train"] = time.perf_counter() - t0
+            previous = split.train.item_ids + (split.evidence.item_ids if split.source == "holdout" else [])
+            metrics = json.loads(files.metrics.read_text())
+            evidence = evidence_of(number, metrics, names)
+            history.append(evidence)
+            models.append(plan.TrainedModel(number, str(files.checkpoint), active))
+            record = _record(number, metrics, labeled, data, names, status)
+            decisions = decide_exclusion(project.exclusion, history, number, status)
+            newly = [n for n, d in decisions.items() if d.excluded and status[n] == "active"]
+            for n in newly:
+                status[n] = "excluded"
+                exclusions.append({"class": n, "round": number, "reason": decisions[n].reason})
+            record["excluded"] = [{"class": n, "round": number, "reason": decisions[n].reason} for n in newly]
+            last = number == config.rounds + 1
+            if not last:
+                t0 = time.perf_counter()
+                active = [status[n] == "active" for n in names]
+                unl = np.flatnonzero(~labeled)
+                score = plan.score_manifest(project, PROJECT_ID, number, names, active, str(files.checkpoint),
+                                            pool.take(unl), config.shard_size, plan.gatekeepers(models, active), files)
+                c.write_manifest(files.score_manifest, score)
+                for k in score.shards:
+                    jobs.score_shard(str(files.score_manifest), int(k))
+                sel = select_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)],
+                                         project.strategy, names, active, project.budget, 0,
+                                         evidence_accuracy(evidence, names), project.seed, number)
+                picked = np.asarray([p.item_id for p in sel.batch], np.int64)
+                timings["score_select"] = time.perf_counter() - t0
+                record["selected"] = [data.pool_uris[i] for i in picked]
+                record["kept_out_as_excluded"] = sel.gated
+                labeled[picked] = True  # the oracle: the true labels are already in pool.labels
+                if picked.size == 0:
+                    last = True
+            record["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+            records.append(record)
+            if progress is not None:
+                progress(record)
+            if last:
+                break
+            # Each round's files are read only by the next round's gatekeepers: keep checkpoints only.
+            for f in files.dir.glob("scores_*.npz"):
+                f.unlink()
+    return {
+        "config": {**config.model_dump(mode="json"), "hflip": project.hflip, "classes": names,
+                   "pool_size": len(data.pool), "val_size": len(data.val), "test_size": len(data.test),
+                   "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_run, 1)},
+        "rounds": records,
+        "exclusions": exclusions,
+    }
+
+
+def _record(number: int, metrics: dict, labeled: np.ndarray, data: SimData, names: list[str], status: dict) -> dict:
+    """One round's line of the simulate JSON, from the train job's metrics."""
+    test_m = metrics.get("test") or {}
+    conf = np.asarray(test_m.get("confusion") or [[0]])
+    # The job scores accuracy over active classes' images; the curve is over the whole test set
+    # (an excluded class's images count as wrong: the model no longer answers them), so runs
+    # with and without exclusion are measured on the same images.
+    acc_all = float(np.trace(conf) / conf.sum()) if conf.sum() else 0.0
+    pc = test_m.get("per_class") or {}
+    f1 = np.array([(pc.get(n) or {}).get("f1", 0.0) for n in names])
+    support = np.array([(pc.get(n) or {}).get("support", 0) for n in names])
+    counts = np.bincount(data.pool.labels[labeled], minlength=len(names))
+    ev = metrics.get("evidence") or {}
+    return {
+        "round": number,
+        "labeled": int(labeled.sum()),
+        "accuracy": acc_all,
+        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
+        "accuracy_active": float(test_m.get("accuracy", 0.0)),
+        "macro_f1_active": float(test_m.get("macro_f1", 0.0)),
+        "weighted_f1": float(test_m.get("weighted_f1", float("nan"))),
+        "val_accuracy": float(ev.get("accuracy", float("nan"))),
+        "per_class": {n: {"accuracy": float((pc.get(n) or {}).get("accuracy", 0.0)),
+                          "support": int((pc.get(n) or {}).get("support", 0)),
+                          "labeled": int(counts[i]), "status": status[n]} for i, n in enumerate(names)},
+    }
