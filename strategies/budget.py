@@ -2,6 +2,12 @@
 
 need_c = cam_weight * rank-free cam score in [0,1] + (1 - cam_weight) * (1 - val_accuracy_c), plus a
 small floor so every active class keeps getting a few labels (a class at 100 % still drifts).
+
+Experts' "the model looked at the wrong region" votes, when given, add
+`region_weight * wrong_region_rate_c`: the share of the reviewed guesses of class c that an
+expert flagged (smoothed by `wrong_region_rate`, so one vote of one is not a rate of 1). It is
+direct evidence of what the cam term estimates — the model right or wrong for the wrong reason —
+so it adds to the need rather than replacing a term; without votes the need is unchanged.
 """
 from __future__ import annotations
 
@@ -21,11 +27,33 @@ def per_class_mean(pred, values, n_classes: int) -> np.ndarray:
     return np.divide(sums, counts, out=np.zeros(n_classes), where=counts > 0)
 
 
-def class_need(per_class_cam_score, val_accuracy, active, cam_weight: float = 0.5) -> np.ndarray:
+REGION_WEIGHT = 0.5
+REGION_PRIOR = 2.0
+
+
+def wrong_region_rate(flagged, reviewed, prior: float = REGION_PRIOR) -> np.ndarray:
+    """Per guessed class (C,): flagged / (reviewed + prior). The prior counts `prior` unflagged
+    reviews, so a class with 1 flag in 1 review gets 1/3, not 1, and a class nobody reviewed 0:
+    a rate only moves the budget when enough experts saw the class's guesses."""
+    f = finite_array(flagged, "flagged", ndim=1)
+    r = finite_array(reviewed, "reviewed", ndim=1)
+    if f.shape != r.shape:
+        raise ValueError(f"flagged {f.shape} and reviewed {r.shape} differ in shape")
+    if (f < 0).any() or (f > r).any():
+        raise ValueError("need 0 <= flagged <= reviewed for every class")
+    if prior < 0:
+        raise ValueError("prior must be >= 0")
+    return np.divide(f, r + prior, out=np.zeros_like(f), where=(r + prior) > 0)
+
+
+def class_need(per_class_cam_score, val_accuracy, active, cam_weight: float = 0.5, wrong_region=None,
+               region_weight: float = REGION_WEIGHT) -> np.ndarray:
     """Need per class (C,), 0 for inactive classes.
 
     per_class_cam_score: mean `cam_score` of the pool items predicted as each class (None = no cam
     term, need from accuracy alone); scaled by its max so it is on the accuracy's [0, 1] scale.
+    wrong_region: (C,) in [0, 1], the experts' wrong-region rate per guessed class
+    (`wrong_region_rate`); None = no votes, the need as without this term.
     """
     acc = finite_array(val_accuracy, "val_accuracy", ndim=1)
     act = np.asarray(active, dtype=bool)
@@ -41,6 +69,15 @@ def class_need(per_class_cam_score, val_accuracy, active, cam_weight: float = 0.
         top = cam[act].max() if act.any() else 0.0
         cam01 = cam / top if top > 0 else np.zeros_like(cam)
         need = cam_weight * cam01 + (1.0 - cam_weight) * miss
+    if wrong_region is not None:
+        wr = finite_array(wrong_region, "wrong_region", ndim=1)
+        if wr.shape != acc.shape:
+            raise ValueError(f"wrong_region {wr.shape} and val_accuracy {acc.shape} differ in shape")
+        if (wr < 0).any() or (wr > 1).any():
+            raise ValueError("wrong_region rates must lie in [0, 1]")
+        if not np.isfinite(region_weight) or region_weight < 0:
+            raise ValueError("region_weight must be a finite number >= 0")
+        need = need + region_weight * wr
     return np.where(act, need + NEED_FLOOR, 0.0)
 
 

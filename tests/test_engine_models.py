@@ -5,17 +5,88 @@ import numpy as np
 import pytest
 import torch
 
+from workers.model_specs import MODEL_SPECS, check_model_config, get_spec, models_with_weights, weights_path
 from workers.models import (MODELS, CamNet, SharedSEStage, SqueezeExcite, available_models, build_model,
                             efficientnet_lite0_weights_path, per_block_gradcam)
 
 # Small inputs keep every test here fast on 2 CPU cores.
-SIZES = {"small-cnn": 28, "resnet18": 28, "se-resnet18": 28, "efficientnet-lite0": 64, "resnet50": 32}
+SIZES = {"small-cnn": 28, "resnet18": 28, "se-resnet18": 28, "efficientnet-lite0": 64, "resnet50": 32,
+         "efficientnet-lite1": 64, "efficientnet-lite2": 64}
+LITES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 def test_registry_names():
-    assert set(available_models()) == {"small-cnn", "resnet18", "se-resnet18", "efficientnet-lite0", "resnet50"}
+    assert set(available_models()) == set(SIZES) == set(MODEL_SPECS)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg16", 3)
+
+
+def test_weights_are_installed_for_exactly_the_lite_models():
+    # pyproject pins the three weight packages: a missing one is a broken install, caught here.
+    assert models_with_weights() == list(LITES)
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_registered_model_matches_its_spec(name):
+    """Builds at the spec's defaults, the forward has the CamNet shape, the Grad-CAM layer (the
+    last block's output) feeds the head, and pretrained loads every tensor or is refused."""
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    m = build_model(name, 4, input_size=SIZES[name], pretrained=False).eval()
+    assert (m.in_channels, len(m.blocks)) == (spec.channels, spec.num_blocks)
+    assert (m.mean, m.std) == (spec.mean, spec.std) and m.head.in_features == spec.feature_channels
+    assert build_model(name, 4, pretrained=False).input_size == spec.input_size  # the default size
+    x = torch.randn(2, spec.channels, SIZES[name], SIZES[name])
+    with torch.no_grad():
+        fmap = m.features[-1](m.features[:-1](x))  # spec.gradcam_layer == "features[-1]"
+        assert fmap.shape[:2] == (2, spec.feature_channels)
+        assert m(x).shape == (2, 4)
+        for k in range(spec.num_blocks + 1):  # forward_from(k, trunk output) == forward(x)
+            torch.testing.assert_close(m.forward_from(k, m.features[:k](x)), m(x))
+    assert spec.gradcam_layer == "features[-1]"
+    if spec.has_weights:
+        state = torch.load(weights_path(name), map_location="cpu", weights_only=True)
+        assert len(state) == spec.weights.tensors
+        full = build_model(name, 1000, input_size=SIZES[name], pretrained=True)
+        assert full.pretrained_loaded == spec.weights.tensors
+        for (kf, vf), (km, vm) in zip(state.items(), full.state_dict().items()):
+            assert torch.equal(vf.to(vm.dtype), vm), (kf, km)
+        # The default (None) loads them too; frozen depth within the blocks.
+        assert build_model(name, 3, input_size=SIZES[name]).pretrained_loaded == spec.weights.tensors - 2
+        assert 0 < spec.default_frozen_blocks < spec.num_blocks
+        check_model_config(name, True, spec.input_size, 3, spec.default_frozen_blocks)
+    else:
+        with pytest.raises(ValueError, match="available: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2"):
+            build_model(name, 3, pretrained=True)
+        with pytest.raises(ValueError, match="available: efficientnet-lite0"):
+            check_model_config(name, True, None, None, 0)
+        assert build_model(name, 3).pretrained_loaded == 0  # None: random start, as the spec says
+        check_model_config(name, None, spec.input_size, spec.channels, 0)
+
+
+def test_check_model_config_refusals():
+    check_model_config("efficientnet-lite0", None, 224, 3, 7)
+    with pytest.raises(ValueError, match="unknown model"):
+        check_model_config("vgg16", None, None, None, 0)
+    with pytest.raises(ValueError, match=r"frozen_blocks .* \[0, 9\]"):
+        check_model_config("efficientnet-lite0", True, 224, 3, 10)
+    with pytest.raises(ValueError, match="needs pretrained weights"):
+        check_model_config("efficientnet-lite0", False, 224, 3, 2)
+    with pytest.raises(ValueError, match="needs pretrained weights"):
+        check_model_config("small-cnn", None, 28, 1, 1)
+    with pytest.raises(ValueError, match=r"image_size .* \[32, 1024\]"):
+        check_model_config("efficientnet-lite1", None, 16, 3, 0)
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        check_model_config("small-cnn", None, 28, 4, 0)
+
+
+def test_model_specs_import_without_torch():
+    # The API process validates configs with this module and must never import torch.
+    import subprocess
+    import sys
+    code = ("import sys, workers.model_specs as s; s.models_with_weights(); s.check_model_config('small-cnn', None, 28, 1, 0); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
@@ -103,6 +174,7 @@ def test_efficientnet_lite0_new_head_and_grey_stem():
     assert grey.pretrained_loaded == 294
     torch.testing.assert_close(grey.features[0][0].weight, state["_conv_stem.weight"].sum(dim=1, keepdim=True))
     assert build_model("efficientnet-lite0", 7, input_size=64, pretrained=False).pretrained_loaded == 0
+
 
 
 def test_efficientnet_lite0_frozen_blocks_count_stages():

@@ -52,3 +52,45 @@ def test_allocation_invariants(budget, classes, floor):
     assert out.sum() == min(budget, avail[active].sum())
     assert (out >= 0).all() and (out <= avail).all()
     assert (out[~active] == 0).all()
+
+
+# ------------------------------------------------------------ wrong-region votes (issue 13)
+
+def test_wrong_region_votes_absent_leave_the_need_unchanged():
+    from strategies.budget import class_need
+    acc = np.array([0.9, 0.6, 0.8])
+    cam = np.array([0.2, 0.5, 0.4])
+    act = np.array([True, True, True])
+    for c in (None, cam):
+        np.testing.assert_array_equal(class_need(c, acc, act, wrong_region=None), class_need(c, acc, act))
+        np.testing.assert_array_equal(class_need(c, acc, act, wrong_region=np.zeros(3)), class_need(c, acc, act))
+
+
+def test_flagged_class_gets_more_of_the_budget():
+    from strategies.budget import allocate_budget, class_need, wrong_region_rate
+    acc = np.array([0.8, 0.8, 0.8, 0.8])
+    act = np.array([True, True, True, False])
+    before = allocate_budget(100, class_need(None, acc, act), act)
+    assert sorted(before[:3].tolist()) == [33, 33, 34]
+    # Experts flagged 6 of 10 reviewed guesses of class 1 as "looked at the wrong region".
+    rate = wrong_region_rate([0, 6, 1, 5], [10, 10, 10, 10])
+    np.testing.assert_allclose(rate, [0, 0.5, 1 / 12, 5 / 12])
+    need = class_need(None, acc, act, wrong_region=rate)
+    after = allocate_budget(100, need, act)
+    assert after[1] > before[1] and after[0] < before[0] and after[3] == 0  # inactive stays at 0
+    assert after.sum() == 100
+    # need_1 = (1 − 0.8) + 0.5 · 0.5 + floor.
+    assert need[1] == pytest.approx(0.2 + 0.25 + 0.05)
+
+
+def test_wrong_region_rate_smoothing_and_checks():
+    from strategies.budget import class_need, wrong_region_rate
+    assert wrong_region_rate([1], [1]).tolist() == [pytest.approx(1 / 3)]  # one vote is not a rate of 1
+    assert wrong_region_rate([0], [0]).tolist() == [0.0]
+    assert wrong_region_rate([1], [1], prior=0).tolist() == [1.0]
+    with pytest.raises(ValueError, match="flagged <= reviewed"):
+        wrong_region_rate([3], [2])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        class_need(None, np.array([0.5]), np.array([True]), wrong_region=np.array([1.5]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        class_need(None, np.array([0.5, 0.5]), np.array([True, True]), wrong_region=np.array([0.1]))

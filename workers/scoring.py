@@ -94,31 +94,37 @@ def _eval_mode(model):
 
 
 def gradcam_maps(model, x: torch.Tensor, classes, *, layer: int | None = None,
-                 size: tuple[int, int] | None = None) -> torch.Tensor:
+                 size: tuple[int, int] | None = None, start_block: int = 0) -> torch.Tensor:
     """Grad-CAM of `classes` for the model input `x` (N, C, S, S) → (N, S, S) in [0, 1] per image.
 
     `layer=None` (or the last block) targets `model.features`' output and uses the exact shortcut
     (no backward). `layer=i` targets the output of block i: a forward without grad up to it,
     then a backward through blocks i+1.. only (partial backward), channel weights = spatial mean
     of the gradient, as pytorch-grad-cam's GradCAM. `size` defaults to the input's (H, W).
-    Runs in eval mode, like pytorch-grad-cam (dropout off, BN running stats).
+    Runs in eval mode, like pytorch-grad-cam (dropout off, BN running stats). `start_block=k`:
+    `x` is the cached output of the first k blocks (workers.trunk_cache); `layer` ≥ k − 1 and
+    `size` defaults to the model's input size.
     """
     n_blocks = len(model.features)
     if layer is not None and not -n_blocks <= layer < n_blocks:
         raise ValueError(f"layer must index one of the {n_blocks} blocks")
     if layer is not None and layer < 0:
         layer += n_blocks
-    size = tuple(x.shape[-2:]) if size is None else tuple(size)
+    if start_block and layer is not None and layer < start_block - 1:
+        raise ValueError(f"layer {layer} lies inside the cached trunk (blocks 0..{start_block - 1})")
+    if size is None:
+        size = (model.input_size, model.input_size) if start_block else tuple(x.shape[-2:])
+    size = tuple(size)
     c = _classes_tensor(classes, x.shape[0], x.device)
     with _eval_mode(model):
         if layer is None or layer == n_blocks - 1:
             with torch.no_grad():
-                a = model.features(x).float()
+                a = model.features[start_block:](x).float()
                 w = model.head.weight.float()[c] / (a.shape[-2] * a.shape[-1])  # (N, K)
                 cam = torch.einsum("nkhw,nk->nhw", a, w)
         else:
             with torch.no_grad():
-                a = model.features[: layer + 1](x)
+                a = model.features[start_block: layer + 1](x)
             a = a.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = model.head(model.dropout(model.pool(model.features[layer + 1:](a))))
@@ -150,11 +156,15 @@ def _head(pooled, w, b, neg_mask):
 
 
 def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, cam_size, members, bf16,
-                 return_maps):
+                 return_maps, start_block=0):
     dev = x.device
+    # With start_block = k, x is the cached output of the first k (frozen) blocks
+    # (workers.trunk_cache) and only the rest of the network runs; every signal below is computed
+    # from the last block's output A exactly as from pixels.
+    input_side = model.input_size if start_block else x.shape[-1]
     with torch.no_grad():
         with _autocast(dev, bf16):
-            a = model.features(x)
+            a = model.features[start_block:](x)
         a = a.float()  # post-processing in float32: softmax/entropy in bf16 lose the small scores
         hw = a.shape[-2] * a.shape[-1]
         pooled = a.mean(dim=(2, 3))
@@ -189,7 +199,7 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
         for snap in members:
             # Snapshot checkpoints (earlier rounds) as extra committee members: one more forward each.
             with _autocast(dev, bf16):
-                sa = snap.features(x)
+                sa = snap.features[start_block:](x)  # snapshots share the frozen trunk
             sa = sa.float()
             sw, sb = snap.head.weight.float(), snap.head.bias.float()
             member_probs.append(_head(sa.mean(dim=(2, 3)), sw, sb, neg_mask).softmax(dim=-1)[None])
@@ -204,7 +214,7 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
             for k in COMMITTEE_KEYS:
                 cols[k] = torch.zeros_like(cols["entropy"])
 
-        side = cam_size or min(x.shape[-1], 2 * max(cams.shape[-2:]))
+        side = cam_size or min(input_side, 2 * max(cams.shape[-2:]))
         size = (side, side)
         maps_n = normalise_maps(cams, size)
         top2_n = normalise_maps(top2_maps, size) if top2_maps is not None else None
@@ -238,8 +248,12 @@ def _progress_cb(progress, total):
 def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, device=None, class_mask=None,
                  cam_threshold: float = 0.5, progress: bool | Callable[[int, int], None] = False,
                  cam_size: int | None = None, members: Sequence = (), bf16: bool | None = None,
-                 return_maps: bool = False, seed: int = 0) -> ScoreResult:
+                 return_maps: bool = False, seed: int = 0, start_block: int = 0) -> ScoreResult:
     """Score uint8 images `(N, H, W, C)` (ndarray or Tensor) with `model` (a CamNet).
+
+    start_block = k > 0: `images` are instead the cached outputs `(N, K, h, w)` of the model's
+    first k blocks (workers.trunk_cache, float16 or float32), and scoring runs blocks k.. only;
+    `members` must share those k frozen blocks (snapshots of the same project do).
 
     class_mask: bool (C,) of active classes; excluded classes get −inf logits, so probability 0,
     and are never predicted. mc_samples: MC-dropout members (0 = no MC members). members:
@@ -281,10 +295,13 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
                 chunk = torch.as_tensor(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
                 if device.type == "cuda" and not chunk.is_cuda:
                     chunk = chunk.pin_memory()
-                x = to_model_input(chunk, model, device=device)
+                if start_block:
+                    x = chunk.to(device, non_blocking=True).float()
+                else:
+                    x = to_model_input(chunk, model, device=device)
                 outs.append(_score_batch(model, x, w=w, b=b, neg_mask=neg_mask, mc_samples=mc_samples, gen=gen,
                                          cam_threshold=cam_threshold, cam_size=cam_size, members=members,
-                                         bf16=bf16, return_maps=return_maps))
+                                         bf16=bf16, return_maps=return_maps, start_block=start_block))
                 update(min(start + batch_size, n), n)
     finally:
         for m, t in zip((model, *members), was):

@@ -160,7 +160,7 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
 
-def _fingerprint(model, train, is_new, val, active, config: TrainConfig) -> str:
+def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=None) -> str:
     """Identifies a training run, so a checkpoint of a different run is never resumed."""
     h = hashlib.sha256()
     cfg = asdict(config)
@@ -172,6 +172,8 @@ def _fingerprint(model, train, is_new, val, active, config: TrainConfig) -> str:
     for arr in (train.labels, np.asarray(is_new, bool), np.asarray(active, bool), val_labels):
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(hashlib.sha256(np.ascontiguousarray(train.images).tobytes()).digest())
+    if inputs is not None:  # a run from cached trunk outputs is another run than one from pixels
+        h.update(inputs.fingerprint().encode())
     return h.hexdigest()
 
 
@@ -204,19 +206,45 @@ def _epoch_lr(config: TrainConfig, epoch: int) -> float:
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _val_accuracy(model, val, active, device, batch_size) -> float:
+@torch.no_grad()
+def _probs_from_inputs(model, inputs, keep, active, device, batch_size) -> np.ndarray:
+    """predict_probs from cached trunk outputs (workers.trunk_cache.CachedInputs)."""
+    mask = active_logit_mask(active, model.num_classes, device)
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        idx = torch.from_numpy(np.flatnonzero(keep))
+        for s in range(0, idx.numel(), batch_size):
+            logits = model.forward_from(inputs.start_block, inputs.batch(idx[s:s + batch_size], None, None, device))
+            logits = logits.float() + (0 if mask is None else mask)
+            out.append(torch.softmax(logits, dim=1).cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out).numpy()
+
+
+def _val_accuracy(model, val, active, device, batch_size, inputs=None) -> float:
     if val is None or len(val) == 0:
         return float("nan")
     keep = (val.labels >= 0) & np.asarray(active, bool)[np.clip(val.labels, 0, None)]
     if not keep.any():
         return float("nan")
-    probs = predict_probs(model, val.images[keep], active=active, device=device, batch_size=max(256, batch_size))
+    if inputs is not None:
+        probs = _probs_from_inputs(model, inputs, keep, active, device, max(256, batch_size))
+    else:
+        probs = predict_probs(model, val.images[keep], active=active, device=device, batch_size=max(256, batch_size))
     return float((probs.argmax(1) == val.labels[keep]).mean())
 
 
 def train_model(model, train, is_new, val, active, config: TrainConfig | None = None,
-                checkpoint_dir=None, progress: bool | Callable[[dict], None] = False) -> TrainResult:
+                checkpoint_dir=None, progress: bool | Callable[[dict], None] = False,
+                inputs=None, val_inputs=None) -> TrainResult:
     """Train ``model`` in place on ``train`` (a Dataset of labeled images); see the module doc.
+
+    ``inputs`` / ``val_inputs`` (workers.trunk_cache.CachedInputs, one row per train / val
+    image): train from cached outputs of the model's frozen first blocks instead of pixels, via
+    ``model.forward_from``; the copies then take cached augmented views (trunk_cache's doc).
 
     ``is_new`` (bool per train image) marks this round's new labels; ``active`` (bool per class)
     the classes still trained. ``progress``: True logs a line per epoch; a callable receives a
@@ -243,7 +271,12 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
     start_epoch, history = 0, []
     best_acc, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
     stopped_early = False
-    fp = _fingerprint(model, train, is_new, val, active, config)
+    if inputs is not None and (len(inputs) != len(train) or inputs.start_block != model.frozen_blocks):
+        raise ValueError(f"inputs must hold one trunk output per training image from the model's "
+                         f"{model.frozen_blocks} frozen blocks")
+    if val_inputs is not None and (val is None or len(val_inputs) != len(val)):
+        raise ValueError("val_inputs must hold one trunk output per validation image")
+    fp = _fingerprint(model, train, is_new, val, active, config, inputs)
     if checkpoint_dir is not None:
         ckpt_dir = Path(checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -303,9 +336,15 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         for j, s in enumerate(starts):
             e = starts[j + 1] if j + 1 < len(starts) else idx.size
             bi = torch.from_numpy(idx[s:e])
-            x = to_model_input(images[bi], model, device=dev)
             y = labels[bi].to(dev, non_blocking=True)
-            if config.augment:
+            if inputs is not None:
+                sel = None
+                if config.augment:
+                    sel = torch.ones(e - s, dtype=torch.bool) if config.augment_scope == "all" else torch.from_numpy(copy[s:e])
+                x = inputs.batch(bi, sel, gen, dev)
+            else:
+                x = to_model_input(images[bi], model, device=dev)
+            if config.augment and inputs is None:
                 sel = None if config.augment_scope == "all" else torch.from_numpy(copy[s:e]).to(x.device)
                 if sel is None:
                     x = augment_batch(x, gen, hflip=config.hflip, max_rotate=config.max_rotate,
@@ -314,7 +353,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
                     x[sel] = augment_batch(x[sel], gen, hflip=config.hflip, max_rotate=config.max_rotate,
                                            max_translate=config.max_translate, scale_range=config.scale_range)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                logits = model(x)
+                logits = model(x) if inputs is None else model.forward_from(inputs.start_block, x)
             logits = logits.float()
             if mask is not None:
                 logits = logits + mask  # excluded classes: −inf logit, zero probability, no gradient
@@ -326,7 +365,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(bi)
 
-        val_acc = _val_accuracy(model, val, active, dev, bs)
+        val_acc = _val_accuracy(model, val, active, dev, bs, val_inputs)
         rec = {"epoch": epoch, "epochs": config.epochs,
                "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_accuracy": val_acc, "train_images": int(seen),

@@ -1,0 +1,163 @@
+"""A round on a cached frozen trunk vs the same round fine-tuning the whole network (issue 13).
+
+One active-learning round = train on the labeled images + score the whole pool (every signal
+the strategies use, Grad-CAM included). Three configurations on the same data, labels, seed
+and TrainConfig, pretrained EfficientNet-Lite (ImageNet weights):
+
+  full      frozen_blocks = 0, trained and scored from pixels (fine-tuning the whole network)
+  cached    frozen_blocks = k, trained and scored from the trunk cache (workers.trunk_cache);
+            the one-time trunk pass over pool + val and the augmented views of the labeled
+            images are timed apart from the round
+  frozen    (--with-frozen) frozen_blocks = k from pixels: the same model as `cached` without
+            the cache, to separate what freezing buys from what caching buys
+
+Reported: seconds of each round's train and score, the ratio cached / full (the issue's bar:
+≤ 0.25), test accuracy of each (bar: cached within ±0.5 points of full), the trunk pass, and
+the views (all labeled images' and a round's share: `--budget` new labels × views). torch's
+thread count is fixed by --threads and recorded. Writes JSON to bench/results/.
+
+    nice -n 10 python bench/frozen_trunk.py --pool 10000 --labels 1000 --epochs 10      # the issue's size
+    python bench/frozen_trunk.py --smoke                                                # minutes, for a check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workers.colour_fashion import load_fashion_colour  # noqa: E402
+from workers.evaluate import predict_probs  # noqa: E402
+from workers.models import build_model  # noqa: E402
+from workers.scoring import score_images  # noqa: E402
+from workers.train import TrainConfig, train_model  # noqa: E402
+from workers.trunk_cache import (DEFAULT_VIEWS, CachedInputs, TrunkCache, cached_inputs, image_digest,  # noqa: E402
+                                 score_from_cache)
+
+
+def _accuracy(model, test) -> float:
+    probs = predict_probs(model, test.images, batch_size=256)
+    return float((probs.argmax(1) == test.labels).mean())
+
+
+def _round(name, model, pool, train, is_new, val, cfg, args, cache=None, pool_dig=None, train_dig=None,
+           val_dig=None):
+    """Train + score one round; returns timings. With `cache`, its trunk pass and the views are
+    done first and timed apart."""
+    out = {"config": name, "frozen_blocks": model.frozen_blocks}
+    inputs = val_inputs = None
+    if cache is not None:
+        t = time.perf_counter()
+        cache.ensure(pool.images, pool_dig)
+        cache.ensure(val.images, val_dig)
+        out["trunk_pass_s"] = time.perf_counter() - t
+        out["trunk_pass_images"] = len(pool) + len(val)
+        t = time.perf_counter()
+        inputs = cached_inputs(cache, train.images, train_dig, augment=cfg.augment, views=args.views, config=cfg)
+        out["views_s"] = time.perf_counter() - t
+        out["views_round_share_s"] = out["views_s"] * args.budget / len(train)
+        out["cache_bytes"] = sum(f.stat().st_size for f in cache.folder.rglob("*.npy"))
+        val_inputs = CachedInputs(cache.load(val_dig), cache.k)
+    t = time.perf_counter()
+    r = train_model(model, train, is_new, val, None, cfg, inputs=inputs, val_inputs=val_inputs)
+    out["train_s"] = time.perf_counter() - t
+    out["epochs_run"] = r.epochs_run
+    out["val_accuracy"] = r.val_accuracy
+    t = time.perf_counter()
+    if cache is not None:
+        res = score_from_cache(model, cache, pool_dig, batch_size=args.score_batch, mc_samples=args.mc)
+    else:
+        res = score_images(model, pool.images, batch_size=args.score_batch, mc_samples=args.mc)
+    out["score_s"] = time.perf_counter() - t
+    out["round_s"] = out["train_s"] + out["score_s"]
+    out["scored"] = int(len(res.pred))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--size", type=int, default=96, help="input side (the benchmark's images are 96 px)")
+    ap.add_argument("--k", type=int, default=None, help="frozen blocks (default: the model spec's)")
+    ap.add_argument("--pool", type=int, default=10_000)
+    ap.add_argument("--labels", type=int, default=1_000)
+    ap.add_argument("--budget", type=int, default=100, help="new labels of the round (duplicated, and views)")
+    ap.add_argument("--val", type=int, default=1_000)
+    ap.add_argument("--test", type=int, default=2_000)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--views", type=int, default=DEFAULT_VIEWS)
+    ap.add_argument("--mc", type=int, default=8)
+    ap.add_argument("--score-batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--with-frozen", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="pool 600, 120 labels, 2 epochs: a check, not a figure")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.pool, args.labels, args.budget, args.val, args.test, args.epochs = 600, 120, 40, 200, 300, 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    from workers.model_specs import get_spec
+    k = args.k if args.k is not None else get_spec(args.model).default_frozen_blocks
+    t = time.perf_counter()
+    pool, val, test = load_fashion_colour(args.seed, pool=args.pool, val=args.val, test=args.test)
+    data_s = time.perf_counter() - t
+    rng = np.random.default_rng(args.seed)
+    lab = np.sort(rng.choice(len(pool), args.labels, replace=False))
+    train = pool.subset(lab)
+    is_new = np.zeros(len(train), bool)
+    is_new[rng.choice(len(train), min(args.budget, len(train)), replace=False)] = True
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, patience=args.epochs)
+    pool_dig = [image_digest(im) for im in pool.images]
+    val_dig = [image_digest(im) for im in val.images]
+    train_dig = [pool_dig[i] for i in lab]
+
+    runs = []
+    configs = [("full", 0, False), ("cached", k, True)] + ([("frozen", k, False)] if args.with_frozen else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, frozen, use_cache in configs:
+            torch.manual_seed(args.seed)
+            model = build_model(args.model, pool.num_classes, input_size=args.size, frozen_blocks=frozen,
+                                pretrained=True)
+            cache = TrunkCache(tmp, model) if use_cache else None
+            r = _round(name, model, pool, train, is_new, val, cfg, args, cache, pool_dig, train_dig, val_dig)
+            r["test_accuracy"] = _accuracy(model, test)
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+
+    by = {r["config"]: r for r in runs}
+    full, cached = by["full"], by["cached"]
+    summary = {
+        "ratio_round_cached_over_full": cached["round_s"] / full["round_s"],
+        "ratio_with_round_views": (cached["round_s"] + cached["views_round_share_s"]) / full["round_s"],
+        "accuracy_gap_points": 100 * (cached["test_accuracy"] - full["test_accuracy"]),
+        "bar_ratio_le_0_25": cached["round_s"] / full["round_s"] <= 0.25,
+        "bar_accuracy_within_0_5": abs(cached["test_accuracy"] - full["test_accuracy"]) <= 0.005,
+    }
+    result = {
+        "bench": "frozen_trunk", "smoke": args.smoke, "args": vars(args), "frozen_blocks": k,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "data_seconds": data_s,
+        "runs": runs, "summary": summary, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
+        f"frozen_trunk_{'smoke_' if args.smoke else ''}{args.model}_{args.size}px_pool{args.pool}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
