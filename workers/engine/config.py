@@ -16,10 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator,
                       model_validator)
 
-# The models a project can name. The registry with each model's needs lives beside the engine
-# (workers.models); this list is what a config may say without importing torch.
-KNOWN_MODELS = ("small-cnn", "resnet18", "se-resnet18", "efficientnet-lite0", "resnet50")
-
+from workers.model_specs import check_model_config, get_spec, model_names
 
 def _number(v: Any) -> Any:
     # A float field that takes ints and floats, never a string or a boolean (pydantic's lax
@@ -61,10 +58,12 @@ class HoldoutConfig(_Strict):
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
-    model: str = Field("small-cnn", description="backbone: " + ", ".join(KNOWN_MODELS))
+    model: str = Field("small-cnn", description="backbone (workers.model_specs): " + ", ".join(model_names()))
     image_size: StrictInt = Field(28, ge=8, le=1024, description="side of the model's square input, pixels")
     channels: Literal[1, 3] = Field(1, description="1 (greyscale) or 3 (colour)")
-    pretrained: StrictBool = Field(True, description="start from local ImageNet weights where the model has them")
+    pretrained: StrictBool | None = Field(None, description="start from local ImageNet weights: none = when the model "
+                                                            "has them installed; true = required (422 naming the models "
+                                                            "that have them); false = random weights")
     frozen_blocks: StrictInt = Field(0, ge=0, le=64, description="first backbone blocks kept frozen")
     strategy: str = Field("hybrid", description="acquisition strategy (strategies.registry)")
     budget: StrictInt = Field(100, ge=1, le=1_000_000, description="images queued for experts per round")
@@ -85,9 +84,15 @@ class ProjectConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if v not in KNOWN_MODELS:
-            raise ValueError(f"unknown model {v!r}; known: {', '.join(KNOWN_MODELS)}")
+        get_spec(v)  # ValueError names the known models
         return v
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        # The model's own needs (sizes it accepts, weights installed, freezing only pretrained
+        # blocks): refused here, not by a job a round later.
+        check_model_config(self.model, self.pretrained, self.image_size, self.channels, self.frozen_blocks)
+        return self
 
     @field_validator("strategy")
     @classmethod

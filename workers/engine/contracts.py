@@ -180,7 +180,7 @@ class ModelSpec(_M):
     class_names: list[str]
     image_size: int
     channels: Literal[1, 3]
-    pretrained: bool = False
+    pretrained: bool | None = None  # None: the model's local weights when it has them installed
     frozen_blocks: int = 0
 
 

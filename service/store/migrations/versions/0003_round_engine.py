@@ -10,7 +10,12 @@ Create Date: 2026-11-29 08:00:00
 - rounds.idempotency_key (UNIQUE per project): a retried POST .../rounds returns the same round.
 - rounds.train_only: a round that trains and evaluates on every label, and queues nothing.
 - queue_entries.reserve: the next-ranked images queued after a round's batch.
+- projects.config: `pretrained: true` meant "the model's weights where it has them" (a ResNet
+  silently started random); that is `null` now, and `true` requires weights. Stored configs
+  are rewritten to keep their meaning.
 """
+import json
+
 from alembic import op
 import sqlalchemy as sa
 
@@ -23,6 +28,11 @@ depends_on = None
 
 def upgrade() -> None:
     conn = op.get_bind()
+    for pid, raw in conn.execute(sa.text("SELECT id, config FROM projects")).all():
+        cfg = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        if cfg.get("pretrained") is True:
+            cfg["pretrained"] = None
+            conn.execute(sa.text("UPDATE projects SET config = :c WHERE id = :id"), {"c": json.dumps(cfg), "id": pid})
     dups = conn.execute(sa.text(
         "SELECT m.id, k.keep FROM model_versions m JOIN (SELECT project_id, round, MIN(id) AS keep "
         "FROM model_versions GROUP BY project_id, round HAVING COUNT(*) > 1) k "
