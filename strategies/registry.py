@@ -51,7 +51,7 @@ STRATEGIES: dict[str, StrategySpec] = {
             class_budget=True,
             needs_committee=True,
         ),
-        # The method as designed (DESIGN.md): the same plus the Grad-CAM activation score, in the
+        # The method as designed (docs/design.md): the same plus the Grad-CAM activation score, in the
         # fusion and in the per-class budget. Kept by name for data where the maps do carry signal.
         StrategySpec(
             "hybrid-cam",

@@ -1,4 +1,4 @@
-"""`camloop simulate` end to end on digits with the small CNN: the JSON of DESIGN.md, a learning
+"""`camloop simulate` end to end on digits with the small CNN: the JSON of docs/design.md, a learning
 curve above chance, and the --plot/--compare picture."""
 import json
 

@@ -1,6 +1,6 @@
 """Per-class evaluation on a held-out split: accuracy, precision, recall, F1, confusion, calibration.
 
-Active-class masking: when some classes are excluded (DESIGN.md, class exclusion), the model's
+Active-class masking: when some classes are excluded (docs/design.md, class exclusion), the model's
 logits for them are set to −inf, exactly as in training and scoring, so it can never predict an
 excluded class. The headline numbers (accuracy, macro/weighted F1, ECE) are computed over the
 images whose true class is active — the task the model is still asked to do; per-class rows

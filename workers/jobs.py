@@ -22,7 +22,6 @@ import gc
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -52,22 +51,9 @@ def _device():
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    """write(file_object) into a tmp file next to `path`, fsync, then os.replace (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from workers.engine.contracts import atomic_write
+
+    atomic_write(path, write)
 
 
 def _jsonable(o):

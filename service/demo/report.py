@@ -1,6 +1,6 @@
 """The report folder a person looks at after a run: plots and one HTML page that shows them.
 
-Input is the rounds list of DESIGN.md's simulate JSON (the API's metrics history has the
+Input is the rounds list of the simulate JSON (docs/design.md) (the API's metrics history has the
 same shape), so the demo, `camloop simulate` and the benches all draw the same pictures.
 """
 from __future__ import annotations

@@ -131,7 +131,7 @@ def export_images(opts: DemoOptions) -> DemoData:
 
 
 def rounds_from_metrics(metrics: dict, rounds: list[dict], selected: dict[int, list[str]] | None = None) -> list[dict]:
-    """GET .../metrics history + GET .../rounds → the rounds list of DESIGN.md (what the report draws).
+    """GET .../metrics history + GET .../rounds → the rounds list of the simulate JSON (what the report draws).
 
     A class excluded by the rule after round r's evaluation is left out of training from round
     r+1 on: per round, "excluded" is what was excluded while that round's model trained, and

@@ -267,18 +267,18 @@ def read_manifest(path: Path | str, model: type[_M]) -> _M:
     return model.model_validate_json(Path(path).read_bytes())
 
 
-def write_manifest(path: Path | str, manifest: _M) -> None:
-    """The manifest as JSON, atomically (a reader sees the old file or the new one, never half)."""
+def atomic_write(path: Path | str, write) -> None:
+    """write(file_object) into a tmp file beside `path`, fsync, then os.replace: a reader sees the
+    old file or the new one, never half of one (jobs and the service both write this way)."""
     import os
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = manifest.model_dump_json().encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -288,3 +288,9 @@ def write_manifest(path: Path | str, manifest: _M) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_manifest(path: Path | str, manifest: _M) -> None:
+    """The manifest as JSON, atomically."""
+    data = manifest.model_dump_json().encode()
+    atomic_write(path, lambda f: f.write(data))
