@@ -270,8 +270,11 @@ class DemoRun:
 
     def answer_queue_with_truth(self, number: int) -> int:
         queue = self._ok(self.api.get(f"/projects/{self.pid}/queue", params={"round": number}))["items"]
+        # The batch only: the reserve is there so people never wait while the next model trains;
+        # the ground truth answers at once, and `camloop simulate` (which has no reserve) labels
+        # exactly the batch too.
         labels = [{"item_id": q["item_id"], "class": self.truth[q["item_id"]],
-                   "client_id": f"oracle-{q['item_id']}", "who": "oracle"} for q in queue]
+                   "client_id": f"oracle-{q['item_id']}", "who": "oracle"} for q in queue if not q.get("reserve")]
         if labels:
             self._ok(self.api.post(f"/projects/{self.pid}/labels", json={"labels": labels}))
         return len(labels)
