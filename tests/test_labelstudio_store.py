@@ -204,7 +204,10 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     # The image URL in the task works from a browser with no camloop key, and only as signed.
     img_url = tasks[0]["data"][cfg.IMAGE]
     r = httpx.get(img_url)
-    assert r.status_code == 200 and r.content == (st.data_dir / f"order/5.png").read_bytes()
+    # The 8-pixel file as the expert is shown it: each pixel a 28 × 28 block (224 px, the overlay's size).
+    shown = Image.open(io.BytesIO(r.content))
+    assert r.status_code == 200 and shown.size == (224, 224)
+    assert shown.resize((8, 8), Image.NEAREST).tobytes() == Image.open(st.data_dir / "order/5.png").convert("RGB").tobytes()
     assert httpx.get(img_url.replace("sig=", "sig=0")).status_code == 403
     assert httpx.get(img_url.split("?")[0]).status_code == 403
     assert httpx.get(img_url.replace("order/5.png", "order/4.png")).status_code == 403

@@ -252,3 +252,26 @@ def test_agreement_report_per_class():
     assert r2["per_class"]["cat"]["kappa"] == pytest.approx(r2["fleiss_kappa"])
     assert r2["per_class"]["dog"]["kappa"] == pytest.approx(r2["fleiss_kappa"])
     assert r2["pairs"][0]["kappa"] == pytest.approx(cohen_kappa_score(["cat", "dog", "dog"], ["cat", "cat", "dog"]))
+
+
+
+# --- what the expert sees ----------------------------------------------------------------------
+
+def test_both_pictures_are_shown_at_their_own_size_without_smoothing():
+    xml = cfg.labeling_config(CLASSES)
+    for name in (cfg.IMAGE, cfg.HEATMAP):
+        tag = next(line for line in xml.splitlines() if f'<Image name="{name}"' in line)
+        assert 'defaultZoom="original"' in tag and 'smoothing="false"' in tag, tag
+
+
+def test_cors_origins_are_origins_and_default_to_label_studios():
+    assert Settings(label_studio_url="http://127.0.0.1:8080").cors_origins_effective == {
+        "http://127.0.0.1:8080", "http://localhost:8080"}
+    assert Settings(label_studio_url="https://LS.example.com:443/sub/").cors_origins_effective == {
+        "https://ls.example.com"}
+    assert Settings().cors_origins_effective == frozenset()  # no Label Studio: nobody
+    s = Settings(label_studio_url="http://label-studio:8080", cors_origins=" http://localhost:8080/,https://a.b:9 ")
+    assert s.cors_origins_effective == {"http://localhost:8080", "https://a.b:9"}
+    for bad in ("*", "localhost:8080", "ftp://a.b", "http://a.b/path", "http://user@a.b", "http://a.b:99999"):
+        with pytest.raises(ValueError, match="not an origin"):
+            Settings(cors_origins=bad)

@@ -40,16 +40,21 @@ def labeling_config(classes: Sequence[str]) -> str:
     """Label Studio XML for `classes` (order kept: it is the order experts see)."""
     names = validate_classes(classes)
     choices = "\n".join(f"      <Choice value={quoteattr(n)}/>" for n in names)
+    # Both pictures at their own pixel size (defaultZoom="original"; Label Studio's default
+    # stretches them to the column), which camloop makes the same for the two: small images are
+    # served enlarged by a whole factor, the overlay drawn at that size (service.display). No
+    # smoothing when the expert zooms in, so pixels stay blocks in both.
+    picture = 'zoom="true" zoomControl="true" defaultZoom="original" smoothing="false"'
     return f"""<View>
   <Header value="Model's guess: ${GUESS}" size="5"/>
   <View style="display: flex; gap: 1em; flex-wrap: wrap;">
     <View style="flex: 1; min-width: 240px;">
       <Header value="Image" size="6"/>
-      <Image name="{IMAGE}" value="${IMAGE}" zoom="true" zoomControl="true"/>
+      <Image name="{IMAGE}" value="${IMAGE}" {picture}/>
     </View>
     <View style="flex: 1; min-width: 240px;">
       <Header value="Where the model looked (Grad-CAM of its guess)" size="6"/>
-      <Image name="{HEATMAP}" value="${HEATMAP}" zoom="true" zoomControl="true"/>
+      <Image name="{HEATMAP}" value="${HEATMAP}" {picture}/>
     </View>
   </View>
   <Header value="Which class is this image?" size="5"/>

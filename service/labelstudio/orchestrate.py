@@ -26,8 +26,8 @@ from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudio
 from service.labelstudio.events import AnnotationDeleted
 from service.labelstudio.poll import events_from_snapshot, snapshot
 from service.labelstudio.resolve import resolve_all
-from service.labelstudio.routes import (file_url, files_router, heatmap_url, heatmaps_router, result_view,
-                                        webhook_router)
+from service.labelstudio.routes import (SignedMediaCors, file_url, files_router, heatmap_url, heatmaps_router,
+                                        result_view, webhook_router)
 from service.labelstudio.store_apply import apply_to_store
 from service.labelstudio.webhook import WebhookError, _project_id, check_secret, parse_payload
 from service.settings import Settings
@@ -286,8 +286,11 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
     from service import projects
 
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
-    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))
+    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir,
+                                    max_pixels=settings.max_image_pixels))
     app.include_router(heatmaps_router(signer=signer, render=render))
+    # Label Studio's editor reads the two signed routes from its own origin (CAMLOOP_CORS_ORIGINS).
+    app.add_middleware(SignedMediaCors, origins=settings.cors_origins_effective)
     # The hooks are process-wide (several apps can live in one process, as in the tests), so
     # each checks the settings it is called with: a project without Label Studio is left alone.
     if push_if_connected not in rounds._labeling_hooks:
