@@ -44,27 +44,33 @@ class BatchItem:
     score: float | None   # the model's probability for predicted_class
 
 
+def guess_text(predicted_class: str | None, p: float | None) -> str:
+    """The header's words for the model's guess, e.g. "Shirt, 62 %": what the expert reads, so
+    nothing internal (rounds, strategies, model versions) goes in."""
+    if predicted_class is None:
+        return "none yet (no model has been trained; the right-hand picture repeats the image)"
+    if p is None:
+        return predicted_class
+    return f"{predicted_class}, {round(100 * float(p))} %"
+
+
 def task_payload(item: BatchItem, round_no: int, rank: int) -> dict:
     """A Label Studio task for one batch item: data the config shows + camloop's ids + a prediction."""
-    if item.predicted_class is None:
-        guess = "none yet (first round: no model; the right panel repeats the image)"
-    elif item.score is None:
-        guess = item.predicted_class
-    else:
-        guess = f"{item.predicted_class} ({item.score:.0%})"
     task = {
         "data": {
             cfg.IMAGE: item.image_url,
             # The config shows $heatmap; every task must carry it, so a cold start repeats the image.
             cfg.HEATMAP: item.heatmap_url or item.image_url,
-            cfg.GUESS: f"{guess}, {cfg.round_version(round_no)}",
+            cfg.GUESS: guess_text(item.predicted_class, item.score),
             cfg.ITEM_ID: int(item.item_id),
             cfg.ROUND: int(round_no),
             cfg.RANK: int(rank),
         },
     }
     if item.predicted_class is not None:
-        task["predictions"] = [cfg.prediction(item.predicted_class, item.score or 0.0, cfg.round_version(round_no))]
+        # model_version names the round for Label Studio (which prediction set a project shows);
+        # the score is the guess's probability, which Label Studio sorts and filters by.
+        task["predictions"] = [cfg.prediction(item.predicted_class, item.score, cfg.round_version(round_no))]
     return task
 
 

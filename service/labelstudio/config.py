@@ -67,16 +67,23 @@ def labeling_config(classes: Sequence[str]) -> str:
 </View>"""  # no trailing newline: Label Studio stores the config stripped, and we compare to it
 
 
-def prediction(predicted_class: str, score: float, model_version: str) -> dict:
-    """A Label Studio prediction that pre-selects the model's class for the expert."""
-    return {
+def prediction(predicted_class: str, score: float | None, model_version: str) -> dict:
+    """A Label Studio prediction that pre-selects the model's class for the expert.
+
+    `score` is the model's probability for the class (Label Studio sorts and filters tasks by
+    it); None leaves it out rather than inventing one."""
+    if score is not None and not 0.0 <= float(score) <= 1.0:
+        raise ValueError(f"a prediction score is a probability in [0, 1], got {score!r}")
+    out = {
         "model_version": model_version,
-        "score": float(score),
         "result": [{
             "from_name": CLASS_FROM, "to_name": IMAGE, "type": "choices",
             "value": {"choices": [predicted_class]},
         }],
     }
+    if score is not None:
+        out["score"] = float(score)
+    return out
 
 
 def round_version(round_no: int) -> str:
