@@ -1,7 +1,7 @@
 """The metrics users poll: latest per-class scores, labeled counts, class status, history by round."""
 from __future__ import annotations
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.store import Item, ModelVersion, Project, ProjectClass, Round
@@ -14,17 +14,6 @@ def _per_class(mv: ModelVersion, names: list[str]) -> tuple[str | None, dict]:
     return split, {n: pc.get(n) or {} for n in names}
 
 
-def _wrong_region(s: Session, project_id: int) -> dict[str, tuple[int, int]]:
-    """class → (expert votes, votes saying "the model looked at the wrong region"), from Label Studio."""
-    from service.labelstudio.ledger import annotations as a
-
-    rows = s.execute(select(a.c.label, func.count(), func.sum(cast(a.c.wrong_region, Integer)))
-                     .where(a.c.project_id == project_id, a.c.label.is_not(None), a.c.problem.is_(None),
-                            a.c.skipped.is_(False))
-                     .group_by(a.c.label)).all()
-    return {label: (int(n), int(w or 0)) for label, n, w in rows}
-
-
 def project_metrics(s: Session, project: Project) -> dict:
     classes = list(s.scalars(select(ProjectClass).where(ProjectClass.project_id == project.id).order_by(ProjectClass.index)))
     names = [c.name for c in classes]
@@ -33,15 +22,16 @@ def project_metrics(s: Session, project: Project) -> dict:
     versions = list(s.scalars(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.round)))
     latest = versions[-1] if versions else None
     split, pc = _per_class(latest, names) if latest else (None, {n: {} for n in names})
-    wrong_region = _wrong_region(s, project.id)
+    # Expert votes and "wrong region" votes (filed under the class the model guessed) come from
+    # the Label Studio bridge's ledger.
+    from service.labelstudio.wrong_region import per_class_fields
+    votes = per_class_fields(s, project.id, names)
     per_class = {}
     for c in classes:
         v = pc.get(c.name, {})
         per_class[c.name] = {k: v.get(k) for k in ("accuracy", "precision", "recall", "f1", "support")}
-        votes, wrong = wrong_region.get(c.name, (0, 0))
         per_class[c.name].update(labeled=int(labeled.get(c.name, 0)), status=c.status, reason=c.reason,
-                                 expert_votes=votes, wrong_region_votes=wrong,
-                                 wrong_region_rate=(wrong / votes) if votes else None)
+                                 **votes[c.name])
     history = []
     for mv in versions:
         m = mv.metrics or {}

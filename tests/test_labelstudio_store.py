@@ -373,3 +373,38 @@ def test_three_experts_majority_tie_and_per_class_agreement(env):
     res = poll_project(st, pid)
     assert (res["created"], res["updated"], res["deleted"], res["unchanged"]) == (0, 0, 0, 12)
     assert res["open_tasks"] == 0
+
+
+def test_wrong_region_votes_are_filed_under_the_class_the_model_guessed(env):
+    """The checkbox judges the Grad-CAM map beside the image, the map of the model's guess: the
+    votes count under the guessed class, with the experts' answers beside them, whatever the
+    experts answered. Real annotations through Label Studio, read back by webhook and poll."""
+    from service.metrics import project_metrics
+
+    st, u = env["settings"], env["users"]
+    pid, ranked = _make_project(st, "wrongregion", 6)   # guesses by rank: cat, dog, bird, cat, dog, bird
+    connect_project(st, pid, maximum_annotations=2)
+    mapping = push_round(st, pid, 1)
+    t = [mapping[i] for i in ranked]
+    # (expert 0's answer, wrong region?), (expert 1's answer, wrong region?) per rank
+    answers = {0: [("dog", True), ("dog", True)],      # guessed cat, it is a dog, the map was wrong
+               1: [("dog", False), ("dog", True)],     # guessed dog, right, one expert disliked the map
+               2: [("cat", True), (None, False)],      # guessed bird; a skip counts nothing
+               3: [("cat", False), ("cat", False)],
+               4: [("bird", True), ("bird", False)],
+               5: [("bird", False), ("bird", False)]}
+    for k, votes in answers.items():
+        for j, (label, wrong) in enumerate(votes):
+            annotate(env, t[k], label, u[j], wrong=wrong, skip=label is None)
+    assert poll_project(st, pid)["created"] == 0  # the webhooks brought every one
+    with session_scope(st) as s:
+        from service.store import Project
+        pc = project_metrics(s, s.get(Project, pid))["per_class"]
+    assert {c: (pc[c]["guessed_votes"], pc[c]["wrong_region_votes"]) for c in CLASSES} == {
+        "cat": (4, 2), "dog": (4, 2), "bird": (3, 1)}
+    assert pc["cat"]["wrong_region_by_expert_class"] == {"dog": 2}
+    assert pc["dog"]["wrong_region_by_expert_class"] == {"dog": 1, "bird": 1}
+    assert pc["bird"]["wrong_region_by_expert_class"] == {"cat": 1}
+    assert pc["cat"]["wrong_region_rate"] == pytest.approx(2 / 4)
+    # expert_votes stay what they were: answers of that class.
+    assert {c: pc[c]["expert_votes"] for c in CLASSES} == {"cat": 3, "dog": 4, "bird": 4}
