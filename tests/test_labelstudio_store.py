@@ -408,3 +408,26 @@ def test_wrong_region_votes_are_filed_under_the_class_the_model_guessed(env):
     assert pc["cat"]["wrong_region_rate"] == pytest.approx(2 / 4)
     # expert_votes stay what they were: answers of that class.
     assert {c: pc[c]["expert_votes"] for c in CLASSES} == {"cat": 3, "dog": 4, "bird": 4}
+
+
+def test_the_experts_are_told_between_batches_and_the_note_goes_when_the_batch_arrives(env):
+    from service.labelstudio.announce import announce, preparing_text
+
+    st = env["settings"]
+    pid, _ = _make_project(st, "told", 2)
+    ls_pid = connect_project(st, pid)
+    own = "<p>Count a 7 with a bar as a 7.</p>"
+    env["ls"].patch(f"/api/projects/{ls_pid}", json={"expert_instruction": own})
+    note = preparing_text(1, 40, 100)
+    assert announce(st, pid, note) and announce(st, pid, note)  # again: nothing new
+    project = env["ls"].get(f"/api/projects/{ls_pid}").json()
+    assert project["expert_instruction"].count(note) == 1 and own in project["expert_instruction"]
+    assert project["show_instruction"] is True  # the labeling stream opens with it
+    push_round(st, pid, 1)  # the batch is imported: the note goes, the engineer's text stays
+    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["expert_instruction"] == own
+    # Never raises: an unconnected project, an unreachable Label Studio.
+    assert announce(st, 999_999, note) is False
+    down = st.model_copy(update={"label_studio_url": f"http://127.0.0.1:{free_port()}"})
+    assert announce(down, pid, note) is False
+    with pytest.raises(ValueError, match="at most"):
+        announce(st, pid, "x" * 5000)

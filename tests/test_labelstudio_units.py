@@ -254,7 +254,6 @@ def test_agreement_report_per_class():
     assert r2["pairs"][0]["kappa"] == pytest.approx(cohen_kappa_score(["cat", "dog", "dog"], ["cat", "cat", "dog"]))
 
 
-
 # --- what the expert sees ----------------------------------------------------------------------
 
 def test_the_header_says_the_guess_and_its_probability_and_nothing_internal():
@@ -292,3 +291,19 @@ def test_cors_origins_are_origins_and_default_to_label_studios():
     for bad in ("*", "localhost:8080", "ftp://a.b", "http://a.b/path", "http://user@a.b", "http://a.b:99999"):
         with pytest.raises(ValueError, match="not an origin"):
             Settings(cors_origins=bad)
+
+
+def test_an_announcement_is_one_marked_block_beside_the_engineers_instructions():
+    from service.labelstudio.announce import preparing_text, with_note
+
+    text = preparing_text(2, 350, 170)
+    assert text == ("Batch 2 is being prepared: the model is retraining on 350 labels; "
+                    "the next images arrive in about 3 minutes. Reload this page then.")
+    assert "less than a minute" in preparing_text(3, 10, 20) and "shortly" in preparing_text(3, 10)
+    mine = "<p>Label the digit, not the background.</p>"
+    once = with_note(mine, text)
+    assert once.endswith(mine) and text in once
+    assert with_note(once, text) == once  # the same note again changes nothing
+    other = with_note(once, "Batch 3 <soon> & more")
+    assert text not in other and "Batch 3 &lt;soon&gt; &amp; more" in other and other.endswith(mine)
+    assert with_note(other, None) == mine and with_note(with_note("", text), "") == ""

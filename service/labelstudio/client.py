@@ -151,6 +151,14 @@ class LabelStudioBridge:
     def project(self, project_id: int) -> dict:
         return _as_dict(self.sdk.projects.get(id=project_id))
 
+    @_reaching("update the instructions")
+    def set_instructions(self, project_id: int, instructions: str, *, show: bool) -> None:
+        """The project's instructions for experts (HTML), and whether the labeling stream opens them."""
+        try:
+            self.sdk.projects.update(id=int(project_id), expert_instruction=instructions, show_instruction=bool(show))
+        except Exception as e:
+            raise LabelStudioError(f"could not update the instructions of Label Studio project {project_id}: {e}") from e
+
     # -- webhook ----------------------------------------------------------------------------
 
     @_reaching("register the webhook")

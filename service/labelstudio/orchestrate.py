@@ -1,7 +1,8 @@
 """What the rest of camloop calls: connect a project, push a round, take a webhook, poll.
 
     connect_project(settings, project_id)          create/attach the LS project + register the webhook
-    push_round(settings, project_id, round_number) import the round's queue (rounds.on_labeling hook)
+    push_round(settings, project_id, round_number) import the round's queue (rounds.on_labeling hook), clear the note
+    announce(settings, project_id, text)           tell the experts in Label Studio what happens (labelstudio.announce)
     handle_webhook_request(settings, body, headers) the webhook route's whole job
     poll_project(settings, project_id) / poll_all(settings)   reconciliation (webhooks are never retried)
     review(settings, project_id)                   ties/disagreements + per-class agreement report
@@ -22,6 +23,7 @@ from service.db import get_engine, session_scope
 from service.failure_log import FailureStreak
 from service.labelstudio import ledger
 from service.labelstudio.agreement import agreement_report
+from service.labelstudio.announce import announce
 from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudioError
 from service.labelstudio.events import AnnotationDeleted
 from service.labelstudio.poll import events_from_snapshot, snapshot
@@ -107,7 +109,11 @@ def push_round(settings: Settings, project_id: int, round_number: int, *,
             with session_scope(settings) as s:
                 link = ledger.get_link(s, project_id)
         batch = round_batch(settings, project_id, round_number)
-        return _bridge(settings, bridge).import_batch(link.ls_project_id, round_number, batch)
+        b = _bridge(settings, bridge)
+        mapping = b.import_batch(link.ls_project_id, round_number, batch)
+    # The batch is there: a "next batch is being prepared" note is now wrong (never raises).
+    announce(settings, project_id, None, bridge=b)
+    return mapping
 
 
 _push_locks: dict[tuple[str, int], threading.Lock] = {}
