@@ -27,7 +27,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from service.labelstudio import config as cfg
-from tests.browser import chromium, console  # noqa: F401  (fixture)
+from tests.browser import (LOAD_ERROR, NO_MORE, body_text, chromium, click_choice, console,  # noqa: F401 (fixture)
+                           pictures, submit, task_on_screen)
 from tests.labelstudio_server import free_port, label_studio  # noqa: F401  (session fixture)
 from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker, unique_prefix,
                                wait_for, worker_env, write_pngs)
@@ -38,8 +39,6 @@ KEY = "browser-engineer-key"
 SECRET = "browser-webhook-secret"
 BUDGET = 4
 SEEDED = 40
-LOAD_ERROR = "There was an issue loading URL"
-NO_MORE = "No More Tasks Left in Queue"
 
 
 def _ok(r: httpx.Response, *codes: int) -> dict:
@@ -152,34 +151,6 @@ def _sign_up(driver, stack, email: str, password: str) -> None:
     assert who.get("email") == email, who
 
 
-def _body(driver) -> str:
-    return driver.find_element(By.TAG_NAME, "body").text
-
-
-# Label Studio's editor state, read (never driven) from the page: which task is on screen.
-_TASK_ID = "return (window.Htx && window.Htx.task) ? window.Htx.task.id : null"
-# The editor draws each <Image> into an <img> of a blob: URL once the signed URL was fetched.
-_PICTURES = """return Array.from(document.querySelectorAll('img')).filter(i => i.src.startsWith('blob:')).map(i => {
-  const r = i.getBoundingClientRect();
-  return {natural: [i.naturalWidth, i.naturalHeight], shown: [r.width, r.height], left: r.left, top: r.top}; })"""
-
-
-def _task_on_screen(driver, done: list[int]):
-    """The next task once both pictures are loaded (or the stream's end); None while loading."""
-    body = _body(driver)
-    if NO_MORE in body:
-        return NO_MORE
-    tid = driver.execute_script(_TASK_ID)
-    pics = driver.execute_script(_PICTURES)
-    if LOAD_ERROR in body or (tid and tid not in done and len(pics) >= 2 and all(p["natural"][0] for p in pics)):
-        return tid
-    return None
-
-
-def _click_choice(driver, kind: str, value: str) -> None:
-    driver.find_element(By.XPATH, f"//input[@type='{kind}' and @name='{value}']/ancestor::label").click()
-
-
 def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium, tmp_path):  # noqa: F811
     api, ls = stack["api"], stack["ls"]
     pid, ls_pid, truth, queue = _project_with_a_round_to_label(stack)
@@ -197,10 +168,10 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
     chosen: dict[int, str] = {}
     wrong: set[int] = set()
     for k in range(BUDGET):
-        tid = WebDriverWait(driver, 120, poll_frequency=0.3).until(lambda d: _task_on_screen(d, done),
+        tid = WebDriverWait(driver, 120, poll_frequency=0.3).until(lambda d: task_on_screen(d, done),
                                                                     message=f"task {k + 1} never showed")
         assert tid != NO_MORE, f"the stream ended after {k} of {BUDGET} tasks"
-        body = _body(driver)
+        body = body_text(driver)
         assert LOAD_ERROR not in body, f"task {tid}: a picture did not load\n{body[:500]}\n{console(driver)}"
         done.append(tid)
         item = item_of_task[tid]
@@ -211,7 +182,7 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
         assert "round" not in header.lower()
         # Both pictures: loaded, the same size on screen, side by side, each pixel of the file
         # a whole number of screen pixels (no stretching, so nothing to smooth).
-        image, overlay = driver.execute_script(_PICTURES)[:2]
+        image, overlay = pictures(driver)[:2]
         w, h = file_px[item]
         assert image["natural"] == overlay["natural"], (image, overlay)
         assert image["natural"][0] % w == 0 and image["natural"][1] % h == 0 and image["natural"][0] // w >= 2
@@ -220,14 +191,14 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
         # The expert's answers: the truth, except one deliberately different class; the wrong
         # region ticked on every other task.
         answer = truth[q["uri"]] if k != 1 else str((int(truth[q["uri"]]) + 1) % 10)
-        _click_choice(driver, "radio", answer)
+        click_choice(driver, "radio", answer)
         if k % 2 == 0:
-            _click_choice(driver, "checkbox", cfg.WRONG_VALUE)
+            click_choice(driver, "checkbox", cfg.WRONG_VALUE)
             wrong.add(item)
         chosen[item] = answer
         driver.save_screenshot(str(shots / f"task-{k + 1}.png"))
-        driver.find_element(By.CSS_SELECTOR, "[data-testid=bottombar-submit-button]").click()
-    WebDriverWait(driver, 60).until(lambda d: NO_MORE in _body(d), message="the stream did not end")
+        submit(driver)
+    WebDriverWait(driver, 60).until(lambda d: NO_MORE in body_text(d), message="the stream did not end")
 
     # camloop's store holds exactly what was clicked (webhooks, or the poll behind them).
     _round_in(stack, pid, 1, ("closed",))
@@ -263,8 +234,10 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
     note = preparing_text(2, SEEDED + BUDGET, 150)
     assert announce(settings, pid, note) and announce(settings, pid, note)  # the second writes nothing new
     driver.get(f"{stack['ls_url']}/projects/{ls_pid}/data?labeling=1")
-    WebDriverWait(driver, 60).until(lambda d: note in _body(d), message="the note is not shown")
-    assert _body(driver).count(note) == 1 and NO_MORE in _body(driver)
+    WebDriverWait(driver, 60).until(lambda d: note in body_text(d), message="the note is not shown")
+    assert body_text(driver).count(note) == 1
+    # Behind the instructions: the empty stream (the page's text, hidden parts included).
+    WebDriverWait(driver, 30).until(lambda d: NO_MORE in d.execute_script("return document.body.textContent"))
     driver.save_screenshot(str(shots / "between-batches.png"))
     assert announce(settings, pid, None)
     assert ls.get(f"/api/projects/{ls_pid}").json()["expert_instruction"] == ""
