@@ -200,6 +200,17 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
         submit(driver)
     WebDriverWait(driver, 60).until(lambda d: NO_MORE in body_text(d), message="the stream did not end")
 
+    # The data manager's thumbnails (plain <img crossorigin> of the signed URLs) load too.
+    driver.get(f"{stack['ls_url']}/projects/{ls_pid}/data")
+    api_url = f"http://127.0.0.1:{stack['port']}/"
+    thumbs = ("return Array.from(document.images).filter(i => i.src.startsWith(arguments[0]))"
+              ".map(i => i.complete ? i.naturalWidth : -1)")
+    WebDriverWait(driver, 60).until(lambda d: len(d.execute_script(thumbs, api_url)) == 2 * BUDGET
+                                    and -1 not in d.execute_script(thumbs, api_url),
+                                    message="the data manager's thumbnails did not all load or fail")
+    assert all(w > 0 for w in driver.execute_script(thumbs, api_url)), console(driver)
+    driver.save_screenshot(str(shots / "data-manager.png"))
+
     # camloop's store holds exactly what was clicked (webhooks, or the poll behind them).
     _round_in(stack, pid, 1, ("closed",))
     db = sqlite3.connect(stack["root"] / "camloop.db")
