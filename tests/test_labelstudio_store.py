@@ -194,12 +194,12 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     for rank, t in enumerate(tasks):
         (pred,) = t["predictions"]
         p = 1 - (0.1 + 0.05 * rank)
-        assert pred["model_version"] == "round-1" and pred["score"] == pytest.approx(p)
+        assert pred["model_version"] == cfg.MODEL_VERSION and pred["score"] == pytest.approx(p)
         assert pred["result"][0]["value"]["choices"] == [CLASSES[rank % 3]]
         assert t["data"][cfg.RANK] == rank and t["data"][cfg.ROUND] == 1
         # What the expert reads: the guess and its probability, nothing internal.
         assert t["data"][cfg.GUESS] == f"{CLASSES[rank % 3]}, {round(100 * p)} %"
-    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == "round-1"
+    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == cfg.MODEL_VERSION
     # What the first expert to open the project is served: the top of camloop's queue.
     nxt = env["ls"].get(f"/api/projects/{ls_pid}/next")
     assert nxt.status_code == 200 and nxt.json()["id"] == tasks[0]["id"]

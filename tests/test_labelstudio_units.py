@@ -265,12 +265,12 @@ def test_the_header_says_the_guess_and_its_probability_and_nothing_internal():
     task = task_payload(BatchItem(7, "http://i", "http://h", "Shirt", 0.62), round_no=3, rank=0)
     assert task["data"][cfg.GUESS] == "Shirt, 62 %" and "round" not in task["data"][cfg.GUESS]
     (pred,) = task["predictions"]
-    # Label Studio sorts and filters by the score: the real probability; the version stays per round.
-    assert pred["score"] == 0.62 and pred["model_version"] == cfg.round_version(3)
+    # Label Studio sorts and filters by the score: the real probability; one version for all rounds.
+    assert pred["score"] == 0.62 and pred["model_version"] == cfg.MODEL_VERSION
     unscored = task_payload(BatchItem(7, "http://i", "http://h", "Shirt", None), round_no=3, rank=0)
     assert "score" not in unscored["predictions"][0]  # not a made-up 0.0
     with pytest.raises(ValueError, match="probability"):
-        cfg.prediction("Shirt", 1.7, "round-1")
+        cfg.prediction("Shirt", 1.7, cfg.MODEL_VERSION)
 
 
 def test_both_pictures_are_shown_at_their_own_size_without_smoothing():

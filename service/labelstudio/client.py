@@ -68,9 +68,9 @@ def task_payload(item: BatchItem, round_no: int, rank: int) -> dict:
         },
     }
     if item.predicted_class is not None:
-        # model_version names the round for Label Studio (which prediction set a project shows);
-        # the score is the guess's probability, which Label Studio sorts and filters by.
-        task["predictions"] = [cfg.prediction(item.predicted_class, item.score, cfg.round_version(round_no))]
+        # The score is the guess's probability, which Label Studio sorts and filters by; the
+        # model_version is the same for every round (cfg.MODEL_VERSION says why).
+        task["predictions"] = [cfg.prediction(item.predicted_class, item.score, cfg.MODEL_VERSION)]
     return task
 
 
@@ -220,8 +220,8 @@ class LabelStudioBridge:
                 raise LabelStudioError(f"imported {len(todo)} tasks, Label Studio returned {len(task_ids)} ids")
             # Community answers synchronously with ids in request order; sort defensively anyway.
             done.update({b.item_id: tid for (_, b), tid in zip(todo, sorted(task_ids))})
-            # Show this round's predictions (the project can still hide them in its settings).
-            self.sdk.projects.update(id=project_id, model_version=cfg.round_version(round_no))
+            # Show camloop's predictions (the project can still hide them in its settings).
+            self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
         return {i: done[i] for i in ids}
 
     # -- annotations ------------------------------------------------------------------------

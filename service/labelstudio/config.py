@@ -86,6 +86,8 @@ def prediction(predicted_class: str, score: float | None, model_version: str) ->
     return out
 
 
-def round_version(round_no: int) -> str:
-    """model_version of a round's predictions: the project can show or hide them by it."""
-    return f"round-{int(round_no)}"
+# model_version of every prediction camloop imports, one for all rounds. Label Studio serves a
+# task only the predictions of the project's model_version: a version per round would drop the
+# pre-selected guess of every task still open from an earlier round the moment the next round's
+# batch is imported. The round a task belongs to is in its data (ROUND); the expert sees neither.
+MODEL_VERSION = "camloop"
