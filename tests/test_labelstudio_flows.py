@@ -422,3 +422,20 @@ def test_a_task_left_from_an_earlier_round_keeps_its_guess_preselected_when_the_
         served.append((task["data"][cfg.ROUND], item))
         expert.submit(pid, task["id"], CLASSES[0])
     assert served == [(1, 2), (2, 3), (2, 4)]  # the leftover first, then the new batch in order
+
+
+def test_a_batch_can_be_withdrawn_except_what_experts_touched_and_pushed_again(label_studio, bridge):
+    """Replacing a batch (a reserve from the previous ranking) when a new ranking arrives: the
+    untouched tasks go, answered and skipped ones stay, and the same round can be imported again."""
+    pid = bridge.ensure_project(f"withdraw-{secrets.token_hex(3)}", CLASSES, maximum_annotations=1)
+    bridge.import_batch(pid, 1, batch([11, 12, 13, 14]))
+    alice, bob = make_expert(label_studio), make_expert(label_studio)
+    answered, _ = alice.label_next(pid, lambda i: CLASSES[0])
+    skipped, _ = bob.label_next(pid, lambda i: "skip")
+    gone = bridge.delete_open_tasks(pid, 1)
+    assert sorted(gone) == sorted({11, 12, 13, 14} - {answered, skipped})
+    left = {int(t["data"][cfg.ITEM_ID]) for t in bridge.iter_tasks(pid)}
+    assert left == {answered, skipped}
+    assert bridge.delete_open_tasks(pid, 1) == {}  # nothing untouched is left
+    again = bridge.import_batch(pid, 1, batch([11, 12, 13, 14]))  # only the withdrawn ones come back
+    assert set(again) == {11, 12, 13, 14} and len({t["id"] for t in bridge.iter_tasks(pid)}) == 4

@@ -431,3 +431,17 @@ def test_the_experts_are_told_between_batches_and_the_note_goes_when_the_batch_a
     assert announce(down, pid, note) is False
     with pytest.raises(ValueError, match="at most"):
         announce(st, pid, "x" * 5000)
+
+
+def test_withdrawing_a_round_takes_only_untouched_tasks_out_of_label_studio(env):
+    from service.labelstudio.orchestrate import withdraw_open_tasks
+
+    st, u = env["settings"], env["users"]
+    pid, ranked = _make_project(st, "withdraw", 3)
+    assert withdraw_open_tasks(st, pid, 1) == []  # not connected yet: nothing to take out
+    mapping = push_round(st, pid, 1)
+    annotate(env, mapping[ranked[0]], "cat", u[0])
+    assert withdraw_open_tasks(st, pid, 1) == sorted(ranked[1:])
+    ls_pid = connect_project(st, pid)
+    assert [t["data"][cfg.ITEM_ID] for t in ls_tasks(env, ls_pid)] == [ranked[0]]
+    assert item_state(env, ranked[0]) == ("cat", "labeled")  # the expert's answer is untouched

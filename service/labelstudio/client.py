@@ -224,6 +224,31 @@ class LabelStudioBridge:
             self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
         return {i: done[i] for i in ids}
 
+    def delete_open_tasks(self, project_id: int, round_no: int) -> dict[int, int]:
+        """Delete the round's tasks nobody has touched yet → {item id: task id} of those deleted.
+
+        For replacing a batch (e.g. a reserve queued from the previous ranking) when a new
+        ranking arrives. A task with any annotation — submitted or skipped — or a draft stays:
+        that is an expert's work. An expert who has the task open at this moment gets Label
+        Studio's error on submit and moves on to the next task; nothing is counted."""
+        doomed: dict[int, int] = {}
+        with _talking(f"list the tasks of project {project_id}"):
+            for t in self.iter_tasks(project_id, with_annotations=True):
+                data = t.get("data") or {}
+                touched = t.get("annotations") or t.get("drafts") or t.get("total_annotations") \
+                    or t.get("cancelled_annotations")
+                if data.get(cfg.ROUND) == round_no and data.get(cfg.ITEM_ID) is not None and not touched:
+                    doomed[int(data[cfg.ITEM_ID])] = int(t["id"])
+        if doomed:
+            with _talking(f"delete open tasks of round {round_no}"):
+                try:
+                    self.sdk.actions.create(id="delete_tasks", project=int(project_id),
+                                            selected_items={"all": False, "included": sorted(doomed.values())})
+                except Exception as e:  # the SDK's ApiError carries the server's message
+                    raise LabelStudioError(f"could not delete the open tasks of round {round_no} "
+                                           f"in project {project_id}: {e}") from e
+        return doomed
+
     # -- annotations ------------------------------------------------------------------------
 
     def iter_annotations(self, project_id: int) -> Iterator[tuple[dict, dict]]:

@@ -3,6 +3,7 @@
     connect_project(settings, project_id)          create/attach the LS project + register the webhook
     push_round(settings, project_id, round_number) import the round's queue (rounds.on_labeling hook), clear the note
     announce(settings, project_id, text)           tell the experts in Label Studio what happens (labelstudio.announce)
+    withdraw_open_tasks(settings, project_id, round_number)   delete a round's untouched tasks (replacing a batch)
     handle_webhook_request(settings, body, headers) the webhook route's whole job
     poll_project(settings, project_id) / poll_all(settings)   reconciliation (webhooks are never retried)
     review(settings, project_id)                   ties/disagreements + per-class agreement report
@@ -114,6 +115,24 @@ def push_round(settings: Settings, project_id: int, round_number: int, *,
     # The batch is there: a "next batch is being prepared" note is now wrong (never raises).
     announce(settings, project_id, None, bridge=b)
     return mapping
+
+
+def withdraw_open_tasks(settings: Settings, project_id: int, round_number: int, *,
+                        bridge: LabelStudioBridge | None = None) -> list[int]:
+    """Take the round's untouched tasks out of Label Studio → the camloop item ids withdrawn.
+
+    The bridge half of replacing a batch when a new ranking arrives (a reserve queued from the
+    previous scoring): what camloop does with those items (back to unlabeled) is the caller's.
+    Tasks an expert answered or skipped stay. Under the push lock, so a push of the same
+    project cannot interleave."""
+    _tables(settings)
+    with _push_lock(settings, project_id):
+        with session_scope(settings) as s:
+            link = ledger.get_link(s, project_id)
+        if link is None:
+            return []
+        gone = _bridge(settings, bridge).delete_open_tasks(link.ls_project_id, round_number)
+    return sorted(gone)
 
 
 _push_locks: dict[tuple[str, int], threading.Lock] = {}
