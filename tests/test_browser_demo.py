@@ -78,7 +78,7 @@ def test_the_readmes_label_studio_demo_works_in_a_browser(label_studio, chromium
             submit(chromium)
             done.append(tid)
             chosen.append(answer)
-        WebDriverWait(chromium, 60).until(lambda d: NO_MORE in body_text(d))
+        WebDriverWait(chromium, 120).until(lambda d: NO_MORE in body_text(d))
         assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
     finally:
         if proc.poll() is None:

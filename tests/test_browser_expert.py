@@ -146,7 +146,7 @@ def _sign_up(driver, stack, email: str, password: str) -> None:
     driver.find_element(By.NAME, "email").send_keys(email)
     driver.find_element(By.NAME, "password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    WebDriverWait(driver, 60).until(lambda d: "/user/signup" not in d.current_url)
+    WebDriverWait(driver, 120).until(lambda d: "/user/signup" not in d.current_url)
     who = driver.execute_script("return fetch('/api/current-user/whoami').then(r => r.json())")
     assert who.get("email") == email, who
 
@@ -198,14 +198,14 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
         chosen[item] = answer
         driver.save_screenshot(str(shots / f"task-{k + 1}.png"))
         submit(driver)
-    WebDriverWait(driver, 60).until(lambda d: NO_MORE in body_text(d), message="the stream did not end")
+    WebDriverWait(driver, 120).until(lambda d: NO_MORE in body_text(d), message="the stream did not end")
 
     # The data manager's thumbnails (plain <img crossorigin> of the signed URLs) load too.
     driver.get(f"{stack['ls_url']}/projects/{ls_pid}/data")
     api_url = f"http://127.0.0.1:{stack['port']}/"
     thumbs = ("return Array.from(document.images).filter(i => i.src.startsWith(arguments[0]))"
               ".map(i => i.complete ? i.naturalWidth : -1)")
-    WebDriverWait(driver, 60).until(lambda d: len(d.execute_script(thumbs, api_url)) == 2 * BUDGET
+    WebDriverWait(driver, 120).until(lambda d: len(d.execute_script(thumbs, api_url)) == 2 * BUDGET
                                     and -1 not in d.execute_script(thumbs, api_url),
                                     message="the data manager's thumbnails did not all load or fail")
     assert all(w > 0 for w in driver.execute_script(thumbs, api_url)), console(driver)
@@ -245,7 +245,7 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
     note = preparing_text(2, SEEDED + BUDGET, 150)
     assert announce(settings, pid, note) and announce(settings, pid, note)  # the second writes nothing new
     driver.get(f"{stack['ls_url']}/projects/{ls_pid}/data?labeling=1")
-    WebDriverWait(driver, 60).until(lambda d: note in body_text(d), message="the note is not shown")
+    WebDriverWait(driver, 120).until(lambda d: note in body_text(d), message="the note is not shown")
     assert body_text(driver).count(note) == 1
     # Behind the instructions: the empty stream (the page's text, hidden parts included).
     WebDriverWait(driver, 30).until(lambda d: NO_MORE in d.execute_script("return document.body.textContent"))
