@@ -10,6 +10,7 @@ Studio is started with `--host http://127.0.0.1:…`, so its pages only work und
 from __future__ import annotations
 
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -82,8 +83,14 @@ def test_the_readmes_label_studio_demo_works_in_a_browser(label_studio, chromium
         assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+            # Ctrl-C, as a person stops the demo: it shuts its worker and bundled Redis down (a
+            # SIGKILL would leave both running).
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
     assert (data / "report" / "index.html").is_file()
     db = sqlite3.connect(data / "camloop.db")
     try:
