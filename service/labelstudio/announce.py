@@ -9,6 +9,8 @@ marked block, replaced or removed on its own.
 
     announce(settings, project_id, text)      show `text` (or clear with None); never raises
     preparing_text(batch, labels, eta_s)      the note for "the next batch is being prepared"
+    announce_round_state(settings, project_id, round_number, state, labels=, eta_s=)
+                                              the note for a round's new state (the round engine's hook)
 """
 from __future__ import annotations
 
@@ -83,3 +85,31 @@ def _about(seconds: float) -> str:
         return "in about a minute" if s >= 45 else "in less than a minute"
     minutes = round(s / 60)
     return f"in about {minutes} minutes"
+
+
+# What the experts are told when a round enters a state; None = say nothing new (labeling: the
+# batch is being imported, and push_round clears the note once it is there).
+def note_for_state(round_number: int, state: str, *, labels: int | None = None,
+                   eta_s: float | None = None) -> str | None | bool:
+    """The note for a round's state: a text, False to clear the note, None to leave it as it is."""
+    if state in ("created", "training", "scoring"):
+        if labels is None:
+            return f"Batch {int(round_number)} is being prepared. Reload this page in a few minutes."
+        return preparing_text(round_number, labels, eta_s)
+    if state == "failed":
+        return (f"Batch {int(round_number)} could not be prepared; the engineers have been told. "
+                "Everything you labeled is saved.")
+    if state == "closed":
+        return False
+    return None
+
+
+def announce_round_state(settings: Settings, project_id: int, round_number: int, state: str, *,
+                         labels: int | None = None, eta_s: float | None = None) -> None:
+    """Tell the project's experts what a round's new state means for them (never raises; does
+    nothing without Label Studio). For the round engine to call on every state change."""
+    if not (settings.label_studio_url and settings.label_studio_token):
+        return
+    note = note_for_state(round_number, state, labels=labels, eta_s=eta_s)
+    if note is not None:
+        announce(settings, project_id, note or None)
