@@ -6,7 +6,7 @@ columns and 64-d embeddings. Process CPU time is printed beside wall time: on a 
 wall time also measures the neighbours.
 
 Part `service`: the round's whole `selecting → labeling` transition as the reconciler runs it
-(service.rounds.machine.advance): the score shards read from disk (only the columns and embeddings the
+(service.rounds.advance): the score shards read from disk (only the columns and embeddings the
 strategy uses), the items labeled meanwhile dropped, the selection, the queue entries and item
 updates written — over a real store (SQLite, or a fresh PostgreSQL database with --postgres)
 holding a 1M-item project, with score files of the shape workers.jobs.score_shard writes.
@@ -184,7 +184,7 @@ def main() -> None:
         print(f"  of which rank fusion alone: median wall {out['fusion_alone_median_wall_s']} s, "
               f"CPU {out['fusion_alone_median_cpu_s']} s")
     else:
-        print(f"service selection, {args.strategy} (selecting → labeling, service.rounds.machine.advance) over {out['items']:,} scored items, "
+        print(f"service selection, {args.strategy} (selecting → labeling, service.rounds.advance) over {out['items']:,} scored items, "
               f"budget {out['budget']}, {out['database']} (store set up in {out['store_setup_s']} s)")
         print(f"  wall s: {out['wall_s']}  process CPU s: {out['cpu_s']}  of which select_batch: {out['selection_s']}")
     best = out["best_wall_s"]

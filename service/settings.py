@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     label_studio_maximum_annotations: int = Field(default=1, ge=1, description="annotators per task; the label is their majority")
     label_studio_url_ttl_s: int = Field(default=14 * 24 * 3600, description="lifetime of the signed image/heatmap URLs inside Label Studio tasks (tasks wait for experts for days)")
     label_studio_poll_interval_s: float = Field(default=30.0, description="reconciliation poll period: webhooks are sent once and never retried")
+    # Label Studio's editor fetches a task's image and overlay from its own page (another origin
+    # than the API), so the browser reads them only if the signed routes allow that origin.
+    cors_origins: str | None = Field(default=None, description="browser origins (Label Studio's pages) that may read the signed image/heatmap URLs, comma separated; default: the origin of label_studio_url")
 
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads a worker's torch uses (default: torch's choice); results depend on it")
@@ -59,6 +63,30 @@ class Settings(BaseSettings):
     def database_url_effective(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'camloop.db').resolve()}"
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_origins(v)  # raises with the entry that is not an origin
+        return v
+
+    @property
+    def cors_origins_effective(self) -> frozenset[str]:
+        """The origins allowed to read signed media cross-origin: CAMLOOP_CORS_ORIGINS, or
+        Label Studio's own origin (with its loopback twin: a person may open 127.0.0.1 or
+        localhost for the same server). Empty when neither is set."""
+        if self.cors_origins is not None and self.cors_origins.strip():
+            return frozenset(parse_origins(self.cors_origins))
+        if not self.label_studio_url:
+            return frozenset()
+        origin = parse_origins(self.label_studio_url, paths_allowed=True)[0]
+        u = urlsplit(origin)
+        twin = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}.get(u.hostname or "")
+        out = {origin}
+        if twin:
+            out.add(f"{u.scheme}://{twin}" + (f":{u.port}" if u.port else ""))
+        return frozenset(out)
+
     @property
     def label_studio_webhook_url_effective(self) -> str:
         return self.label_studio_webhook_url or f"{self.public_base_url.rstrip('/')}/api/v1/webhooks/label-studio"
@@ -66,6 +94,36 @@ class Settings(BaseSettings):
     @staticmethod
     def split_keys(secret: SecretStr) -> frozenset[str]:
         return frozenset(k.strip() for k in secret.get_secret_value().split(",") if k.strip())
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_origins(text: str, *, paths_allowed: bool = False) -> list[str]:
+    """Comma-separated origins → their canonical form as browsers send them in `Origin`
+    (lower-case scheme and host, no default port, no trailing slash).
+
+    A URL with a path is refused unless `paths_allowed` (Label Studio's URL may carry one; an
+    origin never does), and so is "*": the signed routes allow named origins only."""
+    out = []
+    for raw in (t.strip() for t in text.split(",")):
+        if not raw:
+            continue
+        try:
+            u = urlsplit(raw)
+            port = u.port
+        except ValueError:
+            u, port = None, None
+        bad = (u is None or u.scheme.lower() not in _DEFAULT_PORTS or not u.hostname or u.username or u.password
+               or u.query or u.fragment or (u.path not in ("", "/") and not paths_allowed))
+        if bad:
+            raise ValueError(f"{raw!r} is not an origin: expected scheme://host[:port] with scheme http or https, "
+                             "e.g. http://127.0.0.1:8080 (CAMLOOP_CORS_ORIGINS, comma separated)")
+        scheme, host = u.scheme.lower(), u.hostname.lower()
+        if ":" in host:
+            host = f"[{host}]"  # IPv6 literal, as in the Origin header
+        out.append(f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme]) else f":{port}"))
+    return out
 
 
 @lru_cache

@@ -94,6 +94,23 @@ def test_api_and_workers_read_only_variables_that_settings_knows(services):
         assert required in api, required
 
 
+def test_the_experts_browsers_may_read_images_from_label_studios_published_origin(services):
+    """Label Studio's editor (its page on the published port) fetches the signed images from the
+    API: CORS must name the origin browsers use, not the service name camloop uses inside."""
+    from service.settings import parse_origins
+
+    api = services["api"]["environment"]
+    value = api["CAMLOOP_CORS_ORIGINS"]
+    default = re.fullmatch(r"\$\{CAMLOOP_CORS_ORIGINS:-([^}]*)\}", value).group(1)
+    published = {p.split(":")[0] for p in services["label-studio"]["ports"]}
+    origins = parse_origins(default)
+    assert origins and all(urlsplit(o).port and str(urlsplit(o).port) in published for o in origins), origins
+    assert not any("label-studio" in o for o in origins)
+    example = dict(ln.split("=", 1) for ln in (ROOT / "deploy" / "env.example").read_text().splitlines()
+                   if ln and not ln.startswith("#"))
+    assert parse_origins(example["CAMLOOP_CORS_ORIGINS"]) == origins
+
+
 def test_workers_share_the_queue_and_the_paths_of_the_api_and_get_no_secrets(services):
     api = services["api"]
     ws = workers(services)

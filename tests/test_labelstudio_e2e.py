@@ -156,8 +156,8 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
                      log=stack["log"])
     by_item = {int(t["data"][cfg.ITEM_ID]): t for t in tasks}
     assert set(by_item) == set(uri_of)
-    # Each task carries the model's guess as a prediction from round 1.
-    assert all(t["predictions"] and t["predictions"][0].get("model_version") == cfg.round_version(1) for t in tasks)
+    # Each task carries the model's guess as a prediction (one model_version for every round).
+    assert all(t["predictions"] and t["predictions"][0].get("model_version") == cfg.MODEL_VERSION for t in tasks)
 
     # Two experts: one labels all but two tasks (one flagged "looked at the wrong region"), one skips.
     alice, bob = _expert(ls, f"alice-{stack['port']}"), _expert(ls, f"bob-{stack['port']}")
@@ -178,8 +178,12 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
     # The latest model's confusion matrix (true class × predicted) over the held-out split.
     assert m["evaluated_on"] == "val" and len(m["confusion"]) == len(classes)
     assert sum(map(sum, m["confusion"])) == sum(pc["support"] for pc in m["per_class"].values()) == 40
-    wrong_class = truth[uri_of[wrong_item]]
-    assert m["per_class"][wrong_class]["wrong_region_votes"] == 1
+    # "Wrong region" is about the map of the class the model guessed: filed there, with the
+    # expert's answer beside it.
+    guessed = next(q["predicted"] for q in queue if q["item_id"] == wrong_item)
+    assert m["per_class"][guessed]["wrong_region_votes"] == 1
+    assert m["per_class"][guessed]["wrong_region_by_expert_class"] == {truth[uri_of[wrong_item]]: 1}
+    assert sum(pc["wrong_region_votes"] for pc in m["per_class"].values()) == 1
     listed = {it["id"]: it for it in _ok(api.get(f"/projects/{pid}/items", params={"split": "pool",
                                                                                    "limit": 1000}))["items"]}
     for iid in ordered[:-1]:

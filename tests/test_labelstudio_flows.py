@@ -244,10 +244,10 @@ def test_project_config_and_batch_in_priority_order_with_predictions(label_studi
         b = by_item[t["data"][cfg.ITEM_ID]]
         assert t["data"][cfg.IMAGE] == b.image_url and t["data"][cfg.HEATMAP] == b.heatmap_url
         (pred,) = t["predictions"]
-        assert pred["model_version"] == cfg.round_version(1) == "round-1"
+        assert pred["model_version"] == cfg.MODEL_VERSION == "camloop"
         assert pred["score"] == pytest.approx(b.score)
         assert pred["result"][0]["value"]["choices"] == [b.predicted_class]
-    assert bridge.project(pid)["model_version"] == "round-1"
+    assert bridge.project(pid)["model_version"] == cfg.MODEL_VERSION
 
     # What an expert is actually served, one after another, is camloop's order.
     expert = make_expert(label_studio)
@@ -402,3 +402,40 @@ def test_kill_and_restart_label_studio_mid_round(label_studio, bridge, receiver)
     assert (again.created, again.updated, again.deleted) == (0, 0, 0)
     assert lost["id"] in receiver.sink.rows
 
+
+
+def test_a_task_left_from_an_earlier_round_keeps_its_guess_preselected_when_the_next_batch_arrives(
+        label_studio, bridge):
+    """Label Studio serves a task only the predictions of the project's model_version. A
+    round-numbered version would drop the pre-selected guess of every task still open from an
+    earlier round as soon as the next round's batch is imported."""
+    pid = bridge.ensure_project(f"leftover-{secrets.token_hex(3)}", CLASSES, maximum_annotations=1)
+    bridge.import_batch(pid, 1, batch([1, 2]))
+    expert = make_expert(label_studio)
+    expert.label_next(pid, lambda i: CLASSES[0])      # one of round 1's two tasks done
+    bridge.import_batch(pid, 2, batch([3, 4]))         # round 2's batch arrives meanwhile
+    served = []
+    while (task := expert.next_task(pid)) is not None:
+        item = int(task["data"][cfg.ITEM_ID])
+        (pred,) = task["predictions"]
+        assert pred["result"][0]["value"]["choices"] == [CLASSES[item % len(CLASSES)]], item
+        served.append((task["data"][cfg.ROUND], item))
+        expert.submit(pid, task["id"], CLASSES[0])
+    assert served == [(1, 2), (2, 3), (2, 4)]  # the leftover first, then the new batch in order
+
+
+def test_a_batch_can_be_withdrawn_except_what_experts_touched_and_pushed_again(label_studio, bridge):
+    """Replacing a batch (a reserve from the previous ranking) when a new ranking arrives: the
+    untouched tasks go, answered and skipped ones stay, and the same round can be imported again."""
+    pid = bridge.ensure_project(f"withdraw-{secrets.token_hex(3)}", CLASSES, maximum_annotations=1)
+    bridge.import_batch(pid, 1, batch([11, 12, 13, 14]))
+    alice, bob = make_expert(label_studio), make_expert(label_studio)
+    answered, _ = alice.label_next(pid, lambda i: CLASSES[0])
+    skipped, _ = bob.label_next(pid, lambda i: "skip")
+    gone = bridge.delete_open_tasks(pid, 1)
+    assert sorted(gone) == sorted({11, 12, 13, 14} - {answered, skipped})
+    left = {int(t["data"][cfg.ITEM_ID]) for t in bridge.iter_tasks(pid)}
+    assert left == {answered, skipped}
+    assert bridge.delete_open_tasks(pid, 1) == {}  # nothing untouched is left
+    again = bridge.import_batch(pid, 1, batch([11, 12, 13, 14]))  # only the withdrawn ones come back
+    assert set(again) == {11, 12, 13, 14} and len({t["id"] for t in bridge.iter_tasks(pid)}) == 4

@@ -193,10 +193,13 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     assert [mapping[i] for i in ranked] == [t["id"] for t in tasks]
     for rank, t in enumerate(tasks):
         (pred,) = t["predictions"]
-        assert pred["model_version"] == "round-1" and pred["score"] == pytest.approx(1 - (0.1 + 0.05 * rank))
+        p = 1 - (0.1 + 0.05 * rank)
+        assert pred["model_version"] == cfg.MODEL_VERSION and pred["score"] == pytest.approx(p)
         assert pred["result"][0]["value"]["choices"] == [CLASSES[rank % 3]]
         assert t["data"][cfg.RANK] == rank and t["data"][cfg.ROUND] == 1
-    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == "round-1"
+        # What the expert reads: the guess and its probability, nothing internal.
+        assert t["data"][cfg.GUESS] == f"{CLASSES[rank % 3]}, {round(100 * p)} %"
+    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == cfg.MODEL_VERSION
     # What the first expert to open the project is served: the top of camloop's queue.
     nxt = env["ls"].get(f"/api/projects/{ls_pid}/next")
     assert nxt.status_code == 200 and nxt.json()["id"] == tasks[0]["id"]
@@ -204,7 +207,10 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     # The image URL in the task works from a browser with no camloop key, and only as signed.
     img_url = tasks[0]["data"][cfg.IMAGE]
     r = httpx.get(img_url)
-    assert r.status_code == 200 and r.content == (st.data_dir / f"order/5.png").read_bytes()
+    # The 8-pixel file as the expert is shown it: each pixel a 28 × 28 block (224 px, the overlay's size).
+    shown = Image.open(io.BytesIO(r.content))
+    assert r.status_code == 200 and shown.size == (224, 224)
+    assert shown.resize((8, 8), Image.NEAREST).tobytes() == Image.open(st.data_dir / "order/5.png").convert("RGB").tobytes()
     assert httpx.get(img_url.replace("sig=", "sig=0")).status_code == 403
     assert httpx.get(img_url.split("?")[0]).status_code == 403
     assert httpx.get(img_url.replace("order/5.png", "order/4.png")).status_code == 403
@@ -367,3 +373,75 @@ def test_three_experts_majority_tie_and_per_class_agreement(env):
     res = poll_project(st, pid)
     assert (res["created"], res["updated"], res["deleted"], res["unchanged"]) == (0, 0, 0, 12)
     assert res["open_tasks"] == 0
+
+
+def test_wrong_region_votes_are_filed_under_the_class_the_model_guessed(env):
+    """The checkbox judges the Grad-CAM map beside the image, the map of the model's guess: the
+    votes count under the guessed class, with the experts' answers beside them, whatever the
+    experts answered. Real annotations through Label Studio, read back by webhook and poll."""
+    from service.core.metrics import project_metrics
+
+    st, u = env["settings"], env["users"]
+    pid, ranked = _make_project(st, "wrongregion", 6)   # guesses by rank: cat, dog, bird, cat, dog, bird
+    connect_project(st, pid, maximum_annotations=2)
+    mapping = push_round(st, pid, 1)
+    t = [mapping[i] for i in ranked]
+    # (expert 0's answer, wrong region?), (expert 1's answer, wrong region?) per rank
+    answers = {0: [("dog", True), ("dog", True)],      # guessed cat, it is a dog, the map was wrong
+               1: [("dog", False), ("dog", True)],     # guessed dog, right, one expert disliked the map
+               2: [("cat", True), (None, False)],      # guessed bird; a skip counts nothing
+               3: [("cat", False), ("cat", False)],
+               4: [("bird", True), ("bird", False)],
+               5: [("bird", False), ("bird", False)]}
+    for k, votes in answers.items():
+        for j, (label, wrong) in enumerate(votes):
+            annotate(env, t[k], label, u[j], wrong=wrong, skip=label is None)
+    assert poll_project(st, pid)["created"] == 0  # the webhooks brought every one
+    with session_scope(st) as s:
+        from service.store import Project
+        pc = project_metrics(s, s.get(Project, pid))["per_class"]
+    assert {c: (pc[c]["guessed_votes"], pc[c]["wrong_region_votes"]) for c in CLASSES} == {
+        "cat": (4, 2), "dog": (4, 2), "bird": (3, 1)}
+    assert pc["cat"]["wrong_region_by_expert_class"] == {"dog": 2}
+    assert pc["dog"]["wrong_region_by_expert_class"] == {"dog": 1, "bird": 1}
+    assert pc["bird"]["wrong_region_by_expert_class"] == {"cat": 1}
+    assert pc["cat"]["wrong_region_rate"] == pytest.approx(2 / 4)
+    # expert_votes stay what they were: answers of that class.
+    assert {c: pc[c]["expert_votes"] for c in CLASSES} == {"cat": 3, "dog": 4, "bird": 4}
+
+
+def test_the_experts_are_told_between_batches_and_the_note_goes_when_the_batch_arrives(env):
+    from service.labelstudio.announce import announce, preparing_text
+
+    st = env["settings"]
+    pid, _ = _make_project(st, "told", 2)
+    ls_pid = connect_project(st, pid)
+    own = "<p>Count a 7 with a bar as a 7.</p>"
+    env["ls"].patch(f"/api/projects/{ls_pid}", json={"expert_instruction": own})
+    note = preparing_text(1, 40, 100)
+    assert announce(st, pid, note) and announce(st, pid, note)  # again: nothing new
+    project = env["ls"].get(f"/api/projects/{ls_pid}").json()
+    assert project["expert_instruction"].count(note) == 1 and own in project["expert_instruction"]
+    assert project["show_instruction"] is True  # the labeling stream opens with it
+    push_round(st, pid, 1)  # the batch is imported: the note goes, the engineer's text stays
+    assert env["ls"].get(f"/api/projects/{ls_pid}").json()["expert_instruction"] == own
+    # Never raises: an unconnected project, an unreachable Label Studio.
+    assert announce(st, 999_999, note) is False
+    down = st.model_copy(update={"label_studio_url": f"http://127.0.0.1:{free_port()}"})
+    assert announce(down, pid, note) is False
+    with pytest.raises(ValueError, match="at most"):
+        announce(st, pid, "x" * 5000)
+
+
+def test_withdrawing_a_round_takes_only_untouched_tasks_out_of_label_studio(env):
+    from service.labelstudio.orchestrate import withdraw_open_tasks
+
+    st, u = env["settings"], env["users"]
+    pid, ranked = _make_project(st, "withdraw", 3)
+    assert withdraw_open_tasks(st, pid, 1) == []  # not connected yet: nothing to take out
+    mapping = push_round(st, pid, 1)
+    annotate(env, mapping[ranked[0]], "cat", u[0])
+    assert withdraw_open_tasks(st, pid, 1) == sorted(ranked[1:])
+    ls_pid = connect_project(st, pid)
+    assert [t["data"][cfg.ITEM_ID] for t in ls_tasks(env, ls_pid)] == [ranked[0]]
+    assert item_state(env, ranked[0]) == ("cat", "labeled")  # the expert's answer is untouched

@@ -252,3 +252,69 @@ def test_agreement_report_per_class():
     assert r2["per_class"]["cat"]["kappa"] == pytest.approx(r2["fleiss_kappa"])
     assert r2["per_class"]["dog"]["kappa"] == pytest.approx(r2["fleiss_kappa"])
     assert r2["pairs"][0]["kappa"] == pytest.approx(cohen_kappa_score(["cat", "dog", "dog"], ["cat", "cat", "dog"]))
+
+
+# --- what the expert sees ----------------------------------------------------------------------
+
+def test_the_header_says_the_guess_and_its_probability_and_nothing_internal():
+    from service.labelstudio.client import BatchItem, guess_text, task_payload
+
+    assert guess_text("Shirt", 0.6234) == "Shirt, 62 %"
+    assert guess_text("Shirt", 1.0) == "Shirt, 100 %" and guess_text("Shirt", None) == "Shirt"
+    assert "no model" in guess_text(None, None)
+    task = task_payload(BatchItem(7, "http://i", "http://h", "Shirt", 0.62), round_no=3, rank=0)
+    assert task["data"][cfg.GUESS] == "Shirt, 62 %" and "round" not in task["data"][cfg.GUESS]
+    (pred,) = task["predictions"]
+    # Label Studio sorts and filters by the score: the real probability; one version for all rounds.
+    assert pred["score"] == 0.62 and pred["model_version"] == cfg.MODEL_VERSION
+    unscored = task_payload(BatchItem(7, "http://i", "http://h", "Shirt", None), round_no=3, rank=0)
+    assert "score" not in unscored["predictions"][0]  # not a made-up 0.0
+    with pytest.raises(ValueError, match="probability"):
+        cfg.prediction("Shirt", 1.7, cfg.MODEL_VERSION)
+
+
+def test_both_pictures_are_shown_at_their_own_size_without_smoothing():
+    xml = cfg.labeling_config(CLASSES)
+    for name in (cfg.IMAGE, cfg.HEATMAP):
+        tag = next(line for line in xml.splitlines() if f'<Image name="{name}"' in line)
+        assert 'defaultZoom="original"' in tag and 'smoothing="false"' in tag, tag
+
+
+def test_cors_origins_are_origins_and_default_to_label_studios():
+    assert Settings(label_studio_url="http://127.0.0.1:8080").cors_origins_effective == {
+        "http://127.0.0.1:8080", "http://localhost:8080"}
+    assert Settings(label_studio_url="https://LS.example.com:443/sub/").cors_origins_effective == {
+        "https://ls.example.com"}
+    assert Settings().cors_origins_effective == frozenset()  # no Label Studio: nobody
+    s = Settings(label_studio_url="http://label-studio:8080", cors_origins=" http://localhost:8080/,https://a.b:9 ")
+    assert s.cors_origins_effective == {"http://localhost:8080", "https://a.b:9"}
+    for bad in ("*", "localhost:8080", "ftp://a.b", "http://a.b/path", "http://user@a.b", "http://a.b:99999"):
+        with pytest.raises(ValueError, match="not an origin"):
+            Settings(cors_origins=bad)
+
+
+def test_an_announcement_is_one_marked_block_beside_the_engineers_instructions():
+    from service.labelstudio.announce import preparing_text, with_note
+
+    text = preparing_text(2, 350, 170)
+    assert text == ("Batch 2 is being prepared: the model is retraining on 350 labels; "
+                    "the next images arrive in about 3 minutes. Reload this page then.")
+    assert "less than a minute" in preparing_text(3, 10, 20) and "shortly" in preparing_text(3, 10)
+    mine = "<p>Label the digit, not the background.</p>"
+    once = with_note(mine, text)
+    assert once.endswith(mine) and text in once
+    assert with_note(once, text) == once  # the same note again changes nothing
+    other = with_note(once, "Batch 3 <soon> & more")
+    assert text not in other and "Batch 3 &lt;soon&gt; &amp; more" in other and other.endswith(mine)
+    assert with_note(other, None) == mine and with_note(with_note("", text), "") == ""
+
+
+def test_what_the_experts_are_told_for_each_state_of_a_round():
+    from service.labelstudio.announce import announce_round_state, note_for_state, preparing_text
+
+    assert note_for_state(2, "training", labels=350, eta_s=170) == preparing_text(2, 350, 170)
+    assert "Batch 3 is being prepared" in note_for_state(3, "created")
+    assert "could not be prepared" in note_for_state(2, "failed") and "saved" in note_for_state(2, "failed")
+    assert note_for_state(2, "closed") is False      # the batch is done: the note goes
+    assert note_for_state(2, "labeling") is None     # the push clears it once the batch is in
+    announce_round_state(Settings(), 1, 2, "training", labels=5)  # no Label Studio: nothing, no error

@@ -37,3 +37,19 @@ def test_learning_curves_of_several_runs(tmp_path):
     runs = {"random": _rounds(), "hybrid": _rounds()[:2]}
     out = plot_learning_curves(runs, tmp_path / "c.png", target=0.92)
     assert Image.open(out).size[0] > 300
+
+
+def test_the_gradcam_grid_is_drawn_at_the_pages_width_so_its_captions_stay_readable(tmp_path):
+    """A figure wider than the page is scaled down by the browser, captions with it (8 columns
+    came out at ~7 px). The grid is at most the page's width, so it is shown 1:1."""
+    from service.demo.report import CAPTION_PT, FIGURE_DPI, PAGE_WIDTH_PX, overlay_grid
+
+    png = heatmaps.overlay_png(np.zeros((28, 28, 1), np.uint8), np.eye(7))
+    caption = "#24 predicted: Ankle boot\nexpert: Ankle boot ✓"
+    full = overlay_grid([Overlay(png, caption)] * 24, tmp_path / "g24.png")
+    assert abs(Image.open(full).size[0] - PAGE_WIDTH_PX) <= 2
+    few = overlay_grid([Overlay(png, caption)] * 2, tmp_path / "g2.png")
+    assert Image.open(few).size[0] <= PAGE_WIDTH_PX
+    assert CAPTION_PT * FIGURE_DPI / 72 >= 12  # caption pixels when shown 1:1
+    assert f"max-width:{PAGE_WIDTH_PX}px" in write_report(
+        ReportInput(title="t", rounds=_rounds(), class_names=CLASSES), tmp_path / "r").read_text()

@@ -86,16 +86,28 @@ def _composite_on_white(im: Image.Image) -> Image.Image:
     return im
 
 
+def letterbox_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """Where a w × h image lands in its `size × size` letterbox: (width, height, left, top).
+
+    The one definition of the letterbox, so whoever maps a model's map back onto the original
+    image (the Grad-CAM overlay the experts see) uses the same rounding as the decoder."""
+    if (w, h) == (size, size):
+        return size, size, 0, 0
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return nw, nh, (size - nw) // 2, (size - nh) // 2
+
+
 def _letterbox(im: Image.Image, size: int, fill) -> Image.Image:
     """Fit the longer side to `size`, keep the aspect ratio, pad the rest (centered)."""
     w, h = im.size
     if (w, h) == (size, size):
         return im
+    nw, nh, left, top = letterbox_geometry(w, h, size)
     scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
     canvas = Image.new(im.mode, (size, size), fill)
-    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    canvas.paste(resized, (left, top))
     return canvas
 
 

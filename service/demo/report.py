@@ -104,20 +104,33 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
     return path
 
 
-def overlay_grid(overlays: list[Overlay], path: Path, columns: int = 8) -> Path:
-    """Overlays in rows of `columns`, each titled with its caption (may be several lines)."""
+# The page is at most PAGE_WIDTH_PX wide, and the overlay grid is drawn exactly that wide, so the
+# browser shows it 1:1. A wider figure is scaled down into the page and its captions with it
+# (8 columns of 1.7 in at 110 dpi came out as 7-pixel text).
+PAGE_WIDTH_PX = 1100
+FIGURE_DPI = 110
+GRID_COLUMNS = 5
+CAPTION_PT = 9  # 13.75 px at FIGURE_DPI, the page's small print
+
+
+def overlay_grid(overlays: list[Overlay], path: Path, columns: int = GRID_COLUMNS) -> Path:
+    """Overlays in rows of `columns`, each titled with its caption (may be several lines), the
+    figure PAGE_WIDTH_PX wide so the page shows it unscaled and the captions stay readable."""
     n = len(overlays)
     columns = max(1, min(columns, n))
     rows = max(1, -(-n // columns))
     lines = max((o.caption.count("\n") + 1 for o in overlays), default=1)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * (1.6 + 0.15 * lines)), squeeze=False)
+    cell_in = PAGE_WIDTH_PX / FIGURE_DPI / GRID_COLUMNS  # the same cell size however few overlays there are
+    caption_in = lines * CAPTION_PT * 1.35 / 72 + 0.1
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell_in, rows * (cell_in + caption_in)), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            ax.imshow(np.asarray(Image.open(io.BytesIO(overlays[k].png)).convert("RGB")))
-            ax.set_title(overlays[k].caption, fontsize=6.5, linespacing=1.1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            # nearest: each pixel of a small image stays a sharp block, as in Label Studio
+            ax.imshow(np.asarray(Image.open(io.BytesIO(overlays[k].png)).convert("RGB")), interpolation="nearest")
+            ax.set_title(overlays[k].caption, fontsize=CAPTION_PT, linespacing=1.15)
+    fig.tight_layout(pad=0.4, h_pad=0.6, w_pad=0.6)
+    fig.savefig(path, dpi=FIGURE_DPI)
     plt.close(fig)
     return path
 
@@ -156,7 +169,7 @@ def write_report(data: ReportInput, out_dir: Path) -> Path:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     figs = "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in figures)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
+<style>body{{font-family:sans-serif;max-width:{PAGE_WIDTH_PX}px;margin:2em auto}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}</style>
 </head><body><h1>{html.escape(data.title)}</h1><ul>{notes}</ul>
 <table><tr><th>round</th><th>labeled</th><th>accuracy</th><th>macro F1</th><th>excluded after</th></tr>{rows}</table>{figs}

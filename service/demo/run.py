@@ -388,7 +388,8 @@ def _ls_project_url(opts: DemoOptions, name: str) -> str | None:
         ls_id = LabelStudioBridge(opts.label_studio_url, opts.label_studio_token).find_project(f"camloop: {name}")
     except (LabelStudioError, Exception):  # noqa: BLE001 — only for the message; the bridge reports real errors
         return None
-    return f"{opts.label_studio_url.rstrip('/')}/projects/{ls_id}/data" if ls_id else None
+    # The labeling stream itself (Label Studio's "Label All Tasks"): the expert lands on the first task.
+    return f"{opts.label_studio_url.rstrip('/')}/projects/{ls_id}/data?labeling=1" if ls_id else None
 
 
 def demo_settings(opts: DemoOptions) -> Settings:

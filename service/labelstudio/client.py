@@ -44,27 +44,33 @@ class BatchItem:
     score: float | None   # the model's probability for predicted_class
 
 
+def guess_text(predicted_class: str | None, p: float | None) -> str:
+    """The header's words for the model's guess, e.g. "Shirt, 62 %": what the expert reads, so
+    nothing internal (rounds, strategies, model versions) goes in."""
+    if predicted_class is None:
+        return "none yet (no model has been trained; the right-hand picture repeats the image)"
+    if p is None:
+        return predicted_class
+    return f"{predicted_class}, {round(100 * float(p))} %"
+
+
 def task_payload(item: BatchItem, round_no: int, rank: int) -> dict:
     """A Label Studio task for one batch item: data the config shows + camloop's ids + a prediction."""
-    if item.predicted_class is None:
-        guess = "none yet (first round: no model; the right panel repeats the image)"
-    elif item.score is None:
-        guess = item.predicted_class
-    else:
-        guess = f"{item.predicted_class} ({item.score:.0%})"
     task = {
         "data": {
             cfg.IMAGE: item.image_url,
             # The config shows $heatmap; every task must carry it, so a cold start repeats the image.
             cfg.HEATMAP: item.heatmap_url or item.image_url,
-            cfg.GUESS: f"{guess}, {cfg.round_version(round_no)}",
+            cfg.GUESS: guess_text(item.predicted_class, item.score),
             cfg.ITEM_ID: int(item.item_id),
             cfg.ROUND: int(round_no),
             cfg.RANK: int(rank),
         },
     }
     if item.predicted_class is not None:
-        task["predictions"] = [cfg.prediction(item.predicted_class, item.score or 0.0, cfg.round_version(round_no))]
+        # The score is the guess's probability, which Label Studio sorts and filters by; the
+        # model_version is the same for every round (cfg.MODEL_VERSION says why).
+        task["predictions"] = [cfg.prediction(item.predicted_class, item.score, cfg.MODEL_VERSION)]
     return task
 
 
@@ -145,6 +151,14 @@ class LabelStudioBridge:
     def project(self, project_id: int) -> dict:
         return _as_dict(self.sdk.projects.get(id=project_id))
 
+    @_reaching("update the instructions")
+    def set_instructions(self, project_id: int, instructions: str, *, show: bool) -> None:
+        """The project's instructions for experts (HTML), and whether the labeling stream opens them."""
+        try:
+            self.sdk.projects.update(id=int(project_id), expert_instruction=instructions, show_instruction=bool(show))
+        except Exception as e:
+            raise LabelStudioError(f"could not update the instructions of Label Studio project {project_id}: {e}") from e
+
     # -- webhook ----------------------------------------------------------------------------
 
     @_reaching("register the webhook")
@@ -206,9 +220,34 @@ class LabelStudioBridge:
                 raise LabelStudioError(f"imported {len(todo)} tasks, Label Studio returned {len(task_ids)} ids")
             # Community answers synchronously with ids in request order; sort defensively anyway.
             done.update({b.item_id: tid for (_, b), tid in zip(todo, sorted(task_ids))})
-            # Show this round's predictions (the project can still hide them in its settings).
-            self.sdk.projects.update(id=project_id, model_version=cfg.round_version(round_no))
+            # Show camloop's predictions (the project can still hide them in its settings).
+            self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
         return {i: done[i] for i in ids}
+
+    def delete_open_tasks(self, project_id: int, round_no: int) -> dict[int, int]:
+        """Delete the round's tasks nobody has touched yet → {item id: task id} of those deleted.
+
+        For replacing a batch (e.g. a reserve queued from the previous ranking) when a new
+        ranking arrives. A task with any annotation — submitted or skipped — or a draft stays:
+        that is an expert's work. An expert who has the task open at this moment gets Label
+        Studio's error on submit and moves on to the next task; nothing is counted."""
+        doomed: dict[int, int] = {}
+        with _talking(f"list the tasks of project {project_id}"):
+            for t in self.iter_tasks(project_id, with_annotations=True):
+                data = t.get("data") or {}
+                touched = t.get("annotations") or t.get("drafts") or t.get("total_annotations") \
+                    or t.get("cancelled_annotations")
+                if data.get(cfg.ROUND) == round_no and data.get(cfg.ITEM_ID) is not None and not touched:
+                    doomed[int(data[cfg.ITEM_ID])] = int(t["id"])
+        if doomed:
+            with _talking(f"delete open tasks of round {round_no}"):
+                try:
+                    self.sdk.actions.create(id="delete_tasks", project=int(project_id),
+                                            selected_items={"all": False, "included": sorted(doomed.values())})
+                except Exception as e:  # the SDK's ApiError carries the server's message
+                    raise LabelStudioError(f"could not delete the open tasks of round {round_no} "
+                                           f"in project {project_id}: {e}") from e
+        return doomed
 
     # -- annotations ------------------------------------------------------------------------
 

@@ -40,16 +40,21 @@ def labeling_config(classes: Sequence[str]) -> str:
     """Label Studio XML for `classes` (order kept: it is the order experts see)."""
     names = validate_classes(classes)
     choices = "\n".join(f"      <Choice value={quoteattr(n)}/>" for n in names)
+    # Both pictures at their own pixel size (defaultZoom="original"; Label Studio's default
+    # stretches them to the column), which camloop makes the same for the two: small images are
+    # served enlarged by a whole factor, the overlay drawn at that size (service.core.display). No
+    # smoothing when the expert zooms in, so pixels stay blocks in both.
+    picture = 'zoom="true" zoomControl="true" defaultZoom="original" smoothing="false"'
     return f"""<View>
   <Header value="Model's guess: ${GUESS}" size="5"/>
   <View style="display: flex; gap: 1em; flex-wrap: wrap;">
     <View style="flex: 1; min-width: 240px;">
       <Header value="Image" size="6"/>
-      <Image name="{IMAGE}" value="${IMAGE}" zoom="true" zoomControl="true"/>
+      <Image name="{IMAGE}" value="${IMAGE}" {picture}/>
     </View>
     <View style="flex: 1; min-width: 240px;">
       <Header value="Where the model looked (Grad-CAM of its guess)" size="6"/>
-      <Image name="{HEATMAP}" value="${HEATMAP}" zoom="true" zoomControl="true"/>
+      <Image name="{HEATMAP}" value="${HEATMAP}" {picture}/>
     </View>
   </View>
   <Header value="Which class is this image?" size="5"/>
@@ -62,18 +67,27 @@ def labeling_config(classes: Sequence[str]) -> str:
 </View>"""  # no trailing newline: Label Studio stores the config stripped, and we compare to it
 
 
-def prediction(predicted_class: str, score: float, model_version: str) -> dict:
-    """A Label Studio prediction that pre-selects the model's class for the expert."""
-    return {
+def prediction(predicted_class: str, score: float | None, model_version: str) -> dict:
+    """A Label Studio prediction that pre-selects the model's class for the expert.
+
+    `score` is the model's probability for the class (Label Studio sorts and filters tasks by
+    it); None leaves it out rather than inventing one."""
+    if score is not None and not 0.0 <= float(score) <= 1.0:
+        raise ValueError(f"a prediction score is a probability in [0, 1], got {score!r}")
+    out = {
         "model_version": model_version,
-        "score": float(score),
         "result": [{
             "from_name": CLASS_FROM, "to_name": IMAGE, "type": "choices",
             "value": {"choices": [predicted_class]},
         }],
     }
+    if score is not None:
+        out["score"] = float(score)
+    return out
 
 
-def round_version(round_no: int) -> str:
-    """model_version of a round's predictions: the project can show or hide them by it."""
-    return f"round-{int(round_no)}"
+# model_version of every prediction camloop imports, one for all rounds. Label Studio serves a
+# task only the predictions of the project's model_version: a version per round would drop the
+# pre-selected guess of every task still open from an earlier round the moment the next round's
+# batch is imported. The round a task belongs to is in its data (ROUND); the expert sees neither.
+MODEL_VERSION = "camloop"

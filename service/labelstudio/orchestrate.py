@@ -1,7 +1,9 @@
 """What the rest of camloop calls: connect a project, push a round, take a webhook, poll.
 
     connect_project(settings, project_id)          create/attach the LS project + register the webhook
-    push_round(settings, project_id, round_number) import the round's queue (rounds.on_labeling hook)
+    push_round(settings, project_id, round_number) import the round's queue (rounds.on_labeling hook), clear the note
+    announce(settings, project_id, text)           tell the experts in Label Studio what happens (labelstudio.announce)
+    withdraw_open_tasks(settings, project_id, round_number)   delete a round's untouched tasks (replacing a batch)
     handle_webhook_request(settings, body, headers) the webhook route's whole job
     poll_project(settings, project_id) / poll_all(settings)   reconciliation (webhooks are never retried)
     review(settings, project_id)                   ties/disagreements + per-class agreement report
@@ -22,12 +24,13 @@ from service.store.db import get_engine, session_scope
 from service.runtime.failure_log import FailureStreak
 from service.labelstudio import ledger
 from service.labelstudio.agreement import agreement_report
+from service.labelstudio.announce import announce
 from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudioError
 from service.labelstudio.events import AnnotationDeleted
 from service.labelstudio.poll import events_from_snapshot, snapshot
 from service.labelstudio.resolve import resolve_all
-from service.labelstudio.routes import (file_url, files_router, heatmap_url, heatmaps_router, result_view,
-                                        webhook_router)
+from service.labelstudio.routes import (SignedMediaCors, file_url, files_router, heatmap_url, heatmaps_router,
+                                        result_view, webhook_router)
 from service.labelstudio.store_apply import apply_to_store
 from service.labelstudio.webhook import WebhookError, _project_id, check_secret, parse_payload
 from service.settings import Settings
@@ -107,7 +110,29 @@ def push_round(settings: Settings, project_id: int, round_number: int, *,
             with session_scope(settings) as s:
                 link = ledger.get_link(s, project_id)
         batch = round_batch(settings, project_id, round_number)
-        return _bridge(settings, bridge).import_batch(link.ls_project_id, round_number, batch)
+        b = _bridge(settings, bridge)
+        mapping = b.import_batch(link.ls_project_id, round_number, batch)
+    # The batch is there: a "next batch is being prepared" note is now wrong (never raises).
+    announce(settings, project_id, None, bridge=b)
+    return mapping
+
+
+def withdraw_open_tasks(settings: Settings, project_id: int, round_number: int, *,
+                        bridge: LabelStudioBridge | None = None) -> list[int]:
+    """Take the round's untouched tasks out of Label Studio → the camloop item ids withdrawn.
+
+    The bridge half of replacing a batch when a new ranking arrives (a reserve queued from the
+    previous scoring): what camloop does with those items (back to unlabeled) is the caller's.
+    Tasks an expert answered or skipped stay. Under the push lock, so a push of the same
+    project cannot interleave."""
+    _tables(settings)
+    with _push_lock(settings, project_id):
+        with session_scope(settings) as s:
+            link = ledger.get_link(s, project_id)
+        if link is None:
+            return []
+        gone = _bridge(settings, bridge).delete_open_tasks(link.ls_project_id, round_number)
+    return sorted(gone)
 
 
 _push_locks: dict[tuple[str, int], threading.Lock] = {}
@@ -136,9 +161,23 @@ def _configured(settings: Settings) -> bool:
 
 
 def push_if_connected(settings: Settings, project_id: int, round_number: int) -> None:
-    """rounds.on_labeling hook: push the batch when this process talks to a Label Studio."""
-    if _configured(settings):
-        push_round(settings, project_id, round_number)
+    """rounds.on_labeling hook: push the batch when this process talks to a Label Studio.
+
+    The new batch replaces what earlier rounds left open: their reserve (the next-ranked images
+    experts labeled while this round's model trained) and a batch closed with force. Those
+    untouched tasks leave Label Studio first (the store put their items back in the pool when
+    this round's queue was committed); answered and skipped ones stay."""
+    if not _configured(settings):
+        return
+    with session_scope(settings) as s:
+        closed = s.execute(select(Round.id, Round.number, Round.progress).where(
+            Round.project_id == project_id, Round.number < round_number, Round.state == "closed")).all()
+        with_reserve = set(s.scalars(select(QueueEntry.round_id).where(
+            QueueEntry.round_id.in_([rid for rid, *_ in closed]), QueueEntry.reserve.is_(True)).distinct()))
+        earlier = [n for rid, n, prog in closed if rid in with_reserve or (prog or {}).get("abandoned")]
+    for number in sorted(earlier):
+        withdraw_open_tasks(settings, project_id, number)
+    push_round(settings, project_id, round_number)
 
 
 def connect_if_configured(settings: Settings, project_id: int) -> None:
@@ -271,6 +310,27 @@ class Poller(threading.Thread):
         self._stop_evt.set()
 
 
+def expert_vote_figures(s, project) -> dict[str, dict]:
+    """core.metrics figures: the experts' votes per class (wrong-region votes under the guess)."""
+    from service.labelstudio.wrong_region import per_class_fields
+
+    return per_class_fields(s, project.id, list(project.class_names))
+
+
+def announce_on_transition(settings: Settings, project_id: int, number: int, state: str) -> None:
+    """rounds.on_transition hook: tell the experts of a connected project what is happening."""
+    if not _configured(settings):
+        return
+    from service.labelstudio.announce import announce_round_state
+    from service.rounds.progress import eta_and_labels
+
+    with session_scope(settings) as s:
+        if ledger.get_link(s, project_id) is None:
+            return
+        labels, eta = eta_and_labels(s, project_id, number)
+    announce_round_state(settings, project_id, number, state, labels=labels, eta_s=eta)
+
+
 def install(app, settings: Settings, *, poll: bool = True) -> None:
     """Mount the routes on `app`, push batches when rounds reach labeling, poll in the background."""
     from service import rounds
@@ -286,18 +346,21 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
     from service.core import projects
 
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
-    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))
+    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir,
+                                    max_pixels=settings.max_image_pixels))
     app.include_router(heatmaps_router(signer=signer, render=render))
     from service.labelstudio.api import router as bridge_api
     app.include_router(bridge_api, prefix="/api/v1")
+    # Label Studio's editor reads the two signed routes from its own origin (CAMLOOP_CORS_ORIGINS).
+    app.add_middleware(SignedMediaCors, origins=settings.cors_origins_effective)
     # The hooks are process-wide (several apps can live in one process, as in the tests), so
     # each checks the settings it is called with: a project without Label Studio is left alone.
     rounds.on_labeling(push_if_connected)
     if connect_if_configured not in projects._created_hooks:
         projects.on_created(connect_if_configured)
     from service.core.metrics import add_class_figures
-    from service.labelstudio.votes import expert_votes
-    add_class_figures(expert_votes)
+    add_class_figures(expert_vote_figures)
+    rounds.on_transition(announce_on_transition)
     if settings.label_studio_url and settings.label_studio_token:
         if poll:
             inner = app.router.lifespan_context

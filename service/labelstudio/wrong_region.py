@@ -1,0 +1,76 @@
+"""The experts' "the model looked at the wrong region" votes, counted per class.
+
+What an expert judges with that checkbox is the Grad-CAM map beside the image, and that map
+is the map of the class the *model guessed* (the round's queue entry), not of the class the
+expert answers. So the votes are filed under the guessed class: "when the model says Shirt,
+how often does it look at the wrong place". The expert's class is kept beside it, because a
+wrong region on a wrong guess (the model said Shirt, it is a Coat) and on a right one mean
+different things.
+
+Votes counted: every annotation in the ledger with a usable class, not skipped (the same
+votes as the per-class `expert_votes`). A task shown without a map (a round before any model:
+no guess, the right-hand picture repeats the image) has nothing to judge and is not counted.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Integer, and_, cast, func, select
+from sqlalchemy.orm import Session
+
+from service.labelstudio.ledger import annotations as a
+from service.store import QueueEntry, Round
+
+
+def _usable(project_id: int):
+    return and_(a.c.project_id == project_id, a.c.label.is_not(None), a.c.problem.is_(None), a.c.skipped.is_(False))
+
+
+def wrong_region_votes(s: Session, project_id: int) -> dict[str, dict]:
+    """guessed class → {"votes", "wrong_region", "wrong_region_by_expert_class": {expert class: n}}.
+
+    `votes`: expert votes on tasks where the model guessed that class (each saw its map);
+    `wrong_region`: how many of them ticked "the model looked at the wrong region"."""
+    guess = QueueEntry.pred
+    rows = s.execute(
+        select(guess, a.c.label, func.count(), func.sum(cast(a.c.wrong_region, Integer)))
+        .select_from(a)
+        .join(Round, and_(Round.project_id == a.c.project_id, Round.number == a.c.round))
+        .join(QueueEntry, and_(QueueEntry.round_id == Round.id, QueueEntry.item_id == a.c.item_id))
+        .where(_usable(project_id), guess.is_not(None))
+        .group_by(guess, a.c.label)).all()
+    out: dict[str, dict] = {}
+    for guessed, label, n, wrong in rows:
+        entry = out.setdefault(guessed, {"votes": 0, "wrong_region": 0, "wrong_region_by_expert_class": {}})
+        entry["votes"] += int(n)
+        entry["wrong_region"] += int(wrong or 0)
+        if wrong:
+            entry["wrong_region_by_expert_class"][label] = int(wrong)
+    return out
+
+
+def expert_votes(s: Session, project_id: int) -> dict[str, int]:
+    """expert's class → number of usable votes for it."""
+    rows = s.execute(select(a.c.label, func.count()).where(_usable(project_id)).group_by(a.c.label)).all()
+    return {label: int(n) for label, n in rows}
+
+
+def per_class_fields(s: Session, project_id: int, classes: Sequence[str]) -> dict[str, dict]:
+    """The expert-vote fields of GET /metrics' per_class, for every class:
+
+      expert_votes          votes whose answer (the expert's class) is this class
+      guessed_votes         votes on tasks where the model guessed this class
+      wrong_region_votes    of those, votes saying the model looked at the wrong region
+      wrong_region_rate     wrong_region_votes / guessed_votes (None without votes)
+      wrong_region_by_expert_class   those wrong-region votes split by the expert's answer
+    """
+    by_guess = wrong_region_votes(s, project_id)
+    by_label = expert_votes(s, project_id)
+    out = {}
+    for c in classes:
+        g = by_guess.get(c, {"votes": 0, "wrong_region": 0, "wrong_region_by_expert_class": {}})
+        out[c] = {"expert_votes": by_label.get(c, 0), "guessed_votes": g["votes"],
+                  "wrong_region_votes": g["wrong_region"],
+                  "wrong_region_rate": g["wrong_region"] / g["votes"] if g["votes"] else None,
+                  "wrong_region_by_expert_class": dict(sorted(g["wrong_region_by_expert_class"].items()))}
+    return out
