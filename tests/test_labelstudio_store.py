@@ -445,3 +445,39 @@ def test_withdrawing_a_round_takes_only_untouched_tasks_out_of_label_studio(env)
     ls_pid = connect_project(st, pid)
     assert [t["data"][cfg.ITEM_ID] for t in ls_tasks(env, ls_pid)] == [ranked[0]]
     assert item_state(env, ranked[0]) == ("cat", "labeled")  # the expert's answer is untouched
+
+
+def test_the_next_batch_replaces_the_reserve_left_open_in_label_studio(env):
+    """Round 1's batch and reserve are in Label Studio; the expert answered the batch and one
+    reserve task while round 2 trained. When round 2's batch is committed (the store returns the
+    untouched reserve to the pool) the labeling hook takes those untouched tasks out of Label
+    Studio and imports round 2's; the answered reserve task stays."""
+    from service.labelstudio.orchestrate import push_if_connected
+    from service.rounds.lifecycle import withdraw_reserves
+
+    st, u = env["settings"], env["users"]
+    pid, ranked = _make_project(st, "reserve", 5)
+    with session_scope(st) as s:  # ranks 3 and 4 are the reserve, after the batch of three
+        s.execute(QueueEntry.__table__.update().where(QueueEntry.item_id.in_(ranked[3:])).values(reserve=True))
+    mapping = push_round(st, pid, 1)
+    for iid in ranked[:4]:
+        annotate(env, mapping[iid], "cat", u[0])
+    poll_project(st, pid)
+    with session_scope(st) as s:
+        r1 = s.scalar(select(Round).where(Round.project_id == pid, Round.number == 1))
+        r1.state = "closed"
+        data = _png((1, 2, 3))
+        (st.data_dir / "reserve" / "new.png").write_bytes(data)
+        new = Item(project_id=pid, uri="reserve/new.png", sha256=hashlib.sha256(data).hexdigest(), split="pool",
+                   status="queued")
+        r2 = Round(project_id=pid, number=2, state="labeling", progress={"stage": "labeling"})
+        s.add_all([new, r2])
+        s.flush()
+        s.add(QueueEntry(round_id=r2.id, item_id=new.id, rank=0, pred="dog", scores={"p_pred": 0.6}))
+        assert withdraw_reserves(s, r2) == 1  # the untouched reserve image is back in the pool
+        new_id = new.id
+    push_if_connected(st, pid, 2)
+    ls_pid = connect_project(st, pid)
+    in_ls = sorted(t["data"][cfg.ITEM_ID] for t in ls_tasks(env, ls_pid))
+    assert in_ls == sorted(ranked[:4] + [new_id])  # ranked[4], the untouched reserve, is gone
+    assert item_state(env, ranked[4]) == (None, "unlabeled") and item_state(env, ranked[3]) == ("cat", "labeled")
