@@ -47,9 +47,11 @@ def test_service_and_simulate_select_the_same_images_and_report_the_same_accurac
     for a, b in zip(service, sim["rounds"]):
         assert a["labeled"] == b["labeled"], a["round"]
         assert a.get("selected", []) == b.get("selected", []), f"round {a['round']} picked other images"
+        assert a.get("reserve", []) == b.get("reserve", []), f"round {a['round']} reserved other images"
         assert a["accuracy"] == b["accuracy_active"], a["round"]
         assert a["accuracy_all"] == pytest.approx(b["accuracy"], abs=1e-9), a["round"]
     assert [len(r.get("selected", [])) for r in service] == [30, 30, 30, 0]
+    assert [len(r.get("reserve", [])) for r in service] == [15, 15, 15, 0]  # half the budget, by default
     # The rule fired at round 2 in both, on the same classes; round 3 trained without them.
     fired = {e["class"] for e in sim["exclusions"] if e["round"] == 2}
     assert len(fired) == 5 and set(service[1]["excluded_after"]) == fired == set(service[2]["excluded"])

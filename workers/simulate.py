@@ -117,6 +117,11 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         test = _cache(cache, "test", data.test.images, n_pool + len(data.val), data.test.labels)
         labeled = np.zeros(n_pool, bool)
         labeled[initial_labeled(n_pool, config.initial, config.seed)] = True
+        # The reserve a round queues after its batch is with the experts while the next round
+        # trains and scores: not a candidate then (the service scores unlabeled images only),
+        # back in the pool once the next batch replaces it. The oracle answers batches only, as
+        # the demo's does.
+        reserved = np.zeros(n_pool, bool)
         status = {n: "active" for n in names}
         history, models, records, exclusions = [], [], [], []
         previous: list[int] | None = None
@@ -148,18 +153,21 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             if not last:
                 t0 = time.perf_counter()
                 active = [status[n] == "active" for n in names]
-                unl = np.flatnonzero(~labeled)
+                unl = np.flatnonzero(~labeled & ~reserved)
                 score = plan.score_manifest(project, PROJECT_ID, number, names, active, str(files.checkpoint),
                                             pool.take(unl), config.shard_size, plan.gatekeepers(models, active), files)
                 c.write_manifest(files.score_manifest, score)
                 for k in score.shards:
                     jobs.score_shard(str(files.score_manifest), int(k))
                 sel = select_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)],
-                                         project.strategy, names, active, project.budget, 0,
+                                         project.strategy, names, active, project.budget, project.reserve_size,
                                          evidence_accuracy(evidence, names), project.seed, number)
                 picked = np.asarray([p.item_id for p in sel.batch], np.int64)
+                reserved[:] = False
+                reserved[[p.item_id for p in sel.reserve]] = True
                 timings["score_select"] = time.perf_counter() - t0
                 record["selected"] = [data.pool_uris[i] for i in picked]
+                record["reserve"] = [data.pool_uris[p.item_id] for p in sel.reserve]
                 record["kept_out_as_excluded"] = sel.gated
                 labeled[picked] = True  # the oracle: the true labels are already in pool.labels
                 if picked.size == 0:

@@ -21,7 +21,7 @@ def demo(
     epochs: int = typer.Option(_D.epochs, min=1, help="training epochs per round"),
     strategy: str = typer.Option(_D.strategy, help="random | least-confidence | margin | entropy | bald | vote-entropy | gradcam | hybrid"),
     model: str = typer.Option(_D.model, help="small-cnn | resnet18 | se-resnet18 | efficientnet-lite0"),
-    reserve: int = typer.Option(_D.reserve, min=0, help="next-ranked images queued after each batch, labeled while the next model trains"),
+    reserve: Optional[int] = typer.Option(_D.reserve, min=0, help="next-ranked images queued after each batch, labeled while the next model trains (default: half the budget)"),
     seed: int = typer.Option(_D.seed),
     data_dir: Path = typer.Option(_D.data_dir, help="images, database, logs, artifacts and report go here"),
     report_dir: Optional[Path] = typer.Option(None, help="default: <data-dir>/report"),

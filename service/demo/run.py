@@ -53,7 +53,7 @@ class DemoOptions:
     strategy: str = _P.strategy
     model: str = _P.model
     seed: int = _P.seed
-    reserve: int = _P.reserve      # next-ranked images queued after each batch (experts label them while it trains)
+    reserve: int | None = _P.reserve  # next-ranked images queued after each batch (none: half the budget)
     data_dir: Path = Path("camloop-demo")
     report_dir: Path | None = None
     label_studio_url: str | None = None
@@ -130,7 +130,7 @@ def export_images(opts: DemoOptions) -> DemoData:
     return data
 
 
-def rounds_from_metrics(metrics: dict, rounds: list[dict], selected: dict[int, list[str]] | None = None) -> list[dict]:
+def rounds_from_metrics(metrics: dict, rounds: list[dict], selected: dict[int, dict] | None = None) -> list[dict]:
     """GET .../metrics history + GET .../rounds → the rounds list of the simulate JSON (what the report draws).
 
     A class excluded by the rule after round r's evaluation is left out of training from round
@@ -159,7 +159,7 @@ def rounds_from_metrics(metrics: dict, rounds: list[dict], selected: dict[int, l
                "accuracy_all": acc_all, "macro_f1": h.get("macro_f1") or 0.0, "per_class": per_class,
                "excluded": before, "excluded_after": after}
         if selected and r in selected:
-            row["selected"] = selected[r]  # the round's batch, as `camloop simulate` writes it
+            row.update(selected[r])  # the round's batch and reserve, as `camloop simulate` writes them
         out.append(row)
     return out
 
@@ -334,12 +334,13 @@ class DemoRun:
                     if r["state"] in ("labeling", "closed") and not r.get("train_only")}
         return rounds_from_metrics(m, rounds, selected), m
 
-    def selected(self, number: int) -> list[str]:
-        """Round `number`'s batch in priority order, as paths under the exported folder."""
+    def selected(self, number: int) -> dict[str, list[str]]:
+        """Round `number`'s batch and reserve in priority order, as paths under the exported folder."""
         queue = self._ok(self.api.get(f"/projects/{self.pid}/queue",
                                       params={"round": number, "include_labeled": True}))["items"]
         prefix = len(f"images/{self.data_name}/")
-        return [q["uri"][prefix:] for q in queue if not q.get("reserve")]
+        return {"selected": [q["uri"][prefix:] for q in queue if not q.get("reserve")],
+                "reserve": [q["uri"][prefix:] for q in queue if q.get("reserve")]}
 
     def overlays(self, number: int, limit: int) -> list[Overlay]:
         queue = self._ok(self.api.get(f"/projects/{self.pid}/queue",

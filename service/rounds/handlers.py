@@ -228,7 +228,7 @@ def select_batch(x: Ctx) -> Selection:
     """The round's batch and reserve, in priority order (workers.engine.selection)."""
     cfg = x.config
     if (x.rnd.progress or {}).get("cold_start") or x.rnd.model_version_id is None:
-        return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve, cfg.seed, x.rnd.number)
+        return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number)
     names = list(x.project.class_names)
     active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
     shards = jobs.manifest(x.files.score_manifest, "score").shards
@@ -240,7 +240,7 @@ def select_batch(x: Ctx) -> Selection:
     gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
                                                          Item.status != "unlabeled")), np.int64)
     return select_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.strategy, names,
-                              active, cfg.budget, cfg.reserve, accuracy, cfg.seed, x.rnd.number, gone)
+                              active, cfg.budget, cfg.reserve_size, accuracy, cfg.seed, x.rnd.number, gone)
 
 
 def on_selecting(x: Ctx) -> None:

@@ -67,8 +67,9 @@ class ProjectConfig(_Strict):
     frozen_blocks: StrictInt = Field(0, ge=0, le=64, description="first backbone blocks kept frozen")
     strategy: str = Field("hybrid", description="acquisition strategy (strategies.registry)")
     budget: StrictInt = Field(100, ge=1, le=1_000_000, description="images queued for experts per round")
-    reserve: StrictInt = Field(0, ge=0, le=1_000_000,
-                               description="next-ranked images queued after the batch, labeled while the next model trains")
+    reserve: StrictInt | None = Field(None, ge=0, le=1_000_000,
+                                      description="next-ranked images queued after the batch, which experts label while "
+                                                  "the next model trains (none: half the budget; 0: no reserve)")
     duplicate_new: StrictInt = Field(2, ge=1, le=16, description="times each new label enters training (augmented copies)")
     balance: StrictBool = Field(True, description="duplicate classes with few labels toward the others")
     epochs: StrictInt = Field(10, ge=1, le=10000, description="training epochs a round")
@@ -80,6 +81,13 @@ class ProjectConfig(_Strict):
     holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
     ls_project_id: StrictInt | str | None = Field(None, description="attach this Label Studio project (id or exact title)")
     auto_next_round: StrictBool = Field(False, description="start the next round as soon as a batch is labeled")
+
+    @property
+    def reserve_size(self) -> int:
+        """The reserve queued after each batch: as configured, or half the budget — enough that an
+        expert at a few seconds an image does not run dry while the next model trains
+        (docs/benchmarks.md, expert idle time)."""
+        return self.budget // 2 if self.reserve is None else int(self.reserve)
 
     @field_validator("model")
     @classmethod
