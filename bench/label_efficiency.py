@@ -192,6 +192,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude-below", type=float, default=0.5)
     ap.add_argument("--strategies", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
     ap.add_argument("--device", default=None)
+    ap.add_argument("--reserve", type=int, default=0,
+                    help="the reserve queued after each batch (0: none, the protocol's; it only keeps experts busy, "
+                         "and keeps its images out of the next round's candidates)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--reference", default=None,
                     help="comma list of random-label set sizes (or 'all') to train once each and write "
@@ -240,7 +243,7 @@ def main(argv=None) -> int:
             cfg = SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
                                    budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
                                    mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
-                                   exclusion=exclusion, threads=args.threads,
+                                   exclusion=exclusion, threads=args.threads, reserve=args.reserve,
                                    test_limit=args.test_limit, val_limit=args.val_limit, **overrides)
             t0 = time.perf_counter()
             result = run_simulation(cfg, progress=lambda r, n=name, s=seed: print(
