@@ -16,7 +16,7 @@ from service.store import Label
 from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, run_jobs, write_digits
 
 CLASSES = [str(i) for i in range(10)]
-FAST = {"epochs": 1, "budget": 12, "mc_samples": 2, "hflip": False, "pretrained": False}
+FAST = {"epochs": 1, "budget": 12, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False}
 
 
 def wait_until(get, cond, what: str, limit: int = 600):
@@ -214,6 +214,42 @@ def test_exclude_and_include_record_who_and_why(api):
     assert cls["7"]["status"] == "active" and cls["7"]["reason"] == "new guideline"
     m = c.get(f"/api/v1/projects/{pid}/metrics").json()
     assert m["per_class"]["7"]["status"] == "active"
+
+
+def test_the_reserve_follows_the_batch_and_stays_with_the_experts_until_the_next_batch(api):
+    """Default reserve: half the budget, queued after the batch. Labeling the batch closes the
+    round; the reserve stays queued (the experts label it while the next round trains), then the
+    next round's batch replaces what is left of it."""
+    c, settings = api
+    pid = new_project(c, reserve=None)  # the default
+    truth = register(c, settings, pid)
+    assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    rnd = wait_until(lambda: get_round(c, pid, 1), lambda v: v["state"] == "labeling", "labeling")
+    half = FAST["budget"] // 2
+    assert rnd["progress"]["queued"] == FAST["budget"] and rnd["progress"]["reserve"] == half
+    q = c.get(f"/api/v1/projects/{pid}/queue").json()["items"]
+    assert [e["reserve"] for e in q] == [False] * FAST["budget"] + [True] * half
+    batch, reserve = q[:FAST["budget"]], q[FAST["budget"]:]
+    labels = [{"item_id": e["item_id"], "class": truth[e["uri"]], "client_id": f"b-{e['item_id']}"} for e in batch]
+    # ... and one reserve image, answered while the next round works
+    labels.append({"item_id": reserve[0]["item_id"], "class": truth[reserve[0]["uri"]], "client_id": "r-0"})
+    assert c.post(f"/api/v1/projects/{pid}/labels", json={"labels": labels}).status_code == 201
+    wait_until(lambda: get_round(c, pid, 1), lambda v: v["state"] == "closed", "closed")
+    # Between rounds the queue offers what is left of the reserve.
+    between = c.get(f"/api/v1/projects/{pid}/queue").json()
+    assert between["round"] == 1 and [e["item_id"] for e in between["items"]] == [e["item_id"] for e in reserve[1:]]
+    assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202  # nothing of round 1's batch waits
+    # The jobs run in this process (burst), again until the round has chained train → score.
+    two = wait_until(lambda: (run_jobs(settings, ("train", "score")), get_round(c, pid, 2))[1],
+                     lambda v: v["state"] == "labeling", "labeling 2", limit=300)
+    assert two["progress"]["reserve_withdrawn"] == half - 1
+    items = {i["id"]: i for i in c.get(f"/api/v1/projects/{pid}/items", params={"split": "pool"}).json()["items"]}
+    assert items[reserve[0]["item_id"]]["status"] == "labeled"
+    new_q = {e["item_id"] for e in c.get(f"/api/v1/projects/{pid}/queue").json()["items"]}
+    for e in reserve[1:]:  # back in the pool, or picked again by the new ranking
+        assert items[e["item_id"]]["status"] == ("queued" if e["item_id"] in new_q else "unlabeled")
+    m = c.get(f"/api/v1/projects/{pid}/metrics").json()
+    assert m["labeled"] == FAST["budget"] + 1
 
 
 def test_failed_job_fails_the_round_with_the_reason_and_retry_re_enqueues(api):

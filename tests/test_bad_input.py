@@ -49,7 +49,7 @@ def app(tmp_path, queue_prefix):
 
 def new_project(c, **cfg) -> int:
     r = c.post("/api/v1/projects", json={"name": f"bad-{time.monotonic_ns()}", "classes": CLASSES,
-                                         "config": {"epochs": 1, "budget": 5, "pretrained": False, **cfg}})
+                                         "config": {"epochs": 1, "budget": 5, "reserve": 0, "pretrained": False, **cfg}})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 

@@ -117,7 +117,7 @@ def _project_with_a_round_to_label(stack) -> tuple[int, int, dict[str, str], lis
             truth[uri] = str(y)
     name = f"browser-{stack['port']}"
     pid = _ok(api.post("/projects", json={"name": name, "classes": [str(i) for i in range(10)], "config": {
-        "budget": BUDGET, "epochs": 4, "mc_samples": 2, "hflip": False, "pretrained": False}}), 201)["id"]
+        "budget": BUDGET, "reserve": 0, "epochs": 4, "mc_samples": 2, "hflip": False, "pretrained": False}}), 201)["id"]
     seeded = [u for u in truth if u.startswith("pool/")][:SEEDED]
     items = [{"uri": u, "split": "val", "label": y} for u, y in truth.items() if u.startswith("val/")]
     items += [{"uri": u, "split": "pool", "label": truth[u]} for u in seeded]

@@ -167,7 +167,7 @@ def test_two_rounds_over_http(stack):
 
     w = _worker(stack)
     p = _ok(c.post("/api/v1/projects", json={"name": "digits", "classes": [str(i) for i in range(10)],
-                                              "config": {"budget": BUDGET, "epochs": 2, "mc_samples": 2,
+                                              "config": {"budget": BUDGET, "reserve": 0, "epochs": 2, "mc_samples": 2,
                                                          "hflip": False, "pretrained": False,
                                                          # the full method: the Grad-CAM term in the
                                                          # fusion and in the class budget (the

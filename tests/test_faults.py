@@ -99,7 +99,7 @@ class Stack:
 
     def new_project(self, **cfg) -> int:
         body = {"name": f"faults-{uuid.uuid4().hex[:8]}", "classes": CLASSES,
-                "config": {"epochs": 1, "budget": 20, "mc_samples": 2, "hflip": False, "pretrained": False, **cfg}}
+                "config": {"epochs": 1, "budget": 20, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False, **cfg}}
         return self.ok(self.client.post("/api/v1/projects", json=body), 201)["id"]
 
     def round(self, pid: int, n: int) -> dict:

@@ -59,7 +59,7 @@ def test_api_killed_and_restarted_while_webhooks_arrive_nothing_lost_nothing_twi
         images, labels = digits_arrays(60, seed=5)
         truth = {uri: str(y) for uri, y in write_pngs(root, images, labels)}
         r = api.post("/projects", json={"name": f"lsfault-{port}", "classes": [str(i) for i in range(10)],
-                                        "config": {"budget": BUDGET, "epochs": 1, "pretrained": False}})
+                                        "config": {"budget": BUDGET, "reserve": 0, "epochs": 1, "pretrained": False}})
         assert r.status_code == 201 and r.json()["warnings"] == [], r.text
         pid = r.json()["id"]
         assert api.post(f"/projects/{pid}/items", json={"folder": "pool"}).status_code == 202

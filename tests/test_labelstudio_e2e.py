@@ -126,7 +126,7 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
 
     # Creating the project creates its Label Studio project (webhook registered with our secret).
     p = _ok(api.post("/projects", json={"name": f"ls-e2e-{stack['port']}", "classes": classes, "config": {
-        "budget": BUDGET, "epochs": 1, "mc_samples": 2, "hflip": False, "pretrained": False,
+        "budget": BUDGET, "reserve": 0, "epochs": 1, "mc_samples": 2, "hflip": False, "pretrained": False,
         "auto_next_round": True}}), 201)
     pid = p["id"]
     ls_projects = ls.get("/api/projects/", params={"page_size": 1000}).json()

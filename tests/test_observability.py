@@ -65,7 +65,7 @@ def client(tmp_path, queue_prefix):
 def test_metrics_follow_a_round_through_its_stages(client):
     c, settings = client
     pid = c.post("/api/v1/projects", json={"name": "obs", "classes": CLASSES, "config": {
-        "epochs": 1, "budget": BUDGET, "mc_samples": 2, "hflip": False, "pretrained": False}}).json()["id"]
+        "epochs": 1, "budget": BUDGET, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False}}).json()["id"]
     pool = write_digits(settings.data_dir, 60, "pool", seed=2)
     val = write_digits(settings.data_dir, 20, "val", seed=2, offset=60)
     seeded = pool[:30]
