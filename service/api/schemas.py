@@ -79,7 +79,9 @@ class ProjectOut(BaseModel):
     id: int
     name: str
     classes: list[ClassOut]
-    config: ProjectConfig
+    # A config stored by an older version may not validate: shown as stored (warnings say what
+    # to fix) rather than failing the answer.
+    config: ProjectConfig | dict[str, Any]
     created_at: datetime | None = None
     warnings: list[str] = Field(default_factory=list, description="what went wrong beside (e.g. Label Studio away)")
 
