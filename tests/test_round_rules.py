@@ -144,3 +144,133 @@ def test_an_error_inside_the_round_engine_fails_the_round_once_and_retry_works_a
         assert rnd["state"] != "failed" and time.monotonic() < deadline, rnd
         time.sleep(0.1)
     assert rnd["error"] is None and rnd["progress"]["queued"] == FAST["budget"]
+
+
+# ------------------------------------------------------------------ starting a round
+
+def _serve(tmp_path, db_url: str, prefix: str):
+    """`camloop serve` in a subprocess (uvicorn's thread pool: real concurrent requests)."""
+    import httpx
+
+    from tests.conftest import ENGINEER_KEY
+    from tests.worker_proc import REDIS_URL, free_port, start_server, wait_for, worker_env
+
+    env = worker_env(CAMLOOP_DATA_DIR=str(tmp_path / "data"), CAMLOOP_QUEUE_PREFIX=prefix, REDIS_URL=REDIS_URL,
+                     DATABASE_URL=db_url, CAMLOOP_API_KEYS=ENGINEER_KEY)
+    port = free_port()
+    proc = start_server(env, tmp_path / "server.log", port)
+
+    def up():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout=120, what="camloop serve", proc=proc, log=tmp_path / "server.log")
+    return proc, f"http://127.0.0.1:{port}/api/v1"
+
+
+def test_twenty_concurrent_round_starts_on_a_cold_start_project(db_url, tmp_path, queue_prefix):
+    """Issue 12: 20 concurrent POSTs on a cold-start project gave 10 × 202 and closed rounds 1-9
+    unlabeled. A cold start reaches `labeling` inside the POST, so every later start meets a batch
+    being labeled: without force it must be refused, not close it."""
+    import threading
+
+    import httpx
+
+    from tests.conftest import ENGINEER_KEY, make_settings
+
+    (tmp_path / "data").mkdir()
+    write_digits(tmp_path / "data", 30, "pool", seed=5)
+    proc, base = _serve(tmp_path, db_url, queue_prefix)
+    clients = [httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ENGINEER_KEY}"}, timeout=60)
+               for _ in range(20)]
+    try:
+        c = clients[0]
+        pids = []
+        for _ in range(2):
+            r = c.post("/projects", json={"name": f"cold-{time.monotonic_ns()}", "classes": CLASSES, "config": FAST})
+            assert r.status_code == 201, r.text
+            pids.append(r.json()["id"])
+            assert c.post(f"/projects/{pids[-1]}/items", json={"folder": "pool"}).status_code == 202
+        run_jobs(make_settings(tmp_path / "data", db_url, queue_prefix), ("ingest",))
+
+        def burst(pid: int, key: str | None) -> list[httpx.Response]:
+            barrier, out = threading.Barrier(20), []
+
+            def one(cl):
+                barrier.wait()
+                out.append(cl.post(f"/projects/{pid}/rounds", headers={"Idempotency-Key": key} if key else {}))
+
+            threads = [threading.Thread(target=one, args=(cl,)) for cl in clients]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert all(r.status_code < 500 for r in out), [r.text for r in out if r.status_code >= 500]
+            return out
+
+        # 20 different clients, no key: one round starts, the other 19 are told why not.
+        answers = burst(pids[0], None)
+        assert sorted(r.status_code for r in answers) == [202] + [409] * 19, [(r.status_code, r.text) for r in answers]
+        assert all("being labeled" in r.json()["detail"] or "still" in r.json()["detail"]
+                   for r in answers if r.status_code == 409)
+        # 20 retries of one client (one Idempotency-Key): one round, and every answer is that round.
+        answers = burst(pids[1], "client-7-attempt")
+        assert sorted(r.status_code for r in answers) == [200] * 19 + [202], \
+            [(r.status_code, r.json().get("created"), r.json().get("state")) for r in answers]
+        assert {r.json()["number"] for r in answers} == {1}
+        # The same client retries once more after a lost answer, later: still round 1.
+        r = c.post(f"/projects/{pids[1]}/rounds", headers={"Idempotency-Key": "client-7-attempt"})
+        assert r.status_code == 200 and r.json()["number"] == 1 and r.json()["created"] is False
+
+        for pid in pids:
+            rounds = c.get(f"/projects/{pid}/rounds").json()["rounds"]
+            assert [(x["number"], x["state"]) for x in rounds] == [(1, "labeling")], rounds
+            assert rounds[0]["progress"]["queued"] == FAST["budget"] and "abandoned" not in rounds[0]["progress"]
+            assert len(c.get(f"/projects/{pid}/queue").json()["items"]) == FAST["budget"]
+        # An explicit force closes the batch being labeled and says how many images went back.
+        r = c.post(f"/projects/{pids[0]}/rounds", json={"force": True})
+        assert r.status_code == 202 and r.json()["number"] == 2, r.text
+        first = c.get(f"/projects/{pids[0]}/rounds/1").json()
+        assert first["state"] == "closed" and first["progress"]["abandoned"] == FAST["budget"]
+    finally:
+        for cl in clients:
+            cl.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_class_names_with_a_slash_can_be_excluded_and_included(api):
+    c, _ = api
+    names = ["cat/kitten", "dog", "a/b/c"]
+    r = c.post("/api/v1/projects", json={"name": f"slash-{time.monotonic_ns()}", "classes": names, "config": FAST})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    r = c.post(f"/api/v1/projects/{pid}/classes/cat/kitten/exclude", json={"reason": "blurry"})
+    assert r.status_code == 200, r.text
+    assert {x["name"]: x["status"] for x in r.json()["classes"]}["cat/kitten"] == "excluded"
+    r = c.post(f"/api/v1/projects/{pid}/classes/cat/kitten/include", json={})
+    assert r.status_code == 200 and {x["name"]: x["status"] for x in r.json()["classes"]}["cat/kitten"] == "active"
+    assert c.post(f"/api/v1/projects/{pid}/classes/a/b/c/exclude", json={}).status_code == 200
+    assert c.post(f"/api/v1/projects/{pid}/classes/cat/exclude", json={}).status_code == 404  # a prefix is not a class
+
+
+def test_a_round_with_nothing_left_to_queue_says_so(api):
+    """Every pool image labeled at registration: the round trains and closes nothing silently —
+    its progress says why nothing was queued."""
+    c, settings = api
+    pid = _new(c).json()["id"]
+    files = write_digits(settings.data_dir, 20, "pool", seed=2)
+    items = [{"uri": u, "split": "pool", "label": y} for u, y in files]
+    assert c.post(f"/api/v1/projects/{pid}/items", json={"items": items}).status_code == 202
+    run_jobs(settings, ("ingest",))
+    assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    run_jobs(settings, ("train", "score"))
+    deadline = time.monotonic() + 120
+    while (rnd := c.get(f"/api/v1/projects/{pid}/rounds/1").json())["state"] not in ("labeling", "closed"):
+        assert rnd["state"] != "failed" and time.monotonic() < deadline, rnd
+        run_jobs(settings, ("train", "score"))
+        time.sleep(0.2)
+    assert rnd["progress"]["queued"] == 0
+    assert rnd["progress"]["note"].startswith("nothing to queue"), rnd["progress"]
