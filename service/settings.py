@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads a worker's torch uses (default: torch's choice); results depend on it")
     score_shard_size: int = 4096
     job_timeout_s: int = 3600
-    job_retries: int = 2
+    job_retries: int = Field(default=2, ge=0, description="re-runs of a job after an error in the job itself")
+    job_max_worker_deaths: int = Field(default=10, ge=0, description="re-runs of a job whose worker died (killed, "
+                                       "out of memory, machine lost); these never use job_retries")
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")

@@ -7,10 +7,17 @@ process never imports the worker code (and so never imports torch).
 A worker that dies mid-job (SIGKILL, the kernel's OOM killer, a lost machine) is noticed within
 one heartbeat TTL: `HeartbeatWorker` keeps its running job's entry in RQ's StartedJobRegistry
 alive with a short TTL from a side thread, and `status()` asks RQ to clean that registry when
-it sees a job "started". RQ then retries the abandoned job (its `Retry` budget) or fails it
-with AbandonedJobError; the job itself resumes from its checkpoint or skips finished outputs.
-Plain rq.SimpleWorker cannot heartbeat while it runs a job (same thread), so it registers the
-job for job_timeout + 60 s — an hour by default — before anyone may call it abandoned.
+it sees a job "started". RQ then re-runs the abandoned job; the job itself resumes from its
+checkpoint or skips finished outputs. Plain rq.SimpleWorker cannot heartbeat while it runs a
+job (same thread), so it registers the job for job_timeout + 60 s — an hour by default — before
+anyone may call it abandoned.
+
+Worker deaths are not the job's fault: they never use the retries meant for errors in the job
+itself (`Retry(max=job_retries)`). RQ retries an abandoned job out of that same budget, so
+four kills during one training job used to fail the round; `on_job_failure`, the failure
+callback of every job, gives the retry back for an abandonment and counts it in the job's
+meta (`worker_deaths`), bounded apart by `job_max_worker_deaths` (a job that kills its worker
+each time — the kernel's OOM killer — still ends, failed, saying so).
 """
 from __future__ import annotations
 
@@ -21,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from rq import Queue, Retry, SimpleWorker
-from rq.exceptions import NoSuchJobError
+from rq import Callback, Queue, Retry, SimpleWorker
+from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from service.settings import Settings, get_settings
 
@@ -133,6 +141,32 @@ class JobStatus:
     state: str            # queued | started | finished | failed | missing
     error: str | None = None
     result: dict | None = None
+    worker_deaths: int = 0            # times the worker running it died (re-runs that used no retry)
+    retries_left: int | None = None   # retries left for errors in the job itself
+
+
+def on_job_failure(job: Job, connection, exc_type, exc_value, tb) -> None:
+    """Every job's failure callback (by name: it runs wherever RQ handles the failure — a
+    worker, the API's reconciler, `rq info`).
+
+    For an abandonment (the worker died; StartedJobRegistry.cleanup raises nothing, it calls
+    this with AbandonedJobError before deciding between retry and failure) the retry RQ is
+    about to take is given back first, so the re-run costs the job's error budget nothing;
+    `meta["worker_deaths"]` counts it. Past `meta["max_worker_deaths"]` no retry is left: the
+    job fails, and `status()` says why. Errors raised by the job itself pass untouched."""
+    if exc_type is None or not issubclass(exc_type, AbandonedJobError):
+        return
+    deaths = int(job.meta.get("worker_deaths", 0)) + 1
+    limit = int(job.meta.get("max_worker_deaths", 10))
+    job.meta["worker_deaths"] = deaths
+    if deaths <= limit:
+        job.retries_left = (job.retries_left or 0) + 1  # cleanup's job.retry() takes this one
+        job.meta["retries_given_back"] = int(job.meta.get("retries_given_back", 0)) + 1
+    else:
+        job.retries_left = 0
+    job.save_meta()
+    log.warning("job %s: its worker died (%s of %s allowed); %s", job.id, deaths, limit,
+                "re-run, no retry used" if deaths <= limit else "no more re-runs")
 
 
 _LIVE = {"queued", "started", "deferred", "scheduled", "finished"}
@@ -158,6 +192,8 @@ def enqueue(kind: str, job_id: str, manifest_path: str, *args, settings: Setting
               job_timeout=timeout_s or settings.job_timeout_s,
               # interval 0: retried at once by the same worker pool, no rq scheduler needed.
               retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+              on_failure=Callback(on_job_failure, timeout=30),
+              meta={"max_worker_deaths": settings.job_max_worker_deaths, "worker_deaths": 0},
               result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
               description=f"{kind} {Path(manifest_path).name}")
     return job_id
@@ -167,11 +203,20 @@ def _state(job: Job) -> str:
     return str(job.get_status(refresh=True) or "missing").split(".")[-1].lower()
 
 
+def started_registry(queue_name: str, conn: redis.Redis) -> StartedJobRegistry:
+    """A queue's StartedJobRegistry that can run on any thread. Counting it cleans it, and the
+    cleaning runs on_job_failure under the registry's death penalty: RQ's default arms SIGALRM,
+    which only the main thread may — off it (the reconciler, a request's thread) the callback
+    failed and RQ took the retry out of the job's error budget after all."""
+    return StartedJobRegistry(queue_name, connection=conn, death_penalty_class=TimerDeathPenalty)
+
+
 def reap_abandoned(job: Job, conn: redis.Redis) -> None:
     """Let RQ handle this job's queue's abandoned executions (workers that stopped heartbeating):
-    each is retried while its Retry budget lasts, else failed with AbandonedJobError."""
+    each is re-run (on_job_failure keeps the error budget whole), or failed past
+    max_worker_deaths."""
     if job.origin:
-        StartedJobRegistry(job.origin, connection=conn).cleanup()
+        started_registry(job.origin, conn).cleanup()
 
 
 def status(job_id: str, settings: Settings | None = None, conn: redis.Redis | None = None) -> JobStatus:
@@ -184,23 +229,30 @@ def status(job_id: str, settings: Settings | None = None, conn: redis.Redis | No
     if st == "started":
         reap_abandoned(job, conn)  # a cheap ZRANGEBYSCORE when nothing expired
         st = _state(job)
+        if st != "started":
+            job.refresh()  # reaped just now: its meta (worker deaths) and retries changed under us
+    counts = {"worker_deaths": int(job.meta.get("worker_deaths", 0)), "retries_left": job.retries_left}
     if st == "failed":
         res = job.latest_result()
         exc = (res.exc_string if res is not None else None) or "job failed"
         lines = [ln for ln in exc.strip().splitlines() if ln.strip()]
         last = lines[-1] if lines else exc
         if "AbandonedJobError" in exc:
-            last = ("the worker running it died (killed, out of memory, or its machine went away) "
+            deaths, limit = counts["worker_deaths"], job.meta.get("max_worker_deaths")
+            last = (f"the worker running it died {deaths} times (killed, out of memory, or its machine went "
+                    f"away), more than the {limit} re-runs CAMLOOP_JOB_MAX_WORKER_DEATHS allows: {last}"
+                    if limit is not None and deaths > int(limit) else
+                    "the worker running it died (killed, out of memory, or its machine went away) "
                     f"and its retries are used up: {last}")
-        return JobStatus("failed", error=last)
+        return JobStatus("failed", error=last, **counts)
     if st == "finished":
         res = job.latest_result()
         rv = res.return_value if res is not None else None
-        return JobStatus("finished", result=rv if isinstance(rv, dict) else None)
+        return JobStatus("finished", result=rv if isinstance(rv, dict) else None, **counts)
     if st in ("started",):
-        return JobStatus("started")
+        return JobStatus("started", **counts)
     if st in ("queued", "deferred", "scheduled"):
-        return JobStatus("queued")
+        return JobStatus("queued", **counts)
     return JobStatus("missing")
 
 

@@ -84,7 +84,7 @@ class StoreCollector:
 
     def _read_rq(self) -> list:
         """Jobs per RQ queue and state, by the names `rq info` and rq-dashboard show."""
-        from rq.registry import FailedJobRegistry, StartedJobRegistry
+        from rq.registry import FailedJobRegistry
 
         from service.runtime import jobqueue
 
@@ -97,7 +97,7 @@ class StoreCollector:
             for kind in jobqueue.KINDS:
                 q = jobqueue.queue(kind, self.settings, self._conn)
                 rows += [(q.name, "queued", q.count),
-                         (q.name, "started", StartedJobRegistry(queue=q).count),
+                         (q.name, "started", jobqueue.started_registry(q.name, self._conn).count),
                          (q.name, "failed", FailedJobRegistry(queue=q).count)]
         except Exception as e:  # noqa: BLE001 — Redis away: say so in the metrics, never fail the scrape
             log.warning("metrics: job queue unreachable: %s: %s", type(e).__name__, e)
