@@ -372,7 +372,7 @@ def test_redis_killed_and_restarted_empty_mid_round_jobs_recreated_round_complet
         # Ingest results are collected when a round starts (rounds.advance in `created`): round 2's
         # start re-creates the lost job and the images are decoded, none lost.
         from sqlalchemy import create_engine, text
-        db = create_engine(f"sqlite:///{stack.root / 'camloop.db'}")
+        db = create_engine(f"sqlite:///{stack.root.parent / (stack.root.name + '-state') / 'camloop.db'}")
 
         def late_cached() -> int:
             with db.connect() as conn:

@@ -23,6 +23,7 @@ SIGNING = "sec-url-signing-key-88e2b9"
 # Reachable without an API key, each for a reason:
 OPEN_ROUTES = {
     ("GET", "/healthz"): "liveness probe",
+    ("GET", "/readyz"): "readiness probe (counts of workers and waiting jobs; no item data)",
     ("GET", "/metrics"): "Prometheus scrape (counts by stage/class; no item data)",
     ("POST", "/api/v1/webhooks/label-studio"): "Label Studio: its own shared secret header",
     ("GET", "/api/v1/signed/files/{rel_path}"): "expert's browser: HMAC-signed expiring URL",
