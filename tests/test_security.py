@@ -139,6 +139,11 @@ def test_signed_image_urls_work_only_as_signed_and_only_until_they_expire(app):
 
     c, settings, _ = app
     write_digits(settings.data_dir, 2, "pool")
+    # Only registered items are served (tests/test_small_fixes.py): register them first.
+    pid = c.post("/api/v1/projects", json={"name": f"sig-{time.monotonic_ns()}", "classes": ["a", "b"]},
+                 headers={"Authorization": f"Bearer {ENGINEER_KEY}"}).json()["id"]
+    assert c.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool"},
+                  headers={"Authorization": f"Bearer {ENGINEER_KEY}"}).status_code == 202
     signer = UrlSigner.from_settings(settings)
     data = (settings.data_dir / "pool/00000.png").read_bytes()
     local = lambda url: url.replace(settings.public_base_url, "")  # noqa: E731

@@ -271,6 +271,13 @@ class Poller(threading.Thread):
         self._stop_evt.set()
 
 
+def is_registered_file(settings: Settings, rel_path: str) -> bool:
+    """Whether `rel_path` (relative to the data root) is a registered item of some project: the
+    signed-file route serves nothing else (not the database, keys or any other file there)."""
+    with session_scope(settings) as s:
+        return s.scalar(select(Item.id).where(Item.uri == rel_path).limit(1)) is not None
+
+
 def install(app, settings: Settings, *, poll: bool = True) -> None:
     """Mount the routes on `app`, push batches when rounds reach labeling, poll in the background."""
     from service import rounds
@@ -286,7 +293,8 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
     from service.core import projects
 
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
-    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir))
+    app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir,
+                                    registered=lambda rel: is_registered_file(settings, rel)))
     app.include_router(heatmaps_router(signer=signer, render=render))
     from service.labelstudio.api import router as bridge_api
     app.include_router(bridge_api, prefix="/api/v1")

@@ -79,7 +79,10 @@ def _verify(signer: UrlSigner, path: str, request: Request) -> None:
         raise HTTPException(403, str(e)) from None
 
 
-def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Path]) -> APIRouter:
+def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Path],
+                 registered: Callable[[str], bool] | None = None) -> APIRouter:
+    """`registered(rel_path)`: whether the file is an image of some project; others are 404 even
+    correctly signed (a leaked key or a signing bug must not open the whole data folder)."""
     router = APIRouter()
 
     @router.get(FILES_PREFIX + "/{rel_path:path}", tags=["label-studio"])
@@ -89,6 +92,8 @@ def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Pat
             path = safe_join(data_root(), rel_path)
         except UnsafePath as e:
             raise HTTPException(400, str(e)) from None
+        if registered is not None and not registered(rel_path):
+            raise HTTPException(404, f"{rel_path!r} is not an image of any project")
         if not path.is_file():
             # Moved or deleted after it was queued: say so. The task stays in Label Studio and
             # the expert can skip it; the skip is recorded and nothing else breaks.

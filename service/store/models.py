@@ -60,6 +60,7 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "sha256"),
         Index("ix_items_project_split_status", "project_id", "split", "status"),
+        Index("ix_items_uri", "uri"),  # the signed-file route asks by path (migration 0004)
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
