@@ -60,11 +60,19 @@ class Serve:
         return self
 
     def workers(self) -> list[psutil.Process]:
+        """Live worker children (a killed one is a zombie until the supervisor reaps it)."""
         try:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "worker" in " ".join(k.cmdline())]
+        out = []
+        for k in kids:
+            try:
+                if k.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(k.cmdline()):
+                    out.append(k)
+            except psutil.Error:
+                pass
+        return out
 
     def guard_and_redis(self) -> tuple[psutil.Process, psutil.Process]:
         guard = next(k for k in psutil.Process(self.proc.pid).children() if "service.runtime.supervise" in
@@ -121,6 +129,10 @@ def test_a_dead_worker_child_is_started_again_counted_and_does_the_work(tmp_path
         wait_for(lambda: srv.http.get(f"/api/v1/projects/{pid}/rounds/1").json()["state"] == "labeling",
                  timeout=120, what="round 1 labeling", proc=srv.proc, log=srv.log)
         assert srv.http.get("/readyz").json()["workers"] == 1
+        # The embedded defaults' own files are beside the data folder, not in what it serves.
+        served = {p.name for p in srv.data.iterdir()}
+        assert not served & {"camloop.db", ".url_signing_key", "redis.rdb", "redis.rdb.settings"}, served
+        assert (tmp_path / "data-state" / "camloop.db").is_file()
     finally:
         srv.stop()
 

@@ -145,7 +145,8 @@ def worker(
     while True:
         started = time.monotonic()
         try:
-            conn = jobqueue.connection(settings)
+            # Join the bundled Redis of `camloop serve`, never start one (jobqueue.start_embedded).
+            conn = jobqueue.connection(settings, join_only=True)
             conn.ping()
             queues = [jobqueue.queue(kind, settings, conn) for kind in ("train", "score", "ingest")]
             w = jobqueue.HeartbeatWorker(queues, connection=conn, name=name, worker_ttl=jobqueue.WORKER_TTL_S)
@@ -153,6 +154,7 @@ def worker(
             w.work(burst=burst, with_scheduler=False)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             typer.echo(f"camloop worker: Redis unavailable ({type(e).__name__}); retrying in {backoff:.0f} s", err=True)
+            jobqueue.forget_joined()  # a restarted `camloop serve` runs its bundled Redis on a new socket
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             continue

