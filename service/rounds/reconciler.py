@@ -33,7 +33,7 @@ from workers.engine.config import ProjectConfig
 log = logging.getLogger("camloop.rounds")
 
 _lock = threading.RLock()  # one advance at a time per process; the CAS updates guard across processes
-_streaks: dict[tuple[int, int], FailureStreak] = {}  # rounds whose handler keeps failing where `failed` is no way out
+_streaks: dict[tuple[str, int, int], FailureStreak] = {}  # rounds whose handler keeps failing where `failed` is no way out
 
 
 def _transient(exc: BaseException) -> bool:
@@ -50,6 +50,10 @@ def advance(settings: Settings, project_id: int, number: int) -> str:
             project = get_project(s, project_id)
             rnd = get_round(s, project_id, number)
             seen = rnd.state
+            if RoundState(seen) not in handlers.HANDLERS:
+                # Closed or failed since the caller listed it open (another thread or replica):
+                # nothing to do — and no reading of a config that may be what failed it.
+                return seen
             x = handlers.Ctx(s, settings, project, rnd, jobqueue.connection(settings),
                              ProjectConfig.model_validate(project.config or {}), entered)
             while True:
@@ -68,7 +72,7 @@ def advance(settings: Settings, project_id: int, number: int) -> str:
         entered = [state] if state == RoundState.FAILED.value else []
     else:
         failing = False
-    if not failing and (streak := _streaks.pop((project_id, number), None)) is not None:
+    if not failing and (streak := _streaks.pop((settings.database_url_effective, project_id, number), None)) is not None:
         streak.succeeded()
     hooks.run(settings, project_id, number, entered)
     if RoundState.CLOSED.value in entered:
@@ -85,13 +89,16 @@ def _fail_on_error(settings: Settings, pid: int, number: int, exc: BaseException
             # Another process (an API replica) moved the round while this one's handler ran: the
             # error belongs to a transition this process lost (e.g. a unique constraint the
             # winner's rows hold), not to the round, which the winner already took further.
-            log.warning("project %s round %s: %s while in %s, which another process left for %s meanwhile; "
-                        "not failing the round", pid, number, type(exc).__name__, seen, rnd.state)
+            # Debug when it was failed meanwhile (most likely for this same error, by the thread or
+            # replica that met it first: its record is the one that counts).
+            log.log(logging.DEBUG if rnd.state == RoundState.FAILED.value else logging.WARNING,
+                    "project %s round %s: %s while in %s, which another process left for %s meanwhile; "
+                    "not failing the round", pid, number, type(exc).__name__, seen, rnd.state)
             return rnd.state, False
         if rnd.state in (RoundState.CLOSED.value, RoundState.FAILED.value, RoundState.LABELING.value):
             # No `failed` from these states: the error is logged, once per streak (a traceback
             # every tick would be the log flood the backstop exists to prevent).
-            key = (pid, number)
+            key = (settings.database_url_effective, pid, number)
             if key not in _streaks:
                 _streaks[key] = FailureStreak(log, f"project {pid} round {number} ({rnd.state})")
             _streaks[key].failed(exc)
