@@ -186,7 +186,9 @@ def test_chaos_rounds_complete_and_no_label_is_lost_or_counted_twice(tmp_path):
         client = RetryingClient(chaos.port, seed)
         pid = client.call("POST", "/projects", ok=(201,), json={
             "name": f"chaos-{seed}", "classes": CLASSES,
-            "config": {"epochs": 2, "budget": BUDGET, "mc_samples": 2, "hflip": False, "pretrained": False}})["id"]
+            # reserve 0: the batch is the queue, and an item in two rounds' queues would be a bug.
+            "config": {"epochs": 2, "budget": BUDGET, "reserve": 0, "mc_samples": 2, "hflip": False,
+                       "pretrained": False}})["id"]
         pool = sorted(u for u in truth if u.startswith("pool/"))
         items = [{"uri": u, "split": "val", "label": str(y)} for u, y in truth.items() if u.startswith("val/")]
         items += [{"uri": u, "split": "pool", "label": str(truth[u])} for u in pool[:SEEDS]]

@@ -20,7 +20,7 @@ from service.store.db import session_scope
 from tests.conftest import run_jobs, write_digits
 
 CLASSES = [str(i) for i in range(10)]
-FAST = {"epochs": 1, "budget": 6, "mc_samples": 2, "hflip": False, "pretrained": False}
+FAST = {"epochs": 1, "budget": 6, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False}
 
 # (what the client sends in `config`, the field the answer must name). The list first.
 BAD_CONFIGS = [

@@ -28,7 +28,7 @@ from PIL import Image
 from tests.conftest import ENGINEER_KEY, run_jobs, write_digits
 
 CLASSES = [str(i) for i in range(10)]
-FAST = {"epochs": 1, "budget": 5, "mc_samples": 2, "hflip": False, "pretrained": False}
+FAST = {"epochs": 1, "budget": 5, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False}
 
 
 def _project(c, classes=CLASSES, name=None) -> int:
