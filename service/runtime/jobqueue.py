@@ -144,7 +144,24 @@ def _stop_server(reg: dict, why: str) -> None:
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if not _pid_alive(pid):
-            return
+            break
+    _forget_stale(Path(reg["dbdir"]))
+
+
+def _forget_stale(state_dir: Path) -> None:
+    """The registration and socket folder a dead server left (its owner was killed: no
+    shutdown_embedded ran to remove them)."""
+    import json
+    import shutil
+
+    try:
+        reg = json.loads((state_dir / REGISTRY_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    folder = Path(str(reg.get("unixsocket", ""))).parent
+    if folder.name.startswith("camloop-redis-") and folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+    (state_dir / REGISTRY_FILE).unlink(missing_ok=True)
 
 
 def _launch(state_dir: Path) -> _Server:
@@ -251,6 +268,7 @@ def start_embedded(state_dir: Path, *, own: bool = False, join_only: bool = Fals
                                        f"{_lock_holder(state_dir)} but does not answer")
                 server = _Server(live["unixsocket"], owned=False)
             else:
+                _forget_stale(state_dir)
                 server = _launch(state_dir)
                 if not any(s.owned for s in _embedded.values()):
                     atexit.register(shutdown_embedded)
