@@ -19,6 +19,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("camloop-data"), description="images root; nothing outside it is ever served")
     artifacts_dir: Path | None = Field(default=None, description="checkpoints, score shards, reports; default <data_dir>/artifacts")
+    state_dir: Path | None = Field(default=None, description="the embedded defaults' own files (SQLite database, URL-signing "
+                                   "key, bundled Redis); default <data_dir>-state beside the data folder, never inside it")
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CAMLOOP_REDIS_URL"))
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "CAMLOOP_DATABASE_URL"))
     queue_prefix: str = Field(default="camloop", description="RQ queue names are <prefix>-train, <prefix>-score, <prefix>-ingest")
@@ -50,18 +52,37 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads a worker's torch uses (default: torch's choice); results depend on it")
     score_shard_size: int = 4096
     job_timeout_s: int = 3600
-    job_retries: int = 2
+    job_retries: int = Field(default=2, ge=0, description="re-runs of a job after an error in the job itself")
+    job_max_worker_deaths: int = Field(default=10, ge=0, description="re-runs of a job whose worker died (killed, "
+                                       "out of memory, machine lost); these never use job_retries")
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")
+    worker_grace_s: float = Field(default=60.0, ge=0, description="/readyz answers 503 when no worker has been seen "
+                                  "for this long while jobs wait")
 
     @property
     def artifacts_path(self) -> Path:
         return self.artifacts_dir or self.data_dir / "artifacts"
 
     @property
+    def state_path(self) -> Path:
+        """Where the embedded defaults keep their files: beside the data folder, not in it, so
+        nothing the API serves from the data folder can ever be the database or a key."""
+        if self.state_dir is not None:
+            return self.state_dir
+        data = self.data_dir.resolve()
+        return data.parent / f"{data.name}-state" if data.name else data / ".camloop-state"
+
+    def state_file(self, name: str) -> Path:
+        """state_path/name — or data_dir/name where an install from before the state folder
+        keeps it (and the state folder does not have it yet), so upgrading loses nothing."""
+        new, old = self.state_path / name, self.data_dir / name
+        return old if not new.exists() and old.exists() else new
+
+    @property
     def database_url_effective(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'camloop.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.state_file('camloop.db').resolve()}"
 
     @field_validator("cors_origins")
     @classmethod

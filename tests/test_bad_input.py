@@ -342,6 +342,7 @@ def test_round_start_check_then_insert_race_lets_only_one_win(pg_url, tmp_path, 
     upgrade_head(settings)
     with session_scope(settings) as s:
         pid = create_project(s, f"race-{time.monotonic_ns()}", CLASSES, None).id
+        s.add(Item(project_id=pid, uri="pool/x.png", sha256="0" * 64, split="pool"))  # a round needs pool images
     engine = get_engine(settings)
     b_checked, a_done = threading.Event(), threading.Event()
     outcome: dict[str, object] = {}

@@ -124,7 +124,7 @@ def test_api_killed_and_restarted_while_webhooks_arrive_nothing_lost_nothing_twi
         time.sleep(1.0)  # GET metrics may be one reconciler tick stale
         assert api.get(f"/projects/{pid}/metrics").json()["labeled"] == BUDGET
         from sqlalchemy import create_engine, text
-        eng = create_engine(f"sqlite:///{root / 'camloop.db'}")
+        eng = create_engine(f"sqlite:///{root.parent / (root.name + '-state') / 'camloop.db'}")
         with eng.connect() as db:
             per_item = db.execute(text("SELECT item_id, count(*) FROM labels WHERE project_id = :p GROUP BY item_id"),
                                   {"p": pid}).all()

@@ -65,6 +65,7 @@ def base_url(request, tmp_path_factory):
     db_url = f"sqlite:///{root / 'camloop.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     settings = make_settings(data, db_url, prefix, max_upload_bytes=256 * 1024,
                              label_studio_webhook_secret=SecretStr(SECRET), reconcile_interval_s=5.0,
+                             worker_grace_s=3600,  # no worker here on purpose: /readyz's 503 is not the fuzz's bug
                              public_base_url=f"http://127.0.0.1:{port}")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

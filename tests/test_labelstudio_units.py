@@ -55,7 +55,9 @@ def test_signing_key_generated_once_per_data_dir(tmp_path):
     st = Settings(data_dir=tmp_path)
     k1 = signing_key(st)
     assert len(k1) == 64 and signing_key(st) == k1
-    assert (tmp_path / ".url_signing_key").stat().st_mode & 0o777 == 0o600
+    # In the state folder beside the data folder, never inside what the API serves.
+    assert (st.state_path / ".url_signing_key").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / ".url_signing_key").exists()
     assert signing_key(Settings(data_dir=tmp_path, url_signing_key="configured")) == b"configured"
 
 

@@ -23,6 +23,7 @@ SIGNING = "sec-url-signing-key-88e2b9"
 # Reachable without an API key, each for a reason:
 OPEN_ROUTES = {
     ("GET", "/healthz"): "liveness probe",
+    ("GET", "/readyz"): "readiness probe (counts of workers and waiting jobs; no item data)",
     ("GET", "/metrics"): "Prometheus scrape (counts by stage/class; no item data)",
     ("POST", "/api/v1/webhooks/label-studio"): "Label Studio: its own shared secret header",
     ("GET", "/api/v1/signed/files/{rel_path}"): "expert's browser: HMAC-signed expiring URL",
@@ -138,6 +139,11 @@ def test_signed_image_urls_work_only_as_signed_and_only_until_they_expire(app):
 
     c, settings, _ = app
     write_digits(settings.data_dir, 2, "pool")
+    # Only registered items are served (tests/test_small_fixes.py): register them first.
+    pid = c.post("/api/v1/projects", json={"name": f"sig-{time.monotonic_ns()}", "classes": ["a", "b"]},
+                 headers={"Authorization": f"Bearer {ENGINEER_KEY}"}).json()["id"]
+    assert c.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool"},
+                  headers={"Authorization": f"Bearer {ENGINEER_KEY}"}).status_code == 202
     signer = UrlSigner.from_settings(settings)
     data = (settings.data_dir / "pool/00000.png").read_bytes()
     local = lambda url: url.replace(settings.public_base_url, "")  # noqa: E731

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,12 @@ class BadImage(ValueError):
         self.reason = reason
 
 
+def _bytes_of(path_or_bytes) -> bytes:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes)
+    return Path(path_or_bytes).read_bytes()
+
+
 def _open(path_or_bytes) -> Image.Image:
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(path_or_bytes)
@@ -44,6 +51,63 @@ def _open(path_or_bytes) -> Image.Image:
     if size == 0:
         raise BadImage("zero-byte file")
     return Image.open(path)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type → samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_rows_bytes(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
+    """Bytes the image's filtered scanlines inflate to (one filter byte per row), per IHDR."""
+    bits = depth * _PNG_CHANNELS[colour]
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if not interlace:
+        return rows(width, height)
+    return sum(rows(max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy))
+               for x0, y0, dx, dy in _ADAM7)
+
+
+def check_png_pixel_data(data: bytes) -> None:
+    """BadImage when a PNG's pixel data is shorter than its header says.
+
+    A PNG whose IDAT holds a complete zlib stream of only some of the rows (a writer that
+    stopped halfway, then closed the file properly: valid CRCs, IEND present) decodes without
+    any error in Pillow, the missing rows black. Inflated here in slices and counted, never held
+    whole, and never past the expected size (the bomb guard already bounded it from the header).
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return
+    pos, header, idat = 8, None, []
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and len(body) >= 13:
+            header = (int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big"), body[8], body[9], body[12])
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or header[3] not in _PNG_CHANNELS:
+        return  # Pillow has judged the header already
+    expected = _png_rows_bytes(*header)
+    inflate, got = zlib.decompressobj(), 0
+    for part in idat:
+        buf = part
+        while buf and got <= expected:
+            out = inflate.decompress(buf, 1 << 20)
+            got += len(out)
+            buf = inflate.unconsumed_tail
+        if got > expected:
+            break
+    if got < expected:
+        raise BadImage(f"truncated: the pixel data ends after {got} of {expected} bytes "
+                       f"({header[0]}x{header[1]} PNG: rows missing)")
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -136,6 +200,8 @@ def decode_image(path_or_bytes, size: int | None = None, channels: int = 3, *,
                 # Without this flag Pillow may hand back a half-grey image for a cut-off file.
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 im.load()
+                if im.format == "PNG":
+                    check_png_pixel_data(_bytes_of(path_or_bytes))
                 if getattr(im, "n_frames", 1) > 1:
                     im.seek(0)  # animated GIF/TIFF stacks: the first frame is the image
                 im = _to_8bit(im)

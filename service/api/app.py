@@ -194,7 +194,19 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
+        """Liveness: the process answers (no store, no Redis: a probe that restarts on failure
+        must not restart the API for an outage elsewhere). Readiness is /readyz."""
         return {"status": "ok"}
+
+    from service.runtime.readiness import Readiness
+    readiness = Readiness(settings)
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready: the problems say why"}})
+    def readyz() -> JSONResponse:
+        """Readiness: live workers on camloop's queues, jobs waiting, and 503 when no worker has
+        been seen for CAMLOOP_WORKER_GRACE_S while jobs wait (or Redis does not answer)."""
+        answer = readiness.check()
+        return JSONResponse(answer, status_code=200 if answer["status"] == "ready" else 503)
 
     from service.runtime.observability import StoreCollector, render
     collector = StoreCollector(settings)

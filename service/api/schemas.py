@@ -79,7 +79,9 @@ class ProjectOut(BaseModel):
     id: int
     name: str
     classes: list[ClassOut]
-    config: ProjectConfig
+    # A config stored by an older version may not validate: shown as stored (warnings say what
+    # to fix) rather than failing the answer.
+    config: ProjectConfig | dict[str, Any]
     created_at: datetime | None = None
     warnings: list[str] = Field(default_factory=list, description="what went wrong beside (e.g. Label Studio away)")
 
@@ -111,6 +113,10 @@ class JobOut(BaseModel):
     attempts: int
     error: str | None = None
     duration_s: float | None = None
+    worker_deaths: int = Field(0, description="times the worker running it died (killed, out of memory, machine "
+                                              "lost): re-run without using a retry, up to job_limits.worker_deaths")
+    retries_left: int | None = Field(None, description="re-runs left after errors in the job itself "
+                                                       "(of job_limits.retries); null before RQ reported it")
 
 
 class RoundOut(BaseModel):
@@ -126,6 +132,9 @@ class RoundOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     jobs: list[JobOut]
+    job_limits: dict[str, int] | None = Field(None, description="retries: re-runs of a job after errors in it "
+                                              "(CAMLOOP_JOB_RETRIES); worker_deaths: re-runs after its worker died "
+                                              "(CAMLOOP_JOB_MAX_WORKER_DEATHS), which never use a retry")
     created: bool | None = Field(None, description="POST only: false when an Idempotency-Key named an earlier round")
 
 

@@ -12,6 +12,7 @@ import time
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 project_app = typer.Typer(help="projects on a camloop server", no_args_is_help=True)
@@ -38,7 +39,10 @@ def _check(r: httpx.Response) -> dict:
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
-        console.print(f"[red]{r.request.method} {r.request.url.path} → {r.status_code}[/red]: {detail}")
+        # Everything that came from a user (names, details, paths) is escaped: a class named
+        # "[/bold]x" is text, not markup (rich raised MarkupError and the command crashed).
+        console.print(f"[red]{r.request.method} {escape(r.request.url.path)} → {r.status_code}[/red]: "
+                      f"{escape(str(detail))}")
         raise typer.Exit(1)
     return r.json()
 
@@ -63,10 +67,10 @@ def project_create(
     body = {"name": name, "classes": [c.strip() for c in classes.split(",") if c.strip()], "config": cfg}
     with _client(url, key) as c:
         project = _check(c.post("/projects", json=body))
-        console.print(f"project [bold]{project['id']}[/bold] {project['name']} created")
+        console.print(f"project [bold]{project['id']}[/bold] {escape(project['name'])} created")
         if folder:
             res = _check(c.post(f"/projects/{project['id']}/items", json={"folder": folder}))
-            console.print(f"registered: {json.dumps(res)}")
+            console.print(f"registered: {escape(json.dumps(res))}")
     print(json.dumps(project))
 
 
@@ -80,16 +84,16 @@ def round_start(
     with _client(url, key) as c:
         rnd = _check(c.post(f"/projects/{project}/rounds"))
         number = rnd.get("number", rnd.get("round"))
-        console.print(f"round {number} started: {rnd.get('state')}")
+        console.print(f"round {number} started: {escape(str(rnd.get('state')))}")
         if wait:
             with console.status("round running") as st:
                 while True:
                     rnd = _check(c.get(f"/projects/{project}/rounds/{number}"))
-                    st.update(f"round {number}: {rnd.get('state')} {_progress_text(rnd)}")
+                    st.update(f"round {number}: {escape(str(rnd.get('state')))} {escape(_progress_text(rnd))}")
                     if rnd.get("state") in ("labeling", "closed", "failed"):
                         break
                     time.sleep(1.0)
-            console.print(f"round {number}: {rnd.get('state')} {rnd.get('error') or ''}")
+            console.print(f"round {number}: {escape(str(rnd.get('state')))} {escape(rnd.get('error') or '')}")
     print(json.dumps(rnd))
 
 
@@ -112,7 +116,7 @@ def status(
     for col in ("class", "status", "labeled", "accuracy", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col in ("class", "status") else "right", no_wrap=col == "class")
     for name, pc in (m.get("per_class") or {}).items():
-        table.add_row(name, str(pc.get("status", "")), _fmt(pc.get("labeled")),
+        table.add_row(escape(name), escape(str(pc.get("status", ""))), _fmt(pc.get("labeled")),
                       *(_fmt(pc.get(k)) for k in ("accuracy", "precision", "recall", "f1", "support")))
     if m.get("accuracy") is None:
         console.print("no model evaluated yet: accuracy needs a trained round and labeled val/test images")

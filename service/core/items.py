@@ -85,13 +85,24 @@ def expand_request(settings: Settings, folder: str | None, entries: list[dict] |
         base = _safe(root, folder)
         if not base.is_dir():
             raise BadRequest(f"not a folder under the data root: {folder!r}")
-        for rel in _image_files(base, root, recursive):
+        found = _image_files(base, root, recursive)
+        if not found:
+            raise BadRequest(f"the folder {folder!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}"
+                             f"{', in its sub-folders too' if recursive else ''}); nothing registered")
+        for rel in found:
             out.append({"uri": rel, "split": split, "label": None})
     for e in entries or []:
         p = _safe(root, e["uri"])
         if not p.is_file():
             raise BadRequest(f"not a file under the data root: {e['uri']!r}")
         out.append({"uri": p.relative_to(root).as_posix(), "split": e.get("split") or split, "label": e.get("label")})
+    # A newline or another control character in a file name cannot travel in the signed URL
+    # Label Studio loads (the route would never match it): the expert would get a broken image.
+    bad = [e["uri"] for e in out if any(ord(ch) < 32 or ord(ch) == 127 for ch in e["uri"])]
+    if bad:
+        shown = ", ".join(repr(u) for u in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise BadRequest(f"file names with a newline or another control character cannot be shown to experts; "
+                         f"rename them, then register again (nothing registered): {shown}")
     for e in out:
         if e["split"] not in ITEM_SPLITS:
             raise Unprocessable(f"split must be one of {', '.join(ITEM_SPLITS)}, got {e['split']!r}")

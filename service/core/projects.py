@@ -64,8 +64,31 @@ def create_project(s: Session, name: str, class_names: list[str], config: dict |
     return p
 
 
-def update_config(s: Session, project: Project, patch: dict) -> Project:
-    """Change a project's config between rounds (nested sections are merged key by key).
+def known_keys_only(stored: dict) -> tuple[dict, list[str]]:
+    """A stored config without the keys this version does not know, and their names.
+
+    A config stored by an older camloop (before configs were validated when given) may hold
+    keys nobody reads; PATCH merges over the stored config, so without this a key could never be
+    taken out again and the config could never become valid. The patch itself stays strict."""
+    from pydantic import BaseModel
+
+    out, dropped = {}, []
+    for k, v in (stored or {}).items():
+        field = ProjectConfig.model_fields.get(k)
+        if field is None:
+            dropped.append(k)
+            continue
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel) and isinstance(v, dict):
+            dropped += [f"{k}.{kk}" for kk in v if kk not in section.model_fields]
+            v = {kk: vv for kk, vv in v.items() if kk in section.model_fields}
+        out[k] = v
+    return out, dropped
+
+
+def update_config(s: Session, project: Project, patch: dict) -> list[str]:
+    """Change a project's config between rounds (nested sections are merged key by key); returns
+    what the answer should warn about (unknown keys of the stored config that were dropped).
 
     Refused while a round is working (it runs on the config it started with), and for the keys
     that decide how images are decoded once images are registered (their pixels are cached)."""
@@ -74,14 +97,19 @@ def update_config(s: Session, project: Project, patch: dict) -> Project:
     busy = s.scalar(select(Round).where(Round.project_id == project.id, Round.state.in_(WORKING_STATES)))
     if busy is not None:
         raise Conflict(f"round {busy.number} is {busy.state}; change the config between rounds")
-    new = validated_config(merge_config(project.config or {}, patch))
+    base, dropped = known_keys_only(project.config or {})
+    new = validated_config(merge_config(base, patch))
     old = project.config or {}
-    changed = [k for k in DECODE_KEYS if old.get(k) != getattr(new, k)]
+    # A key missing from the stored config (an older version's) means its default.
+    changed = [k for k in DECODE_KEYS if old.get(k, ProjectConfig.model_fields[k].default) != getattr(new, k)]
     if changed and s.scalar(select(Item.id).where(Item.project_id == project.id).limit(1)) is not None:
         raise Conflict(f"{', '.join(changed)} cannot change once images are registered (they are decoded with it)")
     project.config = new.model_dump(mode="json")
     s.flush()
-    return project
+    if dropped:
+        log.warning("project %s: keys of the stored config this version does not know were dropped: %s",
+                    project.id, ", ".join(dropped))
+    return [f"dropped from the stored config (unknown to this version): {', '.join(dropped)}"] if dropped else []
 
 
 def get_project(s: Session, pid: int) -> Project:

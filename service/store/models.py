@@ -60,6 +60,7 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "sha256"),
         Index("ix_items_project_split_status", "project_id", "split", "status"),
+        Index("ix_items_uri", "uri"),  # the signed-file route asks by path (migration 0004)
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -135,7 +136,11 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))  # ingest | train | score
     shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="queued")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # enqueued again by the reconciler (Redis lost it)
+    # Worker deaths re-run the job without using a retry; retries_left counts those meant for
+    # errors in the job itself (both as RQ last reported them).
+    worker_deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retries_left: Mapped[int | None] = mapped_column(Integer, nullable=True)
     manifest_path: Mapped[str] = mapped_column(Text)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -156,6 +156,7 @@ def decide_exclusion(config: ExclusionConfig, history: Sequence[Evidence], numbe
     rounds = [e for e in history if e.round <= number]
     out: dict[str, ExclusionDecision] = {}
     hist: dict[str, list[float]] = {}
+    numbers: dict[str, list[int]] = {}  # the round number of each entry of hist[c]
     judgeable: dict[str, str] = {}
     for c, s in status.items():
         if s == "excluded":
@@ -169,13 +170,30 @@ def decide_exclusion(config: ExclusionConfig, history: Sequence[Evidence], numbe
                                        if not any(a is not None for a in accs) else
                                        "not judged yet: a recent round had no held-out images of this class", False)
             continue
-        hist[c] = [a for a in accs if a is not None]
+        kept = [(e.round, e.accuracy(c)) for e in rounds if e.round >= since and e.accuracy(c) is not None]
+        hist[c] = [a for _, a in kept]
+        numbers[c] = [r for r, _ in kept]
         judgeable[c] = s
     decisions = rule.decide(hist, max(len(v) for v in hist.values()) - 1 if hist else 0, judgeable) \
         if number >= config.exclude_after else {c: (s == "excluded", "") for c, s in judgeable.items()}
     for c, (excluded, reason) in decisions.items():
-        out[c] = ExclusionDecision(bool(excluded), reason, True)
+        out[c] = ExclusionDecision(bool(excluded), _round_numbers(reason, numbers.get(c, [])), True)
     return out
+
+
+def _round_numbers(reason: str, numbers: list[int]) -> str:
+    """The rule counts its window in positions of the history it was given ("rounds 0-2"); the
+    reason a person reads names the rounds themselves ("rounds 2-4"). Positions the history
+    does not have are left as they are."""
+    import re
+
+    def to_rounds(m: re.Match) -> str:
+        a, b = int(m.group(2)), int(m.group(3))
+        if 0 <= a < len(numbers) and 0 <= b < len(numbers):
+            return f"{m.group(1)}{numbers[a]}-{numbers[b]}"
+        return m.group(0)
+
+    return re.sub(r"(\brounds )(\d+)-(\d+)", to_rounds, reason)
 
 
 # ----------------------------------------------------------------------------- class budget

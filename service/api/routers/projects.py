@@ -7,13 +7,20 @@ from service.api.deps import CallerDep, Pid, SettingsDep, WriterDep
 from service.api.routers.metrics import forget_metrics
 from service.api.schemas import ClassChangeIn, ProjectIn, ProjectOut, ProjectPatch
 from service.core import projects as projects_svc
+from service.errors import Unprocessable
 from service.store.db import session_scope
 
 router = APIRouter(tags=["projects"])
 
 
 def _view(s, pid: int) -> dict:
-    return projects_svc.project_view(projects_svc.get_project(s, pid), projects_svc.class_statuses(s, pid))
+    project = projects_svc.get_project(s, pid)
+    view = projects_svc.project_view(project, projects_svc.class_statuses(s, pid))
+    try:
+        projects_svc.validated_config(project.config)
+    except Unprocessable as e:  # stored by an older version: shown as stored, with what to fix
+        view["warnings"] = [f"{e}; fix it with PATCH /api/v1/projects/{pid}"]
+    return view
 
 
 @router.post("/projects", status_code=201, response_model=ProjectOut)
@@ -36,8 +43,9 @@ def patch_project(pid: Pid, body: ProjectPatch, settings: SettingsDep, c: Writer
     """Change the config between rounds (422 naming the field for a wrong value; 409 while a round
     works, or for image_size/channels once images are registered)."""
     with session_scope(settings) as s:
-        projects_svc.update_config(s, projects_svc.get_project(s, pid), body.config)
-        return _view(s, pid)
+        warnings = projects_svc.update_config(s, projects_svc.get_project(s, pid), body.config)
+        view = _view(s, pid)
+        return {**view, "warnings": warnings + view.get("warnings", [])}
 
 
 # `{name:path}`: a class name may contain "/" (it is a name, not a path).

@@ -17,14 +17,16 @@ from service.store.db import session_scope
 router = APIRouter(tags=["rounds"])
 
 
-def round_view(s, rnd: Round) -> dict:
+def round_view(s, rnd: Round, settings) -> dict:
     jobs = s.scalars(select(Job).where(Job.round_id == rnd.id).order_by(Job.id))
-    return {"project_id": rnd.project_id, "number": rnd.number, "state": rnd.state, "stage": rnd.state,
+    return {"job_limits": {"retries": settings.job_retries, "worker_deaths": settings.job_max_worker_deaths},
+            "project_id": rnd.project_id, "number": rnd.number, "state": rnd.state, "stage": rnd.state,
             "error": rnd.error, "progress": rnd.progress or {}, "attempt": rnd.attempt,
             "train_only": bool(rnd.train_only), "model_version_id": rnd.model_version_id,
             "started_at": rnd.started_at, "finished_at": rnd.finished_at,
             "jobs": [{"id": j.rq_id, "kind": j.kind, "shard": j.shard, "state": j.state, "attempts": j.attempts,
-                      "error": j.error, "duration_s": j.duration_s} for j in jobs]}
+                      "error": j.error, "duration_s": j.duration_s, "worker_deaths": j.worker_deaths or 0,
+                      "retries_left": j.retries_left} for j in jobs]}
 
 
 @router.post("/projects/{pid}/rounds", status_code=202, response_model=RoundOut,
@@ -47,7 +49,7 @@ def start_round(pid: Pid, settings: SettingsDep, c: WriterDep, response: Respons
     else:
         response.status_code = 200
     with session_scope(settings) as s:
-        return {**round_view(s, rounds_svc.get_round(s, pid, number)), "created": created}
+        return {**round_view(s, rounds_svc.get_round(s, pid, number), settings), "created": created}
 
 
 @router.get("/projects/{pid}/rounds", response_model=RoundsOut)
@@ -55,14 +57,14 @@ def list_rounds(pid: Pid, settings: SettingsDep, c: CallerDep) -> dict:
     with session_scope(settings) as s:
         projects_svc.get_project(s, pid)
         rows = s.scalars(select(Round).where(Round.project_id == pid).order_by(Round.number))
-        return {"rounds": [round_view(s, r) for r in rows]}
+        return {"rounds": [round_view(s, r, settings) for r in rows]}
 
 
 @router.get("/projects/{pid}/rounds/{n}", response_model=RoundOut)
 def get_round(pid: Pid, n: RoundNo, settings: SettingsDep, c: CallerDep) -> dict:
     advance(settings, pid, force=False)
     with session_scope(settings) as s:
-        return round_view(s, rounds_svc.get_round(s, pid, n))
+        return round_view(s, rounds_svc.get_round(s, pid, n), settings)
 
 
 @router.post("/projects/{pid}/rounds/{n}/retry", status_code=202, response_model=RoundOut)
@@ -71,4 +73,4 @@ def retry_round(pid: Pid, n: RoundNo, settings: SettingsDep, c: WriterDep) -> di
         rounds_svc.retry_round(s, projects_svc.get_project(s, pid), n)
     advance(settings, pid, n)
     with session_scope(settings) as s:
-        return round_view(s, rounds_svc.get_round(s, pid, n))
+        return round_view(s, rounds_svc.get_round(s, pid, n), settings)
