@@ -28,6 +28,19 @@ LS_ORIGIN = "http://127.0.0.1:18080"   # never contacted: only its origin matter
 FOREIGN = "http://evil.example:18080"
 
 
+def _register(settings: Settings, uris: list[str]) -> None:
+    """The files as items of a project: the signed-file route serves registered images only (an
+    unregistered file under the data root is 404 even correctly signed, tests/test_small_fixes)."""
+    from service.store.db import session_scope
+    from service.store.models import Item
+
+    r = httpx.post(f"{settings.public_base_url}/api/v1/projects", headers={"Authorization": "Bearer k"},
+                    json={"name": "signed-media", "classes": ["a", "b"]})
+    assert r.status_code == 201, r.text
+    with session_scope(settings) as s:
+        s.add_all([Item(project_id=r.json()["id"], uri=u, sha256=f"{i:064x}") for i, u in enumerate(uris)])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """camloop's app under uvicorn on a free port; Label Studio configured by URL only (no token:
@@ -57,6 +70,8 @@ def server(tmp_path_factory):
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
         time.sleep(0.05)
+    _register(settings, ["small.png", "strip.png", "photo.jpg", "scan16.tif", "rotated.jpg", "broken.png",
+                         "gone.png"])
     yield settings, UrlSigner.from_settings(settings), root
     srv.should_exit = True
     thread.join(timeout=10)
