@@ -59,7 +59,9 @@ def test_the_readmes_label_studio_demo_works_in_a_browser(label_studio, chromium
 
         def batch_imported():  # the round trains first; the stream has nothing before
             r = ls.get("/api/tasks", params={"project": ls_pid, "page_size": 100})
-            return r.status_code == 200 and len(r.json()["tasks"]) == BUDGET
+            # The batch, and behind it the reserve (half a budget by default) that keeps the
+            # expert busy while the next model trains.
+            return r.status_code == 200 and len(r.json()["tasks"]) == BUDGET + BUDGET // 2
 
         deadline = time.monotonic() + 600
         while not batch_imported():
@@ -79,7 +81,10 @@ def test_the_readmes_label_studio_demo_works_in_a_browser(label_studio, chromium
             submit(chromium)
             done.append(tid)
             chosen.append(answer)
-        WebDriverWait(chromium, 120).until(lambda d: NO_MORE in body_text(d))
+        # The batch is labeled: the demo goes on by itself (its last round trains on these
+        # labels) while the stream shows the reserve, not an empty queue.
+        nxt = WebDriverWait(chromium, 120, poll_frequency=0.3).until(lambda d: task_on_screen(d, done))
+        assert nxt != NO_MORE, "the stream ran dry after the batch: no reserve task"
         assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
     finally:
         if proc.poll() is None:
@@ -92,7 +97,7 @@ def test_the_readmes_label_studio_demo_works_in_a_browser(label_studio, chromium
                 proc.kill()
                 proc.wait(timeout=30)
     assert (data / "report" / "index.html").is_file()
-    db = sqlite3.connect(data / "camloop.db")
+    db = sqlite3.connect(data.parent / f"{data.name}-state" / "camloop.db")  # the state folder beside the data
     try:
         stored = [c for (c,) in db.execute("SELECT class_name FROM labels WHERE source = 'label-studio'")]
     finally:

@@ -213,7 +213,7 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
 
     # camloop's store holds exactly what was clicked (webhooks, or the poll behind them).
     _round_in(stack, pid, 1, ("closed",))
-    db = sqlite3.connect(stack["root"] / "camloop.db")
+    db = sqlite3.connect(stack["root"].parent / "data-state" / "camloop.db")  # the state folder beside the data
     try:
         stored = dict(db.execute("SELECT item_id, class_name FROM labels WHERE source = 'label-studio'").fetchall())
     finally:

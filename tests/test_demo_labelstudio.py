@@ -61,9 +61,13 @@ def test_demo_pushes_a_round_to_label_studio_and_waits_for_people(label_studio, 
         def tasks():
             r = ls.get("/api/tasks", params={"project": ls_pid, "fields": "all", "page_size": 100})
             got = r.json()["tasks"] if r.status_code == 200 else []
-            return got if len(got) == BUDGET else None
+            # The batch, then the reserve (half a budget by default, ranked after it) that keeps
+            # the expert busy while the next model trains.
+            return got if len(got) == BUDGET + BUDGET // 2 else None
 
-        batch = wait_for(tasks, f"{BUDGET} tasks in Label Studio", proc, log, timeout=600)
+        queued = wait_for(tasks, f"{BUDGET} + {BUDGET // 2} tasks in Label Studio", proc, log, timeout=600)
+        batch = sorted(queued, key=lambda t: t["data"][cfg.RANK])[:BUDGET]
+        assert sorted(t["data"][cfg.RANK] for t in queued) == list(range(BUDGET + BUDGET // 2))
         # Label Studio was told where to reach the demo: signed image URLs and the webhook.
         for t in batch:
             url = t["data"][cfg.IMAGE]

@@ -191,7 +191,7 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
     assert listed[skipped_item]["status"] == "skipped"
     # Nothing counted twice: a manual sync (webhook + poll already ran) creates nothing new.
     sync = _ok(api.post(f"/projects/{pid}/label-studio/sync"))
-    assert sync["created"] == 0 and sync["updated"] == 0 and sync["deleted"] == 0
+    assert sync["created"] == 0 and sync["updated"] == 0 and sync["deleted"] == 0 and sync["retracted"] == [], sync
     assert _ok(api.get(f"/projects/{pid}/metrics"))["labeled"] == SEEDED + BUDGET - 1
     rv = _ok(api.get(f"/projects/{pid}/review"))
     assert rv["review"] == [] and "per_class" in rv["agreement"]

@@ -122,3 +122,17 @@ def test_every_cli_command_is_in_the_command_table():
 ])
 def test_the_invocation_parser_itself(text, expected):
     assert camloop_invocations(text) == expected
+
+
+def test_the_readme_expert_answers_only_while_an_expert_block_runs(tmp_path):
+    """The test suite (itself a README block) runs demos against its own Label Studio and labels
+    them in a browser; the check's expert answering them too broke those tests in CI."""
+    status = tmp_path / "status"
+    expert = check.Expert("run", status, {2})
+    assert not expert._in_expert_block()  # nothing started yet
+    status.write_text("start 0 1.0\nend 0 2.0\nstart 1 3.0\n")
+    assert not expert._in_expert_block()  # block 1: the test suite
+    status.write_text(status.read_text() + "end 1 4.0\nstart 2 5.0\n")
+    assert expert._in_expert_block()      # block 2: the README's Label Studio demo
+    status.write_text(status.read_text() + "end 2 6.0\n")
+    assert not expert._in_expert_block()

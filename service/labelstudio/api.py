@@ -49,8 +49,8 @@ class SyncOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     round: int | None = Field(description="the round being labeled, whose batch was pushed")
     tasks_in_round: int
-    labeled: int
-    retracted: int
+    labeled: list[int] = Field(description="camloop item ids whose label this sync set or changed")
+    retracted: list[int] = Field(description="item ids whose label was taken back in Label Studio")
     errors: list[str]
 
 
