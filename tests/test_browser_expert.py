@@ -14,14 +14,9 @@ the class the model guessed, and the expert must be told about the next batch.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -29,9 +24,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from service.labelstudio import config as cfg
 from tests.browser import (LOAD_ERROR, NO_MORE, body_text, chromium, click_choice, console,  # noqa: F401 (fixture)
                            pictures, submit, task_on_screen)
-from tests.labelstudio_server import free_port, label_studio  # noqa: F401  (session fixture)
-from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker, unique_prefix,
-                               wait_for, worker_env, write_pngs)
+from tests.labelstudio_server import label_studio  # noqa: F401  (session fixture)
+from tests.labelstudio_stack import served_stack, stack_logs
+from tests.worker_proc import digits_arrays, wait_for, write_pngs
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio, pytest.mark.browser]
 
@@ -50,56 +45,15 @@ def _ok(r: httpx.Response, *codes: int) -> dict:
 def stack(label_studio, tmp_path):  # noqa: F811
     """camloop serve + one worker, configured for the session's Label Studio. No CAMLOOP_CORS_ORIGINS:
     the default (Label Studio's own origin) must be what lets the browser read the images."""
-    ls_url, token = label_studio
-    root = tmp_path / "data"
-    root.mkdir()
-    prefix = unique_prefix("browser")
-    port = free_port()
-    env = worker_env(CAMLOOP_DATA_DIR=str(root), CAMLOOP_QUEUE_PREFIX=prefix, CAMLOOP_API_KEYS=KEY,
-                     REDIS_URL=REDIS_URL, CAMLOOP_JOB_RETRIES="1", CAMLOOP_RECONCILE_INTERVAL_S="0.3",
-                     CAMLOOP_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}", CAMLOOP_LABEL_STUDIO_URL=ls_url,
-                     CAMLOOP_LABEL_STUDIO_TOKEN=token, CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET=SECRET,
-                     CAMLOOP_LABEL_STUDIO_POLL_INTERVAL_S="2", CAMLOOP_URL_SIGNING_KEY="browser-signing-key")
-    log = root / "server.log"
-    server = subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "serve",
-                               "--port", str(port), "--log-level", "warning"],
-                              env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    worker = start_worker(env, root / "worker.log")
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {KEY}"},
-                       timeout=60)
-    ls = httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {token}"}, timeout=30)
-
-    def healthy():
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=120, what="camloop serve /healthz", proc=server, log=log)
-        yield dict(root=root, api=api, ls=ls, ls_url=ls_url, token=token, server=server, log=log, port=port)
-    finally:
-        api.close()
-        ls.close()
-        stop_worker(worker)
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        cleanup_queues(redis.Redis.from_url(REDIS_URL), prefix)
-
-
-def _logs(stack) -> str:
-    return "\n".join(f"--- {n}\n" + (Path(stack["root"]) / n).read_text(errors="replace")[-3000:]
-                     for n in ("server.log", "worker.log") if (Path(stack["root"]) / n).exists())
+    with served_stack(label_studio, tmp_path, name="browser", key=KEY, secret=SECRET) as st:
+        yield st
 
 
 def _round_in(stack, pid: int, n: int, states: tuple[str, ...]) -> dict:
     def reached():
         rnd = _ok(stack["api"].get(f"/projects/{pid}/rounds/{n}"))
         if rnd["state"] == "failed":
-            raise AssertionError(f"round {n} failed: {rnd['error']}\n{_logs(stack)}")
+            raise AssertionError(f"round {n} failed: {rnd['error']}\n{stack_logs(stack)}")
         return rnd if rnd["state"] in states else None
 
     return wait_for(reached, timeout=600, interval=0.5, what=f"round {n} in {states}", proc=stack["server"],
