@@ -221,3 +221,35 @@ def test_the_device_setting_decides_between_the_gpu_and_the_cpu_choice(device, m
     choice = choose_defaults(image_stats(folder_image_paths(tmp_path / "big")), cuda=cuda_from_settings(s))
     assert choice.model == model
     assert not cuda_from_settings(Settings(data_dir=tmp_path))  # auto: the API cannot tell; the CPU choice
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_round_on_the_colour_photos_trains_the_chosen_pretrained_model(api):
+    """The choice reaches the engine: round 1 trains Lite0 from its weights, 7 blocks frozen, at
+    128 px colour, and queues its batch (12 small photos, 1 epoch: seconds on a CPU)."""
+    import json
+
+    from service.store import Job
+
+    c, settings = api
+    _colour_jpegs(settings.data_dir, "photos", n=18)
+    pid = _project(c, FAST)["id"]
+    items = [{"uri": f"photos/{k:03d}.jpg", "label": CLASSES[k % 3] if k < 6 else None} for k in range(18)]
+    r = c.post(f"/api/v1/projects/{pid}/items", json={"items": items})
+    assert r.status_code == 202 and r.json()["registered"] == 18, r.text
+    _ingested(settings, pid, 18)
+    assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    deadline = time.monotonic() + 300
+    while True:
+        run_jobs(settings, ("train", "score"))
+        rnd = c.get(f"/api/v1/projects/{pid}/rounds/1").json()
+        if rnd["state"] in ("labeling", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rnd["state"] == "labeling", rnd
+    assert rnd["progress"]["queued"] == FAST["budget"]
+    with session_scope(settings) as s:
+        man = s.scalar(select(Job.manifest_path).where(Job.project_id == pid, Job.kind == "train"))
+    net = json.loads(open(man).read())["net"]
+    assert {k: net[k] for k in KEYS} == {"model": "efficientnet-lite0", "image_size": 128, "channels": 3,
+                                         "pretrained": True, "frozen_blocks": 7}
