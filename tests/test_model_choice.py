@@ -253,3 +253,30 @@ def test_a_round_on_the_colour_photos_trains_the_chosen_pretrained_model(api):
     net = json.loads(open(man).read())["net"]
     assert {k: net[k] for k in KEYS} == {"model": "efficientnet-lite0", "image_size": 128, "channels": 3,
                                          "pretrained": True, "frozen_blocks": 7}
+
+
+def test_camloop_project_create_leaves_the_model_to_the_images_and_prints_the_choice(tmp_path, queue_prefix):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ENGINEER_KEY
+    from tests.test_round_rules import _serve
+
+    (tmp_path / "data").mkdir()
+    _colour_jpegs(tmp_path / "data", "photos", n=4)
+    proc, base = _serve(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", queue_prefix)
+    try:
+        cli = [sys.executable, "-c", "from service.cli import app; app()"]
+        out = subprocess.run(cli + ["project", "create", "photos", "--classes", "a,b", "--folder", "photos",
+                                    "--url", base.removesuffix("/api/v1"), "--key", ENGINEER_KEY],
+                             capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                                "COLUMNS": "400"})
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "model: efficientnet-lite0 at 128 px, 3 channel(s): " in out.stdout and "colour photos" in out.stdout
+        project = json.loads(out.stdout.strip().splitlines()[-1])
+        assert project["model_choice"]["chosen_from"] == dict.fromkeys(KEYS, "images")
+        assert project["config"]["model"] == "efficientnet-lite0" and project["config"]["budget"] == 100
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -75,7 +75,9 @@ def project_create(
             console.print(f"registered: {escape(json.dumps(res))}")
             project = _check(c.get(f"/projects/{project['id']}"))
         choice = project.get("model_choice") or {}
-        if choice.get("why"):
+        if "pending" in (choice.get("chosen_from") or {}).values():
+            console.print(f"model settings: {escape(choice['why'])}")
+        elif choice.get("why"):
             console.print(f"model: {escape(str(choice.get('model')))} at {choice.get('image_size')} px, "
                           f"{choice.get('channels')} channel(s): {escape(choice['why'])}")
     print(json.dumps(project))
