@@ -96,12 +96,14 @@ def _colourfulness(im: Image.Image) -> float:
     return sum(abs(x - y) + abs(y - z) for x, y, z in zip(r, g, b)) / n
 
 
-def image_stats(paths, sample: int = 200, seed: int = 0) -> ImageStats:
+def image_stats(paths, sample: int = 200, seed: int = 0, max_pixels: int | None = None) -> ImageStats:
     """Sizes (from the headers) and colour (from a draft decode) of up to `sample` of `paths`.
 
     A random sample (seeded) rather than the first files: folders sorted by class would
     otherwise describe one class. Unreadable files are counted, not raised: the registration's
-    quarantine reports them.
+    quarantine reports them. A file whose header says more than `max_pixels` pixels is counted
+    unreadable without being decoded (ingest quarantines it as a decompression bomb; decoding it
+    here to judge its colour would cost what that limit is there to prevent).
     """
     paths = [Path(p) for p in paths]
     pick = paths if len(paths) <= sample else random.Random(seed).sample(paths, sample)
@@ -110,6 +112,8 @@ def image_stats(paths, sample: int = 200, seed: int = 0) -> ImageStats:
         try:
             with Image.open(p) as im:
                 w, h = im.size  # header only
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ValueError("too many pixels")
                 formats[im.format or "?"] += 1
                 colour.append(_colourfulness(im) > COLOUR_THRESHOLD)
         except Exception:  # noqa: BLE001 — any decoder failure is "unreadable" here

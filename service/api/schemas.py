@@ -5,7 +5,7 @@ out of range is a 422 from validation — on SQLite and PostgreSQL alike — nev
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -75,6 +75,29 @@ class ClassOut(BaseModel):
     changed_at: datetime | None = None
 
 
+class ImagesSeenOut(BaseModel):
+    count: int = Field(description="images the first registration looked at (its pool, else all it registered)")
+    sampled: int = Field(description="readable files in the random sample read")
+    median_width: int
+    median_height: int
+    colour_fraction: float = Field(description="share of the sample that is colour (not grey stored as RGB)")
+
+
+class ModelChoiceOut(BaseModel):
+    model: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    pretrained: bool | None = None
+    frozen_blocks: int | None = None
+    chosen_from: dict[Literal["model", "image_size", "channels", "pretrained", "frozen_blocks"],
+                      Literal["images", "config", "pending"]] = Field(
+        description="per key: images (chosen from the first registered images), config (set in the project's "
+                    "config, at creation or by a PATCH since), pending (to be chosen when the first images "
+                    "are registered)")
+    why: str = Field(description="what was seen in the images and why these settings follow from it")
+    images: ImagesSeenOut | None = Field(None, description="what the choice looked at; null before it was made")
+
+
 class ProjectOut(BaseModel):
     id: int
     name: str
@@ -82,6 +105,12 @@ class ProjectOut(BaseModel):
     # A config stored by an older version may not validate: shown as stored (warnings say what
     # to fix) rather than failing the answer.
     config: ProjectConfig | dict[str, Any]
+    model_choice: ModelChoiceOut | None = Field(
+        None, description="the model settings in force (as in config) with where each came from and why: keys the "
+                          "config leaves unset are chosen from the images (size, colour) when the first ones are "
+                          "registered; any can be set in the config (at creation, or PATCH before images are "
+                          "registered for image_size and channels). Null for projects made before camloop chose "
+                          "from the images")
     created_at: datetime | None = None
     warnings: list[str] = Field(default_factory=list, description="what went wrong beside (e.g. Label Studio away)")
 

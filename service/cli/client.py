@@ -52,16 +52,18 @@ def project_create(
     name: str = typer.Argument(..., help="project name"),
     classes: str = typer.Option(..., help="class names, comma separated (head order)"),
     folder: str | None = typer.Option(None, help="register this folder (relative to the server's data root) as the pool"),
-    model: str = typer.Option("small-cnn", help="backbone name (workers.models registry)"),
-    image_size: int = typer.Option(28, help="side the images are decoded to"),
-    channels: int = typer.Option(1, help="1 (grey) or 3 (RGB)"),
+    model: str | None = typer.Option(None, help="backbone name (workers.model_specs); default: chosen from the images"),
+    image_size: int | None = typer.Option(None, help="side the images are decoded to; default: chosen from the images"),
+    channels: int | None = typer.Option(None, help="1 (grey) or 3 (RGB); default: chosen from the images"),
     strategy: str = typer.Option("hybrid", help="selection strategy (strategies.registry)"),
     budget: int = typer.Option(100, help="images queued per round"),
     config: str | None = typer.Option(None, help="extra config as JSON, merged over the options"),
     url: str | None = URL, key: str | None = KEY,
 ) -> None:
     """Create a project (and optionally register a folder of images)."""
-    cfg = {"model": model, "image_size": image_size, "channels": channels, "strategy": strategy, "budget": budget}
+    # Model keys left out are chosen from the images when the first ones are registered.
+    cfg = {k: v for k, v in (("model", model), ("image_size", image_size), ("channels", channels)) if v is not None}
+    cfg.update(strategy=strategy, budget=budget)
     if config:
         cfg.update(json.loads(config))
     body = {"name": name, "classes": [c.strip() for c in classes.split(",") if c.strip()], "config": cfg}
@@ -71,6 +73,13 @@ def project_create(
         if folder:
             res = _check(c.post(f"/projects/{project['id']}/items", json={"folder": folder}))
             console.print(f"registered: {escape(json.dumps(res))}")
+            project = _check(c.get(f"/projects/{project['id']}"))
+        choice = project.get("model_choice") or {}
+        if "pending" in (choice.get("chosen_from") or {}).values():
+            console.print(f"model settings: {escape(choice['why'])}")
+        elif choice.get("why"):
+            console.print(f"model: {escape(str(choice.get('model')))} at {choice.get('image_size')} px, "
+                          f"{choice.get('channels')} channel(s): {escape(choice['why'])}")
     print(json.dumps(project))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from service.core import paths
+from service.core import model_choice, paths
 from service.errors import BadRequest, NotFound, Unprocessable
 from service.settings import Settings
 from service.store import ITEM_SPLITS, Item, Job, Label, Project, utcnow
@@ -119,30 +119,47 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
         if e["label"] is not None and e["label"] not in names:
             raise Unprocessable(f"unknown class {e['label']!r}; known classes: {', '.join(project.class_names)}")
     root = settings.data_dir.resolve()
+    choosing = bool(model_choice.pending(project))
+    if choosing:
+        # The first registration decides image_size and channels for every later one: two at once
+        # must not both choose (PostgreSQL: row lock; SQLite: writes are serialized already).
+        s.get(Project, project.id, with_for_update=True, populate_existing=True)
+        choosing = bool(model_choice.pending(project))
     known = set(s.scalars(select(Item.sha256).where(Item.project_id == project.id)))
+    choosing = choosing and not known  # images already decoded with the config as it is
     last = [s.scalar(select(func.max(Item.cache_shard)).where(Item.project_id == project.id)),
             s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == "ingest"))]
     first = max([-1] + [v for v in last if v is not None]) + 1
     now = utcnow()
     rows: list[dict] = []
     dup = 0
+    looked: dict[str, list[Path]] = {}  # readable new files by split: what the model choice looks at
     for e in entries:
         path = root / e["uri"]
+        inside = True
         if path.is_symlink() and _leaves_root(root, e["uri"]):
             # A symlink listed in a registered folder that points out of the data root: never read
             # it (not even to hash it). It is registered under a digest of its name, and ingest's
             # safe_path quarantines it with the reason.
             digest = hashlib.sha256(f"outside the data root: {e['uri']}".encode()).hexdigest()
+            inside = False
         else:
             digest = _sha256(path)
         if digest in known:
             dup += 1
             continue
         known.add(digest)
+        if inside:
+            looked.setdefault(e["split"], []).append(path)
         rows.append({"project_id": project.id, "uri": e["uri"], "sha256": digest, "split": e["split"],
                      "status": "labeled" if e["label"] is not None else "unlabeled", "label": e["label"],
                      # index filled in when the ingest result arrives
                      "cache_shard": first + len(rows) // INGEST_CHUNK, "created_at": now})
+    if choosing and rows:
+        # Before the manifests: ingest decodes at the image_size and channels chosen here. The
+        # pool is what the model will be trained and scored on; a first registration of only
+        # val/test images is looked at instead.
+        model_choice.choose_from_images(settings, project, looked.get("pool") or [p for v in looked.values() for p in v])
     items = Item.__table__
     ids: list[int] = []
     if rows:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.core import model_choice
 from service.errors import Conflict, NotFound, Unprocessable
 from service.settings import Settings
 from service.store import Item, Project, ProjectClass, Round, utcnow
@@ -52,7 +53,11 @@ def create_project(s: Session, name: str, class_names: list[str], config: dict |
     if len(class_names) < 2 or len(set(class_names)) != len(class_names) or not all(c.strip() for c in class_names):
         raise Unprocessable("classes must be at least two distinct non-empty names")
     cfg = config if isinstance(config, ProjectConfig) else validated_config(config)
-    p = Project(name=name, class_names=list(class_names), config=cfg.model_dump(mode="json"))
+    # The model keys the caller did not set are chosen from the images when the first ones are
+    # registered (service.core.model_choice); until then the config holds ProjectConfig's defaults.
+    explicit = cfg.model_fields_set if isinstance(config, ProjectConfig) else set(config or {})
+    p = Project(name=name, class_names=list(class_names), config=cfg.model_dump(mode="json"),
+                model_choice=model_choice.initial_record(explicit))
     s.add(p)
     try:
         s.flush()
@@ -105,6 +110,7 @@ def update_config(s: Session, project: Project, patch: dict) -> list[str]:
     if changed and s.scalar(select(Item.id).where(Item.project_id == project.id).limit(1)) is not None:
         raise Conflict(f"{', '.join(changed)} cannot change once images are registered (they are decoded with it)")
     project.config = new.model_dump(mode="json")
+    model_choice.note_patch(project, patch)
     s.flush()
     if dropped:
         log.warning("project %s: keys of the stored config this version does not know were dropped: %s",
@@ -150,4 +156,4 @@ def project_view(p: Project, classes: list[ProjectClass]) -> dict:
     return {"id": p.id, "name": p.name, "classes": [
         {"name": c.name, "status": c.status, "reason": c.reason, "changed_by": c.changed_by,
          "changed_at": c.changed_at.isoformat() if c.changed_at else None} for c in classes],
-        "config": p.config, "created_at": p.created_at.isoformat() if p.created_at else None}
+        "config": p.config, "model_choice": model_choice.view(p), "created_at": p.created_at.isoformat() if p.created_at else None}

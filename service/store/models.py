@@ -36,6 +36,10 @@ class Project(Base):
     # model, image_size, channels, strategy, budget, duplicate_new, epochs, exclusion{...},
     # ls_project_id, auto_next_round, mc_samples, seed
     config: Mapped[dict] = mapped_column(JSON, default=dict)
+    # {"auto": [model keys the config left to camloop], "chosen": {...} | absent, "why": str}:
+    # filled when the first images are registered (service.core.model_choice); NULL for projects
+    # made before camloop chose from the images (migration 0005).
+    model_choice: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     classes: Mapped[list["ProjectClass"]] = relationship(back_populates="project", order_by="ProjectClass.index")
 
