@@ -75,3 +75,35 @@ def test_balancing_is_deterministic_with_the_given_rng_and_spreads_copies_evenly
     assert per.sum() == 50 and per.max() - per.min() <= 1  # 50 = 7 × 7 + 1
     with pytest.raises(ValueError):
         build_training_indices(labels, np.zeros(57, bool), np.ones(2, bool), balance_to="mean")
+
+
+def _before_issue_15(labels, is_new, active, duplicate_new, rng):
+    # build_training_indices as it was (balance to the largest class, no cap), for the test below.
+    keep = (labels >= 0) & active[np.clip(labels, 0, None)]
+    base = np.flatnonzero(keep)
+    idx = np.repeat(base, np.where(is_new[base], duplicate_new, 1))
+    counts = np.bincount(labels[idx], minlength=len(active))
+    parts = [idx]
+    for c in np.flatnonzero(counts > 0):
+        extra = counts.max() - counts[c]
+        if extra <= 0:
+            continue
+        members = idx[labels[idx] == c]
+        whole, rest = divmod(extra, counts[c])
+        parts.append(np.tile(members, whole))
+        if rest:
+            parts.append(rng.choice(members, size=rest, replace=False))
+    return np.concatenate(parts)
+
+
+def test_max_uncapped_is_the_balancing_before_the_cap_draw_for_draw():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, 300)
+    labels[rng.random(300) < 0.1] = -1
+    is_new = rng.random(300) < 0.3
+    active = np.array([True, True, False, True, True, True])
+    for seed in range(5):
+        a = build_training_indices(labels, is_new, active, 2, True, None, np.random.default_rng(seed),
+                                   balance_to="max", balance_max_repeats=None)
+        b = _before_issue_15(labels, is_new, active, 2, np.random.default_rng(seed))
+        assert a.tolist() == b.tolist()

@@ -88,8 +88,10 @@ def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.nd
     * a newly labeled image appears ``duplicate_new`` times (≥ 1), an older one once;
     * with ``balance``, a class with fewer entries than the target — the median class's count
       (``balance_to="median"``) or the largest class's (``"max"``), over the classes that have
-      labels — gets extra copies of its images, spread evenly: every image one more copy per
-      pass, the last pass a random subset (``rng``) without replacement;
+      labels — gets extra copies of its images. Uncapped: whole copies of its entries first,
+      then a random subset (``rng``) without replacement, as before the cap existed. Capped:
+      spread evenly over its images, every image with room one more copy per pass, the last
+      pass a random subset;
     * no image is repeated by balancing beyond ``balance_max_repeats`` entries in the epoch (an
       image already entered more often by ``duplicate_new`` keeps its entries, and gets none
       from balancing), nor a class beyond ``balance_max_factor`` × its own count. A class with
@@ -121,10 +123,19 @@ def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.nd
         extra = want - have
         if extra <= 0:
             continue
+        if cap is None:
+            # Uncapped: whole copies of the class's entries, then a random subset of them (a new
+            # image, entered duplicate_new times, gets proportionally more) — as before issue 15,
+            # so runs and manifests made then train on the same epochs.
+            members = idx[labels[idx] == c]
+            whole, rest = divmod(extra, have)
+            parts.append(np.tile(members, whole))
+            if rest:
+                parts.append(rng.choice(members, size=rest, replace=False))
+            continue
         in_c = labels[base] == c
-        members, room = base[in_c], reps[in_c]
-        room = np.full(members.size, np.iinfo(np.int64).max, np.int64) if cap is None else \
-            np.maximum(0, cap - room).astype(np.int64)
+        members = base[in_c]
+        room = np.maximum(0, cap - reps[in_c]).astype(np.int64)
         while extra > 0:
             free = np.flatnonzero(room > 0)
             if free.size == 0:
