@@ -37,10 +37,10 @@ class _Strict(BaseModel):
 class ExclusionConfig(_Strict):
     """When and how a class that stays hopeless is excluded (out of training, queue and head).
 
-    `rule` "evidence" (strategies.exclusion.EvidenceRule): excluded when the latest held-out
-    accuracy's Wilson upper bound at `confidence` is at most chance (`chance_margin` / active
-    classes) and the slope over the last `patience` + 1 evaluated rounds is not significantly
-    above `min_rise`. `rule` "threshold" (the rule before issue 15): below `exclude_below` over
+    `rule` "evidence" (strategies.exclusion.EvidenceRule): excluded when, in each of the last
+    `patience` + 1 evaluated rounds, the held-out accuracy's Wilson upper bound at `confidence` is
+    at most chance (`chance_margin` / active classes), and the slope over those rounds is not
+    significantly above `min_rise`. `rule` "threshold" (the rule before issue 15): below `exclude_below` over
     the window and a gain under `min_gain`. `exclude_after`, `patience`, `min_active` serve both."""
 
     enabled: StrictBool = Field(False, description="let the rule exclude classes (an engineer can always exclude or include one by hand)")
