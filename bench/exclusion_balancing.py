@@ -183,6 +183,7 @@ def summarise_run(run: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocols", default="hopeless,imbalanced")
+    ap.add_argument("--variants", default="", help="comma list of variants to run (default: all of each protocol)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=20000)
     ap.add_argument("--val-per-class", type=int, default=100)
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
         for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
             variants = EXCLUSION_VARIANTS if protocol == "hopeless" else BALANCE_VARIANTS
             for variant in variants:
+                if args.variants and variant not in args.variants.split(","):
+                    continue
                 path = run_dir / f"{protocol}_{variant}_seed{seed}.json"
                 if path.exists():
                     run = json.loads(path.read_text())
