@@ -147,9 +147,10 @@ def test_duplication_and_balance_reach_the_epoch_size():
     train_model(_model(), train, is_new, val, np.ones(3, bool),
                 _cfg(epochs=1, balance_to="max", balance_max_repeats=None), progress=seen.append)
     assert seen[0]["train_images"] == 24
-    # The default: up to the median class (4 entries: class 1, and class 2's two new images ×2).
+    # Up to the median class (4 entries: class 1, and class 2's two new images ×2).
     seen = []
-    train_model(_model(), train, is_new, val, np.ones(3, bool), _cfg(epochs=1), progress=seen.append)
+    train_model(_model(), train, is_new, val, np.ones(3, bool), _cfg(epochs=1, balance_to="median"),
+                progress=seen.append)
     assert seen[0]["train_images"] == 16
 
 

@@ -22,12 +22,9 @@ from tests.worker_proc import REPO
 pytestmark = pytest.mark.slow
 
 # Every class fails this rule (accuracy < 1.0, gain < 1.0 over one round) from round 2 on; the
-# five best stay (min_active): deterministic, whatever the models learned. Balancing as before
-# issue 15 (to the largest class, uncapped): the gatekeeper shares below were calibrated on those
-# models; under the new default (median, at most 4 repeats) service and simulate still pick the
-# same images, but round 3's share of excluded-class images was 0.33-0.37 (5 epochs, ~100 labels).
+# five best stay (min_active): deterministic, whatever the models learned.
 FIRES = {"exclusion": {"enabled": True, "rule": "threshold", "exclude_after": 2, "exclude_below": 1.0, "patience": 1, "min_gain": 1.0,
-                       "min_active": 5}, "balance_to": "max", "balance_max_repeats": None}
+                       "min_active": 5}}
 RUN = dict(rounds=3, initial=60, budget=30, epochs=5, seed=0)  # 5 epochs: models good enough to gate
 
 

@@ -85,10 +85,11 @@ class ProjectConfig(_Strict):
                                                   "the next model trains (none: half the budget; 0: no reserve)")
     duplicate_new: StrictInt = Field(2, ge=1, le=16, description="times each new label enters training (augmented copies)")
     balance: StrictBool = Field(True, description="duplicate classes with few labels toward the others")
-    balance_to: Literal["median", "max"] = Field("median", description="the count balancing brings a class up to: the "
-                                                  "median class's or the largest class's")
-    balance_max_repeats: StrictInt | None = Field(4, ge=1, le=1000, description="balancing repeats no image more than this "
-                                                  "many times an epoch (none: no cap)")
+    balance_to: Literal["max", "median"] = Field("max", description="the count balancing brings a class up to: the "
+                                                 "largest class's or the median class's")
+    balance_max_repeats: StrictInt | None = Field(None, ge=1, le=1000, description="balancing repeats no image more than "
+                                                  "this many times an epoch (none: no cap; the cap measured worse, "
+                                                  "docs/benchmarks.md)")
     epochs: StrictInt = Field(10, ge=1, le=10000, description="training epochs a round")
     batch_size: StrictInt | None = Field(None, ge=1, le=65536, description="training batch; none: sized to the labeled set")
     hflip: StrictBool = Field(True, description="mirror images in augmentation (off where left/right matters)")
