@@ -25,7 +25,12 @@ held-out images in round x_i (counts, not rounded accuracies):
       flat when the slope is not significantly above `min_rise` per round:
       b - z * SE <= min_rise, z the same one-sided quantile as (a)'s upper end.
 
-  Excluded when (a) and (b) hold. A slow learner stays: above chance it fails (a) (Shirt
+  (c) never learned — in no evaluated round since the start (or the re-inclusion) was the lower
+      end of its Wilson interval above the chance line. A class some model has demonstrably
+      learned is learnable; that the models of the window lost it (seen on 3-epoch models:
+      Coat 39/60, then 0/60, 1/60, 0/60) is the models' failure, not the class's.
+
+  Excluded when (a), (b) and (c) hold. A slow learner stays: above chance it fails (a) (Shirt
   at 0.28-0.48 among 11 classes is three times chance), near chance but clearly rising it fails
   (b). A class with little evidence stays: its interval is wide (0/25 at 90 % reaches 0.098).
   Rounds are assumed independent for the slope's SE; read on the same images they are
@@ -160,6 +165,8 @@ class EvidenceRule:
             rows = [tuple(int(v) for v in h) for h in history.get(cls, []) if since is None or h[0] >= since]
             if len(rows) < self.patience + 1:
                 continue
+            if any(wilson_interval(k, n, self.confidence)[0] > chance + GAIN_TOLERANCE for _, k, n in rows):
+                continue  # (c): some model learned it
             win = rows[-(self.patience + 1):]
             verdict = self.judge(Window(*map(tuple, zip(*win))), chance, n_active)
             if verdict is None:

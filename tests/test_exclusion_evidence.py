@@ -133,6 +133,16 @@ def test_a_class_that_collapsed_inside_the_window_stays():
     assert EvidenceRule().decide(h, _status())["c9"][0] is True
 
 
+def test_a_class_an_earlier_model_learned_stays():
+    # Seen in the smoke run on 3-epoch models: Coat 39/60, then 0/60, 1/60, 0/60. The window
+    # alone (rounds 2-4) looks hopeless; round 1 showed the class can be learned.
+    h = _history({"c9": [(39, 60), (0, 60), (1, 60), (0, 60)]}, rounds=(1, 2, 3, 4), good=(50, 60))
+    assert wilson_interval(39, 60, 0.9)[0] > 0.1
+    assert EvidenceRule().decide(h, _status())["c9"] == (False, "")
+    # Re-included at round 2: round 1 no longer counts, and the window is what it has.
+    assert EvidenceRule().decide(h, _status(), {"c9": 2})["c9"][0] is True
+
+
 def test_little_evidence_is_not_enough():
     # 0.45 on 5 held-out images, and even 0/5: the interval reaches far above chance.
     for counts in ([(2, 5), (2, 5), (2, 5)], [(0, 5), (0, 5), (0, 5)]):

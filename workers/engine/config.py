@@ -40,7 +40,7 @@ class ExclusionConfig(_Strict):
     `rule` "evidence" (strategies.exclusion.EvidenceRule): excluded when, in each of the last
     `patience` + 1 evaluated rounds, the held-out accuracy's Wilson upper bound at `confidence` is
     at most chance (`chance_margin` / active classes), and the slope over those rounds is not
-    significantly above `min_rise`. `rule` "threshold" (the rule before issue 15): below `exclude_below` over
+    significantly above `min_rise`, unless some round showed it learned (lower bound above chance). `rule` "threshold" (the rule before issue 15): below `exclude_below` over
     the window and a gain under `min_gain`. `exclude_after`, `patience`, `min_active` serve both."""
 
     enabled: StrictBool = Field(False, description="let the rule exclude classes (an engineer can always exclude or include one by hand)")
