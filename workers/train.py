@@ -97,7 +97,7 @@ def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.nd
       from balancing), nor a class beyond ``balance_max_factor`` × its own count. With a cap
       of 4, a class with a dozen labels beside one with 500 is at most ×4, not ×40. Not the
       default: on an imbalanced Fashion-MNIST pool (bench/exclusion_balancing.py, one seed) the
-      capped median balancing trained 2-4.5 points worse than the uncapped at every round
+      capped median balancing trained 1.7-4.5 points worse than the uncapped at every round
       (docs/benchmarks.md, issue 15).
     """
     if balance_to not in ("median", "max"):
