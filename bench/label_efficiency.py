@@ -238,7 +238,9 @@ def main(argv=None) -> int:
                 continue
             strategy, overrides = VARIANTS[name]
             overrides = dict(overrides)
-            exclusion = {"exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
+            # The threshold rule: what these figures were measured with (issue 2), before the
+            # evidence rule became the default (issue 15; bench/exclusion_balancing.py compares them).
+            exclusion = {"rule": "threshold", "exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
                          **overrides.pop("exclusion", {})}
             cfg = SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
                                    budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,

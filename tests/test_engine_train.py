@@ -50,7 +50,8 @@ def test_new_images_enter_k_times_old_once():
 
 def test_balancing_duplicates_toward_largest_class():
     labels = np.array([0] * 10 + [1] * 3 + [2] * 4)
-    idx = build_training_indices(labels, np.zeros(17, bool), np.ones(3, bool), duplicate_new=2, balance=True)
+    idx = build_training_indices(labels, np.zeros(17, bool), np.ones(3, bool), duplicate_new=2, balance=True,
+                                 balance_to="max", balance_max_repeats=None)
     assert np.bincount(labels[idx]).tolist() == [10, 10, 10]
     # Every member of a small class appears ⌊10/3⌋ or ⌈10/3⌉ times: whole copies first.
     counts = np.bincount(idx, minlength=17)[10:13]
@@ -59,7 +60,8 @@ def test_balancing_duplicates_toward_largest_class():
 
 def test_balancing_cap():
     labels = np.array([0] * 10 + [1] * 2)
-    idx = build_training_indices(labels, np.zeros(12, bool), np.ones(2, bool), balance=True, balance_max_factor=2.0)
+    idx = build_training_indices(labels, np.zeros(12, bool), np.ones(2, bool), balance=True, balance_max_factor=2.0,
+                                 balance_to="max", balance_max_repeats=None)
     assert np.bincount(labels[idx]).tolist() == [10, 4]
 
 
@@ -142,8 +144,14 @@ def test_duplication_and_balance_reach_the_epoch_size():
     is_new = np.zeros(len(train), bool)
     is_new[-2:] = True  # both class-2 images are new → 4 copies, then balanced up to 8
     seen = []
-    train_model(_model(), train, is_new, val, np.ones(3, bool), _cfg(epochs=1), progress=seen.append)
+    train_model(_model(), train, is_new, val, np.ones(3, bool),
+                _cfg(epochs=1, balance_to="max", balance_max_repeats=None), progress=seen.append)
     assert seen[0]["train_images"] == 24
+    # Up to the median class (4 entries: class 1, and class 2's two new images ×2).
+    seen = []
+    train_model(_model(), train, is_new, val, np.ones(3, bool), _cfg(epochs=1, balance_to="median"),
+                progress=seen.append)
+    assert seen[0]["train_images"] == 16
 
 
 def test_excluded_class_not_trained_and_never_predicted():

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 # Every class fails this rule (accuracy < 1.0, gain < 1.0 over one round) from round 2 on; the
 # five best stay (min_active): deterministic, whatever the models learned.
-FIRES = {"exclusion": {"enabled": True, "exclude_after": 2, "exclude_below": 1.0, "patience": 1, "min_gain": 1.0,
+FIRES = {"exclusion": {"enabled": True, "rule": "threshold", "exclude_after": 2, "exclude_below": 1.0, "patience": 1, "min_gain": 1.0,
                        "min_active": 5}}
 RUN = dict(rounds=3, initial=60, budget=30, epochs=5, seed=0)  # 5 epochs: models good enough to gate
 

@@ -67,7 +67,8 @@ def test_two_replicas_with_a_fast_reconciler_take_each_transition_once(pg_url, t
         # reserve 0: every queue entry is a batch image, so "queued twice" has one meaning.
         cfg = {"epochs": 1, "budget": 12, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False,
                # The rule on, judging from round 2: a doubled round used to make it fire a round early.
-               "exclusion": {"enabled": True, "exclude_after": 2, "patience": 1, "exclude_below": 0.3}}
+               "exclusion": {"enabled": True, "rule": "threshold", "exclude_after": 2, "patience": 1,
+                             "exclude_below": 0.3}}
         pid = _ok(a.post("/projects", json={"name": f"replicas-{uuid.uuid4().hex[:6]}", "classes": CLASSES,
                                              "config": cfg}), 201)["id"]
         pool = sorted(u for u in truth if u.startswith("pool/"))

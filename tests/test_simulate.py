@@ -11,7 +11,7 @@ def test_excluded_classes_leave_selection_and_stay_reported():
     # over one round) from round 2, the first with a window of two evaluations: the imperfect
     # classes are excluded then, down to the two best (min_active).
     cfg = SimulationConfig(dataset="digits", strategy="entropy", initial=150, budget=60, reserve=0, rounds=2, epochs=5,
-                           exclusion={"enabled": True, "exclude_after": 1, "exclude_below": 1.0, "patience": 1,
+                           exclusion={"enabled": True, "rule": "threshold", "exclude_after": 1, "exclude_below": 1.0, "patience": 1,
                                       "min_gain": 1.0})
     seen = []
     out = run_simulation(cfg, progress=seen.append)

@@ -30,6 +30,10 @@ def test_ablation_flags_and_defaults_reach_the_loop(tmp_path):
     off = _run(tmp_path, "off", "--initial", "100", "--budget", "50", "--rounds", "1",
                "--duplicate-new", "1", "--no-exclusion")
     on = _run(tmp_path, "on", "--initial", "100", "--budget", "50", "--rounds", "0", "--exclusion")
+    old = _run(tmp_path, "old", "--initial", "100", "--budget", "50", "--rounds", "0", "--exclusion",
+               "--exclusion-rule", "threshold", "--exclude-below", "0.3")
+    assert on["config"]["exclusion"]["rule"] == "evidence"
+    assert (old["config"]["exclusion"]["rule"], old["config"]["exclusion"]["exclude_below"]) == ("threshold", 0.3)
     # --duplicate-new 1 means each new label enters training once, not zero times.
     assert (off["config"]["duplicate_new"], off["config"]["exclusion"]["enabled"]) == (1, False)
     assert (on["config"]["duplicate_new"], on["config"]["exclusion"]["enabled"]) == (2, True)
@@ -51,6 +55,9 @@ def test_a_wrong_config_value_is_named(tmp_path):
     res = _simulate("--dataset", "digits", "--channels", "2", "--out", str(out))
     assert res.exit_code == 2, res.output + repr(res.exception)
     assert "channels" in res.output
+    assert not out.exists()
+    res = _simulate("--dataset", "digits", "--exclusion-rule", "fancy", "--out", str(out))
+    assert res.exit_code == 2 and "exclusion.rule" in res.output, res.output
     assert not out.exists()
 
 

@@ -174,7 +174,7 @@ def test_the_exclusion_reason_names_the_rounds_it_read():
     from workers.engine.config import ExclusionConfig
     from workers.engine.decisions import Evidence, decide_exclusion
 
-    cfg = ExclusionConfig(enabled=True, exclude_after=2, patience=2, exclude_below=0.5, min_gain=0.01)
+    cfg = ExclusionConfig(enabled=True, rule="threshold", exclude_after=2, patience=2, exclude_below=0.5, min_gain=0.01)
     status = {"a": "active", "b": "active", "c": "active"}
 
     def ev(r, a):

@@ -212,6 +212,9 @@ def _record(number: int, metrics: dict, labeled: np.ndarray, data: SimData, name
         "macro_f1_active": float(test_m.get("macro_f1", 0.0)),
         "weighted_f1": float(test_m.get("weighted_f1", float("nan"))),
         "val_accuracy": float(ev.get("accuracy", float("nan"))),
+        # What the exclusion rule read: per class [correct, total] on the evidence.
+        "evidence": {n: [int(((ev.get("per_class") or {}).get(n) or {}).get("correct") or 0),
+                         int(((ev.get("per_class") or {}).get(n) or {}).get("support") or 0)] for n in names},
         "per_class": {n: {"accuracy": float((pc.get(n) or {}).get("accuracy", 0.0)),
                           "support": int((pc.get(n) or {}).get("support", 0)),
                           "labeled": int(counts[i]), "status": status[n]} for i, n in enumerate(names)},

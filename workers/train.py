@@ -51,7 +51,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"     # "cosine" (per epoch, to lr·0.01 at the last) or "constant"
     duplicate_new: int = 2          # each newly labeled image enters training this many times
-    balance: bool = True            # duplicate small classes toward the largest
+    balance: bool = True            # duplicate small classes toward balance_to
+    balance_to: str = "max"         # "max" | "median": the class count balancing brings a class up to
+    balance_max_repeats: int | None = None  # balancing puts no image more than this many times in an epoch
     balance_max_factor: float | None = None  # cap on how many times a class may be repeated
     patience: int = 5               # epochs without val-accuracy gain before stopping
     augment: bool = True
@@ -78,15 +80,30 @@ class TrainResult:
 
 def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.ndarray,
                            duplicate_new: int = 2, balance: bool = True,
-                           balance_max_factor: float | None = None, rng=None) -> np.ndarray:
+                           balance_max_factor: float | None = None, rng=None, *,
+                           balance_to: str = "max", balance_max_repeats: int | None = None) -> np.ndarray:
     """Indices into the labeled images forming one epoch's multiset (before shuffling).
 
     * images of excluded classes (``active[label]`` False) and unlabeled ones (−1) are dropped;
     * a newly labeled image appears ``duplicate_new`` times (≥ 1), an older one once;
-    * with ``balance``, each class is then repeated (whole copies first, then a random subset
-      without replacement) up to the largest class's count, at most ``balance_max_factor`` ×
-      its own count when that cap is set.
+    * with ``balance``, a class with fewer entries than the target — the median class's count
+      (``balance_to="median"``) or the largest class's (``"max"``), over the classes that have
+      labels — gets extra copies of its images. Uncapped: whole copies of its entries first,
+      then a random subset (``rng``) without replacement, as before the cap existed. Capped:
+      spread evenly over its images, every image with room one more copy per pass, the last
+      pass a random subset;
+    * no image is repeated by balancing beyond ``balance_max_repeats`` entries in the epoch (an
+      image already entered more often by ``duplicate_new`` keeps its entries, and gets none
+      from balancing), nor a class beyond ``balance_max_factor`` × its own count. With a cap
+      of 4, a class with a dozen labels beside one with 500 is at most ×4, not ×40. Not the
+      default: on an imbalanced Fashion-MNIST pool (bench/exclusion_balancing.py, one seed) the
+      capped median balancing trained 1.7-4.5 points worse than the uncapped at every round
+      (docs/benchmarks.md, issue 15).
     """
+    if balance_to not in ("median", "max"):
+        raise ValueError(f"balance_to must be 'median' or 'max', got {balance_to!r}")
+    if balance_max_repeats is not None and int(balance_max_repeats) < 1:
+        raise ValueError(f"balance_max_repeats must be >= 1 or None, got {balance_max_repeats}")
     rng = rng if rng is not None else np.random.default_rng(0)
     labels = np.asarray(labels, np.int64)
     is_new = np.asarray(is_new, bool)
@@ -98,19 +115,40 @@ def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.nd
     if not balance or idx.size == 0:
         return idx
     counts = np.bincount(labels[idx], minlength=len(active))
-    target = counts.max()
+    present = counts[counts > 0]
+    target = int(present.max()) if balance_to == "max" else int(math.floor(float(np.median(present))))
+    cap = None if balance_max_repeats is None else int(balance_max_repeats)
     parts = [idx]
     for c in np.flatnonzero(counts > 0):
-        have = counts[c]
+        have = int(counts[c])
         want = target if balance_max_factor is None else min(target, int(math.floor(have * balance_max_factor)))
         extra = want - have
         if extra <= 0:
             continue
-        members = idx[labels[idx] == c]
-        whole, rest = divmod(extra, have)
-        parts.append(np.tile(members, whole))
-        if rest:
-            parts.append(rng.choice(members, size=rest, replace=False))
+        if cap is None:
+            # Uncapped: whole copies of the class's entries, then a random subset of them (a new
+            # image, entered duplicate_new times, gets proportionally more) — as before issue 15,
+            # so runs and manifests made then train on the same epochs.
+            members = idx[labels[idx] == c]
+            whole, rest = divmod(extra, have)
+            parts.append(np.tile(members, whole))
+            if rest:
+                parts.append(rng.choice(members, size=rest, replace=False))
+            continue
+        in_c = labels[base] == c
+        members = base[in_c]
+        room = np.maximum(0, cap - reps[in_c]).astype(np.int64)
+        while extra > 0:
+            free = np.flatnonzero(room > 0)
+            if free.size == 0:
+                break  # the cap binds: the class stays below the target
+            if extra >= free.size:
+                parts.append(members[free])
+                room[free] -= 1
+                extra -= free.size
+            else:
+                parts.append(members[np.sort(rng.choice(free, size=extra, replace=False))])
+                extra = 0
     return np.concatenate(parts)
 
 
@@ -318,7 +356,8 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         for g in opt.param_groups:
             g["lr"] = _epoch_lr(config, epoch)
         idx = build_training_indices(train.labels, is_new, active, config.duplicate_new, config.balance,
-                                     config.balance_max_factor, rng)
+                                     config.balance_max_factor, rng, balance_to=config.balance_to,
+                                     balance_max_repeats=config.balance_max_repeats)
         copy = repeat_flags(idx)
         perm = rng.permutation(idx.size)
         idx, copy = idx[perm], copy[perm]

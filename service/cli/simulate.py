@@ -45,8 +45,10 @@ def simulate(
     duplicate_new: int = typer.Option(_F["duplicate_new"].default, min=1, help="times each new label enters training (1: no augmented duplication)"),
     pool_limit: Optional[int] = typer.Option(None, min=1, help="subsample the pool (stratified) for a quick run"),
     exclusion: bool = typer.Option(_X["enabled"].default, "--exclusion/--no-exclusion", help="let the class-exclusion rule act"),
+    exclusion_rule: str = typer.Option(_X["rule"].default, help="evidence (an interval on the held-out count and a "
+                                                                "slope with its error) | threshold (exclude_below, min_gain)"),
     exclude_after: int = typer.Option(_X["exclude_after"].default, min=1, help="first round the rule may exclude a class"),
-    exclude_below: float = typer.Option(_X["exclude_below"].default, min=0.0, max=1.0),
+    exclude_below: float = typer.Option(_X["exclude_below"].default, min=0.0, max=1.0, help="the threshold rule's line"),
     config: Optional[str] = typer.Option(None, help='more project config as JSON (what a project\'s config takes), '
                                                     'e.g. \'{"exclusion": {"enabled": true, "exclude_after": 2}}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the engine's choice)"),
@@ -67,7 +69,8 @@ def simulate(
                "image_size": image_size, "channels": channels, "initial": initial, "budget": budget,
                "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
-               "exclusion": {"enabled": exclusion, "exclude_after": exclude_after, "exclude_below": exclude_below}}
+               "exclusion": {"enabled": exclusion, "rule": exclusion_rule, "exclude_after": exclude_after,
+                             "exclude_below": exclude_below}}
     try:
         config = SimulationConfig(**merge_config(options, json_object(config, "--config")))
     except ValidationError as e:

@@ -35,13 +35,26 @@ class _Strict(BaseModel):
 
 
 class ExclusionConfig(_Strict):
-    """When and how a class that stays hopeless is excluded (out of training, queue and head)."""
+    """When and how a class that stays hopeless is excluded (out of training, queue and head).
+
+    `rule` "evidence" (strategies.exclusion.EvidenceRule): excluded when, in each of the last
+    `patience` + 1 evaluated rounds, the held-out accuracy's Wilson upper bound at `confidence` is
+    at most chance (`chance_margin` / active classes), and the slope over those rounds is not
+    significantly above `min_rise`, unless some round showed it learned (lower bound above chance). `rule` "threshold" (the rule before issue 15): below `exclude_below` over
+    the window and a gain under `min_gain`. `exclude_after`, `patience`, `min_active` serve both."""
 
     enabled: StrictBool = Field(False, description="let the rule exclude classes (an engineer can always exclude or include one by hand)")
+    rule: Literal["evidence", "threshold"] = Field("evidence", description="evidence: an interval on the held-out count and a "
+                                                   "slope with its standard error; threshold: fixed exclude_below and min_gain")
     exclude_after: StrictInt = Field(3, ge=1, le=1000, description="first round whose evaluation may exclude a class")
-    exclude_below: Fraction = Field(0.5, description="held-out accuracy a class must stay below")
-    patience: StrictInt = Field(2, ge=1, le=100, description="rounds the class must stay below without gaining")
-    min_gain: Number = Field(0.01, ge=0.0, le=1.0, description="a gain at least this large over the window keeps the class")
+    patience: StrictInt = Field(2, ge=1, le=100, description="the window: the last patience + 1 evaluated rounds")
+    confidence: Number = Field(0.9, ge=0.5, le=0.999, description="evidence rule: two-sided confidence of the interval on "
+                                                                  "accuracy and on the slope")
+    chance_margin: Number = Field(1.0, ge=0.1, le=10.0, description="evidence rule: the chance line is this / active classes")
+    min_rise: Number = Field(0.0, ge=0.0, le=1.0, description="evidence rule: a rise per round significantly above this "
+                                                              "keeps the class")
+    exclude_below: Fraction = Field(0.5, description="threshold rule: held-out accuracy a class must stay below")
+    min_gain: Number = Field(0.01, ge=0.0, le=1.0, description="threshold rule: a gain at least this large over the window keeps the class")
     min_active: StrictInt = Field(2, ge=2, le=100000, description="never fewer active classes than this")
 
 
@@ -72,6 +85,11 @@ class ProjectConfig(_Strict):
                                                   "the next model trains (none: half the budget; 0: no reserve)")
     duplicate_new: StrictInt = Field(2, ge=1, le=16, description="times each new label enters training (augmented copies)")
     balance: StrictBool = Field(True, description="duplicate classes with few labels toward the others")
+    balance_to: Literal["max", "median"] = Field("max", description="the count balancing brings a class up to: the "
+                                                 "largest class's or the median class's")
+    balance_max_repeats: StrictInt | None = Field(None, ge=1, le=1000, description="balancing repeats no image more than "
+                                                  "this many times an epoch (none: no cap; the cap measured worse, "
+                                                  "docs/benchmarks.md)")
     epochs: StrictInt = Field(10, ge=1, le=10000, description="training epochs a round")
     batch_size: StrictInt | None = Field(None, ge=1, le=65536, description="training batch; none: sized to the labeled set")
     hflip: StrictBool = Field(True, description="mirror images in augmentation (off where left/right matters)")

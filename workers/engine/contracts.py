@@ -170,6 +170,10 @@ class TrainSettings(_M):
     batch_size: int
     duplicate_new: int
     balance: bool
+    # plan.train_manifest always writes both; the defaults read a manifest written before they
+    # existed as it was meant then (balanced to the largest class, no cap).
+    balance_to: Literal["median", "max"] = "max"
+    balance_max_repeats: int | None = None
     hflip: bool
     seed: int
 

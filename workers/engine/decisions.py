@@ -142,26 +142,22 @@ def decide_exclusion(config: ExclusionConfig, history: Sequence[Evidence], numbe
     """The rule's decisions after round `number`'s evaluation, from the evidence of every
     evaluated round up to it (by round number: a round that trained no model has none).
 
-    A class with no held-out images in a round is not judged on it: an accuracy that does not
-    exist is never read as 0."""
-    from strategies.exclusion import ExclusionRule
+    `config.rule` picks the rule (strategies.exclusion): "evidence" reads the held-out counts,
+    "threshold" their accuracies. A class with no held-out images in a round is not judged on
+    it: an accuracy that does not exist is never read as 0."""
+    from strategies.exclusion import EvidenceRule, ExclusionRule
 
     if not config.enabled:
         return {c: ExclusionDecision(s == "excluded", "", False) for c, s in status.items()}
-    # The rule counts its window in evaluated rounds; "from round exclude_after on" is checked
-    # here, on round numbers.
-    rule = ExclusionRule(exclude_after=0, exclude_below=config.exclude_below,
-                         patience=config.patience, min_gain=config.min_gain, min_active=config.min_active)
     reincluded_at = dict(reincluded_at or {})
     rounds = [e for e in history if e.round <= number]
     out: dict[str, ExclusionDecision] = {}
-    hist: dict[str, list[float]] = {}
-    numbers: dict[str, list[int]] = {}  # the round number of each entry of hist[c]
+    counts: dict[str, list[tuple[int, int, int]]] = {}  # (round, correct, total) of each evaluated round
     judgeable: dict[str, str] = {}
     for c, s in status.items():
         if s == "excluded":
             judgeable[c] = s
-            hist[c] = []
+            counts[c] = []
             continue
         since = reincluded_at.get(c, 0)
         accs = [e.accuracy(c) for e in rounds if e.round >= since]
@@ -170,14 +166,30 @@ def decide_exclusion(config: ExclusionConfig, history: Sequence[Evidence], numbe
                                        if not any(a is not None for a in accs) else
                                        "not judged yet: a recent round had no held-out images of this class", False)
             continue
-        kept = [(e.round, e.accuracy(c)) for e in rounds if e.round >= since and e.accuracy(c) is not None]
-        hist[c] = [a for _, a in kept]
-        numbers[c] = [r for r, _ in kept]
+        counts[c] = [(e.round, int(e.correct.get(c, 0)), int(e.total[c])) for e in rounds
+                     if e.round >= since and e.total.get(c, 0) > 0]
         judgeable[c] = s
-    decisions = rule.decide(hist, max(len(v) for v in hist.values()) - 1 if hist else 0, judgeable) \
-        if number >= config.exclude_after else {c: (s == "excluded", "") for c, s in judgeable.items()}
+    # The rules count their window in evaluated rounds; "from round exclude_after on" is checked
+    # here, on round numbers.
+    if number < config.exclude_after:
+        decisions = {c: (s == "excluded", "") for c, s in judgeable.items()}
+    elif config.rule == "evidence":
+        rule = EvidenceRule(patience=config.patience, confidence=config.confidence,
+                            chance_margin=config.chance_margin, min_rise=config.min_rise, min_active=config.min_active)
+        # Re-inclusion is applied above (only rounds >= since are passed); the rule adds the words.
+        decisions = rule.decide(counts, status, {c: r for c, r in reincluded_at.items() if c in counts})
+    else:
+        rule = ExclusionRule(exclude_after=0, exclude_below=config.exclude_below,
+                             patience=config.patience, min_gain=config.min_gain, min_active=config.min_active)
+        hist = {c: [k / n for _, k, n in v] for c, v in counts.items()}
+        decisions = {c: (ex, _round_numbers(reason, [r for r, _, _ in counts.get(c, [])])) for c, (ex, reason) in
+                     rule.decide(hist, max(len(v) for v in hist.values()) - 1 if hist else 0, status).items()}
+    # Every class of `status` goes to the rule (the chance line and min_active count the active
+    # classes not judged yet too); only the judged ones take its decision.
     for c, (excluded, reason) in decisions.items():
-        out[c] = ExclusionDecision(bool(excluded), _round_numbers(reason, numbers.get(c, [])), True)
+        if c not in judgeable:
+            continue
+        out[c] = ExclusionDecision(bool(excluded), reason, True)
     return out
 
 

@@ -52,7 +52,9 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
         train=split.train, is_new=new_label_mask(split.train.item_ids, previous_train_ids).tolist(),
         evidence=split.evidence, evidence_source=split.source, test=test,
         settings=TrainSettings(epochs=config.epochs, batch_size=train_batch_size(config, len(split.train)),
-                               duplicate_new=config.duplicate_new, balance=config.balance, hflip=config.hflip,
+                               duplicate_new=config.duplicate_new, balance=config.balance,
+                               balance_to=config.balance_to, balance_max_repeats=config.balance_max_repeats,
+                               hflip=config.hflip,
                                seed=seed),
         out_dir=str(files.dir))
 
