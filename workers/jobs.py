@@ -213,6 +213,16 @@ def train_round(manifest_path: str) -> dict:
                 lambda b: evaluate(model, data, names, active=active, device=dev, batch_size=b), eval_bs,
                 what=f"evaluate {key}")
             metrics["train"]["oom_splits"] += more
+    if len(m.stop_set):
+        # The stopping signal's predictions: the same pool images every round (no labels needed).
+        from workers.evaluate import predict_probs
+
+        images = m.stop_set.gather()
+        probs, eval_bs, more = split_on_oom(
+            lambda b: predict_probs(model, images, active=active, device=dev, batch_size=b), eval_bs,
+            what="predict stop set")
+        metrics["train"]["oom_splits"] += more
+        metrics["stop_set"] = {"item_ids": list(m.stop_set.item_ids), "pred": probs.argmax(axis=1).tolist()}
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": m.net.model_dump()}
     _atomic_write_bytes(files.checkpoint, lambda f: torch.save(state, f))

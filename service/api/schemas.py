@@ -217,6 +217,24 @@ class HistoryOut(BaseModel):
     per_class: dict[str, float | None]
 
 
+class StoppingOut(BaseModel):
+    """When to stop labeling (project config `stopping`; `stop_when_stable` acts on it)."""
+    kappa: float | None = Field(None, description="Cohen's kappa between the last two models' predictions on the stop set")
+    kappas: list[dict[str, Any]] = Field(default_factory=list, description="kappa of each pair of successive models")
+    kappa_threshold: float
+    window: int
+    stop_set_size: int = Field(description="fixed sample of pool images every model predicts on")
+    predictions_stable: bool = Field(description="kappa ≥ threshold for the last `window` comparisons")
+    accuracy_plateaued: bool = Field(description="the evidence accuracy stopped rising")
+    labels: int = Field(description="labels spent (labeled pool images)")
+    max_labels: int | None = None
+    budget_spent: bool
+    suggest_stop: bool
+    reason: str
+    stop_when_stable: bool = Field(False, description="the project stops starting rounds on this signal")
+    stopped_after_round: int | None = Field(None, description="the round after which auto_next_round stopped on it")
+
+
 class MetricsOut(BaseModel):
     project_id: int
     round: int | None
@@ -233,6 +251,7 @@ class MetricsOut(BaseModel):
     skipped: int
     per_class: dict[str, ClassMetricsOut]
     history: list[HistoryOut]
+    stopping: StoppingOut | None = None
 
 
 class LabelOut(BaseModel):

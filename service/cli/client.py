@@ -130,6 +130,16 @@ def status(
     if m.get("accuracy") is None:
         console.print("no model evaluated yet: accuracy needs a trained round and labeled val/test images")
     console.print(table)
+    st = m.get("stopping")
+    if st:
+        verdict = "[bold]suggest stopping[/bold]" if st.get("suggest_stop") else "keep labeling"
+        console.print(f"when to stop: {verdict} — kappa {_fmt(st.get('kappa'))} (stable at ≥ {st.get('kappa_threshold')} "
+                      f"over {st.get('window')} rounds, stop set {st.get('stop_set_size')} images), "
+                      f"accuracy plateaued: {'yes' if st.get('accuracy_plateaued') else 'no'}, "
+                      f"labels {st.get('labels')}{'' if st.get('max_labels') is None else ' of ' + str(st['max_labels'])}")
+        console.print(f"  {escape(str(st.get('reason') or ''))}")
+        if st.get("stopped_after_round"):
+            console.print(f"  auto_next_round stopped after round {st['stopped_after_round']} (stop_when_stable)")
 
 
 def _fmt(v) -> str:

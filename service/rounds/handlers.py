@@ -118,7 +118,8 @@ def on_created(x: Ctx) -> None:
     test = inputs.split_refs(x.s, x.settings, x.project, "test", index)
     prev = inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number)
     files = x.files
-    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files)
+    stop_set = inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number)
+    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files, stop_set)
     if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
                                                    "n_new": int(sum(manifest.is_new)),
                                                    "evidence": split.source, "n_evidence": len(split.evidence),

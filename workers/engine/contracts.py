@@ -197,6 +197,9 @@ class TrainManifest(_M):
     test: ImageRefs
     settings: TrainSettings
     out_dir: str                  # RoundFiles(out_dir): checkpoint, metrics, resume checkpoints
+    # A fixed sample of pool images (labeled or not) the trained model predicts on: the kappa
+    # between successive models' predictions is the stopping signal (decisions.stopping_signal).
+    stop_set: ImageRefs = Field(default_factory=ImageRefs)
 
     @model_validator(mode="after")
     def _lengths(self):

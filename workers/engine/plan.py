@@ -45,7 +45,8 @@ def split_training(labeled: ImageRefs, val: ImageRefs, config: ProjectConfig, n_
 
 def train_manifest(config: ProjectConfig, project_id: int, number: int, class_names: Sequence[str],
                    active: Sequence[bool], split: TrainingSplit, test: ImageRefs,
-                   previous_train_ids: Sequence[int] | None, files: RoundFiles) -> TrainManifest:
+                   previous_train_ids: Sequence[int] | None, files: RoundFiles,
+                   stop_set: ImageRefs | None = None) -> TrainManifest:
     seed = round_seed(config.seed, number)
     return TrainManifest(
         project_id=project_id, round=number, net=model_spec(config, class_names), active=[bool(a) for a in active],
@@ -54,7 +55,7 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
         settings=TrainSettings(epochs=config.epochs, batch_size=train_batch_size(config, len(split.train)),
                                duplicate_new=config.duplicate_new, balance=config.balance, hflip=config.hflip,
                                seed=seed),
-        out_dir=str(files.dir))
+        out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs())
 
 
 @dataclass
