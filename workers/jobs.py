@@ -1,4 +1,5 @@
-"""RQ entry points, enqueued by name from the service: ingest, train_round, score_shard.
+"""RQ entry points, enqueued by name from the service: ingest, train_round, score_shard,
+freeze_report_job.
 
 Each takes the path of a JSON manifest the service wrote, is idempotent (a finished output is
 detected and returned as is), writes outputs atomically (tmp file + os.replace) and returns a
@@ -301,3 +302,30 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     _atomic_write_bytes(out, lambda f: np.savez(f, **arrays))
     return c.ScoreJobResult(shard=int(shard), scores=str(out), n=len(images), seconds=time.perf_counter() - t0,
                             batch_size=bs, oom_splits=splits).model_dump()
+
+
+# ------------------------------------------------------------------------------- freeze report
+
+def freeze_report_job(manifest_path: str) -> dict:
+    """The freezing-depth report of a project's pretrained model on its labeled images: a linear
+    head fitted on the last block's features (the trunk as pretrained), per-block Grad-CAM of the
+    true class, the picture (one row per block) and the recommended frozen depth, as JSON.
+    Idempotent: a finished report (its JSON) is returned as is."""
+    from workers.engine.contracts import FreezeReportManifest, read_manifest
+    from workers.freeze_report import freeze_report
+    from workers.model_specs import get_spec
+
+    m = read_manifest(manifest_path, FreezeReportManifest)
+    result = Path(m.result)
+    if result.is_file():
+        return {"result": str(result), "figure": m.out_png, "cached": True}
+    t0 = time.perf_counter()
+    torch_model = _build(m.net.model_copy(update={"frozen_blocks": 0}))
+    report = freeze_report(torch_model, m.images.gather(), np.asarray(m.images.labels, np.int64), fit_head=True,
+                           max_images=m.max_images, seed=m.seed, block_names=get_spec(m.net.model).block_names,
+                           out_png=m.out_png, device=_device())
+    out = {**report.as_dict(), "model": m.net.model, "image_size": m.net.image_size,
+           "seconds": time.perf_counter() - t0}
+    write_json_atomic(result, out)  # last: marks completion
+    return {"result": str(result), "figure": m.out_png, "recommended_frozen_blocks": report.recommended_frozen_blocks,
+            "seconds": out["seconds"]}

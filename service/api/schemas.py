@@ -235,6 +235,26 @@ class StoppingOut(BaseModel):
     stopped_after_round: int | None = Field(None, description="the round after which auto_next_round stopped on it")
 
 
+class FreezeReportOut(BaseModel):
+    """The freezing-depth report (workers.freeze_report) and its job."""
+    state: str = Field(description="queued | started | finished | failed")
+    job: str
+    model: str
+    images: int = Field(description="labeled images the report reads (at most 32 of them get maps)")
+    current_frozen_blocks: int
+    error: str | None = None
+    recommended_frozen_blocks: int | None = Field(None, description="adopt with PATCH /projects/{pid} "
+                                                                     '{"config": {"frozen_blocks": k}}')
+    num_blocks: int | None = None
+    criterion: str | None = None
+    measure: str | None = None
+    chance: float | None = None
+    blocks: list[dict[str, Any]] | None = Field(None, description="per block: localisation rate, flip IoU, passes")
+    figure: str | None = Field(None, description="the picture under the artifacts folder")
+    figure_url: str | None = None
+    adopt: dict[str, Any] | None = None
+
+
 class MetricsOut(BaseModel):
     project_id: int
     round: int | None

@@ -256,6 +256,21 @@ class ScoreJobResult(_M):
     oom_splits: int = 0
 
 
+# ----------------------------------------------------------------------------- freeze report
+
+class FreezeReportManifest(_M):
+    """The freezing-depth report (workers.freeze_report) of a project's pretrained model, on its
+    labeled images: per-block Grad-CAM, the picture, and the recommended `frozen_blocks`."""
+    kind: Literal["freeze"] = "freeze"
+    project_id: int
+    net: ModelSpec                # pretrained weights, nothing frozen: the report reads the ImageNet blocks
+    images: ImageRefs             # labeled images (labels = class indices)
+    max_images: int = 32
+    seed: int = 0
+    out_png: str                  # the picture: one row of overlays per block
+    result: str                   # the report as JSON; written last, so it marks the job done
+
+
 # Members of a score file (.npz): per image of the shard, in the manifest's order.
 SCORE_ITEM_IDS = "item_ids"
 SCORE_PRED = "pred"               # predicted class index (over active classes)
