@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core import paths
-from service.rounds import inputs, jobs
+from service.rounds import hooks, inputs, jobs
 from service.rounds.lifecycle import close, open_batch, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
@@ -240,8 +240,10 @@ def select_batch(x: Ctx) -> Selection:
     # few thousand rows, not the whole pool (items are never deleted, only their status changes).
     gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
                                                          Item.status != "unlabeled")), np.int64)
+    # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
+    votes = hooks.wrong_region_counts(x.s, x.project, names)
     return select_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.strategy, names,
-                              active, cfg.budget, cfg.reserve_size, accuracy, cfg.seed, x.rnd.number, gone)
+                              active, cfg.budget, cfg.reserve_size, accuracy, cfg.seed, x.rnd.number, gone, votes)
 
 
 def on_selecting(x: Ctx) -> None:
@@ -253,6 +255,8 @@ def on_selecting(x: Ctx) -> None:
         prog["reserve"] = len(sel.reserve)
     if sel.gated:
         prog["kept_out_as_excluded"] = sel.gated
+    if sel.quota is not None:
+        prog["class_quota"] = dict(zip(x.project.class_names, sel.quota))
     if not sel.batch:
         prog["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
             "nothing to queue: every unlabeled image looks like an excluded class"

@@ -199,11 +199,13 @@ def _round_numbers(reason: str, numbers: list[int]) -> str:
 # ----------------------------------------------------------------------------- class budget
 
 def class_quota(budget: int, accuracy: Sequence[float | None], active: np.ndarray, available: np.ndarray,
-                cam_per_class: np.ndarray | None = None) -> np.ndarray:
+                cam_per_class: np.ndarray | None = None, wrong_region: np.ndarray | None = None) -> np.ndarray:
     """Labels per class for this round's batch (strategies.budget), from the evidence.
 
     A class with no evidence gets the mean need of the classes that have some (or an even share
-    when none has): the budget is never moved by an accuracy nobody measured."""
+    when none has): the budget is never moved by an accuracy nobody measured. wrong_region: the
+    experts' wrong-region rate per guessed class (strategies.budget.wrong_region_rate), None
+    without votes: a class whose guesses they often flag needs more labels."""
     from strategies.budget import allocate_budget, class_need
 
     active = np.asarray(active, bool)
@@ -211,7 +213,7 @@ def class_quota(budget: int, accuracy: Sequence[float | None], active: np.ndarra
     known = ~np.isnan(acc) & active
     fill = float(acc[known].mean()) if known.any() else 0.5
     acc = np.where(np.isnan(acc), fill, acc)
-    need = class_need(cam_per_class, acc, active)
+    need = class_need(cam_per_class, acc, active, wrong_region=wrong_region)
     return allocate_budget(int(budget), need, active, available=np.asarray(available, np.int64))
 
 
