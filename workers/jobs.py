@@ -236,9 +236,18 @@ def train_round(manifest_path: str) -> dict:
 
 # ------------------------------------------------------------------------------- score
 
-def _load_model(checkpoint: str, net):
+def _load_model(checkpoint: str | None, net):
     import torch
 
+    if checkpoint is None:  # no model trained yet: the pretrained weights as installed (the head untrained)
+        key = f"pretrained:{net.model_dump_json()}"
+        if key not in _MODEL_CACHE:
+            torch.manual_seed(0)  # the untrained head: the same in every process (the embedding does not use it)
+            _MODEL_CACHE[key] = _build(net).to(_device()).eval()
+            while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+                _MODEL_CACHE.popitem(last=False)
+        _MODEL_CACHE.move_to_end(key)
+        return _MODEL_CACHE[key]
     key = f"{checkpoint}:{os.path.getmtime(checkpoint)}"
     if key in _MODEL_CACHE:
         _MODEL_CACHE.move_to_end(key)

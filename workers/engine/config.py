@@ -99,6 +99,11 @@ class ProjectConfig(_Strict):
     exclusion: ExclusionConfig = Field(default_factory=ExclusionConfig)
     holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
     ls_project_id: StrictInt | str | None = Field(None, description="attach this Label Studio project (id or exact title)")
+    first_batch: Literal["random", "typical", "auto"] = Field(
+        "random", description="round 1 of a project with no labels: a random sample, or representative images "
+                              "(typical: TypiClust over the pretrained model's embeddings of the pool, one typical "
+                              "image per cluster; needs pretrained weights, else random); auto: typical when the "
+                              "model starts from pretrained weights")
     auto_next_round: StrictBool = Field(False, description="start the next round as soon as a batch is labeled")
     stop_when_stable: StrictBool = Field(False, description="with auto_next_round: start no further round when the "
                                                             "stopping signal says stop (the closed round says why)")
@@ -110,6 +115,13 @@ class ProjectConfig(_Strict):
         expert at a few seconds an image does not run dry while the next model trains
         (docs/benchmarks.md, expert idle time)."""
         return self.budget // 2 if self.reserve is None else int(self.reserve)
+
+    def typical_first_batch(self) -> bool:
+        """Whether a cold start clusters pretrained embeddings (TypiClust) rather than sampling at
+        random: asked for (typical, or auto) and the model starts from installed pretrained weights."""
+        from workers.model_specs import weights_installed
+
+        return self.first_batch != "random" and self.pretrained is not False and weights_installed(self.model)
 
     @field_validator("model")
     @classmethod

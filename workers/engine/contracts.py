@@ -236,7 +236,7 @@ class ScoreManifest(_M):
     project_id: int
     round: int
     net: ModelSpec
-    checkpoint: str
+    checkpoint: str | None        # None: the model as built, its pretrained weights (a typical first batch's embeddings)
     active: list[bool]
     mc_samples: int
     seed: int

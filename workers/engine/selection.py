@@ -46,6 +46,29 @@ def cold_start(item_ids: Sequence[int], budget: int, reserve: int, seed: int, nu
     return Selection(take[:budget], take[budget:])
 
 
+def typical_from_scores(score_files: Sequence[Path | str], budget: int, reserve: int, seed: int, number: int,
+                        drop_ids: np.ndarray | None = None) -> Selection:
+    """A representative first batch (strategies.typical, TypiClust) from the embeddings a score
+    pass of the pretrained model wrote: budget + reserve clusters of the unlabeled pool, the most
+    typical image of each, largest clusters first; the first `budget` are the batch. No guesses:
+    the model's head is untrained."""
+    from strategies.typical import typical_first_batch
+
+    parts = [ScoreFile(Path(f)) for f in score_files]
+    if not parts:
+        return Selection([], [])
+    ids = np.concatenate([p[SCORE_ITEM_IDS] for p in parts]).astype(np.int64, copy=False)
+    emb = np.concatenate([np.asarray(p[SCORE_EMBEDDING], np.float64) for p in parts])
+    if drop_ids is not None and len(drop_ids):
+        keep = ~np.isin(ids, np.asarray(drop_ids, np.int64))
+        ids, emb = ids[keep], emb[keep]
+    if ids.size == 0:
+        return Selection([], [])
+    picks = typical_first_batch(emb, min(budget + reserve, ids.size), np.random.default_rng(round_seed(seed, number)))
+    take = [Pick(int(ids[i]), None) for i in picks]
+    return Selection(take[:budget], take[budget:])
+
+
 def _candidate_rows(fused: np.ndarray, pred: np.ndarray, quota, eligible: np.ndarray, budget: int,
                     factor: int) -> np.ndarray:
     """Rows (ascending) that strategies.selection.select can look at with these quotas: each
