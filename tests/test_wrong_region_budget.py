@@ -15,7 +15,7 @@ from sqlalchemy import insert, select
 
 from service.core import paths
 from service.labelstudio.ledger import annotations
-from service.store import ModelVersion, QueueEntry, Round, utcnow
+from service.store import Item, ModelVersion, QueueEntry, Round, utcnow
 from service.store.db import session_scope
 from tests.conftest import run_jobs, write_digits
 from workers.engine import contracts as c
@@ -98,14 +98,13 @@ def test_the_service_passes_the_votes_to_the_next_rounds_class_budget(api):
         guesses = dict(s.execute(select(QueueEntry.item_id, QueueEntry.pred).where(QueueEntry.round_id == rid)).all())
         # A class the model guessed several times, with many images left in the pool (the quota
         # of a class is capped by the pool images predicted as it).
-        from service.store import Item
         left = [truth[u] for u in s.scalars(select(Item.uri).where(Item.project_id == pid, Item.split == "pool",
                                                                     Item.status == "unlabeled"))]
         target = max((k for k in CLASSES if list(guesses.values()).count(k) >= 3), key=lambda k: (left.count(k), k))
         s.execute(insert(annotations), [
             {"annotation_id": 10_000 * pid + i, "ls_project_id": 900 + pid, "ls_task_id": i, "project_id": pid,
              "item_id": e["item_id"], "annotator": 1, "label": truth[e["uri"]],
-     "wrong_region": guesses[e["item_id"]] == target, "skipped": False, "round": 2, "seen_at": utcnow()}
+             "wrong_region": guesses[e["item_id"]] == target, "skipped": False, "round": 2, "seen_at": utcnow()}
             for i, e in enumerate(items)])
     flagged = list(guesses.values()).count(target)
     assert flagged >= 3
