@@ -1,4 +1,5 @@
-"""RQ entry points, enqueued by name from the service: ingest, train_round, score_shard.
+"""RQ entry points, enqueued by name from the service: ingest, train_round, score_shard,
+freeze_report_job.
 
 Each takes the path of a JSON manifest the service wrote, is idempotent (a finished output is
 detected and returned as is), writes outputs atomically (tmp file + os.replace) and returns a
@@ -213,6 +214,16 @@ def train_round(manifest_path: str) -> dict:
                 lambda b: evaluate(model, data, names, active=active, device=dev, batch_size=b), eval_bs,
                 what=f"evaluate {key}")
             metrics["train"]["oom_splits"] += more
+    if len(m.stop_set):
+        # The stopping signal's predictions: the same pool images every round (no labels needed).
+        from workers.evaluate import predict_probs
+
+        images = m.stop_set.gather()
+        probs, eval_bs, more = split_on_oom(
+            lambda b: predict_probs(model, images, active=active, device=dev, batch_size=b), eval_bs,
+            what="predict stop set")
+        metrics["train"]["oom_splits"] += more
+        metrics["stop_set"] = {"item_ids": list(m.stop_set.item_ids), "pred": probs.argmax(axis=1).tolist()}
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": m.net.model_dump()}
     _atomic_write_bytes(files.checkpoint, lambda f: torch.save(state, f))
@@ -225,9 +236,18 @@ def train_round(manifest_path: str) -> dict:
 
 # ------------------------------------------------------------------------------- score
 
-def _load_model(checkpoint: str, net):
+def _load_model(checkpoint: str | None, net):
     import torch
 
+    if checkpoint is None:  # no model trained yet: the pretrained weights as installed (the head untrained)
+        key = f"pretrained:{net.model_dump_json()}"
+        if key not in _MODEL_CACHE:
+            torch.manual_seed(0)  # the untrained head: the same in every process (the embedding does not use it)
+            _MODEL_CACHE[key] = _build(net).to(_device()).eval()
+            while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+                _MODEL_CACHE.popitem(last=False)
+        _MODEL_CACHE.move_to_end(key)
+        return _MODEL_CACHE[key]
     key = f"{checkpoint}:{os.path.getmtime(checkpoint)}"
     if key in _MODEL_CACHE:
         _MODEL_CACHE.move_to_end(key)
@@ -291,3 +311,30 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     _atomic_write_bytes(out, lambda f: np.savez(f, **arrays))
     return c.ScoreJobResult(shard=int(shard), scores=str(out), n=len(images), seconds=time.perf_counter() - t0,
                             batch_size=bs, oom_splits=splits).model_dump()
+
+
+# ------------------------------------------------------------------------------- freeze report
+
+def freeze_report_job(manifest_path: str) -> dict:
+    """The freezing-depth report of a project's pretrained model on its labeled images: a linear
+    head fitted on the last block's features (the trunk as pretrained), per-block Grad-CAM of the
+    true class, the picture (one row per block) and the recommended frozen depth, as JSON.
+    Idempotent: a finished report (its JSON) is returned as is."""
+    from workers.engine.contracts import FreezeReportManifest, read_manifest
+    from workers.freeze_report import freeze_report
+    from workers.model_specs import get_spec
+
+    m = read_manifest(manifest_path, FreezeReportManifest)
+    result = Path(m.result)
+    if result.is_file():
+        return {"result": str(result), "figure": m.out_png, "cached": True}
+    t0 = time.perf_counter()
+    torch_model = _build(m.net.model_copy(update={"frozen_blocks": 0}))
+    report = freeze_report(torch_model, m.images.gather(), np.asarray(m.images.labels, np.int64), fit_head=True,
+                           max_images=m.max_images, seed=m.seed, block_names=get_spec(m.net.model).block_names,
+                           out_png=m.out_png, device=_device())
+    out = {**report.as_dict(), "model": m.net.model, "image_size": m.net.image_size,
+           "seconds": time.perf_counter() - t0}
+    write_json_atomic(result, out)  # last: marks completion
+    return {"result": str(result), "figure": m.out_png, "recommended_frozen_blocks": report.recommended_frozen_blocks,
+            "seconds": out["seconds"]}

@@ -27,7 +27,8 @@ import numpy as np
 from workers.engine import contracts as c
 from workers.engine import plan
 from workers.engine.config import SimulationConfig
-from workers.engine.decisions import decide_exclusion, evidence_accuracy, evidence_of, initial_labeled
+from workers.engine.decisions import (decide_exclusion, evidence_accuracy, evidence_of, initial_labeled,
+                                      stop_set_positions, stopping_signal)
 from workers.engine.selection import select_from_scores
 
 log = logging.getLogger("camloop.simulate")
@@ -123,6 +124,9 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         # the demo's does.
         reserved = np.zeros(n_pool, bool)
         status = {n: "active" for n in names}
+        # The stopping signal's fixed sample of pool images, chosen as the service chooses it.
+        stop_set = pool.take(stop_set_positions(pool.item_ids, None, project.stopping.stop_set_size, project.seed))
+        stop_history: list[dict] = []
         history, models, records, exclusions = [], [], [], []
         previous: list[int] | None = None
         t_run = time.perf_counter()
@@ -132,7 +136,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             files.dir.mkdir(parents=True)
             active = [status[n] == "active" for n in names]
             split = plan.split_training(pool.take(np.flatnonzero(labeled)), val, project, len(names))
-            manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files)
+            manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files,
+                                           stop_set)
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
             jobs.train_round(str(files.train_manifest))
@@ -143,6 +148,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             history.append(evidence)
             models.append(plan.TrainedModel(number, str(files.checkpoint), active))
             record = _record(number, metrics, labeled, data, names, status)
+            stop_history.append({"round": number, "labels": int(labeled.sum()),
+                                 "accuracy": (metrics.get("evidence") or {}).get("accuracy"),
+                                 "stop_set": metrics.get("stop_set")})
+            record["stopping"] = stopping_signal(project.stopping, stop_history)
             decisions = decide_exclusion(project.exclusion, history, number, status)
             newly = [n for n, d in decisions.items() if d.excluded and status[n] == "active"]
             for n in newly:

@@ -217,6 +217,44 @@ class HistoryOut(BaseModel):
     per_class: dict[str, float | None]
 
 
+class StoppingOut(BaseModel):
+    """When to stop labeling (project config `stopping`; `stop_when_stable` acts on it)."""
+    kappa: float | None = Field(None, description="Cohen's kappa between the last two models' predictions on the stop set")
+    kappas: list[dict[str, Any]] = Field(default_factory=list, description="kappa of each pair of successive models")
+    kappa_threshold: float
+    window: int
+    stop_set_size: int = Field(description="fixed sample of pool images every model predicts on")
+    predictions_stable: bool = Field(description="kappa ≥ threshold for the last `window` comparisons")
+    accuracy_plateaued: bool = Field(description="the evidence accuracy stopped rising")
+    labels: int = Field(description="labels spent (labeled pool images)")
+    max_labels: int | None = None
+    budget_spent: bool
+    suggest_stop: bool
+    reason: str
+    stop_when_stable: bool = Field(False, description="the project stops starting rounds on this signal")
+    stopped_after_round: int | None = Field(None, description="the round after which auto_next_round stopped on it")
+
+
+class FreezeReportOut(BaseModel):
+    """The freezing-depth report (workers.freeze_report) and its job."""
+    state: str = Field(description="queued | started | finished | failed")
+    job: str
+    model: str
+    images: int = Field(description="labeled images the report reads (at most 32 of them get maps)")
+    current_frozen_blocks: int
+    error: str | None = None
+    recommended_frozen_blocks: int | None = Field(None, description="adopt with PATCH /projects/{pid} "
+                                                                     '{"config": {"frozen_blocks": k}}')
+    num_blocks: int | None = None
+    criterion: str | None = None
+    measure: str | None = None
+    chance: float | None = None
+    blocks: list[dict[str, Any]] | None = Field(None, description="per block: localisation rate, flip IoU, passes")
+    figure: str | None = Field(None, description="the picture under the artifacts folder")
+    figure_url: str | None = None
+    adopt: dict[str, Any] | None = None
+
+
 class MetricsOut(BaseModel):
     project_id: int
     round: int | None
@@ -233,6 +271,7 @@ class MetricsOut(BaseModel):
     skipped: int
     per_class: dict[str, ClassMetricsOut]
     history: list[HistoryOut]
+    stopping: StoppingOut | None = None
 
 
 class LabelOut(BaseModel):

@@ -19,6 +19,7 @@ from service.cli import client as _client, server as _server  # noqa: E402
 app.command("serve")(_server.serve)
 app.command("worker")(_server.worker)
 app.command("status")(_client.status)
+app.command("freeze-report")(_client.freeze_report)
 app.add_typer(_client.project_app, name="project")
 app.add_typer(_client.round_app, name="round")
 from service.cli.demo import demo as _demo  # noqa: E402

@@ -130,7 +130,65 @@ def status(
     if m.get("accuracy") is None:
         console.print("no model evaluated yet: accuracy needs a trained round and labeled val/test images")
     console.print(table)
+    st = m.get("stopping")
+    if st:
+        verdict = "[bold]suggest stopping[/bold]" if st.get("suggest_stop") else "keep labeling"
+        console.print(f"when to stop: {verdict} — kappa {_fmt(st.get('kappa'))} (stable at ≥ {st.get('kappa_threshold')} "
+                      f"over {st.get('window')} rounds, stop set {st.get('stop_set_size')} images), "
+                      f"accuracy plateaued: {'yes' if st.get('accuracy_plateaued') else 'no'}, "
+                      f"labels {st.get('labels')}{'' if st.get('max_labels') is None else ' of ' + str(st['max_labels'])}")
+        console.print(f"  {escape(str(st.get('reason') or ''))}")
+        if st.get("stopped_after_round"):
+            console.print(f"  auto_next_round stopped after round {st['stopped_after_round']} (stop_when_stable)")
 
 
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def freeze_report(
+    project: int = typer.Argument(..., help="project id"),
+    out: str | None = typer.Option(None, "--out", help="also save the picture (one row of overlays per block) here"),
+    adopt: bool = typer.Option(False, "--adopt", help="set the project's frozen_blocks to the recommendation"),
+    timeout: float = typer.Option(1800.0, help="seconds to wait for the worker's report"),
+    url: str | None = URL, key: str | None = KEY,
+) -> None:
+    """Per-block Grad-CAM of the project's pretrained model on its labeled images: the picture
+    and the recommended frozen_blocks (a worker job; POST then GET .../freeze-report)."""
+    with _client(url, key) as c:
+        rep = _check(c.post(f"/projects/{project}/freeze-report"))
+        deadline = time.monotonic() + timeout
+        with console.status("freeze report: waiting for a worker") as st:
+            while rep.get("state") not in ("finished", "failed"):
+                if time.monotonic() > deadline:
+                    console.print(f"[red]no report after {timeout:.0f} s[/red] (state {escape(str(rep.get('state')))}; "
+                                  "is a worker running?)")
+                    raise typer.Exit(1)
+                st.update(f"freeze report: {escape(str(rep.get('state')))}")
+                time.sleep(1.0)
+                rep = _check(c.get(f"/projects/{project}/freeze-report"))
+        if rep["state"] == "failed":
+            console.print(f"[red]the freeze report failed[/red]: {escape(str(rep.get('error')))}")
+            raise typer.Exit(1)
+        table = Table(title=f"project {project}: {escape(rep['model'])}, {rep['images']} images, "
+                            f"chance {_fmt(rep.get('chance'))}")
+        for col in ("block", "map", "localisation rate", "flip IoU", "passes"):
+            table.add_column(col, justify="left" if col == "block" else "right")
+        for b in rep.get("blocks") or []:
+            table.add_row(escape(str(b["name"])), f"{b['feature_side']}x{b['feature_side']}",
+                          _fmt(b["localisation_rate"]), _fmt(b["flip_iou"]), "yes" if b["passes"] else "no")
+        console.print(table)
+        k = rep["recommended_frozen_blocks"]
+        console.print(f"recommended frozen_blocks: [bold]{k}[/bold] (now {rep['current_frozen_blocks']}); "
+                      f"picture: {escape(str(rep['figure']))}")
+        if out:
+            r = c.get(f"/projects/{project}/freeze-report.png")
+            if r.status_code >= 400:
+                _check(r)
+            with open(out, "wb") as f:
+                f.write(r.content)
+            console.print(f"picture saved to {escape(out)}")
+        if adopt:
+            _check(c.patch(f"/projects/{project}", json={"config": {"frozen_blocks": k}}))
+            console.print(f"frozen_blocks set to {k}")
+    print(json.dumps(rep))

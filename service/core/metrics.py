@@ -95,6 +95,7 @@ def project_metrics(s: Session, project: Project) -> dict:
     skipped = s.scalar(select(func.count()).select_from(Item).where(
         Item.project_id == project.id, Item.status == "skipped")) or 0
     return {"project_id": project.id, "round": last_round.number if last_round else None,
+            "stopping": stopping_of(s, project, versions, int(sum(labeled.values()))),
             "round_state": last_round.state if last_round else None, "evaluated_on": split,
             "evidence": _evidence_note(lm) if latest else None,
             "model_version_id": latest.id if latest else None,
@@ -102,3 +103,39 @@ def project_metrics(s: Session, project: Project) -> dict:
             # rows = true class, columns = predicted, in class order; None before the first model
             "confusion": ev.get("confusion"), "ece": ev.get("ece"),
             "labeled": int(sum(labeled.values())), "skipped": skipped, "per_class": per_class, "history": history}
+
+
+def stopping_of(s: Session, project: Project, versions: list[ModelVersion] | None = None,
+                labeled_now: int | None = None) -> dict:
+    """The stopping signal (workers.engine.decisions.stopping_signal) over the project's trained
+    models: kappa on the stop set, the evidence accuracy's plateau, the label budget."""
+    from pydantic import ValidationError
+
+    from workers.engine.config import StoppingConfig
+    from workers.engine.decisions import stopping_signal
+
+    cfg = project.config or {}
+    try:
+        stopping = StoppingConfig.model_validate(cfg.get("stopping") or {})
+    except ValidationError:  # a stored config this version cannot read: GET project says so; show defaults
+        stopping = StoppingConfig()
+    if versions is None:
+        versions = list(s.scalars(select(ModelVersion).where(ModelVersion.project_id == project.id)
+                                  .order_by(ModelVersion.round)))
+    if labeled_now is None:
+        labeled_now = s.scalar(select(func.count()).select_from(Item).where(
+            Item.project_id == project.id, Item.split == "pool", Item.status == "labeled")) or 0
+    rounds = []
+    for mv in versions:
+        m = mv.metrics or {}
+        tr = m.get("train") or {}
+        rounds.append({"round": mv.round, "labels": tr.get("n_labeled", tr.get("n_train")),
+                       "accuracy": (m.get("evidence") or m.get("val") or {}).get("accuracy"),
+                       "stop_set": m.get("stop_set")})
+    out = stopping_signal(stopping, rounds, int(labeled_now))
+    stopped = None
+    for r in s.scalars(select(Round).where(Round.project_id == project.id, Round.state == "closed")
+                       .order_by(Round.number.desc()).limit(1)):
+        if (r.progress or {}).get("auto_next_stopped"):
+            stopped = r.number
+    return {**out, "stop_when_stable": bool(cfg.get("stop_when_stable")), "stopped_after_round": stopped}

@@ -317,6 +317,13 @@ def expert_vote_figures(s, project) -> dict[str, dict]:
     return per_class_fields(s, project.id, list(project.class_names))
 
 
+def wrong_region_by_guess(s, project) -> dict[str, tuple[int, int]]:
+    """rounds.wrong_region_source: per guessed class, (wrong-region votes, votes) from the ledger."""
+    from service.labelstudio.wrong_region import wrong_region_votes
+
+    return {c: (v["wrong_region"], v["votes"]) for c, v in wrong_region_votes(s, project.id).items()}
+
+
 def announce_on_transition(settings: Settings, project_id: int, number: int, state: str) -> None:
     """rounds.on_transition hook: tell the experts of a connected project what is happening."""
     if not _configured(settings):
@@ -368,6 +375,8 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
         projects.on_created(connect_if_configured)
     from service.core.metrics import add_class_figures
     add_class_figures(expert_vote_figures)
+    from service.rounds.hooks import wrong_region_source
+    wrong_region_source(wrong_region_by_guess)
     rounds.on_transition(announce_on_transition)
     if settings.label_studio_url and settings.label_studio_token:
         if poll:

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core import paths
-from service.rounds import inputs, jobs
+from service.rounds import hooks, inputs, jobs
 from service.rounds.lifecycle import close, open_batch, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
@@ -27,7 +27,7 @@ from workers.engine import contracts as c
 from workers.engine import plan
 from workers.engine.config import ProjectConfig
 from workers.engine.decisions import decide_exclusion, evidence_accuracy, evidence_of
-from workers.engine.selection import Selection, cold_start, select_from_scores
+from workers.engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
 
 S = RoundState
 
@@ -108,8 +108,14 @@ def on_created(x: Ctx) -> None:
         if x.rnd.train_only:
             fail(x.s, x.rnd, "created", "nothing is labeled yet: a train-only round has nothing to train on")
             return
+        if x.config.typical_first_batch():
+            _score_pretrained(x, names)
+            return
         # Cold start: nothing to train on yet, so the first batch is a random sample.
-        x.move(S.CREATED, S.SELECTING, progress={"stage": "selecting", "cold_start": True})
+        x.move(S.CREATED, S.SELECTING, progress={"stage": "selecting", "cold_start": True,
+                                                 **({"first_batch": "random: no pretrained weights for "
+                                                                    f"{x.config.model}"}
+                                                    if x.config.first_batch == "typical" else {})})
         return
     classes = inputs.classes(x.s, x.pid)
     active = [cl.status == "active" for cl in classes]
@@ -118,7 +124,8 @@ def on_created(x: Ctx) -> None:
     test = inputs.split_refs(x.s, x.settings, x.project, "test", index)
     prev = inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number)
     files = x.files
-    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files)
+    stop_set = inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number)
+    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files, stop_set)
     if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
                                                    "n_new": int(sum(manifest.is_new)),
                                                    "evidence": split.source, "n_evidence": len(split.evidence),
@@ -129,6 +136,24 @@ def on_created(x: Ctx) -> None:
     job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
                           files.train_manifest)
     jobs.poll(x.s, x.settings, job, x.conn)
+
+
+def _score_pretrained(x: Ctx, names: list[str]) -> None:
+    """A typical first batch: embed the unlabeled pool with the pretrained model (score jobs, no
+    checkpoint), then select by TypiClust (select_batch)."""
+    files = x.files
+    active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
+    pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
+    manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, None, pool,
+                                   x.settings.score_shard_size, [], files)
+    if not x.move(S.CREATED, S.SCORING, progress={"stage": "scoring", "cold_start": True, "first_batch": "typical",
+                                                  "shards": len(manifest.shards), "shards_done": 0}):
+        return
+    _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
+    for k in manifest.shards:
+        j = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
+                            files.score_manifest)
+        jobs.poll(x.s, x.settings, j, x.conn)
 
 
 # ----------------------------------------------------------------------------- training
@@ -227,7 +252,14 @@ def on_scoring(x: Ctx) -> None:
 def select_batch(x: Ctx) -> Selection:
     """The round's batch and reserve, in priority order (workers.engine.selection)."""
     cfg = x.config
-    if (x.rnd.progress or {}).get("cold_start") or x.rnd.model_version_id is None:
+    progress = x.rnd.progress or {}
+    if progress.get("cold_start") and progress.get("first_batch") == "typical":
+        shards = jobs.manifest(x.files.score_manifest, "score").shards
+        gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
+                                                             Item.status != "unlabeled")), np.int64)
+        return typical_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.budget,
+                                   cfg.reserve_size, cfg.seed, x.rnd.number, gone)
+    if progress.get("cold_start") or x.rnd.model_version_id is None:
         return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number)
     names = list(x.project.class_names)
     active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
@@ -239,8 +271,10 @@ def select_batch(x: Ctx) -> Selection:
     # few thousand rows, not the whole pool (items are never deleted, only their status changes).
     gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
                                                          Item.status != "unlabeled")), np.int64)
+    # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
+    votes = hooks.wrong_region_counts(x.s, x.project, names)
     return select_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.strategy, names,
-                              active, cfg.budget, cfg.reserve_size, accuracy, cfg.seed, x.rnd.number, gone)
+                              active, cfg.budget, cfg.reserve_size, accuracy, cfg.seed, x.rnd.number, gone, votes)
 
 
 def on_selecting(x: Ctx) -> None:
@@ -252,6 +286,8 @@ def on_selecting(x: Ctx) -> None:
         prog["reserve"] = len(sel.reserve)
     if sel.gated:
         prog["kept_out_as_excluded"] = sel.gated
+    if sel.quota is not None:
+        prog["class_quota"] = dict(zip(x.project.class_names, sel.quota))
     if not sel.batch:
         prog["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
             "nothing to queue: every unlabeled image looks like an excluded class"

@@ -15,6 +15,10 @@ TransitionHook = Callable[[Settings, int, int, str], None]  # … and the state 
 
 _labeling: list[Hook] = []
 _transition: list[TransitionHook] = []
+# (session, project) → {guessed class: (wrong-region votes, votes)}: the experts' evidence that
+# the model looks at the wrong region when it guesses that class (the Label Studio bridge's ledger).
+WrongRegionSource = Callable[[object, object], dict[str, tuple[int, int]]]
+_wrong_region: list[WrongRegionSource] = []
 
 
 def on_labeling(fn: Hook) -> Hook:
@@ -47,3 +51,33 @@ def _call(fn, *args) -> None:
         fn(*args)
     except Exception:  # noqa: BLE001 — a bridge outage must not stop the loop
         log.exception("round hook %r failed for project %s round %s", fn, args[1], args[2])
+
+
+def wrong_region_source(fn: WrongRegionSource) -> WrongRegionSource:
+    """fn(session, project) → {guessed class: (flagged, reviewed)}: read when a round shares its
+    budget between classes (workers.engine.decisions.class_quota), so a class whose guesses the
+    experts often flag gets more of the batch."""
+    if fn not in _wrong_region:
+        _wrong_region.append(fn)
+    return fn
+
+
+def wrong_region_counts(s, project, class_names: list[str]):
+    """(flagged, reviewed) per class in head order, summed over the sources; None without votes.
+    A source that fails is logged and left out (inside a savepoint: the round's transaction stays usable)."""
+    import numpy as np
+
+    index = {n: i for i, n in enumerate(class_names)}
+    flagged, reviewed = np.zeros(len(class_names)), np.zeros(len(class_names))
+    for fn in list(_wrong_region):
+        try:
+            with s.begin_nested():
+                counts = fn(s, project) or {}
+        except Exception:  # noqa: BLE001 — the votes are extra evidence; the round goes on without them
+            log.exception("wrong-region source %r failed for project %s", fn, project.id)
+            continue
+        for name, (f, r) in counts.items():
+            if name in index:
+                flagged[index[name]] += int(f)
+                reviewed[index[name]] += int(r)
+    return (flagged, reviewed) if reviewed.sum() > 0 else None

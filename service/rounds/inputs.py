@@ -13,7 +13,7 @@ from service.settings import Settings
 from service.store import Item, ModelVersion, Project, ProjectClass
 from workers.engine.config import ProjectConfig
 from workers.engine.contracts import ImageRefs, TrainManifest, read_manifest
-from workers.engine.decisions import Evidence, evidence_of
+from workers.engine.decisions import Evidence, evidence_of, stop_set_positions
 from workers.engine.plan import TrainedModel
 
 _REF_COLS = (Item.id, Item.cache_shard, Item.cache_index, Item.label)
@@ -72,6 +72,24 @@ def previous_train_ids(settings: Settings, s: Session, pid: int, number: int) ->
         return None
     m = read_manifest(paths.round_files(settings, pid, prev[-1].round).train_manifest, TrainManifest)
     return m.train.item_ids + (m.evidence.item_ids if m.evidence_source == "holdout" else [])
+
+
+def stop_set_refs(settings: Settings, s: Session, project: Project, config: ProjectConfig, number: int) -> ImageRefs:
+    """The pool images round `number`'s model predicts on for the stopping signal: the previous
+    model's stop set (fixed once chosen), else a seeded sample of the decoded pool."""
+    size = config.stopping.stop_set_size
+    if size <= 0:
+        return ImageRefs()
+    previous = None
+    prev = model_versions(s, project.id, before=number)
+    if prev:
+        path = paths.round_files(settings, project.id, prev[-1].round).train_manifest
+        if path.is_file():
+            previous = read_manifest(path, TrainManifest).stop_set.item_ids or None
+    rows = s.execute(decoded(select(*_REF_COLS).where(Item.project_id == project.id, Item.split == "pool"))
+                     .order_by(Item.id)).all()
+    pos = stop_set_positions([r[0] for r in rows], previous, size, config.seed)
+    return _refs(settings, project.id, [rows[int(i)] for i in pos], None)
 
 
 def evidence_history(s: Session, project: Project, names: list[str]) -> list[Evidence]:

@@ -19,7 +19,8 @@ from service.settings import Settings
 from service.store import Job, Round, utcnow
 from workers.engine import contracts as c
 
-_MANIFEST_MODELS = {"ingest": c.IngestManifest, "train": c.TrainManifest, "score": c.ScoreManifest}
+_MANIFEST_MODELS = {"ingest": c.IngestManifest, "train": c.TrainManifest, "score": c.ScoreManifest,
+                    "freeze": c.FreezeReportManifest}
 _cache: dict[str, tuple[tuple[int, int], object]] = {}
 _CACHE_KEPT = 64
 _lock = threading.Lock()
@@ -66,6 +67,8 @@ def _output(job: Job) -> tuple[Path | None, dict]:
     if job.kind == "ingest":
         done = Path(m.result) if Path(m.out).is_file() else None
         return done, {"shard": job.shard, "result": m.result}
+    if job.kind == "freeze":
+        return Path(m.result), {"result": m.result, "figure": m.out_png}
     files = c.RoundFiles(m.out_dir)
     if job.kind == "train":
         done = files.metrics if files.checkpoint.is_file() else None

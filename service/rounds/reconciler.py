@@ -119,6 +119,16 @@ def _auto_next(settings: Settings, pid: int) -> None:
         last = s.scalar(select(Round).where(Round.project_id == pid).order_by(Round.number.desc()).limit(1))
         if last is None or not (last.progress or {}).get("queued"):
             return  # the round queued nothing: another round would queue nothing either
+        if (project.config or {}).get("stop_when_stable"):
+            from service.core.metrics import stopping_of
+
+            signal = stopping_of(s, project)
+            if signal["suggest_stop"]:
+                # The closed round says why no round followed it (metrics show it too).
+                last.progress = {**(last.progress or {}), "auto_next_stopped": signal["reason"]}
+                log.info("project %s: no automatic next round after round %s: %s", pid, last.number,
+                         signal["reason"])
+                return
         try:
             start_round(s, settings, project)
         except (Conflict, Unprocessable) as e:

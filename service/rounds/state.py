@@ -33,7 +33,7 @@ class RoundState(str, Enum):
 
 S = RoundState
 TRANSITIONS: dict[RoundState, frozenset[RoundState]] = {
-    S.CREATED: frozenset({S.TRAINING, S.SELECTING, S.FAILED}),
+    S.CREATED: frozenset({S.TRAINING, S.SCORING, S.SELECTING, S.FAILED}),  # scoring: a typical first batch
     S.TRAINING: frozenset({S.SCORING, S.CLOSED, S.FAILED}),
     S.SCORING: frozenset({S.SELECTING, S.FAILED}),
     S.SELECTING: frozenset({S.LABELING, S.FAILED}),

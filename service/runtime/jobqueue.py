@@ -41,7 +41,10 @@ from rq.timeouts import TimerDeathPenalty
 from service.settings import Settings, get_settings
 
 KINDS = ("ingest", "train", "score")
-JOB_FUNCS = {"ingest": "workers.jobs.ingest", "train": "workers.jobs.train_round", "score": "workers.jobs.score_shard"}
+JOB_FUNCS = {"ingest": "workers.jobs.ingest", "train": "workers.jobs.train_round", "score": "workers.jobs.score_shard",
+             "freeze": "workers.jobs.freeze_report_job"}
+# Job kinds that share another kind's queue: the freeze report runs torch, as training does.
+QUEUE_OF = {"freeze": "train"}
 
 log = logging.getLogger("camloop.jobqueue")
 
@@ -421,7 +424,7 @@ def enqueue(kind: str, job_id: str, manifest_path: str, *args, settings: Setting
         existing.delete()
     except NoSuchJobError:
         pass
-    q = queue(kind, settings, conn)
+    q = queue(QUEUE_OF.get(kind, kind), settings, conn)
     q.enqueue(JOB_FUNCS[kind], manifest_path, *args, job_id=job_id,
               job_timeout=timeout_s or settings.job_timeout_s,
               # interval 0: retried at once by the same worker pool, no rq scheduler needed.

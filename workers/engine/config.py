@@ -68,6 +68,25 @@ class HoldoutConfig(_Strict):
     min_per_class: StrictInt = Field(2, ge=0, le=1000, description="held out per class at least (when it has more labels than this)")
 
 
+class StoppingConfig(_Strict):
+    """The stopping signal (strategies.stopping): shown in the metrics and `camloop status`; with
+    `stop_when_stable` it also keeps `auto_next_round` from starting another round."""
+
+    stop_set_size: StrictInt = Field(1000, ge=0, le=1_000_000,
+                                     description="pool images (a fixed random sample, labeled or not) every trained "
+                                                 "model predicts on; 0: no kappa")
+    kappa: Fraction = Field(0.99, description="predictions are stable when Cohen's kappa between successive models on "
+                                              "the stop set stays at least this (Bloodgood & Vijay-Shanker: 0.99)")
+    window: StrictInt = Field(3, ge=1, le=100, description="for this many successive comparisons")
+    plateau_gain: Number | None = Field(0.005, ge=0.0, le=1.0,
+                                        description="the held-out accuracy has plateaued when the last "
+                                                    "`plateau_patience` rounds did not beat the earlier best by this "
+                                                    "much (none: not a reason to stop)")
+    plateau_patience: StrictInt = Field(3, ge=1, le=100, description="rounds without that gain")
+    max_labels: StrictInt | None = Field(None, ge=1, description="label budget: stop once this many pool images are "
+                                                                 "labeled (none: no budget)")
+
+
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
@@ -98,7 +117,15 @@ class ProjectConfig(_Strict):
     exclusion: ExclusionConfig = Field(default_factory=ExclusionConfig)
     holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
     ls_project_id: StrictInt | str | None = Field(None, description="attach this Label Studio project (id or exact title)")
+    first_batch: Literal["random", "typical", "auto"] = Field(
+        "random", description="round 1 of a project with no labels: a random sample, or representative images "
+                              "(typical: TypiClust over the pretrained model's embeddings of the pool, one typical "
+                              "image per cluster; needs pretrained weights, else random); auto: typical when the "
+                              "model starts from pretrained weights")
     auto_next_round: StrictBool = Field(False, description="start the next round as soon as a batch is labeled")
+    stop_when_stable: StrictBool = Field(False, description="with auto_next_round: start no further round when the "
+                                                            "stopping signal says stop (the closed round says why)")
+    stopping: StoppingConfig = Field(default_factory=StoppingConfig)
 
     @property
     def reserve_size(self) -> int:
@@ -106,6 +133,13 @@ class ProjectConfig(_Strict):
         expert at a few seconds an image does not run dry while the next model trains
         (docs/benchmarks.md, expert idle time)."""
         return self.budget // 2 if self.reserve is None else int(self.reserve)
+
+    def typical_first_batch(self) -> bool:
+        """Whether a cold start clusters pretrained embeddings (TypiClust) rather than sampling at
+        random: asked for (typical, or auto) and the model starts from installed pretrained weights."""
+        from workers.model_specs import weights_installed
+
+        return self.first_batch != "random" and self.pretrained is not False and weights_installed(self.model)
 
     @field_validator("model")
     @classmethod
@@ -142,7 +176,7 @@ DECODE_KEYS = ("image_size", "channels")
 
 
 def merge_config(base: dict, patch: dict) -> dict:
-    """`patch` over `base`, one level deep for the nested sections (exclusion, holdout)."""
+    """`patch` over `base`, one level deep for the nested sections (exclusion, holdout, stopping)."""
     out = dict(base)
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):

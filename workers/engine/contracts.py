@@ -201,6 +201,9 @@ class TrainManifest(_M):
     test: ImageRefs
     settings: TrainSettings
     out_dir: str                  # RoundFiles(out_dir): checkpoint, metrics, resume checkpoints
+    # A fixed sample of pool images (labeled or not) the trained model predicts on: the kappa
+    # between successive models' predictions is the stopping signal (decisions.stopping_signal).
+    stop_set: ImageRefs = Field(default_factory=ImageRefs)
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -237,7 +240,7 @@ class ScoreManifest(_M):
     project_id: int
     round: int
     net: ModelSpec
-    checkpoint: str
+    checkpoint: str | None        # None: the model as built, its pretrained weights (a typical first batch's embeddings)
     active: list[bool]
     mc_samples: int
     seed: int
@@ -255,6 +258,21 @@ class ScoreJobResult(_M):
     seconds: float | None = None
     batch_size: int | None = None
     oom_splits: int = 0
+
+
+# ----------------------------------------------------------------------------- freeze report
+
+class FreezeReportManifest(_M):
+    """The freezing-depth report (workers.freeze_report) of a project's pretrained model, on its
+    labeled images: per-block Grad-CAM, the picture, and the recommended `frozen_blocks`."""
+    kind: Literal["freeze"] = "freeze"
+    project_id: int
+    net: ModelSpec                # pretrained weights, nothing frozen: the report reads the ImageNet blocks
+    images: ImageRefs             # labeled images (labels = class indices)
+    max_images: int = 32
+    seed: int = 0
+    out_png: str                  # the picture: one row of overlays per block
+    result: str                   # the report as JSON; written last, so it marks the job done
 
 
 # Members of a score file (.npz): per image of the shard, in the manifest's order.

@@ -211,11 +211,13 @@ def _round_numbers(reason: str, numbers: list[int]) -> str:
 # ----------------------------------------------------------------------------- class budget
 
 def class_quota(budget: int, accuracy: Sequence[float | None], active: np.ndarray, available: np.ndarray,
-                cam_per_class: np.ndarray | None = None) -> np.ndarray:
+                cam_per_class: np.ndarray | None = None, wrong_region: np.ndarray | None = None) -> np.ndarray:
     """Labels per class for this round's batch (strategies.budget), from the evidence.
 
     A class with no evidence gets the mean need of the classes that have some (or an even share
-    when none has): the budget is never moved by an accuracy nobody measured."""
+    when none has): the budget is never moved by an accuracy nobody measured. wrong_region: the
+    experts' wrong-region rate per guessed class (strategies.budget.wrong_region_rate), None
+    without votes: a class whose guesses they often flag needs more labels."""
     from strategies.budget import allocate_budget, class_need
 
     active = np.asarray(active, bool)
@@ -223,7 +225,7 @@ def class_quota(budget: int, accuracy: Sequence[float | None], active: np.ndarra
     known = ~np.isnan(acc) & active
     fill = float(acc[known].mean()) if known.any() else 0.5
     acc = np.where(np.isnan(acc), fill, acc)
-    need = class_need(cam_per_class, acc, active)
+    need = class_need(cam_per_class, acc, active, wrong_region=wrong_region)
     return allocate_budget(int(budget), need, active, available=np.asarray(available, np.int64))
 
 
@@ -234,3 +236,74 @@ def stop_reason(n_unlabeled: int, active: Sequence[bool]) -> str | None:
     if sum(bool(a) for a in active) < 2:
         return "fewer than two active classes"
     return None
+
+
+# ----------------------------------------------------------------------------- when to stop
+
+def stop_set_positions(pool_ids: Sequence[int], previous_ids: Sequence[int] | None, size: int,
+                       seed: int) -> np.ndarray:
+    """Positions in `pool_ids` (every decoded pool image, labeled or not, by id) of the round's
+    stop set: the images every trained model predicts on, for the kappa between successive
+    models. Fixed once chosen (Bloodgood & Vijay-Shanker keep it whether or not its images get
+    labeled later): the previous model's stop set when there is one (those of its images still
+    in the pool), else a seeded random sample of `size`."""
+    from strategies.stopping import choose_stop_set
+
+    ids = np.asarray(pool_ids, np.int64)
+    if previous_ids is not None and len(previous_ids):
+        return np.flatnonzero(np.isin(ids, np.asarray(previous_ids, np.int64)))
+    if size <= 0 or ids.size == 0:
+        return np.zeros(0, np.int64)
+    # Its own stream of the seed: not the initial labels' sample (initial_labeled uses the seed itself).
+    return choose_stop_set(ids.size, int(size), np.random.default_rng([int(seed), 0x5709]))
+
+
+def stopping_signal(config, rounds: Sequence[Mapping], labeled_now: int | None = None) -> dict:
+    """The stopping signal after the rounds so far (strategies.stopping), as the metrics show it.
+
+    config: a StoppingConfig. rounds: oldest first, one per trained model: {"round", "labels"
+    (labeled pool images it was trained with), "accuracy" (its evidence accuracy: the held-out
+    images the engine trusts, never the test split), "stop_set": {"item_ids", "pred"} or None}.
+    Predictions are compared on the stop-set images every such round predicted (the same set,
+    unless images were quarantined since). labeled_now: labels spent so far (default: the last
+    round's)."""
+    from strategies.stopping import AccuracyPlateau, BudgetSpent, StabilisingPredictions, cohens_kappa
+
+    with_set = [r for r in rounds if (r.get("stop_set") or {}).get("item_ids")]
+    common = None
+    for r in with_set:
+        ids = set(int(i) for i in r["stop_set"]["item_ids"])
+        common = ids if common is None else common & ids
+    common_ids = np.asarray(sorted(common or ()), np.int64)
+    history = []
+    for r in rounds:
+        entry = {"labels": r.get("labels"), "val_accuracy": r.get("accuracy")}
+        ss = r.get("stop_set") or {}
+        if ss.get("item_ids") and common_ids.size:
+            order = np.argsort(np.asarray(ss["item_ids"], np.int64), kind="stable")
+            ids_sorted = np.asarray(ss["item_ids"], np.int64)[order]
+            pred_sorted = np.asarray(ss["pred"], np.int64)[order]
+            entry["stop_set_pred"] = pred_sorted[np.searchsorted(ids_sorted, common_ids)]
+        history.append(entry)
+    preds = [(r.get("round"), h["stop_set_pred"]) for r, h in zip(rounds, history) if "stop_set_pred" in h]
+    kappas = [{"rounds": [a, b], "kappa": round(cohens_kappa(p, q), 6)}
+              for (a, p), (b, q) in zip(preds, preds[1:])]
+    stable, why_stable = StabilisingPredictions(config.kappa, config.window).should_stop(history) \
+        if common_ids.size else (False, "no stop set: stopping.stop_set_size is 0 or no model predicted on one yet")
+    if config.plateau_gain is not None:
+        plateaued, why_plateau = AccuracyPlateau(config.plateau_gain, config.plateau_patience).should_stop(history)
+    else:
+        plateaued, why_plateau = False, "accuracy plateau not used (stopping.plateau_gain is none)"
+    labels = labeled_now if labeled_now is not None else (history[-1]["labels"] if history else 0)
+    if config.max_labels is not None:
+        spent, why_budget = BudgetSpent(config.max_labels).should_stop([{"labels": int(labels or 0)}])
+    else:
+        spent, why_budget = False, f"{int(labels or 0)} labels spent; no label budget set (stopping.max_labels)"
+    reasons = [(stable, why_stable), (plateaued, why_plateau), (spent, why_budget)]
+    suggest = any(s for s, _ in reasons)
+    return {"kappa": kappas[-1]["kappa"] if kappas else None, "kappas": kappas, "kappa_threshold": config.kappa,
+            "window": config.window, "stop_set_size": int(common_ids.size),
+            "predictions_stable": bool(stable), "accuracy_plateaued": bool(plateaued),
+            "labels": int(labels or 0), "max_labels": config.max_labels, "budget_spent": bool(spent),
+            "suggest_stop": bool(suggest),
+            "reason": "; ".join(w for s, w in reasons if s) if suggest else "; ".join(w for _, w in reasons)}

@@ -45,7 +45,8 @@ def split_training(labeled: ImageRefs, val: ImageRefs, config: ProjectConfig, n_
 
 def train_manifest(config: ProjectConfig, project_id: int, number: int, class_names: Sequence[str],
                    active: Sequence[bool], split: TrainingSplit, test: ImageRefs,
-                   previous_train_ids: Sequence[int] | None, files: RoundFiles) -> TrainManifest:
+                   previous_train_ids: Sequence[int] | None, files: RoundFiles,
+                   stop_set: ImageRefs | None = None) -> TrainManifest:
     seed = round_seed(config.seed, number)
     return TrainManifest(
         project_id=project_id, round=number, net=model_spec(config, class_names), active=[bool(a) for a in active],
@@ -56,7 +57,7 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
                                balance_to=config.balance_to, balance_max_repeats=config.balance_max_repeats,
                                hflip=config.hflip,
                                seed=seed),
-        out_dir=str(files.dir))
+        out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs())
 
 
 @dataclass
@@ -87,9 +88,12 @@ def gatekeepers(models: Sequence[TrainedModel], active_now: Sequence[bool]) -> l
 
 
 def score_manifest(config: ProjectConfig, project_id: int, number: int, class_names: Sequence[str],
-                   active: Sequence[bool], checkpoint: str, pool: ImageRefs, shard_size: int,
+                   active: Sequence[bool], checkpoint: str | None, pool: ImageRefs, shard_size: int,
                    keepers: Sequence[Gatekeeper], files: RoundFiles) -> ScoreManifest:
+    """checkpoint None: embed the pool with the model as built from its pretrained weights (a
+    typical first batch: no model trained yet, no committee needed)."""
     return ScoreManifest(
         project_id=project_id, round=number, net=model_spec(config, class_names), checkpoint=checkpoint,
-        active=[bool(a) for a in active], mc_samples=config.mc_samples, seed=round_seed(config.seed, number),
-        shards=pool.chunks(shard_size), gatekeepers=list(keepers), out_dir=str(files.dir))
+        active=[bool(a) for a in active], mc_samples=config.mc_samples if checkpoint is not None else 0,
+        seed=round_seed(config.seed, number), shards=pool.chunks(shard_size), gatekeepers=list(keepers),
+        out_dir=str(files.dir))

@@ -46,6 +46,29 @@ def cold_start(item_ids: Sequence[int], budget: int, reserve: int, seed: int, nu
     return Selection(take[:budget], take[budget:])
 
 
+def typical_from_scores(score_files: Sequence[Path | str], budget: int, reserve: int, seed: int, number: int,
+                        drop_ids: np.ndarray | None = None) -> Selection:
+    """A representative first batch (strategies.typical, TypiClust) from the embeddings a score
+    pass of the pretrained model wrote: budget + reserve clusters of the unlabeled pool, the most
+    typical image of each, largest clusters first; the first `budget` are the batch. No guesses:
+    the model's head is untrained."""
+    from strategies.typical import typical_first_batch
+
+    parts = [ScoreFile(Path(f)) for f in score_files]
+    if not parts:
+        return Selection([], [])
+    ids = np.concatenate([p[SCORE_ITEM_IDS] for p in parts]).astype(np.int64, copy=False)
+    emb = np.concatenate([np.asarray(p[SCORE_EMBEDDING], np.float64) for p in parts])
+    if drop_ids is not None and len(drop_ids):
+        keep = ~np.isin(ids, np.asarray(drop_ids, np.int64))
+        ids, emb = ids[keep], emb[keep]
+    if ids.size == 0:
+        return Selection([], [])
+    picks = typical_first_batch(emb, min(budget + reserve, ids.size), np.random.default_rng(round_seed(seed, number)))
+    take = [Pick(int(ids[i]), None) for i in picks]
+    return Selection(take[:budget], take[budget:])
+
+
 def _candidate_rows(fused: np.ndarray, pred: np.ndarray, quota, eligible: np.ndarray, budget: int,
                     factor: int) -> np.ndarray:
     """Rows (ascending) that strategies.selection.select can look at with these quotas: each
@@ -97,12 +120,16 @@ def select_rows(columns: dict, weights: dict, pred: np.ndarray, budget: int, quo
 
 def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_names: Sequence[str],
                        active: Sequence[bool], budget: int, reserve: int, accuracy: Sequence[float | None],
-                       seed: int, number: int, drop_ids: np.ndarray | None = None) -> Selection:
+                       seed: int, number: int, drop_ids: np.ndarray | None = None,
+                       wrong_region_votes: tuple[np.ndarray, np.ndarray] | None = None) -> Selection:
     """The batch and the reserve of round `number`, in priority order.
 
     accuracy: per class, the evidence's accuracy of this round's model (None: no evidence).
-    drop_ids: item ids no longer candidates (labeled, queued or quarantined while scoring ran)."""
-    from strategies.budget import per_class_mean
+    drop_ids: item ids no longer candidates (labeled, queued or quarantined while scoring ran).
+    wrong_region_votes: per class, (votes saying the model looked at the wrong region when it
+    guessed the class, votes on its guesses); None without votes. With a class budget, a class
+    whose guesses experts often flag gets more of the batch (strategies.budget.class_need)."""
+    from strategies.budget import per_class_mean, wrong_region_rate
     from strategies.registry import get_strategy
 
     spec = get_strategy(strategy)
@@ -151,7 +178,8 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
         cam = per_class_mean(pred, columns["cam_score"], len(names)) if spec.needs_cam and "cam_score" in columns \
             else None
         available = np.bincount(pred[~gated], minlength=len(names))
-        quota = class_quota(budget, accuracy, active, available, cam)
+        region = None if wrong_region_votes is None else wrong_region_rate(*wrong_region_votes)
+        quota = class_quota(budget, accuracy, active, available, cam, region)
     weighted = {k: columns[k] for k in spec.weights if k in columns}
     loader = load_embeddings if spec.diversity else None
     chosen = select_rows(weighted, spec.weights, pred, budget, quota, ~active, gated, rng, loader)
