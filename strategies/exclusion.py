@@ -118,6 +118,24 @@ def _check_status(current_status: Mapping[str, str]) -> None:
             raise ValueError(f"status of {cls!r} must be 'active' or 'excluded', got {status!r}")
 
 
+def _decide_each(current_status: Mapping[str, str], judge_one, min_active: int) -> dict[str, tuple[bool, str]]:
+    """Both rules' `decide`: an excluded class stays so (only a person brings it back); each
+    active class is judged by `judge_one(cls)` → (how bad, reason) or None; then min_active."""
+    _check_status(current_status)
+    out: dict[str, tuple[bool, str]] = {}
+    candidates: list[tuple[float, str, str]] = []
+    for cls, status in current_status.items():
+        if status == "excluded":
+            out[cls] = (True, "stays excluded until an engineer includes it")
+            continue
+        out[cls] = (False, "")
+        verdict = judge_one(cls)
+        if verdict is not None:
+            candidates.append((verdict[0], cls, verdict[1]))
+    n_active = sum(1 for s in current_status.values() if s == "active")
+    return _apply_min_active(out, candidates, n_active, min_active)
+
+
 def _apply_min_active(out: dict, candidates: list[tuple[float, str, str]], n_active: int, min_active: int) -> dict:
     # Worst first; stop while at least `min_active` classes stay in the head.
     for _, cls, reason in sorted(candidates):
@@ -150,32 +168,24 @@ class EvidenceRule:
 
         history[cls]: (round, correct, total) of each evaluated round, oldest first; rounds
         with total 0 must be left out by the caller (no evidence is not a 0)."""
-        _check_status(current_status)
         reincluded_at = reincluded_at or {}
         n_active = sum(1 for s in current_status.values() if s == "active")
         chance = self.chance_margin / max(1, n_active)
-        out: dict[str, tuple[bool, str]] = {}
-        candidates: list[tuple[float, str, str]] = []
-        for cls, status in current_status.items():
-            if status == "excluded":
-                out[cls] = (True, "stays excluded until an engineer includes it")
-                continue
-            out[cls] = (False, "")
+
+        def judge_one(cls: str) -> tuple[float, str] | None:
             since = reincluded_at.get(cls)
             rows = [tuple(int(v) for v in h) for h in history.get(cls, []) if since is None or h[0] >= since]
             if len(rows) < self.patience + 1:
-                continue
+                return None
             if any(wilson_interval(k, n, self.confidence)[0] > chance + GAIN_TOLERANCE for _, k, n in rows):
-                continue  # (c): some model learned it
+                return None  # (c): some model learned it
             win = rows[-(self.patience + 1):]
             verdict = self.judge(Window(*map(tuple, zip(*win))), chance, n_active)
-            if verdict is None:
-                continue
-            upper, reason = verdict
-            if since is not None:
-                reason += f", since an engineer re-included it at round {since}"
-            candidates.append((upper, cls, reason))
-        return _apply_min_active(out, candidates, n_active, self.min_active)
+            if verdict is None or since is None:
+                return verdict
+            return verdict[0], verdict[1] + f", since an engineer re-included it at round {since}"
+
+        return _decide_each(current_status, judge_one, self.min_active)
 
     def judge(self, w: Window, chance: float, n_active: int) -> tuple[float, str] | None:
         """(upper bound, reason) when the window shows a hopeless class, else None."""
@@ -222,21 +232,9 @@ class ExclusionRule:
         reincluded_at: Mapping[str, int] | None = None,
     ) -> dict[str, tuple[bool, str]]:
         """{cls: (excluded, reason)} for every class in `current_status` ("active" | "excluded")."""
-        _check_status(current_status)
         reincluded_at = reincluded_at or {}
-        out: dict[str, tuple[bool, str]] = {}
-        candidates: list[tuple[float, str, str]] = []
-        for cls, status in current_status.items():
-            if status == "excluded":
-                out[cls] = (True, "stays excluded until an engineer includes it")
-                continue
-            out[cls] = (False, "")
-            verdict = self._judge(cls, list(history.get(cls, [])), round, reincluded_at.get(cls))
-            if verdict is not None:
-                latest, reason = verdict
-                candidates.append((latest, cls, reason))
-        n_active = sum(1 for s in current_status.values() if s == "active")
-        return _apply_min_active(out, candidates, n_active, self.min_active)
+        return _decide_each(current_status, lambda cls: self._judge(cls, list(history.get(cls, [])), round,
+                                                                    reincluded_at.get(cls)), self.min_active)
 
     def _judge(self, cls: str, hist: list[float], rnd: int, since: int | None) -> tuple[float, str] | None:
         if rnd < self.exclude_after:
