@@ -236,34 +236,39 @@ def train_round(manifest_path: str) -> dict:
 
 # ------------------------------------------------------------------------------- score
 
-def _load_model(checkpoint: str | None, net):
-    import torch
-
-    if checkpoint is None:  # no model trained yet: the pretrained weights as installed (the head untrained)
-        key = f"pretrained:{net.model_dump_json()}"
-        if key not in _MODEL_CACHE:
-            torch.manual_seed(0)  # the untrained head: the same in every process (the embedding does not use it)
-            _MODEL_CACHE[key] = _build(net).to(_device()).eval()
-            while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
-                _MODEL_CACHE.popitem(last=False)
-        _MODEL_CACHE.move_to_end(key)
-        return _MODEL_CACHE[key]
-    key = f"{checkpoint}:{os.path.getmtime(checkpoint)}"
+def _cached_model(key: str, build):
+    """The process's LRU of scoring models: `build()` on a miss."""
     if key in _MODEL_CACHE:
         _MODEL_CACHE.move_to_end(key)
         return _MODEL_CACHE[key]
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    # The checkpoint's own spec where it has one: a gatekeeper may predate a config change.
-    saved = state.get("meta") or {}
-    spec = net.model_copy(update={k: saved[k] for k in ("model", "class_names", "channels", "image_size",
-                                                        "frozen_blocks") if k in saved})
-    model = _build(spec.model_copy(update={"pretrained": False}))
-    model.load_state_dict(state["state_dict"])
-    model.to(_device()).eval()
+    model = build()
     _MODEL_CACHE[key] = model
     while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
         _MODEL_CACHE.popitem(last=False)
     return model
+
+
+def _load_model(checkpoint: str | None, net):
+    import torch
+
+    if checkpoint is None:  # no model trained yet: the pretrained weights as installed (the head untrained)
+        def pretrained():
+            torch.manual_seed(0)  # the untrained head: the same in every process (the embedding does not use it)
+            return _build(net).to(_device()).eval()
+
+        return _cached_model(f"pretrained:{net.model_dump_json()}", pretrained)
+
+    def from_checkpoint():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        # The checkpoint's own spec where it has one: a gatekeeper may predate a config change.
+        saved = state.get("meta") or {}
+        spec = net.model_copy(update={k: saved[k] for k in ("model", "class_names", "channels", "image_size",
+                                                            "frozen_blocks") if k in saved})
+        model = _build(spec.model_copy(update={"pretrained": False}))
+        model.load_state_dict(state["state_dict"])
+        return model.to(_device()).eval()
+
+    return _cached_model(f"{checkpoint}:{os.path.getmtime(checkpoint)}", from_checkpoint)
 
 
 def _gated(m, images: np.ndarray) -> np.ndarray:
