@@ -150,10 +150,7 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
                                                   "shards": len(manifest.shards), "shards_done": 0}):
         return
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
-    for k in manifest.shards:
-        j = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
-                            files.score_manifest)
-        jobs.poll(x.s, x.settings, j, x.conn)
+    _poll_score_jobs(x, manifest.shards)
 
 
 # ----------------------------------------------------------------------------- training
@@ -195,10 +192,7 @@ def on_training(x: Ctx) -> None:
     x.rnd.progress = {**prog, "shards": len(manifest.shards), "shards_done": 0, "excluded_by_rule": excluded_now,
                       **({"not_judged": not_judged} if not_judged else {}),
                       **({"gatekeepers": [g.round for g in keepers]} if keepers else {})}
-    for k in manifest.shards:
-        j = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
-                            files.score_manifest)
-        jobs.poll(x.s, x.settings, j, x.conn)
+    _poll_score_jobs(x, manifest.shards)
 
 
 def _model_version(x: Ctx, job: Job, metrics: dict) -> ModelVersion:
@@ -228,16 +222,20 @@ def _apply_exclusion(x: Ctx, history) -> tuple[list[str], dict[str, str]]:
 
 # ----------------------------------------------------------------------------- scoring
 
-def on_scoring(x: Ctx) -> None:
-    files = x.files
-    shards = jobs.manifest(files.score_manifest, "score").shards
-    states, errors = [], []
+def _poll_score_jobs(x: Ctx, shards) -> list[tuple[Job, str]]:
+    """Each shard's score job of the round's score manifest, created if missing, then polled."""
+    out = []
     for k in sorted(shards, key=int):
         job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
-                              files.score_manifest)
-        states.append(jobs.poll(x.s, x.settings, job, x.conn))
-        if job.state == "failed":
-            errors.append(f"score job {job.rq_id} failed: {job.error}")
+                              x.files.score_manifest)
+        out.append((job, jobs.poll(x.s, x.settings, job, x.conn)))
+    return out
+
+
+def on_scoring(x: Ctx) -> None:
+    polled = _poll_score_jobs(x, jobs.manifest(x.files.score_manifest, "score").shards)
+    states = [state for _, state in polled]
+    errors = [f"score job {job.rq_id} failed: {job.error}" for job, _ in polled if job.state == "failed"]
     if errors:
         fail(x.s, x.rnd, "scoring", "; ".join(errors))
         return
@@ -249,32 +247,36 @@ def on_scoring(x: Ctx) -> None:
 
 # ----------------------------------------------------------------------------- selecting
 
+def _score_files(x: Ctx) -> list[Path]:
+    shards = jobs.manifest(x.files.score_manifest, "score").shards
+    return [x.files.score_file(int(k)) for k in sorted(shards, key=int)]
+
+
+def _no_longer_candidates(x: Ctx) -> np.ndarray:
+    """Items labeled (queued, quarantined, skipped) while scoring ran. The scored items were the
+    unlabeled pool; ask for the pool items that are not unlabeled now — a few thousand rows, not
+    the whole pool (items are never deleted, only their status changes)."""
+    return np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
+                                                         Item.status != "unlabeled")), np.int64)
+
+
 def select_batch(x: Ctx) -> Selection:
     """The round's batch and reserve, in priority order (workers.engine.selection)."""
     cfg = x.config
     progress = x.rnd.progress or {}
     if progress.get("cold_start") and progress.get("first_batch") == "typical":
-        shards = jobs.manifest(x.files.score_manifest, "score").shards
-        gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
-                                                             Item.status != "unlabeled")), np.int64)
-        return typical_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.budget,
-                                   cfg.reserve_size, cfg.seed, x.rnd.number, gone)
+        return typical_from_scores(_score_files(x), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number,
+                                   _no_longer_candidates(x))
     if progress.get("cold_start") or x.rnd.model_version_id is None:
         return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number)
     names = list(x.project.class_names)
     active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
-    shards = jobs.manifest(x.files.score_manifest, "score").shards
     mv = x.s.get(ModelVersion, x.rnd.model_version_id)
     accuracy = evidence_accuracy(evidence_of(mv.round, mv.metrics or {}, names), names)
-    # Items labeled (queued, quarantined, skipped) while scoring ran are no longer candidates. The
-    # scored items were the unlabeled pool; ask for the pool items that are not unlabeled now — a
-    # few thousand rows, not the whole pool (items are never deleted, only their status changes).
-    gone = np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
-                                                         Item.status != "unlabeled")), np.int64)
     # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
     votes = hooks.wrong_region_counts(x.s, x.project, names)
-    return select_from_scores([x.files.score_file(int(k)) for k in sorted(shards, key=int)], cfg.strategy, names,
-                              active, cfg.budget, cfg.reserve_size, accuracy, cfg.seed, x.rnd.number, gone, votes)
+    return select_from_scores(_score_files(x), cfg.strategy, names, active, cfg.budget, cfg.reserve_size, accuracy,
+                              cfg.seed, x.rnd.number, _no_longer_candidates(x), votes)
 
 
 def on_selecting(x: Ctx) -> None:
