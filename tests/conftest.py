@@ -3,6 +3,7 @@ the API app over TestClient, digits as PNG files in a temp data root. No mocks a
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -127,3 +128,28 @@ def run_jobs(settings, kinds=("ingest",)) -> None:
 
     conn = jobqueue.connection(settings)
     SimpleWorker([jobqueue.queue(k, settings, conn) for k in kinds], connection=conn).work(burst=True)
+
+
+def round_reaches(c, settings, pid: int, n: int, state: str, timeout: float = 300) -> dict:
+    """Round `n` of project `pid` once it is in `state`, driving its jobs in this process
+    (run_jobs on ingest, train and score) meanwhile; a round not started yet is waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = c.get(f"/api/v1/projects/{pid}/rounds/{n}")
+        rnd = r.json() if r.status_code == 200 else None
+        if rnd and rnd["state"] == state:
+            return rnd
+        assert rnd is None or rnd["state"] != "failed", rnd
+        assert time.monotonic() < deadline, rnd
+        run_jobs(settings, ("ingest", "train", "score"))
+        time.sleep(0.1)
+
+
+def label_queue(c, pid: int, truth: dict) -> list[dict]:
+    """Label every image the project's queue offers with its true class (`truth`: uri → class)
+    through POST .../labels, as a client other than Label Studio; the queue's items."""
+    q = c.get(f"/api/v1/projects/{pid}/queue").json()
+    labels = [{"item_id": e["item_id"], "class": truth[e["uri"]], "client_id": f"gt-{e['item_id']}"}
+              for e in q["items"]]
+    assert c.post(f"/api/v1/projects/{pid}/labels", json={"labels": labels}).status_code == 201
+    return q["items"]

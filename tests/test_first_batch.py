@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.core import paths
 from strategies.typical import typical_first_batch
-from tests.conftest import run_jobs
+from tests.conftest import round_reaches, run_jobs
 from workers.colour_fashion import load_fashion_colour
 from workers.engine.config import ProjectConfig
 from workers.engine.decisions import cold_start_order, round_seed
@@ -42,20 +42,11 @@ def _project(c, settings, pool, **cfg) -> int:
     return pid
 
 
-def _labeling(c, settings, pid):
-    deadline = time.monotonic() + 300
-    while (rnd := c.get(f"/api/v1/projects/{pid}/rounds/1").json())["state"] != "labeling":
-        assert rnd["state"] != "failed" and time.monotonic() < deadline, rnd
-        run_jobs(settings, ("ingest", "train", "score"))
-        time.sleep(0.1)
-    return rnd
-
-
 def test_round_one_queues_typical_images_of_the_pretrained_embeddings(api, garments):
     c, settings = api
     pid = _project(c, settings, garments, first_batch="typical")
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
-    rnd = _labeling(c, settings, pid)
+    rnd = round_reaches(c, settings, pid, 1, "labeling")
     assert rnd["progress"]["cold_start"] is True and rnd["progress"]["first_batch"] == "typical"
     assert [j["kind"] for j in rnd["jobs"]] == ["score"] and rnd["model_version_id"] is None  # nothing trained
     queue = c.get(f"/api/v1/projects/{pid}/queue").json()["items"]
@@ -83,7 +74,7 @@ def test_the_default_and_a_model_without_weights_stay_random(api, garments):
     c, settings = api
     pid = _project(c, settings, garments)  # first_batch left out: random
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
-    rnd = _labeling(c, settings, pid)
+    rnd = round_reaches(c, settings, pid, 1, "labeling")
     assert rnd["jobs"] == [] and "first_batch" not in rnd["progress"]
     assert ProjectConfig(model="efficientnet-lite0", image_size=64, channels=3, first_batch="auto").typical_first_batch()
     assert not ProjectConfig(first_batch="typical").typical_first_batch()  # small-cnn: no pretrained weights

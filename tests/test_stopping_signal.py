@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from tests.conftest import run_jobs, write_digits
+from tests.conftest import label_queue, round_reaches, write_digits
 from workers.engine.config import SimulationConfig, StoppingConfig
 from workers.engine.decisions import stop_set_positions, stopping_signal
 
@@ -93,25 +93,6 @@ def _round(c, pid, n):
     return r.json() if r.status_code == 200 else None
 
 
-def _until_labeling(c, settings, pid, n):
-    deadline = time.monotonic() + 300
-    while True:
-        rnd = _round(c, pid, n)
-        if rnd and rnd["state"] == "labeling":
-            return rnd
-        assert rnd is None or rnd["state"] != "failed", rnd
-        assert time.monotonic() < deadline, rnd
-        run_jobs(settings, ("ingest", "train", "score"))
-        time.sleep(0.1)
-
-
-def _label_queue(c, pid, truth):
-    q = c.get(f"/api/v1/projects/{pid}/queue").json()
-    labels = [{"item_id": e["item_id"], "class": truth[e["uri"]], "client_id": f"gt-{e['item_id']}"}
-              for e in q["items"]]
-    assert c.post(f"/api/v1/projects/{pid}/labels", json={"labels": labels}).status_code == 201
-
-
 def test_auto_next_round_stops_on_the_signal_and_the_closed_round_says_why(api):
     c, settings = api
     cfg = {**FAST, "auto_next_round": True, "stop_when_stable": True,
@@ -128,8 +109,8 @@ def test_auto_next_round_stops_on_the_signal_and_the_closed_round_says_why(api):
 
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     for n in (1, 2, 3):  # round 1 random; 2 and 3 trained; each started by auto_next_round
-        _until_labeling(c, settings, pid, n)
-        _label_queue(c, pid, pool)
+        round_reaches(c, settings, pid, n, "labeling")
+        label_queue(c, pid, pool)
         deadline = time.monotonic() + 60
         while _round(c, pid, n)["state"] != "closed":
             assert time.monotonic() < deadline

@@ -17,7 +17,7 @@ from service.core import paths
 from service.labelstudio.ledger import annotations
 from service.store import Item, ModelVersion, QueueEntry, Round, utcnow
 from service.store.db import session_scope
-from tests.conftest import run_jobs, write_digits
+from tests.conftest import label_queue, round_reaches, write_digits
 from workers.engine import contracts as c
 from workers.engine.decisions import evidence_accuracy, evidence_of
 from workers.engine.selection import select_from_scores
@@ -59,25 +59,6 @@ FAST = {"epochs": 5, "budget": 50, "reserve": 0, "mc_samples": 2, "hflip": False
         "strategy": "hybrid"}
 
 
-def _until(c, settings, pid, n, state):
-    deadline = time.monotonic() + 300
-    while True:
-        rnd = c.get(f"/api/v1/projects/{pid}/rounds/{n}").json()
-        if rnd["state"] == state:
-            return rnd
-        assert rnd["state"] != "failed" and time.monotonic() < deadline, rnd
-        run_jobs(settings, ("ingest", "train", "score"))
-        time.sleep(0.1)
-
-
-def _label(c, pid, truth):
-    q = c.get(f"/api/v1/projects/{pid}/queue").json()
-    labels = [{"item_id": e["item_id"], "class": truth[e["uri"]], "client_id": f"gt-{e['item_id']}"}
-              for e in q["items"]]
-    assert c.post(f"/api/v1/projects/{pid}/labels", json={"labels": labels}).status_code == 201
-    return q["items"]
-
-
 def test_the_service_passes_the_votes_to_the_next_rounds_class_budget(api):
     c, settings = api
     r = c.post("/api/v1/projects", json={"name": f"wr-{time.monotonic_ns()}", "classes": CLASSES, "config": FAST})
@@ -88,9 +69,9 @@ def test_the_service_passes_the_votes_to_the_next_rounds_class_budget(api):
         {"uri": u, "split": "val", "label": y} for u, y in val]}).status_code == 202
     for n in (1, 2):
         assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
-        _until(c, settings, pid, n, "labeling")
-        items = _label(c, pid, truth)
-        _until(c, settings, pid, n, "closed")
+        round_reaches(c, settings, pid, n, "labeling")
+        items = label_queue(c, pid, truth)
+        round_reaches(c, settings, pid, n, "closed")
     # The experts reviewed round 2's tasks (each showed the map of the model's guess) and said
     # "wrong region" on every task where the model guessed the class it guessed most.
     with session_scope(settings) as s:
@@ -114,7 +95,7 @@ def test_the_service_passes_the_votes_to_the_next_rounds_class_budget(api):
     # A smaller batch for round 3, so that no class's quota is capped by the images predicted as it.
     assert c.patch(f"/api/v1/projects/{pid}", json={"config": {"budget": 16}}).status_code == 200
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
-    rnd = _until(c, settings, pid, 3, "labeling")
+    rnd = round_reaches(c, settings, pid, 3, "labeling")
     quota = rnd["progress"]["class_quota"]
     assert sum(quota.values()) == 16
     # The same round's score files and evidence, selected without the votes: the target class
