@@ -96,8 +96,8 @@ def build_training_indices(labels: np.ndarray, is_new: np.ndarray, active: np.nd
       image already entered more often by ``duplicate_new`` keeps its entries, and gets none
       from balancing), nor a class beyond ``balance_max_factor`` × its own count. With a cap
       of 4, a class with a dozen labels beside one with 500 is at most ×4, not ×40. Not the
-      default: on an imbalanced Fashion-MNIST pool (bench/exclusion_balancing.py, one seed) the
-      capped median balancing trained 1.7-4.5 points worse than the uncapped at every round
+      default: on an imbalanced Fashion-MNIST pool (bench/exclusion_balancing.py, 3 seeds) the
+      capped median balancing ended 2.1 points below the uncapped on the mean
       (docs/benchmarks.md, issue 15).
     """
     if balance_to not in ("median", "max"):
