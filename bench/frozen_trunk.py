@@ -10,6 +10,11 @@ and TrainConfig, pretrained EfficientNet-Lite (ImageNet weights):
             images are timed apart from the round
   frozen    (--with-frozen) frozen_blocks = k from pixels: the same model as `cached` without
             the cache, to separate what freezing buys from what caching buys
+  small-cnn (--with-small-cnn) camloop's small CNN from random weights, on the same 96 px colour
+            images, from pixels: what a project got before models were chosen from the images
+
+`--configs` runs a subset (e.g. `--configs small-cnn --out ...` adds one to an earlier run's
+figures; the summary needs full and cached in the same run).
 
 Reported: seconds of each round's train and score, the ratio cached / full (the issue's bar:
 ≤ 0.25), test accuracy of each (bar: cached within ±0.5 points of full), the trunk pass, and
@@ -83,6 +88,16 @@ def _round(name, model, pool, train, is_new, val, cfg, args, cache=None, pool_di
     return out
 
 
+def _summary(full: dict, cached: dict) -> dict:
+    return {
+        "ratio_round_cached_over_full": cached["round_s"] / full["round_s"],
+        "ratio_with_round_views": (cached["round_s"] + cached["views_round_share_s"]) / full["round_s"],
+        "accuracy_gap_points": 100 * (cached["test_accuracy"] - full["test_accuracy"]),
+        "bar_ratio_le_0_25": cached["round_s"] / full["round_s"] <= 0.25,
+        "bar_accuracy_within_0_5": abs(cached["test_accuracy"] - full["test_accuracy"]) <= 0.005,
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="efficientnet-lite0")
@@ -100,6 +115,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--with-frozen", action="store_true")
+    ap.add_argument("--with-small-cnn", action="store_true")
+    ap.add_argument("--configs", default=None, help="comma list of full, cached, frozen, small-cnn (default: full, "
+                                                    "cached and the --with-* ones)")
     ap.add_argument("--smoke", action="store_true", help="pool 600, 120 labels, 2 epochs: a check, not a figure")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -124,12 +142,19 @@ def main(argv=None):
     train_dig = [pool_dig[i] for i in lab]
 
     runs = []
-    configs = [("full", 0, False), ("cached", k, True)] + ([("frozen", k, False)] if args.with_frozen else [])
+    every = {"full": (args.model, 0, False), "cached": (args.model, k, True), "frozen": (args.model, k, False),
+             "small-cnn": ("small-cnn", 0, False)}
+    names = (args.configs.split(",") if args.configs else
+             ["full", "cached"] + ["frozen"] * args.with_frozen + ["small-cnn"] * args.with_small_cnn)
+    # torch imports its compiler stack when the first optimizer is made (~7 s here): once, before
+    # any timing, or the first configuration's training pays it.
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     with tempfile.TemporaryDirectory() as tmp:
-        for name, frozen, use_cache in configs:
+        for name in names:
+            arch, frozen, use_cache = every[name]
             torch.manual_seed(args.seed)
-            model = build_model(args.model, pool.num_classes, input_size=args.size, frozen_blocks=frozen,
-                                pretrained=True)
+            model = build_model(arch, pool.num_classes, in_channels=3, input_size=args.size, frozen_blocks=frozen,
+                                pretrained=arch != "small-cnn")
             cache = TrunkCache(tmp, model) if use_cache else None
             r = _round(name, model, pool, train, is_new, val, cfg, args, cache, pool_dig, train_dig, val_dig)
             r["test_accuracy"] = _accuracy(model, test)
@@ -137,22 +162,15 @@ def main(argv=None):
             print(json.dumps(r), flush=True)
 
     by = {r["config"]: r for r in runs}
-    full, cached = by["full"], by["cached"]
-    summary = {
-        "ratio_round_cached_over_full": cached["round_s"] / full["round_s"],
-        "ratio_with_round_views": (cached["round_s"] + cached["views_round_share_s"]) / full["round_s"],
-        "accuracy_gap_points": 100 * (cached["test_accuracy"] - full["test_accuracy"]),
-        "bar_ratio_le_0_25": cached["round_s"] / full["round_s"] <= 0.25,
-        "bar_accuracy_within_0_5": abs(cached["test_accuracy"] - full["test_accuracy"]) <= 0.005,
-    }
+    summary = _summary(by["full"], by["cached"]) if {"full", "cached"} <= set(by) else {}
     result = {
         "bench": "frozen_trunk", "smoke": args.smoke, "args": vars(args), "frozen_blocks": k,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "data_seconds": data_s,
         "runs": runs, "summary": summary, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
-        f"frozen_trunk_{'smoke_' if args.smoke else ''}{args.model}_{args.size}px_pool{args.pool}.json")
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / "frozen_trunk" / (
+        f"{'smoke_' if args.smoke else ''}{args.model}_{args.size}px_pool{args.pool}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(summary, indent=2))

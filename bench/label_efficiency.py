@@ -45,6 +45,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hybrid-cam": ("hybrid-cam", {}),
     "hybrid-cam-no-dup": ("hybrid-cam", {"duplicate_new": 1}),
     "hybrid-cam-excl": ("hybrid-cam", {"exclusion": {"enabled": True}}),
+    # The initial labels picked as a project's typical first batch (TypiClust on the pretrained
+    # model's embeddings) instead of at random: needs a pretrained model (--config).
+    "hybrid-typical": ("hybrid", {"first_batch": "typical"}),
+    "random-typical": ("random", {"first_batch": "typical"}),
 }
 
 
@@ -191,6 +195,9 @@ def main(argv=None) -> int:
                     help="stratified validation subsample (early stopping, exclusion rule); 0 = all of it")
     ap.add_argument("--exclude-below", type=float, default=0.5)
     ap.add_argument("--strategies", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument("--config", default=None, help="more SimulationConfig as JSON for every run, e.g. the colour "
+                                                   "benchmark's model: '{\"image_size\": 96, \"channels\": 3, "
+                                                   "\"frozen_blocks\": 7}'")
     ap.add_argument("--device", default=None)
     ap.add_argument("--reserve", type=int, default=0,
                     help="the reserve queued after each batch (0: none, the protocol's; it only keeps experts busy, "
@@ -237,7 +244,7 @@ def main(argv=None) -> int:
                 runs[name].append(_checked(json.loads(path.read_text()), args, path))
                 continue
             strategy, overrides = VARIANTS[name]
-            overrides = dict(overrides)
+            overrides = {**_extra(args), **overrides}
             # The threshold rule: what these figures were measured with (issue 2), before the
             # evidence rule became the default (issue 15; bench/exclusion_balancing.py compares them).
             exclusion = {"rule": "threshold", "exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
@@ -265,6 +272,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def _extra(args) -> dict:
+    """--config: SimulationConfig keys every run of this benchmark sets."""
+    return json.loads(args.config) if args.config else {}
+
+
 def _machine(args) -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch device {args.device or 'default'}"
 
@@ -274,6 +286,7 @@ def _checked(result: dict, args, path: Path) -> dict:
     want = {"dataset": args.dataset, "model": args.model, "initial": args.initial, "budget": args.budget,
             "epochs": args.epochs, "mc_samples": args.mc_samples, "pool_limit": args.pool_limit,
             "val_limit": args.val_limit, "test_limit": args.test_limit}
+    want |= {k: v for k, v in _extra(args).items() if k != "trunk_cache_dir"}
     diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
     ex = cfg.get("exclusion") or {}
     for k in ("exclude_after", "exclude_below"):

@@ -16,7 +16,8 @@ image here is a Fashion-MNIST garment composited onto a colour background:
 Seeded: (seed, split) fixes which garments are used and every random draw, so
 `load_fashion_colour(seed)` returns the same arrays on every machine. Pool and validation
 garments come from the Fashion-MNIST training set, test garments from its official test set.
-`export_folder` writes a split as JPEGs in class sub-folders (the README's own-photos walk-through).
+`export_folder` writes a split as JPEGs in class sub-folders; `sample_photos` (`camloop sample-photos`)
+makes such a folder for the README's own-photos walk-through.
 """
 from __future__ import annotations
 
@@ -134,3 +135,16 @@ def export_folder(data: Dataset, root, *, quality: int = 92, limit_per_class: in
             Image.fromarray(data.images[i]).save(folder / f"{name}-{i:05d}.jpg", quality=quality)
             written += 1
     return written
+
+
+def sample_photos(root, *, per_class: int = 40, seed: int = 0, side: int = 128, fashion_root=None) -> int:
+    """`camloop sample-photos`: `per_class` colour photos of each garment class as JPEGs in
+    `root/<class>/`, for trying camloop on colour photos without photos at hand (and for
+    `camloop simulate --folder`). Garments from the Fashion-MNIST training set, composited as
+    `load_fashion_colour`'s pool; the same files for the same arguments. Returns the count."""
+    if not 1 <= per_class <= 6000:
+        raise ValueError("per_class must be in [1, 6000] (Fashion-MNIST has 6,000 training images a class)")
+    train, _ = load_fashion_mnist(fashion_root or os.environ.get("CAMLOOP_FASHION_MNIST", FASHION_MNIST_ROOT))
+    idx = _stratified(train.labels, per_class * train.num_classes, np.random.default_rng([int(seed), 98]))
+    photos, _ = make_fashion_colour(train.subset(idx), seed, 3, side)
+    return export_folder(photos, root)

@@ -130,14 +130,17 @@ def metrics_from_predictions(y_true, y_pred, confidence, class_names, active=Non
     }
 
 
-def evaluate(model, data, class_names=None, active=None, device=None, *, batch_size: int = 512) -> dict:
+def evaluate(model, data, class_names=None, active=None, device=None, *, batch_size: int = 512,
+             predict=None) -> dict:
     """Evaluate ``model`` on a Dataset: keys accuracy, macro_f1, weighted_f1, ece, confusion
     (rows = true class, columns = predicted), per_class{name: accuracy, precision, recall, f1,
-    support, active}, n, n_active. Unlabeled images (label −1) are ignored."""
+    support, active}, n, n_active. Unlabeled images (label −1) are ignored. ``predict(images)``
+    replaces predict_probs (a round on a cached trunk predicts from the cache)."""
     names = list(class_names if class_names is not None else data.class_names)
     keep = data.labels >= 0
     images, labels = data.images[keep], data.labels[keep]
-    probs = predict_probs(model, images, active=active, device=device, batch_size=batch_size)
+    probs = (predict(images) if predict is not None else
+             predict_probs(model, images, active=active, device=device, batch_size=batch_size))
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
     return metrics_from_predictions(labels, pred, conf, names, active)

@@ -163,6 +163,21 @@ def _build(net):
                        pretrained=net.pretrained, frozen_blocks=net.frozen_blocks)
 
 
+def _trunk_cache(folder: str, model, batch_size: int):
+    """The project's frozen-trunk cache for `model` (its frozen blocks), on the job's device."""
+    from workers.trunk_cache import TrunkCache
+
+    return TrunkCache(folder, model, device=_device(), batch_size=min(int(batch_size), 256))
+
+
+def _digests(images: np.ndarray) -> list[str]:
+    """The trunk cache's keys: the decoded pixels' digest, so the same photo registered twice, or
+    in two splits, is computed once, and a re-decoded image (another size) is never confused."""
+    from workers.trunk_cache import image_digest
+
+    return [image_digest(im) for im in images]
+
+
 def train_round(manifest_path: str) -> dict:
     """Train the round's model on its training images, evaluate on the evidence and the test split,
     write checkpoint + metrics.
@@ -189,14 +204,22 @@ def train_round(manifest_path: str) -> dict:
     evidence = _dataset(m.evidence, names) if len(m.evidence) else None
     base = {**m.settings.model_dump(), "device": str(dev)}
 
+    is_new = np.asarray(m.is_new, bool)
+
     def attempt(bs: int):
         torch.manual_seed(m.settings.seed)
         model = _build(m.net)  # fresh weights each attempt: a failed one may have taken steps
         tc = TrainConfig(**{**base, "batch_size": bs})
         # The evidence is what early stopping watches too: the split the project trusts to say
         # how good a model is (its validation split, or the held-out labeled images).
-        return model, train_model(model, train, np.asarray(m.is_new, bool), evidence, active, tc,
-                                  checkpoint_dir=files.resume_dir)
+        if m.trunk_cache:
+            from workers.trunk_cache import train_from_cache
+
+            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), train,
+                                           _digests(train.images), is_new, evidence,
+                                           _digests(evidence.images) if evidence is not None else None, active, tc,
+                                           checkpoint_dir=files.resume_dir)
+        return model, train_model(model, train, is_new, evidence, active, tc, checkpoint_dir=files.resume_dir)
 
     (model, res), bs, splits = split_on_oom(attempt, m.settings.batch_size,
                                            what=f"train {Path(manifest_path).parent.name}")
@@ -206,22 +229,28 @@ def train_round(manifest_path: str) -> dict:
                          "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
                          "batch_size": bs, "oom_splits": splits},
                "active": list(m.active), "evidence_source": m.evidence_source}
+    def predict(images, b: int):
+        if m.trunk_cache:  # the frozen blocks' output from the cache: each image's trunk pass once
+            from workers.trunk_cache import predict_from_cache
+
+            return predict_from_cache(model, _trunk_cache(m.trunk_cache, model, b), _digests(images), images,
+                                      active=active, device=dev, batch_size=b)
+        from workers.evaluate import predict_probs
+
+        return predict_probs(model, images, active=active, device=dev, batch_size=b)
+
     eval_bs = 512
     for key, refs in (("evidence", m.evidence), ("test", m.test)):
         if len(refs):
             data = _dataset(refs, names)
             metrics[key], eval_bs, more = split_on_oom(
-                lambda b: evaluate(model, data, names, active=active, device=dev, batch_size=b), eval_bs,
+                lambda b: evaluate(model, data, names, active=active, predict=lambda x: predict(x, b)), eval_bs,
                 what=f"evaluate {key}")
             metrics["train"]["oom_splits"] += more
     if len(m.stop_set):
         # The stopping signal's predictions: the same pool images every round (no labels needed).
-        from workers.evaluate import predict_probs
-
         images = m.stop_set.gather()
-        probs, eval_bs, more = split_on_oom(
-            lambda b: predict_probs(model, images, active=active, device=dev, batch_size=b), eval_bs,
-            what="predict stop set")
+        probs, eval_bs, more = split_on_oom(lambda b: predict(images, b), eval_bs, what="predict stop set")
         metrics["train"]["oom_splits"] += more
         metrics["stop_set"] = {"item_ids": list(m.stop_set.item_ids), "pred": probs.argmax(axis=1).tolist()}
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -299,10 +328,22 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     # The whole shard again at half the batch after an OOM: the error comes at the first (the
     # largest) batch in practice, and one call per shard keeps the result a function of the
     # batch size alone (MC-dropout masks are drawn batch by batch from one seeded generator).
-    res, bs, splits = split_on_oom(
-        lambda b: score_images(model, images, mc_samples=m.mc_samples, device=_device(),
-                               class_mask=np.asarray(m.active, bool), return_maps=True, batch_size=b, seed=m.seed),
-        m.batch_size, what=f"score shard {int(shard)}")
+    kwargs = dict(mc_samples=m.mc_samples, device=_device(), class_mask=np.asarray(m.active, bool), return_maps=True,
+                  seed=m.seed)
+    if m.trunk_cache:
+        # The frozen blocks' output from the project's cache (computed here for images it lacks:
+        # the pool's one-time trunk pass happens in the first round that scores it).
+        from workers.trunk_cache import score_from_cache
+
+        digests = _digests(images)
+
+        def run(b):
+            return score_from_cache(model, _trunk_cache(m.trunk_cache, model, b), digests, images, batch_size=b,
+                                    **kwargs)
+    else:
+        def run(b):
+            return score_images(model, images, batch_size=b, **kwargs)
+    res, bs, splits = split_on_oom(run, m.batch_size, what=f"score shard {int(shard)}")
     cam = getattr(res, "cam_lowres", None)
     if cam is None:
         cam = res.maps

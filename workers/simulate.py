@@ -29,7 +29,7 @@ from workers.engine import plan
 from workers.engine.config import SimulationConfig
 from workers.engine.decisions import (decide_exclusion, evidence_accuracy, evidence_of, initial_labeled,
                                       stop_set_positions, stopping_signal)
-from workers.engine.selection import select_from_scores
+from workers.engine.selection import select_from_scores, typical_from_scores
 
 log = logging.getLogger("camloop.simulate")
 
@@ -116,8 +116,12 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         pool = _cache(cache, "pool", data.pool.images, 0, data.pool.labels)
         val = _cache(cache, "val", data.val.images, n_pool, data.val.labels)
         test = _cache(cache, "test", data.test.images, n_pool + len(data.val), data.test.labels)
+        trunk_dir = plan.trunk_cache(project, layout, PROJECT_ID)
+        if trunk_dir and config.trunk_cache_dir:
+            trunk_dir = config.trunk_cache_dir  # keyed by model, depth, weights and pixels: safe to share
         labeled = np.zeros(n_pool, bool)
-        labeled[initial_labeled(n_pool, config.initial, config.seed)] = True
+        first = _first_labels(config, project, layout, pool, names, trunk_dir)
+        labeled[first] = True
         # The reserve a round queues after its batch is with the experts while the next round
         # trains and scores: not a candidate then (the service scores unlabeled images only),
         # back in the pool once the next batch replaces it. The oracle answers batches only, as
@@ -137,7 +141,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             active = [status[n] == "active" for n in names]
             split = plan.split_training(pool.take(np.flatnonzero(labeled)), val, project, len(names))
             manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files,
-                                           stop_set)
+                                           stop_set, trunk_dir)
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
             jobs.train_round(str(files.train_manifest))
@@ -164,7 +168,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 active = [status[n] == "active" for n in names]
                 unl = np.flatnonzero(~labeled & ~reserved)
                 score = plan.score_manifest(project, PROJECT_ID, number, names, active, str(files.checkpoint),
-                                            pool.take(unl), config.shard_size, plan.gatekeepers(models, active), files)
+                                            pool.take(unl), config.shard_size, plan.gatekeepers(models, active), files,
+                                            trunk_dir)
                 c.write_manifest(files.score_manifest, score)
                 for k in score.shards:
                     jobs.score_shard(str(files.score_manifest), int(k))
@@ -194,9 +199,32 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "config": {**config.model_dump(mode="json"), "hflip": project.hflip, "classes": names,
                    "pool_size": len(data.pool), "val_size": len(data.val), "test_size": len(data.test),
                    "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_run, 1)},
+        "first_batch": "typical" if project.typical_first_batch() else "random",
+        "initial_labels": [data.pool_uris[i] for i in first],
         "rounds": records,
         "exclusions": exclusions,
     }
+
+
+def _first_labels(config: SimulationConfig, project, layout: c.Layout, pool: c.ImageRefs, names: list[str],
+                  trunk_dir: str | None) -> np.ndarray:
+    """Pool positions labeled before round 1: `initial` at random, or, with a typical first batch
+    (`first_batch`, a pretrained model), the service's cold start: the pretrained model embeds the
+    pool (score jobs without a checkpoint) and TypiClust picks `initial` typical images."""
+    from workers import jobs
+
+    if not project.typical_first_batch():
+        return initial_labeled(len(pool), config.initial, config.seed)
+    files = layout.round_files(PROJECT_ID, 0)
+    files.dir.mkdir(parents=True)
+    score = plan.score_manifest(project, PROJECT_ID, 1, names, [True] * len(names), None, pool, config.shard_size, [],
+                                files, trunk_dir)
+    c.write_manifest(files.score_manifest, score)
+    for k in score.shards:
+        jobs.score_shard(str(files.score_manifest), int(k))
+    sel = typical_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)], config.initial, 0,
+                              project.seed, 1)
+    return np.asarray(sorted(p.item_id for p in sel.batch), np.int64)  # pool ids are pool positions
 
 
 def _record(number: int, metrics: dict, labeled: np.ndarray, data: SimData, names: list[str], status: dict) -> dict:

@@ -308,3 +308,19 @@ def score_from_cache(model, cache: TrunkCache, digests, images=None, **kwargs):
     if images is not None:
         cache.ensure(images, digests)
     return score_images(model, cache.load(digests), start_block=cache.k, **kwargs)
+
+
+def predict_from_cache(model, cache: TrunkCache, digests, images, *, active=None, device=None,
+                       batch_size: int = 512):
+    """`predict_probs` over cached trunk outputs (computed from `images` where missing)."""
+    from workers.train import _probs_from_inputs
+
+    digests = list(digests)
+    if not digests:
+        return np.zeros((0, model.num_classes), np.float32)
+    cache.ensure(images, digests)
+    inputs = CachedInputs(cache.load(digests), cache.k)
+    active = np.ones(model.num_classes, bool) if active is None else np.asarray(active, bool)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    return _probs_from_inputs(model, inputs, np.ones(len(digests), bool), active, device, batch_size)

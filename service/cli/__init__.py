@@ -26,3 +26,5 @@ from service.cli.demo import demo as _demo  # noqa: E402
 app.command("demo")(_demo)
 from service.cli.queues import queues as _queues  # noqa: E402
 app.command("queues")(_queues)
+from service.cli.sample_photos import sample_photos as _sample_photos  # noqa: E402
+app.command("sample-photos")(_sample_photos)

@@ -21,6 +21,7 @@ from rich.table import Table
 from strategies.registry import STRATEGIES
 from service.cli.options import json_object
 from workers.engine.config import ExclusionConfig, SimulationConfig, merge_config
+from workers.model_specs import model_names
 
 STRATEGY_NAMES = list(STRATEGIES)
 _F = SimulationConfig.model_fields  # the one source of defaults (ProjectConfig's, and the run's)
@@ -32,12 +33,15 @@ def simulate(
     folder: Optional[Path] = typer.Option(None, help="a labeled folder instead: <class>/ sub-folders, or the "
                                                      "demo's export (pool/, val/, test/ with <class>/ in each)"),
     strategy: str = typer.Option(_F["strategy"].default, help=" | ".join(STRATEGY_NAMES)),
-    initial: int = typer.Option(_F["initial"].default, min=1, help="random labels before round 1"),
+    initial: int = typer.Option(_F["initial"].default, min=1, help="labels before round 1 (see --first-batch)"),
+    first_batch: str = typer.Option(_F["first_batch"].default, help="how the --initial images are picked: random | "
+                                                                    "typical (TypiClust on the pretrained model's "
+                                                                    "embeddings, as a project's cold start) | auto"),
     budget: int = typer.Option(_F["budget"].default, min=1, help="labels added per round"),
     rounds: int = typer.Option(_F["rounds"].default, min=0, help="acquisition rounds (one more trains on every label)"),
     seed: int = typer.Option(_F["seed"].default),
     out: Path = typer.Option(..., help="where to write the run's JSON"),
-    model: str = typer.Option(_F["model"].default, help="small-cnn | resnet18 | se-resnet18 | efficientnet-lite0"),
+    model: str = typer.Option(_F["model"].default, help=" | ".join(model_names())),
     image_size: int = typer.Option(_F["image_size"].default, help="model input side (a --folder is decoded at it)"),
     channels: int = typer.Option(_F["channels"].default, help="1 or 3 (a --folder is decoded to it)"),
     epochs: int = typer.Option(_F["epochs"].default, min=1),
@@ -66,7 +70,8 @@ def simulate(
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="--folder")
     options = {"dataset": None if folder is not None else (dataset or "digits"),
                "folder": str(folder) if folder is not None else None, "strategy": strategy, "model": model,
-               "image_size": image_size, "channels": channels, "initial": initial, "budget": budget,
+               "image_size": image_size, "channels": channels, "initial": initial, "first_batch": first_batch,
+               "budget": budget,
                "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
                "exclusion": {"enabled": exclusion, "rule": exclusion_rule, "exclude_after": exclude_after,

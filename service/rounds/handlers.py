@@ -50,6 +50,10 @@ class Ctx:
     def files(self) -> c.RoundFiles:
         return paths.round_files(self.settings, self.pid, self.rnd.number)
 
+    @property
+    def trunk_dir(self) -> str | None:
+        return plan.trunk_cache(self.config, paths.layout(self.settings), self.pid)
+
     def move(self, old: S, new: S, **values) -> bool:
         won = cas(self.s, self.rnd, old.value, new.value, **values)
         if won:
@@ -125,7 +129,8 @@ def on_created(x: Ctx) -> None:
     prev = inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number)
     files = x.files
     stop_set = inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number)
-    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files, stop_set)
+    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files, stop_set,
+                                   x.trunk_dir)
     if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
                                                    "n_new": int(sum(manifest.is_new)),
                                                    "evidence": split.source, "n_evidence": len(split.evidence),
@@ -145,7 +150,7 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
     active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
     pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
     manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, None, pool,
-                                   x.settings.score_shard_size, [], files)
+                                   x.settings.score_shard_size, [], files, x.trunk_dir)
     if not x.move(S.CREATED, S.SCORING, progress={"stage": "scoring", "cold_start": True, "first_batch": "typical",
                                                   "shards": len(manifest.shards), "shards_done": 0}):
         return
@@ -186,7 +191,7 @@ def on_training(x: Ctx) -> None:
     pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
     keepers = plan.gatekeepers(inputs.trained_models(x.s, x.project, len(names)), active)
     manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, job.result["checkpoint"], pool,
-                                   x.settings.score_shard_size, keepers, files)
+                                   x.settings.score_shard_size, keepers, files, x.trunk_dir)
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
     x.rnd.model_version_id = mv.id
     x.rnd.progress = {**prog, "shards": len(manifest.shards), "shards_done": 0, "excluded_by_rule": excluded_now,

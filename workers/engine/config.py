@@ -97,6 +97,9 @@ class ProjectConfig(_Strict):
                                                             "has them installed; true = required (422 naming the models "
                                                             "that have them); false = random weights")
     frozen_blocks: StrictInt = Field(0, ge=0, le=64, description="first backbone blocks kept frozen")
+    trunk_cache: StrictBool = Field(True, description="with pretrained weights and frozen blocks: compute the frozen "
+                                                     "blocks' output of each image once and train and score the rest "
+                                                     "from it (off: every round runs the whole network on pixels)")
     strategy: str = Field("hybrid", description="acquisition strategy (strategies.registry)")
     budget: StrictInt = Field(100, ge=1, le=1_000_000, description="images queued for experts per round")
     reserve: StrictInt | None = Field(None, ge=0, le=1_000_000,
@@ -140,6 +143,12 @@ class ProjectConfig(_Strict):
         from workers.model_specs import weights_installed
 
         return self.first_batch != "random" and self.pretrained is not False and weights_installed(self.model)
+
+    def uses_trunk_cache(self) -> bool:
+        """Whether rounds train and score from the cached frozen trunk (workers.trunk_cache): asked
+        for, some blocks frozen, and those blocks pretrained (random frozen blocks are refused by
+        check_model_config, so frozen blocks mean installed weights)."""
+        return self.trunk_cache and self.frozen_blocks > 0 and self.pretrained is not False
 
     @field_validator("model")
     @classmethod
@@ -194,7 +203,8 @@ class SimulationConfig(ProjectConfig):
 
     dataset: str | None = Field("digits", description="a named data set (workers.datasets.dataset_names())")
     folder: str | None = Field(None, description="a folder of class sub-folders, or one with pool/val/test sub-folders")
-    initial: StrictInt = Field(100, ge=1, le=10_000_000, description="random pool images labeled before round 1")
+    initial: StrictInt = Field(100, ge=1, le=10_000_000, description="pool images labeled before round 1: at random, or "
+                                                                      "typical ones (first_batch)")
     rounds: StrictInt = Field(5, ge=0, le=10000, description="acquisition rounds after the initial labels")
     device: str | None = Field(None, description="cpu | cuda | cuda:N; none: the engine's choice")
     threads: StrictInt | None = Field(None, ge=1, le=1024, description="torch CPU threads (results depend on it)")
@@ -203,6 +213,8 @@ class SimulationConfig(ProjectConfig):
     test_limit: StrictInt | None = Field(None, ge=1, description="subsample the test split (stratified)")
     shard_size: StrictInt = Field(4096, ge=1, description="images per score shard, as the service's CAMLOOP_SCORE_SHARD_SIZE")
     hflip: StrictBool | None = Field(None, description="none: on, except for data sets where mirroring changes the class (digits)")
+    trunk_cache_dir: str | None = Field(None, description="keep the frozen-trunk cache in this folder, shared by runs "
+                                                          "on the same images (none: the run's temporary folder)")
 
     @model_validator(mode="after")
     def _one_source(self):

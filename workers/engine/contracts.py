@@ -81,6 +81,10 @@ class Layout:
     def round_files(self, pid: int, number: int) -> RoundFiles:
         return RoundFiles(self.round_dir(pid, number))
 
+    def trunk_dir(self, pid: int) -> Path:
+        """The project's frozen-trunk cache (workers.trunk_cache): kept across rounds."""
+        return self.project_dir(pid) / "trunk"
+
 
 # ----------------------------------------------------------------------------- images by reference
 
@@ -204,6 +208,8 @@ class TrainManifest(_M):
     # A fixed sample of pool images (labeled or not) the trained model predicts on: the kappa
     # between successive models' predictions is the stopping signal (decisions.stopping_signal).
     stop_set: ImageRefs = Field(default_factory=ImageRefs)
+    # The project's frozen-trunk cache folder: train the unfrozen blocks from it (None: pixels).
+    trunk_cache: str | None = None
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -248,6 +254,7 @@ class ScoreManifest(_M):
     shards: dict[str, ImageRefs]  # shard number (as text: JSON keys) → its unlabeled pool images
     gatekeepers: list[Gatekeeper] = Field(default_factory=list)
     out_dir: str                  # RoundFiles(out_dir).score_file(shard)
+    trunk_cache: str | None = None  # as TrainManifest's: score from the cached frozen trunk
 
 
 class ScoreJobResult(_M):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.engine.config import ProjectConfig
-from workers.engine.contracts import (Gatekeeper, ImageRefs, ModelSpec, RoundFiles, ScoreManifest, TrainManifest,
-                                      TrainSettings)
+from workers.engine.contracts import (Gatekeeper, ImageRefs, Layout, ModelSpec, RoundFiles, ScoreManifest,
+                                      TrainManifest, TrainSettings)
 from workers.engine.decisions import holdout_mask, new_label_mask, round_seed, train_batch_size
 
 
@@ -43,10 +43,15 @@ def split_training(labeled: ImageRefs, val: ImageRefs, config: ProjectConfig, n_
     return TrainingSplit(labeled.take(np.flatnonzero(~held)), labeled.take(np.flatnonzero(held)), "holdout")
 
 
+def trunk_cache(config: ProjectConfig, layout: Layout, project_id: int) -> str | None:
+    """The folder a project's rounds cache their frozen trunk in, or None when they run on pixels."""
+    return str(layout.trunk_dir(project_id)) if config.uses_trunk_cache() else None
+
+
 def train_manifest(config: ProjectConfig, project_id: int, number: int, class_names: Sequence[str],
                    active: Sequence[bool], split: TrainingSplit, test: ImageRefs,
                    previous_train_ids: Sequence[int] | None, files: RoundFiles,
-                   stop_set: ImageRefs | None = None) -> TrainManifest:
+                   stop_set: ImageRefs | None = None, trunk_dir: str | None = None) -> TrainManifest:
     seed = round_seed(config.seed, number)
     return TrainManifest(
         project_id=project_id, round=number, net=model_spec(config, class_names), active=[bool(a) for a in active],
@@ -57,7 +62,7 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
                                balance_to=config.balance_to, balance_max_repeats=config.balance_max_repeats,
                                hflip=config.hflip,
                                seed=seed),
-        out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs())
+        out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs(), trunk_cache=trunk_dir)
 
 
 @dataclass
@@ -89,11 +94,11 @@ def gatekeepers(models: Sequence[TrainedModel], active_now: Sequence[bool]) -> l
 
 def score_manifest(config: ProjectConfig, project_id: int, number: int, class_names: Sequence[str],
                    active: Sequence[bool], checkpoint: str | None, pool: ImageRefs, shard_size: int,
-                   keepers: Sequence[Gatekeeper], files: RoundFiles) -> ScoreManifest:
+                   keepers: Sequence[Gatekeeper], files: RoundFiles, trunk_dir: str | None = None) -> ScoreManifest:
     """checkpoint None: embed the pool with the model as built from its pretrained weights (a
     typical first batch: no model trained yet, no committee needed)."""
     return ScoreManifest(
         project_id=project_id, round=number, net=model_spec(config, class_names), checkpoint=checkpoint,
         active=[bool(a) for a in active], mc_samples=config.mc_samples if checkpoint is not None else 0,
         seed=round_seed(config.seed, number), shards=pool.chunks(shard_size), gatekeepers=list(keepers),
-        out_dir=str(files.dir))
+        out_dir=str(files.dir), trunk_cache=trunk_dir)

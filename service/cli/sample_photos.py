@@ -1,0 +1,36 @@
+"""`camloop sample-photos`: a folder of colour photos to try camloop on, made from what is installed.
+
+No photo data set can be downloaded where camloop is tried offline, so the photos are
+Fashion-MNIST garments composited at random position, scale and tint onto textured colour
+backgrounds (workers.colour_fashion, the colour benchmark's generator), written as JPEGs in one
+sub-folder per class: a pool for `camloop project create --folder`, or a labeled folder for
+`camloop simulate --folder`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def sample_photos(
+    out: Path = typer.Argument(..., help="folder to write <class>/<class>-<n>.jpg into (created)"),
+    per_class: int = typer.Option(40, help="photos of each of the 10 garment classes"),
+    side: int = typer.Option(128, help="side of the square photos, pixels (32–512)"),
+    seed: int = typer.Option(0, help="the same seed writes the same photos"),
+) -> None:
+    """Write colour sample photos (garments on textured backgrounds) to try camloop with."""
+    from workers.colour_fashion import sample_photos as make
+    from workers.datasets import FASHION_MNIST_ROOT
+
+    try:
+        n = make(out, per_class=per_class, seed=seed, side=side)
+    except FileNotFoundError as e:
+        typer.secho(f"the photos are made from Fashion-MNIST, which is not installed ({e}); install the Debian "
+                    f"package dataset-fashion-mnist (./scripts/setup does) or point CAMLOOP_FASHION_MNIST at its "
+                    f"files (default {FASHION_MNIST_ROOT})", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except ValueError as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {n} colour photos ({per_class} a class, {side} px) in {out}/<class>/")
