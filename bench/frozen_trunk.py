@@ -109,6 +109,9 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=1_000)
     ap.add_argument("--test", type=int, default=2_000)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--full-epochs", type=int, default=None,
+                    help="epochs of the full fine-tuning (default --epochs): fewer, to compare the two at equal "
+                         "accuracy rather than at equal epochs")
     ap.add_argument("--views", type=int, default=DEFAULT_VIEWS)
     ap.add_argument("--mc", type=int, default=8)
     ap.add_argument("--score-batch", type=int, default=256)
@@ -156,7 +159,11 @@ def main(argv=None):
             model = build_model(arch, pool.num_classes, in_channels=3, input_size=args.size, frozen_blocks=frozen,
                                 pretrained=arch != "small-cnn")
             cache = TrunkCache(tmp, model) if use_cache else None
-            r = _round(name, model, pool, train, is_new, val, cfg, args, cache, pool_dig, train_dig, val_dig)
+            run_cfg = cfg
+            if name == "full" and args.full_epochs:
+                run_cfg = TrainConfig(epochs=args.full_epochs, seed=args.seed, patience=args.full_epochs)
+            r = _round(name, model, pool, train, is_new, val, run_cfg, args, cache, pool_dig, train_dig, val_dig)
+            r["epochs"] = run_cfg.epochs
             r["test_accuracy"] = _accuracy(model, test)
             runs.append(r)
             print(json.dumps(r), flush=True)

@@ -120,6 +120,20 @@ def write_digits(root: Path, n: int, sub: str = "pool", seed: int = 0, offset: i
     return out
 
 
+def coloured_squares(labels, side: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (N, side, side, 3): a square in colour channel labels[i] on a colour gradient, at a
+    random place (drawn from `rng`): something a colour model can learn and a Grad-CAM map can find."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    imgs = np.empty((len(labels), side, side, 3), np.uint8)
+    for i, c in enumerate(labels):
+        bg = (np.stack([xx, yy, xx + yy], -1) * rng.uniform(0.5, 2)) % 256
+        y0, x0 = rng.integers(0, side - 20, 2)
+        bg[y0:y0 + 20, x0:x0 + 20] = 0
+        bg[y0:y0 + 20, x0:x0 + 20, c] = 255
+        imgs[i] = bg.astype(np.uint8)
+    return imgs
+
+
 def run_jobs(settings, kinds=("ingest",)) -> None:
     """Drain our queues with a real rq SimpleWorker in this process (burst mode)."""
     from rq import SimpleWorker

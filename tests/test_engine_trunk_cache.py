@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import coloured_squares
 from workers.datasets import Dataset
 from workers.evaluate import predict_probs
 from workers.models import build_model
@@ -24,19 +25,10 @@ S, K, C = 64, 7, 3
 
 
 def _images(n, seed=0):
-    # Coloured squares on a gradient: class = which colour channel the square is drawn in, so
-    # the model has something learnable and the Grad-CAM maps something to find.
+    # Class = which colour channel the square is drawn in.
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:S, 0:S]
-    imgs = np.empty((n, S, S, 3), np.uint8)
     labels = rng.integers(0, C, n)
-    for i in range(n):
-        bg = (np.stack([xx, yy, xx + yy], -1) * rng.uniform(0.5, 2)) % 256
-        y0, x0 = rng.integers(0, S - 20, 2)
-        bg[y0:y0 + 20, x0:x0 + 20] = 0
-        bg[y0:y0 + 20, x0:x0 + 20, labels[i]] = 255
-        imgs[i] = bg.astype(np.uint8)
-    return imgs, labels
+    return coloured_squares(labels, S, rng), labels
 
 
 def _model(seed=0):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import coloured_squares
 from workers import jobs
 from workers.engine import contracts as c
 from workers.engine import plan
@@ -23,18 +24,8 @@ NAMES = ["red", "green", "blue"]
 
 
 def _images(n, seed):
-    """Coloured squares on a gradient; the class is the square's colour channel."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:S, 0:S]
-    imgs = np.empty((n, S, S, 3), np.uint8)
-    labels = np.arange(n) % C
-    for i in range(n):
-        bg = (np.stack([xx, yy, xx + yy], -1) * rng.uniform(0.5, 2)) % 256
-        y0, x0 = rng.integers(0, S - 20, 2)
-        bg[y0:y0 + 20, x0:x0 + 20] = 0
-        bg[y0:y0 + 20, x0:x0 + 20, labels[i]] = 255
-        imgs[i] = bg.astype(np.uint8)
-    return imgs, labels
+    labels = np.arange(n) % C  # the class is the square's colour channel
+    return coloured_squares(labels, S, np.random.default_rng(seed)), labels
 
 
 def _refs(folder: Path, name: str, images, labels, first_id: int) -> c.ImageRefs:
