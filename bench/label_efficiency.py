@@ -244,7 +244,9 @@ def main(argv=None) -> int:
                 runs[name].append(_checked(json.loads(path.read_text()), args, path))
                 continue
             strategy, overrides = VARIANTS[name]
-            overrides = {**_extra(args), **overrides}
+            # Random initial labels unless the variant says otherwise (a project's default, auto,
+            # would pick typical ones for a pretrained model).
+            overrides = {"first_batch": "random", **_extra(args), **overrides}
             # The threshold rule: what these figures were measured with (issue 2), before the
             # evidence rule became the default (issue 15; bench/exclusion_balancing.py compares them).
             exclusion = {"rule": "threshold", "exclude_after": args.exclude_after, "exclude_below": args.exclude_below,

@@ -44,7 +44,7 @@ def _project(c, settings, pool, **cfg) -> int:
 
 def test_round_one_queues_typical_images_of_the_pretrained_embeddings(api, garments):
     c, settings = api
-    pid = _project(c, settings, garments, first_batch="typical")
+    pid = _project(c, settings, garments)  # first_batch left out: auto, so typical for this pretrained model
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     rnd = round_reaches(c, settings, pid, 1, "labeling")
     assert rnd["progress"]["cold_start"] is True and rnd["progress"]["first_batch"] == "typical"
@@ -70,13 +70,15 @@ def test_round_one_queues_typical_images_of_the_pretrained_embeddings(api, garme
     assert knn[[pos[i] for i in batch]].mean() < knn[[pos[i] for i in random_batch]].mean()
 
 
-def test_the_default_and_a_model_without_weights_stay_random(api, garments):
+def test_random_when_asked_and_for_a_model_without_weights(api, garments):
     c, settings = api
-    pid = _project(c, settings, garments)  # first_batch left out: random
+    pid = _project(c, settings, garments, first_batch="random")
     assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     rnd = round_reaches(c, settings, pid, 1, "labeling")
     assert rnd["jobs"] == [] and "first_batch" not in rnd["progress"]
-    assert ProjectConfig(model="efficientnet-lite0", image_size=64, channels=3, first_batch="auto").typical_first_batch()
+    # The default (auto): typical for a model that starts from pretrained weights, random otherwise.
+    assert ProjectConfig().first_batch == "auto" and not ProjectConfig().typical_first_batch()  # small-cnn
+    assert ProjectConfig(model="efficientnet-lite0", image_size=64, channels=3).typical_first_batch()
     assert not ProjectConfig(first_batch="typical").typical_first_batch()  # small-cnn: no pretrained weights
     assert not ProjectConfig(model="efficientnet-lite0", image_size=64, channels=3, pretrained=False,
                              first_batch="auto").typical_first_batch()

@@ -228,6 +228,7 @@ def test_a_round_on_the_colour_photos_trains_the_chosen_pretrained_model(api):
     128 px colour, and queues its batch (12 small photos, 1 epoch: seconds on a CPU)."""
     import json
 
+    from service.core import paths
     from service.store import Job
 
     c, settings = api
@@ -249,9 +250,12 @@ def test_a_round_on_the_colour_photos_trains_the_chosen_pretrained_model(api):
     assert rnd["progress"]["queued"] == FAST["budget"]
     with session_scope(settings) as s:
         man = s.scalar(select(Job.manifest_path).where(Job.project_id == pid, Job.kind == "train"))
-    net = json.loads(open(man).read())["net"]
-    assert {k: net[k] for k in KEYS} == {"model": "efficientnet-lite0", "image_size": 128, "channels": 3,
-                                         "pretrained": True, "frozen_blocks": 7}
+    manifest = json.loads(open(man).read())
+    assert {k: manifest["net"][k] for k in KEYS} == {"model": "efficientnet-lite0", "image_size": 128, "channels": 3,
+                                                     "pretrained": True, "frozen_blocks": 7}
+    # Trained from the project's frozen-trunk cache, which now holds the training images' trunk output.
+    trunk = paths.layout(settings).trunk_dir(pid)
+    assert manifest["trunk_cache"] == str(trunk) and any(trunk.rglob("clean/*.npy"))
 
 
 def test_camloop_project_create_leaves_the_model_to_the_images_and_prints_the_choice(tmp_path, queue_prefix):
