@@ -19,10 +19,15 @@ figures; the summary needs full and cached in the same run).
 Reported: seconds of each round's train and score, the ratio cached / full (the issue's bar:
 ≤ 0.25), test accuracy of each (bar: cached within ±0.5 points of full), the trunk pass, and
 the views (all labeled images' and a round's share: `--budget` new labels × views). torch's
-thread count is fixed by --threads and recorded. Writes JSON to bench/results/.
+thread count is fixed by --threads and recorded. Writes JSON to bench/results/frozen_trunk/.
 
-    nice -n 10 python bench/frozen_trunk.py --pool 10000 --labels 1000 --epochs 10      # the issue's size
-    python bench/frozen_trunk.py --smoke                                                # minutes, for a check
+    python bench/frozen_trunk.py --pool 10000 --labels 500 --budget 100 --epochs 10 --val 1000 --test 2000
+    python bench/frozen_trunk.py ... --full-epochs 3      # full fine-tuning stopped early: equal accuracy
+    python bench/frozen_trunk.py ... --configs cached --k 5 --out bench/results/frozen_trunk/k5_cached.json
+    python bench/frozen_trunk.py --smoke                  # minutes, for a check
+
+The figures in docs/benchmarks.md ("Colour photos") came from these; the runs are in
+bench/results/frozen_trunk/.
 """
 from __future__ import annotations
 
