@@ -205,6 +205,9 @@ def train_round(manifest_path: str) -> dict:
     base = {**m.settings.model_dump(), "device": str(dev)}
 
     is_new = np.asarray(m.is_new, bool)
+    if m.trunk_cache:  # the cache's keys, once: an out-of-memory retry hashes nothing again
+        train_dig = _digests(train.images)
+        evidence_dig = _digests(evidence.images) if evidence is not None else None
 
     def attempt(bs: int):
         torch.manual_seed(m.settings.seed)
@@ -215,10 +218,8 @@ def train_round(manifest_path: str) -> dict:
         if m.trunk_cache:
             from workers.trunk_cache import train_from_cache
 
-            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), train,
-                                           _digests(train.images), is_new, evidence,
-                                           _digests(evidence.images) if evidence is not None else None, active, tc,
-                                           checkpoint_dir=files.resume_dir)
+            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), train, train_dig, is_new,
+                                           evidence, evidence_dig, active, tc, checkpoint_dir=files.resume_dir)
         return model, train_model(model, train, is_new, evidence, active, tc, checkpoint_dir=files.resume_dir)
 
     (model, res), bs, splits = split_on_oom(attempt, m.settings.batch_size,
@@ -229,6 +230,7 @@ def train_round(manifest_path: str) -> dict:
                          "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
                          "batch_size": bs, "oom_splits": splits},
                "active": list(m.active), "evidence_source": m.evidence_source}
+
     def predict(images, b: int):
         if m.trunk_cache:  # the frozen blocks' output from the cache: each image's trunk pass once
             from workers.trunk_cache import predict_from_cache
