@@ -9,6 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY engine ./engine
 COPY workers ./workers
 COPY strategies ./strategies
 RUN pip install . && camloop --help >/dev/null

@@ -72,7 +72,7 @@ def _take(labels: np.ndarray, per_class: dict[int, int], rng: np.random.Generato
 def make_protocol(name: str, seed: int, pool: int, val_per_class: int, test_per_class: int,
                   ratio: float = 20.0, fashion_root=None):
     """(pool, val, test) Datasets of protocol `name` (see the module docstring)."""
-    from workers.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, Dataset, load_fashion_mnist
+    from engine.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, Dataset, load_fashion_mnist
 
     train, test = load_fashion_mnist(fashion_root or os.environ.get("CAMLOOP_FASHION_MNIST", FASHION_MNIST_ROOT))
     rng = np.random.default_rng([15, seed])
@@ -111,7 +111,7 @@ def make_protocol(name: str, seed: int, pool: int, val_per_class: int, test_per_
 
 
 def _shuffled(src, idx, rng, names):
-    from workers.datasets import Dataset
+    from engine.datasets import Dataset
 
     idx = idx[rng.permutation(idx.size)]
     return Dataset(src.images[idx], src.labels[idx], list(names))
@@ -127,8 +127,8 @@ def real_class_accuracy(record: dict) -> float:
 def run_one(protocol: str, variant: str, seed: int, args) -> dict:
     import torch
 
-    from workers import datasets
-    from workers.engine.config import SimulationConfig
+    from engine import datasets
+    from engine.config import SimulationConfig
     from workers.simulate import run_simulation
 
     key = f"issue15-{protocol}-{seed}"

@@ -30,7 +30,7 @@ def run(reserve: int, args) -> dict:
     from service.demo.run import DemoOptions, export_images
     from service.runtime.embedded import EmbeddedStack
     from service.settings import Settings
-    from workers.engine.decisions import initial_labeled
+    from engine.decisions import initial_labeled
 
     with tempfile.TemporaryDirectory(prefix="camloop-idle-") as tmp:
         opts = DemoOptions(dataset=args.dataset, pool=args.pool, initial=args.initial, data_dir=Path(tmp))

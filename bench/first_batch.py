@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from strategies.typical import typical_first_batch  # noqa: E402
-from workers.colour_fashion import load_fashion_colour  # noqa: E402
+from engine.colour_fashion import load_fashion_colour  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.trunk_cache import TrunkCache, image_digest  # noqa: E402
 

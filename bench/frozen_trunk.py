@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.colour_fashion import load_fashion_colour  # noqa: E402
+from engine.colour_fashion import load_fashion_colour  # noqa: E402
 from workers.evaluate import predict_probs  # noqa: E402
 from workers.models import build_model  # noqa: E402
 from workers.scoring import score_images  # noqa: E402
@@ -134,7 +134,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    from workers.model_specs import get_spec
+    from engine.model_specs import get_spec
     k = args.k if args.k is not None else get_spec(args.model).default_frozen_blocks
     t = time.perf_counter()
     pool, val, test = load_fashion_colour(args.seed, pool=args.pool, val=args.val, test=args.test)

@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     if args.reference:
         _reference(args)
         return 0
-    from workers.engine.config import SimulationConfig
+    from engine.config import SimulationConfig
     from workers.simulate import run_simulation
 
     run_dir = args.out_dir / "runs"
@@ -311,7 +311,7 @@ def _load_runs(run_dir: Path, args) -> dict[str, list[dict]]:
 def _reference(args) -> None:
     """Train once on random label sets of the given sizes (the first round with initial=N),
     test accuracy of each; 'all' = the whole pool, i.e. the model's ceiling under these settings."""
-    from workers.engine.config import SimulationConfig
+    from engine.config import SimulationConfig
     from workers.simulate import run_simulation
 
     path = args.out_dir / "reference.json"

@@ -400,7 +400,7 @@ def load(args) -> dict:
             env["DATABASE_URL"] = url
         from PIL import Image
 
-        from workers.datasets import load_digits
+        from engine.datasets import load_digits
 
         d = load_digits()
         (tmp / "pool").mkdir()

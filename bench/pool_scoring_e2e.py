@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 def _images(n: int, size: int, channels: int) -> np.ndarray:
     """Fashion-MNIST test images when they fit the request (real pictures compress and decode like
     real data), else smooth random images of the asked size."""
-    from workers.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
+    from engine.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
 
     if size == 28 and channels == 1 and Path(FASHION_MNIST_ROOT).is_dir():
         _, test = load_fashion_mnist()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.datasets import Dataset
+from engine.datasets import Dataset
 from workers.models import build_model
 from workers.preprocess import to_model_input
 from workers.train import TrainConfig, train_model

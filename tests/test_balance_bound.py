@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from workers.engine.config import ProjectConfig
+from engine.config import ProjectConfig
 from workers.train import build_training_indices
 
 
@@ -22,8 +22,8 @@ def test_balance_config_keys_are_strict():
 
 
 def test_the_train_manifest_carries_the_balance_settings(tmp_path):
-    from workers.engine import plan
-    from workers.engine.contracts import ImageRefs, RoundFiles, TrainSettings
+    from engine import plan
+    from engine.contracts import ImageRefs, RoundFiles, TrainSettings
 
     split = plan.TrainingSplit(ImageRefs(), ImageRefs(), "none")
     for cfg in (ProjectConfig(), ProjectConfig(balance_to="median", balance_max_repeats=9)):

@@ -1,12 +1,12 @@
-"""workers.colour_fashion: the offline colour benchmark is seeded, sized, coloured, and exports
+"""engine.colour_fashion: the offline colour benchmark is seeded, sized, coloured, and exports
 as a folder that the folder loader reads back."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from workers.colour_fashion import export_folder, load_fashion_colour, make_fashion_colour
-from workers.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, load_image_folder, load_named
+from engine.colour_fashion import export_folder, load_fashion_colour, make_fashion_colour
+from engine.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, load_image_folder, load_named
 
 
 @pytest.fixture(scope="module")

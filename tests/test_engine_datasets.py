@@ -1,11 +1,11 @@
-"""workers.datasets: the real Fashion-MNIST files, sklearn digits, folders with bad files."""
+"""engine.datasets: the real Fashion-MNIST files, sklearn digits, folders with bad files."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from workers.datasets import (
+from engine.datasets import (
     FASHION_MNIST_CLASSES, Dataset, load_digits, load_fashion_mnist, load_image_folder,
     load_named, split_indices, validate_class_names,
 )

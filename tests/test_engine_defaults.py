@@ -1,4 +1,4 @@
-"""workers.defaults: statistics of real image files and the model a practitioner would pick."""
+"""engine.model_choice: statistics of real image files and the model a practitioner would pick."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.defaults import ImageStats, apply_overrides, choose_defaults, folder_image_paths, image_stats
+from engine.model_choice import ImageStats, apply_overrides, choose_defaults, folder_image_paths, image_stats
 
 
 def _photo(rng, w, h):
@@ -107,7 +107,7 @@ def test_overrides_keep_a_buildable_config():
 
 def test_defaults_import_without_torch(tmp_path):
     _write(tmp_path, 2, "colour-jpeg", (64, 64))
-    code = ("import sys; from workers.defaults import image_stats, choose_defaults, folder_image_paths; "
+    code = ("import sys; from engine.model_choice import image_stats, choose_defaults, folder_image_paths; "
             f"choose_defaults(image_stats(folder_image_paths({str(tmp_path)!r})), cuda=False); "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

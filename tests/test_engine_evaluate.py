@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from workers.datasets import Dataset
+from engine.datasets import Dataset
 from workers.evaluate import evaluate, expected_calibration_error, metrics_from_predictions, predict_probs
 from workers.models import build_model
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.colour_fashion import export_folder, load_fashion_colour
-from workers.datasets import load_image_folder
+from engine.colour_fashion import export_folder, load_fashion_colour
+from engine.datasets import load_image_folder
 from workers.freeze_report import freeze_report, recommend_depth
-from workers.model_specs import get_spec
+from engine.model_specs import get_spec
 from workers.models import build_model
 
 

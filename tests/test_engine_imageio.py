@@ -1,4 +1,4 @@
-"""workers.imageio: every image mode and every way a file can be bad, one test each."""
+"""engine.imageio: every image mode and every way a file can be bad, one test each."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.imageio import BadImage, decode_image, safe_path
+from engine.imageio import BadImage, decode_image, safe_path
 
 
 def _png(img: Image.Image, fmt="PNG") -> bytes:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.model_specs import MODEL_SPECS, check_model_config, get_spec, models_with_weights, weights_path
+from engine.model_specs import MODEL_SPECS, check_model_config, get_spec, models_with_weights, weights_path
 from workers.models import (MODELS, CamNet, SharedSEStage, SqueezeExcite, available_models, build_model,
                             efficientnet_lite0_weights_path, per_block_gradcam)
 
@@ -84,7 +84,7 @@ def test_model_specs_import_without_torch():
     # The API process validates configs with this module and must never import torch.
     import subprocess
     import sys
-    code = ("import sys, workers.model_specs as s; s.models_with_weights(); s.check_model_config('small-cnn', None, 28, 1, 0); "
+    code = ("import sys, engine.model_specs as s; s.models_with_weights(); s.check_model_config('small-cnn', None, 28, 1, 0); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

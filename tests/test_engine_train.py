@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.datasets import Dataset
+from engine.datasets import Dataset
 from workers.models import build_model
 from workers.train import TrainConfig, augment_batch, build_training_indices, repeat_flags, train_model
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import coloured_squares
-from workers.datasets import Dataset
+from engine.datasets import Dataset
 from workers.evaluate import predict_probs
 from workers.models import build_model
 from workers.preprocess import to_model_input

@@ -1,5 +1,5 @@
 """Issue 15: the evidence-based exclusion rule (strategies.exclusion.EvidenceRule, through
-workers.engine.decisions.decide_exclusion), the old threshold rule's float fix, and excluded
+engine.decisions.decide_exclusion), the old threshold rule's float fix, and excluded
 classes kept out of the queue (bounded balancing: tests/test_balance_bound.py)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from strategies.exclusion import EvidenceRule, ExclusionRule, binomial_variance, weighted_slope, wilson_interval
-from workers.engine.config import ExclusionConfig, ProjectConfig
-from workers.engine.decisions import Evidence, decide_exclusion
+from engine.config import ExclusionConfig, ProjectConfig
+from engine.decisions import Evidence, decide_exclusion
 
 Z95 = 1.959963984540054  # two-sided 95 %
 Z90 = 1.6448536269514722  # two-sided 90 %
@@ -250,9 +250,9 @@ def test_images_a_gatekeeper_recognises_as_an_excluded_class_never_reach_the_que
     the images a model that still knew the excluded class predicts as it (`gated`, workers.jobs),
     and selection keeps them out even when they rank first — they fit no active class, so an
     uncertainty ranking favours them."""
-    from workers.engine import contracts as c
-    from workers.engine import plan
-    from workers.engine.selection import select_from_scores
+    from engine import contracts as c
+    from engine import plan
+    from engine.selection import select_from_scores
 
     names = ["a", "b", "hopeless"]
     cfg = ExclusionConfig(enabled=True, exclude_after=2, patience=2)

@@ -431,7 +431,7 @@ def test_out_of_memory_split_scores_equal_a_run_at_the_batch_that_fits(tmp_path,
 
     import workers.jobs as jobs
     from tests.worker_proc import register_oom_model
-    from workers.engine import contracts as c
+    from engine import contracts as c
     from workers.models import build_model
     from workers.scoring import score_images
 

@@ -13,10 +13,10 @@ from PIL import Image
 from service.core import paths
 from strategies.typical import typical_first_batch
 from tests.conftest import round_reaches, run_jobs
-from workers.colour_fashion import load_fashion_colour
-from workers.engine.config import ProjectConfig
-from workers.engine.decisions import cold_start_order, round_seed
-from workers.engine.contracts import SCORE_EMBEDDING, SCORE_ITEM_IDS
+from engine.colour_fashion import load_fashion_colour
+from engine.config import ProjectConfig
+from engine.decisions import cold_start_order, round_seed
+from engine.contracts import SCORE_EMBEDDING, SCORE_ITEM_IDS
 
 BUDGET = 8
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import ENGINEER_KEY, make_settings, run_jobs
-from workers.colour_fashion import load_fashion_colour
-from workers.model_specs import get_spec
+from engine.colour_fashion import load_fashion_colour
+from engine.model_specs import get_spec
 
 
 def test_freeze_report_from_the_cli_and_the_api(tmp_path, pg_url, queue_prefix):

@@ -15,7 +15,7 @@ import redis
 
 from service.runtime import jobqueue
 from service.settings import Settings
-from workers.engine import contracts as c
+from engine import contracts as c
 from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker,
                                unique_prefix, wait_for, worker_env, write_pngs)
 

@@ -172,7 +172,7 @@ def test_a_config_that_sets_every_model_key_is_left_as_it_is(api):
 
 
 def test_pretrained_weights_not_installed_are_a_422_naming_what_is_available(api):
-    from workers.model_specs import models_with_weights
+    from engine.model_specs import models_with_weights
 
     c, settings = api
     have = models_with_weights()
@@ -211,8 +211,8 @@ def test_a_config_key_the_chosen_model_cannot_take_is_a_422_at_registration(api)
 def test_the_device_setting_decides_between_the_gpu_and_the_cpu_choice(device, model, tmp_path):
     from service.core.model_choice import cuda_from_settings
     from service.settings import Settings
-    from workers.defaults import choose_defaults, image_stats, folder_image_paths
-    from workers.model_specs import weights_installed
+    from engine.model_choice import choose_defaults, image_stats, folder_image_paths
+    from engine.model_specs import weights_installed
 
     assert weights_installed(model)  # pyproject pins Lite0-2's weight packages: the choice is never a model without them
     _colour_jpegs(tmp_path, "big", n=3, size=(320, 250))

@@ -95,7 +95,7 @@ def test_every_route_is_in_the_api_table():
 
 
 def test_every_setting_and_project_config_key_is_documented():
-    from workers.engine.config import ProjectConfig
+    from engine.config import ProjectConfig
 
     config = README[README.index("## Configuration"):README.index("## Production")]
     for name, field in Settings.model_fields.items():

@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from service.cli import app
-from workers.datasets import FASHION_MNIST_CLASSES
-from workers.defaults import choose_defaults, image_stats
+from engine.datasets import FASHION_MNIST_CLASSES
+from engine.model_choice import choose_defaults, image_stats
 
 runner = CliRunner()
 

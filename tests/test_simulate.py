@@ -2,7 +2,7 @@
 code in one process (a few epochs: seconds on 2 cores)."""
 import numpy as np
 
-from workers.engine.config import SimulationConfig
+from engine.config import SimulationConfig
 from workers.simulate import run_simulation
 
 

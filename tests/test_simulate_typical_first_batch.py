@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from strategies.typical import typical_first_batch
-from workers.colour_fashion import sample_photos
-from workers.engine.config import SimulationConfig
-from workers.engine.decisions import initial_labeled, round_seed
+from engine.colour_fashion import sample_photos
+from engine.config import SimulationConfig
+from engine.decisions import initial_labeled, round_seed
 from workers.models import build_model
 from workers.scoring import score_images
 from workers.simulate import load_data, run_simulation

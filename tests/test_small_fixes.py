@@ -121,7 +121,7 @@ def _png(img: np.ndarray, rows_kept: float = 1.0, interlaced: bool = False) -> b
     holds only `rows_kept` of the filtered scanlines (a writer that stopped, then closed well)."""
     h, w = img.shape
     if interlaced:
-        from workers.imageio import _ADAM7
+        from engine.imageio import _ADAM7
         passes = [img[y0::dy, x0::dx] for x0, y0, dx, dy in _ADAM7]
         raw = b"".join(b"\x00" + row.tobytes() for p in passes if p.size for row in p)
     else:
@@ -132,7 +132,7 @@ def _png(img: np.ndarray, rows_kept: float = 1.0, interlaced: bool = False) -> b
 
 
 def test_a_png_whose_pixel_data_stops_halfway_is_quarantined(api):
-    from workers.imageio import BadImage, decode_image
+    from engine.imageio import BadImage, decode_image
 
     img = (np.arange(40 * 30) % 251 + 1).astype(np.uint8).reshape(30, 40)  # no black pixel anywhere
     half = _png(img, 0.5)
@@ -168,11 +168,11 @@ def test_a_png_whose_pixel_data_stops_halfway_is_quarantined(api):
 # ------------------------------------------------------------------ the exclusion reason's rounds
 
 def test_the_exclusion_reason_names_the_rounds_it_read():
-    """What the engine writes into the class's reason (workers/engine/decisions.py): round 1 was a
+    """What the engine writes into the class's reason (engine/decisions.py): round 1 was a
     cold start (no model, no evidence), rounds 2-4 were evaluated; the reason used to say
     "rounds 0-2", positions in the rule's window."""
-    from workers.engine.config import ExclusionConfig
-    from workers.engine.decisions import Evidence, decide_exclusion
+    from engine.config import ExclusionConfig
+    from engine.decisions import Evidence, decide_exclusion
 
     cfg = ExclusionConfig(enabled=True, rule="threshold", exclude_after=2, patience=2, exclude_below=0.5, min_gain=0.01)
     status = {"a": "active", "b": "active", "c": "active"}

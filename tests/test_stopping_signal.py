@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from tests.conftest import label_queue, round_reaches, write_digits
-from workers.engine.config import SimulationConfig, StoppingConfig
-from workers.engine.decisions import stop_set_positions, stopping_signal
+from engine.config import SimulationConfig, StoppingConfig
+from engine.decisions import stop_set_positions, stopping_signal
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -311,7 +311,7 @@ def test_register_bulk_inserts_items_labels_shards_and_ingest_manifests(tmp_path
 def test_selection_reading_only_candidate_embeddings_equals_select_on_the_whole_pool(seed):
     """select_rows hands strategies.select only the rows it can reach (and loads only their
     embeddings); the batch must be the one select picks with every row and every embedding."""
-    from workers.engine.selection import select_rows
+    from engine.selection import select_rows
     from strategies.budget import allocate_budget, class_need
     from strategies.registry import get_strategy
     from strategies.selection import select
@@ -348,7 +348,7 @@ def test_selection_reading_only_candidate_embeddings_equals_select_on_the_whole_
 def test_score_shards_are_read_in_place_exactly(tmp_path):
     """ScoreFile (mmap of np.savez's stored members) returns what np.load does, for every
     dtype/shape a score shard has, empty members included; a compressed file falls back."""
-    from workers.engine.scorefiles import ScoreFile
+    from engine.scorefiles import ScoreFile
 
     rng = np.random.default_rng(0)
     arrays = {"item_ids": np.arange(5, 50, dtype=np.int64), "pred": rng.integers(0, 9, 45),

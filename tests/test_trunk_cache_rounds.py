@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import coloured_squares
 from workers import jobs
-from workers.engine import contracts as c
-from workers.engine import plan
-from workers.engine.config import ProjectConfig
+from engine import contracts as c
+from engine import plan
+from engine.config import ProjectConfig
 
 S, C, N_POOL, N_VAL = 64, 3, 48, 12
 NAMES = ["red", "green", "blue"]

@@ -18,9 +18,9 @@ from service.labelstudio.ledger import annotations
 from service.store import Item, ModelVersion, QueueEntry, Round, utcnow
 from service.store.db import session_scope
 from tests.conftest import label_queue, round_reaches, write_digits
-from workers.engine import contracts as c
-from workers.engine.decisions import evidence_accuracy, evidence_of
-from workers.engine.selection import select_from_scores
+from engine import contracts as c
+from engine.decisions import evidence_accuracy, evidence_of
+from engine.selection import select_from_scores
 
 CLASSES = [str(i) for i in range(10)]
 

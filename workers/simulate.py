@@ -1,8 +1,8 @@
 """`camloop simulate`: the service's rounds in one process, the ground truth as the expert.
 
 Not a second implementation of a round: each round writes the same manifests the service
-writes (workers.engine.plan), runs the same job functions in-process (workers.jobs.train_round,
-score_shard), and decides with the same code (workers.engine.decisions, .selection). What
+writes (engine.plan), runs the same job functions in-process (workers.jobs.train_round,
+score_shard), and decides with the same code (engine.decisions, .selection). What
 differs is only where facts come from: arrays instead of the store, and the oracle's labels
 instead of experts'. So a simulation's figures are the service's figures.
 
@@ -24,12 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from workers.engine import contracts as c
-from workers.engine import plan
-from workers.engine.config import SimulationConfig
-from workers.engine.decisions import (decide_exclusion, evidence_accuracy, evidence_of, initial_labeled,
+from engine import contracts as c
+from engine import plan
+from engine.config import SimulationConfig
+from engine.decisions import (decide_exclusion, evidence_accuracy, evidence_of, initial_labeled,
                                       stop_set_positions, stopping_signal)
-from workers.engine.selection import select_from_scores, typical_from_scores
+from engine.selection import select_from_scores, typical_from_scores
 
 log = logging.getLogger("camloop.simulate")
 
@@ -59,7 +59,7 @@ def _stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> 
 
 
 def load_data(config: SimulationConfig) -> SimData:
-    from workers.datasets import load_folder_splits, load_named
+    from engine.datasets import load_folder_splits, load_named
 
     if config.folder is not None:
         pool, val, test, uris = load_folder_splits(config.folder, config.image_size, config.channels, seed=config.seed)

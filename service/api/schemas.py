@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from workers.engine.config import ProjectConfig
+from engine.config import ProjectConfig
 
 MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]

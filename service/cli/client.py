@@ -52,7 +52,7 @@ def project_create(
     name: str = typer.Argument(..., help="project name"),
     classes: str = typer.Option(..., help="class names, comma separated (head order)"),
     folder: str | None = typer.Option(None, help="register this folder (relative to the server's data root) as the pool"),
-    model: str | None = typer.Option(None, help="backbone name (workers.model_specs); default: chosen from the images"),
+    model: str | None = typer.Option(None, help="backbone name (engine.model_specs); default: chosen from the images"),
     image_size: int | None = typer.Option(None, help="side the images are decoded to; default: chosen from the images"),
     channels: int | None = typer.Option(None, help="1 (grey) or 3 (RGB); default: chosen from the images"),
     strategy: str = typer.Option("hybrid", help="selection strategy (strategies.registry)"),

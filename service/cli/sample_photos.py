@@ -2,7 +2,7 @@
 
 No photo data set can be downloaded where camloop is tried offline, so the photos are
 Fashion-MNIST garments composited at random position, scale and tint onto textured colour
-backgrounds (workers.colour_fashion, the colour benchmark's generator), written as JPEGs in one
+backgrounds (engine.colour_fashion, the colour benchmark's generator), written as JPEGs in one
 sub-folder per class: a pool for `camloop project create --folder`, or a labeled folder for
 `camloop simulate --folder`.
 """
@@ -20,8 +20,8 @@ def sample_photos(
     seed: int = typer.Option(0, help="the same seed writes the same photos"),
 ) -> None:
     """Write colour sample photos (garments on textured backgrounds) to try camloop with."""
-    from workers.colour_fashion import sample_photos as make
-    from workers.datasets import FASHION_MNIST_ROOT
+    from engine.colour_fashion import sample_photos as make
+    from engine.datasets import FASHION_MNIST_ROOT
 
     try:
         n = make(out, per_class=per_class, seed=seed, side=side)

@@ -20,8 +20,8 @@ from rich.table import Table
 
 from strategies.registry import STRATEGIES
 from service.cli.options import json_object
-from workers.engine.config import ExclusionConfig, SimulationConfig, merge_config
-from workers.model_specs import model_names
+from engine.config import ExclusionConfig, SimulationConfig, merge_config
+from engine.model_specs import model_names
 
 STRATEGY_NAMES = list(STRATEGIES)
 _F = SimulationConfig.model_fields  # the one source of defaults (ProjectConfig's, and the run's)

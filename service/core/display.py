@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from service.core.heatmaps import display_scale, enlarge, png_bytes
-from workers.imageio import BadImage, decode_image
+from engine.imageio import BadImage, decode_image
 
 # Formats every browser decodes; anything else (TIFF, 16-bit scans, BMP, …) is re-encoded as PNG.
 BROWSER_FORMATS = frozenset({"PNG", "JPEG", "GIF", "WEBP"})

@@ -21,9 +21,9 @@ from service.rounds import inputs, jobs
 from service.runtime import jobqueue
 from service.settings import Settings
 from service.store import Job, Project
-from workers.engine import contracts as c
-from workers.engine.plan import model_spec
-from workers.model_specs import no_weights_message, weights_installed
+from engine import contracts as c
+from engine.plan import model_spec
+from engine.model_specs import no_weights_message, weights_installed
 
 MAX_IMAGES = 32  # images whose per-block maps are read (workers.freeze_report: a few dozen settle the rates)
 

@@ -20,9 +20,9 @@ from service.core.heatmaps import overlay_png
 from service.settings import Settings
 from service.core.signing import UnsafePath, safe_join
 from service.store import Item, Round
-from workers.engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
-from workers.engine.scorefiles import ScoreFile
-from workers.imageio import letterbox_geometry
+from engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
+from engine.scorefiles import ScoreFile
+from engine.imageio import letterbox_geometry
 
 log = logging.getLogger("camloop.heatmaps")
 

@@ -12,15 +12,15 @@ from service.core import model_choice, paths
 from service.errors import BadRequest, NotFound, Unprocessable
 from service.settings import Settings
 from service.store import ITEM_SPLITS, Item, Job, Label, Project, utcnow
-from workers.engine.config import ProjectConfig
-from workers.engine.contracts import IngestManifest, IngestResult, read_manifest, write_manifest
+from engine.config import ProjectConfig
+from engine.contracts import IngestManifest, IngestResult, read_manifest, write_manifest
 
 INGEST_CHUNK = 1024  # images per cache shard: one ingest job each
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _safe(root: Path, rel: str) -> Path:
-    from workers.imageio import safe_path  # pure-python helper (no torch): imageio imports Pillow only
+    from engine.imageio import safe_path  # pure-python helper (no torch): imageio imports Pillow only
 
     try:
         return safe_path(root, rel)
@@ -31,11 +31,11 @@ def _safe(root: Path, rel: str) -> Path:
 
 
 def _leaves_root(root: Path, rel: str) -> bool:
-    """Whether `rel` resolves outside `root`, by ingest's own rule (workers.imageio.safe_path).
+    """Whether `rel` resolves outside `root`, by ingest's own rule (engine.imageio.safe_path).
 
     register() asks only for symlinks: explicit entries were resolved by _safe already, and the
     folder listing does not descend symlinked folders, so only a listed file can be a link out."""
-    from workers.imageio import safe_path
+    from engine.imageio import safe_path
 
     try:
         safe_path(root, rel)

@@ -107,12 +107,12 @@ def project_metrics(s: Session, project: Project) -> dict:
 
 def stopping_of(s: Session, project: Project, versions: list[ModelVersion] | None = None,
                 labeled_now: int | None = None) -> dict:
-    """The stopping signal (workers.engine.decisions.stopping_signal) over the project's trained
+    """The stopping signal (engine.decisions.stopping_signal) over the project's trained
     models: kappa on the stop set, the evidence accuracy's plateau, the label budget."""
     from pydantic import ValidationError
 
-    from workers.engine.config import StoppingConfig
-    from workers.engine.decisions import stopping_signal
+    from engine.config import StoppingConfig
+    from engine.decisions import stopping_signal
 
     cfg = project.config or {}
     try:

@@ -1,7 +1,7 @@
 """The model settings a project gets from its images, and what the project shows about them.
 
 A project's config may leave any of the model keys (`MODEL_KEYS`) unset. Those are chosen when
-the project's first images are registered: `workers.defaults` looks at a sample of them (sizes,
+the project's first images are registered: `engine.model_choice` looks at a sample of them (sizes,
 colour) and picks model, input size, channels, pretrained and frozen blocks the way a
 practitioner would; the keys the config did set are kept, and `apply_overrides` fills the others
 from the model the project ends up with. The choice is written into the project's config before
@@ -56,7 +56,7 @@ def choose_from_images(settings: Settings, project: Project, files: list[Path]) 
     """Fill the project's pending model keys from `files` (the first registered images) and
     record the choice; raises Unprocessable when the chosen model cannot meet what the config
     set (e.g. `frozen_blocks` set while the images call for the small CNN)."""
-    from workers.defaults import apply_overrides, choose_defaults, image_stats
+    from engine.model_choice import apply_overrides, choose_defaults, image_stats
 
     auto = pending(project)
     if not auto or not files:

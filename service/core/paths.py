@@ -1,10 +1,10 @@
-"""Where a project's artifacts live, for this installation (the layout is workers.engine.contracts')."""
+"""Where a project's artifacts live, for this installation (the layout is engine.contracts')."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from service.settings import Settings
-from workers.engine.contracts import Layout, RoundFiles
+from engine.contracts import Layout, RoundFiles
 
 
 def layout(settings: Settings) -> Layout:

@@ -13,7 +13,7 @@ from service.core import model_choice
 from service.errors import Conflict, NotFound, Unprocessable
 from service.settings import Settings
 from service.store import Item, Project, ProjectClass, Round, utcnow
-from workers.engine.config import DECODE_KEYS, ProjectConfig, merge_config
+from engine.config import DECODE_KEYS, ProjectConfig, merge_config
 
 log = logging.getLogger("camloop.projects")
 

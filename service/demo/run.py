@@ -26,8 +26,8 @@ from rich.text import Text
 from service.runtime.embedded import EmbeddedStack
 from service.demo.report import Overlay, ReportInput, write_report
 from service.settings import Settings
-from workers.engine.config import ProjectConfig, merge_config
-from workers.engine.decisions import initial_labeled
+from engine.config import ProjectConfig, merge_config
+from engine.decisions import initial_labeled
 
 log = logging.getLogger("camloop.demo")
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -104,7 +104,7 @@ def export_root(opts: DemoOptions, name: str) -> Path:
 def export_images(opts: DemoOptions) -> DemoData:
     """Write PNGs under <data_dir>/images/<dataset>/<split>/<class>/; files already there are kept."""
     # The demo prepares data in the CLI process; the API itself never imports torch for a request.
-    from workers.datasets import load_named
+    from engine.datasets import load_named
 
     name = choose_dataset(opts.dataset)
     pool, val, test = load_named(name, seed=opts.seed)
@@ -357,7 +357,7 @@ class DemoRun:
 def validate(opts: DemoOptions) -> None:
     """Refuse bad options before minutes of work, with the choices in the message."""
     from strategies.registry import STRATEGIES
-    from workers.models import available_models
+    from engine.model_specs import model_names as available_models
 
     if opts.strategy not in STRATEGIES:
         raise DemoError(f"unknown strategy {opts.strategy!r}; choose one of {', '.join(STRATEGIES)}")

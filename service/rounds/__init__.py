@@ -1,7 +1,7 @@
 """The round engine on the service side.
 
     state.py       the states, the allowed transitions (one table), compare-and-set
-    handlers.py    one handler per state: the store's facts in, workers.engine's decisions out
+    handlers.py    one handler per state: the store's facts in, engine's decisions out
     inputs.py      what the engine needs from the store, as the engine's types
     jobs.py        the jobs of a round: deterministic RQ ids, (re-)enqueueing, state
     lifecycle.py   start (idempotent), retry, close

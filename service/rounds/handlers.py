@@ -1,6 +1,6 @@
 """One handler per round state: look at the facts (store, files, RQ), take at most the
 transitions they allow. What a round decides (training set, evidence, exclusion, selection) is
-workers.engine's — the same code `camloop simulate` runs; this module only feeds it the
+engine's — the same code `camloop simulate` runs; this module only feeds it the
 store's facts and writes its answers back.
 
 Every transition goes through state.cas, and its side effects are written only by the caller
@@ -23,11 +23,11 @@ from service.rounds.lifecycle import close, open_batch, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
 from service.store import Item, Job, ModelVersion, Project, QueueEntry, Round, utcnow
-from workers.engine import contracts as c
-from workers.engine import plan
-from workers.engine.config import ProjectConfig
-from workers.engine.decisions import decide_exclusion, evidence_accuracy, evidence_of
-from workers.engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
+from engine import contracts as c
+from engine import plan
+from engine.config import ProjectConfig
+from engine.decisions import decide_exclusion, evidence_accuracy, evidence_of
+from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
 
 S = RoundState
 
@@ -266,7 +266,7 @@ def _no_longer_candidates(x: Ctx) -> np.ndarray:
 
 
 def select_batch(x: Ctx) -> Selection:
-    """The round's batch and reserve, in priority order (workers.engine.selection)."""
+    """The round's batch and reserve, in priority order (engine.selection)."""
     cfg = x.config
     progress = x.rnd.progress or {}
     if progress.get("cold_start") and progress.get("first_batch") == "typical":

@@ -55,7 +55,7 @@ def _call(fn, *args) -> None:
 
 def wrong_region_source(fn: WrongRegionSource) -> WrongRegionSource:
     """fn(session, project) → {guessed class: (flagged, reviewed)}: read when a round shares its
-    budget between classes (workers.engine.decisions.class_quota), so a class whose guesses the
+    budget between classes (engine.decisions.class_quota), so a class whose guesses the
     experts often flag gets more of the batch."""
     if fn not in _wrong_region:
         _wrong_region.append(fn)

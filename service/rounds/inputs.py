@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 from service.core import paths
 from service.settings import Settings
 from service.store import Item, ModelVersion, Project, ProjectClass
-from workers.engine.config import ProjectConfig
-from workers.engine.contracts import ImageRefs, TrainManifest, read_manifest
-from workers.engine.decisions import Evidence, evidence_of, stop_set_positions
-from workers.engine.plan import TrainedModel
+from engine.config import ProjectConfig
+from engine.contracts import ImageRefs, TrainManifest, read_manifest
+from engine.decisions import Evidence, evidence_of, stop_set_positions
+from engine.plan import TrainedModel
 
 _REF_COLS = (Item.id, Item.cache_shard, Item.cache_index, Item.label)
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.runtime import jobqueue
 from service.settings import Settings
 from service.store import Job, Round, utcnow
-from workers.engine import contracts as c
+from engine import contracts as c
 
 _MANIFEST_MODELS = {"ingest": c.IngestManifest, "train": c.TrainManifest, "score": c.ScoreManifest,
                     "freeze": c.FreezeReportManifest}

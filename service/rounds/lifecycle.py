@@ -10,7 +10,7 @@ from service.errors import Conflict, NotFound, Unprocessable
 from service.rounds.state import WORKING_STATES, RoundState, cas
 from service.settings import Settings
 from service.store import Item, Project, QueueEntry, Round, utcnow
-from workers.engine.config import ProjectConfig
+from engine.config import ProjectConfig
 
 
 def get_round(s: Session, pid: int, number: int) -> Round:

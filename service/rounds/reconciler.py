@@ -28,7 +28,7 @@ from service.runtime.failure_log import FailureStreak
 from service.settings import Settings
 from service.store import Job, Round
 from service.store.db import is_conflict, is_unavailable, session_scope
-from workers.engine.config import ProjectConfig
+from engine.config import ProjectConfig
 
 log = logging.getLogger("camloop.rounds")
 

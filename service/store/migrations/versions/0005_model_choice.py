@@ -6,7 +6,7 @@ Create Date: 2026-12-02 08:00:00
 
 - projects.model_choice (JSON, nullable): which of the model keys (model, image_size, channels,
   pretrained, frozen_blocks) the project's config left to camloop ("auto"), and once the first
-  images are registered, what was chosen from them and why (workers.defaults). It cannot live in
+  images are registered, what was chosen from them and why (engine.model_choice). It cannot live in
   projects.config: that column holds exactly a valid ProjectConfig (strict, no unknown keys).
   Projects stored before this revision get NULL: every setting stays as their config says.
 """

@@ -2,7 +2,7 @@
 
 The callers only say which images are where (ImageRefs from the store, or from arrays); what
 trains, what is new, what is held out as evidence, the seeds, the batch size and the
-gatekeepers are decided here (with workers.engine.decisions).
+gatekeepers are decided here (with engine.decisions).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.engine.config import ProjectConfig
-from workers.engine.contracts import (Gatekeeper, ImageRefs, Layout, ModelSpec, RoundFiles, ScoreManifest,
+from engine.config import ProjectConfig
+from engine.contracts import (Gatekeeper, ImageRefs, Layout, ModelSpec, RoundFiles, ScoreManifest,
                                       TrainManifest, TrainSettings)
-from workers.engine.decisions import holdout_mask, new_label_mask, round_seed, train_batch_size
+from engine.decisions import holdout_mask, new_label_mask, round_seed, train_batch_size
 
 
 def model_spec(config: ProjectConfig, class_names: Sequence[str]) -> ModelSpec:

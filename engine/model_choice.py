@@ -29,8 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from workers.datasets import IMAGE_EXTENSIONS
-from workers.model_specs import check_model_config, get_spec, weights_installed
+from engine.datasets import IMAGE_EXTENSIONS
+from engine.model_specs import check_model_config, get_spec, weights_installed
 
 SMALL_GREY_MAX = 64      # greyscale images up to this side get the small CNN
 CPU_MIN_SIDE = 128       # on a CPU the Lite input is not shrunk below this: 4×4 last maps, coarse enough

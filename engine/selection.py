@@ -1,6 +1,6 @@
 """A round's batch from its score files: the one selection the service and the simulation run.
 
-Reads only what the strategy needs (workers.engine.scorefiles), keeps out what may not be
+Reads only what the strategy needs (engine.scorefiles), keeps out what may not be
 queued (images labeled meanwhile, images a gatekeeper recognised as an excluded class, classes
 excluded from the head), shares the budget between classes from the evidence, and picks the
 batch, then the reserve (the next-ranked images, labeled while the next model trains).
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.engine.contracts import (SCORE_COLUMN_PREFIX, SCORE_EMBEDDING, SCORE_GATED, SCORE_ITEM_IDS,
+from engine.contracts import (SCORE_COLUMN_PREFIX, SCORE_EMBEDDING, SCORE_GATED, SCORE_ITEM_IDS,
                                       SCORE_PRED)
-from workers.engine.decisions import class_quota, cold_start_order, round_seed
-from workers.engine.scorefiles import ScoreFile
+from engine.decisions import class_quota, cold_start_order, round_seed
+from engine.scorefiles import ScoreFile
 
 # Shown with each queued image when the strategy weighs nothing (random): the usual uncertainty.
 DEFAULT_SHOWN = ("margin", "entropy")

@@ -8,7 +8,7 @@ A round r (1, 2, …) of a project:
     exclusion      the rule reads the evidence of every evaluated round (by round number)
     score          the unlabeled pool, with the gatekeepers of earlier exclusions
     select         class budget from the evidence (never from missing evidence), then the batch
-                   and the reserve (workers.engine.selection)
+                   and the reserve (engine.selection)
 
 Round 1 of a project with no labels trains nothing: its batch is a random sample (cold start).
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.engine.config import ExclusionConfig, HoldoutConfig, ProjectConfig
+from engine.config import ExclusionConfig, HoldoutConfig, ProjectConfig
 
 
 def round_seed(seed: int, number: int) -> int:

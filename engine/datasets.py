@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.imageio import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from engine.imageio import DEFAULT_MAX_PIXELS, BadImage, decode_image
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 # "T-shirt/top" officially; the slash is replaced because class names appear in REST paths
@@ -243,7 +243,7 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
 # ---------------------------------------------------------------- named data sets
 
 def _fashion_colour(seed: int):
-    from workers.colour_fashion import load_fashion_colour  # lazy: colour_fashion imports this module
+    from engine.colour_fashion import load_fashion_colour  # lazy: colour_fashion imports this module
     return load_fashion_colour(seed)
 
 
