@@ -2,8 +2,8 @@
 service function, shape the answer with its response model."""
 from fastapi import APIRouter
 
-from service.api.routers import freeze, items, labels, metrics, models, projects, queue, rounds
+from service.api.routers import export, freeze, items, labels, metrics, models, projects, queue, rounds
 
 router = APIRouter()
-for module in (projects, items, rounds, queue, metrics, labels, freeze, models):
+for module in (projects, items, rounds, queue, metrics, labels, freeze, models, export):
     router.include_router(module.router)
