@@ -73,9 +73,10 @@ def export_to(client: httpx.Client, pid: int, fmt: str, out: Path) -> dict:
 
 
 def _write_file(r: httpx.Response, target: Path, fmt: str, rows: int) -> dict:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    made = not target.parent.exists()
     tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             for chunk in r.iter_bytes():
                 f.write(chunk)
@@ -87,6 +88,8 @@ def _write_file(r: httpx.Response, target: Path, fmt: str, rows: int) -> dict:
         os.replace(tmp, target)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if made:  # the folder this export made, now empty: gone too
+            shutil.rmtree(target.parent, ignore_errors=True)
         if isinstance(e, (OSError, httpx.HTTPError)):
             raise ExportError(f"export not written ({type(e).__name__}: {e}); nothing at {target}") from e
         raise

@@ -140,7 +140,8 @@ class Snapshot:
         last = 0
         while True:
             items = self.s.execute(
-                select(Item.id, Item.uri, Item.sha256, Item.split, Item.status, Item.reason, Item.label)
+                select(Item.id, Item.uri, Item.sha256, Item.split, Item.status, Item.reason, Item.label,
+                       Item.created_at)
                 .where(Item.project_id == self.pid, Item.label.is_not(None), Item.id > last)
                 .order_by(Item.id).limit(PAGE)).all()
             if not items:
@@ -186,9 +187,10 @@ class Snapshot:
             "class": it.label, "class_index": self.index.get(it.label),
             "class_status": cl.status if cl is not None else "unknown",
             "quarantined": it.status == "quarantined", "quarantine_reason": it.reason if it.status == "quarantined" else None,
+            # A held-out split's known labels come with the registration and have no label row.
             "label_id": lab.id if lab else None, "who": lab.who if lab else None,
-            "labeled_at": _iso(lab.created_at) if lab else None, "source": lab.source if lab else None,
-            "label_round": lab.round if lab else None,
+            "labeled_at": _iso(lab.created_at if lab else it.created_at), "source": lab.source if lab else "registration",
+            "label_round": lab.round if lab else 0,
             "annotators": total or None, "agreement": round(votes.get(it.label, 0) / total, 4) if total else None,
             "votes": votes or None,
             "picked_round": entry.number if entry is not None else None,
@@ -202,7 +204,7 @@ class Snapshot:
 
     def _picked_by(self, entry, rnd, lab) -> str:
         if entry is None:
-            if lab is not None and lab.source == "registration":
+            if lab is None or lab.source == "registration":
                 return "registration: labeled when registered"
             return "not queued: labeled directly"
         progress = (rnd.progress or {}) if rnd is not None else {}
