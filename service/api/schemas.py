@@ -335,3 +335,23 @@ class ConversionOut(BaseModel):
     job: str | None = None
     error: str | None = None
     retry_after_s: int = 2
+
+
+class PredictionOut(BaseModel):
+    name: str
+    predicted: str
+    p: float
+    top: list[dict[str, Any]] = Field(description="[{class, p}] the top-k classes")
+    probabilities: dict[str, float]
+    overlay_png: str | None = Field(None, description="with cam=true: the Grad-CAM overlay of the top class, base64 PNG")
+
+
+class PredictOut(BaseModel):
+    state: str = Field(description="done | queued | started | failed")
+    job: str | None = Field(None, description="the worker job's id when the request became one")
+    poll: str | None = None
+    model: dict[str, Any] | None = Field(None, description="the model version that answers, and why it is in use")
+    top_k: int | None = None
+    n: int | None = None
+    error: str | None = None
+    predictions: list[PredictionOut] = Field(default_factory=list)

@@ -149,6 +149,14 @@ def _train_manifest(settings: Settings, mv: ModelVersion) -> c.TrainManifest | N
         return None
 
 
+def train_net(settings: Settings, mv: ModelVersion) -> c.ModelSpec:
+    """The network version `mv` was trained as (its round's train manifest)."""
+    m = _train_manifest(settings, mv)
+    if m is None:
+        raise Conflict(f"version {mv.version}: its training manifest is gone, so its network cannot be rebuilt")
+    return m.net
+
+
 def labels_per_class(m: c.TrainManifest | None, names: list[str]) -> dict:
     if m is None:
         return {}
@@ -316,10 +324,7 @@ def conversion_state(s: Session, settings: Settings, mv: ModelVersion, *, start:
         return "missing", None
     if job is None:
         project = s.get(Project, mv.project_id)
-        m = _train_manifest(settings, mv)
-        net = m.net if m is not None else None
-        if net is None:
-            raise Conflict(f"version {mv.version}: its training manifest is gone, so its network cannot be rebuilt")
+        net = train_net(settings, mv)
         manifest = c.ConvertManifest(project_id=mv.project_id, version=mv.version, checkpoint=mv.checkpoint_path,
                                      net=net.model_copy(update={"class_names": list(project.class_names)}),
                                      out_dir=str(files.dir))
