@@ -121,6 +121,16 @@ class Round(Base):
     train_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+def _next_version(ctx) -> int:
+    """A model version's number when the inserter gave none: the project's next (1, 2, …)."""
+    from sqlalchemy import func, select
+
+    pid = ctx.get_current_parameters()["project_id"]
+    table = ModelVersion.__table__
+    last = ctx.connection.scalar(select(func.max(table.c.version)).where(table.c.project_id == pid))
+    return int(last or 0) + 1
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     # One per round: only the transition that wins the round's compare-and-set inserts it.
@@ -133,7 +143,7 @@ class ModelVersion(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     round: Mapped[int] = mapped_column(Integer)
     # 1, 2, 3, … per project in the order the models were trained: what users name (GET …/models/{v}).
-    version: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=_next_version)
     checkpoint_path: Mapped[str] = mapped_column(Text)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     # Pinned: this version scores, pre-labels and predicts until unpinned (service.core.models).
