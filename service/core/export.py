@@ -117,7 +117,7 @@ class Snapshot:
         self.at = datetime.now(timezone.utc)
         self.rows_total = int(s.scalar(select(func.count(Item.id)).where(Item.project_id == self.pid,
                                                                        Item.label.is_not(None))) or 0)
-        self.rounds = {r.number: r for r in s.execute(select(Round.number, Round.progress, Round.scored_by_id,
+        self.rounds = {r.number: r for r in s.execute(select(Round.id, Round.number, Round.progress, Round.scored_by_id,
                                                              Round.model_version_id)
                                                       .where(Round.project_id == self.pid))}
         self.versions = dict(s.execute(select(ModelVersion.id, ModelVersion.version)
@@ -155,7 +155,10 @@ class Snapshot:
             entries: dict[int, list] = {}
             for e in self.s.execute(select(QueueEntry.item_id, QueueEntry.rank, QueueEntry.pred, QueueEntry.scores,
                                            QueueEntry.reserve, Round.number)
-                                    .join(Round, Round.id == QueueEntry.round_id).where(QueueEntry.item_id.in_(ids))):
+                                    .join(Round, Round.id == QueueEntry.round_id)
+                                    # by (round, item): the unique index, not a scan of every entry
+                                    .where(QueueEntry.round_id.in_([r.id for r in self.rounds.values()]),
+                                           QueueEntry.item_id.in_(ids))):
                 entries.setdefault(e.item_id, []).append(e)
             votes: dict[int, dict[str, int]] = {}
             for fn in list(_votes_sources):
