@@ -106,6 +106,7 @@ def test_jsonl_and_csv_say_who_when_why_and_what_the_model_guessed(labeled):
     assert {t["class_status"] for t in table if t["class"] == "9"} == {"excluded"}
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store does not matter here: one is enough
 def test_imagefolder_loads_in_torchvision_and_in_hugging_face_datasets(labeled, tmp_path):
     c, settings, pid, truth = labeled
     out = tmp_path / "export"
@@ -183,6 +184,7 @@ def _small_disk(folder: Path, kib: int):
     return where if r.returncode == 0 else None
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store does not matter here: one is enough
 def test_a_disk_that_fills_during_an_export_leaves_nothing_that_looks_complete(labeled, tmp_path):
     c, settings, pid, _ = labeled
     # Big enough images that the tree does not fit in the space left.

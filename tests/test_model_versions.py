@@ -6,6 +6,8 @@ rq worker in this process; the ONNX file is checked with onnxruntime against tor
 """
 from __future__ import annotations
 
+import pytest
+
 import io
 
 import torch
@@ -158,6 +160,7 @@ def test_keep_best_model_keeps_a_better_version_beyond_the_noise():
     assert model_in_use([], keep_best=True).version is None
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store does not matter here: one is enough
 def test_keep_best_model_over_the_service_scores_with_the_better_version(api):
     c, settings = api
     pid = new_project(c, keep_best_model=True)

@@ -7,6 +7,8 @@ both give the same probabilities. Limits and non-images get clear answers.
 """
 from __future__ import annotations
 
+import pytest
+
 import base64
 import io
 import os
@@ -30,6 +32,7 @@ def _files(settings, uris):
     return [("files", (u.split("/")[-1], (settings.data_dir / u).read_bytes(), "image/png")) for u in uris]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store does not matter here: one is enough
 def test_predict_at_once_on_onnx_or_as_a_worker_job_with_the_same_answer(api):
     c, settings = api
     pid = new_project(c)
@@ -75,6 +78,7 @@ def test_predict_at_once_on_onnx_or_as_a_worker_job_with_the_same_answer(api):
     assert len(c.get(f"{url}/{r.json()['job']}").json()["predictions"]) == len(many)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store does not matter here: one is enough
 def test_bad_predict_requests(api):
     c, settings = api
     pid = new_project(c)
