@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -225,7 +226,9 @@ def model_card(s: Session, settings: Settings, project: Project, mv: ModelVersio
         "name": f"{project.name} v{mv.version}",
         "project": {"id": project.id, "name": project.name},
         "version": mv.version, "round": mv.round,
-        "created_at": mv.created_at.isoformat() if mv.created_at else None,
+        # SQLite hands back naive datetimes: they were written in UTC.
+        "created_at": (mv.created_at if mv.created_at.tzinfo else mv.created_at.replace(tzinfo=timezone.utc)).isoformat()
+        if mv.created_at else None,
         "architecture": arch,
         "classes": names,
         "active_classes": [n for n, on in zip(names, active) if on],
