@@ -30,13 +30,29 @@ def logical_lines(text: str) -> list[str]:
     return [ln for ln in text.replace("\\\n", " ").splitlines() if ln.strip()]
 
 
+def _without_substitutions(line: str) -> str:
+    """`line` with each $(…) (parentheses balanced) as one word: to the command around it a
+    substitution is one argument (`predict 1 $(ls -d … | head -3)`)."""
+    out, i = [], 0
+    while (start := line.find("$(", i)) >= 0:
+        depth, j = 0, start + 1
+        while j < len(line):
+            depth += {"(": 1, ")": -1}.get(line[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        out += [line[i:start], "SUBSTITUTED"]
+        i = j + 1
+    return "".join(out) + line[i:]
+
+
 def camloop_invocations(text: str) -> list[list[str]]:
     """Argument lists of every `camloop …` in a block, $(…) substitutions included."""
     out = []
     for line in logical_lines(text):
         for sub in re.findall(r"\$\(([^)]*camloop[^)]*)\)", line):
             out += camloop_invocations(sub)
-        lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lex = shlex.shlex(_without_substitutions(line), posix=True, punctuation_chars=True)
         lex.whitespace_split, lex.commenters = True, "#"
         tokens = list(lex)
         for i, tok in enumerate(tokens):
