@@ -226,8 +226,11 @@ class LabelStudioBridge:
                 raise LabelStudioError(f"imported {len(todo)} tasks, Label Studio returned {len(task_ids)} ids")
             # Community answers synchronously with ids in request order; sort defensively anyway.
             done.update({b.item_id: tid for (_, b), tid in zip(todo, sorted(task_ids))})
-            # Show camloop's predictions (the project can still hide them in its settings).
-            self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
+            # Show camloop's predictions (the project can still hide them in its settings). A
+            # batch with no guess ticked (hidden, shown) imports none, and Label Studio refuses a
+            # model_version that has no prediction.
+            if any(p.get("predictions") for p in payload):
+                self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
         return {i: done[i] for i in ids}
 
     def delete_open_tasks(self, project_id: int, round_no: int) -> dict[int, int]:

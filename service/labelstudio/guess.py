@@ -60,9 +60,10 @@ def display(config: GuessConfig, seed: int, round_no: int, item_id: int, pred: s
     """(mode, control) for one queued image. No guess yet (a cold start): shown, i.e. as before."""
     if pred is None:
         return SHOWN, False
-    control = in_control(seed, round_no, item_id, config.hidden_share)
-    if control or config.mode == "hidden":
-        return HIDDEN, control
+    if config.mode == "hidden":
+        return HIDDEN, False  # blind for everyone: no control needed (nothing is shown to compare)
+    if in_control(seed, round_no, item_id, config.hidden_share):
+        return HIDDEN, True
     if config.mode == "preselect" and p is not None and p >= config.threshold:
         return PRESELECTED, False
     return SHOWN, False
