@@ -141,3 +141,34 @@ def test_the_book_records_a_wrong_label_found_fixed_and_a_right_one_broken():
     book.second_opinion(1, 2, lambda v: 1)  # a wrong decision on a right label
     assert book.broken == {1: 2}
     assert book.round_summary(np.array([True, True, False, False]))["wrong_now"] == 1
+
+
+def test_a_simulation_with_experts_who_err_finds_fixes_and_records_wrong_labels(tmp_path):
+    """`camloop simulate --oracle-noise 0.2 --noise-kind confusable --relabel` on digits, tiny: every
+    round is calibrated (temperature, ECE before and after), the train job writes the label
+    issues, second opinions are asked (at most share × budget) and the JSON says which labels
+    were wrong, found and fixed."""
+    import json
+
+    from engine.config import SimulationConfig
+    from workers.simulate import run_simulation
+
+    cfg = SimulationConfig(dataset="digits", initial=100, budget=40, rounds=2, epochs=2, mc_samples=2, threads=1,
+                           oracle_noise=0.2, noise_kind="confusable", relabel={"enabled": True, "share": 0.25})
+    out = run_simulation(cfg, work_dir=tmp_path)
+    json.dumps(out)  # the JSON it writes
+    noise = out["label_noise"]
+    assert noise["noise_kind"] == "confusable" and len(noise["flip_to"]) == 10
+    for r in out["rounds"]:
+        assert r["calibration"]["temperature"] > 0 and r["calibration"]["evidence"]["ece_after"] >= 0
+        assert r["label_issues"]["checked"] > 0
+    acq = [r for r in out["rounds"] if "selected" in r]
+    assert all(len(r["second_opinions"]) <= 10 for r in acq) and sum(len(r["second_opinions"]) for r in acq) > 0
+    assert all(0 <= p <= 1 and ok in (0, 1) for r in acq for p, ok in r["guesses"])
+    wrong = [x for x in noise["labels"] if x["votes"][0] != x["truth"]]
+    assert wrong and all(x["made_round"] is not None for x in wrong)
+    found = [x for x in noise["labels"] if x["found_round"] is not None]
+    assert found and all(len(x["votes"]) >= 2 for x in found)
+    assert all(x["label_now"] == x["truth"] for x in noise["labels"] if x["fixed_round"] is not None)
+    last = out["rounds"][-1]["label_noise"]
+    assert last["fixed"] <= last["found"] <= last["second_opinions"]
