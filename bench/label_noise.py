@@ -126,7 +126,19 @@ def main(argv=None) -> None:
     r.add_argument("--out-dir", required=True)
     s = sub.add_parser("summary")
     s.add_argument("folder", type=Path)
+    m = sub.add_parser("markdown", help="the table rows of docs/benchmarks.md from DIR/*.json")
+    m.add_argument("folder", type=Path)
     args = ap.parse_args(argv)
+    if args.cmd == "markdown":
+        pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+        pts = lambda v: "—" if v is None else f"{100 * v:+.2f}"  # noqa: E731
+        for name, row in summarise(args.folder).items():
+            for seed, r in row["seeds"].items():
+                print(f"| {name} | {seed} | {r['wrong_made']} | {pct(r['fixed_2_rounds'])} ({r['eligible_2_rounds']}) | "
+                      f"{pct(r['fixed_by_end'])} | {pct(r['extra_labels'])} | {r['broken']} | "
+                      f"{pct(r['wrong_share_end'])} | {r['accuracy']:.4f} | {pts(r['delta_clean'])} | "
+                      f"{pts(r['delta_off'])} |")
+        return
     if args.cmd == "run":
         run(args)
     else:
