@@ -257,3 +257,49 @@ def test_items_never_asked_pass_through_adjust_untouched(st):
         anns = SqlSink(s, pid).for_items([ids[1]])[ids[1]]
         res = resolve_item(ids[1], anns)
         assert adjust(s, s.get(Project, pid), ids[1], anns, res) is res
+
+
+def test_each_experts_estimated_quality_comes_from_cleanlabs_multi_annotator_method(st):
+    """Three experts on 60 images (every image twice): U2 answers at random, U0 and U1 are right;
+    cleanlab's CROWDLAB, fed the votes and the latest out-of-fold probabilities, ranks U2 last."""
+    from service.labelstudio.second_opinion import expert_quality
+    from service.store import ModelVersion
+
+    rng = np.random.default_rng(0)
+    with session_scope(st) as s:
+        p = create_project(s, f"quality-{Ids.next()}", CLASSES, {"relabel": {"enabled": True}})
+        items = [Item(project_id=p.id, uri=f"q/{k}.png", sha256=f"{p.id:08d}{k:056d}", split="pool", status="queued")
+                 for k in range(60)]
+        s.add_all(items)
+        s.flush()
+        ids = [it.id for it in items]
+        truth = rng.integers(3, size=60)
+        events = []
+        for k, i in enumerate(ids):
+            pair = [(U0, U1), (U1, U2), (U0, U2)][k % 3]
+            for who in pair:
+                c = int(truth[k]) if who != U2 else int(rng.integers(3))
+                events.append(vote(i, CLASSES[c], who, task=k))
+        apply_to_store(s, p, events, 1)
+        probs = np.full((60, 3), 0.15)
+        probs[np.arange(60), truth] = 0.7
+        f = paths.round_files(st, p.id, 1).label_issues
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, item_ids=np.asarray(ids), labels=truth, pred_probs=probs.astype(np.float32),
+                 quality=np.ones(60), issue=np.zeros(60, bool), source=np.zeros(60, np.int8))
+        s.add(ModelVersion(project_id=p.id, round=1, checkpoint_path="unused",
+                           metrics={"label_issues": {"file": str(f)}}))
+        s.flush()
+        q = expert_quality(s, p)
+    per = q["per_expert"]
+    assert set(per) == {str(U0), str(U1), str(U2)} and q["items"] == 60
+    assert per[str(U2)]["quality"] < min(per[str(U0)]["quality"], per[str(U1)]["quality"])
+    assert per[str(U0)]["labels"] == 40
+
+
+def test_expert_quality_says_why_when_it_cannot_be_estimated(st):
+    from service.labelstudio.second_opinion import expert_quality
+
+    pid, _ = _project(st)
+    with session_scope(st) as s:
+        assert "no out-of-fold probabilities" in expert_quality(s, s.get(Project, pid))["note"]
