@@ -145,6 +145,9 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             split = plan.split_training(answered.take(np.flatnonzero(labeled)), val, project, len(names))
             manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files,
                                            stop_set, trunk_dir)
+            if number == config.rounds + 1:
+                # The last, train-only round asks nobody again: its fold models would be wasted.
+                manifest = manifest.model_copy(update={"relabel_folds": 0})
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
             jobs.train_round(str(files.train_manifest))
