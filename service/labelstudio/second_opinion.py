@@ -280,16 +280,32 @@ def figures(s: Session, project) -> dict:
             "expert_quality": expert_quality(s, project)}
 
 
+_quality_cache: dict[tuple, dict] = {}  # (project, model version, votes seen) → figures: dashboards poll metrics
+
+
 def expert_quality(s: Session, project) -> dict:
     """Each expert's estimated quality (cleanlab.multiannotator, CROWDLAB) from their votes and the
-    latest out-of-fold probabilities; needs relabel on (those probabilities) and two experts."""
-    import numpy as np
-
-    from engine.relabel import read_issues
+    latest out-of-fold probabilities; needs relabel on (those probabilities) and two experts.
+    Computed again only when a new model or a new vote arrived."""
     from service.store import ModelVersion
 
     mv = s.scalar(select(ModelVersion).where(ModelVersion.project_id == project.id)
                   .order_by(ModelVersion.round.desc()).limit(1))
+    seen = s.execute(select(func.count(), func.max(ledger_annotations.c.seen_at)).where(
+        ledger_annotations.c.project_id == project.id)).one()
+    key = (str(s.get_bind().url), project.id, mv.id if mv else None, int(seen[0]), str(seen[1]))
+    if key not in _quality_cache:
+        if len(_quality_cache) > 64:
+            _quality_cache.clear()
+        _quality_cache[key] = _expert_quality(s, project, mv)
+    return _quality_cache[key]
+
+
+def _expert_quality(s: Session, project, mv) -> dict:
+    import numpy as np
+
+    from engine.relabel import read_issues
+
     path = ((mv.metrics or {}).get("label_issues") or {}).get("file") if mv else None
     from pathlib import Path
 
