@@ -166,6 +166,11 @@ class ProjectConfig(_Strict):
                             "image per cluster; needs pretrained weights, else random); auto, the default: typical "
                             "when the model starts from pretrained weights (+4.9 points after the first 50 labels "
                             "on the colour benchmark, docs/benchmarks.md), random otherwise")
+    keep_best_model: StrictBool = Field(False, description="a round whose model is worse on the evidence than the "
+                                                          "model in use, beyond the noise (its accuracy's 90 % Wilson "
+                                                          "upper bound below the other's accuracy), does not replace "
+                                                          "it: the better one keeps scoring, pre-labeling and "
+                                                          "predicting (engine.model_serving)")
     auto_next_round: StrictBool = Field(False, description="start the next round as soon as a batch is labeled")
     stop_when_stable: StrictBool = Field(False, description="with auto_next_round: start no further round when the "
                                                             "stopping signal says stop (the closed round says why)")

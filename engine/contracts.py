@@ -90,6 +90,41 @@ class Layout:
         """The project's frozen-trunk cache (workers.trunk_cache): kept across rounds."""
         return self.project_dir(pid) / "trunk"
 
+    def model_files(self, pid: int, version: int) -> "ModelFiles":
+        """A model version's converted files (TorchScript, ONNX), made by workers.jobs.convert_model."""
+        return ModelFiles(self.project_dir(pid) / "models" / f"v{int(version):04d}")
+
+    def predict_dir(self, pid: int, key: str) -> Path:
+        """A prediction job's folder: the uploaded images, its manifest and its answer."""
+        return self.project_dir(pid) / "predict" / key
+
+
+class ModelFiles:
+    """The files of one model version's conversions."""
+
+    def __init__(self, folder: Path | str):
+        self.dir = Path(folder)
+
+    @property
+    def manifest(self) -> Path:
+        return self.dir / "convert.json"
+
+    @property
+    def torchscript(self) -> Path:
+        return self.dir / "model.torchscript.pt"
+
+    @property
+    def onnx(self) -> Path:
+        return self.dir / "model.onnx"
+
+    @property
+    def result(self) -> Path:
+        """ConvertResult JSON; written last, so its presence marks both conversions done."""
+        return self.dir / "converted.json"
+
+    def path(self, fmt: str) -> Path:
+        return {"torchscript": self.torchscript, "onnx": self.onnx}[fmt]
+
 
 # ----------------------------------------------------------------------------- images by reference
 
@@ -288,6 +323,61 @@ class FreezeReportManifest(_M):
     seed: int = 0
     out_png: str                  # the picture: one row of overlays per block
     result: str                   # the report as JSON; written last, so it marks the job done
+
+
+# ----------------------------------------------------------------------------- model conversions
+
+# The ONNX model's input and outputs, by name (what the model card documents and predict reads).
+ONNX_INPUT = "input"              # float32 (N, C, S, S): (pixel / 255 − mean) / std
+ONNX_LOGITS = "logits"            # float32 (N, classes), every class of the head (mask excluded ones)
+ONNX_CAM = "cam"                  # float32 (N, classes, h, w): Σ_k head.weight[c, k] / (h·w) · A_k, the
+                                  # Grad-CAM of each class at the last block (exact for GAP + linear)
+
+
+class ConvertManifest(_M):
+    """Convert a trained checkpoint to TorchScript and ONNX: the whole network from pixels (a
+    cached frozen trunk included), in eval mode, the outputs checked against torch's."""
+    kind: Literal["convert"] = "convert"
+    project_id: int
+    version: int
+    checkpoint: str
+    net: ModelSpec
+    out_dir: str                  # ModelFiles(out_dir)
+    opset: int = 17
+
+
+class ConvertResult(_M):
+    version: int
+    torchscript: str
+    onnx: str
+    input_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    feature_map: list[int]        # (h, w) of the cam output
+    max_abs_diff_onnx: float      # onnxruntime vs torch on the check images
+    max_abs_diff_torchscript: float
+    seconds: float | None = None
+
+
+# ----------------------------------------------------------------------------- prediction jobs
+
+class PredictManifest(_M):
+    """Predict on images with a model version's checkpoint, in a worker (requests too large to
+    answer at once on the API's CPU, or a model not converted yet)."""
+    kind: Literal["predict"] = "predict"
+    project_id: int
+    version: int
+    checkpoint: str
+    net: ModelSpec
+    active: list[bool]
+    files: list[str]              # absolute paths of the images (uploads, or registered files)
+    names: list[str]              # what each is called in the answer (file name, or uri)
+    top_k: int = 3
+    cam: bool = False             # also write a Grad-CAM overlay PNG per image
+    max_pixels: int | None = None
+    out_dir: str
+    result: str                   # the answer JSON; written last, so it marks the job done
 
 
 # Members of a score file (.npz): per image of the shard, in the manifest's order.

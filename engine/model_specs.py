@@ -99,6 +99,22 @@ MODEL_SPECS: dict[str, ModelSpec] = {s.name: s for s in (
 )}
 
 
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def normalisation(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per input channel that `workers.models` builds `name` with at `channels`:
+    the model's input is (pixel / 255 − mean) / std. One grey channel of an RGB model: the
+    luminance-weighted mean and std (workers.models._norm); the small CNN repeats its own."""
+    spec = get_spec(name)
+    c = int(channels)
+    if name == "small-cnn":
+        return spec.mean * c, spec.std * c
+    if c == len(spec.mean):
+        return tuple(spec.mean), tuple(spec.std)
+    return (sum(a * b for a, b in zip(_LUMA, spec.mean)),), (sum(a * b for a, b in zip(_LUMA, spec.std)),)
+
+
 def model_names() -> list[str]:
     return sorted(MODEL_SPECS)
 

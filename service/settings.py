@@ -57,6 +57,16 @@ class Settings(BaseSettings):
                                        "out of memory, machine lost); these never use job_retries")
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64_000_000
+    predict_max_images: int = Field(default=64, ge=1, description="images one prediction request may carry")
+    predict_sync_images: int = Field(default=8, ge=0, description="requests with up to this many images are answered "
+                                     "at once on the API's CPU (onnxruntime); larger ones become a worker job")
+    predict_max_file_bytes: int = Field(default=16 * 1024 * 1024, ge=1, description="largest image file a prediction "
+                                        "request may carry")
+    predict_threads: int = Field(default=1, ge=1, description="onnxruntime threads of one prediction in the API")
+    mlflow_tracking_uri: str | None = Field(default=None, validation_alias=AliasChoices(
+        "MLFLOW_TRACKING_URI", "CAMLOOP_MLFLOW_TRACKING_URI"), description="log each round's config, metrics and "
+        "model to MLflow (needs the `mlflow` extra)")
+    mlflow_experiment: str = Field(default="camloop", description="MLflow experiment name prefix: <prefix>/<project>")
     reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")
     worker_grace_s: float = Field(default=60.0, ge=0, description="/readyz answers 503 when no worker has been seen "
                                   "for this long while jobs wait")

@@ -414,3 +414,30 @@ def freeze_report_job(manifest_path: str) -> dict:
     write_json_atomic(result, out)  # last: marks completion
     return {"result": str(result), "figure": m.out_png, "recommended_frozen_blocks": report.recommended_frozen_blocks,
             "seconds": out["seconds"]}
+
+
+# ------------------------------------------------------------------------------- model versions (issue 21)
+
+def convert_model(manifest_path: str) -> dict:
+    """A model version's TorchScript and ONNX files (workers.export_model), checked against torch.
+    Idempotent: a finished conversion (its result JSON) is returned as is."""
+    from engine.contracts import ConvertManifest, ConvertResult, ModelFiles, read_manifest
+    from workers.export_model import convert
+
+    m = read_manifest(manifest_path, ConvertManifest)
+    files = ModelFiles(m.out_dir)
+    if files.result.is_file():
+        return {**read_manifest(files.result, ConvertResult).model_dump(), "cached": True}
+    return convert(m).model_dump()
+
+
+def predict_images(manifest_path: str) -> dict:
+    """Logits and per-class CAMs of a prediction request's images (workers.predict)."""
+    from engine.contracts import PredictManifest, read_manifest
+    from workers.predict import predict
+
+    m = read_manifest(manifest_path, PredictManifest)
+    if Path(m.result).is_file():
+        return {"result": m.result, "cached": True}
+    answer = predict(m, device=_device())
+    return {"result": m.result, "n": answer["n"], "seconds": answer["seconds"]}

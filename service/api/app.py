@@ -217,6 +217,8 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     from service.api.routers import router
     app.include_router(router, prefix="/api/v1")
+    from service.core import mlflow_log
+    mlflow_log.install(settings)  # with MLFLOW_TRACKING_URI and the mlflow extra: each round logged
     if labelstudio:
         # Webhook, signed media and heatmap routes always; the push hook and the reconciliation
         # poller act only when CAMLOOP_LABEL_STUDIO_URL and _TOKEN are set.

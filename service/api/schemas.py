@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from engine.config import ProjectConfig
 
@@ -298,3 +298,68 @@ class LabelOut(BaseModel):
 
 class LabelsOut(BaseModel):
     labels: list[LabelOut]
+
+
+# ----------------------------------------------------------------------------- model versions (issue 21)
+
+class ModelPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pinned: StrictBool = Field(description="true: this version scores the next rounds, pre-labels and predicts until "
+                                     "unpinned (a project pins one version at a time); false: back to the newest "
+                                     "model (or with keep_best_model the best)")
+
+
+class ModelVersionOut(BaseModel):
+    version: int = Field(description="1, 2, 3, … per project, in the order the models were trained")
+    round: int = Field(description="the round that trained it")
+    created_at: datetime | None = None
+    pinned: bool
+    pinned_at: datetime | None = None
+    pinned_by: str | None = None
+    in_use: bool = Field(description="this version scores the next round, pre-labels and predicts")
+    in_use_why: str | None = None
+    scored_rounds: list[int] = Field(description="rounds whose pool it scored (their guesses and heatmaps)")
+    labels_per_class: dict[str, dict[str, int]] = Field(description="train: labels it was trained on per class; "
+                                                                    "held_out: labeled images held out as evidence")
+    metrics: dict[str, Any] = Field(description="evidence (and test): accuracy, F1, per class, with measured_on "
+                                                "(val | holdout | test) and how many images")
+    formats: dict[str, str] = Field(description="per download format: ready, queued, started, failed, or not "
+                                                "converted yet")
+    download: dict[str, str]
+    card: dict[str, Any] | None = Field(None, description="the model card (GET …/card.md for Markdown)")
+
+
+class ModelVersionsOut(BaseModel):
+    project_id: int
+    in_use: dict[str, Any] = Field(description="the version in use and why: pinned, latest, kept_best (keep_best_model)")
+    versions: list[ModelVersionOut]
+
+
+class ConversionOut(BaseModel):
+    """A download whose file is still being written (the conversion runs in a worker)."""
+    version: int
+    format: str
+    state: str = Field(description="queued | started | failed")
+    job: str | None = None
+    error: str | None = None
+    retry_after_s: int = 2
+
+
+class PredictionOut(BaseModel):
+    name: str
+    predicted: str
+    p: float
+    top: list[dict[str, Any]] = Field(description="[{class, p}] the top-k classes")
+    probabilities: dict[str, float]
+    overlay_png: str | None = Field(None, description="with cam=true: the Grad-CAM overlay of the top class, base64 PNG")
+
+
+class PredictOut(BaseModel):
+    state: str = Field(description="done | queued | started | failed")
+    job: str | None = Field(None, description="the worker job's id when the request became one")
+    poll: str | None = None
+    model: dict[str, Any] | None = Field(None, description="the model version that answers, and why it is in use")
+    top_k: int | None = None
+    n: int | None = None
+    error: str | None = None
+    predictions: list[PredictionOut] = Field(default_factory=list)

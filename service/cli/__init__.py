@@ -28,3 +28,7 @@ from service.cli.queues import queues as _queues  # noqa: E402
 app.command("queues")(_queues)
 from service.cli.sample_photos import sample_photos as _sample_photos  # noqa: E402
 app.command("sample-photos")(_sample_photos)
+from service.cli import takeaway as _takeaway  # noqa: E402  (export, predict, model versions: issue 21)
+app.command("export")(_takeaway.export)
+app.command("predict")(_takeaway.predict)
+app.add_typer(_takeaway.model_app, name="model")

@@ -409,6 +409,10 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
     from service.rounds.hooks import wrong_region_source
     wrong_region_source(wrong_region_by_guess)
     rounds.on_transition(announce_on_transition)
+    from service.core import export
+    from service.labelstudio import export_tasks
+    export.register_format(export_tasks.FORMAT)  # the labeled data set as tasks to import again
+    export.votes_source(export_tasks.votes)      # the experts' votes behind each exported label
     if settings.label_studio_url and settings.label_studio_token:
         if poll:
             inner = app.router.lifespan_context

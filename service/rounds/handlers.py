@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.core import paths
+from service.core import models, paths
 from service.rounds import hooks, inputs, jobs
 from service.rounds.lifecycle import close, open_batch, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
@@ -190,21 +190,20 @@ def on_training(x: Ctx) -> None:
     active = [cl.status == "active" for cl in classes]
     pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
     keepers = plan.gatekeepers(inputs.trained_models(x.s, x.project, len(names)), active)
-    manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, job.result["checkpoint"], pool,
+    scorer = models.scorer(x.s, x.project, x.config, mv)  # the new model, or a pinned / kept-best one
+    manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, scorer.checkpoint, pool,
                                    x.settings.score_shard_size, keepers, files, x.trunk_dir)
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
-    x.rnd.model_version_id = mv.id
-    x.rnd.progress = {**prog, "shards": len(manifest.shards), "shards_done": 0, "excluded_by_rule": excluded_now,
+    x.rnd.model_version_id, x.rnd.scored_by_id = mv.id, scorer.version.id
+    x.rnd.progress = {**prog, **scorer.progress, "shards": len(manifest.shards), "shards_done": 0,
+                      "excluded_by_rule": excluded_now,
                       **({"not_judged": not_judged} if not_judged else {}),
                       **({"gatekeepers": [g.round for g in keepers]} if keepers else {})}
     _poll_score_jobs(x, manifest.shards)
 
 
 def _model_version(x: Ctx, job: Job, metrics: dict) -> ModelVersion:
-    mv = ModelVersion(project_id=x.pid, round=x.rnd.number, checkpoint_path=job.result["checkpoint"], metrics=metrics)
-    x.s.add(mv)
-    x.s.flush()
-    return mv
+    return models.register(x.s, x.pid, x.rnd.number, job.result["checkpoint"], metrics)
 
 
 def _apply_exclusion(x: Ctx, history) -> tuple[list[str], dict[str, str]]:

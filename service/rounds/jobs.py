@@ -20,7 +20,7 @@ from service.store import Job, Round, utcnow
 from engine import contracts as c
 
 _MANIFEST_MODELS = {"ingest": c.IngestManifest, "train": c.TrainManifest, "score": c.ScoreManifest,
-                    "freeze": c.FreezeReportManifest}
+                    "freeze": c.FreezeReportManifest, "convert": c.ConvertManifest, "predict": c.PredictManifest}
 _cache: dict[str, tuple[tuple[int, int], object]] = {}
 _CACHE_KEPT = 64
 _lock = threading.Lock()
@@ -69,6 +69,11 @@ def _output(job: Job) -> tuple[Path | None, dict]:
         return done, {"shard": job.shard, "result": m.result}
     if job.kind == "freeze":
         return Path(m.result), {"result": m.result, "figure": m.out_png}
+    if job.kind == "convert":  # a model version's TorchScript + ONNX (service.core.models)
+        out = c.ModelFiles(m.out_dir).result
+        return out, {"result": str(out)}
+    if job.kind == "predict":  # a prediction request too large to answer at once (service.core.predict)
+        return Path(m.result), {"result": m.result}
     files = c.RoundFiles(m.out_dir)
     if job.kind == "train":
         done = files.metrics if files.checkpoint.is_file() else None

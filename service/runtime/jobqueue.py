@@ -42,9 +42,13 @@ from service.settings import Settings, get_settings
 
 KINDS = ("ingest", "train", "score")
 JOB_FUNCS = {"ingest": "workers.jobs.ingest", "train": "workers.jobs.train_round", "score": "workers.jobs.score_shard",
-             "freeze": "workers.jobs.freeze_report_job"}
-# Job kinds that share another kind's queue: the freeze report runs torch, as training does.
-QUEUE_OF = {"freeze": "train"}
+             "freeze": "workers.jobs.freeze_report_job",
+             # Issue 21: a model version's TorchScript + ONNX files, and predictions too large for the API.
+             "convert": "workers.jobs.convert_model", "predict": "workers.jobs.predict_images"}
+# Job kinds that share another kind's queue: the freeze report runs torch, as training does;
+# conversions and predictions are short and answer a person waiting, so they queue with the
+# score shards rather than behind a training job.
+QUEUE_OF = {"freeze": "train", "convert": "score", "predict": "score"}
 
 log = logging.getLogger("camloop.jobqueue")
 

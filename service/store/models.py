@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, false)
+                        UniqueConstraint, false, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -108,6 +108,9 @@ class Round(Base):
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # bumped by retry → new job ids
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    # The model that scored this round's pool, so made its guesses (pre-labels) and heatmaps: the
+    # round's own model, or a pinned one, or with keep_best_model a better earlier one (0006).
+    scored_by_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -118,15 +121,35 @@ class Round(Base):
     train_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+def _next_version(ctx) -> int:
+    """A model version's number when the inserter gave none: the project's next (1, 2, …)."""
+    from sqlalchemy import func, select
+
+    pid = ctx.get_current_parameters()["project_id"]
+    table = ModelVersion.__table__
+    last = ctx.connection.scalar(select(func.max(table.c.version)).where(table.c.project_id == pid))
+    return int(last or 0) + 1
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     # One per round: only the transition that wins the round's compare-and-set inserts it.
-    __table_args__ = (UniqueConstraint("project_id", "round", name="uq_model_versions_project_round"),)
+    # At most one pinned version per project (a partial unique index, SQLite and PostgreSQL alike).
+    __table_args__ = (UniqueConstraint("project_id", "round", name="uq_model_versions_project_round"),
+                      UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),
+                      Index("uq_model_versions_one_pinned", "project_id", unique=True,
+                            sqlite_where=text("pinned"), postgresql_where=text("pinned")))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     round: Mapped[int] = mapped_column(Integer)
+    # 1, 2, 3, … per project in the order the models were trained: what users name (GET …/models/{v}).
+    version: Mapped[int] = mapped_column(Integer, default=_next_version)
     checkpoint_path: Mapped[str] = mapped_column(Text)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Pinned: this version scores, pre-labels and predicts until unpinned (service.core.models).
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pinned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    pinned_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -137,7 +160,7 @@ class Job(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), nullable=True, index=True)
     rq_id: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16))  # ingest | train | score
+    kind: Mapped[str] = mapped_column(String(16))  # ingest | train | score | freeze | convert | predict
     shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # enqueued again by the reconciler (Redis lost it)

@@ -2,8 +2,8 @@
 service function, shape the answer with its response model."""
 from fastapi import APIRouter
 
-from service.api.routers import freeze, items, labels, metrics, projects, queue, rounds
+from service.api.routers import export, freeze, items, labels, metrics, models, predict, projects, queue, rounds
 
 router = APIRouter()
-for module in (projects, items, rounds, queue, metrics, labels, freeze):
+for module in (projects, items, rounds, queue, metrics, labels, freeze, models, export, predict):
     router.include_router(module.router)

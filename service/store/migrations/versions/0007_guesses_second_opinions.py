@@ -1,7 +1,7 @@
 """The Label Studio bridge: how each guess was shown, and second opinions
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006_model_versions
 Create Date: 2026-12-06 16:00:00
 
 - guess_shown: per (project, round, item) queued in Label Studio, the guess, its calibrated
@@ -17,8 +17,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006_model_versions'
 branch_labels = None
 depends_on = None
 
