@@ -203,7 +203,7 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
         assert pred["result"][0]["value"]["choices"] == [CLASSES[rank % 3]]
         assert t["data"][cfg.RANK] == rank and t["data"][cfg.ROUND] == 1
         # What the expert reads: the guess and its probability, nothing internal.
-        assert t["data"][cfg.GUESS] == f"{CLASSES[rank % 3]}, {round(100 * p)} %"
+        assert t["data"][cfg.GUESS] == f"{CLASSES[rank % 3]}, {round(100 * p)} %, pre-selected: change it if it is wrong"
     assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == cfg.MODEL_VERSION
     # What the first expert to open the project is served: the top of camloop's queue.
     nxt = env["ls"].get(f"/api/projects/{ls_pid}/next")
