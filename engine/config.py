@@ -87,6 +87,46 @@ class StoppingConfig(_Strict):
                                                                  "labeled (none: no budget)")
 
 
+class GuessConfig(_Strict):
+    """How the model's guess is shown to experts in Label Studio (service.labelstudio.guess).
+
+    The probability is the calibrated one (temperature scaling fitted on the round's evidence,
+    workers.calibration). `preselect`: the guess is ticked in advance only when that probability
+    is at least `threshold` (below it, shown but not ticked); `show`: shown, never ticked;
+    `hidden`: blind labeling, no guess and no heatmap. Whatever the mode, a random
+    `hidden_share` of the images are shown blind: the control that measures anchoring (how much
+    more often each expert agrees with the guess when it is shown)."""
+
+    mode: Literal["preselect", "show", "hidden"] = Field("preselect", description="preselect: ticked in advance at or "
+                                                          "above `threshold`, shown but not ticked below; show: never "
+                                                          "ticked; hidden: blind labeling")
+    threshold: Fraction = Field(0.9, description="calibrated probability at which the guess is pre-selected (docs/"
+                                                 "benchmarks.md: on the queued images of the Fashion-MNIST benchmark, "
+                                                 "guesses at or above 0.9 were right 93 % of the time, 0.8: 87 %)")
+    hidden_share: Fraction = Field(0.1, description="share of images shown without the guess whatever the mode (the "
+                                                    "anchoring control; 0: none)")
+    anchoring_gap: Fraction = Field(0.1, description="flag an expert whose agreement with the guess is this much "
+                                                     "higher when shown than when hidden (and significantly so)")
+
+
+class RelabelConfig(_Strict):
+    """Wrong labels found and asked again (workers.label_issues, engine.relabel).
+
+    Each round, out-of-fold probabilities of the labeled images (k models, each trained without
+    one fold) go to cleanlab's `find_label_issues`; the most suspicious labels, at most `share` of
+    the budget, go back to the experts as second opinions (another expert, the first answer and
+    the model's guess hidden). Off by default: it trains `folds` more models a round, and needs
+    at least two experts."""
+
+    enabled: StrictBool = Field(False, description="find suspicious labels each round and ask for second opinions")
+    share: Fraction = Field(0.1, description="second opinions a round, at most this share of the budget")
+    folds: StrictInt = Field(3, ge=2, le=20, description="cross-validation folds of the out-of-fold probabilities")
+    max_per_item: StrictInt = Field(2, ge=1, le=10, description="second opinions an image may be asked for in all")
+    tie_break: Literal["model", "review"] = Field("model", description="two experts who disagree: model, the answer "
+                                                  "the out-of-fold probabilities favour (cleanlab's majority-vote "
+                                                  "rule); review: no label until someone decides")
+
+
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
@@ -135,6 +175,8 @@ class ProjectConfig(_Strict):
     stop_when_stable: StrictBool = Field(False, description="with auto_next_round: start no further round when the "
                                                             "stopping signal says stop (the closed round says why)")
     stopping: StoppingConfig = Field(default_factory=StoppingConfig)
+    guess: GuessConfig = Field(default_factory=GuessConfig)
+    relabel: RelabelConfig = Field(default_factory=RelabelConfig)
 
     @property
     def reserve_size(self) -> int:
@@ -191,7 +233,8 @@ DECODE_KEYS = ("image_size", "channels")
 
 
 def merge_config(base: dict, patch: dict) -> dict:
-    """`patch` over `base`, one level deep for the nested sections (exclusion, holdout, stopping)."""
+    """`patch` over `base`, one level deep for the nested sections (exclusion, holdout, stopping, guess,
+    relabel)."""
     out = dict(base)
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -221,6 +264,11 @@ class SimulationConfig(ProjectConfig):
     hflip: StrictBool | None = Field(None, description="none: on, except for data sets where mirroring changes the class (digits)")
     trunk_cache_dir: str | None = Field(None, description="keep the frozen-trunk cache in this folder, shared by runs "
                                                           "on the same images (none: the run's temporary folder)")
+    oracle_noise: Fraction = Field(0.0, description="each simulated expert answer is wrong with this probability "
+                                                    "(workers.noisy_oracle)")
+    noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
+                                                         "class; confusable, the class a clean model confuses the "
+                                                         "true one with most")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -53,6 +53,11 @@ class RoundFiles:
     def score_file(self, shard: int) -> Path:
         return self.dir / f"scores_{int(shard):05d}.npz"
 
+    @property
+    def label_issues(self) -> Path:
+        """Out-of-fold probabilities of the labeled images and cleanlab's suspects (workers.label_issues)."""
+        return self.dir / "label_issues.npz"
+
 
 class Layout:
     """Where a project's artifacts live under the artifacts root."""
@@ -245,6 +250,9 @@ class TrainManifest(_M):
     stop_set: ImageRefs = Field(default_factory=ImageRefs)
     # The project's frozen-trunk cache folder: train the unfrozen blocks from it (None: pixels).
     trunk_cache: str | None = None
+    # Cross-validation folds for out-of-fold probabilities of the labeled images (0: none), which
+    # cleanlab reads for label issues (workers.label_issues; config relabel).
+    relabel_folds: int = 0
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -379,6 +387,7 @@ SCORE_PROBS = "probs"
 SCORE_EMBEDDING = "embedding"
 SCORE_CAM = "cam_lowres"          # Grad-CAM of the guess at feature resolution, float16
 SCORE_GATED = "gated"             # True: a gatekeeper predicts an excluded class
+SCORE_P_GUESS = "p_guess"         # calibrated probability of the guess (the round's temperature)
 SCORE_COLUMN_PREFIX = "col_"      # col_<score key>, float32
 
 

@@ -62,7 +62,8 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
                                balance_to=config.balance_to, balance_max_repeats=config.balance_max_repeats,
                                hflip=config.hflip,
                                seed=seed),
-        out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs(), trunk_cache=trunk_dir)
+        out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs(), trunk_cache=trunk_dir,
+        relabel_folds=config.relabel.folds if config.relabel.enabled else 0)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.contracts import (SCORE_COLUMN_PREFIX, SCORE_EMBEDDING, SCORE_GATED, SCORE_ITEM_IDS,
-                                      SCORE_PRED)
+                                      SCORE_P_GUESS, SCORE_PRED)
 from engine.decisions import class_quota, cold_start_order, round_seed
 from engine.scorefiles import ScoreFile
 
@@ -148,6 +148,9 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
     gated = (np.concatenate([p[SCORE_GATED] for p in parts]).astype(bool)
              if SCORE_GATED in parts[0].members else np.zeros(ids.size, bool))
     columns = {k: np.concatenate([p[SCORE_COLUMN_PREFIX + k] for p in parts]).astype(np.float64) for k in keys}
+    # The calibrated probability of the guess (score files written before calibration: 1 − least_confidence).
+    p_guess = (np.concatenate([p[SCORE_P_GUESS] for p in parts]).astype(np.float64)
+               if SCORE_P_GUESS in parts[0].members else None)
     offsets = np.cumsum([0] + [len(p[SCORE_ITEM_IDS]) for p in parts])
     where = None  # kept row → row in the shards
     if drop_ids is not None and len(drop_ids):
@@ -156,6 +159,7 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
             where = np.flatnonzero(keep)
             ids, pred, gated = ids[keep], pred[keep], gated[keep]
             columns = {k: v[keep] for k, v in columns.items()}
+            p_guess = p_guess[keep] if p_guess is not None else None
     n_gated = int((gated & active[pred]).sum())
     if ids.size == 0:
         return Selection([], [], n_gated)
@@ -193,6 +197,9 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
         scores = {k: round(float(columns[k][i]), 6) for k in shown if k in columns}
         if "least_confidence" in columns:
             scores["p_pred"] = round(1.0 - float(columns["least_confidence"][i]), 6)
+        if p_guess is not None:  # calibrated: what experts see; the model's own softmax beside it
+            scores["p_pred_uncalibrated"] = scores.get("p_pred", round(float(p_guess[i]), 6))
+            scores["p_pred"] = round(float(p_guess[i]), 6)
         return Pick(int(ids[i]), names[int(pred[i])], scores)
 
     return Selection([pick(int(i)) for i in chosen], [pick(int(i)) for i in extra], n_gated,

@@ -71,7 +71,10 @@ def _project_with_a_round_to_label(stack) -> tuple[int, int, dict[str, str], lis
             truth[uri] = str(y)
     name = f"browser-{stack['port']}"
     pid = _ok(api.post("/projects", json={"name": name, "classes": [str(i) for i in range(10)], "config": {
-        "budget": BUDGET, "reserve": 0, "epochs": 4, "mc_samples": 2, "hflip": False, "pretrained": False}}), 201)["id"]
+        "budget": BUDGET, "reserve": 0, "epochs": 4, "mc_samples": 2, "hflip": False, "pretrained": False,
+        # Every guess pre-selected, none hidden: this test is about the stream, the pictures and
+        # the store; the guess modes have tests/test_browser_guess.py.
+        "guess": {"threshold": 0.0, "hidden_share": 0.0}}}), 201)["id"]
     seeded = [u for u in truth if u.startswith("pool/")][:SEEDED]
     items = [{"uri": u, "split": "val", "label": y} for u, y in truth.items() if u.startswith("val/")]
     items += [{"uri": u, "split": "pool", "label": truth[u]} for u in seeded]
@@ -132,7 +135,8 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
         q = by_item[item]
         # The header: the guess with its probability, no internal words (rounds, model versions).
         header = driver.find_element(By.XPATH, "//*[starts-with(normalize-space(text()), \"Model's guess:\")]").text
-        assert header == f"Model's guess: {q['predicted']}, {round(100 * q['scores']['p_pred'])} %", header
+        assert header == (f"Model's guess: {q['predicted']}, {round(100 * q['scores']['p_pred'])} %, pre-selected: "
+                          "change it if it is wrong"), header
         assert "round" not in header.lower()
         # Both pictures: loaded, the same size on screen, side by side, each pixel of the file
         # a whole number of screen pixels (no stretching, so nothing to smooth).

@@ -109,8 +109,15 @@ def test_experts_label_in_label_studio_and_the_next_round_trains_on_it(stack):
                      log=stack["log"])
     by_item = {int(t["data"][cfg.ITEM_ID]): t for t in tasks}
     assert set(by_item) == set(uri_of)
-    # Each task carries the model's guess as a prediction (one model_version for every round).
-    assert all(t["predictions"] and t["predictions"][0].get("model_version") == cfg.MODEL_VERSION for t in tasks)
+    # The guess is ticked (a prediction, one model_version for every round) only where its
+    # calibrated probability reaches guess.threshold (0.9 by default); the header says which.
+    for t in tasks:
+        head = t["data"][cfg.GUESS]
+        if t["predictions"]:
+            assert t["predictions"][0].get("model_version") == cfg.MODEL_VERSION
+            assert t["predictions"][0]["score"] >= 0.9 and head.endswith("pre-selected: change it if it is wrong")
+        else:
+            assert "not pre-selected" in head or head.startswith("hidden"), head
 
     # Two experts: one labels all but two tasks (one flagged "looked at the wrong region"), one skips.
     alice, bob = _expert(ls, f"alice-{stack['port']}"), _expert(ls, f"bob-{stack['port']}")

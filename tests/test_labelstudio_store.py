@@ -73,12 +73,17 @@ def _png(color: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def _make_project(settings: Settings, name: str, n: int) -> tuple[int, list[int]]:
+# Every guess pre-selected and none hidden (the queue's probabilities are 0.65–0.9): what these
+# tests check is the bridge; the guess modes have their own tests (test_labelstudio_trust.py).
+PRESELECT_ALL = {"guess": {"threshold": 0.5, "hidden_share": 0.0}}
+
+
+def _make_project(settings: Settings, name: str, n: int, config: dict | None = None) -> tuple[int, list[int]]:
     """A camloop project whose round 1 is in `labeling` with n queued items (rank = list order)."""
     img_dir = settings.data_dir / name
     img_dir.mkdir(parents=True)
     with session_scope(settings) as s:
-        project = create_project(s, name, CLASSES, None)
+        project = create_project(s, name, CLASSES, PRESELECT_ALL if config is None else config)
         items = []
         for i in range(n):
             data = _png((30 * i % 256, 0, 255 - 30 * i % 256))
@@ -198,7 +203,7 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
         assert pred["result"][0]["value"]["choices"] == [CLASSES[rank % 3]]
         assert t["data"][cfg.RANK] == rank and t["data"][cfg.ROUND] == 1
         # What the expert reads: the guess and its probability, nothing internal.
-        assert t["data"][cfg.GUESS] == f"{CLASSES[rank % 3]}, {round(100 * p)} %"
+        assert t["data"][cfg.GUESS] == f"{CLASSES[rank % 3]}, {round(100 * p)} %, pre-selected: change it if it is wrong"
     assert env["ls"].get(f"/api/projects/{ls_pid}").json()["model_version"] == cfg.MODEL_VERSION
     # What the first expert to open the project is served: the top of camloop's queue.
     nxt = env["ls"].get(f"/api/projects/{ls_pid}/next")

@@ -41,9 +41,10 @@ def test_migration_creates_every_table_and_matches_the_models(store):
     names = set(inspect(eng).get_table_names())
     assert {"projects", "classes", "items", "labels", "rounds", "model_versions", "jobs", "queue_entries",
             "alembic_version"} <= names
-    from service.labelstudio import ledger
+    from service.labelstudio import guess, ledger, second_opinion  # noqa: F401 — their tables join ledger.metadata
 
     assert {"labelstudio_annotations", "labelstudio_projects"} <= names  # revision 0002
+    assert {"guess_shown", "second_opinions"} <= names  # revision 0007
     with eng.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"target_metadata": [Base.metadata, ledger.metadata]})
         diff = compare_metadata(ctx, [Base.metadata, ledger.metadata])

@@ -242,21 +242,42 @@ def train_round(manifest_path: str) -> dict:
         return predict_probs(model, images, active=active, device=dev, batch_size=b)
 
     eval_bs = 512
+    held: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # split → (probs, labels): what calibration reads
     for key, refs in (("evidence", m.evidence), ("test", m.test)):
         if len(refs):
             data = _dataset(refs, names)
+
+            def kept(x, b, key=key, data=data):
+                probs = predict(x, b)
+                held[key] = (probs, data.labels[data.labels >= 0])
+                return probs
+
             metrics[key], eval_bs, more = split_on_oom(
-                lambda b: evaluate(model, data, names, active=active, predict=lambda x: predict(x, b)), eval_bs,
+                lambda b: evaluate(model, data, names, active=active, predict=lambda x: kept(x, b)), eval_bs,
                 what=f"evaluate {key}")
             metrics["train"]["oom_splits"] += more
+    # One temperature, fitted on the evidence; it travels with the checkpoint (score jobs read it).
+    from engine.calibration import round_calibration
+
+    ev, te = held.get("evidence"), held.get("test")
+    metrics["calibration"] = round_calibration(*(ev if ev else (np.zeros((0, len(names))), np.zeros(0, np.int64))),
+                                               *(te if te else (None, None)))
+    temperature = metrics["calibration"]["temperature"]
     if len(m.stop_set):
         # The stopping signal's predictions: the same pool images every round (no labels needed).
         images = m.stop_set.gather()
         probs, eval_bs, more = split_on_oom(lambda b: predict(images, b), eval_bs, what="predict stop set")
         metrics["train"]["oom_splits"] += more
         metrics["stop_set"] = {"item_ids": list(m.stop_set.item_ids), "pred": probs.argmax(axis=1).tolist()}
+    if m.relabel_folds:
+        # Out-of-fold probabilities of the labeled images and cleanlab's suspects among them.
+        from workers.label_issues import write_label_issues
+
+        metrics["label_issues"] = write_label_issues(m, files, train, is_new, evidence, active, base, _build,
+                                                    predict, model, train_dig if m.trunk_cache else None,
+                                                    evidence_dig if m.trunk_cache else None, _device())
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "meta": m.net.model_dump()}
+             "meta": m.net.model_dump(), "temperature": temperature}
     _atomic_write_bytes(files.checkpoint, lambda f: torch.save(state, f))
     metrics["train"]["seconds"] = time.perf_counter() - t0
     write_json_atomic(files.metrics, metrics)  # last: marks completion
@@ -297,6 +318,8 @@ def _load_model(checkpoint: str | None, net):
                                                             "frozen_blocks") if k in saved})
         model = _build(spec.model_copy(update={"pretrained": False}))
         model.load_state_dict(state["state_dict"])
+        # The round's calibration (engine.calibration); 1 for a checkpoint written before it.
+        model.temperature = float(state.get("temperature") or 1.0)
         return model.to(_device()).eval()
 
     return _cached_model(f"{checkpoint}:{os.path.getmtime(checkpoint)}", from_checkpoint)
@@ -349,8 +372,13 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     cam = getattr(res, "cam_lowres", None)
     if cam is None:
         cam = res.maps
+    from engine.calibration import calibrated
+
+    # The guess's calibrated probability: what experts are shown and pre-selection is decided by.
+    p_guess = calibrated(res.probs, getattr(model, "temperature", 1.0)).max(axis=1) if len(res.probs) else \
+        np.zeros(0)
     arrays = {c.SCORE_ITEM_IDS: np.asarray(refs.item_ids, np.int64), c.SCORE_PRED: np.asarray(res.pred, np.int64),
-              c.SCORE_PROBS: np.asarray(res.probs, np.float32),
+              c.SCORE_PROBS: np.asarray(res.probs, np.float32), c.SCORE_P_GUESS: np.asarray(p_guess, np.float32),
               c.SCORE_EMBEDDING: np.asarray(res.embedding, np.float32), c.SCORE_GATED: _gated(m, images)}
     if cam is not None:
         arrays[c.SCORE_CAM] = np.asarray(cam, np.float16)

@@ -122,6 +122,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         labeled = np.zeros(n_pool, bool)
         first = _first_labels(config, project, layout, pool, names, trunk_dir)
         labeled[first] = True
+        # Experts who err, and second opinions (workers.noisy_oracle): None keeps the perfect oracle.
+        book = _label_book(config, project, layout, pool, val, test, names, first, trunk_dir, data)
         # The reserve a round queues after its batch is with the experts while the next round
         # trains and scores: not a candidate then (the service scores unlabeled images only),
         # back in the pool once the next batch replaces it. The oracle answers batches only, as
@@ -139,9 +141,13 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             files = layout.round_files(PROJECT_ID, number)
             files.dir.mkdir(parents=True)
             active = [status[n] == "active" for n in names]
-            split = plan.split_training(pool.take(np.flatnonzero(labeled)), val, project, len(names))
+            answered = pool if book is None else pool.model_copy(update={"labels": book.given.tolist()})
+            split = plan.split_training(answered.take(np.flatnonzero(labeled)), val, project, len(names))
             manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files,
                                            stop_set, trunk_dir)
+            if number == config.rounds + 1:
+                # The last, train-only round asks nobody again: its fold models would be wasted.
+                manifest = manifest.model_copy(update={"relabel_folds": 0})
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
             jobs.train_round(str(files.train_manifest))
@@ -183,9 +189,27 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 record["selected"] = [data.pool_uris[i] for i in picked]
                 record["reserve"] = [data.pool_uris[p.item_id] for p in sel.reserve]
                 record["kept_out_as_excluded"] = sel.gated
+                # What pre-selection is decided by: the calibrated probability of each guess, and
+                # whether the guess was right (the benchmark of guess.threshold).
+                truth = {i: names[int(data.pool.labels[i])] for i in picked}
+                record["guesses"] = [[p.scores.get("p_pred"), int(p.pred == truth[p.item_id])] for p in sel.batch]
                 labeled[picked] = True  # the oracle: the true labels are already in pool.labels
+                if book is not None:
+                    # Second opinions on the labels this round trained on, answered with the batch.
+                    from workers.noisy_oracle import ask_second_opinions
+
+                    asked = (ask_second_opinions(book, files, project, names, labeled, number)
+                             if project.relabel.enabled else [])
+                    record["second_opinions"] = [data.pool_uris[i] for i in asked]
+                    book.first_answers(picked, number)
+                    labeled &= book.given >= 0
                 if picked.size == 0:
                     last = True
+            record["calibration"] = metrics.get("calibration")
+            if "label_issues" in metrics:
+                record["label_issues"] = {k: v for k, v in metrics["label_issues"].items() if k != "file"}
+            if book is not None:
+                record["label_noise"] = book.round_summary(labeled)
             record["seconds"] = {k: round(v, 3) for k, v in timings.items()}
             records.append(record)
             if progress is not None:
@@ -203,7 +227,28 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "initial_labels": [data.pool_uris[i] for i in first],
         "rounds": records,
         "exclusions": exclusions,
+        **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
+                            "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
+                                        if book.oracle.flip_to is not None else None),
+                            "labels": book.report(data.pool_uris, names)}} if book is not None else {}),
     }
+
+
+def _label_book(config: SimulationConfig, project, layout, pool, val, test, names, first, trunk_dir, data):
+    """The simulated experts' answers so far (None: a perfect oracle and no second opinions, the
+    path every run took before experts could err). A confusable flip needs the confusion of a
+    clean model: one extra training on the initial images with their true labels."""
+    if config.oracle_noise <= 0 and not project.relabel.enabled:
+        return None
+    from workers.noisy_oracle import confusable_targets, make_book, reference_confusion
+
+    flip_to = None
+    if config.noise_kind == "confusable" and config.oracle_noise > 0:
+        flip_to = confusable_targets(reference_confusion(project, layout, pool, val, test, names, first, trunk_dir,
+                                                         PROJECT_ID))
+    book = make_book(config, data.pool.labels, len(names), flip_to)
+    book.first_answers(first, 0)
+    return book
 
 
 def _first_labels(config: SimulationConfig, project, layout: c.Layout, pool: c.ImageRefs, names: list[str],

@@ -272,6 +272,14 @@ class MetricsOut(BaseModel):
     per_class: dict[str, ClassMetricsOut]
     history: list[HistoryOut]
     stopping: StoppingOut | None = None
+    calibration: dict[str, Any] | None = Field(None, description="the latest model's temperature (fitted on the "
+                                               "evidence) and the expected calibration error before and after, on "
+                                               "the evidence and the test split")
+    label_issues: dict[str, Any] | None = Field(None, description="relabel on: labels checked (out-of-fold) and "
+                                                "cleanlab's issues among them")
+    experts: dict[str, Any] | None = Field(None, description="with Label Studio: anchoring (per expert, agreement "
+                                           "with the guess shown vs hidden, `flagged`), second opinions (asked, open, "
+                                           "answered, not independent) and each expert's estimated quality")
 
 
 class LabelOut(BaseModel):

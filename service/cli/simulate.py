@@ -53,6 +53,13 @@ def simulate(
                                                                 "slope with its error) | threshold (exclude_below, min_gain)"),
     exclude_after: int = typer.Option(_X["exclude_after"].default, min=1, help="first round the rule may exclude a class"),
     exclude_below: float = typer.Option(_X["exclude_below"].default, min=0.0, max=1.0, help="the threshold rule's line"),
+    oracle_noise: float = typer.Option(_F["oracle_noise"].default, min=0.0, max=1.0,
+                                       help="each simulated expert answer is wrong with this probability"),
+    noise_kind: str = typer.Option(_F["noise_kind"].default, help="uniform (any other class) | confusable (the "
+                                                                  "class a clean model confuses it with most)"),
+    relabel: bool = typer.Option(False, "--relabel/--no-relabel", help="find suspicious labels each round (cleanlab "
+                                                                      "on out-of-fold probabilities) and ask an "
+                                                                      "independent simulated expert again"),
     config: Optional[str] = typer.Option(None, help='more project config as JSON (what a project\'s config takes), '
                                                     'e.g. \'{"exclusion": {"enabled": true, "exclude_after": 2}}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the engine's choice)"),
@@ -74,6 +81,7 @@ def simulate(
                "budget": budget,
                "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
+               "oracle_noise": oracle_noise, "noise_kind": noise_kind, "relabel": {"enabled": relabel},
                "exclusion": {"enabled": exclusion, "rule": exclusion_rule, "exclude_after": exclude_after,
                              "exclude_below": exclude_below}}
     try:

@@ -20,6 +20,18 @@ _figures: list[ClassFigures] = []
 _KEYS = ("accuracy", "precision", "recall", "f1", "support")
 
 
+ProjectFigures = Callable[[Session, Project], dict]
+_project_figures: list[ProjectFigures] = []
+
+
+def add_project_figures(fn: ProjectFigures) -> ProjectFigures:
+    """fn(session, project) → {key: figures}, added to the project's metrics (the Label Studio
+    bridge adds the experts': anchoring, second opinions, estimated quality)."""
+    if fn not in _project_figures:
+        _project_figures.append(fn)
+    return fn
+
+
 def add_class_figures(fn: ClassFigures) -> ClassFigures:
     """fn(session, project) → {class name: {figure: value}}, merged into each class's metrics."""
     if fn not in _figures:
@@ -92,6 +104,9 @@ def project_metrics(s: Session, project: Project) -> dict:
                         "evidence_accuracy": (m.get("evidence") or m.get("val") or {}).get("accuracy"),
                         "active": m.get("active"),
                         "per_class": {n: (hp.get(n) or {}).get("accuracy") for n in names}})
+    experts: dict = {}
+    for fn in list(_project_figures):
+        experts.update(fn(s, project) or {})
     skipped = s.scalar(select(func.count()).select_from(Item).where(
         Item.project_id == project.id, Item.status == "skipped")) or 0
     return {"project_id": project.id, "round": last_round.number if last_round else None,
@@ -102,7 +117,12 @@ def project_metrics(s: Session, project: Project) -> dict:
             "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"), "weighted_f1": ev.get("weighted_f1"),
             # rows = true class, columns = predicted, in class order; None before the first model
             "confusion": ev.get("confusion"), "ece": ev.get("ece"),
-            "labeled": int(sum(labeled.values())), "skipped": skipped, "per_class": per_class, "history": history}
+            "labeled": int(sum(labeled.values())), "skipped": skipped, "per_class": per_class, "history": history,
+            # The latest model's temperature and its calibration error before/after (engine.calibration),
+            # and cleanlab's label issues among the labels it trained on (workers.label_issues).
+            "calibration": lm.get("calibration"),
+            "label_issues": {k: v for k, v in (lm.get("label_issues") or {}).items() if k != "file"} or None,
+            "experts": experts or None}
 
 
 def stopping_of(s: Session, project: Project, versions: list[ModelVersion] | None = None,

@@ -9,6 +9,8 @@ Modules, one job each:
   apply     idempotent application of events to a LabelSink (keyed by annotation id)
   resolve   several annotators → majority label, ties/disagreements flagged for review
   agreement per-class percent agreement and kappas (Community has no agreement statistics)
+  guess     how each task shows the model's guess (pre-selected, shown, hidden), anchoring per expert
+  second_opinion  suspicious labels asked again of another expert, blind; ties; expert quality
   routes    FastAPI routers: the webhook receiver and the signed media files
 
 The orchestration calls: LabelStudioBridge.ensure_project / ensure_webhook / import_batch(BatchItem...)

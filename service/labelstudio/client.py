@@ -41,7 +41,11 @@ class BatchItem:
     image_url: str        # signed, expiring URL served by camloop (service.core.signing)
     heatmap_url: str | None  # signed URL of the Grad-CAM overlay of the predicted class (None: no model yet)
     predicted_class: str | None  # None in a cold-start round (no model yet): no prediction is attached
-    score: float | None   # the model's probability for predicted_class
+    score: float | None   # the model's (calibrated) probability for predicted_class
+    # How the guess is shown (service.labelstudio.guess): preselected (ticked), shown, hidden
+    # (no guess, no map); and the header's words for it (None: guess_text's).
+    display: str = "preselected"
+    header: str | None = None
 
 
 def guess_text(predicted_class: str | None, p: float | None) -> str:
@@ -56,19 +60,21 @@ def guess_text(predicted_class: str | None, p: float | None) -> str:
 
 def task_payload(item: BatchItem, round_no: int, rank: int) -> dict:
     """A Label Studio task for one batch item: data the config shows + camloop's ids + a prediction."""
+    hidden = item.display == "hidden"
     task = {
         "data": {
             cfg.IMAGE: item.image_url,
-            # The config shows $heatmap; every task must carry it, so a cold start repeats the image.
-            cfg.HEATMAP: item.heatmap_url or item.image_url,
-            cfg.GUESS: guess_text(item.predicted_class, item.score),
+            # The config shows $heatmap; every task must carry it, so a cold start (and a hidden
+            # guess: its map would show where the model looked for it) repeats the image.
+            cfg.HEATMAP: item.image_url if hidden else (item.heatmap_url or item.image_url),
+            cfg.GUESS: item.header if item.header is not None else guess_text(item.predicted_class, item.score),
             cfg.ITEM_ID: int(item.item_id),
             cfg.ROUND: int(round_no),
             cfg.RANK: int(rank),
         },
     }
-    if item.predicted_class is not None:
-        # The score is the guess's probability, which Label Studio sorts and filters by; the
+    if item.predicted_class is not None and item.display == "preselected":
+        # Ticked in advance only when pre-selected (a prediction is what Label Studio ticks). The score is the guess's probability, which Label Studio sorts and filters by; the
         # model_version is the same for every round (cfg.MODEL_VERSION says why).
         task["predictions"] = [cfg.prediction(item.predicted_class, item.score, cfg.MODEL_VERSION)]
     return task
@@ -220,8 +226,11 @@ class LabelStudioBridge:
                 raise LabelStudioError(f"imported {len(todo)} tasks, Label Studio returned {len(task_ids)} ids")
             # Community answers synchronously with ids in request order; sort defensively anyway.
             done.update({b.item_id: tid for (_, b), tid in zip(todo, sorted(task_ids))})
-            # Show camloop's predictions (the project can still hide them in its settings).
-            self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
+            # Show camloop's predictions (the project can still hide them in its settings). A
+            # batch with no guess ticked (hidden, shown) imports none, and Label Studio refuses a
+            # model_version that has no prediction.
+            if any(p.get("predictions") for p in payload):
+                self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
         return {i: done[i] for i in ids}
 
     def delete_open_tasks(self, project_id: int, round_no: int) -> dict[int, int]:

@@ -90,7 +90,10 @@ def round_batch(settings: Settings, project_id: int, round_number: int) -> list[
                 item_id=item.id, image_url=file_url(signer, item.uri, ttl),
                 heatmap_url=heatmap_url(signer, project_id, item.id, ttl) if q.pred else None,
                 predicted_class=q.pred, score=p))
-        return out
+        # How each guess is shown (pre-selected, shown, hidden): decided once and stored.
+        from service.labelstudio.guess import decide_batch
+
+        return decide_batch(s, s.get(Project, project_id), round_number, out)
 
 
 def push_round(settings: Settings, project_id: int, round_number: int, *,
@@ -211,12 +214,26 @@ def handle_webhook_request(settings: Settings, body: bytes, headers) -> dict:
             if all(isinstance(e, AnnotationDeleted) for e in events):
                 raise WebhookError(404, f"Label Studio project {ls_pid} is not connected to a camloop project")
         applied, synced = apply_to_store(s, project, events, link.maximum_annotations)
+        pid = project.id
         answer = {**result_view(action, applied), "labeled": synced.labeled, "retracted": synced.retracted,
                   "review": [r.item_id for r in synced.review]}
         problems = applied.problems + synced.problems
+    if synced.labeled or synced.retracted:
+        _second_opinions(settings, pid)  # a task to open again for another expert
     if problems:  # after the commit: the unusable annotation is kept, the error is still reported
         raise WebhookError(422, "; ".join(problems))
     return answer
+
+
+def _second_opinions(settings: Settings, project_id: int) -> None:
+    """Push second-opinion tasks not yet in Label Studio, open again those only experts who voted
+    before answered (service.labelstudio.second_opinion); never fails the caller."""
+    from service.labelstudio.second_opinion import push
+
+    try:
+        push(settings, project_id)
+    except Exception as e:  # noqa: BLE001 — Label Studio away: the next poll tries again
+        log.warning("second opinions of project %s not pushed: %s", project_id, e)
 
 
 def poll_project(settings: Settings, project_id: int, *, bridge: LabelStudioBridge | None = None) -> dict:
@@ -235,6 +252,7 @@ def poll_project(settings: Settings, project_id: int, *, bridge: LabelStudioBrid
         sink = ledger.SqlSink(s, project_id)
         events = events_from_snapshot(snap, sink.annotation_ids(link.ls_project_id))
         applied, synced = apply_to_store(s, project, events, link.maximum_annotations)
+    _second_opinions(settings, project_id)
     return {**result_view("POLL", applied), "labeled": synced.labeled, "retracted": synced.retracted,
             "review": [r.item_id for r in synced.review], "errors": snap.errors + synced.problems,
             "tasks": snap.tasks, "open_tasks": snap.open_tasks}
@@ -317,6 +335,16 @@ def expert_vote_figures(s, project) -> dict[str, dict]:
     return per_class_fields(s, project.id, list(project.class_names))
 
 
+def expert_figures(s, project) -> dict:
+    """core.metrics project figures: anchoring per expert, second opinions, expert quality."""
+    from engine.config import GuessConfig
+    from service.labelstudio.guess import anchoring
+    from service.labelstudio.second_opinion import figures
+
+    gap = GuessConfig.model_validate((project.config or {}).get("guess") or {}).anchoring_gap
+    return {"anchoring": anchoring(s, project.id, gap), "second_opinions": figures(s, project)}
+
+
 def wrong_region_by_guess(s, project) -> dict[str, tuple[int, int]]:
     """rounds.wrong_region_source: per guessed class, (wrong-region votes, votes) from the ledger."""
     from service.labelstudio.wrong_region import wrong_region_votes
@@ -371,10 +399,13 @@ def install(app, settings: Settings, *, poll: bool = True) -> None:
     # The hooks are process-wide (several apps can live in one process, as in the tests), so
     # each checks the settings it is called with: a project without Label Studio is left alone.
     rounds.on_labeling(push_if_connected)
+    from service.labelstudio import second_opinion
+    rounds.on_labeling(second_opinion.on_labeling)  # after the batch: suspicious labels asked again
     if connect_if_configured not in projects._created_hooks:
         projects.on_created(connect_if_configured)
-    from service.core.metrics import add_class_figures
+    from service.core.metrics import add_class_figures, add_project_figures
     add_class_figures(expert_vote_figures)
+    add_project_figures(expert_figures)
     from service.rounds.hooks import wrong_region_source
     wrong_region_source(wrong_region_by_guess)
     rounds.on_transition(announce_on_transition)

@@ -59,8 +59,11 @@ def _unlabeled_status(s: Session, item_id: int) -> str:
 
 def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[int], required: int) -> SyncResult:
     out = SyncResult()
+    from service.labelstudio.second_opinion import adjust
+
     for item_id, anns in sorted(sink.for_items(set(item_ids)).items()):
-        res = resolve_item(item_id, anns, required)
+        # Second opinions: independence recorded, an experts' tie broken where allowed (second_opinion).
+        res = adjust(s, project, item_id, anns, resolve_item(item_id, anns, required))
         if res.needs_review:
             out.review.append(res)
         item = s.get(Item, item_id)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Integer, and_, cast, func, select
+from sqlalchemy import Integer, and_, cast, func, select, tuple_
 from sqlalchemy.orm import Session
 
+from service.labelstudio.guess import hidden_tasks
 from service.labelstudio.ledger import annotations as a
 from service.store import QueueEntry, Round
 
@@ -37,7 +38,9 @@ def wrong_region_votes(s: Session, project_id: int) -> dict[str, dict]:
         .select_from(a)
         .join(Round, and_(Round.project_id == a.c.project_id, Round.number == a.c.round))
         .join(QueueEntry, and_(QueueEntry.round_id == Round.id, QueueEntry.item_id == a.c.item_id))
-        .where(_usable(project_id), guess.is_not(None))
+        .where(_usable(project_id), guess.is_not(None),
+               # A task shown without the guess showed no map either: nothing was judged there.
+               tuple_(a.c.round, a.c.item_id).not_in(hidden_tasks(project_id)))
         .group_by(guess, a.c.label)).all()
     out: dict[str, dict] = {}
     for guessed, label, n, wrong in rows:

@@ -1,0 +1,126 @@
+"""Wrong labels found: out-of-fold probabilities of the labeled images, and cleanlab's suspects.
+
+cleanlab's confident learning (Northcutt et al. 2021) needs, for every labeled image, the
+probabilities of a model that did not train on it. The train job gets them by k-fold
+cross-fitting on the round's training set: k models of the round's own kind and settings, each
+trained without one fold and predicting it (with frozen pretrained blocks, from the trunk cache,
+so a fold costs what a cached round costs). Labeled images held out as evidence never trained
+the round's model, so its own predictions are already out of sample for them.
+
+Those probabilities go to `cleanlab.filter.find_label_issues` (not rewritten here) and to
+`cleanlab.rank.get_label_quality_scores` for the order of suspicion. The result is one file in
+the round's folder (RoundFiles.label_issues), read by the simulation and the service alike:
+
+  item_ids (N,), labels (N,) the label each image trained with, pred_probs (N, C) out of fold,
+  quality (N,) cleanlab's self-confidence (low = suspicious), issue (N,) bool, source (N,) 0 fold / 1 holdout
+
+Excluded classes (masked out of the head) and classes with no labeled image are left out of what
+cleanlab sees; an image labeled with an excluded class is not checked (it does not train).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+FOLD, HOLDOUT = 0, 1
+
+
+def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number of each image, stratified by label (a class with fewer images than folds
+    lands in as many folds as it has images)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        out[idx] = (np.arange(idx.size) + offset) % folds
+        offset += idx.size  # the next class starts where this one stopped: folds stay balanced
+    return out
+
+
+def find_issues(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(issue mask, label quality) from cleanlab, over the classes that have labels and probability."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    labels = np.asarray(labels, np.int64)
+    p = np.asarray(pred_probs, np.float64)
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, bool), np.zeros(0)
+    present = np.unique(labels)
+    present = present[p[:, present].sum(axis=0) > 0]
+    keep = np.isin(labels, present)
+    issue, quality = np.zeros(n, bool), np.ones(n)
+    if present.size < 2 or keep.sum() < 2 * present.size:
+        return issue, quality  # one class, or too few images to estimate its noise: nothing to say
+    sub = p[keep][:, present]
+    sub = np.maximum(sub, 1e-12)
+    sub /= sub.sum(axis=1, keepdims=True)
+    y = np.searchsorted(present, labels[keep])
+    issue[keep] = find_label_issues(y, sub, filter_by="prune_by_noise_rate")
+    quality[keep] = get_label_quality_scores(y, sub, method="self_confidence")
+    return issue, quality
+
+
+def out_of_fold(m, train, is_new, evidence, active, base: dict, build, trunk_cache, train_dig, evidence_dig,
+                device) -> np.ndarray:
+    """(N_train, C) probabilities of each training image from the fold model that did not see it."""
+    import torch
+
+    from workers.train import TrainConfig, train_model
+
+    folds = fold_ids(train.labels, m.relabel_folds, m.settings.seed)
+    probs = np.zeros((len(train), len(m.net.class_names)), np.float32)
+    for f in range(m.relabel_folds):
+        held, fit = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+        if held.size == 0 or fit.size == 0:
+            continue
+        torch.manual_seed(m.settings.seed + 1000 + f)
+        model = build(m.net)
+        tc = TrainConfig(**{**base, "seed": m.settings.seed + 1000 + f})
+        sub = train.subset(fit)
+        if trunk_cache is not None:
+            from workers.trunk_cache import predict_from_cache, train_from_cache
+
+            cache = trunk_cache(model)
+            train_from_cache(model, cache, sub, [train_dig[i] for i in fit], is_new[fit], evidence, evidence_dig,
+                             active, tc)
+            probs[held] = predict_from_cache(model, cache, [train_dig[i] for i in held], train.images[held],
+                                             active=active, device=device)
+        else:
+            from workers.evaluate import predict_probs
+
+            train_model(model, sub, is_new[fit], evidence, active, tc)
+            probs[held] = predict_probs(model, train.images[held], active=active, device=device)
+    return probs
+
+
+def write_label_issues(m, files, train, is_new, evidence, active, base, build, predict, model, train_dig,
+                       evidence_dig, device) -> dict:
+    """Out-of-fold probabilities (training images by k folds, held-out evidence by the round's
+    model), cleanlab's verdict, written atomically to files.label_issues → a summary for metrics."""
+    from workers.jobs import _atomic_write_bytes, _trunk_cache
+
+    t0 = time.perf_counter()
+    cache = (lambda net_model: _trunk_cache(m.trunk_cache, net_model, base["batch_size"])) if m.trunk_cache else None
+    ids = [np.asarray(m.train.item_ids, np.int64)]
+    labels = [np.asarray(train.labels, np.int64)]
+    probs = [out_of_fold(m, train, is_new, evidence, active, base, build, cache, train_dig, evidence_dig, device)]
+    source = [np.full(len(train), FOLD, np.int8)]
+    if m.evidence_source == "holdout" and evidence is not None and len(evidence):
+        ids.append(np.asarray(m.evidence.item_ids, np.int64))
+        labels.append(np.asarray(evidence.labels, np.int64))
+        probs.append(predict(evidence.images, 512))
+        source.append(np.full(len(evidence), HOLDOUT, np.int8))
+    ids, labels, probs, source = (np.concatenate(a) for a in (ids, labels, probs, source))
+    act = np.asarray(active, bool)
+    checked = act[labels]  # an excluded class's label does not train: nothing to check
+    issue, quality = np.zeros(len(ids), bool), np.ones(len(ids))
+    issue[checked], quality[checked] = find_issues(labels[checked], probs[checked])
+    arrays = dict(item_ids=ids, labels=labels, pred_probs=probs.astype(np.float32), quality=quality,
+                  issue=issue, source=source)
+    _atomic_write_bytes(files.label_issues, lambda f: np.savez(f, **arrays))
+    return {"checked": int(checked.sum()), "issues": int(issue.sum()), "folds": int(m.relabel_folds),
+            "seconds": round(time.perf_counter() - t0, 3), "file": str(files.label_issues)}
