@@ -46,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy's
 
+from engine.files import atomic_write_json  # noqa: E402  (after the path above)
+
 OTHER = "Other"
 EXCLUSION_VARIANTS = {
     "excl-off": {"enabled": False},
@@ -132,8 +134,8 @@ def run_one(protocol: str, variant: str, seed: int, args) -> dict:
     from workers.simulate import run_simulation
 
     key = f"issue15-{protocol}-{seed}"
-    datasets._NAMED[key] = lambda s, p=protocol, sd=seed: make_protocol(
-        p, sd, args.pool, args.val_per_class, args.test_per_class, args.ratio)
+    datasets.register_dataset(key, lambda s, p=protocol, sd=seed: make_protocol(
+        p, sd, args.pool, args.val_per_class, args.test_per_class, args.ratio))
     overrides = {}
     if protocol == "hopeless":
         ex = dict(EXCLUSION_VARIANTS[variant])
@@ -216,9 +218,7 @@ def main(argv=None) -> int:
                     run = json.loads(path.read_text())
                 else:
                     run = run_one(protocol, variant, seed, args)
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(run))
-                    os.replace(tmp, path)
+                    atomic_write_json(path, run)
                 s = summarise_run(run)
                 summaries.append(s)
                 print(f"{protocol}/{variant} seed {seed}: final real-class accuracy {s['final_real_class_accuracy']}, "

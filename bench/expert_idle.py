@@ -28,7 +28,7 @@ from pathlib import Path
 
 def run(reserve: int, args) -> dict:
     from service.demo.run import DemoOptions, export_images
-    from service.runtime.embedded import EmbeddedStack
+    from service.demo.stack import EmbeddedStack
     from service.settings import Settings
     from engine.decisions import initial_labeled
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import atomic_write_json
+
 # name -> (strategy, overrides of SimulationConfig)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "random": ("random", {}),
@@ -263,9 +265,7 @@ def main(argv=None) -> int:
             result["wall_seconds"] = time.perf_counter() - t0
             result["variant"] = name
             result["host"] = _machine(args)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, path)
+            atomic_write_json(path, result)
             runs[name].append(result)
             print(f"{name} seed {seed}: AULC {aulc(result['rounds']):.4f}, {result['wall_seconds']:.0f} s", flush=True)
             _write_outputs(args, runs)
@@ -335,9 +335,7 @@ def _reference(args) -> None:
                        "machine": _machine(args)}
         print(f"reference {size}: {r['labeled']} labels, test accuracy {r['accuracy']:.4f} "
               f"({ref[size]['seconds']:.0f} s)", flush=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ref, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(path, ref, indent=1)
 
 
 def _write_outputs(args, runs: dict[str, list[dict]]) -> None:

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,18 +45,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.runtime.host import free_port  # noqa: E402  (after the path above)
+
 CLASSES = [str(i) for i in range(10)]
 ENGINEER, DASHBOARD = "load-engineer-key", "load-dashboard-key"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 # ------------------------------------------------------------------------------ the stack
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _pg_url() -> tuple[str, str]:
     """(admin dsn, sqlalchemy url) of a fresh database on the machine's PostgreSQL."""
@@ -108,8 +103,7 @@ class Stack:
             import psycopg
 
             from service.store import db
-            for eng in list(db._engines.values()):
-                eng.dispose()
+            db.dispose_engines()
             with psycopg.connect(self.admin_dsn, autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{self.db_url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
@@ -124,7 +118,7 @@ def start_stack(db: str = "postgresql", root: Path | None = None) -> Stack:
         admin, db_url = _pg_url()
     else:
         db_url = f"sqlite:///{root / 'camloop.db'}"
-    st = Stack(root, db_url, f"load{uuid.uuid4().hex[:8]}", _free_port(), admin_dsn=admin)
+    st = Stack(root, db_url, f"load{uuid.uuid4().hex[:8]}", free_port(), admin_dsn=admin)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMLOOP_") and k not in ("DATABASE_URL", "REDIS_URL")}
     env.update({"CAMLOOP_DATA_DIR": str(root), "CAMLOOP_QUEUE_PREFIX": st.prefix, "CAMLOOP_API_KEYS": ENGINEER,
                 "CAMLOOP_DASHBOARD_KEYS": DASHBOARD, "REDIS_URL": REDIS_URL, "DATABASE_URL": db_url,

@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from service.runtime.host import free_port  # noqa: E402  (after the path above)
 
 CLASSES = [str(i) for i in range(10)]
 SCORE_KEYS = ["least_confidence", "margin", "entropy", "vote_entropy", "mean_kl", "bald", "cam_mask_mean",
@@ -176,6 +177,7 @@ def _one_overhead(settings, tmp: Path, budget: int, tag: str) -> dict:
     from service.core import paths
     from service.core import projects as projects_svc
     from service import rounds
+    from service.rounds import handlers
     from service.store.db import session_scope
     from service.runtime.jobqueue import connection
     from service.store import Item, Job, Round
@@ -194,7 +196,7 @@ def _one_overhead(settings, tmp: Path, budget: int, tag: str) -> dict:
     with clock("pool: apply ingest results"):
         rounds.advance_project(settings, pid)
         with session_scope(settings) as s:  # applied when a round waits on it; force it here
-            rounds._ingest_state(s, settings, pid, connection(settings))
+            handlers.ingest_state(s, settings, pid, connection(settings))
     # Labels so the measured round trains (round 1 would be a cold start with nothing to train).
     with session_scope(settings) as s:
         first = list(s.scalars(select(Item.id).where(Item.project_id == pid).order_by(Item.id).limit(2 * budget)))
@@ -294,12 +296,6 @@ def _print_overhead(out: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- part 2
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def _http_get(reader, writer, request: bytes) -> int:
     """One HTTP/1.1 keep-alive GET on an open connection → status code (body read and dropped)."""
@@ -406,7 +402,7 @@ def load(args) -> dict:
         (tmp / "pool").mkdir()
         for i, img in enumerate(d.images[:, :, :, 0]):
             Image.fromarray(img, mode="L").save(tmp / "pool" / f"{i:05d}.png")
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-c", "from service.cli import app; app()"]
         server = subprocess.Popen(cmd + ["serve", "--port", str(port), "--log-level", "warning"], env=env,
                                   stdout=open(tmp / "server.log", "ab"), stderr=subprocess.STDOUT)

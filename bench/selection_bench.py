@@ -84,6 +84,7 @@ def service_part(args) -> dict:
     from bench.orchestration_bench import _cleanup_redis, postgres_database
     from service.core import paths, projects
     from service import rounds
+    from service.rounds import lifecycle
     from service.store.db import session_scope
     from service.store.migrate import upgrade_head
     from service.settings import Settings
@@ -150,7 +151,7 @@ def service_part(args) -> dict:
                     q = list(s.scalars(sql_select(QueueEntry.item_id).where(QueueEntry.round_id == r.id)))
                     assert len(q) == args.budget and not set(q) & set(gone.tolist()), "selection kept a labeled item"
                     out["selection_s"].append(r.progress.get("selection_s"))
-                    rounds._close(s, r)
+                    lifecycle.close(s, r)
                 out["wall_s"].append(round(w, 3))
                 out["cpu_s"].append(round(cpu, 3))
         finally:

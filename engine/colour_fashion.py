@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.datasets import FASHION_MNIST_ROOT, Dataset, load_fashion_mnist
+from engine.dataset import Dataset
+from engine.fashion_mnist import FASHION_MNIST_ROOT, load_fashion_mnist
 
 NAME = "fashion-colour"
 DEFAULT_SIDE = 96

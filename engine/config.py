@@ -17,6 +17,12 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       model_validator)
 
 from engine.model_specs import check_model_config, get_spec, model_names
+from strategies.stopping import AccuracyPlateau, StabilisingPredictions
+
+# Images per score job (a shard of the unlabeled pool): the service's CAMLOOP_SCORE_SHARD_SIZE
+# and `camloop simulate`'s shard_size default to it.
+SCORE_SHARD_SIZE = 4096
+
 
 def _number(v: Any) -> Any:
     # A float field that takes ints and floats, never a string or a boolean (pydantic's lax
@@ -75,14 +81,17 @@ class StoppingConfig(_Strict):
     stop_set_size: StrictInt = Field(1000, ge=0, le=1_000_000,
                                      description="pool images (a fixed random sample, labeled or not) every trained "
                                                  "model predicts on; 0: no kappa")
-    kappa: Fraction = Field(0.99, description="predictions are stable when Cohen's kappa between successive models on "
-                                              "the stop set stays at least this (Bloodgood & Vijay-Shanker: 0.99)")
-    window: StrictInt = Field(3, ge=1, le=100, description="for this many successive comparisons")
-    plateau_gain: Number | None = Field(0.005, ge=0.0, le=1.0,
+    # The criteria's own defaults (strategies.stopping) are the project's.
+    kappa: Fraction = Field(StabilisingPredictions.kappa,
+                            description="predictions are stable when Cohen's kappa between successive models on "
+                                        "the stop set stays at least this (Bloodgood & Vijay-Shanker: 0.99)")
+    window: StrictInt = Field(StabilisingPredictions.window, ge=1, le=100,
+                              description="for this many successive comparisons")
+    plateau_gain: Number | None = Field(AccuracyPlateau.min_gain, ge=0.0, le=1.0,
                                         description="the held-out accuracy has plateaued when the last "
                                                     "`plateau_patience` rounds did not beat the earlier best by this "
                                                     "much (none: not a reason to stop)")
-    plateau_patience: StrictInt = Field(3, ge=1, le=100, description="rounds without that gain")
+    plateau_patience: StrictInt = Field(AccuracyPlateau.patience, ge=1, le=100, description="rounds without that gain")
     max_labels: StrictInt | None = Field(None, ge=1, description="label budget: stop once this many pool images are "
                                                                  "labeled (none: no budget)")
 
@@ -250,7 +259,8 @@ class SimulationConfig(ProjectConfig):
     Flat on purpose (the project's keys beside the run's), so benchmarks say
     `SimulationConfig(strategy="random", budget=1000)`."""
 
-    dataset: str | None = Field("digits", description="a named data set (engine.datasets.dataset_names())")
+    dataset: str | None = Field("digits", description="a named data set: fashion-mnist, digits or fashion-colour "
+                                  "(engine.datasets.dataset_names())")
     folder: str | None = Field(None, description="a folder of class sub-folders, or one with pool/val/test sub-folders")
     initial: StrictInt = Field(100, ge=1, le=10_000_000, description="pool images labeled before round 1: at random, or "
                                                                       "typical ones (first_batch)")
@@ -260,7 +270,8 @@ class SimulationConfig(ProjectConfig):
     pool_limit: StrictInt | None = Field(None, ge=1, description="subsample the pool (stratified) for a quick run")
     val_limit: StrictInt | None = Field(None, ge=1, description="subsample the validation split (stratified)")
     test_limit: StrictInt | None = Field(None, ge=1, description="subsample the test split (stratified)")
-    shard_size: StrictInt = Field(4096, ge=1, description="images per score shard, as the service's CAMLOOP_SCORE_SHARD_SIZE")
+    shard_size: StrictInt = Field(SCORE_SHARD_SIZE, ge=1,
+                                  description="images per score shard, as the service's CAMLOOP_SCORE_SHARD_SIZE")
     hflip: StrictBool | None = Field(None, description="none: on, except for data sets where mirroring changes the class (digits)")
     trunk_cache_dir: str | None = Field(None, description="keep the frozen-trunk cache in this folder, shared by runs "
                                                           "on the same images (none: the run's temporary folder)")

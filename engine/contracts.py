@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.files import atomic_write_bytes
+
 
 class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -395,30 +397,6 @@ def read_manifest(path: Path | str, model: type[_M]) -> _M:
     return model.model_validate_json(Path(path).read_bytes())
 
 
-def atomic_write(path: Path | str, write) -> None:
-    """write(file_object) into a tmp file beside `path`, fsync, then os.replace: a reader sees the
-    old file or the new one, never half of one (jobs and the service both write this way)."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_manifest(path: Path | str, manifest: _M) -> None:
     """The manifest as JSON, atomically."""
-    data = manifest.model_dump_json().encode()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, manifest.model_dump_json().encode())

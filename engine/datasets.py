@@ -1,116 +1,24 @@
-"""Data sets as uint8 arrays (N, H, W, C) + int64 labels + class names.
+"""Loading data sets as ``Dataset`` (engine.dataset): scikit-learn's digits, image folders, the
+splits, and every data set by name (``load_named``: fashion-mnist, digits, fashion-colour, and
+any a benchmark registers).
 
-Everything the engine trains or scores on goes through ``Dataset`` so the loop, the jobs and
-the benches share one shape convention (see docs/architecture.md). Nothing here downloads:
-Fashion-MNIST comes from the Debian package's IDX files, digits from scikit-learn's bundled
-copy, user data from a folder on disk.
+Nothing here downloads: Fashion-MNIST comes from the Debian package's IDX files
+(engine.fashion_mnist), digits from scikit-learn's bundled copy, user data from a folder on disk.
 """
 from __future__ import annotations
 
-import gzip
 import os
-import re
-import struct
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from engine.imageio import DEFAULT_MAX_PIXELS, BadImage, decode_image
-
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-# "T-shirt/top" officially; the slash is replaced because class names appear in REST paths
-# (/classes/{name}/exclude) and folder names, where a slash cannot be.
-FASHION_MNIST_CLASSES = [
-    "T-shirt-top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-UNLABELED = -1  # label of images from the flat unlabeled folder
-
-# Class names become Label Studio choices, JSON keys and folder names: keep them printable,
-# short and free of path separators.
-_CLASS_NAME_RE = re.compile(r"^[^\x00-\x1f/\\]{1,100}$")
-
-
-@dataclass
-class Dataset:
-    """images uint8 (N, H, W, C), labels int64 (N,) (−1 = unlabeled), class_names list[str].
-
-    ``paths`` (optional) holds the source file of each image for folder data sets.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    paths: list[str] | None = field(default=None)
-
-    def __post_init__(self):
-        self.images = np.asarray(self.images)
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
-            raise ValueError(f"images must be uint8 (N,H,W,C) with C in (1,3), got {self.images.dtype} {self.images.shape}")
-        if len(self.labels) != len(self.images):
-            raise ValueError("images and labels differ in length")
-        validate_class_names(self.class_names)
-        if len(self.labels) and self.labels.max(initial=-1) >= len(self.class_names):
-            raise ValueError("label outside class_names")
-        if self.paths is not None and len(self.paths) != len(self.images):
-            raise ValueError("paths and images differ in length")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def subset(self, idx) -> "Dataset":
-        idx = np.asarray(idx)
-        paths = None if self.paths is None else [self.paths[i] for i in np.arange(len(self))[idx]]
-        return Dataset(self.images[idx], self.labels[idx], list(self.class_names), paths)
-
-
-def validate_class_names(names) -> list[str]:
-    """Raise ValueError unless names are unique, non-empty, printable strings without slashes."""
-    names = list(names)
-    if not names:
-        raise ValueError("at least one class is required")
-    for n in names:
-        if not isinstance(n, str) or not _CLASS_NAME_RE.match(n) or n.strip() != n or n in (".", ".."):
-            raise ValueError(f"invalid class name {n!r}: 1–100 printable characters, no slashes, no edge spaces")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"duplicate class names: {dup}")
-    return names
-
-
-# ---------------------------------------------------------------- Fashion-MNIST (IDX)
-
-def _read_idx(path) -> np.ndarray:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:  # 0x08 = unsigned byte, the only type MNIST-likes use
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated IDX file")
-    return arr.reshape(dims)
-
-
-def load_fashion_mnist(root=FASHION_MNIST_ROOT) -> tuple[Dataset, Dataset]:
-    """The official split: (train 60 000, test 10 000), images (N, 28, 28, 1)."""
-    root = Path(root)
-
-    def part(prefix):
-        x = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
-        y = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
-        return Dataset(x[..., None].copy(), y.astype(np.int64), list(FASHION_MNIST_CLASSES))
-
-    return part("train"), part("t10k")
+from engine.colour_fashion import load_fashion_colour
+# The type and Fashion-MNIST live in modules of their own (colour_fashion builds on them, and
+# this module names colour_fashion's data set); importers of this module find them here too.
+from engine.dataset import UNLABELED, Dataset, validate_class_names  # noqa: F401
+from engine.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: F401
+from engine.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImage, decode_image
 
 
 # ---------------------------------------------------------------- scikit-learn digits
@@ -156,6 +64,17 @@ def split_indices(n: int, ratios=(0.7, 0.2, 0.1), seed: int = 0, stratify=None):
         parts[1].append(g[n_pool:n_pool + n_val])
         parts[2].append(g[n_pool + n_val:])
     return tuple(np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts)
+
+
+def stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """About k positions with the same class shares as `labels`, sorted: a small CPU run keeps
+    the data set's balance."""
+    idx = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = int(round(k * members.size / labels.size))
+        idx.append(rng.choice(members, size=min(take, members.size), replace=False))
+    return np.sort(np.concatenate(idx))
 
 
 # ---------------------------------------------------------------- image folders
@@ -242,18 +161,24 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
 
 # ---------------------------------------------------------------- named data sets
 
-def _fashion_colour(seed: int):
-    from engine.colour_fashion import load_fashion_colour  # lazy: colour_fashion imports this module
-    return load_fashion_colour(seed)
+Loader = Callable[[int], tuple[Dataset, Dataset, Dataset]]
+# Named data sets beyond the two built in below (fashion-mnist, digits): name -> loader(seed)
+# -> (pool, val, test). A benchmark adds its own with register_dataset.
+NAMED: dict[str, Loader] = {"fashion-colour": lambda seed: load_fashion_colour(seed)}
 
 
-# Named data sets beyond the two built in below: name -> loader(seed) -> (pool, val, test).
-_NAMED = {"fashion-colour": _fashion_colour}
+def register_dataset(name: str, loader: Loader) -> None:
+    """Make `load_named(name, seed)` return loader(seed)."""
+    NAMED[name] = loader
+
+
+def dataset_names() -> list[str]:
+    return ["fashion-mnist", "digits", *NAMED]
 
 
 def load_named(name: str, seed: int = 0, *, val_fraction: float = 1 / 6,
                fashion_root=None) -> tuple[Dataset, Dataset, Dataset]:
-    """(pool, val, test) for ``fashion-mnist``, ``digits`` or a name in ``_NAMED`` (``fashion-colour``).
+    """(pool, val, test) for ``fashion-mnist``, ``digits`` or a name in ``NAMED`` (``fashion-colour``).
 
     fashion-mnist keeps the official 10k test set and splits the 60k train set into pool and a
     stratified validation part (10k by default); digits is split 7:2:1 stratified.
@@ -266,6 +191,6 @@ def load_named(name: str, seed: int = 0, *, val_fraction: float = 1 / 6,
         d = load_digits()
         pool_i, val_i, test_i = split_indices(len(d), (0.7, 0.2, 0.1), seed, stratify=d.labels)
         return d.subset(pool_i), d.subset(val_i), d.subset(test_i)
-    if name in _NAMED:
-        return _NAMED[name](seed)
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(['fashion-mnist', 'digits', *_NAMED])}")
+    if name in NAMED:
+        return NAMED[name](seed)
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(dataset_names())}")

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+# The files camloop reads as images (a folder registered, a data set loaded from folders).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Pillow's own default (≈89.5 M pixels) is tuned for photos; a labeling pool never needs more,
 # and a smaller default keeps one hostile file from taking a worker's memory.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -55,7 +57,7 @@ def _open(path_or_bytes) -> Image.Image:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type → samples per pixel
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
 def _png_rows_bytes(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
@@ -68,7 +70,7 @@ def _png_rows_bytes(width: int, height: int, depth: int, colour: int, interlace:
     if not interlace:
         return rows(width, height)
     return sum(rows(max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy))
-               for x0, y0, dx, dy in _ADAM7)
+               for x0, y0, dx, dy in ADAM7)
 
 
 def check_png_pixel_data(data: bytes) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.datasets import IMAGE_EXTENSIONS
+from engine.imageio import IMAGE_EXTENSIONS
 from engine.model_specs import check_model_config, get_spec, weights_installed
 
 SMALL_GREY_MAX = 64      # greyscale images up to this side get the small CNN

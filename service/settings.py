@@ -10,8 +10,31 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.config import SCORE_SHARD_SIZE
+from engine.imageio import DEFAULT_MAX_PIXELS
+
+
+class LabelStudioSettings(BaseModel):
+    """The Label Studio bridge's own settings (service.labelstudio.plugin receives these): read
+    from the CAMLOOP_LABEL_STUDIO_* variables of `Settings`, the webhook URL resolved."""
+    model_config = ConfigDict(frozen=True)
+
+    url: str | None = None
+    token: SecretStr | None = None
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_url: str                 # where Label Studio posts its webhooks
+    maximum_annotations: int = 1     # annotators per task; the label is their majority
+    url_ttl_s: int = 14 * 24 * 3600  # lifetime of the signed image/heatmap URLs inside tasks
+    poll_interval_s: float = 30.0    # reconciliation poll period; 0 = no poller
+
+    @property
+    def configured(self) -> bool:
+        """camloop talks to a Label Studio: URL and token are set (the webhook and the signed
+        media routes work without them)."""
+        return bool(self.url and self.token)
 
 
 class Settings(BaseSettings):
@@ -50,13 +73,13 @@ class Settings(BaseSettings):
 
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads a worker's torch uses (default: torch's choice); results depend on it")
-    score_shard_size: int = 4096
+    score_shard_size: int = SCORE_SHARD_SIZE
     job_timeout_s: int = 3600
     job_retries: int = Field(default=2, ge=0, description="re-runs of a job after an error in the job itself")
     job_max_worker_deaths: int = Field(default=10, ge=0, description="re-runs of a job whose worker died (killed, "
                                        "out of memory, machine lost); these never use job_retries")
     max_upload_bytes: int = 32 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     predict_max_images: int = Field(default=64, ge=1, description="images one prediction request may carry")
     predict_sync_images: int = Field(default=8, ge=0, description="requests with up to this many images are answered "
                                      "at once on the API's CPU (onnxruntime); larger ones become a worker job")
@@ -119,8 +142,15 @@ class Settings(BaseSettings):
         return frozenset(out)
 
     @property
-    def label_studio_webhook_url_effective(self) -> str:
-        return self.label_studio_webhook_url or f"{self.public_base_url.rstrip('/')}/api/v1/webhooks/label-studio"
+    def label_studio(self) -> LabelStudioSettings:
+        """The CAMLOOP_LABEL_STUDIO_* settings as the bridge's own model."""
+        return LabelStudioSettings(
+            url=self.label_studio_url, token=self.label_studio_token,
+            webhook_secret=self.label_studio_webhook_secret,
+            webhook_url=self.label_studio_webhook_url or
+            f"{self.public_base_url.rstrip('/')}/api/v1/webhooks/label-studio",
+            maximum_annotations=self.label_studio_maximum_annotations, url_ttl_s=self.label_studio_url_ttl_s,
+            poll_interval_s=self.label_studio_poll_interval_s)
 
     @staticmethod
     def split_keys(secret: SecretStr) -> frozenset[str]:

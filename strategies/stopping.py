@@ -74,7 +74,7 @@ class StabilisingPredictions:
 @dataclass(frozen=True)
 class AccuracyPlateau:
     min_gain: float = 0.005
-    patience: int = 2
+    patience: int = 3
 
     def __post_init__(self):
         if self.patience < 1 or self.min_gain < 0:
@@ -125,14 +125,15 @@ class AnyOf:
 
 def from_config(cfg: Mapping | None):
     """A criterion from a project's `stopping` settings, e.g. {"kappa": 0.99, "window": 3,
-    "plateau_gain": 0.005, "plateau_patience": 2, "max_labels": 5000}; a key left out (or None)
+    "plateau_gain": 0.005, "plateau_patience": 3, "max_labels": 5000}; a key left out (or None)
     leaves its criterion out. None or {} → None (never stop on its own)."""
     cfg = dict(cfg or {})
     parts = []
     if cfg.get("kappa") is not None:
-        parts.append(StabilisingPredictions(float(cfg["kappa"]), int(cfg.get("window") or 3)))
+        parts.append(StabilisingPredictions(float(cfg["kappa"]), int(cfg.get("window") or StabilisingPredictions.window)))
     if cfg.get("plateau_gain") is not None:
-        parts.append(AccuracyPlateau(float(cfg["plateau_gain"]), int(cfg.get("plateau_patience") or 2)))
+        parts.append(AccuracyPlateau(float(cfg["plateau_gain"]),
+                                     int(cfg.get("plateau_patience") or AccuracyPlateau.patience)))
     if cfg.get("max_labels") is not None:
         parts.append(BudgetSpent(int(cfg["max_labels"])))
     unknown = set(cfg) - {"kappa", "window", "plateau_gain", "plateau_patience", "max_labels"}

@@ -41,8 +41,7 @@ def pg_url():
     finally:
         from service.store import db
 
-        for eng in list(getattr(db, "_engines", {}).values()):
-            eng.dispose()
+        db.dispose_engines()
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 

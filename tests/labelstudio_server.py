@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,15 +31,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.runtime.host import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BIN = REPO / ".venv-label-studio" / "bin" / "label-studio"
 HEALTH_TIMEOUT_S = 300.0  # first start migrates the database; 2 shared cores make it slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LabelStudioServer:

@@ -195,18 +195,20 @@ def test_an_expert_labels_a_round_by_clicking_in_a_real_browser(stack, chromium,
         assert row["expert_votes"] == sum(c == cls for c in chosen.values()), cls
 
     # Between batches the expert is told what happens, in the instructions the stream opens with.
-    from service.labelstudio.announce import announce, preparing_text
+    from service.labelstudio.announce import preparing_text
+    from service.labelstudio.plugin import LabelStudioPlugin
     from service.settings import Settings
 
     settings = Settings(data_dir=stack["root"], label_studio_url=stack["ls_url"],
                         label_studio_token=stack["token"])
     note = preparing_text(2, SEEDED + BUDGET, 150)
-    assert announce(settings, pid, note) and announce(settings, pid, note)  # the second writes nothing new
+    bridge = LabelStudioPlugin(settings)
+    assert bridge.announce(pid, note) and bridge.announce(pid, note)  # the second writes nothing new
     driver.get(f"{stack['ls_url']}/projects/{ls_pid}/data?labeling=1")
     WebDriverWait(driver, 120).until(lambda d: note in body_text(d), message="the note is not shown")
     assert body_text(driver).count(note) == 1
     # Behind the instructions: the empty stream (the page's text, hidden parts included).
     WebDriverWait(driver, 30).until(lambda d: NO_MORE in d.execute_script("return document.body.textContent"))
     driver.save_screenshot(str(shots / "between-batches.png"))
-    assert announce(settings, pid, None)
+    assert bridge.announce(pid, None)
     assert ls.get(f"/api/projects/{ls_pid}").json()["expert_instruction"] == ""

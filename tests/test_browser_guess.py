@@ -17,7 +17,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service.core import paths
 from service.labelstudio import config as cfg
-from service.labelstudio.orchestrate import connect_project, poll_project, push_round
 from service.labelstudio.second_opinion import SECOND, on_labeling
 from service.store import Round
 from service.store.db import session_scope
@@ -42,14 +41,14 @@ def test_an_expert_sees_each_guess_mode_and_a_blind_second_opinion(env, chromium
     pid, ranked = _make_project(st, "browser-modes", 2, {"guess": {"threshold": 0.87, "hidden_share": 0.0},
                                                          "relabel": {"enabled": True, "share": 1.0}, "budget": 2})
     hid, hidden_ranked = _make_project(st, "browser-hidden", 1, {"guess": {"mode": "hidden"}})
-    push_round(st, pid, 1)
-    push_round(st, hid, 1)
-    ls_pid, ls_hidden = connect_project(st, pid), connect_project(st, hid)
+    env["bridge"].push_round(pid, 1)
+    env["bridge"].push_round(hid, 1)
+    ls_pid, ls_hidden = env["bridge"].connect_project(pid), env["bridge"].connect_project(hid)
     tasks = sorted(ls_tasks(env, ls_pid), key=lambda t: t["id"])
     # Two experts labeled round 1 (another expert first, so the browser's expert is "another expert").
     annotate(env, tasks[0]["id"], "cat", u[1])
     annotate(env, tasks[1]["id"], "dog", u[2])
-    poll_project(st, pid)
+    env["bridge"].poll_project(pid)
     with session_scope(st) as s:
         s.execute(Round.__table__.update().where(Round.project_id == pid).values(state="closed"))
         s.add(Round(project_id=pid, number=2, state="labeling"))
@@ -59,7 +58,7 @@ def test_an_expert_sees_each_guess_mode_and_a_blind_second_opinion(env, chromium
     np.savez(f, item_ids=np.asarray([first]), labels=np.asarray([0]), pred_probs=np.asarray([[0.2, 0.7, 0.1]],
                                                                                                np.float32),
              quality=np.asarray([0.05]), issue=np.asarray([True]), source=np.zeros(1, np.int8))
-    on_labeling(st, pid, 2)
+    on_labeling(env["bridge"], pid, 2)
     second = [t for t in ls_tasks(env, ls_pid) if SECOND in t["data"]]
     assert len(second) == 1 and second[0]["data"][cfg.ITEM_ID] == first
 
@@ -107,8 +106,8 @@ def test_an_expert_sees_each_guess_mode_and_a_blind_second_opinion(env, chromium
 
     # Pre-selected and shown: a fresh project's batch, as expert 0.
     pid2, ranked2 = _make_project(st, "browser-modes-2", 2, {"guess": {"threshold": 0.87, "hidden_share": 0.0}})
-    push_round(st, pid2, 1)
-    ls_pid2 = connect_project(st, pid2)
+    env["bridge"].push_round(pid2, 1)
+    ls_pid2 = env["bridge"].connect_project(pid2)
     by_task = {t["id"]: t for t in ls_tasks(env, ls_pid2)}
     driver.get(f"{st.label_studio_url}/projects/{ls_pid2}/data?labeling=1")
     done = []

@@ -10,7 +10,6 @@ Redis under a round that was enqueued with no worker up: the reconciler must re-
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import redis
 
+from service.runtime.host import free_port
 from tests.worker_proc import (REDIS_URL, cleanup_queues, digits_arrays, start_worker, stop_worker,
                                unique_prefix, wait_for, worker_env, write_pngs)
 
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.slow  # real server + worker processes (not skipped; ju
 KEY = "e2e-engineer-key"
 PG_BASE = os.environ.get("CAMLOOP_TEST_PG", "postgresql+psycopg://{user}@127.0.0.1:5432/{db}")
 BUDGET = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_user() -> str:
@@ -73,7 +67,7 @@ def stack(request, tmp_path_factory):
     if request.param == "redis+postgresql":
         env["REDIS_URL"] = REDIS_URL
         env["DATABASE_URL"] = request.getfixturevalue("pg_database")
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     server = subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "serve",
                                "--port", str(port), "--log-level", "warning"],

@@ -175,7 +175,7 @@ def test_score_shard_writes_npz_and_is_idempotent(env, ingested, trained):
             assert z["pred"].shape == (n,) and z["embedding"].shape[0] == n
             assert not np.isin(z["pred"], [3, 4]).any()  # the head masks the excluded classes
             # gated = the gatekeeper (all classes active) predicts an excluded class
-            gate = predict_probs(jobs._load_model(m.gatekeepers[0].checkpoint, m.net), sh.gather(),
+            gate = predict_probs(jobs.load_model(m.gatekeepers[0].checkpoint, m.net), sh.gather(),
                                  active=np.ones(10, bool), device="cpu").argmax(axis=1)
             assert z["gated"].tolist() == np.isin(gate, [3, 4]).tolist()
             for key in ("least_confidence", "margin", "entropy", "bald", "cam_score"):

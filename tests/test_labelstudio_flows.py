@@ -12,7 +12,6 @@ One server for the whole session (tests.labelstudio_server); each test makes its
 from __future__ import annotations
 
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.labelstudio import config as cfg
+from service.runtime.host import free_port
 from service.labelstudio.agreement import agreement_report
 from service.labelstudio.apply import MemorySink
 from service.labelstudio.client import BatchItem, LabelStudioBridge
@@ -131,12 +131,6 @@ def make_expert(ls) -> Expert:
 
 # --- a webhook receiver: camloop's own route on a bare app ------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Receiver:
     """uvicorn serving camloop's webhook route (routes.webhook_router) into a MemorySink; can go down and up."""
 
@@ -144,7 +138,7 @@ class Receiver:
         self.secret = secret
         self.sink = MemorySink()
         self.answers: list[dict] = []
-        self.port = _free_port()
+        self.port = free_port()
         app = FastAPI()
         self.classes = classes
         app.include_router(webhook_router(self._handle))

@@ -24,7 +24,7 @@ from service.api.app import create_app
 from service.store.db import session_scope
 from service.labelstudio import config as cfg
 from service.labelstudio import ledger
-from service.labelstudio.orchestrate import connect_project, poll_project, push_round, review
+from service.labelstudio.plugin import LabelStudioPlugin
 from service.labelstudio.routes import FILES_PREFIX, WEBHOOK_PATH
 from service.labelstudio.webhook import SECRET_HEADER
 from service.store.migrate import upgrade_head
@@ -122,7 +122,8 @@ def env(label_studio, tmp_path_factory):
                                          "first_name": f"Expert {i}", "password": "not-used-here-1"})
         assert r.status_code == 201, r.text
         users.append(r.json()["id"])
-    yield dict(settings=settings, app=app, ls=ls, users=users, server=label_studio)
+    # The bridge as the tests call it: a plug-in of its own on the app's store and settings.
+    yield dict(settings=settings, app=app, ls=ls, users=users, server=label_studio, bridge=LabelStudioPlugin(settings))
     app.stop()
     ls.close()
 
@@ -167,8 +168,8 @@ def n_ledger(env, project_id: int) -> int:
 def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(env):
     st = env["settings"]
     pid, ranked = _make_project(st, "order", 6)
-    ls_pid = connect_project(st, pid)
-    assert connect_project(st, pid) == ls_pid  # attach again: same project, webhook not doubled
+    ls_pid = env["bridge"].connect_project(pid)
+    assert env["bridge"].connect_project(pid) == ls_pid  # attach again: same project, webhook not doubled
     hooks = env["ls"].get("/api/webhooks/", params={"project": ls_pid}).json()
     assert [h["url"] for h in hooks] == [f"{env['app'].url}{WEBHOOK_PATH}"]
     assert hooks[0]["headers"] == {SECRET_HEADER: SECRET}
@@ -181,7 +182,7 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
 
     def push():
         barrier.wait()
-        results.append(push_round(st, pid, 1))
+        results.append(env["bridge"].push_round(pid, 1))
 
     threads = [threading.Thread(target=push) for _ in range(6)]
     for t in threads:
@@ -190,7 +191,7 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
         t.join()
     mapping = results[0]
     assert len(results) == 6 and all(r == mapping for r in results)
-    assert push_round(st, pid, 1) == mapping  # a retried hook imports nothing twice
+    assert env["bridge"].push_round(pid, 1) == mapping  # a retried hook imports nothing twice
     tasks = ls_tasks(env, ls_pid)
     assert len(tasks) == 6
     tasks.sort(key=lambda t: t["id"])
@@ -255,15 +256,15 @@ def test_webhook_and_poll_into_the_store_nothing_lost_nothing_twice(env):
     st, app = env["settings"], env["app"]
     u1, u2, _ = env["users"]
     pid, ranked = _make_project(st, "flow", 8)
-    ls_pid = connect_project(st, pid)
-    mapping = push_round(st, pid, 1)
+    ls_pid = env["bridge"].connect_project(pid)
+    mapping = env["bridge"].push_round(pid, 1)
     t = [mapping[i] for i in ranked]
 
     # Live webhook: the store has the label as soon as Label Studio answered the expert.
     a0 = annotate(env, t[0], "cat", u1, wrong=True)
     assert item_state(env, ranked[0]) == ("cat", "labeled") and n_labels(env, ranked[0]) == 1
     # The poll sees the same annotation: counted once.
-    res = poll_project(st, pid)
+    res = env["bridge"].poll_project(pid)
     assert (res["created"], res["updated"], res["deleted"]) == (0, 0, 0) and res["unchanged"] == 1
     assert n_labels(env, ranked[0]) == 1
     # An edit replaces the vote (the labels table keeps the history, the item takes the new label).
@@ -296,7 +297,7 @@ def test_webhook_and_poll_into_the_store_nothing_lost_nothing_twice(env):
     app.start()  # camloop restarts; the missed webhooks are gone for good
     assert item_state(env, ranked[2]) == (None, "queued") and item_state(env, ranked[0]) == ("dog", "labeled")
 
-    res = poll_project(st, pid)
+    res = env["bridge"].poll_project(pid)
     assert (res["created"], res["deleted"]) == (3, 1), res
     assert item_state(env, ranked[0]) == (None, "queued")      # its only vote was deleted: taken back
     assert item_state(env, ranked[2]) == ("bird", "labeled")
@@ -305,13 +306,13 @@ def test_webhook_and_poll_into_the_store_nothing_lost_nothing_twice(env):
     assert n_labels(env, ranked[4]) == 1
     assert any("zebra" in p for p in res["problems"])
     # A second poll finds nothing new: every annotation counted exactly once.
-    again = poll_project(st, pid)
+    again = env["bridge"].poll_project(pid)
     assert (again["created"], again["updated"], again["deleted"]) == (0, 0, 0)
     assert again["unchanged"] == n_ledger(env, pid) == 4  # zebra, bird, skip, cat→bird
     with session_scope(st) as s:
         # item 0: cat then dog (history kept); items 2 and 4: bird each
         assert s.scalar(select(func.count()).select_from(Label).where(Label.project_id == pid)) == 4
-    rv = review(st, pid)
+    rv = env["bridge"].review(pid)
     assert {r["item_id"]: r["status"] for r in rv["review"]} == {ranked[1]: "unusable"}
 
 
@@ -319,38 +320,38 @@ def test_kill_and_restart_label_studio_and_camloop_mid_round(env):
     st, app, server = env["settings"], env["app"], env["server"]
     u1, u2, _ = env["users"]
     pid, ranked = _make_project(st, "restart", 4)
-    connect_project(st, pid)
-    mapping = push_round(st, pid, 1)
+    env["bridge"].connect_project(pid)
+    mapping = env["bridge"].push_round(pid, 1)
     t = [mapping[i] for i in ranked]
     annotate(env, t[0], "dog", u1)                       # delivered by webhook
     assert item_state(env, ranked[0]) == ("dog", "labeled")
 
     server.kill()                                        # Label Studio crashes mid-round
     with pytest.raises(Exception):
-        poll_project(st, pid)                            # the poll fails loudly, and deletes nothing
+        env["bridge"].poll_project(pid)                            # the poll fails loudly, and deletes nothing
     assert item_state(env, ranked[0]) == ("dog", "labeled")
     app.stop()                                           # and camloop goes down too
     server.start()                                       # Label Studio comes back on the same data
     annotate(env, t[1], "cat", u2)                       # answered while camloop is still down
     app.start()
-    res = poll_project(st, pid)
+    res = env["bridge"].poll_project(pid)
     assert (res["created"], res["updated"], res["deleted"], res["unchanged"]) == (1, 0, 0, 1)
     assert item_state(env, ranked[1]) == ("cat", "labeled")
     annotate(env, t[2], "bird", u1)                      # webhooks flow again after both restarts
     assert item_state(env, ranked[2]) == ("bird", "labeled")
-    assert poll_project(st, pid)["created"] == 0
+    assert env["bridge"].poll_project(pid)["created"] == 0
     assert n_ledger(env, pid) == 3 and all(n_labels(env, i) == 1 for i in ranked[:3])
     # The batch is not fully labeled yet: one task is still open in Label Studio.
-    assert poll_project(st, pid)["open_tasks"] == 1
+    assert env["bridge"].poll_project(pid)["open_tasks"] == 1
 
 
 def test_three_experts_majority_tie_and_per_class_agreement(env):
     st = env["settings"]
     u = env["users"]
     pid, ranked = _make_project(st, "panel", 4)
-    ls_pid = connect_project(st, pid, maximum_annotations=3)
+    ls_pid = env["bridge"].connect_project(pid, maximum_annotations=3)
     assert env["ls"].get(f"/api/projects/{ls_pid}").json()["maximum_annotations"] == 3
-    mapping = push_round(st, pid, 1)
+    mapping = env["bridge"].push_round(pid, 1)
     t = [mapping[i] for i in ranked]
     votes = {0: ["cat", "cat", "dog"], 1: ["cat", "dog", "bird"], 2: ["dog", "dog", "dog"], 3: ["bird", "bird", None]}
     for k, labels in votes.items():
@@ -362,7 +363,7 @@ def test_three_experts_majority_tie_and_per_class_agreement(env):
     assert item_state(env, ranked[1]) == (None, "queued")     # three-way tie: no label until someone decides
     assert item_state(env, ranked[2]) == ("dog", "labeled")   # unanimous
     assert item_state(env, ranked[3]) == ("bird", "labeled")  # 2 votes + 1 skip
-    rv = review(st, pid)
+    rv = env["bridge"].review(pid)
     assert {r["item_id"]: r["status"] for r in rv["review"]} == {ranked[0]: "majority", ranked[1]: "tie"}
     ag = rv["agreement"]
     assert ag["items_with_overlap"] == 4
@@ -375,7 +376,7 @@ def test_three_experts_majority_tie_and_per_class_agreement(env):
     assert ag["per_class"]["dog"]["wrong_region_rate"] == pytest.approx(1 / 5)
     assert ag["fleiss_kappa"] is not None and len(ag["pairs"]) == 3
     # The poll agrees with what the webhooks delivered.
-    res = poll_project(st, pid)
+    res = env["bridge"].poll_project(pid)
     assert (res["created"], res["updated"], res["deleted"], res["unchanged"]) == (0, 0, 0, 12)
     assert res["open_tasks"] == 0
 
@@ -388,8 +389,8 @@ def test_wrong_region_votes_are_filed_under_the_class_the_model_guessed(env):
 
     st, u = env["settings"], env["users"]
     pid, ranked = _make_project(st, "wrongregion", 6)   # guesses by rank: cat, dog, bird, cat, dog, bird
-    connect_project(st, pid, maximum_annotations=2)
-    mapping = push_round(st, pid, 1)
+    env["bridge"].connect_project(pid, maximum_annotations=2)
+    mapping = env["bridge"].push_round(pid, 1)
     t = [mapping[i] for i in ranked]
     # (expert 0's answer, wrong region?), (expert 1's answer, wrong region?) per rank
     answers = {0: [("dog", True), ("dog", True)],      # guessed cat, it is a dog, the map was wrong
@@ -401,7 +402,7 @@ def test_wrong_region_votes_are_filed_under_the_class_the_model_guessed(env):
     for k, votes in answers.items():
         for j, (label, wrong) in enumerate(votes):
             annotate(env, t[k], label, u[j], wrong=wrong, skip=label is None)
-    assert poll_project(st, pid)["created"] == 0  # the webhooks brought every one
+    assert env["bridge"].poll_project(pid)["created"] == 0  # the webhooks brought every one
     with session_scope(st) as s:
         from service.store import Project
         pc = project_metrics(s, s.get(Project, pid))["per_class"]
@@ -416,38 +417,37 @@ def test_wrong_region_votes_are_filed_under_the_class_the_model_guessed(env):
 
 
 def test_the_experts_are_told_between_batches_and_the_note_goes_when_the_batch_arrives(env):
-    from service.labelstudio.announce import announce, preparing_text
+    from service.labelstudio.announce import preparing_text
 
     st = env["settings"]
     pid, _ = _make_project(st, "told", 2)
-    ls_pid = connect_project(st, pid)
+    ls_pid = env["bridge"].connect_project(pid)
     own = "<p>Count a 7 with a bar as a 7.</p>"
     env["ls"].patch(f"/api/projects/{ls_pid}", json={"expert_instruction": own})
     note = preparing_text(1, 40, 100)
-    assert announce(st, pid, note) and announce(st, pid, note)  # again: nothing new
+    assert env["bridge"].announce(pid, note) and env["bridge"].announce(pid, note)  # again: nothing new
     project = env["ls"].get(f"/api/projects/{ls_pid}").json()
     assert project["expert_instruction"].count(note) == 1 and own in project["expert_instruction"]
     assert project["show_instruction"] is True  # the labeling stream opens with it
-    push_round(st, pid, 1)  # the batch is imported: the note goes, the engineer's text stays
+    env["bridge"].push_round(pid, 1)  # the batch is imported: the note goes, the engineer's text stays
     assert env["ls"].get(f"/api/projects/{ls_pid}").json()["expert_instruction"] == own
     # Never raises: an unconnected project, an unreachable Label Studio.
-    assert announce(st, 999_999, note) is False
+    assert env["bridge"].announce(999_999, note) is False
     down = st.model_copy(update={"label_studio_url": f"http://127.0.0.1:{free_port()}"})
-    assert announce(down, pid, note) is False
+    assert LabelStudioPlugin(down).announce(pid, note) is False
     with pytest.raises(ValueError, match="at most"):
-        announce(st, pid, "x" * 5000)
+        env["bridge"].announce(pid, "x" * 5000)
 
 
 def test_withdrawing_a_round_takes_only_untouched_tasks_out_of_label_studio(env):
-    from service.labelstudio.orchestrate import withdraw_open_tasks
 
     st, u = env["settings"], env["users"]
     pid, ranked = _make_project(st, "withdraw", 3)
-    assert withdraw_open_tasks(st, pid, 1) == []  # not connected yet: nothing to take out
-    mapping = push_round(st, pid, 1)
+    assert env["bridge"].withdraw_open_tasks(pid, 1) == []  # not connected yet: nothing to take out
+    mapping = env["bridge"].push_round(pid, 1)
     annotate(env, mapping[ranked[0]], "cat", u[0])
-    assert withdraw_open_tasks(st, pid, 1) == sorted(ranked[1:])
-    ls_pid = connect_project(st, pid)
+    assert env["bridge"].withdraw_open_tasks(pid, 1) == sorted(ranked[1:])
+    ls_pid = env["bridge"].connect_project(pid)
     assert [t["data"][cfg.ITEM_ID] for t in ls_tasks(env, ls_pid)] == [ranked[0]]
     assert item_state(env, ranked[0]) == ("cat", "labeled")  # the expert's answer is untouched
 
@@ -457,17 +457,16 @@ def test_the_next_batch_replaces_the_reserve_left_open_in_label_studio(env):
     reserve task while round 2 trained. When round 2's batch is committed (the store returns the
     untouched reserve to the pool) the labeling hook takes those untouched tasks out of Label
     Studio and imports round 2's; the answered reserve task stays."""
-    from service.labelstudio.orchestrate import push_if_connected
     from service.rounds.lifecycle import withdraw_reserves
 
     st, u = env["settings"], env["users"]
     pid, ranked = _make_project(st, "reserve", 5)
     with session_scope(st) as s:  # ranks 3 and 4 are the reserve, after the batch of three
         s.execute(QueueEntry.__table__.update().where(QueueEntry.item_id.in_(ranked[3:])).values(reserve=True))
-    mapping = push_round(st, pid, 1)
+    mapping = env["bridge"].push_round(pid, 1)
     for iid in ranked[:4]:
         annotate(env, mapping[iid], "cat", u[0])
-    poll_project(st, pid)
+    env["bridge"].poll_project(pid)
     with session_scope(st) as s:
         r1 = s.scalar(select(Round).where(Round.project_id == pid, Round.number == 1))
         r1.state = "closed"
@@ -481,8 +480,8 @@ def test_the_next_batch_replaces_the_reserve_left_open_in_label_studio(env):
         s.add(QueueEntry(round_id=r2.id, item_id=new.id, rank=0, pred="dog", scores={"p_pred": 0.6}))
         assert withdraw_reserves(s, r2) == 1  # the untouched reserve image is back in the pool
         new_id = new.id
-    push_if_connected(st, pid, 2)
-    ls_pid = connect_project(st, pid)
+    env["bridge"].batch_ready(pid, 2)  # the labeling hook
+    ls_pid = env["bridge"].connect_project(pid)
     in_ls = sorted(t["data"][cfg.ITEM_ID] for t in ls_tasks(env, ls_pid))
     assert in_ls == sorted(ranked[:4] + [new_id])  # ranked[4], the untouched reserve, is gone
     assert item_state(env, ranked[4]) == (None, "unlabeled") and item_state(env, ranked[3]) == ("cat", "labeled")

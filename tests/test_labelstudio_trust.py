@@ -11,7 +11,6 @@ from sqlalchemy import select
 from service.core import paths
 from service.labelstudio import config as cfg
 from service.labelstudio.guess import guess_shown
-from service.labelstudio.orchestrate import connect_project, poll_project, push_round
 from service.labelstudio.second_opinion import SECOND, on_labeling, second_opinions
 from service.store import Project, Round
 from service.store.db import session_scope
@@ -22,7 +21,7 @@ pytestmark = [pytest.mark.labelstudio]
 
 
 def _tasks_by_item(env, st, pid):
-    ls_pid = connect_project(st, pid)
+    ls_pid = env["bridge"].connect_project(pid)
     return {t["data"][cfg.ITEM_ID]: t for t in ls_tasks(env, ls_pid)}, ls_pid
 
 
@@ -31,7 +30,7 @@ def test_each_task_follows_the_guess_mode_and_its_header_says_so(env):
     # The queue's calibrated probabilities are 0.9, 0.85, 0.8, 0.75, 0.7, 0.65 by rank.
     pid, ranked = _make_project(st, "modes", 6, {"guess": {"mode": "preselect", "threshold": 0.8,
                                                            "hidden_share": 0.0}})
-    push_round(st, pid, 1)
+    env["bridge"].push_round(pid, 1)
     tasks, _ = _tasks_by_item(env, st, pid)
     for rank, item in enumerate(ranked):
         t, p = tasks[item], 0.9 - 0.05 * rank
@@ -47,7 +46,7 @@ def test_each_task_follows_the_guess_mode_and_its_header_says_so(env):
     assert [modes[i] for i in ranked] == ["preselected"] * 3 + ["shown"] * 3
 
     pid, ranked = _make_project(st, "blind", 3, {"guess": {"mode": "hidden"}})
-    push_round(st, pid, 1)
+    env["bridge"].push_round(pid, 1)
     tasks, _ = _tasks_by_item(env, st, pid)
     for item in ranked:
         t = tasks[item]
@@ -55,14 +54,14 @@ def test_each_task_follows_the_guess_mode_and_its_header_says_so(env):
         assert t["data"][cfg.GUESS].startswith("hidden (blind labeling)")
 
     pid, ranked = _make_project(st, "show", 2, {"guess": {"mode": "show", "hidden_share": 0.0}})
-    push_round(st, pid, 1)
+    env["bridge"].push_round(pid, 1)
     tasks, _ = _tasks_by_item(env, st, pid)
     assert all(tasks[i]["predictions"] == [] and tasks[i]["data"][cfg.GUESS].endswith(
         "not pre-selected: choose the class yourself") for i in ranked)
 
     # The anchoring control hides the guess whatever the mode (here every image: share 1).
     pid, ranked = _make_project(st, "control", 2, {"guess": {"hidden_share": 1.0, "threshold": 0.5}})
-    push_round(st, pid, 1)
+    env["bridge"].push_round(pid, 1)
     tasks, _ = _tasks_by_item(env, st, pid)
     assert all(tasks[i]["predictions"] == [] and tasks[i]["data"][cfg.GUESS].startswith("hidden for this image")
                for i in ranked)
@@ -72,11 +71,11 @@ def test_a_second_opinion_is_a_blind_task_and_an_answer_by_the_first_expert_open
     st, u = env["settings"], env["users"]
     pid, ranked = _make_project(st, "second", 3, {"relabel": {"enabled": True, "share": 1.0}, "budget": 3,
                                                   "guess": {"threshold": 0.5, "hidden_share": 0.0}})
-    mapping = push_round(st, pid, 1)
+    mapping = env["bridge"].push_round(pid, 1)
     annotate(env, mapping[ranked[0]], "cat", u[0])
     annotate(env, mapping[ranked[1]], "cat", u[0])
     annotate(env, mapping[ranked[2]], "dog", u[1])
-    poll_project(st, pid)
+    env["bridge"].poll_project(pid)
     assert item_state(env, ranked[1]) == ("cat", "labeled")
     # Round 2's train job found item ranked[1]'s "cat" suspicious (the model says dog).
     with session_scope(st) as s:
@@ -87,9 +86,9 @@ def test_a_second_opinion_is_a_blind_task_and_an_answer_by_the_first_expert_open
     np.savez(f, item_ids=np.asarray([ranked[1]]), labels=np.asarray([0]),
              pred_probs=np.asarray([[0.2, 0.7, 0.1]], np.float32), quality=np.asarray([0.05]),
              issue=np.asarray([True]), source=np.zeros(1, np.int8))
-    on_labeling(st, pid, 2)
-    on_labeling(st, pid, 2)  # a repeated hook asks nothing twice
-    ls_pid = connect_project(st, pid)
+    on_labeling(env["bridge"], pid, 2)
+    on_labeling(env["bridge"], pid, 2)  # a repeated hook asks nothing twice
+    ls_pid = env["bridge"].connect_project(pid)
     second = [t for t in ls_tasks(env, ls_pid) if SECOND in t["data"]]
     assert len(second) == 1
     t = second[0]
@@ -99,7 +98,7 @@ def test_a_second_opinion_is_a_blind_task_and_an_answer_by_the_first_expert_open
     assert t["data"][cfg.GUESS].startswith("hidden: a second opinion") and "cat" not in t["data"][cfg.GUESS]
     # The first expert gets it and answers: not a second opinion; the task opens again for others.
     annotate(env, t["id"], "cat", u[0])
-    poll_project(st, pid)
+    env["bridge"].poll_project(pid)
     with session_scope(st) as s:
         (r,) = s.execute(select(second_opinions).where(second_opinions.c.project_id == pid)).all()
     assert (r.status, r.not_independent, r.overlap) == ("open", 1, 2)
@@ -107,7 +106,7 @@ def test_a_second_opinion_is_a_blind_task_and_an_answer_by_the_first_expert_open
     assert again["overlap"] == 2 and again["is_labeled"] is False
     # Another expert answers dog: cat vs dog, the out-of-fold probabilities favour dog.
     annotate(env, t["id"], "dog", u[2])
-    poll_project(st, pid)
+    env["bridge"].poll_project(pid)
     with session_scope(st) as s:
         (r,) = s.execute(select(second_opinions).where(second_opinions.c.project_id == pid)).all()
         project = s.get(Project, pid)

@@ -312,11 +312,12 @@ def test_an_announcement_is_one_marked_block_beside_the_engineers_instructions()
 
 
 def test_what_the_experts_are_told_for_each_state_of_a_round():
-    from service.labelstudio.announce import announce_round_state, note_for_state, preparing_text
+    from service.labelstudio.announce import note_for_state, preparing_text
+    from service.labelstudio.plugin import LabelStudioPlugin
 
     assert note_for_state(2, "training", labels=350, eta_s=170) == preparing_text(2, 350, 170)
     assert "Batch 3 is being prepared" in note_for_state(3, "created")
     assert "could not be prepared" in note_for_state(2, "failed") and "saved" in note_for_state(2, "failed")
     assert note_for_state(2, "closed") is False      # the batch is done: the note goes
     assert note_for_state(2, "labeling") is None     # the push clears it once the batch is in
-    announce_round_state(Settings(), 1, 2, "training", labels=5)  # no Label Studio: nothing, no error
+    LabelStudioPlugin(Settings()).announce_round_state(1, 2, "training", labels=5)  # no Label Studio: nothing, no error

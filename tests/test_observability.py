@@ -121,9 +121,10 @@ def test_metrics_follow_a_round_through_its_stages(client):
 def test_rq_info_lists_camloops_queues_by_name(client):
     """`rq info` (RQ's own monitor) shows <prefix>-ingest|train|score once they have had jobs."""
     c, settings = client
+    from engine.jobkinds import QUEUES
     from service.runtime import jobqueue
 
-    for kind in jobqueue.KINDS:  # one job on each queue; never run (the queue prefix is cleaned up)
+    for kind in QUEUES:  # one job on each queue; never run (the queue prefix is cleaned up)
         manifest = settings.data_dir / f"{kind}.json"
         manifest.write_text("{}")
         jobqueue.enqueue(kind, f"{settings.queue_prefix}-probe-{kind}", str(manifest), settings=settings)
@@ -132,7 +133,7 @@ def test_rq_info_lists_camloops_queues_by_name(client):
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith("queue ")}
-    for kind in jobqueue.KINDS:
+    for kind in QUEUES:
         name = f"{settings.queue_prefix}-{kind}"
         assert name in lines, out.stdout[-2000:]
         assert lines[name].split()[2] == "1,"  # "queue <name> 1, 0 executing, …": one queued job

@@ -139,7 +139,7 @@ def test_signed_image_urls_work_only_as_signed_and_only_until_they_expire(app):
 
     c, settings, _ = app
     write_digits(settings.data_dir, 2, "pool")
-    # Only registered items are served (tests/test_small_fixes.py): register them first.
+    # Only registered items are served (tests/test_signed_media.py): register them first.
     pid = c.post("/api/v1/projects", json={"name": f"sig-{time.monotonic_ns()}", "classes": ["a", "b"]},
                  headers={"Authorization": f"Bearer {ENGINEER_KEY}"}).json()["id"]
     assert c.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool"},

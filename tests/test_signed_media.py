@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from service.labelstudio.routes import FILES_PREFIX, HEATMAPS_PREFIX, file_url, heatmap_url
 from service.settings import Settings
 from service.core.signing import UrlSigner
+from tests.conftest import write_digits
 from tests.worker_proc import free_port
 
 LS_ORIGIN = "http://127.0.0.1:18080"   # never contacted: only its origin matters here
@@ -30,7 +31,7 @@ FOREIGN = "http://evil.example:18080"
 
 def _register(settings: Settings, uris: list[str]) -> None:
     """The files as items of a project: the signed-file route serves registered images only (an
-    unregistered file under the data root is 404 even correctly signed, tests/test_small_fixes)."""
+    unregistered file under the data root is 404 even correctly signed: the last test here)."""
     from service.store.db import session_scope
     from service.store.models import Item
 
@@ -155,3 +156,30 @@ def test_small_images_are_enlarged_by_a_whole_factor_and_others_served_as_a_brow
     assert r.status_code == 422 and "broken.png" in r.json()["detail"]
     r = httpx.get(file_url(signer, "gone.png"))
     assert r.status_code == 404 and "no longer exists" in r.json()["detail"]
+
+
+# ------------------------------------------------------------------ what the signed route serves
+
+def test_the_signed_file_route_serves_registered_items_only(api):
+    c, settings = api
+    r = c.post("/api/v1/projects", json={"name": f"signed-{time.monotonic_ns()}", "classes": ["a", "b"]})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    write_digits(settings.data_dir, 2, "pool")
+    write_digits(settings.data_dir, 1, "private")  # an image under the data root nobody registered
+    (settings.data_dir / "notes.txt").write_text("not for the browser")
+    assert c.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool"}).status_code == 202
+    signer = UrlSigner.from_settings(settings)
+
+    def get(rel):
+        return c.get(signer.sign(f"{FILES_PREFIX}/{rel}").replace(settings.public_base_url, ""),
+                     headers={"Authorization": ""})
+
+    r = get("pool/00000.png")
+    # Served as the expert is shown it: an 8 × 8 digit comes enlarged by a whole factor (service.core.display).
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:200]
+    shown, small = Image.open(io.BytesIO(r.content)), Image.open(settings.data_dir / "pool/00000.png")
+    assert shown.width % small.width == 0 and shown.width // small.width >= 2
+    for rel in ("private/00000.png", "notes.txt"):
+        r = get(rel)
+        assert r.status_code == 404 and "not an image of any project" in r.json()["detail"], (rel, r.text)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.runtime.host import free_port  # noqa: F401  (the tests' free port: import it from here)
+
 REDIS_URL = os.environ.get("CAMLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,12 +78,6 @@ def start_server(env: dict[str, str], log: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "serve", "--port", str(port),
                              "--log-level", "warning"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             cwd=REPO)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from engine import contracts as c
+from engine.files import atomic_write_bytes
 
 CHECK_IMAGES = 8  # random inputs every conversion is checked on (the tests check 32 real ones)
 
@@ -61,7 +62,7 @@ def example_input(model, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    c.atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, data)
 
 
 @contextlib.contextmanager

@@ -190,6 +190,7 @@ def render(images: np.ndarray, maps: list[torch.Tensor], scores: list[BlockScore
            show: int = 6, cell: int = 96) -> Path:
     """One row per block: the block's name, its rate, then `show` Grad-CAM overlays (jet, 50 %).
     Rows of frozen blocks (under the recommendation) are marked with a blue bar."""
+    # The picture only (a job that writes none never loads matplotlib).
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 

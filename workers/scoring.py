@@ -239,7 +239,7 @@ def _progress_cb(progress, total):
         return progress, contextlib.nullcontext()
     if not progress:
         return (lambda done, total: None), contextlib.nullcontext()
-    from rich.progress import Progress
+    from rich.progress import Progress  # a terminal's progress bar, only when one is asked for
     bar = Progress(transient=True)
     task = bar.add_task("scoring", total=total)
     return (lambda done, total: bar.update(task, completed=done)), bar

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.config import ProjectConfig
+from engine.files import atomic_write
 from workers.evaluate import active_logit_mask, default_device, predict_probs
 from workers.preprocess import to_model_input
 
@@ -42,23 +43,30 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
 
 
+def _project(key: str):
+    """A project's default (engine.config.ProjectConfig): one source for what both configs hold."""
+    return ProjectConfig.model_fields[key].default
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    """How one model trains. A round sets the keys a project has (engine.contracts.TrainSettings);
+    their defaults here are the project's."""
+    epochs: int = _project("epochs")
     batch_size: int = 128           # the largest batch; see min_steps_per_epoch
     min_steps_per_epoch: int = 32   # smaller batches (down to 16) when the labeled set is small
     lr: float = 1e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"     # "cosine" (per epoch, to lr·0.01 at the last) or "constant"
-    duplicate_new: int = 2          # each newly labeled image enters training this many times
-    balance: bool = True            # duplicate small classes toward balance_to
-    balance_to: str = "max"         # "max" | "median": the class count balancing brings a class up to
-    balance_max_repeats: int | None = None  # balancing puts no image more than this many times in an epoch
+    duplicate_new: int = _project("duplicate_new")  # each newly labeled image enters training this many times
+    balance: bool = _project("balance")              # duplicate small classes toward balance_to
+    balance_to: str = _project("balance_to")         # "max" | "median": the class count balancing brings a class up to
+    balance_max_repeats: int | None = _project("balance_max_repeats")  # no image more than this many times an epoch
     balance_max_factor: float | None = None  # cap on how many times a class may be repeated
     patience: int = 5               # epochs without val-accuracy gain before stopping
     augment: bool = True
     augment_scope: str = "copies"   # "copies": only repeats of an image in an epoch; "all": every draw
-    hflip: bool = True              # off for data where left/right matters (digits, text)
+    hflip: bool = _project("hflip")  # off for data where left/right matters (digits, text)
     max_rotate: float = 10.0        # degrees
     max_translate: float = 0.1      # fraction of the side (the "random crop")
     scale_range: tuple[float, float] = (0.9, 1.1)
@@ -193,9 +201,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = 
 # ----------------------------------------------------------------------- checkpoints
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # readers see the old or the new file, never half of one
+    atomic_write(path, lambda f: torch.save(obj, f))  # readers see the old or the new file, never half of one
 
 
 def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=None) -> str:
@@ -245,7 +251,7 @@ def _epoch_lr(config: TrainConfig, epoch: int) -> float:
 
 
 @torch.no_grad()
-def _probs_from_inputs(model, inputs, keep, active, device, batch_size) -> np.ndarray:
+def probs_from_inputs(model, inputs, keep, active, device, batch_size) -> np.ndarray:
     """predict_probs from cached trunk outputs (workers.trunk_cache.CachedInputs)."""
     mask = active_logit_mask(active, model.num_classes, device)
     was = model.training
@@ -269,7 +275,7 @@ def _val_accuracy(model, val, active, device, batch_size, inputs=None) -> float:
     if not keep.any():
         return float("nan")
     if inputs is not None:
-        probs = _probs_from_inputs(model, inputs, keep, active, device, max(256, batch_size))
+        probs = probs_from_inputs(model, inputs, keep, active, device, max(256, batch_size))
     else:
         probs = predict_probs(model, val.images[keep], active=active, device=device, batch_size=max(256, batch_size))
     return float((probs.argmax(1) == val.labels[keep]).mean())

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -39,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.files import atomic_write, atomic_write_json
 from workers.preprocess import to_model_input
-from workers.train import augment_batch
+from workers.scoring import score_images
+from workers.train import TrainConfig, augment_batch, probs_from_inputs, train_model
 
 DEFAULT_VIEWS = 4
 
@@ -95,13 +96,8 @@ class _ChunkStore:
 
     def write(self, digests: list[str], rows: np.ndarray) -> None:
         cid = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        tmp = self.folder / f".{cid}.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, rows)
-        os.replace(tmp, self.folder / f"{cid}.npy")
-        tmp = self.folder / f".{cid}.json.tmp"
-        tmp.write_text(json.dumps(list(digests)))
-        os.replace(tmp, self.folder / f"{cid}.json")
+        atomic_write(self.folder / f"{cid}.npy", lambda f: np.save(f, rows))
+        atomic_write_json(self.folder / f"{cid}.json", list(digests))
         for row, d in enumerate(digests):
             self._index.setdefault(d, (cid, row))
         self._seen.add(cid)
@@ -286,8 +282,6 @@ def train_from_cache(model, cache: TrunkCache, train, train_digests, is_new, val
     `model` must be the cache's model (its first `cache.k` blocks frozen): it is trained in
     place and stays a whole CamNet, so its checkpoint scores raw pixels as usual.
     """
-    from workers.train import TrainConfig, train_model
-
     config = config or TrainConfig()
     if model.frozen_blocks != cache.k:
         raise ValueError(f"model has {model.frozen_blocks} frozen blocks, the cache {cache.k}")
@@ -303,8 +297,6 @@ def train_from_cache(model, cache: TrunkCache, train, train_digests, is_new, val
 def score_from_cache(model, cache: TrunkCache, digests, images=None, **kwargs):
     """`score_images` over cached trunk outputs (computed from `images` where missing); the same
     keyword arguments, the same ScoreResult."""
-    from workers.scoring import score_images
-
     if images is not None:
         cache.ensure(images, digests)
     return score_images(model, cache.load(digests), start_block=cache.k, **kwargs)
@@ -313,8 +305,6 @@ def score_from_cache(model, cache: TrunkCache, digests, images=None, **kwargs):
 def predict_from_cache(model, cache: TrunkCache, digests, images, *, active=None, device=None,
                        batch_size: int = 512):
     """`predict_probs` over cached trunk outputs (computed from `images` where missing)."""
-    from workers.train import _probs_from_inputs
-
     digests = list(digests)
     if not digests:
         return np.zeros((0, model.num_classes), np.float32)
@@ -323,4 +313,4 @@ def predict_from_cache(model, cache: TrunkCache, digests, images, *, active=None
     active = np.ones(model.num_classes, bool) if active is None else np.asarray(active, bool)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    return _probs_from_inputs(model, inputs, np.ones(len(digests), bool), active, device, batch_size)
+    return probs_from_inputs(model, inputs, np.ones(len(digests), bool), active, device, batch_size)

@@ -11,15 +11,28 @@ Error mapping (one place, so every route behaves the same):
 """
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
+from service.api.deps import caller, writer
+from service.api.prometheus import StoreCollector, render
+from service.api.routers import router
+from service.core import mlflow_log
 from service.errors import DB_CONFLICT, DB_UNAVAILABLE, QUEUE_UNAVAILABLE, ServiceError, Unavailable
+from service.labelstudio.plugin import LabelStudioPlugin
+from service.rounds.reconciler import Reconciler
+from service.runtime.readiness import Readiness
 from service.settings import Settings, get_settings
+from service.store.db import is_conflict, is_unavailable
+from service.store.migrate import upgrade_head
 
 log = logging.getLogger("camloop.api")
 
@@ -98,8 +111,6 @@ class InternalErrors:
 
 
 async def _json(send, status: int, body: dict, headers: dict | None = None) -> None:
-    import json
-
     data = json.dumps(body).encode()
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -117,11 +128,8 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from service.rounds.reconciler import Reconciler
-
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
-            from service.store.migrate import upgrade_head
             upgrade_head(settings)
         rec = Reconciler(settings, settings.reconcile_interval_s) if reconcile else None
         if rec:
@@ -145,14 +153,6 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
         if isinstance(exc, Unavailable):
             return _unavailable(str(exc), exc.retry_after_s)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from service.store.db import is_conflict, is_unavailable
-
-    from sqlalchemy.exc import DataError
 
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(req: Request, exc: SQLAlchemyError):
@@ -198,7 +198,6 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
         must not restart the API for an outage elsewhere). Readiness is /readyz."""
         return {"status": "ok"}
 
-    from service.runtime.readiness import Readiness
     readiness = Readiness(settings)
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready: the problems say why"}})
@@ -208,20 +207,16 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
         answer = readiness.check()
         return JSONResponse(answer, status_code=200 if answer["status"] == "ready" else 503)
 
-    from service.runtime.observability import StoreCollector, render
     collector = StoreCollector(settings)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(render(collector), media_type="text/plain; version=0.0.4")
 
-    from service.api.routers import router
     app.include_router(router, prefix="/api/v1")
-    from service.core import mlflow_log
-    mlflow_log.install(settings)  # with MLFLOW_TRACKING_URI and the mlflow extra: each round logged
+    mlflow_log.install(app, settings)  # with MLFLOW_TRACKING_URI and the mlflow extra: each round logged
     if labelstudio:
-        # Webhook, signed media and heatmap routes always; the push hook and the reconciliation
-        # poller act only when CAMLOOP_LABEL_STUDIO_URL and _TOKEN are set.
-        from service.labelstudio.orchestrate import install
-        install(app, settings, poll=settings.label_studio_poll_interval_s > 0)
+        # The one plug-in: webhook, signed media and heatmap routes always; pushing batches and
+        # the reconciliation poller only when CAMLOOP_LABEL_STUDIO_URL and _TOKEN are set.
+        LabelStudioPlugin(settings).install(app, reader=caller, writer=writer)
     return app

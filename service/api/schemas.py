@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from engine.config import ProjectConfig
+from service.store import MAX_ID  # noqa: F401  (routers read it from here too)
 
-MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

@@ -15,6 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service.settings import get_settings
+from service.states import JobState, RoundState
+
 project_app = typer.Typer(help="projects on a camloop server", no_args_is_help=True)
 round_app = typer.Typer(help="rounds of a project", no_args_is_help=True)
 console = Console()
@@ -24,8 +27,6 @@ KEY = typer.Option(None, "--key", help="bearer API key (default CAMLOOP_API_KEY)
 
 
 def _client(url: str | None, key: str | None) -> httpx.Client:
-    from service.settings import get_settings
-
     s = get_settings()
     base = (url or s.api_url or s.public_base_url).rstrip("/")
     key = key or (s.api_key.get_secret_value() if s.api_key else None)
@@ -99,7 +100,7 @@ def round_start(
                 while True:
                     rnd = _check(c.get(f"/projects/{project}/rounds/{number}"))
                     st.update(f"round {number}: {escape(str(rnd.get('state')))} {escape(_progress_text(rnd))}")
-                    if rnd.get("state") in ("labeling", "closed", "failed"):
+                    if rnd.get("state") in (RoundState.LABELING, RoundState.CLOSED, RoundState.FAILED):
                         break
                     time.sleep(1.0)
             console.print(f"round {number}: {escape(str(rnd.get('state')))} {escape(rnd.get('error') or '')}")
@@ -159,7 +160,7 @@ def freeze_report(
         rep = _check(c.post(f"/projects/{project}/freeze-report"))
         deadline = time.monotonic() + timeout
         with console.status("freeze report: waiting for a worker") as st:
-            while rep.get("state") not in ("finished", "failed"):
+            while rep.get("state") not in (JobState.FINISHED, JobState.FAILED):
                 if time.monotonic() > deadline:
                     console.print(f"[red]no report after {timeout:.0f} s[/red] (state {escape(str(rep.get('state')))}; "
                                   "is a worker running?)")
@@ -167,7 +168,7 @@ def freeze_report(
                 st.update(f"freeze report: {escape(str(rep.get('state')))}")
                 time.sleep(1.0)
                 rep = _check(c.get(f"/projects/{project}/freeze-report"))
-        if rep["state"] == "failed":
+        if rep["state"] == JobState.FAILED:
             console.print(f"[red]the freeze report failed[/red]: {escape(str(rep.get('error')))}")
             raise typer.Exit(1)
         table = Table(title=f"project {project}: {escape(rep['model'])}, {rep['images']} images, "

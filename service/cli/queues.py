@@ -11,20 +11,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.settings import get_settings
+
 
 def queues(
     url_only: bool = typer.Option(False, "--url-only", help="print only the Redis URL (for rq info / rq-dashboard)"),
 ) -> None:
     """camloop's job queues (<prefix>-ingest, -train, -score): jobs by state, workers, Redis URL."""
+    # When the command runs (see service.cli.server: the thin clients load no queue client).
     import redis
     from rq import Worker
     from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-    from service.runtime import jobqueue
-    from service.settings import get_settings
+    from engine.jobkinds import QUEUES
+    from service.runtime import jobqueue, redis_server
 
     settings = get_settings()
-    if not settings.redis_url and not (settings.state_path / jobqueue.REGISTRY_FILE).exists():
+    if not settings.redis_url and not (settings.state_path / redis_server.REGISTRY_FILE).exists():
         typer.secho(f"no job queue to show: REDIS_URL is unset and no embedded server runs for the data dir "
                     f"{settings.data_dir} (start `camloop serve` with the same CAMLOOP_DATA_DIR first)",
                     fg=typer.colors.RED, err=True)
@@ -43,7 +46,7 @@ def queues(
     table = Table(title=f"RQ queues at {url}")
     for col in ("queue", "queued", "started", "finished", "failed"):
         table.add_column(col, justify="left" if col == "queue" else "right")
-    qs = [jobqueue.queue(kind, settings, conn) for kind in jobqueue.KINDS]
+    qs = [jobqueue.queue(name, settings, conn) for name in QUEUES]
     for q in qs:
         table.add_row(q.name, str(q.count), str(jobqueue.started_registry(q.name, conn).count),
                       str(FinishedJobRegistry(queue=q).count), str(FailedJobRegistry(queue=q).count))

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import typer
 
+from engine.colour_fashion import sample_photos as make
+from engine.fashion_mnist import FASHION_MNIST_ROOT
+
 
 def sample_photos(
     out: Path = typer.Argument(..., help="folder to write <class>/<class>-<n>.jpg into (created)"),
@@ -20,9 +23,6 @@ def sample_photos(
     seed: int = typer.Option(0, help="the same seed writes the same photos"),
 ) -> None:
     """Write colour sample photos (garments on textured backgrounds) to try camloop with."""
-    from engine.colour_fashion import sample_photos as make
-    from engine.datasets import FASHION_MNIST_ROOT
-
     try:
         n = make(out, per_class=per_class, seed=seed, side=side)
     except FileNotFoundError as e:

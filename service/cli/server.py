@@ -7,15 +7,21 @@ and supervises it (service.runtime.supervise): a dead child is started again, an
 and the bundled Redis end with this process, SIGKILL included.
 
 worker: an RQ worker on `<prefix>-train`, `<prefix>-score`, `<prefix>-ingest`.
+
+Each command imports the server's parts when it runs: `camloop` imports this module to register
+the commands, and its thin clients (`camloop status`, `project`, `round`) must not load a server.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import subprocess
 import sys
+import time
 
 import typer
+
+from service.settings import get_settings
 
 
 def serve(
@@ -26,15 +32,13 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the query server (FastAPI) after `alembic upgrade head`."""
-    import logging
-
     import uvicorn
 
     from service.api import create_app
-    from service.runtime import jobqueue
+    from service.runtime import jobqueue, redis_server
     from service.runtime.supervise import WorkerSupervisor
+    from service.runtime.worker import spawn_worker
     from service.store.migrate import upgrade_head
-    from service.settings import get_settings
 
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
@@ -43,7 +47,7 @@ def serve(
     upgrade_head(settings)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; under the default action
     # the process then dies without its `finally` or atexit hooks, and the bundled Redis it
-    # started (jobqueue.shutdown_embedded) kept running — one stray server per `kill` of
+    # started (redis_server.shutdown_embedded) kept running — one stray server per `kill` of
     # `camloop serve`. A handler that exits the normal way lets both run.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if not settings.redis_url:
@@ -52,7 +56,7 @@ def serve(
         # never joined. Whatever kills this process, the server stops with it (its guard).
         try:
             jobqueue.redis_url(settings, own=True)
-        except jobqueue.EmbeddedBusy as e:
+        except redis_server.EmbeddedBusy as e:
             typer.secho(f"camloop serve: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
     supervisor = WorkerSupervisor(lambda: spawn_worker(settings)).start() if with_worker else None
@@ -75,23 +79,6 @@ def startup_warnings(settings) -> list[str]:
     return out
 
 
-def spawn_worker(settings, *, extra_env: dict[str, str] | None = None, burst: bool = False,
-                 stdout=None) -> subprocess.Popen:
-    """Start `camloop worker` as a child connected to the same Redis (embedded or not); it ends
-    when this process does, however this process ends (`--parent-pid`)."""
-    from service.runtime import jobqueue
-
-    env = {**os.environ, "REDIS_URL": jobqueue.redis_url(settings), **(extra_env or {})}
-    cmd = [sys.executable, "-c", "from service.cli import app; app()", "worker", "--parent-pid", str(os.getpid())]
-    cmd += ["--burst"] if burst else []
-    # Its own session: a Ctrl-C in the terminal reaches this process only, which then stops the
-    # child itself (and the supervisor does not see it die of the SIGINT and start it again).
-    if stdout is None:
-        return subprocess.Popen(cmd, env=env, start_new_session=True)
-    return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
 def worker(
     gpu: int | None = typer.Option(None, help="pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES)"),
     burst: bool = typer.Option(False, "--burst", help="exit when the queues are empty"),
@@ -110,7 +97,7 @@ def worker(
     forks afterwards, so CUDA is initialised once and workers.jobs' model cache serves all the
     score shards of a round. Scale out with one `camloop worker --gpu N` per GPU.
     The cost: a job that crashes the interpreter takes the worker with it — run it under a
-    supervisor (compose `restart: always`). Our subclass (service.runtime.jobqueue.HeartbeatWorker)
+    supervisor (compose `restart: always`). Our subclass (service.runtime.worker.HeartbeatWorker)
     heartbeats the running job from a side thread, so a killed worker's job is retried by the
     next cleanup within `--heartbeat-ttl` seconds (plain SimpleWorker: job_timeout + 60 s).
 
@@ -118,25 +105,26 @@ def worker(
     mid-job (the job's bookkeeping fails) the worker is built again once Redis answers; the
     job's outputs are already on disk, and the service's reconciler re-creates lost jobs.
     """
-    if parent_pid is not None:
-        from service.runtime.supervise import exit_with_parent
+    import redis
 
+    from engine.jobkinds import QUEUES
+    from service.runtime import jobqueue
+    from service.runtime.supervise import exit_with_parent
+    from service.runtime.worker import WORKER_TTL_S, HeartbeatWorker
+
+    if parent_pid is not None:
         exit_with_parent(parent_pid, what="camloop worker")
     if gpu is not None:
         # Before anything imports torch: CUDA reads it once, at initialisation.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    import time
-
-    import redis
-
+    # The composition root: the only place the service imports the workers (and with them
+    # torch), and only here, in the worker process, so `camloop serve` never loads torch.
     import workers.jobs as jobs
-    from service.runtime import jobqueue
-    from service.settings import get_settings
 
     settings = get_settings()
     jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
     if settings.torch_threads:
-        import torch
+        import torch  # the worker process only (see workers.jobs above)
 
         # Training results depend on the thread count (float sums in another order): fixed
         # here, a run can be repeated, and compared with `camloop simulate --threads`.
@@ -145,11 +133,11 @@ def worker(
     while True:
         started = time.monotonic()
         try:
-            # Join the bundled Redis of `camloop serve`, never start one (jobqueue.start_embedded).
+            # Join the bundled Redis of `camloop serve`, never start one (redis_server.start_embedded).
             conn = jobqueue.connection(settings, join_only=True)
             conn.ping()
-            queues = [jobqueue.queue(kind, settings, conn) for kind in ("train", "score", "ingest")]
-            w = jobqueue.HeartbeatWorker(queues, connection=conn, name=name, worker_ttl=jobqueue.WORKER_TTL_S)
+            queues = [jobqueue.queue(q, settings, conn) for q in QUEUES]
+            w = HeartbeatWorker(queues, connection=conn, name=name, worker_ttl=WORKER_TTL_S)
             w.heartbeat_ttl_s = heartbeat_ttl
             w.work(burst=burst, with_scheduler=False)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:

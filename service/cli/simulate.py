@@ -6,8 +6,6 @@ Thin shell over workers.simulate (the service's round code, in one process); the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -16,10 +14,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from pydantic import ValidationError
 from rich.table import Table
 
 from strategies.registry import STRATEGIES
 from service.cli.options import json_object
+from service.demo.report import plot_learning_curves
+from engine.files import atomic_write_json
 from engine.config import ExclusionConfig, SimulationConfig, merge_config
 from engine.model_specs import model_names
 
@@ -68,8 +69,6 @@ def simulate(
     compare: list[Path] = typer.Option([], help="other simulate JSON files to draw on the --plot (repeatable)"),
 ) -> None:
     """Run the service's rounds in one process with the ground truth as the expert; write the JSON."""
-    from pydantic import ValidationError
-
     for path in compare:
         if not path.is_file():
             raise typer.BadParameter(f"{path} does not exist", param_hint="--compare")
@@ -91,6 +90,8 @@ def simulate(
         raise typer.BadParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     if dataset and folder is not None:
         raise typer.BadParameter("give --dataset or --folder, not both", param_hint="--folder")
+    # The composition root loads the workers (and torch) only when a simulation runs, so the
+    # other commands and `camloop simulate --help` stay light.
     from workers.simulate import run_simulation
 
     console = Console()
@@ -116,8 +117,6 @@ def simulate(
         console.print(f"[yellow]excluded[/] {escape(e['class'])} at round {e['round']}: {escape(e['reason'])}")
     console.print(f"wrote {out}")
     if plot is not None:
-        from service.demo.report import plot_learning_curves
-
         runs = {_run_label(result, out): result["rounds"]}
         for path in compare:
             other = json.loads(path.read_text())
@@ -150,9 +149,4 @@ def _run_label(result: dict, path: Path) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    # tmp file + os.replace: a reader (or a crashed run) never sees half a JSON file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)  # a reader (or a crashed run) never sees half a JSON file

@@ -31,6 +31,7 @@ from pathlib import PurePosixPath
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import plugins
 from service.errors import Conflict, Unprocessable
 from service.settings import Settings
 from service.store import Item, Label, ModelVersion, Project, ProjectClass, QueueEntry, Round
@@ -44,18 +45,6 @@ COLUMNS = ("item_id", "uri", "sha256", "split", "registered_split", "class", "cl
            "quarantined", "quarantine_reason", "label_id", "who", "labeled_at", "source", "label_round",
            "annotators", "agreement", "votes", "picked_round", "picked_rank", "picked_by", "reserve",
            "model_guess", "model_probability", "guess_model_version")
-
-# (session, project id, item ids) → {item id: {class: votes}}: the experts' votes behind labels
-# (the Label Studio bridge's ledger), read inside the export's snapshot.
-VotesSource = Callable[[Session, int, list[int]], dict[int, dict[str, int]]]
-_votes_sources: list[VotesSource] = []
-
-
-def votes_source(fn: VotesSource) -> VotesSource:
-    if fn not in _votes_sources:
-        _votes_sources.append(fn)
-    return fn
-
 
 @dataclass
 class Format:
@@ -160,16 +149,8 @@ class Snapshot:
                                     .where(QueueEntry.round_id.in_([r.id for r in self.rounds.values()]),
                                            QueueEntry.item_id.in_(ids))):
                 entries.setdefault(e.item_id, []).append(e)
-            votes: dict[int, dict[str, int]] = {}
-            for fn in list(_votes_sources):
-                try:
-                    with self.s.begin_nested():
-                        got = fn(self.s, self.pid, ids) or {}
-                except Exception:  # noqa: BLE001 — votes are extra; the labels export without them
-                    log.exception("votes source %r failed for project %s", fn, self.pid)
-                    continue
-                for iid, v in got.items():
-                    votes.setdefault(iid, {}).update(v)
+            # The experts' votes behind the labels (the Label Studio bridge's ledger, a plug-in).
+            votes = plugins.export_votes(self.s, self.pid, ids)
             for it in items:
                 yield self._row(it, labels.get(it.id, []), entries.get(it.id, []), votes.get(it.id))
             last = ids[-1]

@@ -11,17 +11,16 @@ from sqlalchemy.orm import Session
 from service.core import model_choice, paths
 from service.errors import BadRequest, NotFound, Unprocessable
 from service.settings import Settings
-from service.store import ITEM_SPLITS, Item, Job, Label, Project, utcnow
+from engine.jobkinds import JobKind
+from service.store import ITEM_SPLITS, Item, ItemStatus, Job, Label, Project, utcnow
 from engine.config import ProjectConfig
 from engine.contracts import IngestManifest, IngestResult, read_manifest, write_manifest
+from engine.imageio import IMAGE_EXTENSIONS, safe_path
 
 INGEST_CHUNK = 1024  # images per cache shard: one ingest job each
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _safe(root: Path, rel: str) -> Path:
-    from engine.imageio import safe_path  # pure-python helper (no torch): imageio imports Pillow only
-
     try:
         return safe_path(root, rel)
     except ValueError as e:
@@ -35,8 +34,6 @@ def _leaves_root(root: Path, rel: str) -> bool:
 
     register() asks only for symlinks: explicit entries were resolved by _safe already, and the
     folder listing does not descend symlinked folders, so only a listed file can be a link out."""
-    from engine.imageio import safe_path
-
     try:
         safe_path(root, rel)
     except ValueError:
@@ -70,7 +67,7 @@ def _image_files(base: Path, root: Path, recursive: bool) -> list[str]:
                 if e.is_dir():
                     if recursive and not e.is_symlink():
                         stack.append((e.path, rel + e.name + "/"))
-                elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                     out.append(rel + e.name)
     out.sort(key=lambda r: r.split("/"))
     return out
@@ -87,7 +84,7 @@ def expand_request(settings: Settings, folder: str | None, entries: list[dict] |
             raise BadRequest(f"not a folder under the data root: {folder!r}")
         found = _image_files(base, root, recursive)
         if not found:
-            raise BadRequest(f"the folder {folder!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}"
+            raise BadRequest(f"the folder {folder!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}"
                              f"{', in its sub-folders too' if recursive else ''}); nothing registered")
         for rel in found:
             out.append({"uri": rel, "split": split, "label": None})
@@ -128,7 +125,7 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
     known = set(s.scalars(select(Item.sha256).where(Item.project_id == project.id)))
     choosing = choosing and not known  # images already decoded with the config as it is
     last = [s.scalar(select(func.max(Item.cache_shard)).where(Item.project_id == project.id)),
-            s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == "ingest"))]
+            s.scalar(select(func.max(Job.shard)).where(Job.project_id == project.id, Job.kind == JobKind.INGEST))]
     first = max([-1] + [v for v in last if v is not None]) + 1
     now = utcnow()
     rows: list[dict] = []
@@ -152,7 +149,7 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
         if inside:
             looked.setdefault(e["split"], []).append(path)
         rows.append({"project_id": project.id, "uri": e["uri"], "sha256": digest, "split": e["split"],
-                     "status": "labeled" if e["label"] is not None else "unlabeled", "label": e["label"],
+                     "status": ItemStatus.LABELED if e["label"] is not None else ItemStatus.UNLABELED, "label": e["label"],
                      # index filled in when the ingest result arrives
                      "cache_shard": first + len(rows) // INGEST_CHUNK, "created_at": now})
     if choosing and rows:
@@ -180,7 +177,7 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
             items=[(iid, r["uri"]) for iid, r in zip(ids[k:k + INGEST_CHUNK], rows[k:k + INGEST_CHUNK])],
             out=str(paths.cache_file(settings, project.id, shard)),
             result=str(paths.ingest_result(settings, project.id, shard))))
-        job = Job(project_id=project.id, kind="ingest", shard=shard, manifest_path=str(man),
+        job = Job(project_id=project.id, kind=JobKind.INGEST, shard=shard, manifest_path=str(man),
                   rq_id=f"{settings.queue_prefix}-p{project.id}-ingest-{shard}")
         s.add(job)
         jobs.append(job)
@@ -202,7 +199,7 @@ def apply_ingest_result(s: Session, job: Job) -> None:
     bad = [{"b_id": int(iid), "b_reason": str(reason)} for iid, reason in res.bad]
     if bad:
         s.execute(update(items).where(items.c.id == bindparam("b_id"))
-                  .values(status="quarantined", reason=bindparam("b_reason"), cache_index=None), bad)
+                  .values(status=ItemStatus.QUARANTINED, reason=bindparam("b_reason"), cache_index=None), bad)
     touched = {r["b_id"] for r in ok} | {r["b_id"] for r in bad}
     for obj in list(s.identity_map.values()):
         if isinstance(obj, Item) and obj.id in touched:

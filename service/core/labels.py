@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, Unprocessable
-from service.store import Item, Label, Project, QueueEntry, Round
+from service.store import Item, ItemStatus, Label, Project, QueueEntry, Round
 
 _IN_CHUNK = 2000  # ids per IN (...): well under SQLite's bound-parameter limit
 
@@ -34,7 +34,7 @@ def record_label(s: Session, project: Project, item_id: int, class_name: str, wh
     item = s.get(Item, item_id)
     if item is None or item.project_id != project.id:
         raise Unprocessable(f"item {item_id} is not in project {project.id}")
-    if item.status == "quarantined":
+    if item.status == ItemStatus.QUARANTINED:
         raise Conflict(f"item {item_id} is quarantined: {item.reason}")
     # The round whose queue asked for this item (else the latest round): the label answers it.
     # One query (rounds with a queue entry for the item first), two columns, no Round objects:
@@ -52,7 +52,7 @@ def record_label(s: Session, project: Project, item_id: int, class_name: str, wh
         # delivery, the savepoint's rollback undoes the item change as well.
         with s.begin_nested():
             s.add(lab)
-            item.label, item.status = class_name, "labeled"
+            item.label, item.status = class_name, ItemStatus.LABELED
             s.flush()
     except IntegrityError:
         # A concurrent delivery of the same id won the insert: answer as the repeat it is.
@@ -110,7 +110,7 @@ def record_labels(s: Session, project: Project, labels: Sequence[tuple[int, str,
         item = items.get(item_id)
         if item is None or item.project_id != project.id:
             raise Unprocessable(f"item {item_id} is not in project {project.id}")
-        if item.status == "quarantined":
+        if item.status == ItemStatus.QUARANTINED:
             raise Conflict(f"item {item_id} is quarantined: {item.reason}")
         number = asked.get(item_id, latest)
         lab = Label(project_id=project.id, item_id=item_id, class_name=class_name, who=who, source=source,
@@ -125,7 +125,7 @@ def record_labels(s: Session, project: Project, labels: Sequence[tuple[int, str,
         with s.begin_nested():
             s.add_all(new)
             for lab in new:  # in order: the last label of an item wins
-                items[lab.item_id].label, items[lab.item_id].status = lab.class_name, "labeled"
+                items[lab.item_id].label, items[lab.item_id].status = lab.class_name, ItemStatus.LABELED
             s.flush()
     except IntegrityError:
         return [record_label(s, project, item_id, class_name, who, source, external_id)

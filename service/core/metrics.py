@@ -2,41 +2,22 @@
 
 Accuracy is read on the test split when the project registered one, else on the evidence the
 round held out (its validation split, or held-out labeled images: the answer says which and how
-many). Other parts add per-class figures through `add_class_figures` (the Label Studio bridge
-adds the experts' votes); the core never imports them.
+many). Plug-ins add per-class and project figures (service.plugins.class_figures and
+project_figures: the Label Studio bridge adds the experts' votes, anchoring, second opinions and
+estimated quality); the core never imports them.
 """
 from __future__ import annotations
 
-from typing import Callable
-
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.store import Item, ModelVersion, Project, ProjectClass, Round
-
-ClassFigures = Callable[[Session, Project], dict[str, dict]]
-_figures: list[ClassFigures] = []
+from engine.config import StoppingConfig
+from engine.decisions import stopping_signal
+from service import plugins
+from service.store import Item, ItemStatus, ModelVersion, Project, ProjectClass, Round, RoundState
 
 _KEYS = ("accuracy", "precision", "recall", "f1", "support")
-
-
-ProjectFigures = Callable[[Session, Project], dict]
-_project_figures: list[ProjectFigures] = []
-
-
-def add_project_figures(fn: ProjectFigures) -> ProjectFigures:
-    """fn(session, project) → {key: figures}, added to the project's metrics (the Label Studio
-    bridge adds the experts': anchoring, second opinions, estimated quality)."""
-    if fn not in _project_figures:
-        _project_figures.append(fn)
-    return fn
-
-
-def add_class_figures(fn: ClassFigures) -> ClassFigures:
-    """fn(session, project) → {class name: {figure: value}}, merged into each class's metrics."""
-    if fn not in _figures:
-        _figures.append(fn)
-    return fn
 
 
 def _evaluation(metrics: dict) -> tuple[str | None, dict]:
@@ -64,7 +45,7 @@ def project_metrics(s: Session, project: Project) -> dict:
                              .order_by(ProjectClass.index)))
     names = [c.name for c in classes]
     labeled = dict(s.execute(select(Item.label, func.count()).where(
-        Item.project_id == project.id, Item.split == "pool", Item.status == "labeled").group_by(Item.label)).all())
+        Item.project_id == project.id, Item.split == "pool", Item.status == ItemStatus.LABELED).group_by(Item.label)).all())
     versions = list(s.scalars(select(ModelVersion).where(ModelVersion.project_id == project.id)
                               .order_by(ModelVersion.round)))
     latest = versions[-1] if versions else None
@@ -77,10 +58,7 @@ def project_metrics(s: Session, project: Project) -> dict:
     for r in s.scalars(select(Round).where(Round.project_id == project.id, Round.model_version_id.is_not(None))
                        .order_by(Round.number.desc()).limit(1)):
         not_judged = (r.progress or {}).get("not_judged") or {}
-    extra: dict[str, dict] = {}
-    for fn in list(_figures):
-        for name, figs in (fn(s, project) or {}).items():
-            extra.setdefault(name, {}).update(figs)
+    extra = plugins.class_figures(s, project)
     per_class = {}
     for c in classes:
         v = pc.get(c.name) or {}
@@ -104,11 +82,9 @@ def project_metrics(s: Session, project: Project) -> dict:
                         "evidence_accuracy": (m.get("evidence") or m.get("val") or {}).get("accuracy"),
                         "active": m.get("active"),
                         "per_class": {n: (hp.get(n) or {}).get("accuracy") for n in names}})
-    experts: dict = {}
-    for fn in list(_project_figures):
-        experts.update(fn(s, project) or {})
+    experts = plugins.project_figures(s, project)
     skipped = s.scalar(select(func.count()).select_from(Item).where(
-        Item.project_id == project.id, Item.status == "skipped")) or 0
+        Item.project_id == project.id, Item.status == ItemStatus.SKIPPED)) or 0
     return {"project_id": project.id, "round": last_round.number if last_round else None,
             "stopping": stopping_of(s, project, versions, int(sum(labeled.values()))),
             "round_state": last_round.state if last_round else None, "evaluated_on": split,
@@ -129,11 +105,6 @@ def stopping_of(s: Session, project: Project, versions: list[ModelVersion] | Non
                 labeled_now: int | None = None) -> dict:
     """The stopping signal (engine.decisions.stopping_signal) over the project's trained
     models: kappa on the stop set, the evidence accuracy's plateau, the label budget."""
-    from pydantic import ValidationError
-
-    from engine.config import StoppingConfig
-    from engine.decisions import stopping_signal
-
     cfg = project.config or {}
     try:
         stopping = StoppingConfig.model_validate(cfg.get("stopping") or {})
@@ -144,7 +115,7 @@ def stopping_of(s: Session, project: Project, versions: list[ModelVersion] | Non
                                   .order_by(ModelVersion.round)))
     if labeled_now is None:
         labeled_now = s.scalar(select(func.count()).select_from(Item).where(
-            Item.project_id == project.id, Item.split == "pool", Item.status == "labeled")) or 0
+            Item.project_id == project.id, Item.split == "pool", Item.status == ItemStatus.LABELED)) or 0
     rounds = []
     for mv in versions:
         m = mv.metrics or {}
@@ -154,7 +125,7 @@ def stopping_of(s: Session, project: Project, versions: list[ModelVersion] | Non
                        "stop_set": m.get("stop_set")})
     out = stopping_signal(stopping, rounds, int(labeled_now))
     stopped = None
-    for r in s.scalars(select(Round).where(Round.project_id == project.id, Round.state == "closed")
+    for r in s.scalars(select(Round).where(Round.project_id == project.id, Round.state == RoundState.CLOSED)
                        .order_by(Round.number.desc()).limit(1)):
         if (r.progress or {}).get("auto_next_stopped"):
             stopped = r.number

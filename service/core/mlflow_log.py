@@ -1,7 +1,7 @@
 """Optional: each round's config, metrics and model logged to MLflow.
 
 On when MLFLOW_TRACKING_URI is set and the `mlflow` extra is installed (`pip install
-camloop[mlflow]`: mlflow-skinny, the client alone). A rounds.on_transition hook: when a round's
+camloop[mlflow]`: mlflow-skinny, the client alone). A plug-in (service.plugins): when a round's
 model is trained (the round enters `scoring`, or closes as a train-only round), one MLflow run
 `round-<n>` in the experiment `<CAMLOOP_MLFLOW_EXPERIMENT>/<project name>` gets the project's
 config as parameters, the evidence and test figures as metrics (per class too), and the model:
@@ -16,9 +16,18 @@ import logging
 import re
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+from sqlalchemy import select
+
+from service import plugins
+from service.core import models
+from service.core.models import card_markdown
+from service.plugins import PluginBase
 from service.settings import Settings
+from service.store import ModelVersion, Project, Round, RoundState
+from service.store.db import session_scope
 
 log = logging.getLogger("camloop.mlflow")
 _KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -58,16 +67,19 @@ def _metrics(card: dict) -> dict[str, float]:
     return out
 
 
+class MlflowPlugin(PluginBase):
+    """Logs each trained round to MLflow (round_entered: `scoring`, or `closed` for a train-only round)."""
+
+    name = "mlflow"
+
+    def round_entered(self, project_id: int, number: int, state: RoundState) -> None:
+        log_round(self.settings, project_id, number, state)
+
+
 def log_round(settings: Settings, pid: int, number: int, state: str) -> None:
-    """rounds.on_transition hook."""
-    if not settings.mlflow_tracking_uri or state not in ("scoring", "closed"):
+    """One round's MLflow run, once its model is trained (MlflowPlugin.round_entered)."""
+    if not settings.mlflow_tracking_uri or state not in (RoundState.SCORING, RoundState.CLOSED):
         return
-    from sqlalchemy import select
-
-    from service.core import models
-    from service.store import ModelVersion, Project, Round
-    from service.store.db import session_scope
-
     with session_scope(settings) as s:
         rnd = s.scalar(select(Round).where(Round.project_id == pid, Round.number == number))
         if rnd is None or rnd.model_version_id is None or (state == "closed" and not rnd.train_only):
@@ -100,8 +112,6 @@ def log_version(settings: Settings, card: dict, checkpoint: Path) -> str | None:
     client.log_batch(run.info.run_id,
                      params=[Param(k[:250], v[:6000]) for k, v in sorted(params.items())],
                      metrics=[Metric(k, v, now, int(card["round"])) for k, v in sorted(_metrics(card).items())])
-    from service.core.models import card_markdown
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         folder.mkdir()
@@ -114,14 +124,25 @@ def log_version(settings: Settings, card: dict, checkpoint: Path) -> str | None:
     return run.info.run_id
 
 
-def install(settings: Settings) -> None:
-    """Register the hook when MLflow logging is asked for (it checks its settings per call)."""
+def install(app, settings: Settings) -> None:
+    """Install the plug-in on the app's store when MLflow logging is asked for; the app's
+    lifespan takes it out again."""
     if not settings.mlflow_tracking_uri:
         return
     if not available():
         log.warning("MLFLOW_TRACKING_URI is set but mlflow is not installed (pip install 'camloop[mlflow]'): "
                     "rounds are not logged to MLflow")
         return
-    from service.rounds import hooks
+    plugin = MlflowPlugin(settings)
+    plugins.install(plugin)
+    inner = app.router.lifespan_context
 
-    hooks.on_transition(log_round)
+    @asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                plugins.uninstall(plugin)
+
+    app.router.lifespan_context = lifespan

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.model_choice import apply_overrides, choose_defaults, image_stats
 from service.errors import Unprocessable
 from service.settings import Settings
 from service.store import Project
@@ -56,8 +57,6 @@ def choose_from_images(settings: Settings, project: Project, files: list[Path]) 
     """Fill the project's pending model keys from `files` (the first registered images) and
     record the choice; raises Unprocessable when the chosen model cannot meet what the config
     set (e.g. `frozen_blocks` set while the images call for the small CNN)."""
-    from engine.model_choice import apply_overrides, choose_defaults, image_stats
-
     auto = pending(project)
     if not auto or not files:
         return

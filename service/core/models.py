@@ -22,8 +22,9 @@ from engine.config import ProjectConfig
 from engine.decisions import evidence_of
 from engine.model_serving import KEEP_BEST_CONFIDENCE, InUse, VersionEvidence, model_in_use
 from engine.model_specs import normalisation
-from service.core import paths
+from service.core import jobs, paths
 from service.errors import Conflict, NotFound
+from service.runtime import jobqueue
 from service.settings import Settings
 from service.store import Job, ModelVersion, Project, Round, utcnow
 
@@ -316,9 +317,6 @@ def convert_job_id(settings: Settings, mv: ModelVersion) -> str:
 def conversion_state(s: Session, settings: Settings, mv: ModelVersion, *, start: bool) -> tuple[str, Job | None]:
     """("ready" | "queued" | "started" | "failed" | "missing", the conversion job). With `start`,
     a missing conversion is enqueued (its manifest written first)."""
-    from service.rounds import jobs
-    from service.runtime import jobqueue
-
     files = paths.layout(settings).model_files(mv.project_id, mv.version)
     if files.result.is_file():
         return "ready", None

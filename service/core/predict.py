@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session
 
 from engine import contracts as c
 from engine.imageio import BadImage, decode_image
-from service.core import models, paths
+from service.core import jobs, models, paths
 from service.core.heatmap_view import cam_box
 from service.core.heatmaps import overlay_png
 from service.core.signing import UnsafePath, safe_join
 from service.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from service.runtime import jobqueue
 from service.settings import Settings
 from service.store import Item, Job, ModelVersion, Project
 
@@ -174,9 +175,6 @@ def _job_id(settings: Settings, pid: int, key: str) -> str:
 
 def _enqueue(s: Session, settings: Settings, project: Project, mv: ModelVersion, why: str, net: c.ModelSpec,
              images: list[Image], top_k: int, cam: bool) -> dict:
-    from service.rounds import jobs
-    from service.runtime import jobqueue
-
     key = uuid.uuid4().hex[:16]
     folder = paths.layout(settings).predict_dir(project.id, key)
     (folder / "inputs").mkdir(parents=True)
@@ -203,9 +201,6 @@ def _enqueue(s: Session, settings: Settings, project: Project, mv: ModelVersion,
 
 
 def job_answer(s: Session, settings: Settings, project: Project, key: str) -> tuple[int, dict]:
-    from service.rounds import jobs
-    from service.runtime import jobqueue
-
     job = s.scalar(select(Job).where(Job.rq_id == _job_id(settings, project.id, key), Job.project_id == project.id))
     if job is None:
         raise NotFound(f"project {project.id} has no prediction job {key}")

@@ -2,43 +2,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core import model_choice
 from service.errors import Conflict, NotFound, Unprocessable
-from service.settings import Settings
-from service.store import Item, Project, ProjectClass, Round, utcnow
+from service.store import WORKING_STATES, Item, Project, ProjectClass, Round, utcnow
 from engine.config import DECODE_KEYS, ProjectConfig, merge_config
 
 log = logging.getLogger("camloop.projects")
-
-CreatedHook = Callable[[Settings, int], None]
-_created_hooks: list[CreatedHook] = []
-
-
-def on_created(fn: CreatedHook) -> CreatedHook:
-    """Register fn(settings, project_id), called after a project is committed (the Label Studio
-    bridge creates or attaches the experts' project here). Exceptions are logged, never fatal."""
-    _created_hooks.append(fn)
-    return fn
-
-
-def run_created_hooks(settings: Settings, project_id: int) -> list[str]:
-    """Run the hooks; returns what went wrong, for the answer (the project itself exists)."""
-    problems = []
-    for fn in list(_created_hooks):
-        try:
-            fn(settings, project_id)
-        except Exception as e:  # noqa: BLE001 — an outage elsewhere must not undo the project
-            log.warning("project %s: %s failed: %s", project_id, getattr(fn, "__name__", fn), e)
-            problems.append(f"{getattr(fn, '__name__', 'hook')}: {e}")
-    return problems
-
 
 def validated_config(data: dict | None) -> ProjectConfig:
     """The config as the one typed model; every wrong type, range or unknown key named."""
@@ -75,8 +50,6 @@ def known_keys_only(stored: dict) -> tuple[dict, list[str]]:
     A config stored by an older camloop (before configs were validated when given) may hold
     keys nobody reads; PATCH merges over the stored config, so without this a key could never be
     taken out again and the config could never become valid. The patch itself stays strict."""
-    from pydantic import BaseModel
-
     out, dropped = {}, []
     for k, v in (stored or {}).items():
         field = ProjectConfig.model_fields.get(k)
@@ -97,8 +70,6 @@ def update_config(s: Session, project: Project, patch: dict) -> list[str]:
 
     Refused while a round is working (it runs on the config it started with), and for the keys
     that decide how images are decoded once images are registered (their pixels are cached)."""
-    from service.rounds.state import WORKING_STATES
-
     busy = s.scalar(select(Round).where(Round.project_id == project.id, Round.state.in_(WORKING_STATES)))
     if busy is not None:
         raise Conflict(f"round {busy.number} is {busy.state}; change the config between rounds")

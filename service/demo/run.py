@@ -17,21 +17,26 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from service.runtime.embedded import EmbeddedStack
-from service.demo.report import Overlay, ReportInput, write_report
-from service.settings import Settings
 from engine.config import ProjectConfig, merge_config
+from engine.datasets import load_named
 from engine.decisions import initial_labeled
+from engine.model_specs import model_names as available_models
+from service.demo.report import Overlay, ReportInput, write_report
+from service.labelstudio.client import LabelStudioBridge, LabelStudioError
+from service.settings import Settings
+from service.states import RoundState
+from strategies.registry import STRATEGIES
 
 log = logging.getLogger("camloop.demo")
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
-TERMINAL_STATES = ("labeling", "closed", "failed")
+TERMINAL_STATES = (RoundState.LABELING, RoundState.CLOSED, RoundState.FAILED)
 
 
 class DemoError(RuntimeError):
@@ -103,9 +108,8 @@ def export_root(opts: DemoOptions, name: str) -> Path:
 
 def export_images(opts: DemoOptions) -> DemoData:
     """Write PNGs under <data_dir>/images/<dataset>/<split>/<class>/; files already there are kept."""
-    # The demo prepares data in the CLI process; the API itself never imports torch for a request.
-    from engine.datasets import load_named
-
+    # The demo prepares data in the CLI process (load_digits loads torch when it is called); the
+    # API itself never imports torch for a request.
     name = choose_dataset(opts.dataset)
     pool, val, test = load_named(name, seed=opts.seed)
     rng = np.random.default_rng(opts.seed)
@@ -284,7 +288,7 @@ class DemoRun:
         where = self.ls_project_url or self.opts.label_studio_url
         while True:
             rnd = self.get_round(number)
-            if rnd["state"] in ("closed", "failed"):
+            if rnd["state"] in (RoundState.CLOSED, RoundState.FAILED):
                 live.update(self.view(rnd, history))
                 return rnd
             live.update(self.view(rnd, history, waiting=f"waiting for experts in Label Studio: {where}"))
@@ -332,7 +336,7 @@ class DemoRun:
         m = self._ok(self.api.get(f"/projects/{self.pid}/metrics"))
         rounds = self._ok(self.api.get(f"/projects/{self.pid}/rounds"))["rounds"]
         selected = {r["number"]: self.selected(r["number"]) for r in rounds
-                    if r["state"] in ("labeling", "closed") and not r.get("train_only")}
+                    if r["state"] in (RoundState.LABELING, RoundState.CLOSED) and not r.get("train_only")}
         return rounds_from_metrics(m, rounds, selected), m
 
     def selected(self, number: int) -> dict[str, list[str]]:
@@ -356,9 +360,6 @@ class DemoRun:
 
 def validate(opts: DemoOptions) -> None:
     """Refuse bad options before minutes of work, with the choices in the message."""
-    from strategies.registry import STRATEGIES
-    from engine.model_specs import model_names as available_models
-
     if opts.strategy not in STRATEGIES:
         raise DemoError(f"unknown strategy {opts.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if opts.model not in available_models():
@@ -384,8 +385,6 @@ def check_label_studio(url: str, token: str) -> str:
 
 
 def _ls_project_url(opts: DemoOptions, name: str) -> str | None:
-    from service.labelstudio.client import LabelStudioBridge, LabelStudioError
-
     try:
         ls_id = LabelStudioBridge(opts.label_studio_url, opts.label_studio_token).find_project(f"camloop: {name}")
     except (LabelStudioError, Exception):  # noqa: BLE001 — only for the message; the bridge reports real errors
@@ -397,8 +396,6 @@ def _ls_project_url(opts: DemoOptions, name: str) -> str | None:
 def demo_settings(opts: DemoOptions) -> Settings:
     settings = Settings(data_dir=opts.data_dir.resolve(), torch_threads=opts.threads)
     if opts.with_label_studio:
-        from pydantic import SecretStr
-
         settings = settings.model_copy(update={
             "label_studio_url": opts.label_studio_url.rstrip("/"),
             "label_studio_token": SecretStr(opts.label_studio_token),
@@ -431,6 +428,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     overlays: list[Overlay] = []
     last = None
     stopped = ""
+    # The server's whole stack, loaded when a demo runs: `camloop` imports this module for the
+    # demo's option defaults, and its other commands (the thin clients) must not load a server.
+    from service.demo.stack import EmbeddedStack
+
     with EmbeddedStack(settings, host=opts.host, port=opts.port, public_url=opts.public_url) as stack:
         console.print(f"API: {stack.settings.public_base_url}/docs   key: {stack.api_key}\n"
                       f"logs: {escape(str(stack.worker_log))} (worker), {escape(str(stack.api_log))} (API)",
@@ -450,7 +451,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                         started = run._ok(api.post(f"/projects/{run.pid}/rounds"))
                         last = started["number"]
                         rnd = run.wait_round(last, live, history)
-                        if rnd["state"] == "failed":
+                        if rnd["state"] == RoundState.FAILED:
                             raise DemoError(f"round {last} failed: {rnd['error']}\n"
                                             f"the worker log ({stack.worker_log}) ends with:\n{stack.worker_log_tail()}")
                         history, _ = run.history()
@@ -463,8 +464,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                     # One more round trains on every label, the last batch's included, and queues
                     # nothing: the report's curve then covers every label it counts.
                     final = run._ok(api.post(f"/projects/{run.pid}/rounds", json={"train_only": True}))
-                    rnd = run.wait_round(final["number"], live, history, until=("closed", "failed"))
-                    if rnd["state"] == "failed":
+                    rnd = run.wait_round(final["number"], live, history, until=(RoundState.CLOSED, RoundState.FAILED))
+                    if rnd["state"] == RoundState.FAILED:
                         raise DemoError(f"the last training failed: {rnd['error']}\n"
                                         f"the worker log ({stack.worker_log}) ends with:\n{stack.worker_log_tail()}")
                     history, _ = run.history()

@@ -1,21 +1,25 @@
 """The Label Studio bridge: experts label each round's batch in a real Label Studio.
 
-Modules, one job each:
-  config    the labeling interface (image, heatmap, classes, "wrong region" flag) and predictions
-  client    LabelStudioBridge: create/attach a project, register the webhook, import a batch in order
-  events    Label Studio annotation JSON → typed events (the one parser webhook and poll share)
-  webhook   shared-secret check and webhook payload parsing
-  poll      reconciliation: a full snapshot of the project → the same events, deletions included
-  apply     idempotent application of events to a LabelSink (keyed by annotation id)
-  resolve   several annotators → majority label, ties/disagreements flagged for review
-  agreement per-class percent agreement and kappas (Community has no agreement statistics)
-  guess     how each task shows the model's guess (pre-selected, shown, hidden), anchoring per expert
-  second_opinion  suspicious labels asked again of another expert, blind; ties; expert quality
-  routes    FastAPI routers: the webhook receiver and the signed media files
+It is one plug-in (plugin.LabelStudioPlugin: its settings, the URL signer, the client), which the
+app factory installs; camloop's core and rounds call it only through service.plugins.
 
-The orchestration calls: LabelStudioBridge.ensure_project / ensure_webhook / import_batch(BatchItem...)
-when a round's batch is ready, routes.handle_webhook (or webhook_router) for the webhook,
-and poll.reconcile periodically; see docs/labelstudio.md.
+Modules, one job each:
+  plugin       LabelStudioPlugin: the hooks, connect/push/withdraw/webhook/poll/sync/review/announce,
+               its routes and the background poller
+  api          the engineer's routes under /api/v1: review and sync
+  routes       the routes Label Studio and the expert's browser call: the webhook, signed media, heatmaps
+  config       the labeling interface (image, heatmap, classes, "wrong region" flag) and predictions
+  client       LabelStudioBridge: create/attach a project, register the webhook, import a batch in order
+  events       Label Studio annotation JSON → typed events (the one parser webhook and poll share)
+  webhook      shared-secret check and webhook payload parsing
+  poll         reconciliation: a full snapshot of the project → the same events, deletions included
+  apply        idempotent application of events to a LabelSink (keyed by annotation id)
+  ledger       the bridge's own tables: every annotation seen, the project links (SqlSink)
+  store_apply  the ledger's resolutions into camloop's items and labels
+  resolve      several annotators → majority label, ties/disagreements flagged for review
+  agreement    per-class percent agreement and kappas (Community has no agreement statistics)
+  wrong_region the experts' "looked at the wrong region" votes, per guessed class
+  announce     the note in the project's instructions between batches
 """
 from service.labelstudio.apply import ApplyResult, LabelSink, MemorySink, apply_events
 from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudioError

@@ -1,16 +1,23 @@
-"""The bridge's own routes under /api/v1 (mounted by orchestrate.install): review and sync."""
+"""The bridge's own routes under /api/v1 (mounted by LabelStudioPlugin.install): review and sync.
+
+The app decides who may call them: it hands the plug-in its auth dependencies (`reader` for the
+review, `writer` for the sync), so the bridge never imports the API package.
+"""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import CallerDep, Pid, SettingsDep, WriterDep, advance
 from service.core import projects as projects_svc
+from service.labelstudio.client import LabelStudioError
+from service.rounds import nudge
+from service.store import MAX_ID
 from service.store.db import session_scope
 
-router = APIRouter(tags=["label-studio"])
+Pid = Annotated[int, Path(ge=1, le=MAX_ID, description="project id")]
 
 
 class ReviewItemOut(BaseModel):
@@ -54,28 +61,29 @@ class SyncOut(BaseModel):
     errors: list[str]
 
 
-@router.get("/projects/{pid}/review", response_model=ReviewOut)
-def review(pid: Pid, settings: SettingsDep, c: CallerDep) -> dict:
-    """Items that need a person's decision (ties, disagreements, unusable answers) and the
-    annotators' agreement per class, with how often they said the model looked at the wrong region."""
-    from service.labelstudio.orchestrate import review as review_svc
+def router(plugin, *, reader: Callable, writer: Callable) -> APIRouter:
+    """The two routes of `plugin` (the LabelStudioPlugin that mounts them)."""
+    r = APIRouter(tags=["label-studio"])
+    settings = plugin.settings
 
-    with session_scope(settings) as s:
-        projects_svc.get_project(s, pid)
-    return review_svc(settings, pid)
+    @r.get("/projects/{pid}/review", response_model=ReviewOut, dependencies=[Depends(reader)])
+    def review(pid: Pid) -> dict:
+        """Items that need a person's decision (ties, disagreements, unusable answers) and the
+        annotators' agreement per class, with how often they said the model looked at the wrong region."""
+        with session_scope(settings) as s:
+            projects_svc.get_project(s, pid)
+        return plugin.review(pid)
 
+    @r.post("/projects/{pid}/label-studio/sync", response_model=SyncOut, dependencies=[Depends(writer)])
+    def sync_label_studio(pid: Pid) -> dict:
+        """Reconcile with Label Studio now (the background poll does the same every few seconds)."""
+        with session_scope(settings) as s:
+            projects_svc.get_project(s, pid)
+        try:
+            out = plugin.sync_project(pid)
+        except LabelStudioError as e:  # not configured, unreachable, or it refused: say which
+            raise HTTPException(502 if plugin.ls.url else 409, str(e)) from None
+        nudge(settings, pid)
+        return out
 
-@router.post("/projects/{pid}/label-studio/sync", response_model=SyncOut)
-def sync_label_studio(pid: Pid, settings: SettingsDep, c: WriterDep) -> dict:
-    """Reconcile with Label Studio now (the background poll does the same every few seconds)."""
-    from service.labelstudio.client import LabelStudioError
-    from service.labelstudio.orchestrate import sync_project
-
-    with session_scope(settings) as s:
-        projects_svc.get_project(s, pid)
-    try:
-        out = sync_project(settings, pid)
-    except LabelStudioError as e:  # not configured, unreachable, or it refused: say which
-        raise HTTPException(502 if settings.label_studio_url else 409, str(e)) from None
-    advance(settings, pid)
-    return out
+    return r

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from label_studio_sdk import LabelStudio
 
 from service.labelstudio import config as cfg
 from service.labelstudio.webhook import ACTIONS, SECRET_HEADER
@@ -112,12 +111,17 @@ class LabelStudioBridge:
             raise LabelStudioError("Label Studio URL and API token are required "
                                    "(CAMLOOP_LABEL_STUDIO_URL, CAMLOOP_LABEL_STUDIO_TOKEN)")
         self.url = url.rstrip("/")
+        # The SDK is large (hundreds of generated modules, seconds to import on a busy machine):
+        # loaded when a client is built, so an install without Label Studio, and every `camloop`
+        # command, never pays for it.
+        from label_studio_sdk import LabelStudio
+
         self.sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout_s)
 
     @classmethod
-    def from_settings(cls, settings) -> "LabelStudioBridge":
-        token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
-        return cls(settings.label_studio_url or "", token)
+    def from_settings(cls, ls) -> "LabelStudioBridge":
+        """From service.settings.LabelStudioSettings (settings.label_studio)."""
+        return cls(ls.url or "", ls.token.get_secret_value() if ls.token else "")
 
     # -- projects ---------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ def task(row: dict, signer: UrlSigner, ttl: int, pid: int) -> dict:
 def tasks(snap: Snapshot) -> Iterator[bytes]:
     """A JSON array of tasks, streamed."""
     settings = snap.settings
-    signer, ttl = UrlSigner.from_settings(settings), settings.label_studio_url_ttl_s
+    signer, ttl = UrlSigner.from_settings(settings), settings.label_studio.url_ttl_s
     yield b"["
     sep = b"\n"
     for row in snap.rows():

@@ -27,9 +27,11 @@ from dataclasses import replace
 from sqlalchemy import Boolean, Column, Float, Integer, String, Table, UniqueConstraint, and_, insert, select
 from sqlalchemy.orm import Session
 
-from engine.config import GuessConfig
+from engine.config import GuessConfig, ProjectConfig
+from service.labelstudio.client import guess_text
 from service.labelstudio.ledger import annotations as ledger_annotations
 from service.labelstudio.ledger import metadata
+from strategies.anchoring import anchoring_gap
 
 PRESELECTED, SHOWN, HIDDEN = "preselected", "shown", "hidden"
 
@@ -71,7 +73,6 @@ def display(config: GuessConfig, seed: int, round_no: int, item_id: int, pred: s
 
 def header(mode: str, pred: str | None, p: float | None, config: GuessConfig, control: bool) -> str:
     """The words after "Model's guess:" on the task."""
-    from service.labelstudio.client import guess_text
 
     if pred is None:
         return guess_text(None, None)
@@ -89,7 +90,6 @@ def header(mode: str, pred: str | None, p: float | None, config: GuessConfig, co
 def decide_batch(s: Session, project, round_no: int, batch: Sequence) -> list:
     """The round's BatchItems with their display decided and stored (once: a repeated push of the
     same round reads the stored decisions, never draws again)."""
-    from engine.config import ProjectConfig
 
     cfg = ProjectConfig.model_validate(project.config or {})
     known = {r.item_id: r for r in s.execute(select(guess_shown).where(
@@ -118,7 +118,6 @@ def hidden_tasks(project_id: int):
 def anchoring(s: Session, project_id: int, gap: float) -> dict:
     """Per expert: how often their answer equals the model's guess where the guess was shown
     (pre-selected or not) and where it was hidden by the control, and whether the gap is flagged."""
-    from strategies.anchoring import anchoring_gap
 
     a, g = ledger_annotations, guess_shown
     rows = s.execute(

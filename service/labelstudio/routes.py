@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.labelstudio.apply import ApplyResult, LabelSink, apply_events
 from service.labelstudio.webhook import ClassesOf, WebhookError, check_secret, parse_payload
+from service.core.display import BadImage, display_png, shown_as_is
 from service.core.signing import SignatureError, UnsafePath, UrlSigner, safe_join
 
 WEBHOOK_PATH = "/api/v1/webhooks/label-studio"
@@ -90,8 +91,6 @@ def files_router(*, signer: Callable[[], UrlSigner], data_root: Callable[[], Pat
 
     `registered(rel_path)`: whether the file is an image of some project; others are 404 even
     correctly signed (a leaked key or a signing bug must not open the whole data folder)."""
-    from service.core.display import BadImage, display_png, shown_as_is
-
     router = APIRouter()
 
     @router.get(FILES_PREFIX + "/{rel_path:path}", tags=["label-studio"])

@@ -31,14 +31,20 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, Table, UniqueConstraint, func, insert, \
     select, update
 from sqlalchemy.orm import Session
 
+from engine.config import ProjectConfig
+from engine.relabel import decide, max_second_opinions, read_issues, second_opinion_picks
+from service.core import paths
 from service.labelstudio import config as cfg
 from service.labelstudio.ledger import annotations as ledger_annotations
 from service.labelstudio.ledger import metadata
+from service.labelstudio.resolve import one_per_annotator
+from service.store import Item, Label, ModelVersion, Project
 
 log = logging.getLogger("camloop.labelstudio.second_opinion")
 
@@ -88,10 +94,6 @@ def experts_seen(s: Session, project_id: int) -> set[int]:
 
 def request(s: Session, settings, project, round_no: int) -> list[int]:
     """Create the round's second-opinion requests (idempotent) → their item ids."""
-    from engine.config import ProjectConfig
-    from engine.relabel import max_second_opinions, read_issues, second_opinion_picks
-    from service.core import paths
-    from service.store import Item, Label
 
     conf = ProjectConfig.model_validate(project.config or {})
     if not conf.relabel.enabled:
@@ -136,19 +138,13 @@ def request(s: Session, settings, project, round_no: int) -> list[int]:
     return [r["item_id"] for r in rows]
 
 
-def push(settings, project_id: int, *, bridge=None) -> dict[int, int]:
+def push(plugin, project_id: int) -> dict[int, int]:
     """Import the open requests that have no task yet → {request id: task id}; open again (raise
-    the overlap of) tasks only experts who voted before have answered. Idempotent."""
-    from service.core.signing import UrlSigner
-    from service.labelstudio import ledger
-    from service.labelstudio.orchestrate import _bridge, _push_lock
-    from service.labelstudio.routes import file_url
-    from service.store import Item
-    from service.store.db import session_scope
-
+    the overlap of) tasks only experts who voted before have answered. Idempotent. `plugin`: the
+    Label Studio plug-in (service.labelstudio.plugin), whose client, signer and push lock it uses."""
     out: dict[int, int] = {}
-    with _push_lock(settings, project_id):
-        with session_scope(settings) as s:
+    with plugin._push_lock(project_id):
+        with plugin._session() as s:
             link = ledger.get_link(s, project_id)
             if link is None:
                 return out
@@ -164,16 +160,16 @@ def push(settings, project_id: int, *, bridge=None) -> dict[int, int]:
                                       second_opinions.c.not_independent >= second_opinions.c.overlap)).all()
         if not todo and not reopen:
             return out
-        b = _bridge(settings, bridge)
+        b = plugin.client
         if todo:
-            signer, ttl = UrlSigner.from_settings(settings), settings.label_studio_url_ttl_s
+            signer, ttl = plugin.signer, plugin.ls.url_ttl_s
             existing = _existing_tasks(b, link.ls_project_id)
             new = [(rid, item, uri) for rid, item, uri in todo if rid not in existing]
             if new:
                 payload = [task_payload(file_url(signer, uri, ttl), item, rid) for rid, item, uri in new]
                 res = b.sdk.projects.import_tasks(id=link.ls_project_id, request=payload, return_task_ids=True)
                 existing.update(zip([rid for rid, *_ in new], sorted(res.task_ids or [])))
-            with session_scope(settings) as s:
+            with plugin._session() as s:
                 for rid, *_ in todo:
                     if rid in existing:
                         s.execute(update(second_opinions).where(second_opinions.c.id == rid,
@@ -183,7 +179,7 @@ def push(settings, project_id: int, *, bridge=None) -> dict[int, int]:
         for rid, task_id, answered_by_excluded, overlap in reopen:
             # Label Studio never serves a task to someone who answered it: one more slot goes to another expert.
             b.sdk.tasks.update(id=str(task_id), overlap=int(answered_by_excluded) + 1, is_labeled=False)
-            with session_scope(settings) as s:
+            with plugin._session() as s:
                 s.execute(update(second_opinions).where(second_opinions.c.id == rid,
                                                         second_opinions.c.overlap == overlap)
                           .values(overlap=int(answered_by_excluded) + 1))
@@ -206,23 +202,19 @@ def _existing_tasks(bridge, ls_project_id: int) -> dict[int, int]:
     return out
 
 
-def on_labeling(settings, project_id: int, round_no: int) -> None:
-    """rounds.on_labeling hook (after the batch push): ask the round's second opinions, push them."""
-    from service.labelstudio.orchestrate import _configured, _tables
-    from service.store import Project
-    from service.store.db import session_scope
-
-    if not _configured(settings):
+def on_labeling(plugin, project_id: int, round_no: int) -> None:
+    """After a round's batch is pushed (the plug-in's batch_ready): ask the round's second
+    opinions, push them."""
+    if not plugin.configured:
         return
-    _tables(settings)
-    with session_scope(settings) as s:
+    with plugin._session() as s:
         project = s.get(Project, project_id)
         if project is None:
             return
-        asked = request(s, settings, project, round_no)
+        asked = request(s, plugin.settings, project, round_no)
     if asked:
         log.info("project %s round %s: second opinions asked for items %s", project_id, round_no, asked)
-    push(settings, project_id)
+    push(plugin, project_id)
 
 
 # ----------------------------------------------------------------------------- answers
@@ -230,8 +222,6 @@ def on_labeling(settings, project_id: int, round_no: int) -> None:
 def adjust(s: Session, project, item_id: int, anns, res):
     """What second opinions change in an item's resolution (module doc). Called for every item
     the ledger changed; items never asked again pass through untouched."""
-    from engine.relabel import decide
-    from service.labelstudio.resolve import one_per_annotator
 
     reqs = s.execute(select(second_opinions).where(second_opinions.c.project_id == project.id,
                                                    second_opinions.c.item_id == item_id)
@@ -287,7 +277,6 @@ def expert_quality(s: Session, project) -> dict:
     """Each expert's estimated quality (cleanlab.multiannotator, CROWDLAB) from their votes and the
     latest out-of-fold probabilities; needs relabel on (those probabilities) and two experts.
     Computed again only when a new model or a new vote arrived."""
-    from service.store import ModelVersion
 
     mv = s.scalar(select(ModelVersion).where(ModelVersion.project_id == project.id)
                   .order_by(ModelVersion.round.desc()).limit(1))
@@ -304,10 +293,8 @@ def expert_quality(s: Session, project) -> dict:
 def _expert_quality(s: Session, project, mv) -> dict:
     import numpy as np
 
-    from engine.relabel import read_issues
 
     path = ((mv.metrics or {}).get("label_issues") or {}).get("file") if mv else None
-    from pathlib import Path
 
     if not path or not Path(path).is_file():
         return {"note": "no out-of-fold probabilities yet (relabel off, or no round since it was turned on)"}

@@ -27,7 +27,7 @@ from service.labelstudio.apply import ApplyResult, apply_events
 from service.labelstudio.events import Event
 from service.labelstudio.ledger import SqlSink
 from service.labelstudio.resolve import Resolution, one_per_annotator, resolve_item
-from service.store import Item, Label, Project, QueueEntry, Round
+from service.store import Item, ItemStatus, Label, Project, QueueEntry, Round, RoundState
 
 SOURCE = "label-studio"
 
@@ -53,8 +53,8 @@ def _who(res: Resolution) -> str:
 
 def _unlabeled_status(s: Session, item_id: int) -> str:
     queued = s.scalar(select(QueueEntry.id).join(Round, Round.id == QueueEntry.round_id)
-                      .where(QueueEntry.item_id == item_id, Round.state == "labeling").limit(1))
-    return "queued" if queued is not None else "unlabeled"
+                      .where(QueueEntry.item_id == item_id, Round.state == RoundState.LABELING).limit(1))
+    return ItemStatus.QUEUED if queued is not None else ItemStatus.UNLABELED
 
 
 def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[int], required: int) -> SyncResult:
@@ -77,20 +77,20 @@ def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[i
             except ServiceError as e:  # quarantined item (image gone), class removed since: reported, kept
                 out.problems.append(f"item {item_id}: {e}")
                 continue
-            if item.label != res.label or item.status != "labeled":
+            if item.label != res.label or item.status != ItemStatus.LABELED:
                 # Same resolution as once before (after a retraction): the label row exists; restore it.
-                item.label, item.status = res.label, "labeled"
+                item.label, item.status = res.label, ItemStatus.LABELED
             out.labeled.append(item_id)
         elif res.complete and res.status == "skipped":
             # Every annotator skipped it: the round stops waiting for it, and it is not queued
             # again (experts said they cannot tell); an earlier Label Studio label is taken back.
             latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
-            if item.status == "queued" or (item.status == "labeled" and latest is not None and latest.source == SOURCE):
-                item.label, item.status = None, "skipped"
+            if item.status == ItemStatus.QUEUED or (item.status == ItemStatus.LABELED and latest is not None and latest.source == SOURCE):
+                item.label, item.status = None, ItemStatus.SKIPPED
                 out.skipped.append(item_id)
-        elif item.status in ("labeled", "skipped"):
+        elif item.status in (ItemStatus.LABELED, ItemStatus.SKIPPED):
             latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
-            if item.status == "skipped" or (latest is not None and latest.source == SOURCE):
+            if item.status == ItemStatus.SKIPPED or (latest is not None and latest.source == SOURCE):
                 item.label, item.status = None, _unlabeled_status(s, item_id)
                 out.retracted.append(item_id)
     s.flush()

@@ -42,7 +42,8 @@ def check_secret(headers: Mapping[str, str], expected: str) -> None:
 ClassesOf = Callable[[int | None], Sequence[str] | None]
 
 
-def _project_id(payload: dict) -> int | None:
+def project_id_of(payload: dict) -> int | None:
+    """The Label Studio project a webhook payload is about (None when it does not say)."""
     for src in (payload.get("project"), payload.get("annotation"), payload.get("task")):
         if isinstance(src, dict):
             v = src.get("id") if src is payload.get("project") else src.get("project")
@@ -75,7 +76,7 @@ def parse_payload(body: bytes | str, classes: Iterable[str] | ClassesOf) -> tupl
         except (KeyError, TypeError, ValueError):
             raise WebhookError(400, "ANNOTATIONS_DELETED with an annotation without an integer id") from None
     if callable(classes):
-        pid = _project_id(payload)
+        pid = project_id_of(payload)
         found = classes(pid)
         if found is None:
             raise WebhookError(404, f"Label Studio project {pid} is not connected to a camloop project")

@@ -5,10 +5,11 @@
     inputs.py      what the engine needs from the store, as the engine's types
     jobs.py        the jobs of a round: deterministic RQ ids, (re-)enqueueing, state
     lifecycle.py   start (idempotent), retry, close
-    reconciler.py  advance a round as far as the facts allow; the background loop
-    hooks.py       where the Label Studio bridge plugs in
+    reconciler.py  advance a round as far as the facts allow; the background loop; the requests' nudge
+    progress.py    what a round's timing says about the next one (the experts' "next batch in about …")
+    freeze.py      the project's freeze report: a worker job built like a round's
+    hooks.py       what the round tells the plug-ins (service.plugins) and asks of them
 """
-from service.rounds.hooks import on_labeling, on_transition  # noqa: F401
 from service.rounds.lifecycle import close, get_round, retry_round, start_round  # noqa: F401
-from service.rounds.reconciler import Reconciler, advance, advance_project, reconcile_all  # noqa: F401
+from service.rounds.reconciler import Reconciler, advance, advance_project, nudge, reconcile_all  # noqa: F401
 from service.rounds.state import RoundState  # noqa: F401

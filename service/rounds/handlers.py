@@ -18,7 +18,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core import models, paths
-from service.rounds import hooks, inputs, jobs
+from service.core import jobs
+from service.rounds import hooks, inputs
 from service.rounds.lifecycle import close, open_batch, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings

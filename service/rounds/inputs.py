@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.core import paths
 from service.settings import Settings
-from service.store import Item, ModelVersion, Project, ProjectClass
+from service.store import Item, ItemStatus, ModelVersion, Project, ProjectClass
 from engine.config import ProjectConfig
 from engine.contracts import ImageRefs, TrainManifest, read_manifest
 from engine.decisions import Evidence, evidence_of, stop_set_positions
@@ -29,7 +29,7 @@ def classes(s: Session, pid: int) -> list[ProjectClass]:
 
 def decoded(q):
     """Items whose pixels are in the cache (ingest done, not quarantined)."""
-    return q.where(Item.cache_index.is_not(None), Item.status != "quarantined")
+    return q.where(Item.cache_index.is_not(None), Item.status != ItemStatus.QUARANTINED)
 
 
 def _refs(settings: Settings, pid: int, rows, index: dict[str, int] | None) -> ImageRefs:
@@ -43,7 +43,7 @@ def pool_refs(s: Session, settings: Settings, project: Project, status: str, ind
     """The decoded pool images with this status, by item id (the order everything else keeps)."""
     rows = s.execute(decoded(select(*_REF_COLS).where(Item.project_id == project.id, Item.split == "pool",
                                                       Item.status == status)).order_by(Item.id)).all()
-    return _refs(settings, project.id, rows, index if status == "labeled" else None)
+    return _refs(settings, project.id, rows, index if status == ItemStatus.LABELED else None)
 
 
 def split_refs(s: Session, settings: Settings, project: Project, split: str, index: dict[str, int]) -> ImageRefs:
@@ -55,7 +55,7 @@ def split_refs(s: Session, settings: Settings, project: Project, split: str, ind
 
 def unlabeled_ids(s: Session, project: Project) -> list[int]:
     return list(s.scalars(decoded(select(Item.id).where(Item.project_id == project.id, Item.split == "pool",
-                                                        Item.status == "unlabeled")).order_by(Item.id)))
+                                                        Item.status == ItemStatus.UNLABELED)).order_by(Item.id)))
 
 
 def model_versions(s: Session, pid: int, before: int | None = None) -> list[ModelVersion]:

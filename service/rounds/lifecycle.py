@@ -7,9 +7,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound, Unprocessable
-from service.rounds.state import WORKING_STATES, RoundState, cas
+from service.rounds.state import OPEN_STATES, WORKING_STATES, RoundState, cas
 from service.settings import Settings
-from service.store import Item, Project, QueueEntry, Round, utcnow
+from service.store import Item, ItemStatus, Project, QueueEntry, Round, utcnow
 from engine.config import ProjectConfig
 
 
@@ -25,7 +25,7 @@ def open_batch(s: Session, rnd: Round) -> tuple[int, int]:
     total = s.scalar(select(func.count()).select_from(QueueEntry).where(
         QueueEntry.round_id == rnd.id, QueueEntry.reserve.is_(False))) or 0
     waiting = s.scalar(select(func.count()).select_from(QueueEntry).join(Item, Item.id == QueueEntry.item_id).where(
-        QueueEntry.round_id == rnd.id, QueueEntry.reserve.is_(False), Item.status == "queued")) or 0
+        QueueEntry.round_id == rnd.id, QueueEntry.reserve.is_(False), Item.status == ItemStatus.QUEUED)) or 0
     return int(waiting), int(total)
 
 
@@ -34,11 +34,12 @@ def close(s: Session, rnd: Round) -> int | None:
     returned; None when another process closed it first). The reserve stays queued: experts
     label it while the next model trains, until the next round's batch replaces it."""
     waiting, _ = open_batch(s, rnd)
-    if not cas(s, rnd, RoundState.LABELING.value, RoundState.CLOSED.value, finished_at=utcnow(),
-               progress={**(rnd.progress or {}), "stage": "closed", **({"abandoned": waiting} if waiting else {})}):
+    if not cas(s, rnd, RoundState.LABELING, RoundState.CLOSED, finished_at=utcnow(),
+               progress={**(rnd.progress or {}), "stage": RoundState.CLOSED.value,
+                         **({"abandoned": waiting} if waiting else {})}):
         return None
     batch = select(QueueEntry.item_id).where(QueueEntry.round_id == rnd.id, QueueEntry.reserve.is_(False))
-    s.execute(update(Item).where(Item.id.in_(batch), Item.status == "queued").values(status="unlabeled")
+    s.execute(update(Item).where(Item.id.in_(batch), Item.status == ItemStatus.QUEUED).values(status=ItemStatus.UNLABELED)
               .execution_options(synchronize_session=False))
     return waiting
 
@@ -73,15 +74,16 @@ def start_round(s: Session, settings: Settings, project: Project, *, idempotency
         raise Unprocessable(f"project {project.id} has no pool images: register a folder of images (POST "
                             f"/api/v1/projects/{project.id}/items with {{\"folder\": ...}}) before starting a round")
     labeling = list(s.scalars(select(Round).where(Round.project_id == project.id,
-                                                  Round.state == RoundState.LABELING.value)))
+                                                  Round.state == RoundState.LABELING)))
     for prev in labeling:
         waiting, total = open_batch(s, prev)
         if waiting and not force:
             raise Conflict(f"round {prev.number} is being labeled: {waiting} of its {total} images still wait for "
                            "experts; start with force=true to close it and return them to the pool")
     last = s.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
-    rnd = Round(project_id=project.id, number=last + 1, state=RoundState.CREATED.value,
-                progress={"stage": "created", **({"train_only": True} if train_only else {})}, started_at=utcnow(),
+    rnd = Round(project_id=project.id, number=last + 1, state=RoundState.CREATED,
+                progress={"stage": RoundState.CREATED.value, **({"train_only": True} if train_only else {})},
+                started_at=utcnow(),
                 idempotency_key=idempotency_key, train_only=train_only)
     try:
         with s.begin_nested():
@@ -98,7 +100,7 @@ def retry_round(s: Session, project: Project, number: int) -> Round:
     """A failed round again, from `created`: manifests are rebuilt from the current config and
     labels; outputs of the failed attempt that still match them are reused, not recomputed."""
     rnd = get_round(s, project.id, number)
-    if rnd.state != RoundState.FAILED.value:
+    if rnd.state != RoundState.FAILED:
         raise Conflict(f"round {number} is {rnd.state}; only a failed round can be retried")
     busy = s.scalar(select(Round).where(Round.project_id == project.id, Round.state.in_(WORKING_STATES)))
     if busy is not None:
@@ -109,16 +111,14 @@ def retry_round(s: Session, project: Project, number: int) -> Round:
         raise Unprocessable(f"the project's config is invalid; fix it with PATCH .../projects/{project.id} "
                             f"first: {_first_error(e)}") from None
     attempt = rnd.attempt + 1  # new job ids
-    if not cas(s, rnd, RoundState.FAILED.value, RoundState.CREATED.value, attempt=attempt, error=None,
-               finished_at=None, progress={"stage": "created", "retried": attempt,
+    if not cas(s, rnd, RoundState.FAILED, RoundState.CREATED, attempt=attempt, error=None,
+               finished_at=None, progress={"stage": RoundState.CREATED.value, "retried": attempt,
                                            **({"train_only": True} if rnd.train_only else {})}):
         raise Conflict(f"round {number} changed meanwhile")
     return rnd
 
 
 def active_round_numbers(s: Session, pid: int) -> list[int]:
-    from service.rounds.state import OPEN_STATES
-
     return list(s.scalars(select(Round.number).where(Round.project_id == pid, Round.state.in_(OPEN_STATES))))
 
 
@@ -127,7 +127,7 @@ def withdraw_reserves(s: Session, rnd: Round) -> int:
     them); the number withdrawn."""
     earlier = select(Round.id).where(Round.project_id == rnd.project_id, Round.number < rnd.number)
     ids = select(QueueEntry.item_id).where(and_(QueueEntry.round_id.in_(earlier), QueueEntry.reserve.is_(True)))
-    res = s.execute(update(Item).where(Item.id.in_(ids), Item.status == "queued").values(status="unlabeled")
+    res = s.execute(update(Item).where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED).values(status=ItemStatus.UNLABELED)
                     .execution_options(synchronize_session=False))
     return int(res.rowcount or 0)
 

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.jobkinds import JobKind
+from service.core.metrics import stopping_of
 from service.core.projects import get_project
-from service.rounds import handlers, hooks
+from service.errors import Conflict, Unprocessable
+from service.rounds import handlers, hooks, inputs
 from service.rounds.lifecycle import get_round, start_round
 from service.rounds.state import OPEN_STATES, RoundState, fail
 from service.runtime import jobqueue
 from service.runtime.failure_log import FailureStreak
 from service.settings import Settings
-from service.store import Job, Round
+from service.store import JOB_WAITING, Job, Round
 from service.store.db import is_conflict, is_unavailable, session_scope
-from engine.config import ProjectConfig
 
 log = logging.getLogger("camloop.rounds")
 
@@ -55,7 +59,7 @@ def advance(settings: Settings, project_id: int, number: int) -> str:
                 # nothing to do — and no reading of a config that may be what failed it.
                 return seen
             x = handlers.Ctx(s, settings, project, rnd, jobqueue.connection(settings),
-                             ProjectConfig.model_validate(project.config or {}), entered)
+                             inputs.config(project), entered)
             while True:
                 before = seen = rnd.state
                 handler = handlers.HANDLERS.get(RoundState(before))
@@ -110,18 +114,19 @@ def _fail_on_error(settings: Settings, pid: int, number: int, exc: BaseException
 
 
 def _auto_next(settings: Settings, pid: int) -> None:
-    from service.errors import Conflict, Unprocessable
-
     with session_scope(settings) as s:
         project = get_project(s, pid)
-        if not (project.config or {}).get("auto_next_round"):
+        try:
+            config = inputs.config(project)
+        except ValidationError as e:  # changed since the round started? start_round would refuse it too
+            log.info("project %s: no automatic next round: its config is invalid: %s", pid, e)
+            return
+        if not config.auto_next_round:
             return
         last = s.scalar(select(Round).where(Round.project_id == pid).order_by(Round.number.desc()).limit(1))
         if last is None or not (last.progress or {}).get("queued"):
             return  # the round queued nothing: another round would queue nothing either
-        if (project.config or {}).get("stop_when_stable"):
-            from service.core.metrics import stopping_of
-
+        if config.stop_when_stable:
             signal = stopping_of(s, project)
             if signal["suggest_stop"]:
                 # The closed round says why no round followed it (metrics show it too).
@@ -141,7 +146,7 @@ def advance_project(settings: Settings, project_id: int) -> None:
         open_rounds = list(s.scalars(select(Round.number).where(Round.project_id == project_id,
                                                                 Round.state.in_(OPEN_STATES))))
         pending_ingest = s.scalar(select(func.count()).select_from(Job).where(
-            Job.project_id == project_id, Job.kind == "ingest", Job.state.in_(("queued", "started"))))
+            Job.project_id == project_id, Job.kind == JobKind.INGEST, Job.state.in_(JOB_WAITING)))
     outage = None
     for n in open_rounds:
         try:
@@ -158,9 +163,39 @@ def advance_project(settings: Settings, project_id: int) -> None:
 def reconcile_all(settings: Settings) -> None:
     with session_scope(settings) as s:
         pids = set(s.scalars(select(Round.project_id).where(Round.state.in_(OPEN_STATES))))
-        pids |= set(s.scalars(select(Job.project_id).where(Job.kind == "ingest", Job.state.in_(("queued", "started")))))
+        pids |= set(s.scalars(select(Job.project_id).where(Job.kind == JobKind.INGEST, Job.state.in_(JOB_WAITING))))
     for pid in sorted(pids):
         advance_project(settings, pid)
+
+
+_nudged: dict[int, float] = {}   # project → monotonic time its last nudge from a request started
+_nudge_lock = threading.Lock()
+
+
+def nudge(settings: Settings, pid: int, number: int | None = None, *, force: bool = True) -> None:
+    """Advance the project's rounds (or round `number`) now, for a request.
+
+    Requests that start work (a round start or retry, registering images, a Label Studio sync)
+    call it with force, so their answer shows the jobs they caused. Reads and labels only nudge
+    (force=False): at most once per reconcile_interval_s per project — a dashboard polling at
+    200 req/s, or 50 annotators, would otherwise run the state machine hundreds of times a
+    second, one at a time under the reconciler's lock; the background reconciler ticks anyway.
+    Redis down is no reason to fail a request whose work is committed: the store is the
+    truth, and the reconciler enqueues (again) what is missing once Redis answers."""
+    if not force:
+        now = time.monotonic()
+        with _nudge_lock:
+            if now - _nudged.get(pid, float("-inf")) < settings.reconcile_interval_s:
+                return
+            _nudged[pid] = now
+    try:
+        if number is None:
+            advance_project(settings, pid)
+        else:
+            advance(settings, pid, number)
+    except RedisError as e:
+        log.warning("project %s: jobs not enqueued now, job queue unavailable (%s); the reconciler will",
+                    pid, type(e).__name__)
 
 
 class Reconciler(threading.Thread):

@@ -9,27 +9,16 @@
 Every change of state goes through `cas`: a compare-and-set UPDATE that only one process can
 win (several API replicas reconcile the same rounds). The side effects of a transition (a model
 version, exclusion decisions, queue entries) are written by the winner, in the transaction of
-its UPDATE, after it won — a loser writes nothing.
+its UPDATE, after it won — a loser writes nothing. The states themselves (RoundState,
+WORKING_STATES) are the words of the store's column, in service.states.
 """
 from __future__ import annotations
-
-from enum import Enum
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from service.states import WORKING_STATES, RoundState
 from service.store import Round, utcnow
-
-
-class RoundState(str, Enum):
-    CREATED = "created"
-    TRAINING = "training"
-    SCORING = "scoring"
-    SELECTING = "selecting"
-    LABELING = "labeling"
-    CLOSED = "closed"
-    FAILED = "failed"
-
 
 S = RoundState
 TRANSITIONS: dict[RoundState, frozenset[RoundState]] = {
@@ -41,12 +30,9 @@ TRANSITIONS: dict[RoundState, frozenset[RoundState]] = {
     S.CLOSED: frozenset(),
     S.FAILED: frozenset({S.CREATED, S.TRAINING, S.SCORING, S.SELECTING}),  # retry, from the failed stage
 }
-ROUND_STATES = tuple(s.value for s in RoundState)
-# Work is under way (jobs, or a selection): one such round per project at a time.
-WORKING = (S.CREATED, S.TRAINING, S.SCORING, S.SELECTING)
-WORKING_STATES = tuple(s.value for s in WORKING)
-# The reconciler looks at these: working rounds, and labeling rounds waiting for their labels.
-OPEN_STATES = WORKING_STATES + (S.LABELING.value,)
+# The reconciler looks at these: working rounds (service.store.WORKING_STATES), and labeling
+# rounds waiting for their labels.
+OPEN_STATES = WORKING_STATES + (S.LABELING,)
 
 
 class IllegalTransition(RuntimeError):
@@ -71,5 +57,5 @@ def cas(s: Session, rnd: Round, old: str, new: str, **values) -> bool:
 
 def fail(s: Session, rnd: Round, stage: str, error: str) -> bool:
     """To `failed` with the reason, remembering the stage a retry starts again from."""
-    return cas(s, rnd, rnd.state, S.FAILED.value, error=error[:4000], finished_at=utcnow(),
-               progress={**(rnd.progress or {}), "stage": "failed", "failed_stage": stage})
+    return cas(s, rnd, rnd.state, S.FAILED, error=error[:4000], finished_at=utcnow(),
+               progress={**(rnd.progress or {}), "stage": S.FAILED.value, "failed_stage": stage})

@@ -11,40 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
 
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
+from service.runtime import jobqueue
+from service.runtime.worker import live_workers
 from service.settings import Settings
+from service.store import JOB_WAITING, Job
+from service.store.db import session_scope
 
 _CACHE_S = 1.0
-
-
-def live_workers(settings: Settings, conn) -> list:
-    """RQ workers listening on any of camloop's queues whose last heartbeat is recent."""
-    from rq import Worker
-
-    from service.runtime import jobqueue
-
-    import socket
-
-    fresh_s = jobqueue.WORKER_TTL_S + 30  # an idle worker beats every WORKER_TTL_S - 15 s
-    host = socket.gethostname()
-    now = datetime.now(timezone.utc)
-    out, seen = [], set()
-    for kind in jobqueue.KINDS:
-        for w in Worker.all(connection=conn, queue=jobqueue.queue(kind, settings, conn)):
-            if w is None or w.name in seen:
-                continue
-            beat = w.last_heartbeat
-            if beat is not None and beat.tzinfo is None:
-                beat = beat.replace(tzinfo=timezone.utc)
-            if w.hostname == host and w.pid and not jobqueue._pid_alive(int(w.pid)):
-                continue  # a worker of this machine that died: its key outlives it by a minute or so
-            if beat is None or (now - beat).total_seconds() <= fresh_s:
-                seen.add(w.name)
-                out.append(w)
-    return out
 
 
 class Readiness:
@@ -63,12 +40,6 @@ class Readiness:
             return answer
 
     def _check(self) -> dict:
-        from redis.exceptions import RedisError
-
-        from service.runtime import jobqueue
-        from service.store import Job
-        from service.store.db import session_scope
-
         problems: list[str] = []
         workers = None
         try:
@@ -79,7 +50,7 @@ class Readiness:
         if workers:
             self.last_seen = now
         with session_scope(self.settings) as s:
-            waiting = s.scalar(select(func.count()).select_from(Job).where(Job.state.in_(("queued", "started")))) or 0
+            waiting = s.scalar(select(func.count()).select_from(Job).where(Job.state.in_(JOB_WAITING))) or 0
         unseen = now - self.last_seen
         if workers == 0 and waiting and unseen > self.settings.worker_grace_s:
             problems.append(f"no worker has been seen for {unseen:.0f} s while {waiting} jobs wait: start "

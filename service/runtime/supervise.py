@@ -26,21 +26,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from service.runtime.metrics import WORKER_RESTARTS
+
 log = logging.getLogger("camloop.supervise")
 
 POLL_S = 0.2
-
-
-def _restart_counter():
-    from prometheus_client import Counter
-
-    from service.runtime.observability import REGISTRY
-
-    existing = getattr(_restart_counter, "counter", None)
-    if existing is None:
-        existing = _restart_counter.counter = Counter(
-            "camloop_worker_restarts", "Worker child processes started again after they died", registry=REGISTRY)
-    return existing
 
 
 def exit_with_parent(parent_pid: int, *, what: str = "camloop child", interval: float = POLL_S,
@@ -81,7 +71,6 @@ class WorkerSupervisor(threading.Thread):
         self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        _restart_counter()  # exported from the start, at 0
 
     def start(self) -> "WorkerSupervisor":
         with self._lock:
@@ -115,7 +104,7 @@ class WorkerSupervisor(threading.Thread):
                     return
                 self.child = self.spawn_child()
                 self.restarts += 1
-            _restart_counter().inc()
+            WORKER_RESTARTS.inc()
             log.warning("the %s child started again: pid %s", self.what, self.child.pid)
             started = time.monotonic()
             backoff = min(backoff * 2, 30.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,6 +73,20 @@ def get_engine(settings: Settings) -> Engine:
         return _engines[url]
 
 
+def dispose_engines() -> None:
+    """Close every pooled connection of every engine (before a database is dropped)."""
+    with _lock:
+        engines = list(_engines.values())
+    for engine in engines:
+        engine.dispose()
+
+
+def engine_made_for(url: str) -> Engine | None:
+    """The engine get_engine made for this URL, if it made one (this makes none)."""
+    with _lock:
+        return _engines.get(url)
+
+
 def session_factory(settings: Settings) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
 
@@ -100,8 +115,6 @@ def is_unavailable(exc: BaseException) -> bool:
     or "unable to open database file"; a DBAPIError with connection_invalidated is a connection
     that died mid-statement; TimeoutError is the pool giving up waiting for a connection.
     """
-    from sqlalchemy import exc as sa_exc
-
     if isinstance(exc, (sa_exc.TimeoutError, sa_exc.DisconnectionError)):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and not is_conflict(exc):
@@ -117,7 +130,5 @@ def is_conflict(exc: BaseException) -> bool:
     """The database aborted this transaction to resolve a conflict with a concurrent one
     (PostgreSQL deadlock_detected / serialization_failure, SQLSTATE class 40): running the
     whole transaction again is the documented remedy."""
-    from sqlalchemy import exc as sa_exc
-
     orig = getattr(exc, "orig", None) if isinstance(exc, sa_exc.DBAPIError) else None
     return str(getattr(orig, "sqlstate", "") or "").startswith("40")

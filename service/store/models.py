@@ -10,6 +10,8 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, 
                         UniqueConstraint, false, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from service.states import JOB_WAITING, WORKING_STATES, ItemStatus, JobState, RoundState  # noqa: F401  (the columns' words)
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -19,13 +21,8 @@ class Base(DeclarativeBase):
     pass
 
 
-
-
+MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL): the API's bound on an id
 ITEM_SPLITS = ("pool", "val", "test")
-# skipped: every expert asked skipped it (unreadable, ambiguous); it leaves the queue and is not
-# offered again until an engineer labels it through the API.
-ITEM_STATUSES = ("unlabeled", "queued", "labeled", "quarantined", "skipped")
-JOB_STATES = ("queued", "started", "finished", "failed")
 
 
 class Project(Base):
@@ -71,7 +68,7 @@ class Item(Base):
     uri: Mapped[str] = mapped_column(Text)  # relative to the data root
     sha256: Mapped[str] = mapped_column(String(64))
     split: Mapped[str] = mapped_column(String(8), default="pool")
-    status: Mapped[str] = mapped_column(String(16), default="unlabeled")
+    status: Mapped[str] = mapped_column(String(16), default=ItemStatus.UNLABELED)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why quarantined
     label: Mapped[str | None] = mapped_column(String(200), nullable=True)  # current label (name)
     cache_shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -103,7 +100,7 @@ class Round(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default="created")
+    state: Mapped[str] = mapped_column(String(16), default=RoundState.CREATED)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # bumped by retry → new job ids
@@ -160,9 +157,9 @@ class Job(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), nullable=True, index=True)
     rq_id: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16))  # ingest | train | score | freeze | convert | predict
+    kind: Mapped[str] = mapped_column(String(16))  # engine.jobkinds.JobKind
     shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # enqueued again by the reconciler (Redis lost it)
     # Worker deaths re-run the job without using a retry; retries_left counts those meant for
     # errors in the job itself (both as RQ last reported them).

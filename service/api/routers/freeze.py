@@ -5,8 +5,8 @@ from fastapi import APIRouter, Response
 
 from service.api.deps import CallerDep, Pid, SettingsDep, WriterDep
 from service.api.schemas import FreezeReportOut
-from service.core import freeze as freeze_svc
 from service.core import projects as projects_svc
+from service.rounds import freeze as freeze_svc
 from service.store.db import session_scope
 
 router = APIRouter(tags=["freeze report"])

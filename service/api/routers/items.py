@@ -6,10 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
-from service.api.deps import CallerDep, Iid, Pid, SettingsDep, WriterDep, advance
+from service.api.deps import CallerDep, Iid, Pid, SettingsDep, WriterDep
 from service.api.schemas import MAX_ID, ItemsIn, ItemsOut, RegisteredOut
 from service.core import items as items_svc
+from service.core.heatmap_view import heatmap_png
 from service.core import projects as projects_svc
+from service.rounds import nudge
 from service.store import Item
 from service.store.db import session_scope
 
@@ -22,7 +24,7 @@ def register_items(pid: Pid, body: ItemsIn, settings: SettingsDep, c: WriterDep)
                                        body.split, body.recursive)
     with session_scope(settings) as s:
         out = items_svc.register(s, settings, projects_svc.get_project(s, pid), entries, c.who)
-    advance(settings, pid)  # enqueue the ingest jobs now, not at the reconciler's next tick
+    nudge(settings, pid)  # enqueue the ingest jobs now, not at the reconciler's next tick
     return out
 
 
@@ -45,9 +47,7 @@ def list_items(pid: Pid, settings: SettingsDep, c: CallerDep, split: str | None 
 @router.get("/projects/{pid}/items/{iid}/heatmap.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "the overlay"}})
 def heatmap(pid: Pid, iid: Iid, settings: SettingsDep, c: CallerDep) -> Response:
-    from service.core.heatmap_view import heatmap_png
-
-    advance(settings, pid, force=False)
+    nudge(settings, pid, force=False)
     with session_scope(settings) as s:
         png = heatmap_png(s, settings, items_svc.get_item(s, pid, iid))
     return Response(png, media_type="image/png")

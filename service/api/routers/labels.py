@@ -6,10 +6,11 @@ import logging
 from fastapi import APIRouter, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api.deps import Pid, SettingsDep, WriterDep, advance
+from service.api.deps import Pid, SettingsDep, WriterDep
 from service.api.schemas import LabelsIn, LabelsOut
 from service.core import labels as labels_svc
 from service.core import projects as projects_svc
+from service.rounds import nudge
 from service.store.db import is_conflict, session_scope
 
 router = APIRouter(tags=["labels"])
@@ -42,5 +43,5 @@ def post_labels(pid: Pid, body: LabelsIn, settings: SettingsDep, c: WriterDep, r
                 raise
             log.warning("POST labels of project %s: %s, running it again", pid, type(e.orig).__name__)
     response.status_code = 201 if any(o["created"] for o in out) else 200
-    advance(settings, pid, force=False)
+    nudge(settings, pid, force=False)
     return {"labels": out}

@@ -24,10 +24,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CallerDep, Pid, SettingsDep, advance
+from service.api.deps import CallerDep, Pid, SettingsDep
 from service.api.schemas import MetricsOut
 from service.core import metrics as metrics_svc
 from service.core import projects as projects_svc
+from service.rounds import nudge
 from service.settings import Settings
 from service.store.db import session_scope
 
@@ -45,14 +46,16 @@ def _key(settings: Settings, pid: int) -> tuple[str, int]:
 def forget_metrics(settings: Settings, pid: int) -> None:
     key = _key(settings, pid)
     _cache.pop(key, None)
-    # A recompute that started before the write must not store what it read.
+    # A recompute that started before the write must not store what it read, nor answer a read
+    # that comes after the write: the next read starts a recompute of its own.
     _generation[key] = _generation.get(key, 0) + 1
+    _refresh.pop(key, None)
 
 
 def _body(settings: Settings, pid: int, store: bool = True) -> bytes:
     key = _key(settings, pid)
     t0, generation = time.monotonic(), _generation.get(key, 0)
-    advance(settings, pid, force=False)
+    nudge(settings, pid, force=False)
     with session_scope(settings) as s:
         out = metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
     body = JSONResponse(jsonable_encoder(MetricsOut.model_validate(out))).body

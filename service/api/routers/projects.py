@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service import plugins
 from service.api.deps import CallerDep, Pid, SettingsDep, WriterDep
 from service.api.routers.metrics import forget_metrics
 from service.api.schemas import ClassChangeIn, ProjectIn, ProjectOut, ProjectPatch
@@ -27,7 +28,7 @@ def _view(s, pid: int) -> dict:
 def create_project(body: ProjectIn, settings: SettingsDep, c: WriterDep) -> dict:
     with session_scope(settings) as s:
         pid = projects_svc.create_project(s, body.name, body.classes, body.config).id
-    problems = projects_svc.run_created_hooks(settings, pid)
+    problems = plugins.project_created(settings, pid)
     with session_scope(settings) as s:
         return {**_view(s, pid), "warnings": problems}
 

@@ -7,10 +7,11 @@ from fastapi import APIRouter, Body, Header, Response
 from sqlalchemy import select
 
 from service import rounds as rounds_svc
-from service.api.deps import CallerDep, Pid, RoundNo, SettingsDep, WriterDep, advance
+from service.api.deps import CallerDep, Pid, RoundNo, SettingsDep, WriterDep
 from service.api.routers.metrics import forget_metrics
 from service.api.schemas import RoundIn, RoundOut, RoundsOut
 from service.core import projects as projects_svc
+from service.rounds import nudge
 from service.store import Job, Round
 from service.store.db import session_scope
 
@@ -45,7 +46,7 @@ def start_round(pid: Pid, settings: SettingsDep, c: WriterDep, response: Respons
         number = rnd.number
     if created:
         forget_metrics(settings, pid)
-        advance(settings, pid, number)  # enqueue the first jobs before answering
+        nudge(settings, pid, number)  # enqueue the first jobs before answering
     else:
         response.status_code = 200
     with session_scope(settings) as s:
@@ -62,7 +63,7 @@ def list_rounds(pid: Pid, settings: SettingsDep, c: CallerDep) -> dict:
 
 @router.get("/projects/{pid}/rounds/{n}", response_model=RoundOut)
 def get_round(pid: Pid, n: RoundNo, settings: SettingsDep, c: CallerDep) -> dict:
-    advance(settings, pid, force=False)
+    nudge(settings, pid, force=False)
     with session_scope(settings) as s:
         return round_view(s, rounds_svc.get_round(s, pid, n), settings)
 
@@ -71,6 +72,6 @@ def get_round(pid: Pid, n: RoundNo, settings: SettingsDep, c: CallerDep) -> dict
 def retry_round(pid: Pid, n: RoundNo, settings: SettingsDep, c: WriterDep) -> dict:
     with session_scope(settings) as s:
         rounds_svc.retry_round(s, projects_svc.get_project(s, pid), n)
-    advance(settings, pid, n)
+    nudge(settings, pid, n)
     with session_scope(settings) as s:
         return round_view(s, rounds_svc.get_round(s, pid, n), settings)

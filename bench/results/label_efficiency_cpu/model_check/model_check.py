@@ -1,10 +1,17 @@
 import sys, time, json, numpy as np, torch, torch.nn as nn
-sys.path.insert(0, "/work/main")
-from workers.datasets import load_named
-from workers.models import build_model, register_model, CamNet, _conv_bn_relu
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))  # this checkout
+# Today's names of what the run used (then workers.datasets, workers.loop's private helpers).
+from engine.config import ProjectConfig
+from engine.datasets import load_named, stratified_subset as _stratified_subset
+from engine.decisions import train_batch_size
+from workers.models import build_model, register_model, CamNet, conv_bn_relu as _conv_bn_relu
 from workers.train import TrainConfig, train_model
 from workers.evaluate import evaluate
-from workers.loop import _batch_size, _stratified_subset
+
+
+def _batch_size(n):
+    return train_batch_size(ProjectConfig(), n)
 
 @register_model("cnn-deep")
 def cnn_deep(num_classes, in_channels=None, pretrained=True, dropout=0.3, input_size=None, w=(32,64,128,128)):

