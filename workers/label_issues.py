@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from engine.files import atomic_write
+
 FOLD, HOLDOUT = 0, 1
 
 
@@ -59,7 +61,9 @@ def find_issues(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray,
     sub = np.maximum(sub, 1e-12)
     sub /= sub.sum(axis=1, keepdims=True)
     y = np.searchsorted(present, labels[keep])
-    issue[keep] = find_label_issues(y, sub, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork of a process that
+    # holds torch's threads (an RQ job, pytest) can hang on join; one class per call is quick.
+    issue[keep] = find_label_issues(y, sub, filter_by="prune_by_noise_rate", n_jobs=1)
     quality[keep] = get_label_quality_scores(y, sub, method="self_confidence")
     return issue, quality
 
@@ -97,14 +101,12 @@ def out_of_fold(m, train, is_new, evidence, active, base: dict, build, trunk_cac
     return probs
 
 
-def write_label_issues(m, files, train, is_new, evidence, active, base, build, predict, model, train_dig,
+def write_label_issues(m, files, train, is_new, evidence, active, base, build, predict, cache, train_dig,
                        evidence_dig, device) -> dict:
     """Out-of-fold probabilities (training images by k folds, held-out evidence by the round's
-    model), cleanlab's verdict, written atomically to files.label_issues → a summary for metrics."""
-    from workers.jobs import _atomic_write_bytes, _trunk_cache
-
+    model), cleanlab's verdict, written atomically to files.label_issues → a summary for metrics.
+    `cache(model)`: the project's frozen-trunk cache for a fold model (None: from pixels)."""
     t0 = time.perf_counter()
-    cache = (lambda net_model: _trunk_cache(m.trunk_cache, net_model, base["batch_size"])) if m.trunk_cache else None
     ids = [np.asarray(m.train.item_ids, np.int64)]
     labels = [np.asarray(train.labels, np.int64)]
     probs = [out_of_fold(m, train, is_new, evidence, active, base, build, cache, train_dig, evidence_dig, device)]
@@ -121,6 +123,6 @@ def write_label_issues(m, files, train, is_new, evidence, active, base, build, p
     issue[checked], quality[checked] = find_issues(labels[checked], probs[checked])
     arrays = dict(item_ids=ids, labels=labels, pred_probs=probs.astype(np.float32), quality=quality,
                   issue=issue, source=source)
-    _atomic_write_bytes(files.label_issues, lambda f: np.savez(f, **arrays))
+    atomic_write(files.label_issues, lambda f: np.savez(f, **arrays))
     return {"checked": int(checked.sum()), "issues": int(issue.sum()), "folds": int(m.relabel_folds),
             "seconds": round(time.perf_counter() - t0, 3), "file": str(files.label_issues)}

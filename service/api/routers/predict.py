@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import JSONResponse
 
-from service.api.deps import CallerDep, Pid, SettingsDep
+from service.api.deps import CallerDep, Pid, SettingsDep, WriterDep
 from service.api.schemas import PredictOut
 from service.core import predict as predict_svc
 from service.core import projects as projects_svc
@@ -20,14 +20,15 @@ router = APIRouter(tags=["predict"])
                         409: {"description": "no model trained yet"},
                         413: {"description": "too many images, or a file too large"},
                         422: {"description": "a file that is not an image (named), or an unregistered uri"}})
-def predict(pid: Pid, settings: SettingsDep, c: CallerDep,
+def predict(pid: Pid, settings: SettingsDep, c: WriterDep,
             files: Annotated[list[UploadFile] | None, File(description="image files")] = None,
             uris: Annotated[list[str] | None, Form(description="registered image paths of this project")] = None,
             top_k: Annotated[int, Query(ge=1, le=1000)] = 3,
             cam: Annotated[bool, Query(description="add the Grad-CAM overlay of the top class (base64 PNG)")] = False):
     """Probabilities and the top-k classes of the model in use (pinned, else the newest, or with
     keep_best_model the best). Up to CAMLOOP_PREDICT_SYNC_IMAGES images: answered at once (200);
-    more, or while the model's ONNX file is being written: a worker job (202 with its id)."""
+    more, or while the model's ONNX file is being written: a worker job (202 with its id).
+    An engineer key: a dashboard (read-only) key may not spend the model's compute or a worker."""
     uploads = [(f.filename or f"file-{i}", f.file.read(settings.predict_max_file_bytes + 1))
                for i, f in enumerate(files or [])]
     with session_scope(settings) as s:
