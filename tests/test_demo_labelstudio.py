@@ -92,6 +92,15 @@ def test_demo_pushes_a_round_to_label_studio_and_waits_for_people(label_studio, 
                 "completed_by": me, "lead_time": 2.0})
             assert r.status_code == 201, r.text
         assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
+        # Issue 19, item 9: the demo has ended and its server is gone; the reserve nobody answered
+        # (its images point at that server) is taken out of Label Studio, the answered batch kept,
+        # and the instructions say the run ended.
+        left = ls.get("/api/tasks", params={"project": ls_pid, "fields": "all", "page_size": 100}).json()["tasks"]
+        assert sorted(t["id"] for t in left) == sorted(t["id"] for t in batch)
+        assert all(t["annotations"] for t in left)
+        instructions = ls.get(f"/api/projects/{ls_pid}").json()["expert_instruction"]
+        assert "This camloop demo run has ended" in instructions, instructions
+        assert f"{BUDGET // 2} unanswered tasks taken out" in log.read_text(errors="replace")
     finally:
         ls.close()
         if proc.poll() is None:

@@ -433,3 +433,35 @@ def test_a_batch_can_be_withdrawn_except_what_experts_touched_and_pushed_again(l
     assert bridge.delete_open_tasks(pid, 1) == {}  # nothing untouched is left
     again = bridge.import_batch(pid, 1, batch([11, 12, 13, 14]))  # only the withdrawn ones come back
     assert set(again) == {11, 12, 13, 14} and len({t["id"] for t in bridge.iter_tasks(pid)}) == 4
+
+
+def test_a_demo_run_that_ends_takes_its_unanswered_tasks_out_and_says_so(label_studio, bridge):
+    """Issue 19, item 9: when `camloop demo --label-studio` ends, its server is gone and the tasks
+    nobody answered would show "There was an issue loading URL" to an expert who goes on. They
+    are deleted — every round's, the reserve too; answered and skipped ones stay — and the
+    instructions say the run ended (an engineer's own words kept). Calling it again is harmless."""
+    from service.demo.run import end_label_studio_run
+
+    name = f"demo-digits-{secrets.token_hex(3)}"
+    pid = bridge.ensure_project(f"camloop: {name}", CLASSES, maximum_annotations=1)
+    bridge.set_instructions(pid, "<p>Label the digit you see.</p>", show=False)
+    bridge.import_batch(pid, 1, batch([21, 22, 23]))
+    bridge.import_batch(pid, 2, batch([24, 25, 26]))  # the next round's batch and reserve
+    alice, bob = make_expert(label_studio), make_expert(label_studio)
+    answered, _ = alice.label_next(pid, lambda i: CLASSES[0])
+    skipped, _ = bob.label_next(pid, lambda i: "skip")
+
+    assert end_label_studio_run(label_studio.url, label_studio.token, name) == (4, 2)
+    assert {int(t["data"][cfg.ITEM_ID]) for t in bridge.iter_tasks(pid)} == {answered, skipped}
+    project = bridge.project(pid)
+    assert "This camloop demo run has ended" in project["expert_instruction"], project["expert_instruction"]
+    assert "the 2 answered tasks here are kept" in project["expert_instruction"]
+    assert "Label the digit you see." in project["expert_instruction"] and project["show_instruction"] is True
+    # Nothing new to label: at most the skipped task again (Label Studio offers a task one expert
+    # skipped to the others; it is an expert's answer, kept like the withdrawal keeps it).
+    nxt = alice.next_task(pid)
+    assert nxt is None or int(nxt["data"][cfg.ITEM_ID]) == skipped
+
+    assert end_label_studio_run(label_studio.url, label_studio.token, name) == (0, 2)
+    assert bridge.project(pid)["expert_instruction"].count("has ended") == 1
+    assert end_label_studio_run(label_studio.url, label_studio.token, f"{name}-never-made") is None

@@ -41,3 +41,6 @@ def test_annotators_dashboard_and_training_no_label_lost_or_counted_twice(db, tm
     assert check["immediate_duplicate_deliveries"] > 0 and check["duplicates_counted_as_new"] == 0, check
     assert check["metrics_labeled"] == check["pool_items_labeled"] == check["metrics_per_class_sum"], check
     assert check["items_with_labels_not_marked_labeled"] == 0 and check["items_whose_label_is_none_of_theirs"] == 0
+    # Issue 19, item 11: the item row is locked before its label row is inserted, so "latest wins"
+    # follows the label rows' order, not the order the transactions happened to commit in.
+    assert check["items_whose_label_is_not_their_newest_row"] == 0, check

@@ -4,6 +4,9 @@ Idempotency: (source, external_id) is unique — the same delivery again returns
 The same external id with another item or class is a client bug → Conflict.
 Relabels (a new external id for an item that already has a label): recorded, and the latest
 becomes the item's label ("latest wins"); counts are over items, so nothing counts twice.
+
+The item is locked (core.item_lock) before its label row is inserted and its status set: two
+labels of one item commit in the order of their rows, so the newest row is the item's label.
 """
 from __future__ import annotations
 
@@ -12,11 +15,23 @@ from typing import Sequence
 from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
+from service.core.item_lock import lock_items
 from service.errors import Conflict, Unprocessable
 from service.store import Item, ItemStatus, Label, Project, QueueEntry, Round
 
 _IN_CHUNK = 2000  # ids per IN (...): well under SQLite's bound-parameter limit
+
+
+def _set_label(item: Item, class_name: str) -> None:
+    """The item labeled with this class: both columns written, always. The ORM writes only what
+    differs from what it read, and on SQLite that read may predate a commit of another writer
+    (a retraction that set the item `queued`): an UPDATE of the label alone would leave it
+    `queued` with a label."""
+    item.label, item.status = class_name, ItemStatus.LABELED
+    flag_modified(item, "label")
+    flag_modified(item, "status")
 
 
 def record_label(s: Session, project: Project, item_id: int, class_name: str, who: str,
@@ -31,7 +46,7 @@ def record_label(s: Session, project: Project, item_id: int, class_name: str, wh
             raise Conflict(f"label id {external_id!r} was already used for item {prev.item_id} "
                            f"as {prev.class_name!r}")
         return prev, False
-    item = s.get(Item, item_id)
+    item = lock_items(s, [item_id]).get(item_id)
     if item is None or item.project_id != project.id:
         raise Unprocessable(f"item {item_id} is not in project {project.id}")
     if item.status == ItemStatus.QUARANTINED:
@@ -52,7 +67,7 @@ def record_label(s: Session, project: Project, item_id: int, class_name: str, wh
         # delivery, the savepoint's rollback undoes the item change as well.
         with s.begin_nested():
             s.add(lab)
-            item.label, item.status = class_name, ItemStatus.LABELED
+            _set_label(item, class_name)
             s.flush()
     except IntegrityError:
         # A concurrent delivery of the same id won the insert: answer as the repeat it is.
@@ -80,7 +95,6 @@ def record_labels(s: Session, project: Project, labels: Sequence[tuple[int, str,
     ext_ids = sorted({e for *_, e in labels})
     item_ids = sorted({i for i, *_ in labels})
     prev: dict[str, Label] = {}
-    items: dict[int, Item] = {}
     asked: dict[int, int] = {}  # item → the latest round whose queue holds it
     for k in range(0, max(len(ext_ids), len(item_ids)), _IN_CHUNK):
         ext, ids = ext_ids[k:k + _IN_CHUNK], item_ids[k:k + _IN_CHUNK]
@@ -88,11 +102,11 @@ def record_labels(s: Session, project: Project, labels: Sequence[tuple[int, str,
             prev.update((lab.external_id, lab) for lab in s.scalars(select(Label).where(
                 Label.project_id == project.id, Label.source == source, Label.external_id.in_(ext))))
         if ids:
-            items.update((it.id, it) for it in s.scalars(select(Item).where(Item.id.in_(ids))))
             asked.update(s.execute(select(QueueEntry.item_id, func.max(Round.number))
                                    .join(Round, Round.id == QueueEntry.round_id)
                                    .where(Round.project_id == project.id, QueueEntry.item_id.in_(ids))
                                    .group_by(QueueEntry.item_id)).all())
+    items = lock_items(s, item_ids)  # in id order, at once: no deadlock with another batch
     rounds = dict(s.execute(select(Round.number, Round.model_version_id).where(Round.project_id == project.id)).all())
     latest = max(rounds, default=None)
     out: list[tuple[Label, bool]] = []
@@ -125,7 +139,7 @@ def record_labels(s: Session, project: Project, labels: Sequence[tuple[int, str,
         with s.begin_nested():
             s.add_all(new)
             for lab in new:  # in order: the last label of an item wins
-                items[lab.item_id].label, items[lab.item_id].status = lab.class_name, ItemStatus.LABELED
+                _set_label(items[lab.item_id], lab.class_name)
             s.flush()
     except IntegrityError:
         return [record_label(s, project, item_id, class_name, who, source, external_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from engine.datasets import load_named
 from engine.decisions import initial_labeled
 from engine.model_specs import model_names as available_models
 from service.demo.report import Overlay, ReportInput, write_report
+from service.labelstudio.announce import ended_text, with_note
 from service.labelstudio.client import LabelStudioBridge, LabelStudioError
 from service.settings import Settings
 from service.states import RoundState
@@ -393,6 +395,41 @@ def _ls_project_url(opts: DemoOptions, name: str) -> str | None:
     return f"{opts.label_studio_url.rstrip('/')}/projects/{ls_id}/data?labeling=1" if ls_id else None
 
 
+def end_label_studio_run(url: str, token: str, name: str) -> tuple[int, int] | None:
+    """The demo's run `name` is over and its server gone: the tasks of its Label Studio project
+    nobody answered (their images point at that server: "There was an issue loading URL" for
+    an expert who goes on) are deleted, the answered ones kept, and the instructions say the
+    run ended (issue 19, item 9) → (tasks deleted, tasks kept); None when the project is not found."""
+    bridge = LabelStudioBridge(url, token)
+    ls_id = bridge.find_project(f"camloop: {name}")
+    if ls_id is None:
+        return None
+    gone = bridge.delete_open_tasks(ls_id, None)
+    kept = sum(1 for _ in bridge.iter_tasks(ls_id, with_annotations=False))
+    project = bridge.project(ls_id)
+    bridge.set_instructions(ls_id, with_note(project.get("expert_instruction"), ended_text("camloop demo run", kept)),
+                            show=True)
+    return len(gone), kept
+
+
+@contextmanager
+def _label_studio_ends(opts: DemoOptions, console: Console, run_of):
+    try:
+        yield
+    finally:
+        run = run_of()
+        if opts.with_label_studio and run is not None and run.name:
+            try:
+                done = end_label_studio_run(opts.label_studio_url, opts.label_studio_token or "", run.name)
+            except Exception as e:  # noqa: BLE001 — the report still gets written; say what is left
+                console.print(f"[yellow]could not take the unanswered tasks out of Label Studio: {escape(str(e))}; "
+                              "delete them there by hand[/yellow]", soft_wrap=True)
+            else:
+                if done is not None:
+                    console.print(f"Label Studio: {done[0]} unanswered tasks taken out, {done[1]} answered kept; "
+                                  "the project's instructions say the run ended", soft_wrap=True)
+
+
 def demo_settings(opts: DemoOptions) -> Settings:
     settings = Settings(data_dir=opts.data_dir.resolve(), torch_threads=opts.threads)
     if opts.with_label_studio:
@@ -432,7 +469,11 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     # demo's option defaults, and its other commands (the thin clients) must not load a server.
     from service.demo.stack import EmbeddedStack
 
-    with EmbeddedStack(settings, host=opts.host, port=opts.port, public_url=opts.public_url) as stack:
+    run: DemoRun | None = None
+    # Listed first, left last: once the server is gone (it could still push a batch before),
+    # its Label Studio tasks nobody answered are taken out, whatever ended the run.
+    with _label_studio_ends(opts, console, lambda: run), \
+            EmbeddedStack(settings, host=opts.host, port=opts.port, public_url=opts.public_url) as stack:
         console.print(f"API: {stack.settings.public_base_url}/docs   key: {stack.api_key}\n"
                       f"logs: {escape(str(stack.worker_log))} (worker), {escape(str(stack.api_log))} (API)",
                       soft_wrap=True)

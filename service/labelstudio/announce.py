@@ -12,6 +12,7 @@ What the note says, and where it goes in the instructions; LabelStudioPlugin.ann
 
     with_note(instructions, text)             the instructions with camloop's note replaced
     preparing_text(batch, labels, eta_s)      the note for "the next batch is being prepared"
+    ended_text(what, kept)                    the note for a run that is over (the demo's end)
     note_for_state(round_number, state, …)    the note for a round's new state
 """
 from __future__ import annotations
@@ -43,6 +44,14 @@ def preparing_text(batch: int, labels: int, eta_s: float | None = None) -> str:
     when = "shortly" if eta_s is None else _about(eta_s)
     return (f"Batch {int(batch)} is being prepared: the model is retraining on {int(labels)} labels; "
             f"the next images arrive {when}. Reload this page then.")
+
+
+def ended_text(what: str, kept: int) -> str:
+    """'This camloop demo run has ended; its server is gone. The images not yet labeled were
+    taken out; the 12 answered tasks here are kept as a record. Nothing more will arrive.'"""
+    return (f"This {what} has ended; its server is gone. The images not yet labeled were taken out; "
+            f"the {int(kept)} answered task{'s' if kept != 1 else ''} here {'are' if kept != 1 else 'is'} kept "
+            "as a record. Nothing more will arrive.")
 
 
 def _about(seconds: float) -> str:

@@ -237,8 +237,9 @@ class LabelStudioBridge:
                 self.sdk.projects.update(id=project_id, model_version=cfg.MODEL_VERSION)
         return {i: done[i] for i in ids}
 
-    def delete_open_tasks(self, project_id: int, round_no: int) -> dict[int, int]:
-        """Delete the round's tasks nobody has touched yet → {item id: task id} of those deleted.
+    def delete_open_tasks(self, project_id: int, round_no: int | None) -> dict[int, int]:
+        """Delete the round's tasks nobody has touched yet → {item id: task id} of those deleted;
+        round_no None: every camloop task nobody has touched (a run that ends, issue 19).
 
         For replacing a batch (e.g. a reserve queued from the previous ranking) when a new
         ranking arrives. A task with any annotation — submitted or skipped — or a draft stays:
@@ -250,15 +251,17 @@ class LabelStudioBridge:
                 data = t.get("data") or {}
                 touched = t.get("annotations") or t.get("drafts") or t.get("total_annotations") \
                     or t.get("cancelled_annotations")
-                if data.get(cfg.ROUND) == round_no and data.get(cfg.ITEM_ID) is not None and not touched:
+                ours = round_no is None or data.get(cfg.ROUND) == round_no
+                if ours and data.get(cfg.ITEM_ID) is not None and not touched:
                     doomed[int(data[cfg.ITEM_ID])] = int(t["id"])
         if doomed:
-            with _talking(f"delete open tasks of round {round_no}"):
+            with _talking(f"delete open tasks of {'every round' if round_no is None else f'round {round_no}'}"):
                 try:
                     self.sdk.actions.create(id="delete_tasks", project=int(project_id),
                                             selected_items={"all": False, "included": sorted(doomed.values())})
                 except Exception as e:  # the SDK's ApiError carries the server's message
-                    raise LabelStudioError(f"could not delete the open tasks of round {round_no} "
+                    which = "every round" if round_no is None else f"round {round_no}"
+                    raise LabelStudioError(f"could not delete the open tasks of {which} "
                                            f"in project {project_id}: {e}") from e
         return doomed
 

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.errors import ServiceError
+from service.core.item_lock import lock_items
 from service.core.labels import record_label
 from service.labelstudio.apply import ApplyResult, apply_events
 from service.labelstudio.events import Event
@@ -57,6 +58,10 @@ def _unlabeled_status(s: Session, item_id: int) -> str:
     return ItemStatus.QUEUED if queued is not None else ItemStatus.UNLABELED
 
 
+def _latest(s: Session, item_id: int) -> Label | None:
+    return s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
+
+
 def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[int], required: int) -> SyncResult:
     out = SyncResult()
     from service.labelstudio.second_opinion import adjust
@@ -66,7 +71,9 @@ def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[i
         res = adjust(s, project, item_id, anns, resolve_item(item_id, anns, required))
         if res.needs_review:
             out.review.append(res)
-        item = s.get(Item, item_id)
+        # Locked, and read again, before deciding: an API label or the round's own write of
+        # this item committed since would otherwise be overwritten from a stale read.
+        item = lock_items(s, [item_id]).get(item_id)
         if item is None or item.project_id != project.id:
             out.problems.append(f"item {item_id} is not in project {project.id} (deleted?); its annotations are kept")
             continue
@@ -78,18 +85,22 @@ def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[i
                 out.problems.append(f"item {item_id}: {e}")
                 continue
             if item.label != res.label or item.status != ItemStatus.LABELED:
-                # Same resolution as once before (after a retraction): the label row exists; restore it.
-                item.label, item.status = res.label, ItemStatus.LABELED
+                # Same resolution as once before (after a retraction): the label row exists;
+                # restore it — unless a newer label from another client is the item's now
+                # ("latest wins": the experts' unchanged answer does not undo it).
+                latest = _latest(s, item_id)
+                if item.status != ItemStatus.LABELED or latest is None or latest.source == SOURCE:
+                    item.label, item.status = res.label, ItemStatus.LABELED
             out.labeled.append(item_id)
         elif res.complete and res.status == "skipped":
             # Every annotator skipped it: the round stops waiting for it, and it is not queued
             # again (experts said they cannot tell); an earlier Label Studio label is taken back.
-            latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
+            latest = _latest(s, item_id)
             if item.status == ItemStatus.QUEUED or (item.status == ItemStatus.LABELED and latest is not None and latest.source == SOURCE):
                 item.label, item.status = None, ItemStatus.SKIPPED
                 out.skipped.append(item_id)
         elif item.status in (ItemStatus.LABELED, ItemStatus.SKIPPED):
-            latest = s.scalar(select(Label).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
+            latest = _latest(s, item_id)
             if item.status == ItemStatus.SKIPPED or (latest is not None and latest.source == SOURCE):
                 item.label, item.status = None, _unlabeled_status(s, item_id)
                 out.retracted.append(item_id)

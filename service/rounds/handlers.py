@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 from service.core import models, paths
 from service.core import jobs
 from service.rounds import hooks, inputs
-from service.rounds.lifecycle import close, open_batch, withdraw_reserves
+from service.core.item_lock import lock_items
+from service.rounds.lifecycle import close, open_batch, waiting_reserves, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
-from service.store import Item, Job, ModelVersion, Project, QueueEntry, Round, utcnow
+from service.store import Item, ItemStatus, Job, ModelVersion, Project, QueueEntry, Round, utcnow
 from engine import contracts as c
 from engine import plan
 from engine.config import ProjectConfig
@@ -302,13 +303,26 @@ def on_selecting(x: Ctx) -> None:
         return
     rows = [{"round_id": x.rnd.id, "item_id": p.item_id, "rank": r, "pred": p.pred, "scores": p.scores,
              "reserve": r >= len(sel.batch)} for r, p in enumerate(sel.batch + sel.reserve)]
-    withdrawn = withdraw_reserves(x.s, x.rnd)
+    # The selection read the unlabeled pool before this transaction writes; an expert may have
+    # labeled a picked image since. Lock what this writes (the picks and the reserves it
+    # withdraws, at once: one lock order) and queue only the picks still unlabeled — never
+    # overwrite a label that came in meanwhile with `queued` (issue 19, item 11).
+    reserves = waiting_reserves(x.s, x.rnd)
+    locked = lock_items(x.s, reserves + [r["item_id"] for r in rows])
+    still = [r for r in rows if (it := locked.get(r["item_id"])) is not None and it.status == ItemStatus.UNLABELED]
+    if len(still) < len(rows):
+        kept = {"queued": sum(not r["reserve"] for r in still)}
+        if "reserve" in x.rnd.progress:
+            kept["reserve"] = sum(r["reserve"] for r in still)
+        x.rnd.progress = {**x.rnd.progress, **kept, "labeled_while_selecting": len(rows) - len(still)}
+        rows = still
+    withdrawn = withdraw_reserves(x.s, x.rnd, reserves)
     if withdrawn:
         x.rnd.progress = {**x.rnd.progress, "reserve_withdrawn": withdrawn}
     if rows:
         x.s.execute(QueueEntry.__table__.insert(), rows)
-        x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows])).values(status="queued")
-                    .execution_options(synchronize_session=False))
+        x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows]), Item.status == ItemStatus.UNLABELED)
+                    .values(status=ItemStatus.QUEUED).execution_options(synchronize_session=False))
 
 
 # ----------------------------------------------------------------------------- labeling

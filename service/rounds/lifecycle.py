@@ -6,6 +6,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.core.item_lock import lock_items
 from service.errors import Conflict, NotFound, Unprocessable
 from service.rounds.state import OPEN_STATES, WORKING_STATES, RoundState, cas
 from service.settings import Settings
@@ -39,6 +40,7 @@ def close(s: Session, rnd: Round) -> int | None:
                          **({"abandoned": waiting} if waiting else {})}):
         return None
     batch = select(QueueEntry.item_id).where(QueueEntry.round_id == rnd.id, QueueEntry.reserve.is_(False))
+    lock_items(s, s.scalars(batch))  # a label arriving now waits, then finds its item unlabeled and labels it
     s.execute(update(Item).where(Item.id.in_(batch), Item.status == ItemStatus.QUEUED).values(status=ItemStatus.UNLABELED)
               .execution_options(synchronize_session=False))
     return waiting
@@ -122,12 +124,26 @@ def active_round_numbers(s: Session, pid: int) -> list[int]:
     return list(s.scalars(select(Round.number).where(Round.project_id == pid, Round.state.in_(OPEN_STATES))))
 
 
-def withdraw_reserves(s: Session, rnd: Round) -> int:
-    """Earlier rounds' reserve images still waiting go back to the pool (the new batch replaces
-    them); the number withdrawn."""
+def _earlier_reserves(rnd: Round):
     earlier = select(Round.id).where(Round.project_id == rnd.project_id, Round.number < rnd.number)
-    ids = select(QueueEntry.item_id).where(and_(QueueEntry.round_id.in_(earlier), QueueEntry.reserve.is_(True)))
-    res = s.execute(update(Item).where(Item.id.in_(ids), Item.status == ItemStatus.QUEUED).values(status=ItemStatus.UNLABELED)
+    return select(QueueEntry.item_id).where(and_(QueueEntry.round_id.in_(earlier), QueueEntry.reserve.is_(True)))
+
+
+def waiting_reserves(s: Session, rnd: Round) -> list[int]:
+    """Earlier rounds' reserve images still queued."""
+    return list(s.scalars(select(Item.id).where(Item.id.in_(_earlier_reserves(rnd)), Item.status == ItemStatus.QUEUED)))
+
+
+def withdraw_reserves(s: Session, rnd: Round, ids: list[int] | None = None) -> int:
+    """Earlier rounds' reserve images still waiting go back to the pool (the new batch replaces
+    them); the number withdrawn. `ids`: waiting_reserves, read by a caller that locked them
+    (lock_items) with the rest of what it writes; without them they are read and locked here."""
+    if ids is None:
+        ids = waiting_reserves(s, rnd)
+        lock_items(s, ids)
+    if not ids:
+        return 0
+    res = s.execute(update(Item).where(Item.id.in_(_earlier_reserves(rnd)), Item.status == ItemStatus.QUEUED).values(status=ItemStatus.UNLABELED)
                     .execution_options(synchronize_session=False))
     return int(res.rowcount or 0)
 
