@@ -25,11 +25,9 @@ from typing import Callable
 import numpy as np
 
 from engine import contracts as c
-from engine import plan
+from engine import plan, step
 from engine.config import SimulationConfig
-from engine.decisions import (decide_exclusion, evidence_accuracy, evidence_of, initial_labeled,
-                                      stop_set_positions, stopping_signal)
-from engine.selection import select_from_scores, typical_from_scores
+from engine.decisions import evidence_of, initial_labeled, stop_set_positions, stopping_signal
 
 log = logging.getLogger("camloop.simulate")
 
@@ -142,9 +140,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             files.dir.mkdir(parents=True)
             active = [status[n] == "active" for n in names]
             answered = pool if book is None else pool.model_copy(update={"labels": book.given.tolist()})
-            split = plan.split_training(answered.take(np.flatnonzero(labeled)), val, project, len(names))
-            manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files,
-                                           stop_set, trunk_dir)
+            planned = step.training(project, PROJECT_ID, step.TrainingFacts(
+                number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
+                val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir))
+            split, manifest = planned.split, planned.manifest
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
                 manifest = manifest.model_copy(update={"relabel_folds": 0})
@@ -162,26 +161,29 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                                  "accuracy": (metrics.get("evidence") or {}).get("accuracy"),
                                  "stop_set": metrics.get("stop_set")})
             record["stopping"] = stopping_signal(project.stopping, stop_history)
-            decisions = decide_exclusion(project.exclusion, history, number, status)
-            newly = [n for n, d in decisions.items() if d.excluded and status[n] == "active"]
-            for n in newly:
-                status[n] = "excluded"
-                exclusions.append({"class": n, "round": number, "reason": decisions[n].reason})
-            record["excluded"] = [{"class": n, "round": number, "reason": decisions[n].reason} for n in newly]
             last = number == config.rounds + 1
+            # The rest of the round as the service runs it (engine.step): exclusion, gatekeepers,
+            # the score manifest; scoring; the selection. The reserve a round queued is with the
+            # experts, not in the unlabeled pool (the service's "queued").
+            scored = step.after_training(project, PROJECT_ID, step.TrainedFacts(
+                number=number, class_names=names, status=status, history=history, models=models,
+                scorer=str(files.checkpoint), pool=pool.take(np.flatnonzero(~labeled & ~reserved)), files=files,
+                shard_size=config.shard_size, trunk_dir=trunk_dir))
+            for n in scored.newly_excluded:
+                exclusions.append({"class": n, "round": number, "reason": scored.decisions[n].reason})
+            status = scored.status
+            record["excluded"] = [{"class": n, "round": number, "reason": scored.decisions[n].reason}
+                                  for n in scored.newly_excluded]
             if not last:
                 t0 = time.perf_counter()
-                active = [status[n] == "active" for n in names]
-                unl = np.flatnonzero(~labeled & ~reserved)
-                score = plan.score_manifest(project, PROJECT_ID, number, names, active, str(files.checkpoint),
-                                            pool.take(unl), config.shard_size, plan.gatekeepers(models, active), files,
-                                            trunk_dir)
-                c.write_manifest(files.score_manifest, score)
-                for k in score.shards:
+                c.write_manifest(files.score_manifest, scored.manifest)
+                for k in scored.manifest.shards:
                     jobs.score_shard(str(files.score_manifest), int(k))
-                sel = select_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)],
-                                         project.strategy, names, active, project.budget, project.reserve_size,
-                                         evidence_accuracy(evidence, names), project.seed, number)
+                sel = step.select(project, step.SelectionFacts(
+                    number, names, scored.active, step.Ranking.SCORES,
+                    [files.score_file(int(k)) for k in sorted(scored.manifest.shards, key=int)], evidence=evidence,
+                    # Nothing is labeled while the in-process jobs run, and no expert votes on regions.
+                    drop_ids=np.flatnonzero(labeled | reserved), wrong_region_votes=None))
                 picked = np.asarray([p.item_id for p in sel.batch], np.int64)
                 reserved[:] = False
                 reserved[[p.item_id for p in sel.reserve]] = True
@@ -267,8 +269,9 @@ def _first_labels(config: SimulationConfig, project, layout: c.Layout, pool: c.I
     c.write_manifest(files.score_manifest, score)
     for k in score.shards:
         jobs.score_shard(str(files.score_manifest), int(k))
-    sel = typical_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)], config.initial, 0,
-                              project.seed, 1)
+    sel = step.select(project, step.SelectionFacts(
+        1, names, [True] * len(names), step.Ranking.TYPICAL,
+        [files.score_file(int(k)) for k in sorted(score.shards, key=int)], budget=config.initial, reserve=0))
     return np.asarray(sorted(p.item_id for p in sel.batch), np.int64)  # pool ids are pool positions
 
 

@@ -25,10 +25,10 @@ from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
 from service.store import Item, Job, ModelVersion, Project, QueueEntry, Round, utcnow
 from engine import contracts as c
-from engine import plan
+from engine import plan, step
 from engine.config import ProjectConfig
-from engine.decisions import decide_exclusion, evidence_accuracy, evidence_of
-from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
+from engine.decisions import evidence_of
+from engine.selection import Selection
 
 S = RoundState
 
@@ -122,16 +122,15 @@ def on_created(x: Ctx) -> None:
                                                                     f"{x.config.model}"}
                                                     if x.config.first_batch == "typical" else {})})
         return
-    classes = inputs.classes(x.s, x.pid)
-    active = [cl.status == "active" for cl in classes]
-    split = plan.split_training(labeled, inputs.split_refs(x.s, x.settings, x.project, "val", index), x.config,
-                                len(names))
-    test = inputs.split_refs(x.s, x.settings, x.project, "test", index)
-    prev = inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number)
+    active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
     files = x.files
-    stop_set = inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number)
-    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files, stop_set,
-                                   x.trunk_dir)
+    planned = step.training(x.config, x.pid, step.TrainingFacts(
+        number=x.rnd.number, class_names=names, active=active, labeled=labeled,
+        val=inputs.split_refs(x.s, x.settings, x.project, "val", index),
+        test=inputs.split_refs(x.s, x.settings, x.project, "test", index),
+        previous_train_ids=inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number), files=files,
+        stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir))
+    split, manifest = planned.split, planned.manifest
     if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
                                                    "n_new": int(sum(manifest.is_new)),
                                                    "evidence": split.source, "n_evidence": len(split.evidence),
@@ -185,44 +184,31 @@ def on_training(x: Ctx) -> None:
     # Won: this transaction alone writes the round's model version, the exclusion decisions
     # and the score manifest (a second replica's CAS failed above and wrote nothing).
     mv = _model_version(x, job, metrics)
-    history = inputs.evidence_history(x.s, x.project, names)
-    excluded_now, not_judged = _apply_exclusion(x, history)
     classes = inputs.classes(x.s, x.pid)
-    active = [cl.status == "active" for cl in classes]
-    pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
-    keepers = plan.gatekeepers(inputs.trained_models(x.s, x.project, len(names)), active)
     scorer = models.scorer(x.s, x.project, x.config, mv)  # the new model, or a pinned / kept-best one
-    manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, scorer.checkpoint, pool,
-                                   x.settings.score_shard_size, keepers, files, x.trunk_dir)
+    planned = step.after_training(x.config, x.pid, step.TrainedFacts(
+        number=x.rnd.number, class_names=names, status={cl.name: cl.status for cl in classes},
+        reincluded_at={cl.name: cl.reincluded_round for cl in classes if cl.reincluded_round},
+        history=inputs.evidence_history(x.s, x.project, names),
+        models=inputs.trained_models(x.s, x.project, len(names)), scorer=scorer.checkpoint,
+        pool=inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {}), files=files,
+        shard_size=x.settings.score_shard_size, trunk_dir=x.trunk_dir))
+    for cl in classes:
+        if cl.name in planned.newly_excluded:
+            d = planned.decisions[cl.name]
+            cl.status, cl.reason, cl.changed_by, cl.changed_at = step.EXCLUDED, d.reason, "rule", utcnow()
+    manifest, keepers = planned.manifest, planned.gatekeepers
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
     x.rnd.model_version_id, x.rnd.scored_by_id = mv.id, scorer.version.id
     x.rnd.progress = {**prog, **scorer.progress, "shards": len(manifest.shards), "shards_done": 0,
-                      "excluded_by_rule": excluded_now,
-                      **({"not_judged": not_judged} if not_judged else {}),
+                      "excluded_by_rule": planned.newly_excluded,
+                      **({"not_judged": planned.not_judged} if planned.not_judged else {}),
                       **({"gatekeepers": [g.round for g in keepers]} if keepers else {})}
     _poll_score_jobs(x, manifest.shards)
 
 
 def _model_version(x: Ctx, job: Job, metrics: dict) -> ModelVersion:
     return models.register(x.s, x.pid, x.rnd.number, job.result["checkpoint"], metrics)
-
-
-def _apply_exclusion(x: Ctx, history) -> tuple[list[str], dict[str, str]]:
-    classes = inputs.classes(x.s, x.pid)
-    status = {cl.name: cl.status for cl in classes}
-    reinc = {cl.name: cl.reincluded_round for cl in classes if cl.reincluded_round}
-    decisions = decide_exclusion(x.config.exclusion, history, x.rnd.number, status, reinc)
-    newly, not_judged = [], {}
-    for cl in classes:
-        d = decisions.get(cl.name)
-        if d is None:
-            continue
-        if d.excluded and cl.status == "active":
-            cl.status, cl.reason, cl.changed_by, cl.changed_at = "excluded", d.reason, "rule", utcnow()
-            newly.append(cl.name)
-        elif not d.judged and cl.status == "active" and x.config.exclusion.enabled:
-            not_judged[cl.name] = d.reason
-    return newly, not_judged
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -266,22 +252,24 @@ def _no_longer_candidates(x: Ctx) -> np.ndarray:
 
 
 def select_batch(x: Ctx) -> Selection:
-    """The round's batch and reserve, in priority order (engine.selection)."""
-    cfg = x.config
+    """The round's batch and reserve, in priority order (engine.step.select)."""
     progress = x.rnd.progress or {}
-    if progress.get("cold_start") and progress.get("first_batch") == "typical":
-        return typical_from_scores(_score_files(x), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number,
-                                   _no_longer_candidates(x))
-    if progress.get("cold_start") or x.rnd.model_version_id is None:
-        return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number)
     names = list(x.project.class_names)
-    active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
-    mv = x.s.get(ModelVersion, x.rnd.model_version_id)
-    accuracy = evidence_accuracy(evidence_of(mv.round, mv.metrics or {}, names), names)
-    # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
-    votes = hooks.wrong_region_counts(x.s, x.project, names)
-    return select_from_scores(_score_files(x), cfg.strategy, names, active, cfg.budget, cfg.reserve_size, accuracy,
-                              cfg.seed, x.rnd.number, _no_longer_candidates(x), votes)
+    active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
+    if progress.get("cold_start") and progress.get("first_batch") == "typical":
+        facts = step.SelectionFacts(x.rnd.number, names, active, step.Ranking.TYPICAL, _score_files(x),
+                                    drop_ids=_no_longer_candidates(x))
+    elif progress.get("cold_start") or x.rnd.model_version_id is None:
+        facts = step.SelectionFacts(x.rnd.number, names, active, step.Ranking.RANDOM,
+                                    unlabeled_ids=inputs.unlabeled_ids(x.s, x.project))
+    else:
+        mv = x.s.get(ModelVersion, x.rnd.model_version_id)
+        facts = step.SelectionFacts(
+            x.rnd.number, names, active, step.Ranking.SCORES, _score_files(x),
+            evidence=evidence_of(mv.round, mv.metrics or {}, names), drop_ids=_no_longer_candidates(x),
+            # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
+            wrong_region_votes=hooks.wrong_region_counts(x.s, x.project, names))
+    return step.select(x.config, facts)
 
 
 def on_selecting(x: Ctx) -> None:
