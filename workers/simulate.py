@@ -84,6 +84,28 @@ def load_data(config: SimulationConfig) -> SimData:
     return data
 
 
+def model_from_images(config: SimulationConfig) -> tuple[SimulationConfig, dict | None]:
+    """A --folder run's model settings as registering the folder chooses them (engine.model_choice):
+    the model keys the run did not set (model, image_size, channels, pretrained, frozen_blocks)
+    from a sample of the pool's images (the folder's pool/ when it has one, else every image), on
+    the same device rule (only a `cuda` device counts as a GPU); the keys it set are kept and
+    the others follow from them. Returns the run's config and the choice (None: nothing chosen)."""
+    from engine.imageio import DEFAULT_MAX_PIXELS
+    from engine.model_choice import MODEL_KEYS, choose_model, cuda_named, folder_image_paths
+
+    if config.folder is None:
+        return config, None
+    auto = [k for k in MODEL_KEYS if k not in config.model_fields_set]
+    if not auto:
+        return config, None
+    root = Path(config.folder)
+    paths = folder_image_paths(root / "pool" if (root / "pool").is_dir() else root)
+    given = {k: getattr(config, k) for k in MODEL_KEYS if k not in auto}
+    chosen = choose_model(paths, given, cuda_named(config.device), max_pixels=DEFAULT_MAX_PIXELS)
+    config = SimulationConfig.model_validate({**config.model_dump(), **{k: chosen.config[k] for k in auto}})
+    return config, {"auto": auto, "chosen": chosen.config, "why": chosen.why}
+
+
 def _cache(folder: Path, name: str, images: np.ndarray, first_id: int, labels: np.ndarray) -> c.ImageRefs:
     """The split's pixels as one cache file, as ingest writes them; ids first_id, first_id+1, …"""
     path = folder / f"{name}.npy"
@@ -103,6 +125,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         torch.set_num_threads(config.threads)
     if config.device:
         jobs.DEVICE = config.device
+    config, choice = model_from_images(config)
     data = load_data(config)
     project = config.project(hflip=data.hflip_default if config.hflip is None else config.hflip)
     names = data.class_names
@@ -225,6 +248,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "config": {**config.model_dump(mode="json"), "hflip": project.hflip, "classes": names,
                    "pool_size": len(data.pool), "val_size": len(data.val), "test_size": len(data.test),
                    "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_run, 1)},
+        **({"model_choice": choice} if choice is not None else {}),
         "first_batch": "typical" if project.typical_first_batch() else "random",
         "initial_labels": [data.pool_uris[i] for i in first],
         "rounds": records,
