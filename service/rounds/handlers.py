@@ -23,11 +23,12 @@ from service.rounds import hooks, inputs
 from service.rounds.lifecycle import close, open_batch, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
-from service.store import Item, Job, ModelVersion, Project, QueueEntry, Round, utcnow
+from service.store import Item, ItemStatus, Job, JobState, ModelVersion, Project, QueueEntry, Round, utcnow
 from engine import contracts as c
 from engine import plan, step
 from engine.config import ProjectConfig
 from engine.decisions import evidence_of
+from engine.jobkinds import JobKind
 from engine.selection import Selection
 
 S = RoundState
@@ -69,15 +70,15 @@ def ingest_state(s: Session, settings: Settings, pid: int, conn) -> tuple[int, i
     from service.core.items import apply_ingest_result
 
     errors, done = [], 0
-    rows = list(s.scalars(select(Job).where(Job.project_id == pid, Job.kind == "ingest", Job.round_id.is_(None))))
+    rows = list(s.scalars(select(Job).where(Job.project_id == pid, Job.kind == JobKind.INGEST, Job.round_id.is_(None))))
     for j in rows:
         was = j.state
         st = jobs.poll(s, settings, j, conn)
-        if st == "finished":
-            if was != "finished":
+        if st == JobState.FINISHED:
+            if was != JobState.FINISHED:
                 apply_ingest_result(s, j)
             done += 1
-        elif st == "failed":
+        elif st == JobState.FAILED:
             errors.append(f"ingest shard {j.shard}: {j.error}")
     return done, len(rows), errors
 
@@ -100,24 +101,24 @@ def _write(path: Path, manifest, stale: list[Path]) -> None:
 def on_created(x: Ctx) -> None:
     done, total, errors = ingest_state(x.s, x.settings, x.pid, x.conn)
     if errors:
-        fail(x.s, x.rnd, "created", "; ".join(errors))
+        fail(x.s, x.rnd, S.CREATED, "; ".join(errors))
         return
     if done < total:
-        x.rnd.progress = {**(x.rnd.progress or {}), "stage": "created", "waiting_for": "ingest",
+        x.rnd.progress = {**(x.rnd.progress or {}), "stage": S.CREATED.value, "waiting_for": JobKind.INGEST.value,
                           "ingest_done": done, "ingest_total": total}
         return
     names = list(x.project.class_names)
     index = {n: i for i, n in enumerate(names)}
-    labeled = inputs.pool_refs(x.s, x.settings, x.project, "labeled", index)
+    labeled = inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.LABELED, index)
     if not len(labeled):
         if x.rnd.train_only:
-            fail(x.s, x.rnd, "created", "nothing is labeled yet: a train-only round has nothing to train on")
+            fail(x.s, x.rnd, S.CREATED, "nothing is labeled yet: a train-only round has nothing to train on")
             return
         if x.config.typical_first_batch():
             _score_pretrained(x, names)
             return
         # Cold start: nothing to train on yet, so the first batch is a random sample.
-        x.move(S.CREATED, S.SELECTING, progress={"stage": "selecting", "cold_start": True,
+        x.move(S.CREATED, S.SELECTING, progress={"stage": S.SELECTING.value, "cold_start": True,
                                                  **({"first_batch": "random: no pretrained weights for "
                                                                     f"{x.config.model}"}
                                                     if x.config.first_batch == "typical" else {})})
@@ -131,14 +132,14 @@ def on_created(x: Ctx) -> None:
         previous_train_ids=inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number), files=files,
         stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir))
     split, manifest = planned.split, planned.manifest
-    if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
+    if not x.move(S.CREATED, S.TRAINING, progress={"stage": S.TRAINING.value, "n_train": len(split.train),
                                                    "n_new": int(sum(manifest.is_new)),
                                                    "evidence": split.source, "n_evidence": len(split.evidence),
                                                    **({"train_only": True} if x.rnd.train_only else {})}):
         return
     _write(files.train_manifest, manifest,
            [files.checkpoint, files.metrics, files.resume_dir, files.score_manifest, *files.dir.glob("scores_*.npz")])
-    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
+    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, JobKind.TRAIN), JobKind.TRAIN, None,
                           files.train_manifest)
     jobs.poll(x.s, x.settings, job, x.conn)
 
@@ -147,11 +148,11 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
     """A typical first batch: embed the unlabeled pool with the pretrained model (score jobs, no
     checkpoint), then select by TypiClust (select_batch)."""
     files = x.files
-    active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
-    pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
+    active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
+    pool = inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, {})
     manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, None, pool,
                                    x.settings.score_shard_size, [], files, x.trunk_dir)
-    if not x.move(S.CREATED, S.SCORING, progress={"stage": "scoring", "cold_start": True, "first_batch": "typical",
+    if not x.move(S.CREATED, S.SCORING, progress={"stage": S.SCORING.value, "cold_start": True, "first_batch": "typical",
                                                   "shards": len(manifest.shards), "shards_done": 0}):
         return
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
@@ -162,28 +163,29 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
 
 def on_training(x: Ctx) -> None:
     files = x.files
-    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
+    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, JobKind.TRAIN), JobKind.TRAIN, None,
                           files.train_manifest)
     st = jobs.poll(x.s, x.settings, job, x.conn)
-    if st == "failed":
-        fail(x.s, x.rnd, "training", f"train job {job.rq_id} failed: {job.error}")
+    if st == JobState.FAILED:
+        fail(x.s, x.rnd, S.TRAINING, f"train job {job.rq_id} failed: {job.error}")
         return
-    if st != "finished":
+    if st != JobState.FINISHED:
         return
-    metrics = json.loads(Path(job.result["metrics"]).read_text())
+    result = jobs.train_result(job)
+    metrics = json.loads(Path(result.metrics).read_text())
     names = list(x.project.class_names)
     if x.rnd.train_only:
         if not x.move(S.TRAINING, S.CLOSED, finished_at=utcnow(), progress={**(x.rnd.progress or {}),
-                                                                           "stage": "closed"}):
+                                                                           "stage": S.CLOSED.value}):
             return
-        x.rnd.model_version_id = _model_version(x, job, metrics).id
+        x.rnd.model_version_id = _model_version(x, result, metrics).id
         return
-    prog = {**(x.rnd.progress or {}), "stage": "scoring"}
+    prog = {**(x.rnd.progress or {}), "stage": S.SCORING.value}
     if not x.move(S.TRAINING, S.SCORING, progress=prog):
         return
     # Won: this transaction alone writes the round's model version, the exclusion decisions
     # and the score manifest (a second replica's CAS failed above and wrote nothing).
-    mv = _model_version(x, job, metrics)
+    mv = _model_version(x, result, metrics)
     classes = inputs.classes(x.s, x.pid)
     scorer = models.scorer(x.s, x.project, x.config, mv)  # the new model, or a pinned / kept-best one
     planned = step.after_training(x.config, x.pid, step.TrainedFacts(
@@ -191,7 +193,7 @@ def on_training(x: Ctx) -> None:
         reincluded_at={cl.name: cl.reincluded_round for cl in classes if cl.reincluded_round},
         history=inputs.evidence_history(x.s, x.project, names),
         models=inputs.trained_models(x.s, x.project, len(names)), scorer=scorer.checkpoint,
-        pool=inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {}), files=files,
+        pool=inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, {}), files=files,
         shard_size=x.settings.score_shard_size, trunk_dir=x.trunk_dir))
     for cl in classes:
         if cl.name in planned.newly_excluded:
@@ -207,8 +209,8 @@ def on_training(x: Ctx) -> None:
     _poll_score_jobs(x, manifest.shards)
 
 
-def _model_version(x: Ctx, job: Job, metrics: dict) -> ModelVersion:
-    return models.register(x.s, x.pid, x.rnd.number, job.result["checkpoint"], metrics)
+def _model_version(x: Ctx, result: c.TrainResult, metrics: dict) -> ModelVersion:
+    return models.register(x.s, x.pid, x.rnd.number, result.checkpoint, metrics)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -217,29 +219,29 @@ def _poll_score_jobs(x: Ctx, shards) -> list[tuple[Job, str]]:
     """Each shard's score job of the round's score manifest, created if missing, then polled."""
     out = []
     for k in sorted(shards, key=int):
-        job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
+        job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, JobKind.SCORE, int(k)), JobKind.SCORE, int(k),
                               x.files.score_manifest)
         out.append((job, jobs.poll(x.s, x.settings, job, x.conn)))
     return out
 
 
 def on_scoring(x: Ctx) -> None:
-    polled = _poll_score_jobs(x, jobs.manifest(x.files.score_manifest, "score").shards)
+    polled = _poll_score_jobs(x, jobs.manifest(x.files.score_manifest, JobKind.SCORE).shards)
     states = [state for _, state in polled]
-    errors = [f"score job {job.rq_id} failed: {job.error}" for job, _ in polled if job.state == "failed"]
+    errors = [f"score job {job.rq_id} failed: {job.error}" for job, _ in polled if job.state == JobState.FAILED]
     if errors:
-        fail(x.s, x.rnd, "scoring", "; ".join(errors))
+        fail(x.s, x.rnd, S.SCORING, "; ".join(errors))
         return
-    done = states.count("finished")
+    done = states.count(JobState.FINISHED)
     x.rnd.progress = {**(x.rnd.progress or {}), "shards_done": done}
     if done == len(states):
-        x.move(S.SCORING, S.SELECTING, progress={**x.rnd.progress, "stage": "selecting"})
+        x.move(S.SCORING, S.SELECTING, progress={**x.rnd.progress, "stage": S.SELECTING.value})
 
 
 # ----------------------------------------------------------------------------- selecting
 
 def _score_files(x: Ctx) -> list[Path]:
-    shards = jobs.manifest(x.files.score_manifest, "score").shards
+    shards = jobs.manifest(x.files.score_manifest, JobKind.SCORE).shards
     return [x.files.score_file(int(k)) for k in sorted(shards, key=int)]
 
 
@@ -248,7 +250,7 @@ def _no_longer_candidates(x: Ctx) -> np.ndarray:
     unlabeled pool; ask for the pool items that are not unlabeled now — a few thousand rows, not
     the whole pool (items are never deleted, only their status changes)."""
     return np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
-                                                         Item.status != "unlabeled")), np.int64)
+                                                         Item.status != ItemStatus.UNLABELED)), np.int64)
 
 
 def select_batch(x: Ctx) -> Selection:
@@ -275,7 +277,7 @@ def select_batch(x: Ctx) -> Selection:
 def on_selecting(x: Ctx) -> None:
     t0 = time.perf_counter()
     sel = select_batch(x)
-    prog = {**(x.rnd.progress or {}), "stage": "labeling", "queued": len(sel.batch), "labeled": 0,
+    prog = {**(x.rnd.progress or {}), "stage": S.LABELING.value, "queued": len(sel.batch), "labeled": 0,
             "selection_s": round(time.perf_counter() - t0, 4)}
     if sel.reserve:
         prog["reserve"] = len(sel.reserve)
@@ -295,7 +297,7 @@ def on_selecting(x: Ctx) -> None:
         x.rnd.progress = {**x.rnd.progress, "reserve_withdrawn": withdrawn}
     if rows:
         x.s.execute(QueueEntry.__table__.insert(), rows)
-        x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows])).values(status="queued")
+        x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows])).values(status=ItemStatus.QUEUED)
                     .execution_options(synchronize_session=False))
 
 
