@@ -29,6 +29,7 @@ from engine import plan, step
 from engine.config import ProjectConfig
 from engine.decisions import evidence_of
 from engine.jobkinds import JobKind
+from engine.records import RoundProgress
 from engine.selection import Selection
 
 S = RoundState
@@ -56,7 +57,16 @@ class Ctx:
     def trunk_dir(self) -> str | None:
         return plan.trunk_cache(self.config, paths.layout(self.settings), self.pid)
 
-    def move(self, old: S, new: S, **values) -> bool:
+    @property
+    def progress(self) -> RoundProgress:
+        return RoundProgress.of(self.rnd.progress)
+
+    def record(self, progress: RoundProgress) -> None:
+        self.rnd.progress = progress.dump()
+
+    def move(self, old: S, new: S, progress: RoundProgress | None = None, **values) -> bool:
+        if progress is not None:
+            values["progress"] = progress.dump()
         won = cas(self.s, self.rnd, old.value, new.value, **values)
         if won:
             self.entered.append(new.value)
@@ -104,8 +114,8 @@ def on_created(x: Ctx) -> None:
         fail(x.s, x.rnd, S.CREATED, "; ".join(errors))
         return
     if done < total:
-        x.rnd.progress = {**(x.rnd.progress or {}), "stage": S.CREATED.value, "waiting_for": JobKind.INGEST.value,
-                          "ingest_done": done, "ingest_total": total}
+        x.record(x.progress.but(stage=S.CREATED.value, waiting_for=JobKind.INGEST.value, ingest_done=done,
+                                ingest_total=total))
         return
     names = list(x.project.class_names)
     index = {n: i for i, n in enumerate(names)}
@@ -118,10 +128,10 @@ def on_created(x: Ctx) -> None:
             _score_pretrained(x, names)
             return
         # Cold start: nothing to train on yet, so the first batch is a random sample.
-        x.move(S.CREATED, S.SELECTING, progress={"stage": S.SELECTING.value, "cold_start": True,
-                                                 **({"first_batch": "random: no pretrained weights for "
-                                                                    f"{x.config.model}"}
-                                                    if x.config.first_batch == "typical" else {})})
+        x.move(S.CREATED, S.SELECTING, RoundProgress(stage=S.SELECTING.value, cold_start=True,
+                                                     **({"first_batch": "random: no pretrained weights for "
+                                                                        f"{x.config.model}"}
+                                                        if x.config.first_batch == "typical" else {})))
         return
     active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
     files = x.files
@@ -132,10 +142,10 @@ def on_created(x: Ctx) -> None:
         previous_train_ids=inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number), files=files,
         stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir))
     split, manifest = planned.split, planned.manifest
-    if not x.move(S.CREATED, S.TRAINING, progress={"stage": S.TRAINING.value, "n_train": len(split.train),
-                                                   "n_new": int(sum(manifest.is_new)),
-                                                   "evidence": split.source, "n_evidence": len(split.evidence),
-                                                   **({"train_only": True} if x.rnd.train_only else {})}):
+    if not x.move(S.CREATED, S.TRAINING, RoundProgress(stage=S.TRAINING.value, n_train=len(split.train),
+                                                       n_new=int(sum(manifest.is_new)), evidence=split.source,
+                                                       n_evidence=len(split.evidence),
+                                                       **({"train_only": True} if x.rnd.train_only else {}))):
         return
     _write(files.train_manifest, manifest,
            [files.checkpoint, files.metrics, files.resume_dir, files.score_manifest, *files.dir.glob("scores_*.npz")])
@@ -152,8 +162,9 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
     pool = inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, {})
     manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, None, pool,
                                    x.settings.score_shard_size, [], files, x.trunk_dir)
-    if not x.move(S.CREATED, S.SCORING, progress={"stage": S.SCORING.value, "cold_start": True, "first_batch": "typical",
-                                                  "shards": len(manifest.shards), "shards_done": 0}):
+    if not x.move(S.CREATED, S.SCORING, RoundProgress(stage=S.SCORING.value, cold_start=True,
+                                                      first_batch=step.Ranking.TYPICAL.value,
+                                                      shards=len(manifest.shards), shards_done=0)):
         return
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
     _poll_score_jobs(x, manifest.shards)
@@ -175,13 +186,12 @@ def on_training(x: Ctx) -> None:
     metrics = json.loads(Path(result.metrics).read_text())
     names = list(x.project.class_names)
     if x.rnd.train_only:
-        if not x.move(S.TRAINING, S.CLOSED, finished_at=utcnow(), progress={**(x.rnd.progress or {}),
-                                                                           "stage": S.CLOSED.value}):
+        if not x.move(S.TRAINING, S.CLOSED, x.progress.but(stage=S.CLOSED.value), finished_at=utcnow()):
             return
         x.rnd.model_version_id = _model_version(x, result, metrics).id
         return
-    prog = {**(x.rnd.progress or {}), "stage": S.SCORING.value}
-    if not x.move(S.TRAINING, S.SCORING, progress=prog):
+    prog = x.progress.but(stage=S.SCORING.value)
+    if not x.move(S.TRAINING, S.SCORING, prog):
         return
     # Won: this transaction alone writes the round's model version, the exclusion decisions
     # and the score manifest (a second replica's CAS failed above and wrote nothing).
@@ -202,10 +212,10 @@ def on_training(x: Ctx) -> None:
     manifest, keepers = planned.manifest, planned.gatekeepers
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
     x.rnd.model_version_id, x.rnd.scored_by_id = mv.id, scorer.version.id
-    x.rnd.progress = {**prog, **scorer.progress, "shards": len(manifest.shards), "shards_done": 0,
-                      "excluded_by_rule": planned.newly_excluded,
+    x.record(prog.but(**scorer.progress, shards=len(manifest.shards), shards_done=0,
+                      excluded_by_rule=planned.newly_excluded,
                       **({"not_judged": planned.not_judged} if planned.not_judged else {}),
-                      **({"gatekeepers": [g.round for g in keepers]} if keepers else {})}
+                      **({"gatekeepers": [g.round for g in keepers]} if keepers else {})))
     _poll_score_jobs(x, manifest.shards)
 
 
@@ -233,9 +243,10 @@ def on_scoring(x: Ctx) -> None:
         fail(x.s, x.rnd, S.SCORING, "; ".join(errors))
         return
     done = states.count(JobState.FINISHED)
-    x.rnd.progress = {**(x.rnd.progress or {}), "shards_done": done}
+    prog = x.progress.but(shards_done=done)
+    x.record(prog)
     if done == len(states):
-        x.move(S.SCORING, S.SELECTING, progress={**x.rnd.progress, "stage": S.SELECTING.value})
+        x.move(S.SCORING, S.SELECTING, prog.but(stage=S.SELECTING.value))
 
 
 # ----------------------------------------------------------------------------- selecting
@@ -255,13 +266,13 @@ def _no_longer_candidates(x: Ctx) -> np.ndarray:
 
 def select_batch(x: Ctx) -> Selection:
     """The round's batch and reserve, in priority order (engine.step.select)."""
-    progress = x.rnd.progress or {}
+    progress = x.progress
     names = list(x.project.class_names)
     active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
-    if progress.get("cold_start") and progress.get("first_batch") == "typical":
+    if progress.cold_start and progress.first_batch == step.Ranking.TYPICAL:
         facts = step.SelectionFacts(x.rnd.number, names, active, step.Ranking.TYPICAL, _score_files(x),
                                     drop_ids=_no_longer_candidates(x))
-    elif progress.get("cold_start") or x.rnd.model_version_id is None:
+    elif progress.cold_start or x.rnd.model_version_id is None:
         facts = step.SelectionFacts(x.rnd.number, names, active, step.Ranking.RANDOM,
                                     unlabeled_ids=inputs.unlabeled_ids(x.s, x.project))
     else:
@@ -277,24 +288,25 @@ def select_batch(x: Ctx) -> Selection:
 def on_selecting(x: Ctx) -> None:
     t0 = time.perf_counter()
     sel = select_batch(x)
-    prog = {**(x.rnd.progress or {}), "stage": S.LABELING.value, "queued": len(sel.batch), "labeled": 0,
-            "selection_s": round(time.perf_counter() - t0, 4)}
+    more = {}
     if sel.reserve:
-        prog["reserve"] = len(sel.reserve)
+        more["reserve"] = len(sel.reserve)
     if sel.gated:
-        prog["kept_out_as_excluded"] = sel.gated
+        more["kept_out_as_excluded"] = sel.gated
     if sel.quota is not None:
-        prog["class_quota"] = dict(zip(x.project.class_names, sel.quota))
+        more["class_quota"] = dict(zip(x.project.class_names, sel.quota))
     if not sel.batch:
-        prog["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
+        more["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
             "nothing to queue: every unlabeled image looks like an excluded class"
-    if not x.move(S.SELECTING, S.LABELING, progress=prog):
+    prog = x.progress.but(stage=S.LABELING.value, queued=len(sel.batch), labeled=0,
+                          selection_s=round(time.perf_counter() - t0, 4), **more)
+    if not x.move(S.SELECTING, S.LABELING, prog):
         return
     rows = [{"round_id": x.rnd.id, "item_id": p.item_id, "rank": r, "pred": p.pred, "scores": p.scores,
              "reserve": r >= len(sel.batch)} for r, p in enumerate(sel.batch + sel.reserve)]
     withdrawn = withdraw_reserves(x.s, x.rnd)
     if withdrawn:
-        x.rnd.progress = {**x.rnd.progress, "reserve_withdrawn": withdrawn}
+        x.record(x.progress.but(reserve_withdrawn=withdrawn))
     if rows:
         x.s.execute(QueueEntry.__table__.insert(), rows)
         x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows])).values(status=ItemStatus.QUEUED)
@@ -307,8 +319,8 @@ def on_labeling(x: Ctx) -> None:
     waiting, total = open_batch(x.s, x.rnd)
     done = total - waiting
     # Skipped and quarantined items leave the queue too; "labeled" here is "answered".
-    if (x.rnd.progress or {}).get("labeled") != done:
-        x.rnd.progress = {**(x.rnd.progress or {}), "labeled": done, "queued": total}
+    if x.progress.labeled != done:
+        x.record(x.progress.but(labeled=done, queued=total))
     if waiting == 0 and close(x.s, x.rnd) is not None:
         x.entered.append(S.CLOSED.value)
 
