@@ -46,18 +46,8 @@ class SimData:
     hflip_default: bool = True
 
 
-def _stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    # Same class shares as the full split, so a small CPU run keeps the data set's balance.
-    idx = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        take = int(round(k * members.size / labels.size))
-        idx.append(rng.choice(members, size=min(take, members.size), replace=False))
-    return np.sort(np.concatenate(idx))
-
-
 def load_data(config: SimulationConfig) -> SimData:
-    from engine.datasets import load_folder_splits, load_named
+    from engine.datasets import load_folder_splits, load_named, stratified_subset
 
     if config.folder is not None:
         pool, val, test, uris = load_folder_splits(config.folder, config.image_size, config.channels, seed=config.seed)
@@ -69,18 +59,18 @@ def load_data(config: SimulationConfig) -> SimData:
                        hflip_default=config.dataset != "digits")
     rng = np.random.default_rng(config.seed)
     if config.pool_limit is not None and config.pool_limit < len(data.pool):
-        keep = _stratified_subset(data.pool.labels, config.pool_limit, rng)
+        keep = stratified_subset(data.pool.labels, config.pool_limit, rng)
         data.pool = data.pool.subset(keep)
         data.pool_uris = [data.pool_uris[i] for i in keep]
         # A quick run also gets a smaller validation split (read every epoch for early stopping
         # and every round as the evidence); the test split, which the curve is on, stays whole.
         val_cap = max(1000, config.pool_limit // 5)
         if val_cap < len(data.val):
-            data.val = data.val.subset(_stratified_subset(data.val.labels, val_cap, rng))
+            data.val = data.val.subset(stratified_subset(data.val.labels, val_cap, rng))
     if config.val_limit is not None and config.val_limit < len(data.val):
-        data.val = data.val.subset(_stratified_subset(data.val.labels, config.val_limit, rng))
+        data.val = data.val.subset(stratified_subset(data.val.labels, config.val_limit, rng))
     if config.test_limit is not None and config.test_limit < len(data.test):
-        data.test = data.test.subset(_stratified_subset(data.test.labels, config.test_limit, rng))
+        data.test = data.test.subset(stratified_subset(data.test.labels, config.test_limit, rng))
     return data
 
 
