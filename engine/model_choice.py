@@ -196,3 +196,66 @@ def apply_overrides(choice: ModelChoice, overrides: dict | None) -> dict:
         cfg["frozen_blocks"] = 0
     check_model_config(cfg["model"], cfg["pretrained"], cfg["image_size"], cfg["channels"], cfg["frozen_blocks"])
     return cfg
+
+
+# ---------------------------------------------------------------- a folder's model settings
+
+MODEL_KEYS = ("model", "image_size", "channels", "pretrained", "frozen_blocks")  # what the choice sets
+STATS_SAMPLE = 200  # files looked at (a seeded random sample)
+
+
+def cuda_named(device: str | None) -> bool:
+    """Whether a device setting names a GPU, as far as one can tell without torch: only a `cuda…`
+    name does; `auto` and none count as a CPU (the cheaper choice never fails)."""
+    return str(device or "").strip().lower().startswith("cuda")
+
+
+def pairs(d: dict) -> str:
+    """Settings as a person reads them: `model=small-cnn, pretrained=false`."""
+    return ", ".join(f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in d.items())
+
+
+@dataclass(frozen=True)
+class FolderChoice:
+    """The model settings of images, the keys given kept (`overrides`), and why."""
+    config: dict                     # every key of MODEL_KEYS
+    choice: ModelChoice              # what the images alone called for
+    stats: ImageStats
+    overrides: dict                  # the keys given, kept
+
+    @property
+    def why(self) -> str:
+        why = self.choice.why
+        if self.overrides:
+            derived = {k: self.config[k] for k in MODEL_KEYS
+                       if k not in self.overrides and self.config[k] != getattr(self.choice, k)}
+            why += f". Kept from the config: {pairs(self.overrides)}"
+            if derived:
+                why += f"; following from that, not from the images: {pairs(derived)}"
+        return why
+
+
+def choose_model(paths, overrides: dict | None, cuda: bool, *, sample: int = STATS_SAMPLE,
+                 max_pixels: int | None = None) -> FolderChoice:
+    """The model settings for images like `paths`, with the keys `overrides` gives kept: what
+    registering a folder chooses (service.core.model_choice) and what `camloop simulate --folder`
+    runs with. Raises ValueError when the model chosen cannot keep the overrides."""
+    overrides = {k: v for k, v in (overrides or {}).items() if k in MODEL_KEYS}
+    stats = image_stats(paths, sample=sample, max_pixels=max_pixels)
+    choice = choose_defaults(stats, cuda=cuda)
+    try:
+        config = apply_overrides(choice, overrides)
+    except ValueError as e:
+        raise ChoiceConflict(str(e), choice, overrides) from None
+    return FolderChoice(config, choice, stats, overrides)
+
+
+class ChoiceConflict(ValueError):
+    """The model the images call for cannot keep the settings given."""
+
+    def __init__(self, reason: str, choice: ModelChoice, overrides: dict):
+        super().__init__(f"the model chosen from the images ({choice.model} at {choice.image_size} px, "
+                         f"{choice.channels} channel(s)) cannot keep what the config sets ({pairs(overrides)}): "
+                         f"{reason}")
+        self.reason, self.choice, self.overrides = reason, choice, overrides

@@ -25,11 +25,9 @@ from typing import Callable
 import numpy as np
 
 from engine import contracts as c
-from engine import plan
+from engine import plan, step
 from engine.config import SimulationConfig
-from engine.decisions import (decide_exclusion, evidence_accuracy, evidence_of, initial_labeled,
-                                      stop_set_positions, stopping_signal)
-from engine.selection import select_from_scores, typical_from_scores
+from engine.decisions import evidence_of, initial_labeled, stop_set_positions, stopping_signal
 
 log = logging.getLogger("camloop.simulate")
 
@@ -48,18 +46,8 @@ class SimData:
     hflip_default: bool = True
 
 
-def _stratified_subset(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    # Same class shares as the full split, so a small CPU run keeps the data set's balance.
-    idx = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        take = int(round(k * members.size / labels.size))
-        idx.append(rng.choice(members, size=min(take, members.size), replace=False))
-    return np.sort(np.concatenate(idx))
-
-
 def load_data(config: SimulationConfig) -> SimData:
-    from engine.datasets import load_folder_splits, load_named
+    from engine.datasets import load_folder_splits, load_named, stratified_subset
 
     if config.folder is not None:
         pool, val, test, uris = load_folder_splits(config.folder, config.image_size, config.channels, seed=config.seed)
@@ -71,19 +59,41 @@ def load_data(config: SimulationConfig) -> SimData:
                        hflip_default=config.dataset != "digits")
     rng = np.random.default_rng(config.seed)
     if config.pool_limit is not None and config.pool_limit < len(data.pool):
-        keep = _stratified_subset(data.pool.labels, config.pool_limit, rng)
+        keep = stratified_subset(data.pool.labels, config.pool_limit, rng)
         data.pool = data.pool.subset(keep)
         data.pool_uris = [data.pool_uris[i] for i in keep]
         # A quick run also gets a smaller validation split (read every epoch for early stopping
         # and every round as the evidence); the test split, which the curve is on, stays whole.
         val_cap = max(1000, config.pool_limit // 5)
         if val_cap < len(data.val):
-            data.val = data.val.subset(_stratified_subset(data.val.labels, val_cap, rng))
+            data.val = data.val.subset(stratified_subset(data.val.labels, val_cap, rng))
     if config.val_limit is not None and config.val_limit < len(data.val):
-        data.val = data.val.subset(_stratified_subset(data.val.labels, config.val_limit, rng))
+        data.val = data.val.subset(stratified_subset(data.val.labels, config.val_limit, rng))
     if config.test_limit is not None and config.test_limit < len(data.test):
-        data.test = data.test.subset(_stratified_subset(data.test.labels, config.test_limit, rng))
+        data.test = data.test.subset(stratified_subset(data.test.labels, config.test_limit, rng))
     return data
+
+
+def model_from_images(config: SimulationConfig) -> tuple[SimulationConfig, dict | None]:
+    """A --folder run's model settings as registering the folder chooses them (engine.model_choice):
+    the model keys the run did not set (model, image_size, channels, pretrained, frozen_blocks)
+    from a sample of the pool's images (the folder's pool/ when it has one, else every image), on
+    the same device rule (only a `cuda` device counts as a GPU); the keys it set are kept and
+    the others follow from them. Returns the run's config and the choice (None: nothing chosen)."""
+    from engine.imageio import DEFAULT_MAX_PIXELS
+    from engine.model_choice import MODEL_KEYS, choose_model, cuda_named, folder_image_paths
+
+    if config.folder is None:
+        return config, None
+    auto = [k for k in MODEL_KEYS if k not in config.model_fields_set]
+    if not auto:
+        return config, None
+    root = Path(config.folder)
+    paths = folder_image_paths(root / "pool" if (root / "pool").is_dir() else root)
+    given = {k: getattr(config, k) for k in MODEL_KEYS if k not in auto}
+    chosen = choose_model(paths, given, cuda_named(config.device), max_pixels=DEFAULT_MAX_PIXELS)
+    config = SimulationConfig.model_validate({**config.model_dump(), **{k: chosen.config[k] for k in auto}})
+    return config, {"auto": auto, "chosen": chosen.config, "why": chosen.why}
 
 
 def _cache(folder: Path, name: str, images: np.ndarray, first_id: int, labels: np.ndarray) -> c.ImageRefs:
@@ -105,6 +115,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         torch.set_num_threads(config.threads)
     if config.device:
         jobs.DEVICE = config.device
+    config, choice = model_from_images(config)
     data = load_data(config)
     project = config.project(hflip=data.hflip_default if config.hflip is None else config.hflip)
     names = data.class_names
@@ -142,9 +153,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             files.dir.mkdir(parents=True)
             active = [status[n] == "active" for n in names]
             answered = pool if book is None else pool.model_copy(update={"labels": book.given.tolist()})
-            split = plan.split_training(answered.take(np.flatnonzero(labeled)), val, project, len(names))
-            manifest = plan.train_manifest(project, PROJECT_ID, number, names, active, split, test, previous, files,
-                                           stop_set, trunk_dir)
+            planned = step.training(project, PROJECT_ID, step.TrainingFacts(
+                number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
+                val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir))
+            split, manifest = planned.split, planned.manifest
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
                 manifest = manifest.model_copy(update={"relabel_folds": 0})
@@ -162,26 +174,29 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                                  "accuracy": (metrics.get("evidence") or {}).get("accuracy"),
                                  "stop_set": metrics.get("stop_set")})
             record["stopping"] = stopping_signal(project.stopping, stop_history)
-            decisions = decide_exclusion(project.exclusion, history, number, status)
-            newly = [n for n, d in decisions.items() if d.excluded and status[n] == "active"]
-            for n in newly:
-                status[n] = "excluded"
-                exclusions.append({"class": n, "round": number, "reason": decisions[n].reason})
-            record["excluded"] = [{"class": n, "round": number, "reason": decisions[n].reason} for n in newly]
             last = number == config.rounds + 1
+            # The rest of the round as the service runs it (engine.step): exclusion, gatekeepers,
+            # the score manifest; scoring; the selection. The reserve a round queued is with the
+            # experts, not in the unlabeled pool (the service's "queued").
+            scored = step.after_training(project, PROJECT_ID, step.TrainedFacts(
+                number=number, class_names=names, status=status, history=history, models=models,
+                scorer=str(files.checkpoint), pool=pool.take(np.flatnonzero(~labeled & ~reserved)), files=files,
+                shard_size=config.shard_size, trunk_dir=trunk_dir))
+            for n in scored.newly_excluded:
+                exclusions.append({"class": n, "round": number, "reason": scored.decisions[n].reason})
+            status = scored.status
+            record["excluded"] = [{"class": n, "round": number, "reason": scored.decisions[n].reason}
+                                  for n in scored.newly_excluded]
             if not last:
                 t0 = time.perf_counter()
-                active = [status[n] == "active" for n in names]
-                unl = np.flatnonzero(~labeled & ~reserved)
-                score = plan.score_manifest(project, PROJECT_ID, number, names, active, str(files.checkpoint),
-                                            pool.take(unl), config.shard_size, plan.gatekeepers(models, active), files,
-                                            trunk_dir)
-                c.write_manifest(files.score_manifest, score)
-                for k in score.shards:
+                c.write_manifest(files.score_manifest, scored.manifest)
+                for k in scored.manifest.shards:
                     jobs.score_shard(str(files.score_manifest), int(k))
-                sel = select_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)],
-                                         project.strategy, names, active, project.budget, project.reserve_size,
-                                         evidence_accuracy(evidence, names), project.seed, number)
+                sel = step.select(project, step.SelectionFacts(
+                    number, names, scored.active, step.Ranking.SCORES,
+                    [files.score_file(int(k)) for k in sorted(scored.manifest.shards, key=int)], evidence=evidence,
+                    # Nothing is labeled while the in-process jobs run, and no expert votes on regions.
+                    drop_ids=np.flatnonzero(labeled | reserved), wrong_region_votes=None))
                 picked = np.asarray([p.item_id for p in sel.batch], np.int64)
                 reserved[:] = False
                 reserved[[p.item_id for p in sel.reserve]] = True
@@ -223,6 +238,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "config": {**config.model_dump(mode="json"), "hflip": project.hflip, "classes": names,
                    "pool_size": len(data.pool), "val_size": len(data.val), "test_size": len(data.test),
                    "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_run, 1)},
+        **({"model_choice": choice} if choice is not None else {}),
         "first_batch": "typical" if project.typical_first_batch() else "random",
         "initial_labels": [data.pool_uris[i] for i in first],
         "rounds": records,
@@ -267,8 +283,9 @@ def _first_labels(config: SimulationConfig, project, layout: c.Layout, pool: c.I
     c.write_manifest(files.score_manifest, score)
     for k in score.shards:
         jobs.score_shard(str(files.score_manifest), int(k))
-    sel = typical_from_scores([files.score_file(int(k)) for k in sorted(score.shards, key=int)], config.initial, 0,
-                              project.seed, 1)
+    sel = step.select(project, step.SelectionFacts(
+        1, names, [True] * len(names), step.Ranking.TYPICAL,
+        [files.score_file(int(k)) for k in sorted(score.shards, key=int)], budget=config.initial, reserve=0))
     return np.asarray(sorted(p.item_id for p in sel.batch), np.int64)  # pool ids are pool positions
 
 

@@ -42,9 +42,13 @@ def simulate(
     rounds: int = typer.Option(_F["rounds"].default, min=0, help="acquisition rounds (one more trains on every label)"),
     seed: int = typer.Option(_F["seed"].default),
     out: Path = typer.Option(..., help="where to write the run's JSON"),
-    model: str = typer.Option(_F["model"].default, help=" | ".join(model_names())),
-    image_size: int = typer.Option(_F["image_size"].default, help="model input side (a --folder is decoded at it)"),
-    channels: int = typer.Option(_F["channels"].default, help="1 or 3 (a --folder is decoded to it)"),
+    model: Optional[str] = typer.Option(None, help=" | ".join(model_names()) + f" (default {_F['model'].default}; a "
+                                        "--folder: chosen from its images as registering it chooses, with "
+                                        "image size, channels, pretrained and frozen blocks)"),
+    image_size: Optional[int] = typer.Option(None, help=f"model input side (default {_F['image_size'].default}; a "
+                                                        "--folder is decoded at it, chosen from its images)"),
+    channels: Optional[int] = typer.Option(None, help=f"1 or 3 (default {_F['channels'].default}; a --folder is "
+                                                      "decoded to it, chosen from its images)"),
     epochs: int = typer.Option(_F["epochs"].default, min=1),
     mc_samples: int = typer.Option(_F["mc_samples"].default, min=0, help="MC-dropout passes for the committee scores"),
     duplicate_new: int = typer.Option(_F["duplicate_new"].default, min=1, help="times each new label enters training (1: no augmented duplication)"),
@@ -74,9 +78,11 @@ def simulate(
             raise typer.BadParameter(f"{path} does not exist", param_hint="--compare")
     if folder is not None and not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="--folder")
+    # The model keys given only (a --folder's others are chosen from its images).
+    given = {k: v for k, v in (("model", model), ("image_size", image_size), ("channels", channels)) if v is not None}
     options = {"dataset": None if folder is not None else (dataset or "digits"),
-               "folder": str(folder) if folder is not None else None, "strategy": strategy, "model": model,
-               "image_size": image_size, "channels": channels, "initial": initial, "first_batch": first_batch,
+               "folder": str(folder) if folder is not None else None, "strategy": strategy, **given,
+               "initial": initial, "first_batch": first_batch,
                "budget": budget,
                "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
@@ -112,6 +118,11 @@ def simulate(
     except (ValueError, FileNotFoundError) as exc:  # bad data set / folder / model: a message, not a traceback
         raise typer.BadParameter(str(exc)) from exc
     _write_json(out, result)
+    if result.get("model_choice"):
+        chosen = result["model_choice"]["chosen"]
+        console.print(f"model: {chosen['model']} at {chosen['image_size']} px, {chosen['channels']} channel(s), "
+                      f"pretrained {str(chosen['pretrained']).lower()}, {chosen['frozen_blocks']} blocks frozen: "
+                      f"{escape(result['model_choice']['why'])}")
     console.print(_class_table(result))
     for e in result.get("exclusions", []):
         console.print(f"[yellow]excluded[/] {escape(e['class'])} at round {e['round']}: {escape(e['reason'])}")

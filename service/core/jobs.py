@@ -67,6 +67,11 @@ def _output(job: Job) -> tuple[Path | None, dict]:
     return spec.done_file(m, job.shard), spec.outputs(m, job.shard)
 
 
+def train_result(job: Job) -> c.TrainResult:
+    """A finished train job's result (where its checkpoint and metrics are), as the contract types it."""
+    return c.TrainResult.model_validate(job.result)
+
+
 def poll(s: Session, settings: Settings, job: Job, conn) -> str:
     """Bring job.state up to date; (re-)enqueue when Redis does not have it. Returns the state."""
     if job.state in (JobState.FINISHED, JobState.FAILED):

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.model_choice import apply_overrides, choose_defaults, image_stats
+from engine.model_choice import MODEL_KEYS, STATS_SAMPLE, ChoiceConflict, choose_model, cuda_named, pairs
 from service.errors import Unprocessable
 from service.settings import Settings
 from service.store import Project
-
-MODEL_KEYS = ("model", "image_size", "channels", "pretrained", "frozen_blocks")
-STATS_SAMPLE = 200  # files looked at (a seeded random sample of the registered pool)
 
 
 def initial_record(explicit_keys) -> dict:
@@ -50,7 +47,7 @@ def note_patch(project: Project, patch: dict) -> None:
 def cuda_from_settings(settings: Settings) -> bool:
     """Whether the workers run on a GPU, as far as the API knows without torch: only when the
     settings name a CUDA device; `auto` counts as a CPU (the cheaper choice never fails)."""
-    return str(settings.device).strip().lower().startswith("cuda")
+    return cuda_named(settings.device)
 
 
 def choose_from_images(settings: Settings, project: Project, files: list[Path]) -> None:
@@ -62,32 +59,19 @@ def choose_from_images(settings: Settings, project: Project, files: list[Path]) 
         return
     config = dict(project.config or {})
     overrides = {k: config[k] for k in MODEL_KEYS if k not in auto and k in config}
-    stats = image_stats(files, sample=STATS_SAMPLE, max_pixels=settings.max_image_pixels)
-    choice = choose_defaults(stats, cuda=cuda_from_settings(settings))
     try:
-        cfg = apply_overrides(choice, overrides)
-    except ValueError as e:
-        raise Unprocessable(
-            f"the model chosen from the images ({choice.model} at {choice.image_size} px, {choice.channels} "
-            f"channel(s)) cannot keep what the config sets ({_pairs(overrides)}): {e}; set the model in the "
-            f"config (PATCH /api/v1/projects/{project.id}) and register again (nothing registered)") from None
-    why = choice.why
-    if overrides:
-        derived = {k: cfg[k] for k in auto if cfg[k] != getattr(choice, k)}
-        why += f". Kept from the config: {_pairs(overrides)}"
-        if derived:
-            why += f"; following from that, not from the images: {_pairs(derived)}"
+        chosen = choose_model(files, overrides, cuda_from_settings(settings), sample=STATS_SAMPLE,
+                              max_pixels=settings.max_image_pixels)
+    except ChoiceConflict as e:
+        raise Unprocessable(f"{e}; set the model in the config (PATCH /api/v1/projects/{project.id}) and register "
+                            f"again (nothing registered)") from None
+    cfg, stats = chosen.config, chosen.stats
     config.update({k: cfg[k] for k in auto})
     project.config = config
-    project.model_choice = {"auto": auto, "chosen": {k: cfg[k] for k in MODEL_KEYS}, "why": why,
+    project.model_choice = {"auto": auto, "chosen": {k: cfg[k] for k in MODEL_KEYS}, "why": chosen.why,
                             "images": {"count": stats.count, "sampled": stats.sampled,
                                        "median_width": stats.median_width, "median_height": stats.median_height,
                                        "colour_fraction": round(stats.colour_fraction, 3)}}
-
-
-def _pairs(d: dict) -> str:
-    return ", ".join(f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                     for k, v in d.items())
 
 
 def view(project: Project) -> dict | None:
@@ -111,7 +95,7 @@ def view(project: Project) -> dict | None:
         why = mc.get("why") or ""
         patched = [k for k in auto if from_[k] == "config"]
         if patched:
-            why += f". Changed since in the config: {_pairs({k: config.get(k) for k in patched})}"
+            why += f". Changed since in the config: {pairs({k: config.get(k) for k in patched})}"
     elif auto:
         why = (f"{', '.join(k for k in MODEL_KEYS if k in auto)} will be chosen from the images when the first ones "
                f"are registered (size and colour of a sample); the config sets the others")

@@ -24,12 +24,14 @@ from service.core.item_lock import lock_items
 from service.rounds.lifecycle import close, open_batch, waiting_reserves, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
 from service.settings import Settings
-from service.store import Item, ItemStatus, Job, ModelVersion, Project, QueueEntry, Round, utcnow
+from service.store import Item, ItemStatus, Job, JobState, ModelVersion, Project, QueueEntry, Round, utcnow
 from engine import contracts as c
-from engine import plan
+from engine import plan, step
 from engine.config import ProjectConfig
-from engine.decisions import decide_exclusion, evidence_accuracy, evidence_of
-from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
+from engine.decisions import evidence_of
+from engine.jobkinds import JobKind
+from engine.records import RoundProgress
+from engine.selection import Selection
 
 S = RoundState
 
@@ -56,7 +58,16 @@ class Ctx:
     def trunk_dir(self) -> str | None:
         return plan.trunk_cache(self.config, paths.layout(self.settings), self.pid)
 
-    def move(self, old: S, new: S, **values) -> bool:
+    @property
+    def progress(self) -> RoundProgress:
+        return RoundProgress.of(self.rnd.progress)
+
+    def record(self, progress: RoundProgress) -> None:
+        self.rnd.progress = progress.dump()
+
+    def move(self, old: S, new: S, progress: RoundProgress | None = None, **values) -> bool:
+        if progress is not None:
+            values["progress"] = progress.dump()
         won = cas(self.s, self.rnd, old.value, new.value, **values)
         if won:
             self.entered.append(new.value)
@@ -70,15 +81,15 @@ def ingest_state(s: Session, settings: Settings, pid: int, conn) -> tuple[int, i
     from service.core.items import apply_ingest_result
 
     errors, done = [], 0
-    rows = list(s.scalars(select(Job).where(Job.project_id == pid, Job.kind == "ingest", Job.round_id.is_(None))))
+    rows = list(s.scalars(select(Job).where(Job.project_id == pid, Job.kind == JobKind.INGEST, Job.round_id.is_(None))))
     for j in rows:
         was = j.state
         st = jobs.poll(s, settings, j, conn)
-        if st == "finished":
-            if was != "finished":
+        if st == JobState.FINISHED:
+            if was != JobState.FINISHED:
                 apply_ingest_result(s, j)
             done += 1
-        elif st == "failed":
+        elif st == JobState.FAILED:
             errors.append(f"ingest shard {j.shard}: {j.error}")
     return done, len(rows), errors
 
@@ -101,46 +112,45 @@ def _write(path: Path, manifest, stale: list[Path]) -> None:
 def on_created(x: Ctx) -> None:
     done, total, errors = ingest_state(x.s, x.settings, x.pid, x.conn)
     if errors:
-        fail(x.s, x.rnd, "created", "; ".join(errors))
+        fail(x.s, x.rnd, S.CREATED, "; ".join(errors))
         return
     if done < total:
-        x.rnd.progress = {**(x.rnd.progress or {}), "stage": "created", "waiting_for": "ingest",
-                          "ingest_done": done, "ingest_total": total}
+        x.record(x.progress.but(stage=S.CREATED.value, waiting_for=JobKind.INGEST.value, ingest_done=done,
+                                ingest_total=total))
         return
     names = list(x.project.class_names)
     index = {n: i for i, n in enumerate(names)}
-    labeled = inputs.pool_refs(x.s, x.settings, x.project, "labeled", index)
+    labeled = inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.LABELED, index)
     if not len(labeled):
         if x.rnd.train_only:
-            fail(x.s, x.rnd, "created", "nothing is labeled yet: a train-only round has nothing to train on")
+            fail(x.s, x.rnd, S.CREATED, "nothing is labeled yet: a train-only round has nothing to train on")
             return
         if x.config.typical_first_batch():
             _score_pretrained(x, names)
             return
         # Cold start: nothing to train on yet, so the first batch is a random sample.
-        x.move(S.CREATED, S.SELECTING, progress={"stage": "selecting", "cold_start": True,
-                                                 **({"first_batch": "random: no pretrained weights for "
-                                                                    f"{x.config.model}"}
-                                                    if x.config.first_batch == "typical" else {})})
+        x.move(S.CREATED, S.SELECTING, RoundProgress(stage=S.SELECTING.value, cold_start=True,
+                                                     **({"first_batch": "random: no pretrained weights for "
+                                                                        f"{x.config.model}"}
+                                                        if x.config.first_batch == "typical" else {})))
         return
-    classes = inputs.classes(x.s, x.pid)
-    active = [cl.status == "active" for cl in classes]
-    split = plan.split_training(labeled, inputs.split_refs(x.s, x.settings, x.project, "val", index), x.config,
-                                len(names))
-    test = inputs.split_refs(x.s, x.settings, x.project, "test", index)
-    prev = inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number)
+    active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
     files = x.files
-    stop_set = inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number)
-    manifest = plan.train_manifest(x.config, x.pid, x.rnd.number, names, active, split, test, prev, files, stop_set,
-                                   x.trunk_dir)
-    if not x.move(S.CREATED, S.TRAINING, progress={"stage": "training", "n_train": len(split.train),
-                                                   "n_new": int(sum(manifest.is_new)),
-                                                   "evidence": split.source, "n_evidence": len(split.evidence),
-                                                   **({"train_only": True} if x.rnd.train_only else {})}):
+    planned = step.training(x.config, x.pid, step.TrainingFacts(
+        number=x.rnd.number, class_names=names, active=active, labeled=labeled,
+        val=inputs.split_refs(x.s, x.settings, x.project, "val", index),
+        test=inputs.split_refs(x.s, x.settings, x.project, "test", index),
+        previous_train_ids=inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number), files=files,
+        stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir))
+    split, manifest = planned.split, planned.manifest
+    if not x.move(S.CREATED, S.TRAINING, RoundProgress(stage=S.TRAINING.value, n_train=len(split.train),
+                                                       n_new=int(sum(manifest.is_new)), evidence=split.source,
+                                                       n_evidence=len(split.evidence),
+                                                       **({"train_only": True} if x.rnd.train_only else {}))):
         return
     _write(files.train_manifest, manifest,
            [files.checkpoint, files.metrics, files.resume_dir, files.score_manifest, *files.dir.glob("scores_*.npz")])
-    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
+    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, JobKind.TRAIN), JobKind.TRAIN, None,
                           files.train_manifest)
     jobs.poll(x.s, x.settings, job, x.conn)
 
@@ -149,12 +159,13 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
     """A typical first batch: embed the unlabeled pool with the pretrained model (score jobs, no
     checkpoint), then select by TypiClust (select_batch)."""
     files = x.files
-    active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
-    pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
+    active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
+    pool = inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, {})
     manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, None, pool,
                                    x.settings.score_shard_size, [], files, x.trunk_dir)
-    if not x.move(S.CREATED, S.SCORING, progress={"stage": "scoring", "cold_start": True, "first_batch": "typical",
-                                                  "shards": len(manifest.shards), "shards_done": 0}):
+    if not x.move(S.CREATED, S.SCORING, RoundProgress(stage=S.SCORING.value, cold_start=True,
+                                                      first_batch=step.Ranking.TYPICAL.value,
+                                                      shards=len(manifest.shards), shards_done=0)):
         return
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
     _poll_score_jobs(x, manifest.shards)
@@ -164,66 +175,53 @@ def _score_pretrained(x: Ctx, names: list[str]) -> None:
 
 def on_training(x: Ctx) -> None:
     files = x.files
-    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "train"), "train", None,
+    job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, JobKind.TRAIN), JobKind.TRAIN, None,
                           files.train_manifest)
     st = jobs.poll(x.s, x.settings, job, x.conn)
-    if st == "failed":
-        fail(x.s, x.rnd, "training", f"train job {job.rq_id} failed: {job.error}")
+    if st == JobState.FAILED:
+        fail(x.s, x.rnd, S.TRAINING, f"train job {job.rq_id} failed: {job.error}")
         return
-    if st != "finished":
+    if st != JobState.FINISHED:
         return
-    metrics = json.loads(Path(job.result["metrics"]).read_text())
+    result = jobs.train_result(job)
+    metrics = json.loads(Path(result.metrics).read_text())
     names = list(x.project.class_names)
     if x.rnd.train_only:
-        if not x.move(S.TRAINING, S.CLOSED, finished_at=utcnow(), progress={**(x.rnd.progress or {}),
-                                                                           "stage": "closed"}):
+        if not x.move(S.TRAINING, S.CLOSED, x.progress.but(stage=S.CLOSED.value), finished_at=utcnow()):
             return
-        x.rnd.model_version_id = _model_version(x, job, metrics).id
+        x.rnd.model_version_id = _model_version(x, result, metrics).id
         return
-    prog = {**(x.rnd.progress or {}), "stage": "scoring"}
-    if not x.move(S.TRAINING, S.SCORING, progress=prog):
+    prog = x.progress.but(stage=S.SCORING.value)
+    if not x.move(S.TRAINING, S.SCORING, prog):
         return
     # Won: this transaction alone writes the round's model version, the exclusion decisions
     # and the score manifest (a second replica's CAS failed above and wrote nothing).
-    mv = _model_version(x, job, metrics)
-    history = inputs.evidence_history(x.s, x.project, names)
-    excluded_now, not_judged = _apply_exclusion(x, history)
+    mv = _model_version(x, result, metrics)
     classes = inputs.classes(x.s, x.pid)
-    active = [cl.status == "active" for cl in classes]
-    pool = inputs.pool_refs(x.s, x.settings, x.project, "unlabeled", {})
-    keepers = plan.gatekeepers(inputs.trained_models(x.s, x.project, len(names)), active)
     scorer = models.scorer(x.s, x.project, x.config, mv)  # the new model, or a pinned / kept-best one
-    manifest = plan.score_manifest(x.config, x.pid, x.rnd.number, names, active, scorer.checkpoint, pool,
-                                   x.settings.score_shard_size, keepers, files, x.trunk_dir)
+    planned = step.after_training(x.config, x.pid, step.TrainedFacts(
+        number=x.rnd.number, class_names=names, status={cl.name: cl.status for cl in classes},
+        reincluded_at={cl.name: cl.reincluded_round for cl in classes if cl.reincluded_round},
+        history=inputs.evidence_history(x.s, x.project, names),
+        models=inputs.trained_models(x.s, x.project, len(names)), scorer=scorer.checkpoint,
+        pool=inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, {}), files=files,
+        shard_size=x.settings.score_shard_size, trunk_dir=x.trunk_dir))
+    for cl in classes:
+        if cl.name in planned.newly_excluded:
+            d = planned.decisions[cl.name]
+            cl.status, cl.reason, cl.changed_by, cl.changed_at = step.EXCLUDED, d.reason, "rule", utcnow()
+    manifest, keepers = planned.manifest, planned.gatekeepers
     _write(files.score_manifest, manifest, list(files.dir.glob("scores_*.npz")))
     x.rnd.model_version_id, x.rnd.scored_by_id = mv.id, scorer.version.id
-    x.rnd.progress = {**prog, **scorer.progress, "shards": len(manifest.shards), "shards_done": 0,
-                      "excluded_by_rule": excluded_now,
-                      **({"not_judged": not_judged} if not_judged else {}),
-                      **({"gatekeepers": [g.round for g in keepers]} if keepers else {})}
+    x.record(prog.but(**scorer.progress, shards=len(manifest.shards), shards_done=0,
+                      excluded_by_rule=planned.newly_excluded,
+                      **({"not_judged": planned.not_judged} if planned.not_judged else {}),
+                      **({"gatekeepers": [g.round for g in keepers]} if keepers else {})))
     _poll_score_jobs(x, manifest.shards)
 
 
-def _model_version(x: Ctx, job: Job, metrics: dict) -> ModelVersion:
-    return models.register(x.s, x.pid, x.rnd.number, job.result["checkpoint"], metrics)
-
-
-def _apply_exclusion(x: Ctx, history) -> tuple[list[str], dict[str, str]]:
-    classes = inputs.classes(x.s, x.pid)
-    status = {cl.name: cl.status for cl in classes}
-    reinc = {cl.name: cl.reincluded_round for cl in classes if cl.reincluded_round}
-    decisions = decide_exclusion(x.config.exclusion, history, x.rnd.number, status, reinc)
-    newly, not_judged = [], {}
-    for cl in classes:
-        d = decisions.get(cl.name)
-        if d is None:
-            continue
-        if d.excluded and cl.status == "active":
-            cl.status, cl.reason, cl.changed_by, cl.changed_at = "excluded", d.reason, "rule", utcnow()
-            newly.append(cl.name)
-        elif not d.judged and cl.status == "active" and x.config.exclusion.enabled:
-            not_judged[cl.name] = d.reason
-    return newly, not_judged
+def _model_version(x: Ctx, result: c.TrainResult, metrics: dict) -> ModelVersion:
+    return models.register(x.s, x.pid, x.rnd.number, result.checkpoint, metrics)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -232,29 +230,30 @@ def _poll_score_jobs(x: Ctx, shards) -> list[tuple[Job, str]]:
     """Each shard's score job of the round's score manifest, created if missing, then polled."""
     out = []
     for k in sorted(shards, key=int):
-        job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, "score", int(k)), "score", int(k),
+        job = jobs.ensure_job(x.s, x.pid, x.rnd.id, jobs.rq_id(x.settings, x.rnd, JobKind.SCORE, int(k)), JobKind.SCORE, int(k),
                               x.files.score_manifest)
         out.append((job, jobs.poll(x.s, x.settings, job, x.conn)))
     return out
 
 
 def on_scoring(x: Ctx) -> None:
-    polled = _poll_score_jobs(x, jobs.manifest(x.files.score_manifest, "score").shards)
+    polled = _poll_score_jobs(x, jobs.manifest(x.files.score_manifest, JobKind.SCORE).shards)
     states = [state for _, state in polled]
-    errors = [f"score job {job.rq_id} failed: {job.error}" for job, _ in polled if job.state == "failed"]
+    errors = [f"score job {job.rq_id} failed: {job.error}" for job, _ in polled if job.state == JobState.FAILED]
     if errors:
-        fail(x.s, x.rnd, "scoring", "; ".join(errors))
+        fail(x.s, x.rnd, S.SCORING, "; ".join(errors))
         return
-    done = states.count("finished")
-    x.rnd.progress = {**(x.rnd.progress or {}), "shards_done": done}
+    done = states.count(JobState.FINISHED)
+    prog = x.progress.but(shards_done=done)
+    x.record(prog)
     if done == len(states):
-        x.move(S.SCORING, S.SELECTING, progress={**x.rnd.progress, "stage": "selecting"})
+        x.move(S.SCORING, S.SELECTING, prog.but(stage=S.SELECTING.value))
 
 
 # ----------------------------------------------------------------------------- selecting
 
 def _score_files(x: Ctx) -> list[Path]:
-    shards = jobs.manifest(x.files.score_manifest, "score").shards
+    shards = jobs.manifest(x.files.score_manifest, JobKind.SCORE).shards
     return [x.files.score_file(int(k)) for k in sorted(shards, key=int)]
 
 
@@ -263,43 +262,46 @@ def _no_longer_candidates(x: Ctx) -> np.ndarray:
     unlabeled pool; ask for the pool items that are not unlabeled now — a few thousand rows, not
     the whole pool (items are never deleted, only their status changes)."""
     return np.fromiter(x.s.scalars(select(Item.id).where(Item.project_id == x.pid, Item.split == "pool",
-                                                         Item.status != "unlabeled")), np.int64)
+                                                         Item.status != ItemStatus.UNLABELED)), np.int64)
 
 
 def select_batch(x: Ctx) -> Selection:
-    """The round's batch and reserve, in priority order (engine.selection)."""
-    cfg = x.config
-    progress = x.rnd.progress or {}
-    if progress.get("cold_start") and progress.get("first_batch") == "typical":
-        return typical_from_scores(_score_files(x), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number,
-                                   _no_longer_candidates(x))
-    if progress.get("cold_start") or x.rnd.model_version_id is None:
-        return cold_start(inputs.unlabeled_ids(x.s, x.project), cfg.budget, cfg.reserve_size, cfg.seed, x.rnd.number)
+    """The round's batch and reserve, in priority order (engine.step.select)."""
+    progress = x.progress
     names = list(x.project.class_names)
-    active = [cl.status == "active" for cl in inputs.classes(x.s, x.pid)]
-    mv = x.s.get(ModelVersion, x.rnd.model_version_id)
-    accuracy = evidence_accuracy(evidence_of(mv.round, mv.metrics or {}, names), names)
-    # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
-    votes = hooks.wrong_region_counts(x.s, x.project, names)
-    return select_from_scores(_score_files(x), cfg.strategy, names, active, cfg.budget, cfg.reserve_size, accuracy,
-                              cfg.seed, x.rnd.number, _no_longer_candidates(x), votes)
+    active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
+    if progress.cold_start and progress.first_batch == step.Ranking.TYPICAL:
+        facts = step.SelectionFacts(x.rnd.number, names, active, step.Ranking.TYPICAL, _score_files(x),
+                                    drop_ids=_no_longer_candidates(x))
+    elif progress.cold_start or x.rnd.model_version_id is None:
+        facts = step.SelectionFacts(x.rnd.number, names, active, step.Ranking.RANDOM,
+                                    unlabeled_ids=inputs.unlabeled_ids(x.s, x.project))
+    else:
+        mv = x.s.get(ModelVersion, x.rnd.model_version_id)
+        facts = step.SelectionFacts(
+            x.rnd.number, names, active, step.Ranking.SCORES, _score_files(x),
+            evidence=evidence_of(mv.round, mv.metrics or {}, names), drop_ids=_no_longer_candidates(x),
+            # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
+            wrong_region_votes=hooks.wrong_region_counts(x.s, x.project, names))
+    return step.select(x.config, facts)
 
 
 def on_selecting(x: Ctx) -> None:
     t0 = time.perf_counter()
     sel = select_batch(x)
-    prog = {**(x.rnd.progress or {}), "stage": "labeling", "queued": len(sel.batch), "labeled": 0,
-            "selection_s": round(time.perf_counter() - t0, 4)}
+    more = {}
     if sel.reserve:
-        prog["reserve"] = len(sel.reserve)
+        more["reserve"] = len(sel.reserve)
     if sel.gated:
-        prog["kept_out_as_excluded"] = sel.gated
+        more["kept_out_as_excluded"] = sel.gated
     if sel.quota is not None:
-        prog["class_quota"] = dict(zip(x.project.class_names, sel.quota))
+        more["class_quota"] = dict(zip(x.project.class_names, sel.quota))
     if not sel.batch:
-        prog["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
+        more["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
             "nothing to queue: every unlabeled image looks like an excluded class"
-    if not x.move(S.SELECTING, S.LABELING, progress=prog):
+    prog = x.progress.but(stage=S.LABELING.value, queued=len(sel.batch), labeled=0,
+                          selection_s=round(time.perf_counter() - t0, 4), **more)
+    if not x.move(S.SELECTING, S.LABELING, prog):
         return
     rows = [{"round_id": x.rnd.id, "item_id": p.item_id, "rank": r, "pred": p.pred, "scores": p.scores,
              "reserve": r >= len(sel.batch)} for r, p in enumerate(sel.batch + sel.reserve)]
@@ -312,13 +314,13 @@ def on_selecting(x: Ctx) -> None:
     still = [r for r in rows if (it := locked.get(r["item_id"])) is not None and it.status == ItemStatus.UNLABELED]
     if len(still) < len(rows):
         kept = {"queued": sum(not r["reserve"] for r in still)}
-        if "reserve" in x.rnd.progress:
+        if x.progress.reserve is not None:
             kept["reserve"] = sum(r["reserve"] for r in still)
-        x.rnd.progress = {**x.rnd.progress, **kept, "labeled_while_selecting": len(rows) - len(still)}
+        x.record(x.progress.but(**kept, labeled_while_selecting=len(rows) - len(still)))
         rows = still
     withdrawn = withdraw_reserves(x.s, x.rnd, reserves)
     if withdrawn:
-        x.rnd.progress = {**x.rnd.progress, "reserve_withdrawn": withdrawn}
+        x.record(x.progress.but(reserve_withdrawn=withdrawn))
     if rows:
         x.s.execute(QueueEntry.__table__.insert(), rows)
         x.s.execute(update(Item).where(Item.id.in_([r["item_id"] for r in rows]), Item.status == ItemStatus.UNLABELED)
@@ -331,8 +333,8 @@ def on_labeling(x: Ctx) -> None:
     waiting, total = open_batch(x.s, x.rnd)
     done = total - waiting
     # Skipped and quarantined items leave the queue too; "labeled" here is "answered".
-    if (x.rnd.progress or {}).get("labeled") != done:
-        x.rnd.progress = {**(x.rnd.progress or {}), "labeled": done, "queued": total}
+    if x.progress.labeled != done:
+        x.record(x.progress.but(labeled=done, queued=total))
     if waiting == 0 and close(x.s, x.rnd) is not None:
         x.entered.append(S.CLOSED.value)
 

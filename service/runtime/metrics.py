@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from engine.contracts import ScoreJobResult
 from engine.jobkinds import JobKind
 
 REGISTRY = CollectorRegistry()
@@ -33,9 +34,11 @@ def job_finished(kind: str, duration_s: float | None, result: dict | None) -> No
     many images it scored, `n`, in how many `seconds`)."""
     if duration_s is not None:
         JOB_SECONDS.labels(kind).observe(duration_s)
-    result = result or {}
-    if kind == JobKind.SCORE and result.get("n") and result.get("seconds"):
-        n, secs = float(result["n"]), max(1e-9, float(result["seconds"]))
+    if kind != JobKind.SCORE or not result or "n" not in result:  # "n": the job said it (Redis kept its answer)
+        return
+    scored = ScoreJobResult.model_validate(result)
+    if scored.n and scored.seconds:
+        n, secs = float(scored.n), max(1e-9, float(scored.seconds))
         SCORED_ITEMS.inc(n)
         SCORING_SECONDS.inc(secs)
         SCORING_RATE.set(n / secs)
