@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.labelstudio.apply import ApplyResult, LabelSink, apply_events
@@ -62,16 +63,21 @@ def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, se
             return handle_webhook(body, headers, secret=secret(), classes_of=classes_of, sink=sink())
     router = APIRouter()
 
-    @router.post(WEBHOOK_PATH, tags=["label-studio"])
-    async def label_studio_webhook(request: Request):
-        body = await request.body()
+    def handle(body: bytes, headers) -> dict | JSONResponse:
         try:
-            answer = handler(body, request.headers)
+            answer = handler(body, headers)
         except WebhookError as e:
             return JSONResponse({"detail": e.message}, status_code=e.status)
         if on_applied:
             on_applied(answer)
         return answer
+
+    @router.post(WEBHOOK_PATH, tags=["label-studio"])
+    async def label_studio_webhook(request: Request):
+        body = await request.body()
+        # The handler's database work runs in the thread pool, never on the event loop: a burst
+        # of webhooks must not hold up /healthz and every other request behind it.
+        return await run_in_threadpool(handle, body, request.headers)
 
     return router
 
