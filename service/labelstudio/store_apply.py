@@ -111,7 +111,7 @@ def owned_events(s: Session, project: Project, events: Iterable[Event],
     items = {i: p for i, p in s.execute(select(Item.id, Item.project_id)
                                          .where(Item.id.in_({e.item_id for e in ups})))} if ups else {}
     owners = dict(s.execute(select(annotations.c.annotation_id, annotations.c.project_id)
-                            .where(annotations.c.annotation_id.in_({e.annotation_id for e in ups})))) if ups else {}
+                            .where(annotations.c.annotation_id.in_({e.annotation_id for e in ups}))).all()) if ups else {}
     for ev in events:
         if isinstance(ev, AnnotationUpserted):
             why = None
