@@ -407,3 +407,61 @@ def test_healthz_answers_while_a_burst_of_webhooks_is_processed(tmp_path, queue_
         LabelStudioPlugin.handle_webhook = real
         server.should_exit = True
         thread.join(timeout=15)
+
+
+# ------------------------------------------------------------------ 10. camloop simulate takes no nonsense
+
+def _simulate(*args: str):
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli
+
+    return CliRunner().invoke(cli, ["simulate", "--model", "small-cnn", *args])
+
+
+def _png(path: Path, value: int = 0) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), value).save(path)
+
+
+def test_simulate_on_a_camloop_demo_folder_names_images_dataset_instead(tmp_path):
+    demo = tmp_path / "camloop-demo"
+    for sub in ("artifacts", "logs", "report"):
+        _png(demo / sub / "x.png")
+    _png(demo / "images" / "digits" / "pool" / "0" / "a.png")
+    out = tmp_path / "x.json"
+    res = _simulate("--folder", str(demo), "--out", str(out))
+    assert res.exit_code == 2 and "is a camloop folder" in res.output, res.output
+    assert "images/digits" in res.output.replace("\n", "").replace(" ", "").replace("│", "") or \
+        str(demo / "images" / "digits") in res.output, res.output
+    assert not out.exists()
+
+
+def test_simulate_on_class_folders_of_under_two_images_each_is_refused(tmp_path):
+    folder = tmp_path / "thin"
+    for c in ("a", "b", "c"):
+        _png(folder / c / "only.png")
+    res = _simulate("--folder", str(folder), "--out", str(tmp_path / "x.json"))
+    assert res.exit_code == 2 and "under two images each" in res.output, res.output
+
+
+def test_simulate_exclusion_options_without_exclusion_are_refused(tmp_path):
+    out = tmp_path / "x.json"
+    for args in (("--exclude-after", "2"), ("--exclude-below", "0.3"), ("--exclusion-rule", "threshold")):
+        res = _simulate("--dataset", "digits", "--no-exclusion", *args, "--out", str(out))
+        assert res.exit_code == 2 and "act only with --exclusion" in res.output, (args, res.output)
+        res = _simulate("--dataset", "digits", *args, "--out", str(out))  # the default: off
+        assert res.exit_code == 2 and "act only with --exclusion" in res.output, (args, res.output)
+    assert not out.exists()
+
+
+def test_simulate_prints_one_line_per_round_when_stdout_is_not_a_terminal(tmp_path):
+    out = tmp_path / "x.json"
+    res = _simulate("--dataset", "digits", "--strategy", "random", "--epochs", "1", "--initial", "100",
+                    "--budget", "50", "--rounds", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("round ")]
+    assert [ln.split(":")[0] for ln in lines] == ["round 1/2", "round 2/2"], res.output
+    assert "test accuracy" in lines[0] and out.exists()
