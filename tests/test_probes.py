@@ -274,9 +274,11 @@ def _hook(c, payload) -> "object":
     return c.post(HOOK, content=body, headers={SECRET_HEADER: SECRET, "Content-Type": "application/json"})
 
 
-def _ledger_rows(settings) -> dict[int, tuple]:
+def _ledger_rows(settings, *pids: int) -> dict[int, tuple]:
+    """The ledger's rows of these projects (a PostgreSQL database is shared by a test session)."""
     with session_scope(settings) as s:
-        return {r.annotation_id: (r.project_id, r.item_id, r.label) for r in s.execute(select(ledger.annotations))}
+        return {r.annotation_id: (r.project_id, r.item_id, r.label) for r in s.execute(
+            select(ledger.annotations).where(ledger.annotations.c.project_id.in_(pids)))}
 
 
 def _item(settings, iid: int) -> tuple:
@@ -290,22 +292,23 @@ def test_webhook_of_ls_project_a_naming_an_item_of_project_b_stores_and_changes_
     pa, pb = _project(c, "lsA"), _project(c, "lsB")
     _link(settings, pa, 9101, 1)
     b_items = _link(settings, pb, 9202, 1)
-    r = _hook(c, _annotation(501, 9202, b_items[0], "cat"))
+    a1, a2 = 100_000 + pb * 10 + 1, 100_000 + pb * 10 + 2  # unique in a PostgreSQL database shared by the session
+    r = _hook(c, _annotation(a1, 9202, b_items[0], "cat"))
     assert r.status_code == 200 and r.json()["labeled"] == [b_items[0]], r.text
-    before_ledger, before_item = _ledger_rows(settings), _item(settings, b_items[0])
+    before_ledger, before_item = _ledger_rows(settings, pa, pb), _item(settings, b_items[0])
     assert before_item == ("labeled", "cat")
     # A's vote on B's item: refused, nothing stored (no tie later, no retraction).
-    r = _hook(c, _annotation(502, 9101, b_items[0], "dog", annotator=8))
+    r = _hook(c, _annotation(a2, 9101, b_items[0], "dog", annotator=8))
     assert r.status_code == 422 and "not in camloop project" in r.json()["detail"], r.text
     # A's webhook reusing B's annotation id: refused too.
-    r = _hook(c, _annotation(501, 9101, b_items[0], "dog"))
+    r = _hook(c, _annotation(a1, 9101, b_items[0], "dog"))
     assert r.status_code == 422, r.text
     # A's deletion of B's annotation: A has no such annotation; B's stays.
-    r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": 9101}, "annotations": [{"id": 501}]})
+    r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": 9101}, "annotations": [{"id": a1}]})
     assert r.status_code == 200 and r.json()["deleted"] == 0, r.text
-    assert _ledger_rows(settings) == before_ledger and _item(settings, b_items[0]) == before_item
+    assert _ledger_rows(settings, pa, pb) == before_ledger and _item(settings, b_items[0]) == before_item
     # B's own deletion still works: its label is taken back.
-    r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": 9202}, "annotations": [{"id": 501}]})
+    r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": 9202}, "annotations": [{"id": a1}]})
     assert r.status_code == 200 and r.json()["deleted"] == 1, r.text
     assert _item(settings, b_items[0])[1] is None
 
@@ -314,7 +317,7 @@ def test_webhook_fields_of_the_wrong_type_are_422_not_500(app):
     c, settings = app
     pid = _project(c, "types")
     items = _link(settings, pid, 9303, 1)
-    good = _annotation(601, 9303, items[0], "cat")
+    good = _annotation(100_000 + pid * 10, 9303, items[0], "cat")
     cases = [("annotation", "task", "x"), ("annotation", "task", [1]), ("annotation", "project", "x"),
              ("annotation", "project", {"a": 1}), ("annotation", "completed_by", "bob"),
              ("annotation", "completed_by", [1]), ("annotation", "id", "x"), ("annotation", "id", 2**70),
@@ -336,7 +339,7 @@ def test_webhook_fields_of_the_wrong_type_are_422_not_500(app):
     for ids in ([{"id": "x"}], [{"id": [1]}], [{"id": 2**70}], [{}], ["x"]):
         r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": 9303}, "annotations": ids})
         assert r.status_code == 400, (ids, r.text)
-    assert _ledger_rows(settings) == {}
+    assert _ledger_rows(settings, pid) == {}
 
 
 def test_a_deeply_nested_webhook_body_is_a_400_not_a_recursion_error(app):

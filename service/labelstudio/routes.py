@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.labelstudio.apply import ApplyResult, LabelSink, apply_events
-from service.labelstudio.webhook import ClassesOf, WebhookError, check_secret, parse_payload
+from service.labelstudio.webhook import BODY_SCHEMA, ClassesOf, WebhookError, check_secret, parse_payload
 from service.core.display import BadImage, display_png, shown_as_is
 from service.core.signing import SignatureError, UnsafePath, UrlSigner, safe_join
 
@@ -72,7 +72,8 @@ def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, se
             on_applied(answer)
         return answer
 
-    @router.post(WEBHOOK_PATH, tags=["label-studio"])
+    @router.post(WEBHOOK_PATH, tags=["label-studio"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}})
     async def label_studio_webhook(request: Request):
         body = await request.body()
         # The handler's database work runs in the thread pool, never on the event loop: a burst

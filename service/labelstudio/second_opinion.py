@@ -42,7 +42,7 @@ from engine.relabel import decide, max_second_opinions, read_issues, second_opin
 from service.core import paths
 from service.labelstudio import config as cfg
 from service.labelstudio.ledger import annotations as ledger_annotations
-from service.labelstudio.ledger import metadata
+from service.labelstudio.ledger import get_link, metadata
 from service.labelstudio.resolve import one_per_annotator
 from service.store import Item, Label, ModelVersion, Project
 
@@ -145,7 +145,7 @@ def push(plugin, project_id: int) -> dict[int, int]:
     out: dict[int, int] = {}
     with plugin._push_lock(project_id):
         with plugin._session() as s:
-            link = ledger.get_link(s, project_id)
+            link = get_link(s, project_id)
             if link is None:
                 return out
             todo = s.execute(select(second_opinions.c.id, second_opinions.c.item_id, Item.uri)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -121,6 +121,11 @@ def owned_events(s: Session, project: Project, events: Iterable[Event],
                 why = f"item {ev.item_id} is not in camloop project {project.id}"
             elif owners.get(ev.annotation_id, project.id) != project.id:
                 why = "its id is another project's annotation"
+            elif ev.ls_project_id is None:
+                if ls_project_id is None:
+                    why = "it does not say its Label Studio project"
+                else:  # the payload named the project (the link found by it), the annotation did not
+                    ev = replace(ev, ls_project_id=ls_project_id)
             if why:
                 refused.append(f"annotation {ev.annotation_id} refused, nothing stored: {why}")
                 continue

@@ -10,11 +10,35 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from service.labelstudio import config as cfg
 from service.labelstudio.events import (MAX_ID, AnnotationDeleted, AnnotationError, AnnotationUpserted, Event,
                                        parse_annotation)
 
 SECRET_HEADER = "X-Camloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+# The webhook's body as the OpenAPI document shows it (Label Studio 1.x's payload, the fields camloop
+# reads; others are allowed and ignored): what the fuzz of the contract generates, valid or not.
+# The handler checks the same by hand (parse_payload, events.parse_annotation): a wrong type is a 400
+# or a 422 naming the field, never a 500.
+BODY_SCHEMA = {
+    "type": "object", "required": ["action"],
+    "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)},
+        "project": {"type": "object", "properties": {"id": _ID}},
+        "annotation": {"type": "object", "required": ["id"], "properties": {
+            "id": _ID, "task": _ID, "project": _ID, "completed_by": _ID, "was_cancelled": {"type": "boolean"},
+            "updated_at": {"type": "string"},
+            "result": {"type": "array", "items": {"type": "object", "properties": {
+                "from_name": {"type": "string"},
+                "value": {"type": "object", "properties": {"choices": {"type": "array", "items": {"type": "string"}}}}}}}}},
+        "task": {"type": "object", "properties": {"id": _ID, "project": _ID, "data": {"type": "object", "properties": {
+            cfg.ITEM_ID: _ID, cfg.ROUND: _ID}}}},
+        "annotations": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {"id": _ID}}},
+    },
+}
 
 
 class WebhookError(Exception):
