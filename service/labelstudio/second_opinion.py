@@ -44,6 +44,7 @@ from service.labelstudio import config as cfg
 from service.labelstudio.ledger import annotations as ledger_annotations
 from service.labelstudio.ledger import get_link, metadata
 from service.labelstudio.resolve import one_per_annotator
+from service.labelstudio.routes import file_url
 from service.store import Item, Label, ModelVersion, Project
 
 log = logging.getLogger("camloop.labelstudio.second_opinion")
