@@ -21,7 +21,7 @@ import time
 
 import typer
 
-from service.settings import get_settings
+from service.cli.options import settings_or_exit
 
 
 def serve(
@@ -40,7 +40,7 @@ def serve(
     from service.runtime.worker import spawn_worker
     from service.store.migrate import upgrade_head
 
-    settings = _settings_or_exit("camloop serve")
+    settings = settings_or_exit("camloop serve")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     for line in startup_warnings(settings, host):
         logging.getLogger("camloop.serve").warning(line)
@@ -67,18 +67,6 @@ def serve(
     finally:
         if supervisor is not None:
             supervisor.stop()
-
-
-def _settings_or_exit(what: str):
-    """The settings, or a one-paragraph error naming what to change (not a validation traceback)."""
-    from pydantic import ValidationError
-
-    try:
-        return get_settings()
-    except ValidationError as e:
-        problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
-        typer.secho(f"{what}: the settings are refused: {problems}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
 
 
 def _loopback(host: str) -> bool:
@@ -146,7 +134,7 @@ def worker(
     # torch), and only here, in the worker process, so `camloop serve` never loads torch.
     import workers.jobs as jobs
 
-    settings = _settings_or_exit("camloop worker")
+    settings = settings_or_exit("camloop worker")
     jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
     if settings.torch_threads:
         import torch  # the worker process only (see workers.jobs above)
