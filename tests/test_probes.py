@@ -241,6 +241,24 @@ def test_state_files_are_created_readable_by_their_owner_only(tmp_path):
     assert (state / "redis.rdb").exists() and db.exists()
 
 
+def test_a_database_file_an_older_camloop_made_world_readable_is_made_private(tmp_path):
+    from service.settings import Settings
+    from service.store import db as store_db
+    from service.store.migrate import upgrade_head
+
+    st = Settings(data_dir=tmp_path / "old", state_dir=tmp_path / "old-state", api_keys="k")
+    st.state_path.mkdir(parents=True)
+    path = st.state_path / "camloop.db"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    upgrade_head(st)
+    store_db.dispose_engines()
+    store_db._engines.pop(st.database_url_effective, None)  # a fresh start of the server
+    path.chmod(0o644)
+    store_db.get_engine(st)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 # ------------------------------------------------------------------ 2. and 3. the webhook
 
 def _link(settings, pid: int, ls_pid: int, n_items: int) -> list[int]:

@@ -73,7 +73,14 @@ def create_private(path: Path) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
     except FileExistsError:
-        pass
+        # Made by an older camloop (0644): made private too, with its -wal and -shm, when ours.
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                st = f.stat()
+                if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                    f.chmod(st.st_mode & 0o700)
+            except OSError:
+                pass
 
 
 def get_engine(settings: Settings) -> Engine:
