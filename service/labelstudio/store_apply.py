@@ -108,10 +108,13 @@ def owned_events(s: Session, project: Project, events: Iterable[Event],
     refused: list[str] = []
     events = list(events)
     ups = [e for e in events if isinstance(e, AnnotationUpserted)]
-    items = {i: p for i, p in s.execute(select(Item.id, Item.project_id)
-                                         .where(Item.id.in_({e.item_id for e in ups})))} if ups else {}
-    owners = dict(s.execute(select(annotations.c.annotation_id, annotations.c.project_id)
-                            .where(annotations.c.annotation_id.in_({e.annotation_id for e in ups}))).all()) if ups else {}
+    items: dict[int, int] = {}
+    owners: dict[int, int] = {}
+    for k in range(0, len(ups), 5000):  # a first poll may carry many: IN lists of bounded size
+        chunk = ups[k:k + 5000]
+        items.update(s.execute(select(Item.id, Item.project_id).where(Item.id.in_({e.item_id for e in chunk}))).all())
+        owners.update(s.execute(select(annotations.c.annotation_id, annotations.c.project_id)
+                                .where(annotations.c.annotation_id.in_({e.annotation_id for e in chunk}))).all())
     for ev in events:
         if isinstance(ev, AnnotationUpserted):
             why = None
