@@ -61,7 +61,7 @@ class ItemsIn(BaseModel):
     _path = field_validator("folder")(check_path)
 
     @model_validator(mode="after")
-    def _something(self) -> "ItemsIn":
+    def _not_empty(self) -> "ItemsIn":
         if self.folder is None and not self.items:
             raise ValueError("nothing to register: give a folder, or items (a non-empty list)")
         return self
