@@ -70,7 +70,7 @@ def _choices(result: Iterable[Mapping], from_name: str) -> list[str]:
         value = r.get("value") or {}
         ch = value.get("choices") if isinstance(value, Mapping) else None
         if not isinstance(ch, list):
-            raise AnnotationError(f"result for {from_name!r} has no choices list: {r!r}")
+            raise AnnotationError(f"result for {from_name!r} has no choices list: {r!r:.200}")
         out.extend(str(c) for c in ch)
     return out
 
