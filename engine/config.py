@@ -231,8 +231,10 @@ class ProjectConfig(_Strict):
     @field_validator("ls_project_id")
     @classmethod
     def _ls_ref(cls, v):
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("must be a project id or a non-empty title")
+        if isinstance(v, str) and (not v.strip() or len(v) > 200):
+            raise ValueError("must be a project id or a non-empty title (up to 200 characters)")
+        if isinstance(v, int) and not 1 <= v <= 2**31 - 1:
+            raise ValueError(f"a Label Studio project id is between 1 and {2**31 - 1}, got {v}")
         return v
 
 

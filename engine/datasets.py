@@ -126,6 +126,30 @@ def load_image_folder(root, size: int = 28, channels: int = 1, *, class_names=No
     return Dataset(arr, np.asarray(labels, np.int64), class_names, paths), quarantined
 
 
+# Folders `camloop demo` writes beside its images: a folder holding them is a demo's folder, not
+# a labeled data set (its images are in images/<data set>).
+CAMLOOP_FOLDERS = frozenset({"artifacts", "images", "logs", "report"})
+
+
+def check_labeled_folder(root) -> None:
+    """ValueError naming the right folder when `root` is no labeled data set: a camloop (demo)
+    folder, whose class folders would be artifacts/, images/, logs/, report/; or one whose class
+    folders hold under two images each. Cheap (file names only): before any image is decoded."""
+    root = Path(root)
+    base = root / "pool" if (root / "pool").is_dir() else root
+    classes = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")] if base.is_dir() else []
+    own = sorted(p.name for p in classes if p.name in CAMLOOP_FOLDERS)
+    if base == root and len(own) >= 2:
+        sets = sorted(p for p in (root / "images").iterdir() if p.is_dir()) if (root / "images").is_dir() else []
+        where = (" or ".join(str(p) for p in sets[:3]) if sets else f"{root / 'images'}/<data set>")
+        raise ValueError(f"{root} is a camloop folder (it holds {', '.join(own)}), not a labeled data set: give "
+                         f"--folder {where} (<class>/ folders, or pool/ val/ test/ with <class>/ in each)")
+    counts = {p.name: len(_image_files(p)) for p in classes}
+    if counts and all(n < 2 for n in counts.values()):
+        raise ValueError(f"the class folders of {base} hold under two images each ({counts}): not a labeled data "
+                         "set; give the folder whose sub-folders are the classes, each with its images")
+
+
 def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0):
     """(pool, val, test, pool uris) from a labeled folder, for `camloop simulate --folder`.
 
@@ -138,6 +162,7 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
+    check_labeled_folder(root)
     order = root / "classes.txt"
     names = [ln.strip() for ln in order.read_text().splitlines() if ln.strip()] if order.is_file() else None
     if (root / "pool").is_dir():

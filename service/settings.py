@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.config import SCORE_SHARD_SIZE
@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     # Comma-separated bearer keys. Engineer keys may write; dashboard keys only read.
     api_keys: SecretStr = Field(default=SecretStr(""), description="engineer API keys, comma separated")
     dashboard_keys: SecretStr = Field(default=SecretStr(""), description="read-only API keys, comma separated")
-    auth_disabled: bool = Field(default=False, description="only for the local demo: no key needed")
+    auth_disabled: bool = Field(default=False, description="only for the local demo: no key needed; refused together "
+                                "with CAMLOOP_API_KEYS or CAMLOOP_DASHBOARD_KEYS")
+    metrics_require_key: bool = Field(default=False, description="/metrics answers only with an API key (engineer or "
+                                      "dashboard); set it where others than your Prometheus reach the server")
 
     url_signing_key: SecretStr = Field(default=SecretStr(""), description="HMAC key for signed image URLs; generated per data dir when empty")
     signed_url_ttl_s: int = 3600
@@ -93,6 +96,16 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=0.5, description="how often the API process advances open rounds")
     worker_grace_s: float = Field(default=60.0, ge=0, description="/readyz answers 503 when no worker has been seen "
                                   "for this long while jobs wait")
+
+    @model_validator(mode="after")
+    def _keys_or_no_auth(self) -> "Settings":
+        # Both set is a contradiction an operator would not see: keys configured, yet any string
+        # (or none) writes. Refused, so neither silently wins.
+        if self.auth_disabled and (self.split_keys(self.api_keys) or self.split_keys(self.dashboard_keys)):
+            raise ValueError("CAMLOOP_AUTH_DISABLED=true and CAMLOOP_API_KEYS / CAMLOOP_DASHBOARD_KEYS are both set: "
+                             "keys would be ignored and any caller could write. Unset CAMLOOP_AUTH_DISABLED (keys "
+                             "needed) or unset the keys (a local trial without keys)")
+        return self
 
     @property
     def artifacts_path(self) -> Path:

@@ -83,6 +83,12 @@ def base_url(request, tmp_path_factory):
         c.post(f"/api/v1/projects/{pid}/rounds")
         item = c.get(f"/api/v1/projects/{pid}/items").json()["items"][0]["id"]
         c.post(f"/api/v1/projects/{pid}/labels", json={"labels": [{"item_id": item, "class": "1", "client_id": "seed"}]})
+    # Label Studio project 1 linked to the project: fuzzed webhooks naming it reach the ledger.
+    from service.labelstudio import ledger
+    from service.store.db import session_scope
+
+    with session_scope(settings) as s:
+        ledger.set_link(s, pid, 1, None, 1)
     yield url
     server.should_exit = True
     thread.join(timeout=15)

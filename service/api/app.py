@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
+from service.api.auth import authenticate
 from service.api.deps import caller, writer
 from service.api.prometheus import StoreCollector, render
 from service.api.routers import router
@@ -209,8 +210,13 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
 
     collector = StoreCollector(settings)
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-    def prometheus() -> PlainTextResponse:
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
+             responses={401: {"description": "CAMLOOP_METRICS_REQUIRE_KEY is set and no valid key was sent"}})
+    def prometheus(request: Request) -> PlainTextResponse:
+        """Prometheus scrape: counts by stage and by class (class names included). Open unless
+        CAMLOOP_METRICS_REQUIRE_KEY=true; then any API key (engineer or dashboard) reads it."""
+        if settings.metrics_require_key:
+            authenticate(request, settings)  # 401 without a valid key
         return PlainTextResponse(render(collector), media_type="text/plain; version=0.0.4")
 
     app.include_router(router, prefix="/api/v1")

@@ -1,5 +1,7 @@
 """Bearer API keys: engineer keys write, dashboard keys read. Keys are compared with
-hmac.compare_digest and never logged nor echoed; a caller is named by a short key fingerprint."""
+hmac.compare_digest and never logged nor echoed; a caller is named by a short key fingerprint: an
+HMAC of the key under the server's secret (the URL-signing key), so the name shown to every
+read-only key (`changed_by`, a label's `who`) cannot be used to guess the key offline."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from service.core.signing import signing_key
 from service.settings import Settings
 
 
@@ -24,6 +27,19 @@ def _match(token: str, keys: frozenset[str]) -> bool:
     return found
 
 
+def fingerprint(secret: bytes, token: str) -> str:
+    """A caller's name: 10 hex of HMAC-SHA256(server secret, key); stable for one installation."""
+    return "key:" + hmac.new(secret, b"camloop-caller\n" + token.encode(), hashlib.sha256).hexdigest()[:10]
+
+
+def _secret(request: Request, settings: Settings) -> bytes:
+    state = request.app.state
+    key = getattr(state, "caller_secret", None)
+    if key is None:
+        key = state.caller_secret = signing_key(settings)
+    return key
+
+
 def authenticate(request: Request, settings: Settings) -> Caller:
     if settings.auth_disabled:
         return Caller("local", True)
@@ -32,11 +48,10 @@ def authenticate(request: Request, settings: Settings) -> Caller:
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "missing bearer API key", headers={"WWW-Authenticate": "Bearer"})
     token = token.strip()
-    who = "key:" + hashlib.sha256(token.encode()).hexdigest()[:10]
     if _match(token, settings.split_keys(settings.api_keys)):
-        return Caller(who, True)
+        return Caller(fingerprint(_secret(request, settings), token), True)
     if _match(token, settings.split_keys(settings.dashboard_keys)):
-        return Caller(who, False)
+        return Caller(fingerprint(_secret(request, settings), token), False)
     raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator, model_validator
 
 from engine.config import ProjectConfig
 from service.store import MAX_ID  # noqa: F401  (routers read it from here too)
@@ -18,6 +18,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # ----------------------------------------------------------------------------- requests
 
 class ProjectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as PATCH: a misspelt key is a 422, not dropped
     name: str = Field(min_length=1, max_length=200)
     classes: list[Name] = Field(max_length=10000)
     config: ProjectConfig = Field(default_factory=ProjectConfig, description="every key optional; defaults shown")
@@ -28,31 +29,58 @@ class ProjectPatch(BaseModel):
     config: dict[str, Any] = Field(description="keys of the project config to change (nested sections merged)")
 
 
+NAME_MAX = 255  # bytes of one path component (file or folder name) on every common file system
+
+
+def check_path(v: str | None) -> str | None:
+    """A path of the request: no component longer than the file system allows (a 422 naming it,
+    rather than ENAMETOOLONG deep in registration with the whole path in a traceback)."""
+    if v is None:
+        return v
+    for part in v.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise ValueError(f"a path component is {len(part.encode('utf-8', 'surrogatepass'))} bytes long, over "
+                             f"the {NAME_MAX} a file or folder name can have: {part[:40]!r}…")
+    return v
+
+
 class ItemIn(BaseModel):
-    uri: str = Field(description="path relative to the data root")
+    uri: str = Field(max_length=4096, description="path relative to the data root")
     split: str | None = None
     label: Name | None = Field(default=None, description="known label (val/test, or an initial pool seed)")
 
+    _path = field_validator("uri")(check_path)
+
 
 class ItemsIn(BaseModel):
-    folder: str | None = Field(default=None, description="folder relative to the data root")
+    folder: str | None = Field(default=None, max_length=4096, description="folder relative to the data root")
     items: list[ItemIn] | None = Field(default=None, max_length=1_000_000)
     split: str = Field(default="pool", max_length=16)
     recursive: bool = True
 
+    _path = field_validator("folder")(check_path)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "ItemsIn":
+        if self.folder is None and not self.items:
+            raise ValueError("nothing to register: give a folder, or items (a non-empty list)")
+        return self
+
 
 class RoundIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    force: bool = Field(False, description="close a round whose batch is still being labeled (its open images "
+    # Strict: a destructive flag is true or false, never "yes", 1 or "on".
+    force: StrictBool = Field(False, description="close a round whose batch is still being labeled (its open images "
                                            "go back to the pool)")
-    train_only: bool = Field(False, description="train and evaluate on every label, queue nothing (the last round)")
+    train_only: StrictBool = Field(False, description="train and evaluate on every label, queue nothing (the last round)")
 
 
 class LabelIn(BaseModel):
     item_id: int = Field(ge=1, le=MAX_ID)
     class_name: Name = Field(alias="class")
     client_id: str = Field(min_length=1, max_length=200, description="idempotency key chosen by the client")
-    who: str | None = Field(default=None, max_length=200, description="the expert; default: the API key's fingerprint")
+    who: str | None = Field(default=None, max_length=200, description="the expert, as the client names them; stored after the "
+                     "API key's name (`key:… as <who>`), never alone")
 
     model_config = {"populate_by_name": True}
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from service.settings import get_settings
+from service.cli.options import settings_or_exit
 from service.states import JobState, RoundState
 
 project_app = typer.Typer(help="projects on a camloop server", no_args_is_help=True)
@@ -27,7 +27,7 @@ KEY = typer.Option(None, "--key", help="bearer API key (default CAMLOOP_API_KEY)
 
 
 def _client(url: str | None, key: str | None) -> httpx.Client:
-    s = get_settings()
+    s = settings_or_exit("camloop")
     base = (url or s.api_url or s.public_base_url).rstrip("/")
     key = key or (s.api_key.get_secret_value() if s.api_key else None)
     headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.settings import get_settings
+from service.cli.options import settings_or_exit
 
 
 def queues(
@@ -26,7 +26,7 @@ def queues(
     from engine.jobkinds import QUEUES
     from service.runtime import jobqueue, redis_server
 
-    settings = get_settings()
+    settings = settings_or_exit("camloop queues")
     if not settings.redis_url and not (settings.state_path / redis_server.REGISTRY_FILE).exists():
         typer.secho(f"no job queue to show: REDIS_URL is unset and no embedded server runs for the data dir "
                     f"{settings.data_dir} (start `camloop serve` with the same CAMLOOP_DATA_DIR first)",

@@ -21,7 +21,7 @@ import time
 
 import typer
 
-from service.settings import get_settings
+from service.cli.options import settings_or_exit
 
 
 def serve(
@@ -40,9 +40,9 @@ def serve(
     from service.runtime.worker import spawn_worker
     from service.store.migrate import upgrade_head
 
-    settings = get_settings()
+    settings = settings_or_exit("camloop serve")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    for line in startup_warnings(settings):
+    for line in startup_warnings(settings, host):
         logging.getLogger("camloop.serve").warning(line)
     upgrade_head(settings)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; under the default action
@@ -69,9 +69,22 @@ def serve(
             supervisor.stop()
 
 
-def startup_warnings(settings) -> list[str]:
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def startup_warnings(settings, host: str = "127.0.0.1") -> list[str]:
     """What an operator should hear about when the server starts."""
     out = []
+    if settings.auth_disabled:
+        where = ("on a loopback interface only: other programs of this machine can still write"
+                 if _loopback(host) else
+                 f"on {host}, reachable from other machines: ANYONE WHO REACHES THIS PORT CAN READ AND CHANGE "
+                 "EVERY PROJECT. Set CAMLOOP_API_KEYS and unset CAMLOOP_AUTH_DISABLED, or bind 127.0.0.1")
+        out.append(f"CAMLOOP_AUTH_DISABLED=true: every request is accepted without a key, {where}.")
+    if not _loopback(host) and not settings.metrics_require_key and not settings.auth_disabled:
+        out.append(f"/metrics answers without a key on {host} (it names every project's classes); set "
+                   "CAMLOOP_METRICS_REQUIRE_KEY=true where others than your Prometheus reach this port.")
     if not settings.auth_disabled and not settings.split_keys(settings.api_keys):
         out.append("CAMLOOP_API_KEYS is not set: every API request will be refused (401) except /healthz, "
                    "/readyz, /metrics and the signed URLs. Set CAMLOOP_API_KEYS=<key>[,<key>...] "
@@ -121,7 +134,7 @@ def worker(
     # torch), and only here, in the worker process, so `camloop serve` never loads torch.
     import workers.jobs as jobs
 
-    settings = get_settings()
+    settings = settings_or_exit("camloop worker")
     jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
     if settings.torch_threads:
         import torch  # the worker process only (see workers.jobs above)

@@ -54,10 +54,12 @@ def simulate(
     duplicate_new: int = typer.Option(_F["duplicate_new"].default, min=1, help="times each new label enters training (1: no augmented duplication)"),
     pool_limit: Optional[int] = typer.Option(None, min=1, help="subsample the pool (stratified) for a quick run"),
     exclusion: bool = typer.Option(_X["enabled"].default, "--exclusion/--no-exclusion", help="let the class-exclusion rule act"),
-    exclusion_rule: str = typer.Option(_X["rule"].default, help="evidence (an interval on the held-out count and a "
+    exclusion_rule: Optional[str] = typer.Option(None, help=f"(default {_X['rule'].default}) evidence (an interval on the held-out count and a "
                                                                 "slope with its error) | threshold (exclude_below, min_gain)"),
-    exclude_after: int = typer.Option(_X["exclude_after"].default, min=1, help="first round the rule may exclude a class"),
-    exclude_below: float = typer.Option(_X["exclude_below"].default, min=0.0, max=1.0, help="the threshold rule's line"),
+    exclude_after: Optional[int] = typer.Option(None, min=1, help="first round the rule may exclude a class "
+                                                                  f"(default {_X['exclude_after'].default})"),
+    exclude_below: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="the threshold rule's line "
+                                                                             f"(default {_X['exclude_below'].default})"),
     oracle_noise: float = typer.Option(_F["oracle_noise"].default, min=0.0, max=1.0,
                                        help="each simulated expert answer is wrong with this probability"),
     noise_kind: str = typer.Option(_F["noise_kind"].default, help="uniform (any other class) | confusable (the "
@@ -78,8 +80,17 @@ def simulate(
             raise typer.BadParameter(f"{path} does not exist", param_hint="--compare")
     if folder is not None and not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="--folder")
+    if folder is not None:
+        from engine.datasets import check_labeled_folder
+
+        try:
+            check_labeled_folder(folder)  # before torch loads: a wrong folder is said at once
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--folder") from None
     # The model keys given only (a --folder's others are chosen from its images).
     given = {k: v for k, v in (("model", model), ("image_size", image_size), ("channels", channels)) if v is not None}
+    given_rule = {k: v for k, v in (("rule", exclusion_rule), ("exclude_after", exclude_after),
+                                    ("exclude_below", exclude_below)) if v is not None}
     options = {"dataset": None if folder is not None else (dataset or "digits"),
                "folder": str(folder) if folder is not None else None, "strategy": strategy, **given,
                "initial": initial, "first_batch": first_batch,
@@ -87,8 +98,7 @@ def simulate(
                "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
                "oracle_noise": oracle_noise, "noise_kind": noise_kind, "relabel": {"enabled": relabel},
-               "exclusion": {"enabled": exclusion, "rule": exclusion_rule, "exclude_after": exclude_after,
-                             "exclude_below": exclude_below}}
+               "exclusion": {"enabled": exclusion, **given_rule}}
     try:
         config = SimulationConfig(**merge_config(options, json_object(config, "--config")))
     except ValidationError as e:
@@ -96,11 +106,16 @@ def simulate(
         raise typer.BadParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     if dataset and folder is not None:
         raise typer.BadParameter("give --dataset or --folder, not both", param_hint="--folder")
+    if given_rule and not config.exclusion.enabled:
+        flags = ", ".join("--" + k.replace("_", "-").replace("rule", "exclusion-rule") for k in given_rule)
+        raise typer.BadParameter(f"{flags} act only with --exclusion (the exclusion rule is off): add --exclusion, "
+                                 "or leave them out", param_hint="--exclusion")
     # The composition root loads the workers (and torch) only when a simulation runs, so the
     # other commands and `camloop simulate --help` stay light.
     from workers.simulate import run_simulation
 
     console = Console()
+    live_view = console.is_terminal  # a log file or CI: one plain line per round instead of a live table
     table = _round_table()
     source = folder.name if folder is not None else config.dataset
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
@@ -111,9 +126,18 @@ def simulate(
         table.add_row(str(record["round"]), str(record["labeled"]), f"{record['accuracy']:.4f}",
                       f"{record['macro_f1']:.4f}", excluded, f"{sum(record.get('seconds', {}).values()):.1f}")
         bar.advance(task)
+        if not live_view:
+            print(f"round {record['round']}/{rounds + 1}: {record['labeled']} labeled, test accuracy "
+                  f"{record['accuracy']:.4f}, macro F1 {record['macro_f1']:.4f}"
+                  + (f", excluded now: {excluded}" if excluded else "")
+                  + f" ({sum(record.get('seconds', {}).values()):.1f} s)", flush=True)
 
     try:
-        with Live(Group(table, bar), console=console, refresh_per_second=4):
+        if live_view:
+            with Live(Group(table, bar), console=console, refresh_per_second=4):
+                result = run_simulation(config, progress=on_round)
+        else:
+            print(f"{strategy} on {source}: {rounds + 1} rounds", flush=True)
             result = run_simulation(config, progress=on_round)
     except (ValueError, FileNotFoundError) as exc:  # bad data set / folder / model: a message, not a traceback
         raise typer.BadParameter(str(exc)) from exc

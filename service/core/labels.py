@@ -34,6 +34,15 @@ def _set_label(item: Item, class_name: str) -> None:
     flag_modified(item, "status")
 
 
+def who_of(caller: str, named: str | None) -> str:
+    """A label's `who` from a client: the caller's key name, then the expert the client names
+    ("key:… as alice"). A client names its experts but cannot pose as another key or as Label
+    Studio's resolution ("label-studio agreed (cat×3)")."""
+    if named is None or not named.strip():
+        return caller
+    return f"{caller} as {named.strip()}"[:200]
+
+
 def record_label(s: Session, project: Project, item_id: int, class_name: str, who: str,
                  source: str, external_id: str) -> tuple[Label, bool]:
     """(label, created). The Label Studio bridge calls this with source='label-studio'."""

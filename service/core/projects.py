@@ -24,9 +24,25 @@ def validated_config(data: dict | None) -> ProjectConfig:
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())) from None
 
 
+def check_name(what: str, name: str) -> None:
+    """A project's or a class's name: not blank, no control character (NUL, newline, tab, DEL):
+    names travel in URLs, file names, CSV columns and Label Studio's labeling config."""
+    if not name.strip():
+        raise Unprocessable(f"{what} {name!r} is blank")
+    bad = next((ch for ch in name if ord(ch) < 32 or 127 <= ord(ch) < 160), None)
+    if bad is not None:
+        raise Unprocessable(f"{what} {name!r} holds a control character ({bad!r}); names are printable text")
+
+
 def create_project(s: Session, name: str, class_names: list[str], config: dict | ProjectConfig | None) -> Project:
-    if len(class_names) < 2 or len(set(class_names)) != len(class_names) or not all(c.strip() for c in class_names):
-        raise Unprocessable("classes must be at least two distinct non-empty names")
+    check_name("project name", name)
+    for c in class_names:
+        check_name("class", c)
+    stripped = [c.strip() for c in class_names]
+    if len(class_names) < 2 or len(set(stripped)) != len(stripped):
+        twins = sorted({c for c in class_names if stripped.count(c.strip()) > 1})
+        raise Unprocessable("classes must be at least two distinct names" +
+                            (f" (equal but for spaces around them: {twins})" if twins else ""))
     cfg = config if isinstance(config, ProjectConfig) else validated_config(config)
     # The model keys the caller did not set are chosen from the images when the first ones are
     # registered (service.core.model_choice); until then the config holds ProjectConfig's defaults.

@@ -70,9 +70,28 @@ def _choices(result: Iterable[Mapping], from_name: str) -> list[str]:
         value = r.get("value") or {}
         ch = value.get("choices") if isinstance(value, Mapping) else None
         if not isinstance(ch, list):
-            raise AnnotationError(f"result for {from_name!r} has no choices list: {r!r}")
+            raise AnnotationError(f"result for {from_name!r} has no choices list: {r!r:.200}")
         out.extend(str(c) for c in ch)
     return out
+
+
+MAX_ID = 2**31 - 1  # Label Studio's ids and camloop's are 32-bit INTEGER columns
+
+
+def _int(v: Any, what: str, annotation_id: int | str, *, optional: bool = False) -> int | None:
+    """An id of the payload as an int (a JSON number or a string of digits), or AnnotationError
+    (a 422) naming the field: a wrong type is the sender's mistake, never a 500."""
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise AnnotationError(f"annotation {annotation_id}: {what} must be an integer, got {type(v).__name__}")
+    try:
+        n = int(v)
+    except ValueError:
+        raise AnnotationError(f"annotation {annotation_id}: {what}={v!r:.40} is not an integer") from None
+    if not 0 <= n <= MAX_ID:
+        raise AnnotationError(f"annotation {annotation_id}: {what}={n} is out of range (0 to {MAX_ID})")
+    return n
 
 
 def parse_annotation(ann: Mapping, task: Mapping | None, classes: Iterable[str]) -> AnnotationUpserted:
@@ -81,21 +100,20 @@ def parse_annotation(ann: Mapping, task: Mapping | None, classes: Iterable[str])
     `task` may be None when the annotation dict carries the task data itself (it never
     does in 1.23.2 payloads, but the export format nests it).
     """
-    try:
-        annotation_id = int(ann["id"])
-    except (KeyError, TypeError, ValueError):
-        raise AnnotationError(f"annotation without an id: {dict(ann)!r:.200}") from None
+    if "id" not in ann:
+        raise AnnotationError(f"annotation without an id (keys: {', '.join(map(str, list(ann)[:20]))})")
+    annotation_id = _int(ann["id"], "id", "?")
     task = task if task is not None else (ann.get("task") if isinstance(ann.get("task"), Mapping) else {})
     data = task.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise AnnotationError(f"annotation {annotation_id}: task.data must be an object, got {type(data).__name__}")
     item_id = data.get(cfg.ITEM_ID)
     if item_id is None or item_id == "":
         raise AnnotationError(f"annotation {annotation_id}: its task has no {cfg.ITEM_ID} (not imported by camloop?)")
-    try:
-        item_id = int(item_id)
-    except (TypeError, ValueError):
-        raise AnnotationError(f"annotation {annotation_id}: {cfg.ITEM_ID}={item_id!r} is not an integer") from None
+    item_id = _int(item_id, cfg.ITEM_ID, annotation_id)
     ls_task = ann.get("task")
-    ls_task_id = int(ls_task["id"] if isinstance(ls_task, Mapping) else (ls_task if ls_task is not None else task.get("id")))
+    ls_task_id = _int(ls_task.get("id") if isinstance(ls_task, Mapping) else
+                      (ls_task if ls_task is not None else task.get("id")), "annotation.task", annotation_id)
     result = ann.get("result") or []
     if not isinstance(result, list):
         raise AnnotationError(f"annotation {annotation_id}: result is not a list")
@@ -115,7 +133,7 @@ def parse_annotation(ann: Mapping, task: Mapping | None, classes: Iterable[str])
         problem = f"class {labels[0]!r} is not in the project (classes: {sorted(known)})"
     else:
         label = labels[0]
-    rnd = data.get(cfg.ROUND)
+    rnd = _int(data.get(cfg.ROUND), cfg.ROUND, annotation_id, optional=True)
     completed_by = ann.get("completed_by")
     if isinstance(completed_by, Mapping):  # some serializers nest the user
         completed_by = completed_by.get("id")
@@ -123,13 +141,13 @@ def parse_annotation(ann: Mapping, task: Mapping | None, classes: Iterable[str])
     return AnnotationUpserted(
         annotation_id=annotation_id,
         ls_task_id=ls_task_id,
-        ls_project_id=int(project) if project is not None else None,
+        ls_project_id=_int(project, "annotation.project", annotation_id, optional=True),
         item_id=item_id,
-        annotator=int(completed_by) if completed_by is not None else None,
+        annotator=_int(completed_by, "completed_by", annotation_id, optional=True),
         label=label,
         wrong_region=wrong and not skipped,
         skipped=skipped,
         problem=problem,
         updated_at=_parse_time(ann.get("updated_at") or ann.get("created_at")),
-        round=int(rnd) if rnd is not None else None,
+        round=rnd,
     )

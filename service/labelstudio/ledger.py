@@ -77,8 +77,13 @@ class SqlSink:
         self.s = session
         self.project_id = project_id
 
+    # Every read and write is scoped to the project: an annotation id of another project is not
+    # this sink's to read, change or delete (store_apply.owned_events refuses such events first).
+    def _mine(self, annotation_id: int):
+        return (annotations.c.annotation_id == annotation_id) & (annotations.c.project_id == self.project_id)
+
     def get(self, annotation_id: int) -> AnnotationUpserted | None:
-        r = self.s.execute(select(annotations).where(annotations.c.annotation_id == annotation_id)).first()
+        r = self.s.execute(select(annotations).where(self._mine(annotation_id))).first()
         return _row_to_event(r) if r is not None else None
 
     def put(self, ev: AnnotationUpserted) -> None:
@@ -86,23 +91,25 @@ class SqlSink:
                       item_id=ev.item_id, annotator=ev.annotator, label=ev.label, wrong_region=ev.wrong_region,
                       skipped=ev.skipped, problem=ev.problem, round=ev.round, updated_at=ev.updated_at,
                       seen_at=datetime.now(timezone.utc))
-        done = self.s.execute(update(annotations).where(annotations.c.annotation_id == ev.annotation_id)
+        done = self.s.execute(update(annotations).where(self._mine(ev.annotation_id))
                               .values(**values)).rowcount
         if not done:
             self.s.execute(insert(annotations).values(annotation_id=ev.annotation_id, **values))
 
     def delete(self, annotation_id: int) -> bool:
-        return bool(self.s.execute(delete(annotations).where(annotations.c.annotation_id == annotation_id)).rowcount)
+        return bool(self.s.execute(delete(annotations).where(self._mine(annotation_id))).rowcount)
 
     def annotation_ids(self, ls_project_id: int) -> set[int]:
         return set(self.s.scalars(select(annotations.c.annotation_id)
-                                  .where(annotations.c.ls_project_id == ls_project_id)))
+                                  .where(annotations.c.ls_project_id == ls_project_id,
+                                         annotations.c.project_id == self.project_id)))
 
     def for_items(self, item_ids) -> dict[int, list[AnnotationUpserted]]:
         out: dict[int, list[AnnotationUpserted]] = {i: [] for i in item_ids}
         if not out:
             return out
-        for r in self.s.execute(select(annotations).where(annotations.c.item_id.in_(list(out)))):
+        for r in self.s.execute(select(annotations).where(annotations.c.item_id.in_(list(out)),
+                                                          annotations.c.project_id == self.project_id)):
             out[r.item_id].append(_row_to_event(r))
         return out
 

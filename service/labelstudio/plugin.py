@@ -251,7 +251,7 @@ class LabelStudioPlugin(PluginBase):
         try:
             payload = json.loads(body)
             ls_pid = project_id_of(payload) if isinstance(payload, dict) else None
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             ls_pid = None  # parse_payload below says what is wrong
         problems: list[str] = []
         with self._session() as s:
@@ -263,7 +263,7 @@ class LabelStudioPlugin(PluginBase):
                     return {"action": action, "ignored": True}
                 if all(isinstance(e, AnnotationDeleted) for e in events):
                     raise WebhookError(404, f"Label Studio project {ls_pid} is not connected to a camloop project")
-            applied, synced = apply_to_store(s, project, events, link.maximum_annotations)
+            applied, synced = apply_to_store(s, project, events, link.maximum_annotations, link.ls_project_id)
             pid = project.id
             answer = {**result_view(action, applied), "labeled": synced.labeled, "retracted": synced.retracted,
                       "review": [r.item_id for r in synced.review]}
@@ -286,7 +286,7 @@ class LabelStudioPlugin(PluginBase):
             project = s.get(Project, project_id)
             sink = ledger.SqlSink(s, project_id)
             events = events_from_snapshot(snap, sink.annotation_ids(link.ls_project_id))
-            applied, synced = apply_to_store(s, project, events, link.maximum_annotations)
+            applied, synced = apply_to_store(s, project, events, link.maximum_annotations, link.ls_project_id)
         self._second_opinions(project_id)
         return {**result_view("POLL", applied), "labeled": synced.labeled, "retracted": synced.retracted,
                 "review": [r.item_id for r in synced.review], "errors": snap.errors + synced.problems,

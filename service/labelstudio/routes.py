@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.labelstudio.apply import ApplyResult, LabelSink, apply_events
-from service.labelstudio.webhook import ClassesOf, WebhookError, check_secret, parse_payload
+from service.labelstudio.webhook import BODY_SCHEMA, ClassesOf, WebhookError, check_secret, parse_payload
 from service.core.display import BadImage, display_png, shown_as_is
 from service.core.signing import SignatureError, UnsafePath, UrlSigner, safe_join
 
@@ -62,16 +63,22 @@ def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, se
             return handle_webhook(body, headers, secret=secret(), classes_of=classes_of, sink=sink())
     router = APIRouter()
 
-    @router.post(WEBHOOK_PATH, tags=["label-studio"])
-    async def label_studio_webhook(request: Request):
-        body = await request.body()
+    def handle(body: bytes, headers) -> dict | JSONResponse:
         try:
-            answer = handler(body, request.headers)
+            answer = handler(body, headers)
         except WebhookError as e:
             return JSONResponse({"detail": e.message}, status_code=e.status)
         if on_applied:
             on_applied(answer)
         return answer
+
+    @router.post(WEBHOOK_PATH, tags=["label-studio"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}})
+    async def label_studio_webhook(request: Request):
+        body = await request.body()
+        # The handler's database work runs in the thread pool, never on the event loop: a burst
+        # of webhooks must not hold up /healthz and every other request behind it.
+        return await run_in_threadpool(handle, body, request.headers)
 
     return router
 

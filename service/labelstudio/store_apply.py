@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,8 +25,8 @@ from service.errors import ServiceError
 from service.core.item_lock import lock_items
 from service.core.labels import record_label
 from service.labelstudio.apply import ApplyResult, apply_events
-from service.labelstudio.events import Event
-from service.labelstudio.ledger import SqlSink
+from service.labelstudio.events import AnnotationUpserted, Event
+from service.labelstudio.ledger import SqlSink, annotations
 from service.labelstudio.resolve import Resolution, one_per_annotator, resolve_item
 from service.store import Item, ItemStatus, Label, Project, QueueEntry, Round, RoundState
 
@@ -108,8 +108,51 @@ def sync_items(s: Session, project: Project, sink: SqlSink, item_ids: Iterable[i
     return out
 
 
-def apply_to_store(s: Session, project: Project, events: Iterable[Event], required: int) -> tuple[ApplyResult, SyncResult]:
-    """Apply events to the ledger, then resolve and write the items they touched. One transaction (the caller's)."""
+def owned_events(s: Session, project: Project, events: Iterable[Event],
+                 ls_project_id: int | None = None) -> tuple[list[Event], list[str]]:
+    """The events this project may apply, and why the others are refused — checked BEFORE anything
+    is written: an annotation of another Label Studio project, on an item that is not this
+    project's, or whose id the ledger holds for another project, stores nothing and changes
+    nothing (a webhook of project A naming an item of B must not vote on B's item). A deletion
+    needs no check here: the sink deletes only this project's rows."""
+    kept: list[Event] = []
+    refused: list[str] = []
+    events = list(events)
+    ups = [e for e in events if isinstance(e, AnnotationUpserted)]
+    items: dict[int, int] = {}
+    owners: dict[int, int] = {}
+    for k in range(0, len(ups), 5000):  # a first poll may carry many: IN lists of bounded size
+        chunk = ups[k:k + 5000]
+        items.update(s.execute(select(Item.id, Item.project_id).where(Item.id.in_({e.item_id for e in chunk}))).all())
+        owners.update(s.execute(select(annotations.c.annotation_id, annotations.c.project_id)
+                                .where(annotations.c.annotation_id.in_({e.annotation_id for e in chunk}))).all())
+    for ev in events:
+        if isinstance(ev, AnnotationUpserted):
+            why = None
+            if ls_project_id is not None and ev.ls_project_id is not None and ev.ls_project_id != ls_project_id:
+                why = f"it belongs to Label Studio project {ev.ls_project_id}, not {ls_project_id}"
+            elif items.get(ev.item_id) != project.id:
+                why = f"item {ev.item_id} is not in camloop project {project.id}"
+            elif owners.get(ev.annotation_id, project.id) != project.id:
+                why = "its id is another project's annotation"
+            elif ev.ls_project_id is None:
+                if ls_project_id is None:
+                    why = "it does not say its Label Studio project"
+                else:  # the payload named the project (the link found by it), the annotation did not
+                    ev = replace(ev, ls_project_id=ls_project_id)
+            if why:
+                refused.append(f"annotation {ev.annotation_id} refused, nothing stored: {why}")
+                continue
+        kept.append(ev)
+    return kept, refused
+
+
+def apply_to_store(s: Session, project: Project, events: Iterable[Event], required: int,
+                   ls_project_id: int | None = None) -> tuple[ApplyResult, SyncResult]:
+    """Apply this project's events to the ledger (owned_events: the others are refused and
+    reported), then resolve and write the items they touched. One transaction (the caller's)."""
+    kept, refused = owned_events(s, project, events, ls_project_id)
     sink = SqlSink(s, project.id)
-    applied = apply_events(sink, events)
+    applied = apply_events(sink, kept)
+    applied.problems = refused + applied.problems
     return applied, sync_items(s, project, sink, applied.changed_items, required)

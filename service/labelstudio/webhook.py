@@ -10,10 +10,35 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from service.labelstudio.events import AnnotationDeleted, AnnotationError, AnnotationUpserted, Event, parse_annotation
+from service.labelstudio import config as cfg
+from service.labelstudio.events import (MAX_ID, AnnotationDeleted, AnnotationError, AnnotationUpserted, Event,
+                                       parse_annotation)
 
 SECRET_HEADER = "X-Camloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+# The webhook's body as the OpenAPI document shows it (Label Studio 1.x's payload, the fields camloop
+# reads; others are allowed and ignored): what the fuzz of the contract generates, valid or not.
+# The handler checks the same by hand (parse_payload, events.parse_annotation): a wrong type is a 400
+# or a 422 naming the field, never a 500.
+BODY_SCHEMA = {
+    "type": "object", "required": ["action"],
+    "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS)},
+        "project": {"type": "object", "properties": {"id": _ID}},
+        "annotation": {"type": "object", "required": ["id"], "properties": {
+            "id": _ID, "task": _ID, "project": _ID, "completed_by": _ID, "was_cancelled": {"type": "boolean"},
+            "updated_at": {"type": "string"},
+            "result": {"type": "array", "items": {"type": "object", "properties": {
+                "from_name": {"type": "string"},
+                "value": {"type": "object", "properties": {"choices": {"type": "array", "items": {"type": "string"}}}}}}}}},
+        "task": {"type": "object", "properties": {"id": _ID, "project": _ID, "data": {"type": "object", "properties": {
+            cfg.ITEM_ID: _ID, cfg.ROUND: _ID}}}},
+        "annotations": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {"id": _ID}}},
+    },
+}
 
 
 class WebhookError(Exception):
@@ -47,7 +72,7 @@ def project_id_of(payload: dict) -> int | None:
     for src in (payload.get("project"), payload.get("annotation"), payload.get("task")):
         if isinstance(src, dict):
             v = src.get("id") if src is payload.get("project") else src.get("project")
-            if isinstance(v, int):
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ID:
                 return v
     return None
 
@@ -62,6 +87,8 @@ def parse_payload(body: bytes | str, classes: Iterable[str] | ClassesOf) -> tupl
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise WebhookError(400, f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise WebhookError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
         raise WebhookError(400, "payload is not an object with an 'action'")
     action = payload["action"]
@@ -72,7 +99,13 @@ def parse_payload(body: bytes | str, classes: Iterable[str] | ClassesOf) -> tupl
         if not isinstance(anns, list):
             raise WebhookError(400, "ANNOTATIONS_DELETED without an 'annotations' list (send_payload off?)")
         try:
-            return action, [AnnotationDeleted(int(a["id"])) for a in anns]
+            ids = [a["id"] for a in anns]
+            if any(isinstance(i, bool) or not isinstance(i, (int, str)) for i in ids):
+                raise TypeError
+            ids = [int(i) for i in ids]
+            if not all(0 <= i <= MAX_ID for i in ids):
+                raise ValueError
+            return action, [AnnotationDeleted(i) for i in ids]
         except (KeyError, TypeError, ValueError):
             raise WebhookError(400, "ANNOTATIONS_DELETED with an annotation without an integer id") from None
     if callable(classes):

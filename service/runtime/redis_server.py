@@ -144,7 +144,8 @@ def _launch(state_dir: Path) -> _Server:
     # Its own session: a Ctrl-C in the terminal reaches `camloop serve`, which stops Redis last,
     # after the worker; the guard still follows this process's death.
     guard = subprocess.Popen(guard_command([binary, conf_file]), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+                             stderr=subprocess.DEVNULL, start_new_session=True,
+                             umask=0o077)  # its redis.rdb and redis.log: 0600, as the store's other state
     client = redis.Redis(unix_socket_path=socket_file, socket_timeout=5)
     deadline = time.monotonic() + 60
     while True:

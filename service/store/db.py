@@ -6,6 +6,7 @@ reconciler thread and the CLI all write the same file, and without them a writer
 """
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,12 +64,31 @@ def make_engine(url: str) -> Engine:
                          hide_parameters=True, connect_args=connect_args)
 
 
+def create_private(path: Path) -> None:
+    """A SQLite database file created 0600 (its folder too, when made here): the store holds every
+    label and who gave it. SQLite gives its -wal and -shm files the database file's mode."""
+    if str(path) in ("", ":memory:"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+    except FileExistsError:
+        # Made by an older camloop (0644): made private too, with its -wal and -shm, when ours.
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                st = f.stat()
+                if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                    f.chmod(st.st_mode & 0o700)
+            except OSError:
+                pass
+
+
 def get_engine(settings: Settings) -> Engine:
     url = settings.database_url_effective
     with _lock:
         if url not in _engines:
             if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                create_private(Path(url.removeprefix("sqlite:///")))
             _engines[url] = make_engine(url)
         return _engines[url]
 

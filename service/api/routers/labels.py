@@ -33,7 +33,7 @@ def post_labels(pid: Pid, body: LabelsIn, settings: SettingsDep, c: WriterDep, r
             with session_scope(settings) as s:
                 p = projects_svc.get_project(s, pid)
                 rows = labels_svc.record_labels(s, p, [
-                    (body.labels[k].item_id, body.labels[k].class_name, body.labels[k].who or c.who,
+                    (body.labels[k].item_id, body.labels[k].class_name, labels_svc.who_of(c.who, body.labels[k].who),
                      body.labels[k].client_id) for k in order], "api")
                 for k, (row, created) in zip(order, rows):
                     out[k] = labels_svc.label_view(row, created)
