@@ -12,7 +12,8 @@ an exclusion, this reads the run's JSON (`runs/<protocol>_<variant>_seed<k>.json
 
 * the batch's images from the classes excluded at that point, as a count and a share;
 * the share those classes have in the unlabeled pool at that point (what a batch drawn at
-  random, or with a gate that changes nothing, would give: the no-gate reference);
+  random would give; with no gate at all the ranking would likely give them more, as their
+  images fit no active class: the next column suggests how much);
 * the same classes' share of the same round's batch in the `excl-off` run of the same seed (the
   classes still active: what the ranking gives them when a model answers them);
 * `kept_out_as_excluded` (the unlabeled images the gatekeeper kept out) beside the unlabeled
@@ -180,7 +181,7 @@ def analyse(run_dirs: list[Path], check: bool = True) -> dict:
 def markdown(summary: dict) -> str:
     rows = [(r, x) for r in summary["runs"] for x in r["rounds"]]
     lines = ["| variant | seed | round (labels) | excluded then | batch from excluded | share | "
-             "pool share (no gate) | share with exclusion off | kept out / unlabeled of excluded |",
+             "pool share (random batch) | share with exclusion off | kept out / unlabeled of excluded |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r, x in sorted(rows, key=lambda t: (t[0]["variant"], t[0]["seed"], t[1]["round"])):
         per = ", ".join(f"{n} {k}" for n, k in x["from_excluded_per_class"].items())
@@ -200,7 +201,7 @@ def markdown(summary: dict) -> str:
         v = [x[k] for x in xs if x.get(k) is not None]
         return sum(v) / len(v) if v else None
 
-    lines += ["", "| excluded classes | batches | mean share of the batch | mean pool share (no gate) | "
+    lines += ["", "| excluded classes | batches | mean share of the batch | mean pool share (random batch) | "
               "mean share with exclusion off |", "|---|---|---|---|---|"]
     for key, xs in groups.items():
         lines.append(f"| {key} | {len(xs)} | {_pct(mean(xs, 'share'))} | {_pct(mean(xs, 'pool_share'))} | "
