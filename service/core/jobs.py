@@ -77,16 +77,19 @@ def poll(s: Session, settings: Settings, job: Job, conn) -> str:
     if job.state in (JobState.FINISHED, JobState.FAILED):
         return job.state
     done, result = _output(job)
-    if done is not None and done.is_file():
+    finished = done is not None and done.is_file()
+    st = jobqueue.status(job.rq_id, settings, conn)
+    # The job writes its done file before RQ marks it finished: a job that ended between the file
+    # check and the status read is "finished" in Redis with its file now there — look again
+    # before taking it for one whose output was lost (that re-ran finished jobs under load).
+    if finished or (st.state == JobState.FINISHED and done is not None and done.is_file()):
         job.state, job.result = JobState.FINISHED, result
-        st = jobqueue.status(job.rq_id, settings, conn)
         _counts(job, st)
         if st.result and "seconds" in st.result:
             job.result = {**job.result, **{k: st.result[k] for k in ("seconds", "n") if k in st.result}}
         job.duration_s = float(job.result.get("seconds") or (utcnow() - _aware(job.created_at)).total_seconds())
         metrics.job_finished(job.kind, job.duration_s, job.result)
         return job.state
-    st = jobqueue.status(job.rq_id, settings, conn)
     _counts(job, st)
     if st.state == JobState.FAILED:
         job.state, job.error = JobState.FAILED, st.error
