@@ -127,6 +127,14 @@ def test_secrets_are_compared_in_constant_time(app, monkeypatch):
     c.post("/api/v1/webhooks/label-studio", content=b"{}", headers={"X-Camloop-Webhook-Secret": "presented-secret"})
     assert any(b"presented-secret" in pair and SECRET.encode() in pair for pair in seen), seen
     seen.clear()
+    # A webhook naming a Label Studio project: compared with that project's own secret.
+    from service.core.signing import signing_key
+    from service.labelstudio.webhook import project_secret, webhook_key
+    c.post("/api/v1/webhooks/label-studio", content=b'{"action": "ANNOTATION_CREATED", "project": {"id": 77}}',
+           headers={"X-Camloop-Webhook-Secret": "presented-secret"})
+    own = project_secret(webhook_key(signing_key(settings), SECRET), 77).encode()
+    assert any(b"presented-secret" in pair and own in pair for pair in seen), seen
+    seen.clear()
     # Signed URL signature.
     from service.labelstudio.routes import FILES_PREFIX
     c.get(f"{FILES_PREFIX}/pool/x.png?exp={int(time.time()) + 60}&sig=presented-signature")
