@@ -25,7 +25,7 @@ OPEN_ROUTES = {
     ("GET", "/healthz"): "liveness probe",
     ("GET", "/readyz"): "readiness probe (counts of workers and waiting jobs; no item data)",
     ("GET", "/metrics"): "Prometheus scrape (counts by stage/class; no item data)",
-    ("POST", "/api/v1/webhooks/label-studio"): "Label Studio: its own shared secret header",
+    ("POST", "/api/v1/webhooks/label-studio"): "Label Studio: the secret header of the Label Studio project it names",
     ("GET", "/api/v1/signed/files/{rel_path}"): "expert's browser: HMAC-signed expiring URL",
     ("GET", "/api/v1/signed/heatmaps/{pid}/{iid}.png"): "expert's browser: HMAC-signed expiring URL",
 }

@@ -353,7 +353,8 @@ class LabelStudioPlugin(PluginBase):
         return out
 
     def sync_project(self, project_id: int) -> dict:
-        """Connect the project if it is not yet, push the open round's batch, then poll.
+        """Connect the project if it is not yet, push the open round's batch, re-register the
+        webhook with the project's own secret, then poll.
 
         What an engineer calls after an outage of Label Studio; each step is idempotent."""
         if not self.configured:
@@ -368,6 +369,12 @@ class LabelStudioPlugin(PluginBase):
                 linked = ledger.get_link(s, project_id) is not None
             if not linked:
                 self.connect_project(project_id)
+        # The webhook re-registered with the project's own secret whatever this process did before
+        # (a webhook edited by hand in Label Studio is put right).
+        with self._session() as s:
+            link = ledger.get_link(s, project_id)
+        if link is not None:
+            self._keyed = {k for k in self._keyed if k[0] != int(link.ls_project_id)}
         return {"round": labeling, "tasks_in_round": len(pushed), **self.poll_project(project_id)}
 
     def review(self, project_id: int) -> dict:
