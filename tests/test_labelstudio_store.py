@@ -287,6 +287,11 @@ def test_each_label_studio_project_has_its_own_webhook_secret_and_an_old_shared_
     # From then on the webhook is live again.
     annotate(env, t[2], "bird", u1)
     assert item_state(env, ranked[2]) == ("bird", "labeled") and n_ledger(env, pb) == 3
+    # A webhook put back by hand after this process re-keyed it: an engineer's sync puts it right.
+    assert ls.patch(f"/api/webhooks/{hook_b[0]['id']}/", json={"headers": {SECRET_HEADER: SECRET}}).status_code == 200
+    upgraded.sync_project(pb)
+    assert [h["headers"] for h in ls.get("/api/webhooks/", params={"project": ls_b}).json()] == \
+        [{SECRET_HEADER: secret_b}]
 
 
 def test_creating_a_project_over_rest_creates_or_attaches_its_label_studio_project(env):
