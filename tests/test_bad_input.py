@@ -274,22 +274,35 @@ def annotation(ls_pid: int, item: int, ann_id: int, label: str, action="ANNOTATI
     return json.dumps({"action": action, "project": {"id": ls_pid}, "annotation": ann, "task": task}).encode()
 
 
+def _secret_of(settings, ls_pid: int | None) -> dict:
+    """The header of a webhook of Label Studio project `ls_pid` (its own secret; the configured
+    one for a body that names no project)."""
+    from service.core.signing import signing_key
+    from service.labelstudio.webhook import project_secret, webhook_key
+
+    secret = SECRET if ls_pid is None else project_secret(webhook_key(signing_key(settings), SECRET), ls_pid)
+    return {"X-Camloop-Webhook-Secret": secret}
+
+
 def test_webhooks_without_or_with_a_wrong_secret_malformed_or_replayed(app):
     c, settings = app
     pid, (item, other) = _linked_project(c, settings, ls_pid=4242)
     hook = "/api/v1/webhooks/label-studio"
     body = annotation(4242, item, ann_id=7, label="3")
-    h = {"X-Camloop-Webhook-Secret": SECRET}
+    h = _secret_of(settings, 4242)
     # The hook needs no API key but its own secret: missing → 401, wrong (even a prefix) → 403.
     assert no_5xx(c.post(hook, content=body, headers={"Authorization": ""})).status_code == 401
-    for wrong in ("guess", SECRET[:-1], SECRET + "x", "", ENGINEER_KEY):
+    own = h["X-Camloop-Webhook-Secret"]
+    for wrong in ("guess", SECRET[:-1], SECRET + "x", "", ENGINEER_KEY, SECRET, own[:-1],
+                  _secret_of(settings, 4243)["X-Camloop-Webhook-Secret"]):
         r = no_5xx(c.post(hook, content=body, headers={"X-Camloop-Webhook-Secret": wrong}))
-        assert r.status_code in (401, 403) and SECRET not in r.text, (wrong, r.text)
-    for junk, status in ((b"{oops", 400), (b"{}", 400), (json.dumps({"action": 5}).encode(), 400),
-                         (json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 4242}}).encode(), 400),
-                         (json.dumps({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": "x"}]}).encode(), 400),
-                         (annotation(999, item, 8, "3"), 404)):
-        r = no_5xx(c.post(hook, content=junk, headers=h))
+        assert r.status_code in (401, 403) and SECRET not in r.text and own not in r.text, (wrong, r.text)
+    for junk, ls_pid, status in ((b"{oops", None, 400), (b"{}", None, 400), (json.dumps({"action": 5}).encode(), None, 400),
+                                 (json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 4242}}).encode(), 4242, 400),
+                                 (json.dumps({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": "x"}]}).encode(),
+                                  None, 400),
+                                 (annotation(999, item, 8, "3"), 999, 404)):
+        r = no_5xx(c.post(hook, content=junk, headers=_secret_of(settings, ls_pid)))
         assert r.status_code == status, (junk, r.text)
     # A class the project does not have: kept for review, reported as 422, not a label.
     r = no_5xx(c.post(hook, content=annotation(4242, other, 9, "zebra"), headers=h))

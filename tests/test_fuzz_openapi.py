@@ -2,7 +2,8 @@
 
 Schemathesis reads /openapi.json from the app and generates requests for every operation —
 conforming ones and, in negative mode, ones that break the schema (wrong types, missing
-fields, out-of-range values) — with an engineer key and the webhook secret, so they reach the
+fields, out-of-range values) — with an engineer key and the webhook secret (the one of the Label
+Studio project a webhook names), so they reach the
 handlers rather than stopping at 401. The app runs on a real SQLite file and real Redis (a
 queue prefix of our own) and on PostgreSQL (stricter types: 32-bit integers,
 VARCHAR lengths), seeded with a project, images and an open round so that ids 1..n
@@ -26,6 +27,7 @@ from schemathesis.generation import GenerationMode  # noqa: E402
 from tests.conftest import ENGINEER_KEY, REDIS_URL, make_settings, write_digits  # noqa: E402
 
 SECRET = "fuzz-webhook-secret"
+SIGNING_KEY = "fuzz-signing-key"
 HEADERS = {"Authorization": f"Bearer {ENGINEER_KEY}", "X-Camloop-Webhook-Secret": SECRET}
 EXAMPLES = int(os.environ.get("CAMLOOP_FUZZ_EXAMPLES", "25"))
 
@@ -65,6 +67,7 @@ def base_url(request, tmp_path_factory):
     db_url = f"sqlite:///{root / 'camloop.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     settings = make_settings(data, db_url, prefix, max_upload_bytes=256 * 1024,
                              label_studio_webhook_secret=SecretStr(SECRET), reconcile_interval_s=5.0,
+                             url_signing_key=SecretStr(SIGNING_KEY),
                              worker_grace_s=3600,  # no worker here on purpose: /readyz's 503 is not the fuzz's bug
                              public_base_url=f"http://127.0.0.1:{port}")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
@@ -100,4 +103,16 @@ def base_url(request, tmp_path_factory):
 @hsettings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
            suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case, base_url):
-    case.call_and_validate(base_url=base_url, headers=HEADERS, checks=[not_a_server_error])
+    case.call_and_validate(base_url=base_url, headers=_headers(case), checks=[not_a_server_error])
+
+
+def _headers(case) -> dict:
+    """The engineer key, and for a webhook the secret of the Label Studio project its body names
+    (each project has its own), so the fuzzed webhooks reach the handler."""
+    from service.labelstudio.webhook import project_id_of, project_secret, webhook_key
+
+    body = getattr(case, "body", None)
+    pid = project_id_of(body) if isinstance(body, dict) else None
+    if pid is None:
+        return HEADERS
+    return {**HEADERS, "X-Camloop-Webhook-Secret": project_secret(webhook_key(SIGNING_KEY.encode(), SECRET), pid)}

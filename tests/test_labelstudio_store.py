@@ -172,7 +172,7 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     assert env["bridge"].connect_project(pid) == ls_pid  # attach again: same project, webhook not doubled
     hooks = env["ls"].get("/api/webhooks/", params={"project": ls_pid}).json()
     assert [h["url"] for h in hooks] == [f"{env['app'].url}{WEBHOOK_PATH}"]
-    assert hooks[0]["headers"] == {SECRET_HEADER: SECRET}
+    assert hooks[0]["headers"] == {SECRET_HEADER: env["bridge"].webhook_secret(ls_pid)}  # its own, not SECRET
     project = env["ls"].get(f"/api/projects/{ls_pid}").json()
     assert project["sampling"] == "Sequential sampling" and project["maximum_annotations"] == 1
     assert project["label_config"] == cfg.labeling_config(CLASSES)
@@ -232,6 +232,66 @@ def test_round_batch_pushed_in_priority_order_with_predictions_and_signed_media(
     r = httpx.get(tasks[0]["data"][cfg.HEATMAP])
     assert r.status_code == 404 and "item" in r.json()["detail"]
     assert httpx.get(tasks[0]["data"][cfg.HEATMAP].replace("sig=", "sig=1")).status_code == 403
+
+
+def _vote(ls_pid: int, task_id: int, item_id: int, ann_id: int, user: int, label: str = "cat") -> dict:
+    """A webhook body as Label Studio sends it for a new annotation."""
+    return {"action": "ANNOTATION_CREATED", "project": {"id": ls_pid},
+            "annotation": {"id": ann_id, "task": task_id, "project": ls_pid, "completed_by": user,
+                           "result": [{"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices",
+                                       "value": {"choices": [label]}}]},
+            "task": {"id": task_id, "project": ls_pid, "data": {cfg.ITEM_ID: item_id, cfg.ROUND: 1}}}
+
+
+def test_each_label_studio_project_has_its_own_webhook_secret_and_an_old_shared_one_is_rekeyed_at_poll(env):
+    st, app, ls = env["settings"], env["app"], env["ls"]
+    u1 = env["users"][0]
+    pa, _ = _make_project(st, "keyA", 1)
+    pb, ranked = _make_project(st, "keyB", 3)
+    ls_a, ls_b = env["bridge"].connect_project(pa), env["bridge"].connect_project(pb)
+    secret_a, secret_b = env["bridge"].webhook_secret(ls_a), env["bridge"].webhook_secret(ls_b)
+    assert len({secret_a, secret_b, SECRET}) == 3
+    hook_b = ls.get("/api/webhooks/", params={"project": ls_b}).json()
+    assert [h["headers"] for h in hook_b] == [{SECRET_HEADER: secret_b}]
+    assert [h["headers"] for h in ls.get("/api/webhooks/", params={"project": ls_a}).json()] == \
+        [{SECRET_HEADER: secret_a}]
+    mapping = env["bridge"].push_round(pb, 1)
+    t = [mapping[i] for i in ranked]
+
+    # Whoever read A's webhook forges an answer for B: refused, nothing stored.
+    url = f"{app.url}{WEBHOOK_PATH}"
+    forged = _vote(ls_b, t[0], ranked[0], 987_654_321, u1)
+    for secret in (secret_a, SECRET):
+        r = httpx.post(url, json=forged, headers={SECRET_HEADER: secret})
+        assert r.status_code == 403 and secret not in r.text, r.text
+    assert n_ledger(env, pb) == 0 and item_state(env, ranked[0]) == (None, "queued")
+
+    # B's own webhook, posted by Label Studio as the expert answers: counted at once.
+    annotate(env, t[0], "cat", u1)
+    assert item_state(env, ranked[0]) == ("cat", "labeled") and n_ledger(env, pb) == 1
+
+    # An installation from before: B's webhook still carries the shared secret. Its deliveries
+    # are refused (the answer waits for the poll) ...
+    r = ls.patch(f"/api/webhooks/{hook_b[0]['id']}/", json={"headers": {SECRET_HEADER: SECRET}})
+    assert r.status_code == 200, r.text
+    annotate(env, t[1], "dog", u1)
+    assert item_state(env, ranked[1]) == (None, "queued") and n_ledger(env, pb) == 1
+    # ... until the upgraded camloop's first poll re-keys the webhook and recovers the answer.
+    upgraded = LabelStudioPlugin(st)
+    res = upgraded.poll_project(pb)
+    assert res["created"] == 1 and item_state(env, ranked[1]) == ("dog", "labeled")
+    after = ls.get("/api/webhooks/", params={"project": ls_b}).json()
+    assert [(h["id"], h["headers"]) for h in after] == [(hook_b[0]["id"], {SECRET_HEADER: secret_b})]
+    upgraded.poll_project(pb)  # idempotent: still the one webhook, same secret
+    assert ls.get("/api/webhooks/", params={"project": ls_b}).json() == after
+    # From then on the webhook is live again.
+    annotate(env, t[2], "bird", u1)
+    assert item_state(env, ranked[2]) == ("bird", "labeled") and n_ledger(env, pb) == 3
+    # A webhook put back by hand after this process re-keyed it: an engineer's sync puts it right.
+    assert ls.patch(f"/api/webhooks/{hook_b[0]['id']}/", json={"headers": {SECRET_HEADER: SECRET}}).status_code == 200
+    upgraded.sync_project(pb)
+    assert [h["headers"] for h in ls.get("/api/webhooks/", params={"project": ls_b}).json()] == \
+        [{SECRET_HEADER: secret_b}]
 
 
 def test_creating_a_project_over_rest_creates_or_attaches_its_label_studio_project(env):

@@ -14,7 +14,8 @@ from service.labelstudio.agreement import agreement_report, cohen_kappa, fleiss_
 from service.labelstudio.apply import MemorySink, apply_events
 from service.labelstudio.events import AnnotationDeleted, AnnotationError, AnnotationUpserted, parse_annotation
 from service.labelstudio.resolve import resolve_item
-from service.labelstudio.webhook import SECRET_HEADER, WebhookError, check_secret, parse_payload
+from service.labelstudio.webhook import (SECRET_HEADER, WebhookError, check_project_secret, check_secret,
+                                         parse_payload, project_secret, webhook_key)
 from service.settings import Settings
 from service.core.signing import SignatureError, UnsafePath, UrlSigner, safe_join, signing_key
 
@@ -163,6 +164,32 @@ def test_secret_header_checks():
     with pytest.raises(WebhookError) as ei:
         check_secret({SECRET_HEADER: ""}, "")
     assert ei.value.status == 503  # an unset secret never means "accept anything"
+
+
+def test_each_label_studio_project_has_its_own_webhook_secret():
+    import hashlib
+    import hmac
+
+    key = webhook_key(b"server-signing-key", "s3cret")
+    assert key == hmac.new(b"server-signing-key", b"camloop-label-studio-webhook\ns3cret", hashlib.sha256).digest()
+    a, b = project_secret(key, 1), project_secret(key, 2)
+    assert a == hmac.new(key, b"ls-project:1", hashlib.sha256).hexdigest() and len(a) == 64 and a != b
+    # Neither the configured secret nor the signing key alone gives them.
+    assert project_secret(webhook_key(b"other-key", "s3cret"), 1) != a
+    assert project_secret(webhook_key(b"server-signing-key", "rotated"), 1) != a
+    check_project_secret({SECRET_HEADER.lower(): a}, "s3cret", key, 1)
+    for headers, pid, status in (({}, 1, 401), ({SECRET_HEADER: b}, 1, 403), ({SECRET_HEADER: a}, 2, 403),
+                                 ({SECRET_HEADER: "s3cret"}, 1, 403), ({SECRET_HEADER: a[:-1]}, 1, 403),
+                                 ({SECRET_HEADER: a}, None, 403)):
+        with pytest.raises(WebhookError) as ei:
+            check_project_secret(headers, "s3cret", key, pid)
+        assert ei.value.status == status, (headers, pid)
+        assert "s3cret" not in ei.value.message and a not in ei.value.message
+    # A body naming no project (nothing it could change) is checked against the configured secret.
+    check_project_secret({SECRET_HEADER: "s3cret"}, "s3cret", key, None)
+    with pytest.raises(WebhookError) as ei:
+        check_project_secret({SECRET_HEADER: a}, "", key, 1)
+    assert ei.value.status == 503
 
 
 # --- idempotent apply ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -20,13 +21,14 @@ from sqlalchemy import select
 
 from service.labelstudio import config as lscfg
 from service.labelstudio import ledger
-from service.labelstudio.webhook import SECRET_HEADER
+from service.labelstudio.webhook import SECRET_HEADER, project_id_of, project_secret, webhook_key
 from service.store import Item, Label, QueueEntry, Round
 from service.store.db import session_scope
 from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, make_settings, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "probe-webhook-secret-3f9a"
+SIGNING_KEY = "probe-signing-key"
 HOOK = "/api/v1/webhooks/label-studio"
 
 
@@ -39,7 +41,7 @@ def app(tmp_path, db_url, queue_prefix):
     root = tmp_path / "data"
     root.mkdir()
     settings = make_settings(root, db_url, queue_prefix, label_studio_webhook_secret=SecretStr(SECRET),
-                             url_signing_key=SecretStr("probe-signing-key"))
+                             url_signing_key=SecretStr(SIGNING_KEY))
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {ENGINEER_KEY}"
         yield client, settings
@@ -287,9 +289,17 @@ def _annotation(ann_id: int, ls_pid: int, item_id: int, label: str, task_id: int
             "task": {"id": task_id, "project": ls_pid, "data": {lscfg.ITEM_ID: item_id, lscfg.ROUND: 1}}}
 
 
-def _hook(c, payload) -> "object":
+def _secret_for(ls_pid: int | None) -> str:
+    """The webhook secret of a Label Studio project on the probes' server (the configured one for a
+    payload that names no project)."""
+    return SECRET if ls_pid is None else project_secret(webhook_key(SIGNING_KEY.encode(), SECRET), ls_pid)
+
+
+def _hook(c, payload, secret: str | None = None) -> "object":
     body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
-    return c.post(HOOK, content=body, headers={SECRET_HEADER: SECRET, "Content-Type": "application/json"})
+    if secret is None:
+        secret = _secret_for(project_id_of(payload) if isinstance(payload, dict) else None)
+    return c.post(HOOK, content=body, headers={SECRET_HEADER: secret, "Content-Type": "application/json"})
 
 
 def _ledger_rows(settings, *pids: int) -> dict[int, tuple]:
@@ -329,6 +339,41 @@ def test_webhook_of_ls_project_a_naming_an_item_of_project_b_stores_and_changes_
     r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": 9202}, "annotations": [{"id": a1}]})
     assert r.status_code == 200 and r.json()["deleted"] == 1, r.text
     assert _item(settings, b_items[0])[1] is None
+
+
+def test_each_label_studio_project_has_its_own_webhook_secret(app, caplog):
+    """A webhook signed with Label Studio project A's secret that names project B is 403 and stores
+    nothing; B's own secret works; the shared secret of old is refused with a log line."""
+    c, settings = app
+    pa, pb = _project(c, "keyA"), _project(c, "keyB")
+    ls_a, ls_b = 60_000 + pa * 10, 60_000 + pb * 10 + 1  # unique in a PostgreSQL database shared by the session
+    _link(settings, pa, ls_a, 1)
+    b_item = _link(settings, pb, ls_b, 1)[0]
+    assert _secret_for(ls_a) != _secret_for(ls_b) and SECRET not in (_secret_for(ls_a), _secret_for(ls_b))
+    ann = 200_000 + pb * 10
+    vote = _annotation(ann, ls_b, b_item, "cat")
+    for secret in (_secret_for(ls_a), SECRET, _secret_for(ls_b)[:-1], _secret_for(ls_b).upper()):
+        with caplog.at_level(logging.WARNING, logger="camloop.labelstudio"):
+            r = _hook(c, vote, secret=secret)
+        assert r.status_code == 403 and secret not in r.text, (secret, r.text)
+        assert _ledger_rows(settings, pa, pb) == {} and _item(settings, b_item) == ("queued", None)
+    # The shared secret of old: refused, and the log says why and what heals it.
+    assert any("old shared secret" in m and str(ls_b) in m for m in caplog.messages), caplog.messages
+    assert not any(SECRET in m for m in caplog.messages)
+    # A's secret on a deletion naming B: refused too.
+    r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": ls_b}, "annotations": [{"id": ann}]},
+              secret=_secret_for(ls_a))
+    assert r.status_code == 403, r.text
+    # No header at all: 401.
+    assert c.post(HOOK, content=json.dumps(vote)).status_code == 401
+    # B's own secret: stored and labeled.
+    r = _hook(c, vote)
+    assert r.status_code == 200 and r.json()["labeled"] == [b_item], r.text
+    assert _item(settings, b_item) == ("labeled", "cat")
+    # And B's secret naming A is refused just the same.
+    r = _hook(c, {"action": "ANNOTATIONS_DELETED", "project": {"id": ls_a}, "annotations": [{"id": ann}]},
+              secret=_secret_for(ls_b))
+    assert r.status_code == 403 and _item(settings, b_item) == ("labeled", "cat"), r.text
 
 
 def test_webhook_fields_of_the_wrong_type_are_422_not_500(app):

@@ -25,7 +25,7 @@ OPEN_ROUTES = {
     ("GET", "/healthz"): "liveness probe",
     ("GET", "/readyz"): "readiness probe (counts of workers and waiting jobs; no item data)",
     ("GET", "/metrics"): "Prometheus scrape (counts by stage/class; no item data)",
-    ("POST", "/api/v1/webhooks/label-studio"): "Label Studio: its own shared secret header",
+    ("POST", "/api/v1/webhooks/label-studio"): "Label Studio: the secret header of the Label Studio project it names",
     ("GET", "/api/v1/signed/files/{rel_path}"): "expert's browser: HMAC-signed expiring URL",
     ("GET", "/api/v1/signed/heatmaps/{pid}/{iid}.png"): "expert's browser: HMAC-signed expiring URL",
 }
@@ -126,6 +126,14 @@ def test_secrets_are_compared_in_constant_time(app, monkeypatch):
     # Webhook secret.
     c.post("/api/v1/webhooks/label-studio", content=b"{}", headers={"X-Camloop-Webhook-Secret": "presented-secret"})
     assert any(b"presented-secret" in pair and SECRET.encode() in pair for pair in seen), seen
+    seen.clear()
+    # A webhook naming a Label Studio project: compared with that project's own secret.
+    from service.core.signing import signing_key
+    from service.labelstudio.webhook import project_secret, webhook_key
+    c.post("/api/v1/webhooks/label-studio", content=b'{"action": "ANNOTATION_CREATED", "project": {"id": 77}}',
+           headers={"X-Camloop-Webhook-Secret": "presented-secret"})
+    own = project_secret(webhook_key(signing_key(settings), SECRET), 77).encode()
+    assert any(b"presented-secret" in pair and own in pair for pair in seen), seen
     seen.clear()
     # Signed URL signature.
     from service.labelstudio.routes import FILES_PREFIX

@@ -11,7 +11,7 @@ Modules, one job each:
   config       the labeling interface (image, heatmap, classes, "wrong region" flag) and predictions
   client       LabelStudioBridge: create/attach a project, register the webhook, import a batch in order
   events       Label Studio annotation JSON → typed events (the one parser webhook and poll share)
-  webhook      shared-secret check and webhook payload parsing
+  webhook      the per-project secrets and their check, webhook payload parsing
   poll         reconciliation: a full snapshot of the project → the same events, deletions included
   apply        idempotent application of events to a LabelSink (keyed by annotation id)
   ledger       the bridge's own tables: every annotation seen, the project links (SqlSink)

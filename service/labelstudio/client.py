@@ -2,7 +2,7 @@
 
 What the orchestration needs from Label Studio is small, so this wrapper is too:
   * ``ensure_project``   create the project for a camloop project, or attach to one by id/title;
-  * ``ensure_webhook``   point its annotation webhooks at camloop with the shared secret header;
+  * ``ensure_webhook``   point its annotation webhooks at camloop with a secret header;
   * ``import_batch``     queue exactly one round's batch, in camloop's priority order, with predictions;
   * ``iter_annotations`` every annotation of the project with its task (for the reconciliation poll).
 
@@ -183,6 +183,8 @@ class LabelStudioBridge:
                       actions=list(ACTIONS), is_active=True, project=project_id)
         existing = [w for w in self.sdk.webhooks.list(project=project_id)
                     if w.url == url and w.project == project_id]
+        if existing and _webhook_is(existing[0], fields):
+            return int(existing[0].id)  # already right: nothing written
         if existing:
             # update() takes no `project` (a webhook cannot move between projects).
             self.sdk.webhooks.update(id=existing[0].id, **{k: v for k, v in fields.items() if k != "project"})
@@ -286,3 +288,10 @@ class LabelStudioBridge:
         except httpx.HTTPError:
             return False
 
+
+def _webhook_is(hook, fields: dict) -> bool:
+    """Whether a registered webhook already is what ensure_webhook would write."""
+    return (dict(getattr(hook, "headers", None) or {}) == fields["headers"]
+            and bool(getattr(hook, "is_active", False)) and bool(getattr(hook, "send_payload", False))
+            and not getattr(hook, "send_for_all_actions", True)
+            and sorted(getattr(hook, "actions", None) or []) == sorted(fields["actions"]))

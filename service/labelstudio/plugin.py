@@ -33,7 +33,7 @@ from engine.config import GuessConfig
 from service import plugins
 from service.core.heatmap_view import heatmap_png
 from service.core.items import get_item
-from service.core.signing import UrlSigner
+from service.core.signing import UrlSigner, signing_key
 from service.core import export
 from service.labelstudio import api, export_tasks, ledger, second_opinion
 from service.labelstudio.agreement import agreement_report
@@ -46,7 +46,8 @@ from service.labelstudio.resolve import resolve_all
 from service.labelstudio.routes import (SignedMediaCors, file_url, files_router, heatmap_url, heatmaps_router,
                                         result_view, webhook_router)
 from service.labelstudio.store_apply import apply_to_store
-from service.labelstudio.webhook import WebhookError, check_secret, parse_payload, project_id_of
+from service.labelstudio.webhook import (WebhookError, check_project_secret, parse_payload, project_id_of,
+                                         project_secret, webhook_key)
 from service.labelstudio.wrong_region import per_class_fields, wrong_region_votes
 from service.plugins import PluginBase
 from service.rounds.progress import eta_and_labels
@@ -69,6 +70,7 @@ class LabelStudioPlugin(PluginBase):
         self.ls = settings.label_studio       # its own settings
         self._client = client
         self._client_lock = threading.Lock()
+        self._keyed: set[tuple[int, str]] = set()  # (Label Studio project, secret) registered by this process
 
     @property
     def configured(self) -> bool:
@@ -78,6 +80,40 @@ class LabelStudioPlugin(PluginBase):
     def signer(self) -> UrlSigner:
         # On first use, not at construction: the key file is made by whoever needs it first.
         return UrlSigner.from_settings(self.settings)
+
+    @cached_property
+    def _webhook_key(self) -> bytes:
+        return webhook_key(signing_key(self.settings), self.ls.webhook_secret.get_secret_value())
+
+    def webhook_secret(self, ls_project_id: int) -> str:
+        """The webhook secret of one Label Studio project (service.labelstudio.webhook.project_secret)."""
+        if not self.ls.webhook_secret.get_secret_value():
+            raise LabelStudioError("a webhook secret is required (CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET)")
+        return project_secret(self._webhook_key, ls_project_id)
+
+    def _register_webhook(self, ls_project_id: int) -> int:
+        """Point the Label Studio project's webhook at camloop with the project's own secret
+        (idempotent: an up-to-date webhook is left alone) → the webhook's id."""
+        secret = self.webhook_secret(ls_project_id)
+        hook = self.client.ensure_webhook(ls_project_id, self.ls.webhook_url, secret)
+        self._keyed.add((int(ls_project_id), secret))
+        return hook
+
+    def _rekey(self, project_id: int, link) -> None:
+        """At a poll: a webhook registered before per-project secrets (or edited by hand) gets the
+        project's own secret; once per process and project unless it fails. Never raises: the poll
+        goes on (its snapshot recovers what a refused webhook carried)."""
+        ls_id = int(link.ls_project_id)
+        try:
+            if (ls_id, self.webhook_secret(ls_id)) in self._keyed:
+                return
+            hook = self._register_webhook(ls_id)
+        except Exception as e:  # noqa: BLE001 — Label Studio away: the next poll tries again
+            log.warning("webhook of Label Studio project %s not re-registered with its own secret: %s", ls_id, e)
+            return
+        if hook != link.webhook_id:
+            with self._session() as s:
+                ledger.set_link(s, project_id, ls_id, hook, link.maximum_annotations)
 
     @property
     def client(self) -> LabelStudioBridge:
@@ -156,7 +192,7 @@ class LabelStudioPlugin(PluginBase):
                         maximum_annotations: int | None = None) -> int:
         """Create (or attach to: an id or an exact title) the Label Studio project of a camloop
         project → its id. Default title "camloop: <project name>". Registers the webhook with the
-        shared secret."""
+        Label Studio project's own secret (webhook_secret)."""
         m = int(maximum_annotations or self.ls.maximum_annotations)
         with self._session() as s:
             project = s.get(Project, project_id)
@@ -167,7 +203,7 @@ class LabelStudioPlugin(PluginBase):
             classes = list(project.class_names)
         ls_id = self.client.ensure_project(ref, classes, maximum_annotations=m,
                                            description=f"camloop project {project_id}: images queued by active learning")
-        hook = self.client.ensure_webhook(ls_id, self.ls.webhook_url, self.ls.webhook_secret.get_secret_value())
+        hook = self._register_webhook(ls_id)
         with self._session() as s:
             ledger.set_link(s, project_id, ls_id, hook, m)
         return ls_id
@@ -246,13 +282,15 @@ class LabelStudioPlugin(PluginBase):
     # ------------------------------------------------------------------ answers from Label Studio
 
     def handle_webhook(self, body: bytes, headers) -> dict:
-        """Check the secret, parse, apply to the ledger and the store. Raises WebhookError(status, message)."""
-        check_secret(headers, self.ls.webhook_secret.get_secret_value())
+        """Check the secret of the Label Studio project the payload names, parse, apply to the ledger
+        and the store. Raises WebhookError(status, message)."""
         try:
             payload = json.loads(body)
             ls_pid = project_id_of(payload) if isinstance(payload, dict) else None
         except (ValueError, TypeError, RecursionError):
             ls_pid = None  # parse_payload below says what is wrong
+        configured = self.ls.webhook_secret.get_secret_value()
+        check_project_secret(headers, configured, self._webhook_key if configured else b"", ls_pid)
         problems: list[str] = []
         with self._session() as s:
             link = ledger.project_for_ls(s, ls_pid) if ls_pid is not None else None
@@ -275,12 +313,14 @@ class LabelStudioPlugin(PluginBase):
         return answer
 
     def poll_project(self, project_id: int) -> dict:
-        """One reconciliation pass: recovers missed creates/updates/deletes; counts nothing twice."""
+        """One reconciliation pass: recovers missed creates/updates/deletes; counts nothing twice.
+        First, a webhook still on the shared secret of old gets the project's own (_rekey)."""
         with self._session() as s:
             link = ledger.get_link(s, project_id)
             if link is None:
                 raise LabelStudioError(f"camloop project {project_id} is not connected to Label Studio")
             classes = list(s.get(Project, project_id).class_names)
+        self._rekey(project_id, link)
         snap = snapshot(self.client, link.ls_project_id, classes)  # outside the transaction: network time
         with self._session() as s:
             project = s.get(Project, project_id)
@@ -313,7 +353,8 @@ class LabelStudioPlugin(PluginBase):
         return out
 
     def sync_project(self, project_id: int) -> dict:
-        """Connect the project if it is not yet, push the open round's batch, then poll.
+        """Connect the project if it is not yet, push the open round's batch, re-register the
+        webhook with the project's own secret, then poll.
 
         What an engineer calls after an outage of Label Studio; each step is idempotent."""
         if not self.configured:
@@ -328,6 +369,12 @@ class LabelStudioPlugin(PluginBase):
                 linked = ledger.get_link(s, project_id) is not None
             if not linked:
                 self.connect_project(project_id)
+        # The webhook re-registered with the project's own secret whatever this process did before
+        # (a webhook edited by hand in Label Studio is put right).
+        with self._session() as s:
+            link = ledger.get_link(s, project_id)
+        if link is not None:
+            self._keyed = {k for k in self._keyed if k[0] != int(link.ls_project_id)}
         return {"round": labeling, "tasks_in_round": len(pushed), **self.poll_project(project_id)}
 
     def review(self, project_id: int) -> dict:

@@ -1,6 +1,6 @@
 """HTTP entry points Label Studio (and the expert's browser) call.
 
-  POST /api/v1/webhooks/label-studio                 webhook receiver (shared secret header)
+  POST /api/v1/webhooks/label-studio                 webhook receiver (secret header)
   GET  /api/v1/signed/files/<path>?exp=&sig=         an image under the data root
   GET  /api/v1/signed/heatmaps/<pid>/<iid>.png?exp=&sig=   an item's Grad-CAM overlay
 

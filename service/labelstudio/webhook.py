@@ -1,4 +1,10 @@
-"""Label Studio webhook requests → typed events, after checking the shared secret.
+"""Label Studio webhook requests → typed events, after checking the project's own secret.
+
+Each Label Studio project's webhook carries a secret of its own (project_secret): an HMAC of the
+project's id under a key derived from the server's URL-signing key and
+CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET, so neither leaves camloop, and a webhook configuration read
+in one Label Studio project forges nothing for another. The receiver checks the secret against
+the project the payload names (check_project_secret).
 
 Label Studio sends each webhook once, with a 1 s timeout, and never retries; so the route
 must answer fast (parse, apply, return) and the reconciliation poll catches whatever was
@@ -6,13 +12,17 @@ lost. Errors here are raised as WebhookError with the HTTP status the route shou
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from service.labelstudio import config as cfg
 from service.labelstudio.events import (MAX_ID, AnnotationDeleted, AnnotationError, AnnotationUpserted, Event,
                                        parse_annotation)
+
+log = logging.getLogger("camloop.labelstudio")
 
 SECRET_HEADER = "X-Camloop-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
@@ -49,19 +59,61 @@ class WebhookError(Exception):
 
 
 def check_secret(headers: Mapping[str, str], expected: str) -> None:
-    """Raise 401/403 unless the shared secret header matches (constant-time compare)."""
+    """Raise 401/403 unless the secret header is `expected` (constant-time compare)."""
     if not expected:
         # Refuse rather than accept anything: an unset secret is a configuration error.
         raise WebhookError(503, "webhook secret not configured (CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET)")
-    got = None
-    for k, v in headers.items():  # header names are case-insensitive
-        if k.lower() == SECRET_HEADER.lower():
-            got = v
-            break
+    got = _presented(headers)
     if got is None:
         raise WebhookError(401, f"missing {SECRET_HEADER} header")
     if not hmac.compare_digest(got.encode(), expected.encode()):
         raise WebhookError(403, f"wrong {SECRET_HEADER}")
+
+
+def _presented(headers: Mapping[str, str]) -> str | None:
+    for k, v in headers.items():  # header names are case-insensitive
+        if k.lower() == SECRET_HEADER.lower():
+            return v
+    return None
+
+
+def webhook_key(server_key: bytes, configured: str) -> bytes:
+    """The key every project's webhook secret is derived from: the server's secret (the URL-signing
+    key) with CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET; rotating either re-keys every project."""
+    return hmac.new(server_key, b"camloop-label-studio-webhook\n" + configured.encode(), hashlib.sha256).digest()
+
+
+def project_secret(key: bytes, ls_project_id: int) -> str:
+    """The webhook secret of one Label Studio project: HMAC-SHA256(key, "ls-project:<id>"), hex."""
+    return hmac.new(key, f"ls-project:{int(ls_project_id)}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_project_secret(headers: Mapping[str, str], configured: str, key: bytes, ls_project_id: int | None) -> None:
+    """Raise 401/403 unless the header carries the secret of the Label Studio project the payload
+    names (constant-time compare). A payload naming no project (malformed, or an action about no
+    project) can change nothing; it is checked against the configured secret.
+
+    The configured secret itself (every project's secret before per-project secrets) is refused
+    for a payload that names a project, with a log line: the reconciliation poll re-registers that
+    project's webhook with its own secret and recovers the annotation the refused webhook carried.
+    """
+    if ls_project_id is None:
+        check_secret(headers, configured)
+        return
+    if not configured:
+        raise WebhookError(503, "webhook secret not configured (CAMLOOP_LABEL_STUDIO_WEBHOOK_SECRET)")
+    got = _presented(headers)
+    if got is None:
+        raise WebhookError(401, f"missing {SECRET_HEADER} header")
+    if hmac.compare_digest(got.encode(), project_secret(key, ls_project_id).encode()):
+        return
+    if hmac.compare_digest(got.encode(), configured.encode()):
+        log.warning("webhook of Label Studio project %s refused: it carries the old shared secret, not the "
+                    "project's own; the next poll re-registers the webhook with its own secret and recovers "
+                    "the annotation", ls_project_id)
+        raise WebhookError(403, f"wrong {SECRET_HEADER} (the shared secret of old; this project's webhook is "
+                                "re-registered with its own secret at the next poll)")
+    raise WebhookError(403, f"wrong {SECRET_HEADER} for Label Studio project {ls_project_id}")
 
 
 ClassesOf = Callable[[int | None], Sequence[str] | None]
