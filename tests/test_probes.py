@@ -120,7 +120,7 @@ def test_who_on_post_labels_cannot_pose_as_label_studio_or_another_key(app):
     assert plain["who"].startswith("key:") and len(plain["who"]) == 14
     assert posed["who"] == f"{plain['who']} as label-studio agreed (cat×3)"
     with session_scope(settings) as s:
-        assert not s.scalars(select(Label.who).where(Label.who.like("label-studio%"))).all()
+        assert not s.scalars(select(Label.who).where(Label.project_id == pid, Label.who.like("label-studio%"))).all()
 
 
 # ------------------------------------------------------------------ 5. /metrics behind a key
