@@ -34,12 +34,12 @@ def photos(settings):
     return root
 
 
+# One store is enough: parity is about the engine (the store only holds what both decided).
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_service_and_simulate_agree_on_colour_photos(api, photos, tmp_path):
     import torch
 
     c, settings = api
-    if not settings.database_url_effective.startswith("sqlite"):
-        pytest.skip("one store is enough: parity is about the engine")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
