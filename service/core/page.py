@@ -161,7 +161,7 @@ def _acc_class(v) -> str:
 AL_COLOUR, RANDOM_COLOUR, CONTROL_COLOUR = "#1f5fbf", "#d9741a", "#2a8a3e"
 
 
-def learning_curve_svg(metrics: dict, width: int = 720, height: int = 340) -> str:
+def learning_curve_svg(metrics: dict, width: int = 1020, height: int = 360) -> str:
     """Labels → accuracy: the project's model each round (evaluated_on), the control's unbiased
     estimate with its interval, the audit's random curve with its band, and where random picking
     would have reached today's accuracy."""
@@ -259,7 +259,9 @@ def learning_curve_svg(metrics: dict, width: int = 720, height: int = 340) -> st
                    f'y2="{yv:.1f}" stroke="#555" stroke-dasharray="2 3"/>'
                    f'<line x1="{X(lo):.1f}" x2="{X(hi):.1f}" y1="{yv:.1f}" y2="{yv:.1f}" stroke="{RANDOM_COLOUR}" '
                    f'stroke-width="5" stroke-opacity="0.5"><title>random picking would need {need["labels"]} labels '
-                   f'({lo}–{hi}) for accuracy {num(now["value"])}</title></line>')
+                   f'({lo}–{hi}) for accuracy {num(now["value"])}</title></line>'
+                   f'<text x="{X(need["labels"]):.1f}" y="{yv - 9:.1f}" text-anchor="middle" class="legend">'
+                   f'random would need {need["labels"]} ({lo}–{hi})</text>')
     # legend
     items = [(AL_COLOUR, "solid", f"this project ({esc(metrics.get('evaluated_on') or 'evaluation')})")]
     if ctrl:
@@ -279,7 +281,7 @@ def learning_curve_svg(metrics: dict, width: int = 720, height: int = 340) -> st
     return "".join(out)
 
 
-def per_class_svg(metrics: dict, control_pc: dict | None, width: int = 720) -> str:
+def per_class_svg(metrics: dict, control_pc: dict | None, width: int = 1020) -> str:
     """The latest model's accuracy per class with its 95 % interval (on the split it was measured
     on), and the control's estimate beside it when there is one."""
     pcs = metrics.get("per_class") or {}
@@ -287,7 +289,7 @@ def per_class_svg(metrics: dict, control_pc: dict | None, width: int = 720) -> s
     if not names or all((pcs[n] or {}).get("accuracy") is None for n in names):
         return '<p class="muted">No per-class accuracy yet.</p>'
     label_w = max(90, min(220, 7 * max(len(n) for n in names) + 16))
-    row_h, T, R = 24 if control_pc else 20, 24, 140
+    row_h, T, R = 24 if control_pc else 20, 24, 200
     pw = width - label_w - R
     height = T + row_h * len(names) + 30
 
@@ -341,8 +343,8 @@ def confusion_svg(confusion: list[list[int]], names: list[str], max_side: int = 
         return '<p class="muted">No confusion matrix yet.</p>'
     cell = max(22, min(44, max_side // n))
     label_w = max(70, min(200, 7 * max(len(x) for x in names) + 12))
-    top = label_w  # column labels are rotated: they need as much room as row labels
-    width, height = label_w + cell * n + 10, top + cell * n + 30
+    top = int(12 + 5.5 * max(len(x) for x in names))  # column labels are rotated by 50°
+    width, height = label_w + cell * n + 10, top + cell * n + 6
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
            f'aria-label="confusion matrix" xmlns="http://www.w3.org/2000/svg">']
     for j, name in enumerate(names):
@@ -358,14 +360,13 @@ def confusion_svg(confusion: list[list[int]], names: list[str], max_side: int = 
             share = v / total if total else 0.0
             x = label_w + cell * j
             out.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{_blend(share)}" '
-                       f'stroke="{"#333" if i == j else "#fff"}" stroke-width="{1.5 if i == j else 1}">'
+                       f'stroke="#fff">'
                        f'<title>true {esc(names[i])}, guessed {esc(names[j])}: {v} of {total}</title></rect>')
             if v:
                 out.append(f'<text x="{x + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" text-anchor="middle" '
                            f'class="cell" fill="{"#fff" if share > 0.5 else "#222"}">{v}</text>')
-    out.append(f'<text x="{label_w + cell * n / 2:.0f}" y="{height - 6}" text-anchor="middle" class="axis">'
-               f'rows: true class · columns: the model\'s guess</text></svg>')
-    return "".join(out)
+    out.append("</svg>")
+    return "".join(out) + '<p class="small muted">Rows: the true class · columns: the model\'s guess; shaded by the share of the row.</p>'
 
 
 # ---------------------------------------------------------------------------------------- sections
@@ -582,7 +583,7 @@ def render(p: PageInput) -> str:
     body = "".join(f'<section id="{_slug(t)}"><h2>{t}</h2>{s}</section>' for t, s in sections)
     share = f" · {esc(p.share_note)}" if p.share_note else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">'
             f'<title>{esc(p.title)}</title><style>{STYLE}</style></head><body><main>'
             f'<h1>{esc(p.title)}</h1><p class="muted small">{esc(p.generated)} · {status}{share}</p>{body}'
             f'<footer>camloop · the figures are GET /metrics\'s</footer></main></body></html>')
