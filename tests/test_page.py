@@ -163,6 +163,10 @@ def test_the_page_route_takes_a_dashboard_key_or_a_signed_link_and_nothing_else(
     r = c.get(url, headers=dash)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "style-src 'sha256-" in r.headers["content-security-policy"]
+    # the cached answer (service.api.cache.FastPolls): the same bytes and headers
+    again = c.get(url, headers=dash)
+    assert again.content == r.content and again.headers["content-security-policy"] == r.headers[
+        "content-security-policy"] and again.headers["content-type"] == r.headers["content-type"]
     assert c.get(url, headers={"Authorization": ""}).status_code == 401
     assert c.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
     # A dashboard key cannot mint a link; an engineer can.

@@ -76,9 +76,10 @@ def _render(settings: Settings, pid: int) -> bytes:
     return html.encode()
 
 
-cache = PolledCache(_render)
 HEADERS = {"Content-Security-Policy": page_svc.CSP, "X-Content-Type-Options": "nosniff",
            "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+MEDIA_TYPE = "text/html; charset=utf-8"
+cache = PolledCache("page", _render, MEDIA_TYPE, HEADERS)
 
 
 @router.get("/projects/{pid}/page", response_class=Response,
@@ -98,7 +99,8 @@ async def project_page(pid: Pid, request: Request, settings: SettingsDep,
             raise HTTPException(403, f"this link does not open this page: {e}") from None
     else:
         authenticate(request, settings)  # 401 without a key; a read-only key is enough
-    return Response(await cache.get(settings, pid), media_type="text/html; charset=utf-8", headers=HEADERS)
+    # (service.api.cache.FastPolls answers a cached hit before this route is reached)
+    return Response(await cache.get(settings, pid), media_type=MEDIA_TYPE, headers=HEADERS)
 
 
 @router.post("/projects/{pid}/page/link")
