@@ -290,6 +290,9 @@ class Endpoint:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    # the load generator's own lag: from a request's due time until its task ran (the generator
+    # shares the cores; what it adds is not the server's)
+    lags: list[float] = field(default_factory=list)
 
     def record(self, status: str, seconds: float, ok: bool) -> None:
         self.latencies.append(seconds)
@@ -303,7 +306,9 @@ class Endpoint:
         return {"requests": n, "errors": self.errors, "error_rate": self.errors / n if n else 0.0,
                 "rate_per_s": n / wall if wall else 0.0, "statuses": self.statuses,
                 "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-                "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+                "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()),
+                **({"generator_lag_p50_ms": float(np.percentile(self.lags, 50) * 1000),
+                    "generator_lag_p99_ms": float(np.percentile(self.lags, 99) * 1000)} if self.lags else {})}
 
 
 @dataclass
@@ -363,6 +368,7 @@ async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint
     tasks = set()
 
     async def one(due: float, on_page: bool) -> None:
+        (page_ep if on_page else ep).lags.append(time.monotonic() - due)
         try:  # RawHttp holds at most `in_flight` connections; the rest wait in its FIFO
             r = await c.get(page if on_page else url)
             status, ok = str(r.status_code), r.status_code == 200
@@ -426,7 +432,7 @@ async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str],
     await ann.close()
     await dash.close()
     both = Endpoint(dash_ep.latencies + (page_ep.latencies if page_ep else []), dash_ep.errors + (
-        page_ep.errors if page_ep else 0))
+        page_ep.errors if page_ep else 0), lags=dash_ep.lags + (page_ep.lags if page_ep else []))
     return {"wall_s": wall, "labels_endpoint": labels_ep.summary(wall), "metrics_endpoint": dash_ep.summary(wall),
             **({"page_endpoint": page_ep.summary(wall), "dashboard_all": both.summary(wall)} if page_ep else {}),
             "ledger": ledger, "resent_after_failure": resent_after, "hot_items": hot}
