@@ -82,19 +82,25 @@ def running(metrics: dict) -> bool:
 
 # ---------------------------------------------------------------------------------------- store
 
+def _latest_queued_round(s: Session, pid: int) -> Round | None:
+    return s.scalar(select(Round).where(Round.project_id == pid, Round.id.in_(select(QueueEntry.round_id)))
+                    .order_by(Round.number.desc()).limit(1))
+
+
 def latest_batch(s: Session, pid: int, limit: int = GRID_MAX) -> tuple[Round | None, list[tuple[QueueEntry, Item]]]:
     """The latest round that queued images, and its batch (not the reserve) in rank order."""
-    rnd = s.scalar(select(Round).where(Round.project_id == pid, Round.id.in_(select(QueueEntry.round_id)))
-                   .order_by(Round.number.desc()).limit(1))
+    rnd = _latest_queued_round(s, pid)
     if rnd is None:
         return None, []
     rows = s.execute(select(QueueEntry, Item).join(Item, Item.id == QueueEntry.item_id)
-                     .where(QueueEntry.round_id == rnd.id).order_by(QueueEntry.rank)).all()
-    return rnd, [(e, it) for e, it in rows if not e.reserve][:limit] if limit else [(e, it) for e, it in rows if not e.reserve]
+                     .where(QueueEntry.round_id == rnd.id, QueueEntry.reserve.is_(False))
+                     .order_by(QueueEntry.rank).limit(limit)).all()
+    return rnd, [(e, it) for e, it in rows]
 
 
 def queue_progress(s: Session, pid: int) -> QueueProgress | None:
-    rnd, _ = latest_batch(s, pid, limit=0)
+    """The latest batch's progress (answered of queued, reserve left) and the latest round's state."""
+    rnd = _latest_queued_round(s, pid)
     current = s.scalar(select(Round).where(Round.project_id == pid).order_by(Round.number.desc()).limit(1))
     if rnd is None:
         return None if current is None else QueueProgress(None, None, 0, 0, 0, current.number, current.state)
