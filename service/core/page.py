@@ -396,7 +396,8 @@ def _headline(m: dict) -> str:
     ]
     body = "".join(f'<div class="tile"><div class="tname">{t}</div><div class="tval">{v}</div>'
                    f'<div class="tsub">{s}</div></div>' for t, v, s in tiles)
-    note = f'<p class="muted">{esc(ev.get("note"))}</p>' if ev.get("note") else ""
+    note = (f'<p class="muted small">The held-out evidence the exclusion rule and the stopping signal read: '
+            f'{esc(ev.get("note"))}.</p>' if ev.get("note") else "")
     return f'<div class="tiles">{body}</div>{note}'
 
 

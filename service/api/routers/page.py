@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import authenticate
 from service.api.cache import PolledCache
