@@ -214,3 +214,35 @@ def test_the_page_of_a_trained_round_shows_what_get_metrics_says_and_its_batch(a
     assert c.post(f"/api/v1/projects/{pid}/rounds", json={"train_only": True}).status_code == 202  # a write: cache dropped
     html = c.get(f"/api/v1/projects/{pid}/page", headers=dash).text
     assert 'id="round">2<' in html
+
+
+def test_camloop_project_page_prints_a_link_that_opens_the_page(api, monkeypatch, capsys):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.cli import client as cli_client
+    from tests.conftest import ENGINEER_KEY
+
+    c, _settings = api
+    pid = new_project(c)
+
+    class Through:  # the CLI's HTTP client, sent to the in-process app
+        def __init__(self, *a, base_url, headers, **kw):
+            self.base, self.headers = base_url, headers
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def post(self, path, params=None):
+            return c.post(urlsplit(self.base).path + path, params=params, headers=self.headers)
+
+    monkeypatch.setattr(cli_client.httpx, "Client", Through)
+    out = CliRunner().invoke(app, ["project", "page", str(pid), "--days", "1", "--key", ENGINEER_KEY,
+                                   "--url", "http://testserver"])
+    assert out.exit_code == 0, out.output
+    link = urlsplit(out.output.strip().splitlines()[-1])
+    assert link.path == f"/api/v1/projects/{pid}/page"
+    assert c.get(f"{link.path}?{link.query}", headers={"Authorization": ""}).status_code == 200
