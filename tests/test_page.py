@@ -246,3 +246,17 @@ def test_camloop_project_page_prints_a_link_that_opens_the_page(api, monkeypatch
     link = urlsplit(out.output.strip().splitlines()[-1])
     assert link.path == f"/api/v1/projects/{pid}/page"
     assert c.get(f"{link.path}?{link.query}", headers={"Authorization": ""}).status_code == 200
+
+
+def test_the_route_draws_control_and_audit_when_the_metrics_have_them(api, monkeypatch):
+    """Once GET metrics carries "control" and "audit" (issue 22's other parts), the page shows
+    them: the route hands the metrics dict to the renderer as it is."""
+    from service.api.routers import page as page_route
+
+    c, _settings = api
+    pid = new_project(c)
+    monkeypatch.setattr(page_route, "metrics_dict", lambda settings, p: {**metrics(control=True, audit=True),
+                                                                         "project_id": p})
+    html = c.get(f"/api/v1/projects/{pid}/page").text
+    assert 'id="audit-verdict">paying off<' in html and 'id="control-pooled"' in html
+    assert "random would need 420 (340–560)" in html
