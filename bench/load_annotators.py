@@ -10,8 +10,9 @@ registration so round 1 trains on the worker; while it trains:
     retry after a lost answer: same client ids, must count nothing twice). A request that
     fails (5xx, timeout, transport error) is kept and re-sent at the end, as a client would.
   * a dashboard, open loop at R requests/s (default 200): GET /api/v1/projects/{pid}/metrics
-    with a read-only key, each request sent at its scheduled time; latency is measured from the
-    scheduled time, so a slow server is not hidden by a waiting client.
+    and, every other request, the project page GET /api/v1/projects/{pid}/page (--no-page: metrics
+    only), with a read-only key, each request sent at its scheduled time; latency is measured
+    from the scheduled time, so a slow server is not hidden by a waiting client.
 
 Then the store is checked against what the clients were told: every acknowledged client id
 exactly once in the labels table, no label nobody sent, each item counted once in GET metrics
@@ -289,6 +290,9 @@ class Endpoint:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    # the load generator's own lag: from a request's due time until its task ran (the generator
+    # shares the cores; what it adds is not the server's)
+    lags: list[float] = field(default_factory=list)
 
     def record(self, status: str, seconds: float, ok: bool) -> None:
         self.latencies.append(seconds)
@@ -302,7 +306,9 @@ class Endpoint:
         return {"requests": n, "errors": self.errors, "error_rate": self.errors / n if n else 0.0,
                 "rate_per_s": n / wall if wall else 0.0, "statuses": self.statuses,
                 "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-                "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+                "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()),
+                **({"generator_lag_p50_ms": float(np.percentile(self.lags, 50) * 1000),
+                    "generator_lag_p99_ms": float(np.percentile(self.lags, 99) * 1000)} if self.lags else {})}
 
 
 @dataclass
@@ -350,22 +356,25 @@ async def _annotator(i: int, c, pid: int, own: list[int], hot: list[int], truth:
         await asyncio.sleep(rng.uniform(*think))
 
 
-async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint, in_flight: int) -> None:
+async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint, in_flight: int,
+                     page_ep: Endpoint | None = None) -> None:
     """Open loop: request k is due at start + k/rps whether or not earlier ones came back; at most
     `in_flight` are outstanding (a dashboard's connection pool), later ones wait their turn in
     a FIFO and that wait counts in their latency (measured from the due time)."""
     url = f"/api/v1/projects/{pid}/metrics"
+    page = f"/api/v1/projects/{pid}/page"
     interval = 1.0 / rps
     start = time.monotonic()
     tasks = set()
 
-    async def one(due: float) -> None:
+    async def one(due: float, on_page: bool) -> None:
+        (page_ep if on_page else ep).lags.append(time.monotonic() - due)
         try:  # RawHttp holds at most `in_flight` connections; the rest wait in its FIFO
-            r = await c.get(url)
+            r = await c.get(page if on_page else url)
             status, ok = str(r.status_code), r.status_code == 200
         except Exception as e:  # noqa: BLE001
             status, ok = type(e).__name__, False
-        ep.record(status, time.monotonic() - due, ok)
+        (page_ep if on_page else ep).record(status, time.monotonic() - due, ok)
 
     k = 0
     while True:
@@ -375,7 +384,7 @@ async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        t = asyncio.create_task(one(due))
+        t = asyncio.create_task(one(due, page_ep is not None and k % 2 == 1))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
         k += 1
@@ -386,13 +395,15 @@ async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint
 
 
 async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str], *, annotators: int,
-                dashboard_rps: float, seconds: float, think: tuple[float, float], seed: int) -> dict:
+                dashboard_rps: float, seconds: float, think: tuple[float, float], seed: int,
+                page: bool = True) -> dict:
     rng = random.Random(seed)
     items = list(unlabeled)
     rng.shuffle(items)
     hot, rest = items[:20], items[20:]
     shares = [rest[k::annotators] for k in range(annotators)]
     ledger, labels_ep, dash_ep = Ledger(), Endpoint(), Endpoint()
+    page_ep = Endpoint() if page else None
     in_flight = 64  # the dashboard's connections; more requests due wait (in a FIFO) for one
     host, port = url.split("//", 1)[1].split(":")
     ann = RawHttp(host, int(port), {"Authorization": f"Bearer {ENGINEER}"}, size=annotators)
@@ -400,7 +411,7 @@ async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str],
     t0 = time.monotonic()
     stop = t0 + seconds
     await asyncio.gather(
-        _dashboard(dash, pid, dashboard_rps, stop, dash_ep, in_flight),
+        _dashboard(dash, pid, dashboard_rps, stop, dash_ep, in_flight, page_ep),
         *[_annotator(i, ann, pid, shares[i], hot, truth, stop, labels_ep, ledger, think, random.Random(seed + i))
           for i in range(annotators)])
     wall = time.monotonic() - t0
@@ -420,7 +431,10 @@ async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str],
             await asyncio.sleep(0.5)
     await ann.close()
     await dash.close()
+    both = Endpoint(dash_ep.latencies + (page_ep.latencies if page_ep else []), dash_ep.errors + (
+        page_ep.errors if page_ep else 0), lags=dash_ep.lags + (page_ep.lags if page_ep else []))
     return {"wall_s": wall, "labels_endpoint": labels_ep.summary(wall), "metrics_endpoint": dash_ep.summary(wall),
+            **({"page_endpoint": page_ep.summary(wall), "dashboard_all": both.summary(wall)} if page_ep else {}),
             "ledger": ledger, "resent_after_failure": resent_after, "hot_items": hot}
 
 
@@ -473,7 +487,7 @@ def _cpu_s(pid: int) -> float:
 
 def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60, db: str = "postgresql",
         seed_labels: int = 300, epochs: int = 15, think: tuple[float, float] = (0.3, 1.2), seed: int = 0,
-        root: Path | None = None) -> dict:
+        root: Path | None = None, page: bool = True) -> dict:
     import httpx
 
     st = start_stack(db, root)
@@ -485,7 +499,7 @@ def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60
         load_avg_before = os.getloadavg()
         cpu0 = [_cpu_s(p.pid) for p in st.procs]
         load = asyncio.run(_load(st.url, pid, unlabeled, truth, annotators=annotators, dashboard_rps=dashboard_rps,
-                                 seconds=seconds, think=think, seed=seed))
+                                 seconds=seconds, think=think, seed=seed, page=page))
         cpu = [_cpu_s(p.pid) - c0 for p, c0 in zip(st.procs, cpu0)]
         load_avg_after = os.getloadavg()
         rnd = c.get(f"/api/v1/projects/{pid}/rounds/1").json()
@@ -496,13 +510,15 @@ def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60
         load.pop("hot_items")
         server_log = (st.root / "server.log").read_text(errors="replace")
         return {"config": {"annotators": annotators, "dashboard_rps": dashboard_rps, "seconds": seconds, "db": db,
+                           "page": page,
                            "seed_labels": seed_labels, "epochs": epochs, "think_s": list(think)},
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                             "load_generator": "same machine, one asyncio process (raw HTTP/1.1 keep-alive)",
                             "load_average_before": load_avg_before, "load_average_after": load_avg_after},
                 "cpu_seconds_during_load": {"api_server": cpu[0], "worker": cpu[1],
                                             "api_ms_per_request": 1000 * cpu[0] / max(1, load["labels_endpoint"][
-                                                "requests"] + load["metrics_endpoint"]["requests"])},
+                                                "requests"] + load["metrics_endpoint"]["requests"] + load.get(
+                                                "page_endpoint", {}).get("requests", 0))},
                 "round": {"state_at_start": state_before, "state_at_end": rnd["state"], "error": rnd["error"],
                           "train_seconds": next((j["duration_s"] for j in rnd["jobs"] if j["kind"] == "train"), None)},
                 **load, "check": check, "server_log_500s": server_log.count("→ 500")}
@@ -517,10 +533,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--no-page", dest="page", action="store_false", help="the dashboard polls GET metrics only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out = run(annotators=args.annotators, dashboard_rps=args.dashboard_rps, seconds=args.seconds, db=args.db,
-              epochs=args.epochs)
+              epochs=args.epochs, page=args.page)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -57,8 +57,12 @@ def test_demo_runs_rounds_and_writes_the_report(tmp_path):
 
     report = data / "report"
     page = (report / "index.html").read_text()
-    for name in ("learning_curve.png", "per_class_accuracy.png", "confusion_matrix.png", "gradcam_queue.png"):
-        assert name in page and Image.open(report / name).size[0] > 200, name
+    # A snapshot of the project page: its charts inline, the last batch's overlays beside it.
+    assert page.count("<svg") == 3 and 'http-equiv="refresh"' not in page
+    overlays = sorted((report / "gradcam").glob("item_*.png"))
+    assert len(overlays) == 20 and all(f"gradcam/{p.name}" in page for p in overlays)
+    assert Image.open(overlays[0]).size[0] >= 28
+    assert json.loads((report / "metrics.json").read_text())["labeled"] == 80
     rounds = json.loads((report / "rounds.json").read_text())
     # Two labeling rounds, then one more that trains on every label (the last batch's too).
     assert [r["round"] for r in rounds] == [1, 2, 3]

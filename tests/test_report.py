@@ -1,55 +1,49 @@
+"""The demo's report: a snapshot of the project page (service.core.page), its overlays written
+beside it, and the figures it was drawn from."""
 import json
 
 import numpy as np
 from PIL import Image
 
 from service.core import heatmaps
+from service.core.page import QueueProgress
 from service.demo.report import Overlay, ReportInput, plot_learning_curves, write_report
+from tests.test_page import metrics
 
-CLASSES = ["cat", "dog", "owl"]
+CLASSES = ["cat", "dog", "<owl>"]
 
 
 def _rounds():
     return [
         {"round": r, "labeled": 100 * (r + 1), "accuracy": 0.5 + 0.1 * r, "macro_f1": 0.4 + 0.1 * r,
-         "per_class": {c: {"accuracy": 0.3 + 0.2 * r if c != "owl" else 0.1, "support": 10, "labeled": 30 * r,
-                           "status": "excluded" if (c == "owl" and r == 2) else "active"} for c in CLASSES}}
+         "per_class": {c: {"accuracy": 0.3 + 0.2 * r if c != "<owl>" else 0.1,
+                           "status": "excluded" if (c == "<owl>" and r == 2) else "active"} for c in CLASSES}}
         for r in range(3)
     ]
 
 
-def test_report_writes_every_figure_and_a_page_that_links_them(tmp_path):
+def test_the_report_is_the_pages_snapshot_with_its_pictures_beside_it(tmp_path):
     png = heatmaps.overlay_png(np.zeros((28, 28, 1), np.uint8), np.eye(7))
-    data = ReportInput(title="demo <run>", rounds=_rounds(), class_names=CLASSES,
-                       confusion=[[5, 1, 0], [2, 7, 1], [0, 0, 3]],
-                       overlays=[Overlay(png, f"item {i}") for i in range(5)], notes=["owl excluded in round 2"])
+    overlays = [Overlay(item_id=10 + i, rank=i, predicted="cat", label="dog" if i % 2 else "cat", status="labeled",
+                        png=png) for i in range(5)] + [Overlay(item_id=99, rank=5, predicted=None, label=None,
+                                                               status="queued", png=None)]
+    data = ReportInput(title="demo <run>", metrics=metrics(audit=True), rounds=_rounds(), overlays=overlays,
+                       queue=QueueProgress(3, "closed", 6, 5, 0, 4, "closed"), notes=["owl excluded in round 2"],
+                       generated="snapshot of now")
     index = write_report(data, tmp_path)
-    page = index.read_text()
-    for name in ("learning_curve.png", "per_class_accuracy.png", "confusion_matrix.png", "gradcam_queue.png"):
-        assert (tmp_path / name).stat().st_size > 1000
-        assert Image.open(tmp_path / name).size[0] > 100
-        assert name in page
-    assert "demo &lt;run&gt;" in page  # the title is escaped, not injected
-    assert json.loads((tmp_path / "rounds.json").read_text())[2]["per_class"]["owl"]["status"] == "excluded"
+    html = index.read_text()
+    for i in range(5):
+        name = f"gradcam/item_{10 + i}.png"
+        assert f'src="{name}"' in html and Image.open(tmp_path / name).size[0] >= 28
+    assert "no picture" in html  # the image with no overlay
+    assert "demo &lt;run&gt;" in html and "owl excluded in round 2" in html  # escaped, not injected
+    assert 'http-equiv="refresh"' not in html  # a snapshot never reloads
+    assert html.count("<svg") == 3 and 'id="audit-verdict">paying off<' in html
+    assert json.loads((tmp_path / "rounds.json").read_text())[2]["per_class"]["<owl>"]["status"] == "excluded"
+    assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == 0.8
 
 
 def test_learning_curves_of_several_runs(tmp_path):
     runs = {"random": _rounds(), "hybrid": _rounds()[:2]}
     out = plot_learning_curves(runs, tmp_path / "c.png", target=0.92)
     assert Image.open(out).size[0] > 300
-
-
-def test_the_gradcam_grid_is_drawn_at_the_pages_width_so_its_captions_stay_readable(tmp_path):
-    """A figure wider than the page is scaled down by the browser, captions with it (8 columns
-    came out at ~7 px). The grid is at most the page's width, so it is shown 1:1."""
-    from service.demo.report import CAPTION_PT, FIGURE_DPI, PAGE_WIDTH_PX, overlay_grid
-
-    png = heatmaps.overlay_png(np.zeros((28, 28, 1), np.uint8), np.eye(7))
-    caption = "#24 predicted: Ankle boot\nexpert: Ankle boot ✓"
-    full = overlay_grid([Overlay(png, caption)] * 24, tmp_path / "g24.png")
-    assert abs(Image.open(full).size[0] - PAGE_WIDTH_PX) <= 2
-    few = overlay_grid([Overlay(png, caption)] * 2, tmp_path / "g2.png")
-    assert Image.open(few).size[0] <= PAGE_WIDTH_PX
-    assert CAPTION_PT * FIGURE_DPI / 72 >= 12  # caption pixels when shown 1:1
-    assert f"max-width:{PAGE_WIDTH_PX}px" in write_report(
-        ReportInput(title="t", rounds=_rounds(), class_names=CLASSES), tmp_path / "r").read_text()

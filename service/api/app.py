@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service.api.auth import authenticate
+from service.api.cache import FastPolls
 from service.api.deps import caller, writer
 from service.api.prometheus import StoreCollector, render
 from service.api.routers import router
@@ -147,6 +148,9 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
                   description="Human-in-the-loop active learning for images. Bearer API keys; /healthz is open.")
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    # A dashboard's cached poll (GET metrics, the page) is answered before routing; inside
+    # InternalErrors, so that a fault in it is a 500 with an error id too.
+    app.add_middleware(FastPolls, settings=settings)
     app.add_middleware(InternalErrors)  # added last = outermost of ours
 
     @app.exception_handler(ServiceError)

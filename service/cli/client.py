@@ -84,6 +84,20 @@ def project_create(
     print(json.dumps(project))
 
 
+@project_app.command("page")
+def project_page(
+    project: int = typer.Argument(..., help="project id"),
+    days: float = typer.Option(7.0, help="how long the link opens the page (at most 90 days)"),
+    url: str | None = URL, key: str | None = KEY,
+) -> None:
+    """A link to the project's page that opens it without a key until it expires (an engineer key
+    mints it; anyone who has it can read the page: share it as you would a dashboard key)."""
+    with _client(url, key) as c:
+        link = _check(c.post(f"/projects/{project}/page/link", params={"ttl_s": max(60, int(days * 86400))}))
+    console.print(f"the page of project {project}, until {escape(link['expires_at'])}:", soft_wrap=True)
+    print(link["url"])
+
+
 @round_app.command("start")
 def round_start(
     project: int = typer.Argument(..., help="project id"),

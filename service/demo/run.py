@@ -29,6 +29,7 @@ from engine.config import ProjectConfig, merge_config
 from engine.datasets import load_named
 from engine.decisions import initial_labeled
 from engine.model_specs import model_names as available_models
+from service.core.page import QueueProgress
 from service.demo.report import Overlay, ReportInput, write_report
 from service.labelstudio.announce import ended_text, with_note
 from service.labelstudio.client import LabelStudioBridge, LabelStudioError
@@ -349,15 +350,26 @@ class DemoRun:
         return {"selected": [q["uri"][prefix:] for q in queue if not q.get("reserve")],
                 "reserve": [q["uri"][prefix:] for q in queue if q.get("reserve")]}
 
-    def overlays(self, number: int, limit: int) -> list[Overlay]:
+    def overlays(self, number: int, limit: int) -> tuple[list[Overlay], QueueProgress]:
+        """Round `number`'s batch (its first `limit` images) with their Grad-CAM overlays, and the
+        queue's progress, as the project page shows them."""
         queue = self._ok(self.api.get(f"/projects/{self.pid}/queue",
-                                      params={"round": number, "include_labeled": True}))["items"]
+                                      params={"round": number, "include_labeled": True}))
+        batch = [q for q in queue["items"] if not q.get("reserve")]
         out = []
-        for q in queue[:limit]:
+        for q in batch[:limit]:
             r = self.api.get(f"/projects/{self.pid}/items/{q['item_id']}/heatmap.png")
-            if r.status_code == 200:
-                out.append(Overlay(r.content, caption(q)))
-        return out
+            out.append(Overlay(item_id=q["item_id"], rank=q["rank"], predicted=q.get("predicted"), label=q.get("label"),
+                               status=q["status"], png=r.content if r.status_code == 200 else None,
+                               control=bool(q.get("control"))))
+        rounds = self._ok(self.api.get(f"/projects/{self.pid}/rounds"))["rounds"]
+        current = max(rounds, key=lambda r: r["number"]) if rounds else None
+        progress = QueueProgress(
+            round=number, state=queue.get("state"), batch=len(batch),
+            answered=sum(1 for q in batch if q["status"] != "queued"),
+            reserve_left=sum(1 for q in queue["items"] if q.get("reserve") and q["status"] == "queued"),
+            current_round=current["number"] if current else None, current_state=current["state"] if current else None)
+        return out, progress
 
 
 def validate(opts: DemoOptions) -> None:
@@ -463,6 +475,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
     rounds: list[dict] = []
     metrics: dict = {}
     overlays: list[Overlay] = []
+    queue: QueueProgress | None = None
     last = None
     stopped = ""
     # The server's whole stack, loaded when a demo runs: `camloop` imports this module for the
@@ -516,10 +529,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                 console.print(f"[yellow]{stopped}; writing the report of what is done[/yellow]")
             rounds, metrics = run.history()
             if last is not None:
-                overlays = run.overlays(last, opts.overlays)
-    # GET .../metrics: the latest model's confusion matrix on the split it was evaluated on.
-    confusion = metrics.get("confusion")
-    confusion_split = metrics.get("confusion_on") or metrics.get("evaluated_on") or "test"
+                overlays, queue = run.overlays(last, opts.overlays)
     elapsed = time.monotonic() - t_start
     notes = [f"data set {data.name}: {n_pool} pool images, {opts.initial} initial labels, {opts.budget} per round, "
              f"model {opts.model}, {opts.epochs} epochs a round",
@@ -529,10 +539,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                                          if opts.exclusion else "off (--exclusion turns it on)"),
              f"answers from: {'Label Studio ' + (run.ls_project_url or opts.label_studio_url) if opts.with_label_studio else 'the ground truth (--oracle)'}",
              f"wall time: {elapsed:.0f} s"] + ([stopped] if stopped else [])
+    # The project page's snapshot: GET .../metrics at the end, the last batch's overlays.
     report = write_report(ReportInput(
-        title=f"camloop demo — {data.name}, {opts.strategy}", rounds=rounds, class_names=data.class_names,
-        confusion=confusion, confusion_split=confusion_split, overlays=overlays, notes=notes),
-        opts.report_path)
+        title=f"camloop demo — {data.name}, {opts.strategy}", metrics=metrics, rounds=rounds, overlays=overlays,
+        queue=queue, notes=notes, generated=time.strftime("snapshot of %Y-%m-%d %H:%M:%S")), opts.report_path)
     if rounds:
         first, end = rounds[0], rounds[-1]
         console.print(f"test accuracy {first['accuracy']:.3f} with {first['labeled']} labels → "

@@ -2,8 +2,8 @@
 service function, shape the answer with its response model."""
 from fastapi import APIRouter
 
-from service.api.routers import export, freeze, items, labels, metrics, models, predict, projects, queue, rounds
+from service.api.routers import export, freeze, items, labels, metrics, models, page, predict, projects, queue, rounds
 
 router = APIRouter()
-for module in (projects, items, rounds, queue, metrics, labels, freeze, models, export, predict):
+for module in (projects, items, rounds, queue, metrics, labels, freeze, models, export, predict, page):
     router.include_router(module.router)
