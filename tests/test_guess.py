@@ -37,6 +37,16 @@ def test_the_display_follows_the_mode_the_threshold_and_the_control():
     assert not any(in_control(3, 2, i, 0.0) for i in range(100))
 
 
+def test_a_random_control_slice_image_is_shown_blind_and_reads_like_any_hidden_task():
+    # The control slice's answers are the unbiased accuracy estimate: a shown (or ticked) guess
+    # the expert follows would inflate it. It is not the anchoring control (control False).
+    pre = GuessConfig(threshold=0.5, hidden_share=0.0)
+    assert display(pre, 0, 1, 5, "cat", 0.99) == (PRESELECTED, False)
+    assert display(pre, 0, 1, 5, "cat", 0.99, random_control=True) == (HIDDEN, False)
+    assert display(GuessConfig(mode="show", hidden_share=0.0), 0, 1, 5, "cat", 0.4, True) == (HIDDEN, False)
+    assert display(pre, 0, 1, 5, None, None, random_control=True) == (SHOWN, False)  # no guess to hide
+
+
 def test_the_header_says_the_mode_in_an_experts_words():
     cfg = GuessConfig(threshold=0.9)
     assert header(PRESELECTED, "Shirt", 0.934, cfg, False) == "Shirt, 93 %, pre-selected: change it if it is wrong"
@@ -107,3 +117,24 @@ def test_anchoring_per_expert_from_the_store_and_no_wrong_region_votes_on_hidden
     assert e7["flagged"] and not e8["flagged"] and out["flagged"] == ["7"]
     # Every vote ticked "wrong region", but only the 40 shown tasks had a map to judge.
     assert votes["cat"]["votes"] == 40 and votes["cat"]["wrong_region"] == 40
+
+
+def test_the_control_slice_is_stored_blind_and_left_out_of_the_anchoring_comparison(tmp_path):
+    from service.labelstudio.client import BatchItem
+    from service.labelstudio.guess import decide_batch
+
+    st = make_settings(tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite'}", "g")
+    (tmp_path / "data").mkdir()
+    upgrade_head(st)
+    ensure_tables(get_engine(st))
+    with session_scope(st) as s:
+        p = create_project(s, "slice", ["cat", "dog"], None)
+        p.config = {"guess": {"threshold": 0.5, "hidden_share": 0.0}}
+        batch = [BatchItem(item_id=k, image_url="u", heatmap_url="h", predicted_class="cat", score=0.9,
+                           random_control=k < 2) for k in range(4)]
+        out = decide_batch(s, p, 1, batch)
+        stored = {r.item_id: (r.mode, r.control) for r in s.execute(guess_shown.select())}
+    assert [b.display for b in out] == [HIDDEN, HIDDEN, PRESELECTED, PRESELECTED]
+    assert all(b.header.startswith("hidden for this image") and "cat" not in b.header for b in out[:2])
+    # Stored hidden but not as the anchoring control: anchoring compares the ranked batch only.
+    assert stored == {0: (HIDDEN, False), 1: (HIDDEN, False), 2: (PRESELECTED, False), 3: (PRESELECTED, False)}

@@ -45,6 +45,9 @@ class BatchItem:
     # (no guess, no map); and the header's words for it (None: guess_text's).
     display: str = "preselected"
     header: str | None = None
+    # Drawn by the random control slice (queue_entries.control): shown blind, so an expert who
+    # follows a shown guess cannot inflate the control's unbiased accuracy estimate.
+    random_control: bool = False
 
 
 def guess_text(predicted_class: str | None, p: float | None) -> str:

@@ -58,11 +58,16 @@ def in_control(seed: int, round_no: int, item_id: int, share: float) -> bool:
 
 
 def display(config: GuessConfig, seed: int, round_no: int, item_id: int, pred: str | None,
-            p: float | None) -> tuple[str, bool]:
-    """(mode, control) for one queued image. No guess yet (a cold start): shown, i.e. as before."""
+            p: float | None, random_control: bool = False) -> tuple[str, bool]:
+    """(mode, control) for one queued image. No guess yet (a cold start): shown, i.e. as before.
+
+    An image of the random control slice (config control) is always shown blind: its answer is
+    the unbiased accuracy estimate of the model that guessed, which a followed guess would
+    inflate. It is not part of the anchoring control (control False): those are a random share
+    of the ranked batch, and the slice's easier, random images would skew that comparison."""
     if pred is None:
         return SHOWN, False
-    if config.mode == "hidden":
+    if config.mode == "hidden" or random_control:
         return HIDDEN, False  # blind for everyone: no control needed (nothing is shown to compare)
     if in_control(seed, round_no, item_id, config.hidden_share):
         return HIDDEN, True
@@ -98,12 +103,16 @@ def decide_batch(s: Session, project, round_no: int, batch: Sequence) -> list:
     for b in batch:
         row = known.get(b.item_id)
         if row is None:
-            mode, control = display(cfg.guess, cfg.seed, round_no, b.item_id, b.predicted_class, b.score)
+            mode, control = display(cfg.guess, cfg.seed, round_no, b.item_id, b.predicted_class, b.score,
+                                    b.random_control)
             new.append(dict(project_id=project.id, round=round_no, item_id=b.item_id, pred=b.predicted_class,
                             p=b.score, mode=mode, control=control))
         else:
             mode, control = row.mode, bool(row.control)
-        out.append(replace(b, display=mode, header=header(mode, b.predicted_class, b.score, cfg.guess, control)))
+        # A control-slice image reads like an anchoring-control one ("hidden for this image"): the
+        # expert cannot tell the random images from the ranked ones.
+        out.append(replace(b, display=mode, header=header(mode, b.predicted_class, b.score, cfg.guess,
+                                                          control or (b.random_control and cfg.guess.mode != "hidden"))))
     if new:
         s.execute(insert(guess_shown), new)
     return out

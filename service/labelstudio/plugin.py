@@ -224,7 +224,7 @@ class LabelStudioPlugin(PluginBase):
                 out.append(BatchItem(
                     item_id=item.id, image_url=file_url(self.signer, item.uri, ttl),
                     heatmap_url=heatmap_url(self.signer, project_id, item.id, ttl) if q.pred else None,
-                    predicted_class=q.pred, score=p))
+                    predicted_class=q.pred, score=p, random_control=bool(q.control)))
             # How each guess is shown (pre-selected, shown, hidden): decided once and stored.
             return decide_batch(s, s.get(Project, project_id), round_number, out)
 
