@@ -261,7 +261,7 @@ class SimulationConfig(ProjectConfig):
     Flat on purpose (the project's keys beside the run's), so benchmarks say
     `SimulationConfig(strategy="random", budget=1000)`."""
 
-    dataset: str | None = Field("digits", description="a named data set: fashion-mnist, digits or fashion-colour "
+    dataset: str | None = Field("digits", description="a named data set: fashion-mnist, digits, fashion-colour or fashion-shortcut "
                                   "(engine.datasets.dataset_names())")
     folder: str | None = Field(None, description="a folder of class sub-folders, or one with pool/val/test sub-folders")
     initial: StrictInt = Field(100, ge=1, le=10_000_000, description="pool images labeled before round 1: at random, or "

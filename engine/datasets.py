@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.colour_fashion import load_fashion_colour
+from engine.shortcut_fashion import load_fashion_shortcut
 # The type and Fashion-MNIST live in modules of their own (colour_fashion builds on them, and
 # this module names colour_fashion's data set); importers of this module find them here too.
 from engine.dataset import UNLABELED, Dataset, validate_class_names  # noqa: F401
@@ -189,7 +190,13 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
 Loader = Callable[[int], tuple[Dataset, Dataset, Dataset]]
 # Named data sets beyond the two built in below (fashion-mnist, digits): name -> loader(seed)
 # -> (pool, val, test). A benchmark adds its own with register_dataset.
-NAMED: dict[str, Loader] = {"fashion-colour": lambda seed: load_fashion_colour(seed)}
+NAMED: dict[str, Loader] = {"fashion-colour": lambda seed: load_fashion_colour(seed),
+                            "fashion-shortcut": lambda seed: load_fashion_shortcut(seed)}
+# The model a named colour data set is simulated with when a run sets no model keys: the colour
+# benchmark's (docs/benchmarks.md: pretrained Lite0 at 96 px, 7 blocks frozen, the trunk cache).
+COLOUR_MODEL = {"model": "efficientnet-lite0", "image_size": 96, "channels": 3, "pretrained": True,
+                "frozen_blocks": 7}
+NAMED_MODEL_DEFAULTS: dict[str, dict] = {"fashion-shortcut": COLOUR_MODEL}
 
 
 def register_dataset(name: str, loader: Loader) -> None:

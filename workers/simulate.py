@@ -81,10 +81,17 @@ def model_from_images(config: SimulationConfig) -> tuple[SimulationConfig, dict 
     the same device rule (only a `cuda` device counts as a GPU); the keys it set are kept and
     the others follow from them. Returns the run's config and the choice (None: nothing chosen)."""
     from engine.imageio import DEFAULT_MAX_PIXELS
+    from engine.datasets import NAMED_MODEL_DEFAULTS
     from engine.model_choice import MODEL_KEYS, choose_model, cuda_named, folder_image_paths
 
     if config.folder is None:
-        return config, None
+        named = NAMED_MODEL_DEFAULTS.get(config.dataset or "")
+        auto = [k for k in MODEL_KEYS if k not in config.model_fields_set and k in (named or {})]
+        if not named or not auto:
+            return config, None
+        config = SimulationConfig.model_validate({**config.model_dump(), **{k: named[k] for k in auto}})
+        return config, {"auto": auto, "chosen": {k: getattr(config, k) for k in MODEL_KEYS},
+                        "why": f"the colour benchmark's model for the named data set {config.dataset}"}
     auto = [k for k in MODEL_KEYS if k not in config.model_fields_set]
     if not auto:
         return config, None
