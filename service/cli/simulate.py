@@ -81,10 +81,11 @@ def simulate(
     if folder is not None and not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="--folder")
     if folder is not None:
-        from engine.datasets import check_labeled_folder
+        from engine.datasets import check_labeled_folder, folder_regions
 
         try:
             check_labeled_folder(folder)  # before torch loads: a wrong folder is said at once
+            folder_regions(folder)  # and a wrong regions.json beside its class folders
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--folder") from None
     # The model keys given only (a --folder's others are chosen from its images).
