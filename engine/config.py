@@ -136,6 +136,19 @@ class RelabelConfig(_Strict):
                                                   "rule); review: no label until someone decides")
 
 
+class FeedbackConfig(_Strict):
+    """Explanatory feedback that trains (issue 25; simulation only so far): each image an expert
+    flags "wrong region" whose object region is known adds `counterexamples` copies, with
+    everything outside the region randomised and the same label, to the training set of the
+    next rounds (CAIPI, Teso & Kersting 2019). The copies are no labels: not counted, exported
+    nor read as evidence."""
+
+    counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
+                                       "(0: votes only move the class budget)")
+    fill: Literal["noise", "shuffle"] = Field("noise", description="what replaces the outside of the region: noise, "
+                                              "uniform random colours; shuffle, the image's own pixels permuted")
+
+
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
@@ -279,6 +292,10 @@ class SimulationConfig(ProjectConfig):
                                                           "on the same images (none: the run's temporary folder)")
     oracle_noise: Fraction = Field(0.0, description="each simulated expert answer is wrong with this probability "
                                                     "(workers.noisy_oracle)")
+    expert_votes: StrictBool = Field(False, description="a simulated expert ticks \"wrong region\" on a queued image "
+                                     "when under half of its guess's Grad-CAM mass lies in the object's known region "
+                                     "(workers.expert_votes)")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
                                                          "class; confusable, the class a clean model confuses the "
                                                          "true one with most")
