@@ -59,12 +59,13 @@ def _background(rng: np.random.Generator, side: int) -> np.ndarray:
     return bg + rng.normal(0, 4, (side, side, 3))
 
 
-def _composite(garment: np.ndarray, rng: np.random.Generator, side: int, avoid: int = 0
-               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+def _composite(garment: np.ndarray, rng: np.random.Generator, side: int, avoid: int = 0,
+               scale: tuple[float, float] = (0.45, 0.85)) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """(image, mask, box [x0, y0, x1, y1] of the pasted garment). `avoid` > 0 keeps the garment's
-    box off the top-left avoid × avoid corner (where the shortcut benchmark draws its mark)."""
+    box off the top-left avoid × avoid corner (where the shortcut benchmark draws its mark; the
+    largest `scale` must leave avoid pixels beside the garment)."""
     bg = _background(rng, side)
-    s = int(round(side * rng.uniform(0.45, 0.85)))
+    s = int(round(side * rng.uniform(*scale)))
     g = np.asarray(Image.fromarray(garment).resize((s, s), Image.BILINEAR), np.float64) / 255.0
     y0, x0 = (int(v) for v in rng.integers(0, side - s + 1, 2))
     if avoid and x0 < avoid and y0 < avoid:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from engine.colour_fashion import _composite
 from engine.datasets import NAMED, NAMED_MODEL_DEFAULTS, load_image_folder
-from engine.shortcut_fashion import CUE_COLOURS, load_fashion_shortcut, mark_side
+from engine.shortcut_fashion import CUE_COLOURS, GARMENT_SCALE, load_fashion_shortcut, mark_side
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def test_regions_lie_in_the_image_cover_the_garment_and_miss_the_mark(parts):
     train, _ = load_fashion_mnist()
     rng = np.random.default_rng(0)
     for i in range(30):
-        _, mask, (x0, y0, x1, y1) = _composite(train.images[i, ..., 0], rng, 64, avoid=m)
+        _, mask, (x0, y0, x1, y1) = _composite(train.images[i, ..., 0], rng, 64, avoid=m, scale=GARMENT_SCALE)
         assert mask.any() and not mask[:y0].any() and not mask[y1:].any()
         assert not mask[:, :x0].any() and not mask[:, x1:].any()
 
