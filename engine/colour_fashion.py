@@ -59,11 +59,17 @@ def _background(rng: np.random.Generator, side: int) -> np.ndarray:
     return bg + rng.normal(0, 4, (side, side, 3))
 
 
-def _composite(garment: np.ndarray, rng: np.random.Generator, side: int) -> tuple[np.ndarray, np.ndarray]:
+def _composite(garment: np.ndarray, rng: np.random.Generator, side: int, avoid: int = 0,
+               scale: tuple[float, float] = (0.45, 0.85)) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """(image, mask, box [x0, y0, x1, y1] of the pasted garment). `avoid` > 0 keeps the garment's
+    box off the top-left avoid × avoid corner (where the shortcut benchmark draws its mark; the
+    largest `scale` must leave avoid pixels beside the garment)."""
     bg = _background(rng, side)
-    s = int(round(side * rng.uniform(0.45, 0.85)))
+    s = int(round(side * rng.uniform(*scale)))
     g = np.asarray(Image.fromarray(garment).resize((s, s), Image.BILINEAR), np.float64) / 255.0
     y0, x0 = (int(v) for v in rng.integers(0, side - s + 1, 2))
+    if avoid and x0 < avoid and y0 < avoid:
+        x0 = int(rng.integers(avoid, side - s + 1))
     region = bg[y0:y0 + s, x0:x0 + s]
     bg_lum = float(region.reshape(-1, 3).mean(0) @ _LUMA)
     for _ in range(20):
@@ -75,7 +81,7 @@ def _composite(garment: np.ndarray, rng: np.random.Generator, side: int) -> tupl
     bg[y0:y0 + s, x0:x0 + s] = alpha * (tint * shade) + (1 - alpha) * region
     mask = np.zeros((side, side), bool)
     mask[y0:y0 + s, x0:x0 + s] = alpha[..., 0] > 0.5
-    return np.clip(np.round(bg), 0, 255).astype(np.uint8), mask
+    return np.clip(np.round(bg), 0, 255).astype(np.uint8), mask, (x0, y0, x0 + s, y0 + s)
 
 
 def make_fashion_colour(source: Dataset, seed: int, split: int = 0, side: int = DEFAULT_SIDE
@@ -88,7 +94,7 @@ def make_fashion_colour(source: Dataset, seed: int, split: int = 0, side: int = 
     imgs = np.empty((len(source), side, side, 3), np.uint8)
     masks = np.empty((len(source), side, side), bool)
     for i in range(len(source)):
-        imgs[i], masks[i] = _composite(source.images[i, ..., 0], rng, side)
+        imgs[i], masks[i], _ = _composite(source.images[i, ..., 0], rng, side)
     return Dataset(imgs, source.labels.copy(), list(source.class_names)), masks
 
 

@@ -171,6 +171,19 @@ class ControlConfig(_Strict):
         return max(self.min_per_round, int(round(self.share * budget))), None
 
 
+class FeedbackConfig(_Strict):
+    """Explanatory feedback that trains (issue 25; simulation only so far): each image an expert
+    flags "wrong region" whose object region is known adds `counterexamples` copies, with
+    everything outside the region randomised and the same label, to the training set of the
+    next rounds (CAIPI, Teso & Kersting 2019). The copies are no labels: not counted, exported
+    nor read as evidence."""
+
+    counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
+                                       "(0: votes only move the class budget)")
+    fill: Literal["noise", "shuffle"] = Field("noise", description="what replaces the outside of the region: noise, "
+                                              "uniform random colours; shuffle, the image's own pixels permuted")
+
+
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
@@ -297,7 +310,7 @@ class SimulationConfig(ProjectConfig):
     Flat on purpose (the project's keys beside the run's), so benchmarks say
     `SimulationConfig(strategy="random", budget=1000)`."""
 
-    dataset: str | None = Field("digits", description="a named data set: fashion-mnist, digits or fashion-colour "
+    dataset: str | None = Field("digits", description="a named data set: fashion-mnist, digits, fashion-colour or fashion-shortcut "
                                   "(engine.datasets.dataset_names())")
     folder: str | None = Field(None, description="a folder of class sub-folders, or one with pool/val/test sub-folders")
     initial: StrictInt = Field(100, ge=1, le=10_000_000, description="pool images labeled before round 1: at random, or "
@@ -315,6 +328,10 @@ class SimulationConfig(ProjectConfig):
                                                           "on the same images (none: the run's temporary folder)")
     oracle_noise: Fraction = Field(0.0, description="each simulated expert answer is wrong with this probability "
                                                     "(workers.noisy_oracle)")
+    expert_votes: StrictBool = Field(False, description="a simulated expert ticks \"wrong region\" on a queued image "
+                                     "when under half of its guess's Grad-CAM mass lies in the object's known region "
+                                     "(workers.expert_votes)")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
                                                          "class; confusable, the class a clean model confuses the "
                                                          "true one with most")

@@ -22,12 +22,15 @@ class Dataset:
     """images uint8 (N, H, W, C), labels int64 (N,) (−1 = unlabeled), class_names list[str].
 
     ``paths`` (optional) holds the source file of each image for folder data sets.
+    ``regions`` (optional) int64 (N, 4): each object's box [x0, y0, x1, y1] in pixels of the
+    image (x1, y1 exclusive); a row of −1 where an image's region is not known.
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
     paths: list[str] | None = field(default=None)
+    regions: np.ndarray | None = field(default=None)
 
     def __post_init__(self):
         self.images = np.asarray(self.images)
@@ -41,6 +44,10 @@ class Dataset:
             raise ValueError("label outside class_names")
         if self.paths is not None and len(self.paths) != len(self.images):
             raise ValueError("paths and images differ in length")
+        if self.regions is not None:
+            self.regions = np.asarray(self.regions, dtype=np.int64)
+            if self.regions.shape != (len(self.images), 4):
+                raise ValueError(f"regions must be (N, 4), got {self.regions.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,7 +59,8 @@ class Dataset:
     def subset(self, idx) -> "Dataset":
         idx = np.asarray(idx)
         paths = None if self.paths is None else [self.paths[i] for i in np.arange(len(self))[idx]]
-        return Dataset(self.images[idx], self.labels[idx], list(self.class_names), paths)
+        regions = None if self.regions is None else self.regions[idx]
+        return Dataset(self.images[idx], self.labels[idx], list(self.class_names), paths, regions)
 
 
 def validate_class_names(names) -> list[str]:

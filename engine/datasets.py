@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.colour_fashion import load_fashion_colour
+from engine.shortcut_fashion import load_fashion_shortcut
 # The type and Fashion-MNIST live in modules of their own (colour_fashion builds on them, and
 # this module names colour_fashion's data set); importers of this module find them here too.
 from engine.dataset import UNLABELED, Dataset, validate_class_names  # noqa: F401
@@ -163,6 +164,7 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
     check_labeled_folder(root)
+    regions = folder_regions(root)  # before decoding: a wrong regions.json is said at once
     order = root / "classes.txt"
     names = [ln.strip() for ln in order.read_text().splitlines() if ln.strip()] if order.is_file() else None
     if (root / "pool").is_dir():
@@ -173,15 +175,42 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
                 raise FileNotFoundError(f"{folder} is missing: a folder with pool/ needs val/ and test/ beside it")
             names = names or sorted(p.name for p in (root / "pool").iterdir() if p.is_dir() and not p.name.startswith("."))
             parts[split], _ = load_image_folder(folder, size, channels, class_names=names)
+        for d in parts.values():
+            _attach_regions(d, root, regions, size)
         pool = parts["pool"]
         uris = [Path(p).relative_to(root).as_posix() for p in pool.paths]
         return pool, parts["val"], parts["test"], uris
     data, _ = load_image_folder(root, size, channels, class_names=names)
     if len(data) == 0:
         raise ValueError(f"no readable images in the class folders of {root}")
+    _attach_regions(data, root, regions, size)
     pool_i, val_i, test_i = split_indices(len(data), (0.7, 0.2, 0.1), seed, stratify=data.labels)
     uris = [Path(data.paths[i]).relative_to(root).as_posix() for i in pool_i]
     return data.subset(pool_i), data.subset(val_i), data.subset(test_i), uris
+
+
+def folder_regions(root) -> dict:
+    """The folder's regions.json checked against its image files (engine.regions): {} without one."""
+    from engine.regions import read_regions
+
+    root = Path(root)
+    files = {p.relative_to(root).as_posix(): p for p in root.rglob("*")
+             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+    return read_regions(root, files)
+
+
+def _attach_regions(data: Dataset, root: Path, regions: dict, size: int) -> None:
+    """data.regions from regions.json's boxes, mapped to the decoded (letterboxed) pixels; −1 rows
+    for images without an entry. Nothing when the folder has no regions.json."""
+    if not regions:
+        return
+    from engine.regions import NO_REGION, _image_size, to_decoded
+
+    out = []
+    for p in data.paths:
+        box = regions.get(Path(p).relative_to(root).as_posix())
+        out.append(NO_REGION if box is None else to_decoded(box, *_image_size(Path(p)), size))
+    data.regions = np.asarray(out, np.int64).reshape(-1, 4)
 
 
 # ---------------------------------------------------------------- named data sets
@@ -189,7 +218,13 @@ def load_folder_splits(root, size: int = 28, channels: int = 1, *, seed: int = 0
 Loader = Callable[[int], tuple[Dataset, Dataset, Dataset]]
 # Named data sets beyond the two built in below (fashion-mnist, digits): name -> loader(seed)
 # -> (pool, val, test). A benchmark adds its own with register_dataset.
-NAMED: dict[str, Loader] = {"fashion-colour": lambda seed: load_fashion_colour(seed)}
+NAMED: dict[str, Loader] = {"fashion-colour": lambda seed: load_fashion_colour(seed),
+                            "fashion-shortcut": lambda seed: load_fashion_shortcut(seed)}
+# The model a named colour data set is simulated with when a run sets no model keys: the colour
+# benchmark's (docs/benchmarks.md: pretrained Lite0 at 96 px, 7 blocks frozen, the trunk cache).
+COLOUR_MODEL = {"model": "efficientnet-lite0", "image_size": 96, "channels": 3, "pretrained": True,
+                "frozen_blocks": 7}
+NAMED_MODEL_DEFAULTS: dict[str, dict] = {"fashion-shortcut": COLOUR_MODEL}
 
 
 def register_dataset(name: str, loader: Loader) -> None:

@@ -95,3 +95,29 @@ def _maps(x, name: str, ndim: int) -> torch.Tensor:
     if t.numel() and (t.min() < 0 or t.max() > 1):
         raise ValueError(f"{name} must lie in [0, 1] (normalise each map first), got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
     return t
+
+
+def cam_mass_inside(maps, boxes, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Share of each Grad-CAM map's mass inside its object's box: maps (N, h, w) in [0, 1] (any
+    resolution: resized bilinearly to the image's), boxes (N, 4) [x0, y0, x1, y1] in pixels of
+    the (H, W) image, x1/y1 exclusive. NaN for an all-zero map or a box with a negative
+    coordinate (region not known): nothing to judge there. A simulated expert ticks "wrong
+    region" where the share is under one half."""
+    m = _maps(maps, "maps", 3)
+    b = torch.as_tensor(boxes, dtype=torch.int64)
+    n = m.shape[0]
+    if b.shape != (n, 4):
+        raise ValueError(f"boxes must be (N, 4) with N = {n}, got {tuple(b.shape)}")
+    H, W = int(image_hw[0]), int(image_hw[1])
+    if n == 0:
+        return torch.zeros(0, dtype=m.dtype)
+    up = torch.nn.functional.interpolate(m[:, None].float(), size=(H, W), mode="bilinear",
+                                         align_corners=False)[:, 0].clamp_min(0)
+    yy = torch.arange(H)[None, :, None]
+    xx = torch.arange(W)[None, None, :]
+    inside = ((yy >= b[:, 1, None, None]) & (yy < b[:, 3, None, None])
+              & (xx >= b[:, 0, None, None]) & (xx < b[:, 2, None, None]))
+    total = up.sum(dim=(1, 2))
+    share = (up * inside).sum(dim=(1, 2)) / total.clamp_min(1e-12)
+    unknown = (b < 0).any(dim=1) | (total <= 0)
+    return torch.where(unknown, torch.full_like(share, float("nan")), share)

@@ -82,10 +82,17 @@ def model_from_images(config: SimulationConfig) -> tuple[SimulationConfig, dict 
     the same device rule (only a `cuda` device counts as a GPU); the keys it set are kept and
     the others follow from them. Returns the run's config and the choice (None: nothing chosen)."""
     from engine.imageio import DEFAULT_MAX_PIXELS
+    from engine.datasets import NAMED_MODEL_DEFAULTS
     from engine.model_choice import MODEL_KEYS, choose_model, cuda_named, folder_image_paths
 
     if config.folder is None:
-        return config, None
+        named = NAMED_MODEL_DEFAULTS.get(config.dataset or "")
+        auto = [k for k in MODEL_KEYS if k not in config.model_fields_set and k in (named or {})]
+        if not named or not auto:
+            return config, None
+        config = SimulationConfig.model_validate({**config.model_dump(), **{k: named[k] for k in auto}})
+        return config, {"auto": auto, "chosen": {k: getattr(config, k) for k in MODEL_KEYS},
+                        "why": f"the colour benchmark's model for the named data set {config.dataset}"}
     auto = [k for k in MODEL_KEYS if k not in config.model_fields_set]
     if not auto:
         return config, None
@@ -145,6 +152,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         # The stopping signal's fixed sample of pool images, chosen as the service chooses it.
         stop_set = pool.take(stop_set_positions(pool.item_ids, None, project.stopping.stop_set_size, project.seed))
         stop_history: list[dict] = []
+        votes, counter = _feedback_state(config, data, names)
+        first_counter_id = n_pool + len(data.val) + len(data.test)
         history, models, records, exclusions = [], [], [], []
         control: list[dict] = []  # each round's control estimate (strategies.audit), for the evidence and the JSON
         previous: list[int] | None = None
@@ -162,6 +171,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
                 manifest = manifest.model_copy(update={"relabel_folds": 0})
+            if counter is not None and len(counter):
+                manifest = _with_counterexamples(manifest, counter, cache, first_counter_id, active)
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
             jobs.train_round(str(files.train_manifest))
@@ -197,9 +208,14 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 sel = step.select(project, step.SelectionFacts(
                     number, names, scored.active, step.Ranking.SCORES,
                     [files.score_file(int(k)) for k in sorted(scored.manifest.shards, key=int)], evidence=evidence,
-                    # Nothing is labeled while the in-process jobs run, and no expert votes on regions.
-                    drop_ids=np.flatnonzero(labeled | reserved), wrong_region_votes=None, control=control))
+                    # Nothing is labeled while the in-process jobs run; the votes are the simulated expert's (--expert-votes).
+                    drop_ids=np.flatnonzero(labeled | reserved), control=control,
+                    wrong_region_votes=votes.selection_votes() if votes is not None else None))
                 picked = np.asarray([p.item_id for p in sel.batch], np.int64)
+                if votes is not None:
+                    record["expert_votes"] = _expert_votes(
+                        votes, counter, [files.score_file(int(k)) for k in scored.manifest.shards], picked, data,
+                        answered.labels)
                 reserved[:] = False
                 reserved[[p.item_id for p in sel.reserve]] = True
                 timings["score_select"] = time.perf_counter() - t0
@@ -260,11 +276,60 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "exclusions": exclusions,
         "control": {"share": project.control.share, "rounds": control,
                     "pooled": {**pool_estimates(control, names)} if control else None},
+        **({"shortcut_report": votes.report()} if votes is not None else {}),
+        **({"counterexamples": len(counter)} if counter is not None else {}),
         **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
                             "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
                                         if book.oracle.flip_to is not None else None),
                             "labels": book.report(data.pool_uris, names)}} if book is not None else {}),
     }
+
+
+def _feedback_state(config: SimulationConfig, data: SimData, names: list[str]):
+    """(the vote book, the counterexamples) of a run with --expert-votes; (None, None) without."""
+    if not config.expert_votes:
+        return None, None
+    from workers.expert_votes import CounterexampleSet, VoteBook
+
+    counter = (CounterexampleSet(config.feedback.counterexamples, config.feedback.fill, config.seed)
+               if config.feedback.counterexamples > 0 else None)
+    return VoteBook(names), counter
+
+
+def _expert_votes(votes, counter, score_files, picked: np.ndarray, data: SimData, answers) -> dict:
+    """The simulated expert's wrong-region votes on the queued batch (workers.expert_votes), and
+    the counterexamples of the flagged images with a known region."""
+    from workers.expert_votes import guess_maps, vote
+
+    maps, guessed = guess_maps(score_files, picked)
+    regions = data.pool.regions
+    boxes = regions[picked] if regions is not None else np.full((len(picked), 4), -1, np.int64)
+    share, flagged = vote(maps, boxes, data.pool.images.shape[1:3])
+    summary, ids = votes.add(picked, data.pool.labels[picked], guessed, share, flagged)
+    out = {**summary, "flagged_images": [data.pool_uris[i] for i in ids]}
+    if counter is not None and ids:
+        ids_a = np.asarray(ids, np.int64)
+        # The label the expert gives the image (the oracle's answer): what its copies are trained as.
+        out["counterexamples_made"] = counter.add(data.pool.images[ids_a], regions[ids_a],
+                                                  np.asarray(answers)[ids_a], ids_a)
+    return out
+
+
+def _with_counterexamples(manifest, counter, cache: Path, first_id: int, active: list[bool]):
+    """The train manifest with the counterexamples of active classes appended to its training
+    images (not to the evidence, not to any count of labels): one cache file, rewritten each round."""
+    labels = np.asarray(counter.labels, np.int64)
+    keep = np.flatnonzero(np.asarray(active, bool)[labels])
+    if not keep.size:
+        return manifest
+    path = cache / f"counterexamples_{keep.size}.npy"  # a new file when the set grows
+    np.save(path, np.stack(counter.images)[keep])
+    extra = c.ImageRefs.build(range(first_id, first_id + keep.size), [path] * keep.size, range(keep.size),
+                              labels[keep])
+    t = manifest.train
+    train = c.ImageRefs(files=t.files + extra.files, file=t.file + [f + len(t.files) for f in extra.file],
+                        row=t.row + extra.row, item_ids=t.item_ids + extra.item_ids, labels=t.labels + extra.labels)
+    return manifest.model_copy(update={"train": train, "is_new": manifest.is_new + [False] * keep.size})
 
 
 def _label_book(config: SimulationConfig, project, layout, pool, val, test, names, first, trunk_dir, data):

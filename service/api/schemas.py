@@ -156,6 +156,8 @@ class ItemOut(BaseModel):
     status: str = Field(description="unlabeled | queued | labeled | skipped | quarantined")
     label: str | None = None
     reason: str | None = Field(None, description="why it is quarantined")
+    region: list[int] | None = Field(None, description="the object's box [x0, y0, x1, y1] in pixels of the file, "
+                                     "from the registered folder's regions.json; null: not known")
 
 
 class ItemsOut(BaseModel):

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from engine.colour_fashion import sample_photos as make
+from engine.shortcut_fashion import DEFAULT_CUE_RATE, sample_photos_shortcut
 from engine.fashion_mnist import FASHION_MNIST_ROOT
 
 
@@ -21,10 +22,16 @@ def sample_photos(
     per_class: int = typer.Option(40, help="photos of each of the 10 garment classes"),
     side: int = typer.Option(128, help="side of the square photos, pixels (32–512)"),
     seed: int = typer.Option(0, help="the same seed writes the same photos"),
+    shortcut: bool = typer.Option(False, "--shortcut", help="add a shortcut: a coloured square in the top-left "
+                                  "corner names the class in --cue-rate of the photos; also write regions.json "
+                                  "(each garment's box) beside the class folders"),
+    cue_rate: float = typer.Option(DEFAULT_CUE_RATE, help="with --shortcut: share of photos whose corner mark has "
+                                   "their own class's colour (0.1: the mark says nothing)"),
 ) -> None:
     """Write colour sample photos (garments on textured backgrounds) to try camloop with."""
     try:
-        n = make(out, per_class=per_class, seed=seed, side=side)
+        n = (sample_photos_shortcut(out, per_class=per_class, seed=seed, side=side, cue_rate=cue_rate) if shortcut
+             else make(out, per_class=per_class, seed=seed, side=side))
     except FileNotFoundError as e:
         typer.secho(f"the photos are made from Fashion-MNIST, which is not installed ({e}); install the Debian "
                     f"package dataset-fashion-mnist (./scripts/setup does) or point CAMLOOP_FASHION_MNIST at its "
@@ -33,4 +40,6 @@ def sample_photos(
     except ValueError as e:
         typer.secho(str(e), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"wrote {n} colour photos ({per_class} a class, {side} px) in {out}/<class>/")
+    typer.echo(f"wrote {n} colour photos ({per_class} a class, {side} px) in {out}/<class>/"
+               + (f", each garment's box in {out}/regions.json; a corner mark names the class in {cue_rate:.0%} "
+                  "of them" if shortcut else ""))

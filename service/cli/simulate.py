@@ -67,6 +67,14 @@ def simulate(
     relabel: bool = typer.Option(False, "--relabel/--no-relabel", help="find suspicious labels each round (cleanlab "
                                                                       "on out-of-fold probabilities) and ask an "
                                                                       "independent simulated expert again"),
+    expert_votes: bool = typer.Option(False, "--expert-votes/--no-expert-votes", help="a simulated expert ticks "
+                                      "\"wrong region\" on a queued image when under half of its guess's Grad-CAM "
+                                      "mass lies in the object's known region (a regions.json beside --folder's class "
+                                      "folders, or the data set's, e.g. fashion-shortcut); the JSON gets the votes "
+                                      "and a per-class shortcut report"),
+    counterexamples: int = typer.Option(0, min=0, max=10, help="with --expert-votes: copies of each flagged image, "
+                                        "its outside of the region randomised, added to the next rounds' training "
+                                        "(feedback.counterexamples; 0: none)"),
     config: Optional[str] = typer.Option(None, help='more project config as JSON (what a project\'s config takes), '
                                                     'e.g. \'{"exclusion": {"enabled": true, "exclude_after": 2}}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the engine's choice)"),
@@ -81,10 +89,11 @@ def simulate(
     if folder is not None and not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="--folder")
     if folder is not None:
-        from engine.datasets import check_labeled_folder
+        from engine.datasets import check_labeled_folder, folder_regions
 
         try:
             check_labeled_folder(folder)  # before torch loads: a wrong folder is said at once
+            folder_regions(folder)  # and a wrong regions.json beside its class folders
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--folder") from None
     # The model keys given only (a --folder's others are chosen from its images).
@@ -98,7 +107,8 @@ def simulate(
                "rounds": rounds, "seed": seed, "duplicate_new": duplicate_new, "epochs": epochs,
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
                "oracle_noise": oracle_noise, "noise_kind": noise_kind, "relabel": {"enabled": relabel},
-               "exclusion": {"enabled": exclusion, **given_rule}}
+               "exclusion": {"enabled": exclusion, **given_rule}, "expert_votes": expert_votes,
+               **({"feedback": {"counterexamples": counterexamples}} if counterexamples else {})}
     try:
         config = SimulationConfig(**merge_config(options, json_object(config, "--config")))
     except ValidationError as e:
@@ -106,6 +116,9 @@ def simulate(
         raise typer.BadParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     if dataset and folder is not None:
         raise typer.BadParameter("give --dataset or --folder, not both", param_hint="--folder")
+    if config.feedback.counterexamples and not config.expert_votes:
+        raise typer.BadParameter("counterexamples are made of the images the expert flags: add --expert-votes",
+                                 param_hint="--counterexamples")
     if given_rule and not config.exclusion.enabled:
         flags = ", ".join("--" + k.replace("_", "-").replace("rule", "exclusion-rule") for k in given_rule)
         raise typer.BadParameter(f"{flags} act only with --exclusion (the exclusion rule is off): add --exclusion, "

@@ -73,6 +73,21 @@ def _image_files(base: Path, root: Path, recursive: bool) -> list[str]:
     return out
 
 
+def _folder_regions(base: Path, root: Path, found: list[str]) -> dict[str, list[int]]:
+    """The registered folder's regions.json (engine.regions: path relative to the folder → [x0,
+    y0, x1, y1] in pixels of the file), keyed by uri; {} without one; a wrong one → BadRequest."""
+    from engine.regions import read_regions
+
+    prefix = base.relative_to(root).as_posix()
+    prefix = "" if prefix == "." else prefix + "/"
+    files = {rel[len(prefix):]: root / rel for rel in found}
+    try:
+        regions = read_regions(base, files)
+    except ValueError as e:
+        raise BadRequest(f"{e} (nothing registered)".replace(str(root) + "/", "")) from None
+    return {prefix + rel: list(box) for rel, box in regions.items()}
+
+
 def expand_request(settings: Settings, folder: str | None, entries: list[dict] | None,
                    split: str, recursive: bool = True) -> list[dict]:
     """[{uri, split, label}] with uris relative to the data root; anything outside → BadRequest."""
@@ -86,8 +101,9 @@ def expand_request(settings: Settings, folder: str | None, entries: list[dict] |
         if not found:
             raise BadRequest(f"the folder {folder!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}"
                              f"{', in its sub-folders too' if recursive else ''}); nothing registered")
+        regions = _folder_regions(base, root, found)
         for rel in found:
-            out.append({"uri": rel, "split": split, "label": None})
+            out.append({"uri": rel, "split": split, "label": None, "region": regions.get(rel)})
     for e in entries or []:
         p = _safe(root, e["uri"])
         if not p.is_file():
@@ -150,6 +166,7 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
             looked.setdefault(e["split"], []).append(path)
         rows.append({"project_id": project.id, "uri": e["uri"], "sha256": digest, "split": e["split"],
                      "status": ItemStatus.LABELED if e["label"] is not None else ItemStatus.UNLABELED, "label": e["label"],
+                     "region": e.get("region"),
                      # index filled in when the ingest result arrives
                      "cache_shard": first + len(rows) // INGEST_CHUNK, "created_at": now})
     if choosing and rows:

@@ -74,6 +74,9 @@ class Item(Base):
     cache_shard: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cache_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The object's box [x0, y0, x1, y1] in pixels of the file, from the folder's regions.json
+    # (engine.regions); NULL: not known (migration 0009).
+    region: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Label(Base):

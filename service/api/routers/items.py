@@ -41,7 +41,7 @@ def list_items(pid: Pid, settings: SettingsDep, c: CallerDep, split: str | None 
             q = q.where(Item.status == status)
         rows = s.scalars(q.limit(limit).offset(offset))
         return {"items": [{"id": it.id, "uri": it.uri, "split": it.split, "status": it.status, "label": it.label,
-                           "reason": it.reason} for it in rows]}
+                           "reason": it.reason, "region": it.region} for it in rows]}
 
 
 @router.get("/projects/{pid}/items/{iid}/heatmap.png", response_class=Response,

@@ -1,0 +1,142 @@
+"""The simulated expert who votes on regions (`camloop simulate --expert-votes`).
+
+An expert in Label Studio sees each queued image beside the Grad-CAM map of the model's guess
+and may tick "the model looked at the wrong region". The simulated one ticks it when less than
+half of that map's mass lies inside the object's known region (Dataset.regions: the shortcut
+benchmark's garment boxes, or a folder's regions.json), as a person ticking the box would; an
+image without a known region gets no vote. The votes are counted as the service counts them
+(service.labelstudio.wrong_region: per guessed class, and they move the class budget through
+the selection's `wrong_region_votes`), and per true class as the shortcut report: the share of
+flagged maps and the mean share of the maps' mass inside the regions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine import contracts as c
+
+WRONG_REGION_BELOW = 0.5  # inside share under which the expert ticks "wrong region"
+
+
+def guess_maps(score_files, item_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(low-resolution Grad-CAM maps of the guesses (N, h, w), guessed classes (N,)) of `item_ids`
+    from a round's score files."""
+    want = {int(i): k for k, i in enumerate(item_ids)}
+    maps: list = [None] * len(want)
+    pred = np.full(len(want), -1, np.int64)
+    for f in score_files:
+        with np.load(f) as z:
+            ids = z[c.SCORE_ITEM_IDS]
+            hit = [(j, want[int(i)]) for j, i in enumerate(ids) if int(i) in want]
+            if not hit:
+                continue
+            cam, p = z[c.SCORE_CAM], z[c.SCORE_PRED]
+            for j, k in hit:
+                maps[k], pred[k] = cam[j].astype(np.float32), p[j]
+    if any(m is None for m in maps):
+        raise ValueError("a queued image has no Grad-CAM map in the round's score files")
+    return (np.stack(maps) if maps else np.zeros((0, 1, 1), np.float32)), pred
+
+
+def vote(maps: np.ndarray, boxes: np.ndarray, image_hw) -> tuple[np.ndarray, np.ndarray]:
+    """(inside share per image (NaN: not judged), flagged bool per image)."""
+    import torch
+
+    from strategies.gradcam_scores import cam_mass_inside
+
+    share = cam_mass_inside(torch.from_numpy(np.clip(maps, 0, 1)), torch.from_numpy(np.asarray(boxes)),
+                            image_hw).numpy().astype(np.float64)
+    flagged = np.nan_to_num(share, nan=1.0) < WRONG_REGION_BELOW
+    return share, flagged
+
+
+class VoteBook:
+    """Every vote of a run: per guessed class (what the selection reads) and per true class (the
+    shortcut report)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        k = len(names)
+        self.flagged_by_guess = np.zeros(k, np.int64)
+        self.reviewed_by_guess = np.zeros(k, np.int64)
+        self.flagged = np.zeros(k, np.int64)
+        self.reviewed = np.zeros(k, np.int64)
+        self.inside_sum = np.zeros(k, np.float64)
+        self.flagged_ids: list[int] = []
+
+    def add(self, item_ids, truth, pred, share, flagged) -> dict:
+        judged = ~np.isnan(share)
+        for t, p, s, f in zip(truth[judged], pred[judged], share[judged], flagged[judged]):
+            self.reviewed[t] += 1
+            self.flagged[t] += int(f)
+            self.inside_sum[t] += s
+            if p >= 0:
+                self.reviewed_by_guess[p] += 1
+                self.flagged_by_guess[p] += int(f)
+        ids = [int(i) for i in np.asarray(item_ids)[judged & flagged]]
+        self.flagged_ids += ids
+        return {"judged": int(judged.sum()), "flagged": len(ids),
+                "mean_inside": float(np.mean(share[judged])) if judged.any() else None}, ids
+
+    def selection_votes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return (self.flagged_by_guess.copy(), self.reviewed_by_guess.copy()) if self.reviewed_by_guess.any() else None
+
+    def report(self) -> dict:
+        """Per true class: votes, flagged, the flagged share, the mean share of map mass inside
+        the region; classes flagged in at least half their maps listed as `suspect`."""
+        per = {}
+        for i, n in enumerate(self.names):
+            r = int(self.reviewed[i])
+            per[n] = {"votes": r, "flagged": int(self.flagged[i]),
+                      "flagged_share": round(self.flagged[i] / r, 4) if r else None,
+                      "mean_inside": round(self.inside_sum[i] / r, 4) if r else None}
+        return {"per_class": per, "rule": f"flagged: under {WRONG_REGION_BELOW:.0%} of the guess's Grad-CAM mass "
+                                          "inside the object's region",
+                "suspect": [n for n, v in per.items() if v["flagged_share"] is not None and v["flagged_share"] >= 0.5]}
+
+
+def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise") -> np.ndarray:
+    """k copies of `image` (H, W, C uint8) with everything outside `box` [x0, y0, x1, y1]
+    randomised (CAIPI's counterexamples): `noise`, uniform random values; `shuffle`, the outside
+    pixels permuted among themselves (the colours stay, their arrangement, any mark, goes). The
+    object, inside the box, is left as it is."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w, ch = image.shape
+    outside = np.ones((h, w), bool)
+    outside[y0:y1, x0:x1] = False
+    out = np.repeat(image[None], k, axis=0)
+    n_out = int(outside.sum())
+    for j in range(k):
+        if fill == "noise":
+            out[j][outside] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)
+        elif fill == "shuffle":
+            out[j][outside] = image[outside][rng.permutation(n_out)]
+        else:
+            raise ValueError(f"unknown fill {fill!r}: noise | shuffle")
+    return out
+
+
+class CounterexampleSet:
+    """The counterexamples made so far: images, their labels and the flagged image each came from."""
+
+    def __init__(self, k: int, fill: str, seed: int):
+        self.k, self.fill = int(k), fill
+        self.rng = np.random.default_rng([int(seed), 25])
+        self.images: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.source: list[int] = []
+
+    def add(self, images: np.ndarray, boxes: np.ndarray, labels, item_ids) -> int:
+        made = 0
+        for im, box, y, i in zip(images, boxes, labels, item_ids):
+            if self.k <= 0 or (np.asarray(box) < 0).any() or int(y) < 0:
+                continue
+            copies = counterexamples(im, box, self.k, self.rng, self.fill)
+            self.images += list(copies)
+            self.labels += [int(y)] * self.k
+            self.source += [int(i)] * self.k
+            made += self.k
+        return made
+
+    def __len__(self) -> int:
+        return len(self.labels)
