@@ -32,7 +32,8 @@ import numpy as np
 from engine.config import ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
 from engine.decisions import Evidence, ExclusionDecision, decide_exclusion, evidence_accuracy
-from engine.plan import TrainedModel, TrainingSplit, gatekeepers, score_manifest, split_training, train_manifest
+from engine.plan import (TrainedModel, TrainingSplit, gatekeepers, score_manifest, shadow_spec, split_training,
+                         train_manifest)
 from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
 
 ACTIVE, EXCLUDED = "active", "excluded"
@@ -53,6 +54,10 @@ class TrainingFacts:
     files: RoundFiles
     stop_set: ImageRefs | None = None
     trunk_dir: str | None = None
+    # The audit's random labels (a random first batch, the control slice) and the random-label set
+    # sizes earlier rounds' shadow models measured (None: no shadow learner this round).
+    random_ids: Sequence[int] | None = None
+    shadow_measured: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     split = split_training(facts.labeled, facts.val, config, len(names))
     manifest = train_manifest(config, project_id, facts.number, names, facts.active, split, facts.test,
                               facts.previous_train_ids, facts.files, facts.stop_set, facts.trunk_dir)
+    if facts.random_ids is not None:
+        shadow = shadow_spec(config, split, facts.random_ids, facts.shadow_measured)
+        if shadow is not None:
+            manifest = manifest.model_copy(update={"shadow": shadow})
     return TrainingPlan(split, manifest)
 
 
