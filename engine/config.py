@@ -150,6 +150,41 @@ class AuditConfig(_Strict):
     min_random_labels: StrictInt = Field(20, ge=2, le=1_000_000, description="random labels before a verdict")
 
 
+class ControlConfig(_Strict):
+    """The random control slice (engine.selection, strategies.audit).
+
+    Each round whose batch a trained model ranks, `share` of the batch (at least
+    `min_per_round`) is drawn uniformly from the images the strategy could have picked and
+    queued among the ranked ones, in a seeded random order: experts cannot tell them apart. The
+    model that chose the batch predicted them before any model trained on them, so their labels
+    are an unbiased estimate of its accuracy on the pool still unlabeled (overall and per class,
+    with Wilson intervals). A budget under 2 × `min_per_round` gets no control (the round's
+    progress says so in `control_note`). Without a validation split, the metrics, the exclusion
+    rule and the class budget read the control labels of the last `rounds` rounds (each compared
+    with the guess of the model that chose it) for every class with at least `min_per_class` of
+    them, and the held-out labeled images for the others. The control images then join
+    training like any label."""
+
+    share: Fraction = Field(0.1, description="share of each model-ranked batch drawn uniformly from the candidates "
+                                             "(0: no control slice)")
+    min_per_round: StrictInt = Field(5, ge=1, le=100000, description="control images a round at least (when share > 0); "
+                                                                     "a budget under twice this gets none")
+    rounds: StrictInt = Field(3, ge=1, le=1000, description="evidence: the control labels of this many latest rounds "
+                                                            "are pooled")
+    min_per_class: StrictInt = Field(10, ge=1, le=100000,
+                                     description="evidence: a class's pooled control labels replace its held-out "
+                                                 "labeled images from this many on")
+
+    def count(self, budget: int) -> tuple[int, str | None]:
+        """(control images in a batch of `budget`, why none when the share asks for some)."""
+        if self.share <= 0:
+            return 0, None
+        if budget < 2 * self.min_per_round:
+            return 0, (f"no control slice: a batch of {budget} is under twice control.min_per_round "
+                       f"({self.min_per_round}); the accuracy estimate gets no unbiased labels this round")
+        return max(self.min_per_round, int(round(self.share * budget))), None
+
+
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
@@ -200,6 +235,7 @@ class ProjectConfig(_Strict):
     stopping: StoppingConfig = Field(default_factory=StoppingConfig)
     guess: GuessConfig = Field(default_factory=GuessConfig)
     relabel: RelabelConfig = Field(default_factory=RelabelConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @property
@@ -260,7 +296,7 @@ DECODE_KEYS = ("image_size", "channels")
 
 def merge_config(base: dict, patch: dict) -> dict:
     """`patch` over `base`, one level deep for the nested sections (exclusion, holdout, stopping, guess,
-    relabel, audit)."""
+    relabel, control, audit)."""
     out = dict(base)
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):

@@ -99,7 +99,9 @@ class Evidence:
     round: int
     correct: dict[str, int]
     total: dict[str, int]
-    source: str  # "val" | "holdout" | "none"
+    source: str  # "val" | "holdout" | "none" | "control" | "control+holdout" (engine.control)
+    control_classes: tuple[str, ...] = ()  # classes whose counts are pooled control labels
+    control_rounds: tuple[int, ...] = ()   # the rounds those control labels came from
 
     def accuracy(self, name: str) -> float | None:
         n = self.total.get(name, 0)

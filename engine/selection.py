@@ -28,6 +28,7 @@ class Pick:
     item_id: int
     pred: str | None                 # the model's guess (None: cold start, no model yet)
     scores: dict[str, float] = field(default_factory=dict)  # shown columns + p_pred
+    control: bool = False            # drawn uniformly from the candidates, not ranked (the control slice)
 
 
 @dataclass
@@ -36,13 +37,17 @@ class Selection:
     reserve: list[Pick]
     gated: int = 0                   # unlabeled images kept out: a gatekeeper saw an excluded class
     quota: list[int] | None = None   # labels per class the budget asked for
+    n_control: int = 0               # picks of the batch drawn uniformly (Pick.control)
+    control_note: str | None = None  # why the batch has no control slice though the config asks for one
 
 
 def cold_start(item_ids: Sequence[int], budget: int, reserve: int, seed: int, number: int) -> Selection:
-    """No model yet: a random sample of the unlabeled pool (`item_ids` in a fixed order)."""
+    """No model yet: a random sample of the unlabeled pool (`item_ids` in a fixed order). Every
+    pick is drawn uniformly (`control`: random labels for the audit), but no model guessed them:
+    they estimate no model's accuracy."""
     ids = np.asarray(item_ids, np.int64)
     order = cold_start_order(ids.size, seed, number)
-    take = [Pick(int(ids[i]), None) for i in order[: budget + reserve]]
+    take = [Pick(int(ids[i]), None, control=True) for i in order[: budget + reserve]]
     return Selection(take[:budget], take[budget:])
 
 
@@ -121,14 +126,18 @@ def select_rows(columns: dict, weights: dict, pred: np.ndarray, budget: int, quo
 def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_names: Sequence[str],
                        active: Sequence[bool], budget: int, reserve: int, accuracy: Sequence[float | None],
                        seed: int, number: int, drop_ids: np.ndarray | None = None,
-                       wrong_region_votes: tuple[np.ndarray, np.ndarray] | None = None) -> Selection:
+                       wrong_region_votes: tuple[np.ndarray, np.ndarray] | None = None,
+                       n_control: int = 0) -> Selection:
     """The batch and the reserve of round `number`, in priority order.
 
     accuracy: per class, the evidence's accuracy of this round's model (None: no evidence).
     drop_ids: item ids no longer candidates (labeled, queued or quarantined while scoring ran).
     wrong_region_votes: per class, (votes saying the model looked at the wrong region when it
     guessed the class, votes on its guesses); None without votes. With a class budget, a class
-    whose guesses experts often flag gets more of the batch (strategies.budget.class_need)."""
+    whose guesses experts often flag gets more of the batch (strategies.budget.class_need).
+    n_control: the control slice (control_slice): the lowest-ranked n_control picks of the batch
+    are replaced by images drawn uniformly from the candidates, placed at seeded random positions
+    of the batch; the reserve stays ranked."""
     from strategies.budget import per_class_mean, wrong_region_rate
     from strategies.registry import get_strategy
 
@@ -193,14 +202,48 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
         taken[chosen] = True
         extra = select_rows(weighted, spec.weights, pred, reserve, None, ~active, taken, rng, loader)
 
-    def pick(i: int) -> Pick:
+    def pick(i: int, control: bool = False) -> Pick:
         scores = {k: round(float(columns[k][i]), 6) for k in shown if k in columns}
         if "least_confidence" in columns:
             scores["p_pred"] = round(1.0 - float(columns["least_confidence"][i]), 6)
         if p_guess is not None:  # calibrated: what experts see; the model's own softmax beside it
             scores["p_pred_uncalibrated"] = scores.get("p_pred", round(float(p_guess[i]), 6))
             scores["p_pred"] = round(float(p_guess[i]), 6)
-        return Pick(int(ids[i]), names[int(pred[i])], scores)
+        return Pick(int(ids[i]), names[int(pred[i])], scores, control)
 
-    return Selection([pick(int(i)) for i in chosen], [pick(int(i)) for i in extra], n_gated,
-                     None if quota is None else [int(q) for q in quota])
+    order, is_control = control_slice(np.asarray(chosen, np.int64), np.asarray(extra, np.int64), gated, n_control,
+                                      seed, number)
+    batch = [pick(int(i), bool(k)) for i, k in zip(order, is_control)]
+    return Selection(batch, [pick(int(i)) for i in extra], n_gated, None if quota is None else [int(q) for q in quota],
+                     int(is_control.sum()))
+
+
+def control_slice(chosen: np.ndarray, reserve: np.ndarray, ineligible: np.ndarray, n_control: int, seed: int,
+                  number: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the batch's rows in queue order, which of them are control) after the control slice.
+
+    The lowest-ranked `n_control` rows of `chosen` (in priority order) give way to rows drawn
+    uniformly, without replacement, from the candidates: every row not `ineligible` (a
+    gatekeeper kept it out) and not kept in the batch or the reserve (a replaced ranked pick may
+    be drawn back). Their places in the batch are drawn too, so the queue order says nothing of
+    which are control. Its own random stream of the round's seed: the ranked picks, the reserve
+    and the model's seeds are the ones a run without control makes."""
+    chosen = np.asarray(chosen, np.int64)
+    k = min(int(n_control), chosen.size)
+    if k <= 0:
+        return chosen, np.zeros(chosen.size, bool)
+    rng = np.random.default_rng([round_seed(seed, number), 0xC0417])
+    kept = chosen[: chosen.size - k]
+    free = ~np.asarray(ineligible, bool).copy()
+    free[kept] = False
+    free[np.asarray(reserve, np.int64)] = False
+    rows = np.flatnonzero(free)
+    k = min(k, rows.size)
+    drawn = rng.choice(rows, size=k, replace=False) if k else np.zeros(0, np.int64)
+    n = kept.size + k
+    at = np.zeros(n, bool)
+    at[rng.choice(n, size=k, replace=False)] = True
+    order = np.empty(n, np.int64)
+    order[at] = drawn
+    order[~at] = kept
+    return order, at

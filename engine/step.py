@@ -10,13 +10,15 @@ one by one, so neither can order them differently.
         what is new)
     after_training(config, project_id, TrainedFacts) -> ScorePlan
         the exclusion rule on the evidence of every evaluated round (re-included classes judged
-        from their re-inclusion on), the classes active now, the gatekeepers of the classes not
+        from their re-inclusion on; without a validation split, the pooled control labels first:
+        engine.control), the classes active now, the gatekeepers of the classes not
         active, then the score manifest of the unlabeled pool
     select(config, SelectionFacts) -> Selection
         the batch and the reserve: a random cold start, a typical first batch, or, from the
-        score files, the class quota from the evidence and the experts' wrong-region votes, the
-        candidates (what was labeled meanwhile and what a gatekeeper kept out are not), the
-        batch, then the reserve (engine.selection)
+        score files, the class quota from the evidence (the control labels first without a
+        validation split) and the experts' wrong-region votes, the candidates (what was labeled
+        meanwhile and what a gatekeeper kept out are not), the batch with its control slice
+        (config.control: drawn uniformly, at seeded places), then the reserve (engine.selection)
 
 Pure: no store, no jobs, no torch; the score files are the only thing read.
 """
@@ -31,6 +33,7 @@ import numpy as np
 
 from engine.config import ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
+from engine.control import history_with_control, with_control
 from engine.decisions import Evidence, ExclusionDecision, decide_exclusion, evidence_accuracy
 from engine.plan import (TrainedModel, TrainingSplit, gatekeepers, score_manifest, shadow_spec, split_training,
                          train_manifest)
@@ -94,6 +97,7 @@ class TrainedFacts:
     shard_size: int
     reincluded_at: Mapping[str, int] = field(default_factory=dict)  # class → the round an engineer re-included it
     trunk_dir: str | None = None
+    control: Sequence[Mapping] = ()        # each earlier round's control estimate (strategies.audit.control_estimate)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ class ScorePlan:
 def after_training(config: ProjectConfig, project_id: int, facts: TrainedFacts) -> ScorePlan:
     names = list(facts.class_names)
     before = {n: str(facts.status[n]) for n in names}
-    decisions = decide_exclusion(config.exclusion, facts.history, facts.number, before, facts.reincluded_at)
+    history = history_with_control(facts.history, facts.control, config.control, names)
+    decisions = decide_exclusion(config.exclusion, history, facts.number, before, facts.reincluded_at)
     newly, not_judged = [], {}
     for n in names:
         d = decisions.get(n)
@@ -153,6 +158,7 @@ class SelectionFacts:
     wrong_region_votes: tuple[np.ndarray, np.ndarray] | None = None  # (flagged, reviewed) per guessed class
     budget: int | None = None              # None: the config's budget
     reserve: int | None = None             # None: the config's reserve_size
+    control: Sequence[Mapping] = ()        # earlier rounds' control estimates (the evidence without a validation split)
 
 
 def select(config: ProjectConfig, facts: SelectionFacts) -> Selection:
@@ -164,6 +170,10 @@ def select(config: ProjectConfig, facts: SelectionFacts) -> Selection:
     if facts.ranked_by == Ranking.TYPICAL:
         return typical_from_scores(files, budget, reserve, config.seed, facts.number, facts.drop_ids)
     names = list(facts.class_names)
-    return select_from_scores(files, config.strategy, names, facts.active, budget, reserve,
-                              evidence_accuracy(facts.evidence, names), config.seed, facts.number, facts.drop_ids,
-                              facts.wrong_region_votes)
+    n_control, note = config.control.count(budget)
+    sel = select_from_scores(files, config.strategy, names, facts.active, budget, reserve,
+                             evidence_accuracy(with_control(facts.evidence, facts.control, facts.number,
+                                                            config.control, names), names), config.seed, facts.number, facts.drop_ids,
+                             facts.wrong_region_votes, n_control)
+    sel.control_note = note
+    return sel

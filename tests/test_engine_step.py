@@ -143,14 +143,19 @@ def test_select_from_scores_in_the_service_order(tmp_path):
     votes = (np.array([0, 6, 0, 0]), np.array([10, 10, 10, 10]))
     sel = step.select(CONFIG, step.SelectionFacts(2, NAMES, active, step.Ranking.SCORES, files, evidence=ev,
                                                   drop_ids=drop, wrong_region_votes=votes))
-    direct = select_from_scores(files, "hybrid", NAMES, active, 20, 6, evidence_accuracy(ev, NAMES), 4, 2, drop, votes)
-    assert [(p.item_id, p.pred) for p in sel.batch] == [(p.item_id, p.pred) for p in direct.batch]
+    # The control slice: 10 % of 20 is under control.min_per_round (5), so 5 of the batch.
+    direct = select_from_scores(files, "hybrid", NAMES, active, 20, 6, evidence_accuracy(ev, NAMES), 4, 2, drop, votes,
+                                n_control=5)
+    assert [(p.item_id, p.pred, p.control) for p in sel.batch] == [(p.item_id, p.pred, p.control) for p in direct.batch]
+    assert sel.n_control == 5 and sum(p.control for p in sel.batch) == 5
     assert [p.item_id for p in sel.reserve] == [p.item_id for p in direct.reserve]
     assert sel.quota == direct.quota and sum(sel.quota) == 20 and sel.quota[3] == 0
     picked = {p.item_id for p in sel.batch + sel.reserve}
     assert len(sel.batch) == 20 and len(sel.reserve) == 6 and len(picked) == 26
     assert not picked & set(drop.tolist())                      # labeled meanwhile: not candidates
-    assert all(p.pred != "d" for p in sel.batch + sel.reserve)  # an excluded class is never queued
+    # An excluded class is never ranked into the queue (the score job's guesses are over active
+    # classes only, so a control pick never guesses it either; these fake scores do).
+    assert all(p.pred != "d" for p in sel.batch + sel.reserve if not p.control)
     # The votes reach the quota: "b" gets more of the batch with them than without.
     plain = step.select(CONFIG, step.SelectionFacts(2, NAMES, active, step.Ranking.SCORES, files, evidence=ev,
                                                     drop_ids=drop))

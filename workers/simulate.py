@@ -29,6 +29,7 @@ from engine import plan, step
 from engine.audit import round_audit
 from engine.config import SimulationConfig
 from engine.decisions import evidence_of, initial_labeled, stop_set_positions, stopping_signal
+from strategies.audit import control_estimate, pool_estimates
 
 log = logging.getLogger("camloop.simulate")
 
@@ -150,6 +151,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         stop_set = pool.take(stop_set_positions(pool.item_ids, None, project.stopping.stop_set_size, project.seed))
         stop_history: list[dict] = []
         history, models, records, exclusions = [], [], [], []
+        control: list[dict] = []  # each round's control estimate (strategies.audit), for the evidence and the JSON
         previous: list[int] | None = None
         t_run = time.perf_counter()
         for number in range(1, config.rounds + 2):
@@ -191,7 +193,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             scored = step.after_training(project, PROJECT_ID, step.TrainedFacts(
                 number=number, class_names=names, status=status, history=history, models=models,
                 scorer=str(files.checkpoint), pool=pool.take(np.flatnonzero(~labeled & ~reserved)), files=files,
-                shard_size=config.shard_size, trunk_dir=trunk_dir))
+                shard_size=config.shard_size, trunk_dir=trunk_dir, control=control))
             for n in scored.newly_excluded:
                 exclusions.append({"class": n, "round": number, "reason": scored.decisions[n].reason})
             status = scored.status
@@ -206,7 +208,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                     number, names, scored.active, step.Ranking.SCORES,
                     [files.score_file(int(k)) for k in sorted(scored.manifest.shards, key=int)], evidence=evidence,
                     # Nothing is labeled while the in-process jobs run, and no expert votes on regions.
-                    drop_ids=np.flatnonzero(labeled | reserved), wrong_region_votes=None))
+                    drop_ids=np.flatnonzero(labeled | reserved), wrong_region_votes=None, control=control))
                 picked = np.asarray([p.item_id for p in sel.batch], np.int64)
                 random_ids += [int(p.item_id) for p in sel.batch if getattr(p, "control", False)]
                 reserved[:] = False
@@ -229,6 +231,19 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                     record["second_opinions"] = [data.pool_uris[i] for i in asked]
                     book.first_answers(picked, number)
                     labeled &= book.given >= 0
+                # The control slice: the model that chose this batch against the experts' answers.
+                given = data.pool.labels if book is None else book.given
+                ctl = [p for p in sel.batch if p.control]
+                est = control_estimate([(p.pred, names[int(given[p.item_id])] if given[p.item_id] >= 0 else None)
+                                        for p in ctl], names, number)
+                # What only a simulation knows: the true accuracy of that model on the candidates.
+                est["pool_accuracy"] = _pool_accuracy(scored.manifest, files, data.pool.labels)
+                control.append(est)
+                record["control"] = est
+                record["control_ids"] = [data.pool_uris[p.item_id] for p in ctl]
+                record["control_pooled"] = pool_estimates(control[-project.control.rounds:], names)
+                if sel.control_note:
+                    record["control_note"] = sel.control_note
                 if picked.size == 0:
                     last = True
             record["calibration"] = metrics.get("calibration")
@@ -254,6 +269,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "initial_labels": [data.pool_uris[i] for i in first],
         "rounds": records,
         "exclusions": exclusions,
+        "control": {"share": project.control.share, "rounds": control,
+                    "pooled": {**pool_estimates(control, names)} if control else None},
         **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
                             "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
                                         if book.oracle.flip_to is not None else None),
@@ -329,3 +346,22 @@ def _record(number: int, metrics: dict, labeled: np.ndarray, data: SimData, name
                           "support": int((pc.get(n) or {}).get("support", 0)),
                           "labeled": int(counts[i]), "status": status[n]} for i, n in enumerate(names)},
     }
+
+
+def _pool_accuracy(manifest, files, truth: np.ndarray) -> float | None:
+    """The accuracy of the model that scored the round on the images it could pick (scored, not
+    gated by a gatekeeper), the batch included: the figure the control slice estimates."""
+    from engine.contracts import SCORE_GATED, SCORE_ITEM_IDS, SCORE_PRED
+    from engine.scorefiles import ScoreFile
+
+    right = n = 0
+    for k in sorted(manifest.shards, key=int):
+        f = ScoreFile(Path(files.score_file(int(k))))
+        ids = np.asarray(f[SCORE_ITEM_IDS], np.int64)
+        pred = np.asarray(f[SCORE_PRED], np.int64)
+        keep = np.ones(ids.size, bool)
+        if SCORE_GATED in f.members:
+            keep &= ~np.asarray(f[SCORE_GATED], bool)
+        right += int((pred[keep] == truth[ids[keep]]).sum())
+        n += int(keep.sum())
+    return round(right / n, 6) if n else None
