@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.audit import curve_key, measured_sizes
 from engine.config import ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
 from engine.control import history_with_control, with_control
@@ -57,10 +58,10 @@ class TrainingFacts:
     files: RoundFiles
     stop_set: ImageRefs | None = None
     trunk_dir: str | None = None
-    # The audit's random labels (a random first batch, the control slice) and the random-label set
-    # sizes earlier rounds' shadow models measured (None: no shadow learner this round).
+    # The audit's random labels (a random first batch, the control slice; None: no shadow learner
+    # this round) and what earlier rounds' shadow models measured.
     random_ids: Sequence[int] | None = None
-    shadow_measured: Sequence[int] = ()
+    shadow_history: Sequence[Mapping | None] = ()   # earlier rounds' metrics["shadow"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     manifest = train_manifest(config, project_id, facts.number, names, facts.active, split, facts.test,
                               facts.previous_train_ids, facts.files, facts.stop_set, facts.trunk_dir)
     if facts.random_ids is not None:
-        shadow = shadow_spec(config, split, facts.random_ids, facts.shadow_measured)
+        shadow = shadow_spec(config, split, facts.random_ids,
+                             measured_sizes(facts.shadow_history, curve_key(manifest)))
         if shadow is not None:
             manifest = manifest.model_copy(update={"shadow": shadow})
     return TrainingPlan(split, manifest)

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from engine.audit import curve_key
+
 
 def measure(m, names, active, base: dict, evidence, evidence_dig, main_model_correct, build, dataset, digests,
             trunk_cache, predict_with) -> dict:
@@ -67,5 +69,6 @@ def measure(m, names, active, base: dict, evidence, evidence_dig, main_model_cor
             correct, n = int((probs.argmax(axis=1)[keep] == y[keep]).sum()), int(keep.sum())
         points.append({"labels": int(size), "correct": int(correct), "n": int(n),
                        "seconds": round(time.perf_counter() - t0, 3)})
-    return {"on": "val" if on_val else "random_holdout", "points": points,
-            "current": {"correct": int(current[0]), "n": int(current[1])}}
+    return {"on": "val" if on_val else "random_holdout", "points": points, "random_labels": len(spec.train),
+            "current": {"correct": int(current[0]), "n": int(current[1])}, "key": curve_key(m)}
+

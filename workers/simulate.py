@@ -164,7 +164,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
-                shadow_measured=[p["labels"] for s in shadows if s for p in s["points"]]))
+                shadow_history=shadows))
             split, manifest = planned.split, planned.manifest
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
