@@ -46,6 +46,9 @@ class RoundProgress(BaseModel):
     reserve: int | None = None
     kept_out_as_excluded: int | None = None
     class_quota: dict[str, int] | None = None
+    control: int | None = Field(None, description="batch images drawn uniformly: the control slice (config control)")
+    control_note: str | None = Field(None, description="why the batch has no control slice though the config asks "
+                                                       "for one (a budget under twice control.min_per_round)")
     note: str | None = None
     reserve_withdrawn: int | None = None
     labeled_while_selecting: int | None = Field(None, description="picks an expert labeled before the batch was queued")

@@ -243,6 +243,11 @@ class HistoryOut(BaseModel):
     evidence_accuracy: float | None = None
     active: list[bool] | None = None
     per_class: dict[str, float | None]
+    control_accuracy: float | None = Field(None, description="the control slice's estimate of the model that chose "
+                                           "this round's batch (its random images' labels against its guesses)")
+    control_low: float | None = Field(None, description="95 % Wilson interval of control_accuracy")
+    control_high: float | None = None
+    control_n: int | None = Field(None, description="control labels of the round")
 
 
 class StoppingOut(BaseModel):
@@ -287,8 +292,11 @@ class MetricsOut(BaseModel):
     project_id: int
     round: int | None
     round_state: str | None
-    evaluated_on: str | None = Field(None, description="test | val | holdout: where accuracy was measured")
+    evaluated_on: str | None = Field(None, description="test | val | control | holdout: where accuracy was measured "
+                                     "(control: the random control slice's labels, without a validation split)")
     evidence: dict[str, Any] | None = None
+    confusion_on: str | None = Field(None, description="test | val | holdout: where the confusion matrix, F1 and ECE "
+                                     "were measured")
     model_version_id: int | None
     accuracy: float | None
     macro_f1: float | None
@@ -308,6 +316,10 @@ class MetricsOut(BaseModel):
     experts: dict[str, Any] | None = Field(None, description="with Label Studio: anchoring (per expert, agreement "
                                            "with the guess shown vs hidden, `flagged`), second opinions (asked, open, "
                                            "answered, not independent) and each expert's estimated quality")
+    control: dict[str, Any] | None = Field(None, description="the random control slice (config control): `share`, "
+                                           "each round's estimate (`rounds`: n, correct, accuracy, Wilson low/high, "
+                                           "per_class, missing, waiting) and `pooled` (the rounds the latest "
+                                           "evidence reads); none before the first control entry")
 
 
 class LabelOut(BaseModel):

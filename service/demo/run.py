@@ -519,7 +519,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> Path:
                 overlays = run.overlays(last, opts.overlays)
     # GET .../metrics: the latest model's confusion matrix on the split it was evaluated on.
     confusion = metrics.get("confusion")
-    confusion_split = metrics.get("evaluated_on") or "test"
+    confusion_split = metrics.get("confusion_on") or metrics.get("evaluated_on") or "test"
     elapsed = time.monotonic() - t_start
     notes = [f"data set {data.name}: {n_pool} pool images, {opts.initial} initial labels, {opts.budget} per round, "
              f"model {opts.model}, {opts.epochs} epochs a round",

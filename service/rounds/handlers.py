@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.core import models, paths
+from service.core import control, models, paths
 from service.core import jobs
 from service.rounds import hooks, inputs
 from service.core.item_lock import lock_items
@@ -205,7 +205,8 @@ def on_training(x: Ctx) -> None:
         history=inputs.evidence_history(x.s, x.project, names),
         models=inputs.trained_models(x.s, x.project, len(names)), scorer=scorer.checkpoint,
         pool=inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, {}), files=files,
-        shard_size=x.settings.score_shard_size, trunk_dir=x.trunk_dir))
+        shard_size=x.settings.score_shard_size, trunk_dir=x.trunk_dir,
+        control=control.round_estimates(x.s, x.pid, names)))
     for cl in classes:
         if cl.name in planned.newly_excluded:
             d = planned.decisions[cl.name]
@@ -282,7 +283,9 @@ def select_batch(x: Ctx) -> Selection:
             x.rnd.number, names, active, step.Ranking.SCORES, _score_files(x),
             evidence=evidence_of(mv.round, mv.metrics or {}, names), drop_ids=_no_longer_candidates(x),
             # The experts' "looked at the wrong region" votes per guessed class (the Label Studio bridge's).
-            wrong_region_votes=hooks.wrong_region_counts(x.s, x.project, names))
+            wrong_region_votes=hooks.wrong_region_counts(x.s, x.project, names),
+            # Earlier rounds' control labels: the evidence first when no validation split is registered.
+            control=control.round_estimates(x.s, x.pid, names))
     return step.select(x.config, facts)
 
 
@@ -296,6 +299,10 @@ def on_selecting(x: Ctx) -> None:
         more["kept_out_as_excluded"] = sel.gated
     if sel.quota is not None:
         more["class_quota"] = dict(zip(x.project.class_names, sel.quota))
+    if sel.n_control:
+        more["control"] = sel.n_control
+    if sel.control_note:
+        more["control_note"] = sel.control_note
     if not sel.batch:
         more["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
             "nothing to queue: every unlabeled image looks like an excluded class"
@@ -304,7 +311,7 @@ def on_selecting(x: Ctx) -> None:
     if not x.move(S.SELECTING, S.LABELING, prog):
         return
     rows = [{"round_id": x.rnd.id, "item_id": p.item_id, "rank": r, "pred": p.pred, "scores": p.scores,
-             "reserve": r >= len(sel.batch)} for r, p in enumerate(sel.batch + sel.reserve)]
+             "reserve": r >= len(sel.batch), "control": p.control} for r, p in enumerate(sel.batch + sel.reserve)]
     # The selection read the unlabeled pool before this transaction writes; an expert may have
     # labeled a picked image since. Lock what this writes (the picks and the reserves it
     # withdraws, at once: one lock order) and queue only the picks still unlabeled — never

@@ -185,3 +185,6 @@ class QueueEntry(Base):
     # After the batch: the next-ranked images, labeled while the next model trains; replaced by
     # the next round's batch. A round closes when its batch (not its reserve) is labeled.
     reserve: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Drawn uniformly from the candidates, not ranked (the control slice, migration 0008): with
+    # the item's label and `pred`, the unbiased estimate of the model that chose the batch.
+    control: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
