@@ -85,8 +85,103 @@ def main(argv=None) -> None:
         summary(args.folder)
 
 
-def summary(folder: Path) -> None:  # filled in below
-    raise SystemExit("not yet")
+def isotonic(y: list[float]) -> list[float]:
+    """The non-decreasing least-squares fit of y (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in y:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks[-2], blocks[-1]
+            blocks[-2:] = [[(m2 * w2 + m1 * w1) / (w2 + w1), w2 + w1]]
+    out: list[float] = []
+    for m, w in blocks:
+        out += [m] * int(w)
+    return out
+
+
+def random_curve(runs: list[dict], key: str = "accuracy") -> list[tuple[int, float]]:
+    """The measured random curve: the seed-mean accuracy at each label count all runs reached,
+    made non-decreasing (isotonic): (labels, accuracy)."""
+    by: dict[int, list[float]] = {}
+    for r in runs:
+        for x in r["rounds"]:
+            by.setdefault(int(x["labeled"]), []).append(float(x[key]))
+    xs = sorted(n for n, v in by.items() if len(v) == len(runs))
+    return list(zip(xs, isotonic([statistics.fmean(by[n]) for n in xs])))
+
+
+def labels_for(curve: list[tuple[int, float]], acc: float) -> tuple[float | None, str]:
+    """Labels at which the curve reaches acc, linear between points: (labels, "") or (None, why)."""
+    if acc <= curve[0][1]:
+        return None, f"≤ {curve[0][0]:,}"
+    for (n0, a0), (n1, a1) in zip(curve, curve[1:]):
+        if a0 < acc <= a1:
+            return n0 + (n1 - n0) * (acc - a0) / (a1 - a0), ""
+    return None, f"> {curve[-1][0]:,}"
+
+
+def summarise(folder: Path, first_round: int = 3, tolerance: float = 0.25) -> dict:
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "summary.json"]
+    out: dict = {}
+    for preset in sorted({r["bench"]["preset"] for r in runs}):
+        truth_runs = [r for r in runs if r["bench"]["preset"] == preset and r["bench"]["tag"] == "-truth"]
+        if not truth_runs:
+            continue
+        curve = random_curve(truth_runs)
+        rows = []
+        for r in sorted((r for r in runs if r["bench"]["preset"] == preset),
+                        key=lambda r: (r["bench"]["strategy"] != "hybrid", r["bench"]["seed"])):
+            b = r["bench"]
+            for x in r["rounds"]:
+                a = x.get("audit") or {}
+                if x["round"] < first_round or not a:
+                    continue
+                truth, why = labels_for(curve, x["accuracy"])
+                need = a.get("random_would_need") or {}
+                est = need.get("labels")
+                lo, hi = need.get("low"), need.get("high")
+                rows.append({
+                    "run": f"{b['strategy']}{b['tag']}", "seed": b["seed"], "round": x["round"],
+                    "labels": x["labeled"], "test_accuracy": x["accuracy"], "val_accuracy": x.get("val_accuracy"),
+                    "random_labels": a.get("random_labels"), "truth": truth, "truth_note": why,
+                    "estimate": est, "low": lo, "high": hi, "verdict": a.get("verdict"),
+                    "ratio": (est / truth) if est is not None and truth else None,
+                    "within": (abs(est / truth - 1) <= tolerance) if est is not None and truth else None,
+                    "covers": ((lo or 0) <= truth <= (hi if hi is not None else float("inf")))
+                    if truth is not None else None})
+        out[preset] = {"random_curve": curve, "truth_seeds": sorted(r["bench"]["seed"] for r in truth_runs),
+                       "rows": rows}
+    return out
+
+
+def markdown(table: dict) -> str:
+    fmt = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
+    lines = []
+    for preset, t in table.items():
+        lines += [f"**{preset}** — measured random curve (test accuracy, mean of seeds {t['truth_seeds']}, "
+                  "isotonic): " + ", ".join(f"{n:,}: {a:.4f}" for n, a in t["random_curve"]), "",
+                  "| run | seed | round | labels | test acc. | random labels | random would need: measured | "
+                  "audit (95 % interval) | audit ÷ measured | within ±25 % | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in t["rows"]:
+            truth = fmt(r["truth"]) if r["truth"] is not None else r["truth_note"]
+            ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            lines.append(f"| {r['run']} | {r['seed']} | {r['round']} | {r['labels']:,} | {r['test_accuracy']:.4f} | "
+                         f"{r['random_labels']} | {truth} | {fmt(r['estimate'])} ({fmt(r['low'])}–"
+                         f"{'∞' if r['high'] is None else fmt(r['high'])}) | "
+                         f"{ratio} | "
+                         f"{'—' if r['within'] is None else ('yes' if r['within'] else 'no')} | {r['verdict']} |")
+        judged = [r for r in t["rows"] if r["within"] is not None]
+        lines += ["", f"Within ±25 %: {sum(r['within'] for r in judged)} of {len(judged)} audited rounds with a "
+                      f"measured value; the interval covers it: {sum(bool(r['covers']) for r in judged)} of "
+                      f"{len(judged)}.", ""]
+    return "\n".join(lines)
+
+
+def summary(folder: Path) -> None:
+    table = summarise(folder)
+    (folder / "summary.json").write_text(json.dumps(table, indent=1))
+    print(markdown(table))
 
 
 if __name__ == "__main__":
