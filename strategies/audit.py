@@ -27,7 +27,8 @@ The audit of the lift compares the project's model with what *random* picking wo
                    n = (b / (a − acc))^(1/c); none when acc ≥ a (random never gets there on this curve).
   interval         a parametric bootstrap: every point's accuracy and the current accuracy are
                    drawn again from their measurement error (binomial, widened by the scatter of
-                   the points around the curve when it exceeds the binomial), the curve refitted,
+                   the points around the curve when it exceeds the binomial: the training noise
+                   of one model, which the current model has too), the curve refitted,
                    and the inversion taken again; the 2.5 and 97.5 percentiles.
   verdict          too_early before enough random evidence; paying_off when the whole interval of
                    labels saved is above zero; not_paying_off otherwise (the interval covers no
@@ -226,7 +227,8 @@ def random_labels_needed(labels: Sequence[float], correct: Sequence[int], n_eval
     acc_b = np.clip(acc[None] + rng.standard_normal((reps, len(n))) * sd[None], 0.0, 1.0)
     a, b, c, _ = _fit_many(n, acc_b, _weights(acc_b, np.broadcast_to(m, acc_b.shape)))
     p_now = min(max(accuracy_now, 0.5 / max(n_now, 1)), 1 - 0.5 / max(n_now, 1))
-    now_b = accuracy_now + rng.standard_normal(reps) * math.sqrt(p_now * (1 - p_now) / max(n_now, 1))
+    # The current model is one training too: its accuracy gets the same widening as the points.
+    now_b = accuracy_now + rng.standard_normal(reps) * math.sqrt(phi * p_now * (1 - p_now) / max(n_now, 1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         need = np.where(now_b >= a, np.inf,
                         np.where(b <= 0, 0.0, np.power(b / np.maximum(a - now_b, 1e-12), 1.0 / c)))
