@@ -127,7 +127,16 @@ def reaudit(a: dict, rounds: int) -> dict:
     measurements (its random curve and the model's accuracy on the same evidence)."""
     from strategies.audit import audit
 
-    pts = [{"labels": p["labels"], "correct": round(p["accuracy"] * p["n"]), "n": p["n"]} for p in a["random_curve"]]
+    from engine.plan import SHADOW_GROWTH
+
+    curve = sorted(a["random_curve"], key=lambda p: p["labels"])
+    # Runs made before the growth rule measured the full random set every round: keep what the
+    # rule measures (the first three sizes, then each at least SHADOW_GROWTH × the last kept).
+    kept = curve[:3]
+    for p in curve[3:]:
+        if p["labels"] >= SHADOW_GROWTH * kept[-1]["labels"]:
+            kept.append(p)
+    pts = [{"labels": p["labels"], "correct": round(p["accuracy"] * p["n"]), "n": p["n"]} for p in kept]
     now = a["accuracy_now"]
     return audit(pts, a["labels_now"], {"correct": round(now["value"] * now["n"]), "n": now["n"], "on": now["on"]},
                  rounds=rounds, random_labels=a["random_labels"])
@@ -137,7 +146,9 @@ def summarise(folder: Path, first_round: int = 3, tolerance: float = 0.25, recom
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "summary.json"]
     out: dict = {}
     for preset in sorted({r["bench"]["preset"] for r in runs}):
-        truth_runs = [r for r in runs if r["bench"]["preset"] == preset and r["bench"]["tag"] == "-truth"]
+        # The measured random curve: every `strategy: random` run of the preset (the "-truth" runs,
+        # longer, and random runs that also carry the audit).
+        truth_runs = [r for r in runs if r["bench"]["preset"] == preset and r["bench"]["strategy"] == "random"]
         if not truth_runs:
             continue
         curve = random_curve(truth_runs)

@@ -142,9 +142,9 @@ class AuditConfig(_Strict):
     labels only (a random first batch and the control slice): the random learning curve, fitted and
     inverted at the current model's unbiased accuracy (docs/design.md)."""
 
-    enabled: StrictBool = Field(True, description="train the shadow models on random labels each round (about one "
-                                                  "more training a round, on at most the random labels) and report "
-                                                  "the audit in the metrics")
+    enabled: StrictBool = Field(True, description="train the shadow models on random labels (three the first time, "
+                                                  "then one whenever the random labels grew by a quarter; each on "
+                                                  "at most the random labels) and report the audit in the metrics")
     min_rounds: StrictInt = Field(3, ge=1, le=1000, description="trained rounds before a verdict (too_early before)")
     min_points: StrictInt = Field(3, ge=2, le=100, description="random-label set sizes measured before a verdict")
     min_random_labels: StrictInt = Field(20, ge=2, le=1_000_000, description="random labels before a verdict")

@@ -18,6 +18,8 @@ from engine.decisions import _unit_hash, holdout_mask, new_label_mask, round_see
 
 # The smallest random-label set a shadow model trains on (a curve point below it says little).
 SHADOW_MIN_LABELS = 10
+# A new random-label size is measured once the random labels grew by this factor.
+SHADOW_GROWTH = 1.25
 
 
 def model_spec(config: ProjectConfig, class_names: Sequence[str]) -> ModelSpec:
@@ -114,8 +116,8 @@ def shadow_spec(config: ProjectConfig, split: TrainingSplit, random_ids: Sequenc
 
     The random labels that train are those of the round's training set; with no validation split
     they are evaluated on the random labels of the held-out evidence (which the round's model did
-    not train on either). Sizes: a quarter, a half and all of them, less the sizes measured by an
-    earlier round (the full set grows with each round's control slice: one training a round); with
+    not train on either). Sizes: a quarter, a half and all of them the first time; then all of them
+    once they number SHADOW_GROWTH × the largest size measured (the control slice grows them); with
     none left the spec still asks for the round's own model on the audit's evidence."""
     if not config.audit.enabled:
         return None
@@ -135,7 +137,13 @@ def shadow_spec(config: ProjectConfig, split: TrainingSplit, random_ids: Sequenc
         eval_refs = split.evidence.take(held)
     n = len(train)
     done = {int(x) for x in measured}
-    sizes = sorted({s for s in (n // 4, n // 2, n) if s >= SHADOW_MIN_LABELS and s not in done})
+    if done:
+        # After the first measurement, a new size only once the random labels have grown by
+        # SHADOW_GROWTH over the largest measured (geometric spacing: what a power law is fitted
+        # on, and no second training every round for a handful of control labels).
+        sizes = [n] if n >= SHADOW_GROWTH * max(done) else []
+    else:
+        sizes = sorted({s for s in (n // 4, n // 2, n) if s >= SHADOW_MIN_LABELS})
     # No new size: no training, but the round's model is still measured on the same evidence.
     return ShadowSpec(train=train, sizes=sizes, batch_sizes=[train_batch_size(config, s) for s in sizes],
                       eval=eval_refs)

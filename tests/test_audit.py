@@ -123,6 +123,9 @@ def test_shadow_spec_sizes_and_evaluation():
     assert spec.sizes == [20, 40, 80] and len(spec.train) == 80 and len(spec.eval) == 0
     assert set(spec.train.item_ids) == set(range(80)) and spec.train.item_ids[:20] != list(range(20))
     assert shadow_spec(cfg, split_training(labeled, val, cfg, 10), range(80), measured=[20, 40]).sizes == [80]
+    # Then a new size only once the random labels grew by a quarter; the round's model is still measured.
+    assert shadow_spec(cfg, split_training(labeled, val, cfg, 10), range(90), measured=[20, 40, 80]).sizes == []
+    assert shadow_spec(cfg, split_training(labeled, val, cfg, 10), range(100), measured=[20, 40, 80]).sizes == [100]
     # No validation split: the random labels held out are the audit's evidence, and never train.
     split = split_training(labeled, ImageRefs(), cfg, 10)
     spec = shadow_spec(cfg, split, random_ids=range(120))
