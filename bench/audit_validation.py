@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -142,8 +143,31 @@ def reaudit(a: dict, rounds: int) -> dict:
                  rounds=rounds, random_labels=a["random_labels"])
 
 
+_LOG_LINE = re.compile(r"round (\d+): (\d+) labels, test ([\d.]+), audit (\w+) need (\S+) \[(\S+), (\S+)\]")
+
+
+def from_log(path: Path, preset: str, strategy: str, tag: str, seed: int) -> dict:
+    """A run cut off before its JSON was written, from its progress lines (the in-run audit only)."""
+    num = lambda v: None if v == "None" else float(v)  # noqa: E731
+    rounds = []
+    for m in _LOG_LINE.finditer(path.read_text()):
+        r, n, acc, verdict, need, lo, hi = m.groups()
+        rounds.append({"round": int(r), "labeled": int(n), "accuracy": float(acc),
+                       "audit": None if verdict == "None" else {
+                           "verdict": verdict, "random_labels": None, "from_log": True,
+                           "random_would_need": {"labels": num(need), "low": num(lo), "high": num(hi)}}})
+    return {"rounds": rounds, "bench": {"preset": preset, "strategy": strategy, "tag": tag, "seed": seed,
+                                         "cut_off": True}}
+
+
 def summarise(folder: Path, first_round: int = 3, tolerance: float = 0.25, recompute: bool = True) -> dict:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "summary.json"]
+    # Runs cut off by the deadline: their logs (folder/logs/PRESET_STRATEGYTAG_seedN.log).
+    done = {(r["bench"]["preset"], r["bench"]["strategy"], r["bench"]["tag"], r["bench"]["seed"]) for r in runs}
+    for log in sorted((folder / "logs").glob("*.log")):
+        m = re.fullmatch(r"(.+?)_(random|hybrid|[a-z-]+?)(-truth)?_seed(\d+)", log.stem)
+        if m and (m[1], m[2], m[3] or "", int(m[4])) not in done:
+            runs.append(from_log(log, m[1], m[2], m[3] or "", int(m[4])))
     out: dict = {}
     for preset in sorted({r["bench"]["preset"] for r in runs}):
         # The measured random curve: every `strategy: random` run of the preset (the "-truth" runs,
@@ -152,6 +176,10 @@ def summarise(folder: Path, first_round: int = 3, tolerance: float = 0.25, recom
         if not truth_runs:
             continue
         curve = random_curve(truth_runs)
+        # The same on the validation split, the evidence the audit itself reads (runs cut off
+        # before their JSON have no validation figures).
+        with_val = [r for r in truth_runs if all("val_accuracy" in x for x in r["rounds"])]
+        val_curve = random_curve(with_val, "val_accuracy") if with_val else None
         rows = []
         for r in sorted((r for r in runs if r["bench"]["preset"] == preset),
                         key=lambda r: (r["bench"]["strategy"] != "hybrid", r["bench"]["seed"])):
@@ -160,9 +188,11 @@ def summarise(folder: Path, first_round: int = 3, tolerance: float = 0.25, recom
                 a = x.get("audit") or {}
                 if x["round"] < first_round or not a:
                     continue
-                if recompute:
+                if recompute and not a.get("from_log"):
                     a = reaudit(a, x["round"])
                 truth, why = labels_for(curve, x["accuracy"])
+                truth_val, why_val = (labels_for(val_curve, x["val_accuracy"])
+                                      if val_curve and x.get("val_accuracy") is not None else (None, "—"))
                 need = a.get("random_would_need") or {}
                 est = need.get("labels")
                 lo, hi = need.get("low"), need.get("high")
@@ -174,8 +204,11 @@ def summarise(folder: Path, first_round: int = 3, tolerance: float = 0.25, recom
                     "ratio": (est / truth) if est is not None and truth else None,
                     "within": (abs(est / truth - 1) <= tolerance) if est is not None and truth else None,
                     "covers": ((lo or 0) <= truth <= (hi if hi is not None else float("inf")))
-                    if truth is not None else None})
-        out[preset] = {"random_curve": curve, "truth_seeds": sorted(r["bench"]["seed"] for r in truth_runs),
+                    if truth is not None else None,
+                    "labels_now": x["labeled"], "truth_val": truth_val, "truth_val_note": why_val,
+                    "ratio_val": (est / truth_val) if est is not None and truth_val else None})
+        out[preset] = {"random_curve": curve, "random_curve_val": val_curve,
+                       "truth_seeds": sorted(r["bench"]["seed"] for r in truth_runs),
                        "rows": rows}
     return out
 
@@ -186,21 +219,30 @@ def markdown(table: dict) -> str:
     for preset, t in table.items():
         lines += [f"**{preset}** — measured random curve (test accuracy, mean of seeds {t['truth_seeds']}, "
                   "isotonic): " + ", ".join(f"{n:,}: {a:.4f}" for n, a in t["random_curve"]), "",
-                  "| run | seed | round | labels | test acc. | random labels | random would need: measured | "
-                  "audit (95 % interval) | audit ÷ measured | within ±25 % | verdict |",
+                  "| run | seed | round | labels | test acc. | random labels | random would need: measured on test "
+                  "(on val) | audit (95 % interval) | audit ÷ measured test (val) | within ±25 % (test) | verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in t["rows"]:
             truth = fmt(r["truth"]) if r["truth"] is not None else r["truth_note"]
             ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            ratio += " (" + ("—" if r["ratio_val"] is None else f"{r['ratio_val']:.2f}") + ")"
+            truth += " (" + (fmt(r["truth_val"]) if r["truth_val"] is not None else r["truth_val_note"]) + ")"
             lines.append(f"| {r['run']} | {r['seed']} | {r['round']} | {r['labels']:,} | {r['test_accuracy']:.4f} | "
-                         f"{r['random_labels']} | {truth} | {fmt(r['estimate'])} ({fmt(r['low'])}–"
+                         f"{'—' if r['random_labels'] is None else r['random_labels']} | {truth} | {fmt(r['estimate'])} ({fmt(r['low'])}–"
                          f"{'∞' if r['high'] is None else fmt(r['high'])}) | "
                          f"{ratio} | "
                          f"{'—' if r['within'] is None else ('yes' if r['within'] else 'no')} | {r['verdict']} |")
         judged = [r for r in t["rows"] if r["within"] is not None]
+        jv = [r for r in t["rows"] if r["ratio_val"] is not None]
+        by_run: dict[str, list[str]] = {}
+        for r in t["rows"]:
+            by_run.setdefault(r["run"], []).append(r["verdict"])
         lines += ["", f"Within ±25 %: {sum(r['within'] for r in judged)} of {len(judged)} audited rounds with a "
                       f"measured value; the interval covers it: {sum(bool(r['covers']) for r in judged)} of "
-                      f"{len(judged)}.", ""]
+                      f"{len(judged)}; within ±25 % of the value measured on the validation split: "
+                      f"{sum(abs(r['ratio_val'] - 1) <= 0.25 for r in jv)} of {len(jv)}. Verdicts: "
+                      + "; ".join(f"{k}: " + ", ".join(f"{v} × {n}" for v, n in sorted(
+                          {v: vs.count(v) for v in set(vs)}.items())) for k, vs in by_run.items()) + ".", ""]
     return "\n".join(lines)
 
 
