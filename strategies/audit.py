@@ -25,7 +25,10 @@ The audit of the lift compares the project's model with what *random* picking wo
                    that two or three sizes still give a curve (fit_power_law).
   inversion        the labels at which the fitted curve reaches the current model's accuracy:
                    n = (b / (a − acc))^(1/c); none when acc ≥ a (random never gets there on this curve).
-  interval         a parametric bootstrap: every point's accuracy and the current accuracy are
+  interval         the envelope of two parametric bootstraps (the power law, and acc = α + β·ln n,
+                   a curve that never saturates: the shape beyond the measured random labels is
+                   an assumption, so a gain is claimed only when both shapes show it): every
+                   point's accuracy and the current accuracy are
                    drawn again from their measurement error (binomial, widened by the scatter of
                    the points around the curve when it exceeds the binomial: the training noise
                    of one model, which the current model has too), the curve refitted,
@@ -235,6 +238,22 @@ def random_labels_needed(labels: Sequence[float], correct: Sequence[int], n_eval
     need = np.sort(need)  # inf sorts last: a quantile that lands on it is unbounded
     lo_q, hi_q = (float(need[min(reps - 1, max(0, int(math.floor(q * reps))))])
                   for q in ((1 - level) / 2, 1 - (1 - level) / 2))
+    # The shape beyond the random labels is an assumption: the same draws fitted with a curve that
+    # never saturates, acc = α + β·ln n, give the other end of what a learning curve may do. The
+    # interval is the envelope of both (the verdict claims a gain only when both shapes agree).
+    x = np.log(n)
+    wb = _weights(acc_b, np.broadcast_to(m, acc_b.shape))
+    sw = wb.sum(1)
+    xm = (wb * x[None]).sum(1) / sw
+    ym = (wb * acc_b).sum(1) / sw
+    beta = (wb * (x[None] - xm[:, None]) * (acc_b - ym[:, None])).sum(1) / np.maximum(
+        (wb * (x[None] - xm[:, None]) ** 2).sum(1), 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_need = np.where(beta > 0, np.exp(xm + (now_b - ym) / np.where(beta > 0, beta, 1.0)), np.inf)
+    log_need = np.sort(np.where(np.isnan(log_need), np.inf, log_need))
+    lo_l, hi_l = (float(log_need[min(reps - 1, max(0, int(math.floor(q * reps))))])
+                  for q in ((1 - level) / 2, 1 - (1 - level) / 2))
+    lo_q, hi_q = min(lo_q, lo_l), max(hi_q, hi_l)
     point = curve.labels_for(accuracy_now)
     fin = lambda v: None if not math.isfinite(v) else float(v)  # noqa: E731
     return Inversion(fin(point), fin(lo_q) if math.isfinite(lo_q) else None, fin(hi_q), curve, phi)

@@ -53,17 +53,27 @@ def _points(curve, sizes, n=2000, rng=None):
 
 
 def test_verdict_paying_off_when_the_model_is_far_above_the_random_curve():
-    # 1,000 labels, an accuracy random gets only at (2 / 0.04)^2 = 2,500; random curve to 800 labels
-    a = audit(_points(TRUE, [100, 200, 400, 600, 800], n=5000), 1000, {"correct": 4300, "n": 5000, "on": "val"},
+    # 1,000 labels, an accuracy random gets only at (2 / 0.03)^2 ≈ 4,444; random curve to 800 labels.
+    # The gain is claimed only because even a curve that never saturates (log-linear) needs more.
+    a = audit(_points(TRUE, [100, 200, 400, 600, 800], n=5000), 1000, {"correct": 4350, "n": 5000, "on": "val"},
               rounds=5, random_labels=800)
     assert a["verdict"] == PAYING_OFF
     need = a["random_would_need"]
-    assert need["low"] > 1000 and need["labels"] == pytest.approx(2500, rel=0.3)
+    assert need["low"] > 1000 and need["labels"] == pytest.approx(4444, rel=0.3)
     assert a["labels_saved"]["labels"] == need["labels"] - 1000 and a["labels_saved"]["low"] > 0
     assert "paying off" in a["advice"]
     assert [p["labels"] for p in a["random_curve"]] == [100, 200, 400, 600, 800]
     lo, hi = a["accuracy_now"]["low"], a["accuracy_now"]["high"]
-    assert lo < 0.86 < hi and a["accuracy_now"]["on"] == "val"
+    assert lo < 0.87 < hi and a["accuracy_now"]["on"] == "val"
+
+
+def test_a_gain_that_rests_on_the_curve_shape_alone_is_not_claimed():
+    # Random points that rise steeply and an accuracy near the power law's ceiling: the power law
+    # says random needs far more, a log-linear curve through the same points says fewer.
+    pts = [{"labels": 15, "correct": 36, "n": 360}, {"labels": 30, "correct": 134, "n": 360},
+           {"labels": 60, "correct": 235, "n": 360}, {"labels": 90, "correct": 330, "n": 360}]
+    a = audit(pts, 140, {"correct": 338, "n": 360, "on": "val"}, rounds=4, random_labels=90)
+    assert a["verdict"] == NOT_PAYING_OFF and a["random_would_need"]["low"] < 140
 
 
 def test_verdict_not_paying_off_when_random_is_as_good():
