@@ -243,3 +243,15 @@ def test_the_exclusion_rule_and_the_budget_read_the_control_first(tmp_path):
                                                     control=control)).quota
 
     assert quota(ests)[3] > quota(())[3]
+
+
+def test_a_strategy_change_keeps_the_control_uniform_and_its_size(tmp_path):
+    # The draw reads no score: whatever ranks the batch (even random), the control is the share
+    # of the batch drawn from the candidates, and a config change applies from the next selection.
+    f = [_score_file(tmp_path / "s0.npz", range(1, 1001))]
+    for strategy in ("entropy", "margin", "random", "hybrid"):
+        sel = _select(f, strategy=strategy, budget=40, reserve=10)
+        assert sel.n_control == 5 and sum(p.control for p in sel.batch) == 5 and len(sel.batch) == 40
+        ranked = {p.item_id for p in sel.batch if not p.control} | {p.item_id for p in sel.reserve}
+        assert not ranked & {p.item_id for p in sel.batch if p.control}
+    assert _select(f, budget=200, reserve=0).n_control == 20
