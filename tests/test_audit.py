@@ -166,3 +166,25 @@ def test_simulate_json_carries_the_audit_each_round():
     for k in ("labels_now", "random_labels", "accuracy_now", "random_curve", "random_would_need", "labels_saved",
               "verdict", "advice", "reset_at_round"):
         assert k in last
+
+
+def test_the_audit_resets_when_the_curve_changes_and_not_when_the_strategy_does():
+    from engine.audit import round_audit
+    from engine.config import ProjectConfig
+
+    def shadow(key, sizes, acc_now):
+        return {"on": "val", "key": key, "random_labels": max(sizes),
+                "points": [{"labels": s, "correct": int(TRUE(s) * 2000), "n": 2000} for s in sizes],
+                "current": {"correct": int(acc_now * 2000), "n": 2000}}
+
+    same = [shadow("k1", [50, 100, 200], 0.76), shadow("k1", [250], 0.8), shadow("k1", [320], 0.82)]
+    cfg = ProjectConfig(strategy="entropy")  # the strategy is not part of the curve
+    a = round_audit(cfg, same, rounds=3, labels_now=900, random_labels=320)
+    assert a["reset_at_round"] is None and len(a["random_curve"]) == 5 and a["verdict"] != TOO_EARLY
+    # Round 3 trained another network (an exclusion, new settings): its curve starts again.
+    changed = same[:2] + [shadow("k2", [80, 160, 320], 0.82)]
+    b = round_audit(cfg, changed, rounds=3, labels_now=900, random_labels=320, round_numbers=[2, 3, 4])
+    assert b["reset_at_round"] == 4 and [p["labels"] for p in b["random_curve"]] == [80, 160, 320]
+    assert b["verdict"] == TOO_EARLY  # one round on the new curve
+    assert round_audit(ProjectConfig(audit={"enabled": False}), same, rounds=3, labels_now=900,
+                       random_labels=320) is None
