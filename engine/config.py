@@ -136,6 +136,20 @@ class RelabelConfig(_Strict):
                                                   "rule); review: no label until someone decides")
 
 
+class AuditConfig(_Strict):
+    """The audit of the lift (strategies.audit, issue 22): does active learning beat random picking
+    on this project? Each round the worker also trains the round's model on the project's random
+    labels only (a random first batch and the control slice): the random learning curve, fitted and
+    inverted at the current model's unbiased accuracy (docs/design.md)."""
+
+    enabled: StrictBool = Field(True, description="train the shadow models on random labels (three the first time, "
+                                                  "then one whenever the random labels grew by a quarter; each on "
+                                                  "at most the random labels) and report the audit in the metrics")
+    min_rounds: StrictInt = Field(3, ge=1, le=1000, description="trained rounds before a verdict (too_early before)")
+    min_points: StrictInt = Field(3, ge=2, le=100, description="random-label set sizes measured before a verdict")
+    min_random_labels: StrictInt = Field(20, ge=2, le=1_000_000, description="random labels before a verdict")
+
+
 class ControlConfig(_Strict):
     """The random control slice (engine.selection, strategies.audit).
 
@@ -235,6 +249,7 @@ class ProjectConfig(_Strict):
     guess: GuessConfig = Field(default_factory=GuessConfig)
     relabel: RelabelConfig = Field(default_factory=RelabelConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @property
     def reserve_size(self) -> int:
@@ -294,7 +309,7 @@ DECODE_KEYS = ("image_size", "channels")
 
 def merge_config(base: dict, patch: dict) -> dict:
     """`patch` over `base`, one level deep for the nested sections (exclusion, holdout, stopping, guess,
-    relabel, control)."""
+    relabel, control, audit)."""
     out = dict(base)
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):

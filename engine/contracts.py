@@ -234,6 +234,19 @@ class ModelSpec(_M):
     frozen_blocks: int = 0
 
 
+class ShadowSpec(_M):
+    """The audit's shadow learner (strategies.audit, issue 22): the round's network trained again,
+    from the same starting weights and settings, on the project's random labels only (a random
+    first batch and the control slice), once for each of `sizes` (the first n of `train`, whose
+    order is a seeded shuffle: each prefix is a random sample). Each is evaluated on the manifest's
+    evidence when that is a validation split, else on `eval` (the random labels held out), which
+    the round's own model is evaluated on too: the audit compares the two on the same images."""
+    train: ImageRefs
+    sizes: list[int]
+    batch_sizes: list[int]            # the training batch of each size, as a round with that many labels
+    eval: ImageRefs = Field(default_factory=ImageRefs)
+
+
 class TrainManifest(_M):
     kind: Literal["train"] = "train"
     project_id: int
@@ -255,6 +268,8 @@ class TrainManifest(_M):
     # Cross-validation folds for out-of-fold probabilities of the labeled images (0: none), which
     # cleanlab reads for label issues (workers.label_issues; config relabel).
     relabel_folds: int = 0
+    # The audit's shadow learner on random labels only (None: not this round).
+    shadow: ShadowSpec | None = None
 
     @model_validator(mode="after")
     def _lengths(self):

@@ -13,8 +13,13 @@ import numpy as np
 
 from engine.config import ProjectConfig
 from engine.contracts import (Gatekeeper, ImageRefs, Layout, ModelSpec, RoundFiles, ScoreManifest,
-                                      TrainManifest, TrainSettings)
-from engine.decisions import holdout_mask, new_label_mask, round_seed, train_batch_size
+                                      ShadowSpec, TrainManifest, TrainSettings)
+from engine.decisions import _unit_hash, holdout_mask, new_label_mask, round_seed, train_batch_size
+
+# The smallest random-label set a shadow model trains on (a curve point below it says little).
+SHADOW_MIN_LABELS = 10
+# A new random-label size is measured once the random labels grew by this factor.
+SHADOW_GROWTH = 1.25
 
 
 def model_spec(config: ProjectConfig, class_names: Sequence[str]) -> ModelSpec:
@@ -103,3 +108,42 @@ def score_manifest(config: ProjectConfig, project_id: int, number: int, class_na
         active=[bool(a) for a in active], mc_samples=config.mc_samples if checkpoint is not None else 0,
         seed=round_seed(config.seed, number), shards=pool.chunks(shard_size), gatekeepers=list(keepers),
         out_dir=str(files.dir), trunk_cache=trunk_dir)
+
+
+def shadow_spec(config: ProjectConfig, split: TrainingSplit, random_ids: Sequence[int],
+                measured: Sequence[int] = ()) -> ShadowSpec | None:
+    """What the audit's shadow learner trains this round (None: nothing new to measure).
+
+    The random labels that train are those of the round's training set; with no validation split
+    they are evaluated on the random labels of the held-out evidence (which the round's model did
+    not train on either). Sizes: a quarter, a half and all of them the first time; then all of them
+    once they number SHADOW_GROWTH × the largest size measured (the control slice grows them); with
+    none left the spec still asks for the round's own model on the audit's evidence."""
+    if not config.audit.enabled:
+        return None
+    rnd = np.asarray(list(random_ids), np.int64)
+    pos = np.flatnonzero(np.isin(np.asarray(split.train.item_ids, np.int64), rnd))
+    if pos.size < SHADOW_MIN_LABELS:
+        return None
+    train = split.train.take(pos)
+    # A seeded shuffle: each prefix is a random sample of the random labels.
+    order = np.argsort(_unit_hash(config.seed + 7919, np.asarray(train.item_ids, np.int64)), kind="stable")
+    train = train.take(order)
+    eval_refs = ImageRefs()
+    if split.source != "val":
+        held = np.flatnonzero(np.isin(np.asarray(split.evidence.item_ids, np.int64), rnd))
+        if held.size == 0:
+            return None
+        eval_refs = split.evidence.take(held)
+    n = len(train)
+    done = {int(x) for x in measured}
+    if done:
+        # After the first measurement, a new size only once the random labels have grown by
+        # SHADOW_GROWTH over the largest measured (geometric spacing: what a power law is fitted
+        # on, and no second training every round for a handful of control labels).
+        sizes = [n] if n >= SHADOW_GROWTH * max(done) else []
+    else:
+        sizes = sorted({s for s in (n // 4, n // 2, n) if s >= SHADOW_MIN_LABELS})
+    # No new size: no training, but the round's model is still measured on the same evidence.
+    return ShadowSpec(train=train, sizes=sizes, batch_sizes=[train_batch_size(config, s) for s in sizes],
+                      eval=eval_refs)

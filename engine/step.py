@@ -31,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.audit import curve_key, measured_sizes
 from engine.config import ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
 from engine.control import history_with_control, with_control
 from engine.decisions import Evidence, ExclusionDecision, decide_exclusion, evidence_accuracy
-from engine.plan import TrainedModel, TrainingSplit, gatekeepers, score_manifest, split_training, train_manifest
+from engine.plan import (TrainedModel, TrainingSplit, gatekeepers, score_manifest, shadow_spec, split_training,
+                         train_manifest)
 from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
 
 ACTIVE, EXCLUDED = "active", "excluded"
@@ -56,6 +58,10 @@ class TrainingFacts:
     files: RoundFiles
     stop_set: ImageRefs | None = None
     trunk_dir: str | None = None
+    # The audit's random labels (a random first batch, the control slice; None: no shadow learner
+    # this round) and what earlier rounds' shadow models measured.
+    random_ids: Sequence[int] | None = None
+    shadow_history: Sequence[Mapping | None] = ()   # earlier rounds' metrics["shadow"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     split = split_training(facts.labeled, facts.val, config, len(names))
     manifest = train_manifest(config, project_id, facts.number, names, facts.active, split, facts.test,
                               facts.previous_train_ids, facts.files, facts.stop_set, facts.trunk_dir)
+    if facts.random_ids is not None:
+        shadow = shadow_spec(config, split, facts.random_ids,
+                             measured_sizes(facts.shadow_history, curve_key(manifest)))
+        if shadow is not None:
+            manifest = manifest.model_copy(update={"shadow": shadow})
     return TrainingPlan(split, manifest)
 
 

@@ -264,6 +264,31 @@ def train_round(manifest_path: str) -> dict:
         probs, eval_bs, more = split_on_oom(lambda b: predict(images, b), eval_bs, what="predict stop set")
         metrics["train"]["oom_splits"] += more
         metrics["stop_set"] = {"item_ids": list(m.stop_set.item_ids), "pred": probs.argmax(axis=1).tolist()}
+    if m.shadow is not None:
+        # The audit's shadow models on random labels only (workers.shadow): the random curve.
+        from workers.shadow import measure
+
+        def predict_with(net_model, images, b: int):
+            if m.trunk_cache:
+                from workers.trunk_cache import predict_from_cache
+
+                return predict_from_cache(net_model, _trunk_cache(m.trunk_cache, net_model, b), _digests(images),
+                                          images, active=active, device=dev, batch_size=b)
+            from workers.evaluate import predict_probs
+
+            return predict_probs(net_model, images, active=active, device=dev, batch_size=b)
+
+        def main_correct(data):
+            y = data.labels
+            keep = y >= 0
+            probs = predict(data.images, eval_bs)
+            return int((probs.argmax(axis=1)[keep] == y[keep]).sum()), int(keep.sum())
+
+        t_shadow = time.perf_counter()
+        metrics["shadow"] = measure(m, names, active, base, evidence, evidence_dig if m.trunk_cache else None,
+                                    main_correct, _build, lambda refs: _dataset(refs, names), _digests,
+                                    lambda net_model, b: _trunk_cache(m.trunk_cache, net_model, b), predict_with)
+        metrics["shadow"]["seconds"] = round(time.perf_counter() - t_shadow, 3)
     if m.relabel_folds:
         # Out-of-fold probabilities of the labeled images and cleanlab's suspects among them.
         from workers.label_issues import write_label_issues

@@ -26,6 +26,7 @@ import numpy as np
 
 from engine import contracts as c
 from engine import plan, step
+from engine.audit import round_audit
 from engine.config import SimulationConfig
 from engine.decisions import evidence_of, initial_labeled, stop_set_positions, stopping_signal
 from strategies.audit import control_estimate, pool_estimates
@@ -141,6 +142,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         labeled = np.zeros(n_pool, bool)
         first = _first_labels(config, project, layout, pool, names, trunk_dir)
         labeled[first] = True
+        # The audit's random labels: a random first batch (a typical one is not random) and every
+        # control image; the rounds' shadow measurements (engine.audit).
+        random_ids: list[int] = [] if project.typical_first_batch() else [int(i) for i in first]
+        shadows: list[dict | None] = []
         # Experts who err, and second opinions (workers.noisy_oracle): None keeps the perfect oracle.
         book = _label_book(config, project, layout, pool, val, test, names, first, trunk_dir, data)
         # The reserve a round queues after its batch is with the experts while the next round
@@ -166,7 +171,9 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             answered = pool if book is None else pool.model_copy(update={"labels": book.given.tolist()})
             planned = step.training(project, PROJECT_ID, step.TrainingFacts(
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
-                val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir))
+                val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
+                random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
+                shadow_history=shadows))
             split, manifest = planned.split, planned.manifest
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
@@ -187,6 +194,9 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                                  "accuracy": (metrics.get("evidence") or {}).get("accuracy"),
                                  "stop_set": metrics.get("stop_set")})
             record["stopping"] = stopping_signal(project.stopping, stop_history)
+            shadows.append(metrics.get("shadow"))
+            record["audit"] = round_audit(project, shadows, rounds=number, labels_now=int(labeled.sum()),
+                                          random_labels=sum(int(labeled[i]) for i in random_ids))
             last = number == config.rounds + 1
             # The rest of the round as the service runs it (engine.step): exclusion, gatekeepers,
             # the score manifest; scoring; the selection. The reserve a round queued is with the
@@ -216,6 +226,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                     record["expert_votes"] = _expert_votes(
                         votes, counter, [files.score_file(int(k)) for k in scored.manifest.shards], picked, data,
                         answered.labels)
+                random_ids += [int(p.item_id) for p in sel.batch if getattr(p, "control", False)]
                 reserved[:] = False
                 reserved[[p.item_id for p in sel.reserve]] = True
                 timings["score_select"] = time.perf_counter() - t0

@@ -322,6 +322,13 @@ class MetricsOut(BaseModel):
                                            "each round's estimate (`rounds`: n, correct, accuracy, Wilson low/high, "
                                            "per_class, missing, waiting) and `pooled` (the rounds the latest "
                                            "evidence reads); none before the first control entry")
+    audit: dict[str, Any] | None = Field(None, description="does active learning pay off here (config audit): "
+                                         "`labels_now`, `random_labels`, `accuracy_now` {value, low, high, on}, "
+                                         "`random_curve` (the model trained on random labels only), "
+                                         "`random_would_need` and `labels_saved` {labels, low, high} (95 % "
+                                         "bootstrap interval; none: unbounded), `verdict` (paying_off | "
+                                         "not_paying_off | too_early), `advice`, `reset_at_round`; none before a "
+                                         "model trained with random labels to compare")
 
 
 class LabelOut(BaseModel):

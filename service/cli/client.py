@@ -155,6 +155,14 @@ def status(
         console.print(f"  {escape(str(st.get('reason') or ''))}")
         if st.get("stopped_after_round"):
             console.print(f"  auto_next_round stopped after round {st['stopped_after_round']} (stop_when_stable)")
+    au = m.get("audit")
+    if au:
+        need = au.get("random_would_need") or {}
+        hi = "∞" if need.get("high") is None else need["high"]
+        console.print(f"does active learning pay off: [bold]{au.get('verdict')}[/bold] — random picking would need "
+                      f"{_fmt(need.get('labels'))} labels ({_fmt(need.get('low'))}–{hi}) for this accuracy; "
+                      f"used {au.get('labels_now')}, of them {au.get('random_labels')} random")
+        console.print(f"  {escape(str(au.get('advice') or ''))}")
 
 
 def _fmt(v) -> str:

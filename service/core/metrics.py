@@ -139,7 +139,10 @@ def project_metrics(s: Session, project: Project) -> dict:
             "calibration": lm.get("calibration"),
             "label_issues": {k: v for k, v in (lm.get("label_issues") or {}).items() if k != "file"} or None,
             "experts": experts or None,
-            "control": control}
+            "control": control,
+            # The audit of the lift (engine.audit): computed once when the latest model was
+            # registered, from its shadow models on random labels; read here, never recomputed.
+            "audit": lm.get("audit")}
 
 
 def _control_config(project: Project) -> ControlConfig:

@@ -27,6 +27,7 @@ from service.settings import Settings
 from service.store import Item, ItemStatus, Job, JobState, ModelVersion, Project, QueueEntry, Round, utcnow
 from engine import contracts as c
 from engine import plan, step
+from engine.audit import round_audit
 from engine.config import ProjectConfig
 from engine.decisions import evidence_of
 from engine.jobkinds import JobKind
@@ -141,7 +142,10 @@ def on_created(x: Ctx) -> None:
         val=inputs.split_refs(x.s, x.settings, x.project, "val", index),
         test=inputs.split_refs(x.s, x.settings, x.project, "test", index),
         previous_train_ids=inputs.previous_train_ids(x.settings, x.s, x.pid, x.rnd.number), files=files,
-        stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir))
+        stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir,
+        # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
+        random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
+        shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)]))
     split, manifest = planned.split, planned.manifest
     if not x.move(S.CREATED, S.TRAINING, RoundProgress(stage=S.TRAINING.value, n_train=len(split.train),
                                                        n_new=int(sum(manifest.is_new)), evidence=split.source,
@@ -222,6 +226,16 @@ def on_training(x: Ctx) -> None:
 
 
 def _model_version(x: Ctx, result: c.TrainResult, metrics: dict) -> ModelVersion:
+    if metrics.get("shadow"):
+        # The audit of the lift, once per trained round (GET /metrics only reads it): this round's
+        # shadow measurements with every earlier round's (engine.audit).
+        earlier = inputs.model_versions(x.s, x.pid, x.rnd.number)
+        tr = metrics.get("train") or {}
+        metrics = {**metrics, "audit": round_audit(
+            x.config, [(mv.metrics or {}).get("shadow") for mv in earlier] + [metrics["shadow"]],
+            rounds=len(earlier) + 1, labels_now=int(tr.get("n_train") or 0),
+            random_labels=int(metrics["shadow"].get("random_labels") or 0),
+            round_numbers=[mv.round for mv in earlier] + [x.rnd.number])}
     return models.register(x.s, x.pid, x.rnd.number, result.checkpoint, metrics)
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.core import paths
 from service.settings import Settings
-from service.store import Item, ItemStatus, ModelVersion, Project, ProjectClass
+from service.store import Item, ItemStatus, ModelVersion, Project, ProjectClass, QueueEntry, Round
 from engine.config import ProjectConfig
 from engine.contracts import ImageRefs, TrainManifest, read_manifest
 from engine.decisions import Evidence, evidence_of, stop_set_positions
@@ -99,3 +99,12 @@ def evidence_history(s: Session, project: Project, names: list[str]) -> list[Evi
 def trained_models(s: Session, project: Project, n_classes: int) -> list[TrainedModel]:
     return [TrainedModel(mv.round, mv.checkpoint_path, list((mv.metrics or {}).get("active") or [True] * n_classes))
             for mv in model_versions(s, project.id)]
+
+
+def random_label_ids(s: Session, pid: int) -> list[int]:
+    """The project's random labels (the audit's shadow learner trains on them only): labeled pool
+    images queued in a batch as control (a random cold start's batch, every control slice)."""
+    return list(s.scalars(select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id)
+                          .join(Item, Item.id == QueueEntry.item_id)
+                          .where(Round.project_id == pid, QueueEntry.control.is_(True), QueueEntry.reserve.is_(False),
+                                 Item.status == ItemStatus.LABELED).distinct().order_by(QueueEntry.item_id)))
