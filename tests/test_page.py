@@ -260,3 +260,14 @@ def test_the_route_draws_control_and_audit_when_the_metrics_have_them(api, monke
     html = c.get(f"/api/v1/projects/{pid}/page").text
     assert 'id="audit-verdict">paying off<' in html and 'id="control-pooled"' in html
     assert "random would need 420 (340–560)" in html
+
+
+def test_open_ends_of_the_audit_read_as_words_not_none():
+    from service.core.page import _labels_range
+
+    assert _labels_range({"labels": 420, "low": 340, "high": 560}, "labels") == "420 labels (340–560)"
+    assert _labels_range({"labels": None, "low": 54, "high": None}, "labels") == \
+        "more than the random curve reaches (at least 54, no upper bound)"
+    assert _labels_range({"labels": None, "low": -646, "high": None}, "", "not known") == \
+        "not known (at least -646, no upper bound)"
+    assert "None" not in _labels_range({"labels": None, "low": None, "high": None}, "labels")

@@ -404,6 +404,19 @@ def _headline(m: dict) -> str:
 _VERDICTS = {"paying_off": "paying off", "not_paying_off": "not paying off", "too_early": "too early to say"}
 
 
+def _labels_range(d: dict, unit: str, unknown: str = "more than the random curve reaches") -> str:
+    """An audit count with its interval, in words where an end is open: the random curve never
+    reaching the accuracy leaves the count (and the upper end) unbounded, not "None"."""
+    labels, lo, hi = d.get("labels"), d.get("low"), d.get("high")
+    unit = f" {unit}" if unit else ""
+    head = f"{labels}{unit}" if labels is not None else unknown
+    if lo is None and hi is None:
+        return head
+    span = (f"{lo}–{hi}" if lo is not None and hi is not None else
+            f"at least {lo}, no upper bound" if lo is not None else f"at most {hi}")
+    return f"{head} ({span})"
+
+
 def _audit(m: dict) -> str:
     a = m.get("audit")
     if not a:
@@ -416,10 +429,8 @@ def _audit(m: dict) -> str:
                         f'{esc(_VERDICTS.get(a.get("verdict"), a.get("verdict") or "—"))}</span>'),
             ("accuracy now", f'{num(now.get("value"))} ({interval(now.get("low"), now.get("high"))}) on '
                              f'{esc(now.get("on") or "?")}, with {a.get("labels_now", "?")} labels'),
-            ("random picking would need", "not measurable yet" if not need else
-             f'{need.get("labels")} labels ({need.get("low")}–{need.get("high")})'),
-            ("labels saved so far", "not measurable yet" if not saved else
-             f'{saved.get("labels")} ({saved.get("low")}–{saved.get("high")})'),
+            ("random picking would need", "not measurable yet" if not need else _labels_range(need, "labels")),
+            ("labels saved so far", "not measurable yet" if not saved else _labels_range(saved, "", "not known")),
             ("random labels measured", str(a.get("random_labels", "—")))]
     if a.get("reset_at_round") is not None:
         rows.append(("reset", f'the audit restarted at round {esc(a["reset_at_round"])} (the strategy or budget changed)'))
