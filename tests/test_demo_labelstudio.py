@@ -109,7 +109,10 @@ def test_demo_pushes_a_round_to_label_studio_and_waits_for_people(label_studio, 
 
     out = log.read_text(errors="replace")
     assert "report:" in out and (data / "report" / "index.html").is_file()
-    assert (data / "report" / "gradcam_queue.png").is_file()
+    # The report is the project page's snapshot: the last batch's overlays beside it, linked from it.
+    overlays = sorted((data / "report" / "gradcam").glob("item_*.png"))
+    page = (data / "report" / "index.html").read_text()
+    assert overlays and all(f"gradcam/{p.name}" in page for p in overlays)
     db = sqlite3.connect(data.parent / f"{data.name}-state" / "camloop.db")  # the state folder beside it
     stored = dict(db.execute("SELECT item_id, class_name FROM labels WHERE source = 'label-studio'").fetchall())
     db.close()
