@@ -91,8 +91,9 @@ def test_a_round_with_a_control_slice_end_to_end(api):
     now_right = right - (truth[a] == ctl[0][2]) + (wrong == ctl[0][2]) - sum(truth[e[0]] == e[2] for e in ctl[1:4])
     assert (est2["n"], est2["missing"], est2["waiting"], est2["correct"]) == (12, 2, 1, now_right)
     # The excluded class's control labels still count (the model on the pool as it is).
+    # Per class = per current label: the relabeled image moved to `wrong`'s class.
     assert est2["per_class"][truth[excl[0]]]["n"] == est["per_class"][truth[excl[0]]]["n"] - \
-        sum(truth[e[0]] == truth[excl[0]] for e in ctl[1:4])
+        sum(truth[e[0]] == truth[excl[0]] for e in ctl[1:4]) + (wrong == truth[excl[0]])
     assert c.post(f"/api/v1/projects/{pid}/classes/{truth[excl[0]]}/include", json={}).status_code == 200
     with session_scope(settings) as s:
         s.get(Item, b).label, s.get(Item, b).status = truth[b], ItemStatus.LABELED

@@ -113,8 +113,9 @@ def test_gradcam_from_cached_trunk_equals_gradcam_from_pixels(tmp_path):
     cache.ensure(data.images, dig)
     x = to_model_input(data.images, m)
     cls = torch.tensor([0, 1, 2, 0, 1, 2])
+    # atol 5e-5: the two backward passes sum in different orders (measured 1.4e-5 apart under load).
     torch.testing.assert_close(gradcam_maps(m, cache.load(dig), cls, start_block=K), gradcam_maps(m, x, cls),
-                               atol=1e-5, rtol=0)
+                               atol=5e-5, rtol=0)
     # An inner block after the trunk: the partial backward from the cache, too.
     torch.testing.assert_close(gradcam_maps(m, cache.load(dig), cls, layer=K, start_block=K),
                                gradcam_maps(m, x, cls, layer=K), atol=1e-4, rtol=0)
