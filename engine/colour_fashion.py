@@ -107,13 +107,9 @@ def _stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
                                    for c, k in zip(classes, per)]))
 
 
-def load_fashion_colour(seed: int = 0, *, side: int = DEFAULT_SIDE, pool: int = 10_000, val: int = 2_000,
-                        test: int = 2_000, fashion_root=None, with_masks: bool = False):
-    """(pool, val, test) of the colour benchmark; with `with_masks` also their object masks.
-
-    Sizes default to a 10,000-image pool (the issue's measurement size), 2,000 for validation
-    and test: 14,000 images at 96 px are 390 MB of uint8 and take ~20 s to make on one core.
-    """
+def split_fashion(seed: int, pool: int, val: int, test: int, fashion_root=None):
+    """(train, official test, pool, val and test indices): the garments the colour benchmarks draw,
+    stratified and seeded, so the colour and shortcut benchmarks share them for a seed and sizes."""
     train, official_test = load_fashion_mnist(fashion_root or os.environ.get("CAMLOOP_FASHION_MNIST",
                                                                                FASHION_MNIST_ROOT))
     rng = np.random.default_rng([int(seed), 99])
@@ -121,6 +117,17 @@ def load_fashion_colour(seed: int = 0, *, side: int = DEFAULT_SIDE, pool: int = 
     rest = np.setdiff1d(np.arange(len(train)), pool_i)
     val_i = rest[_stratified(train.labels[rest], val, rng)]
     test_i = _stratified(official_test.labels, test, rng)
+    return train, official_test, pool_i, val_i, test_i
+
+
+def load_fashion_colour(seed: int = 0, *, side: int = DEFAULT_SIDE, pool: int = 10_000, val: int = 2_000,
+                        test: int = 2_000, fashion_root=None, with_masks: bool = False):
+    """(pool, val, test) of the colour benchmark; with `with_masks` also their object masks.
+
+    Sizes default to a 10,000-image pool (the issue's measurement size), 2,000 for validation
+    and test: 14,000 images at 96 px are 390 MB of uint8 and take ~20 s to make on one core.
+    """
+    train, official_test, pool_i, val_i, test_i = split_fashion(seed, pool, val, test, fashion_root)
     parts = [make_fashion_colour(train.subset(pool_i), seed, 0, side),
              make_fashion_colour(train.subset(val_i), seed, 1, side),
              make_fashion_colour(official_test.subset(test_i), seed, 2, side)]

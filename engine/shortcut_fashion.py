@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.colour_fashion import DEFAULT_SIDE, _composite, _stratified
+from engine.colour_fashion import DEFAULT_SIDE, _composite, _stratified, split_fashion
 from engine.dataset import Dataset
 from engine.fashion_mnist import FASHION_MNIST_ROOT, load_fashion_mnist
 
@@ -85,13 +85,7 @@ def load_fashion_shortcut(seed: int = 0, *, side: int = DEFAULT_SIDE, pool: int 
                           with_cues: bool = False):
     """(pool, val, test) of the shortcut benchmark (the same garments as `load_fashion_colour`'s
     for the same seed and sizes); with `with_cues` each part is (Dataset, cue classes)."""
-    train, official_test = load_fashion_mnist(fashion_root or os.environ.get("CAMLOOP_FASHION_MNIST",
-                                                                               FASHION_MNIST_ROOT))
-    rng = np.random.default_rng([int(seed), 99])
-    pool_i = _stratified(train.labels, pool, rng)
-    rest = np.setdiff1d(np.arange(len(train)), pool_i)
-    val_i = rest[_stratified(train.labels[rest], val, rng)]
-    test_i = _stratified(official_test.labels, test, rng)
+    train, official_test, pool_i, val_i, test_i = split_fashion(seed, pool, val, test, fashion_root)
     parts = [make_fashion_shortcut(train.subset(pool_i), seed, 0, side, cue_rate),
              make_fashion_shortcut(train.subset(val_i), seed, 1, side, cue_rate),
              make_fashion_shortcut(official_test.subset(test_i), seed, 2, side, None)]
