@@ -24,6 +24,8 @@ def test_camloop_status_and_project_create_print_markup_in_names_as_text(tmp_pat
                              text=True, timeout=120, env={**__import__("os").environ, "COLUMNS": "200"})
         assert out.returncode == 0, out.stdout + out.stderr
         assert "[/bold]x" in out.stdout and "[red]y" in out.stdout and "plain" in out.stdout, out.stdout
+        # No model, no random labels: the audit's line says it has not started and what it waits for.
+        assert "does active learning pay off: not yet — 0 random labels so far" in out.stdout, out.stdout
         # An error whose detail carries user text is printed as text too.
         out = subprocess.run(cli + ["project", "create", "[/red]proj", "--classes", "[/bold]x,b", "--url", url,
                                     "--key", ENGINEER_KEY], capture_output=True, text=True, timeout=120)

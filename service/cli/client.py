@@ -163,6 +163,18 @@ def status(
                       f"{_fmt(need.get('labels'))} labels ({_fmt(need.get('low'))}–{hi}) for this accuracy; "
                       f"used {au.get('labels_now')}, of them {au.get('random_labels')} random")
         console.print(f"  {escape(str(au.get('advice') or ''))}")
+    else:
+        # No audit yet: say so and why, so a person after the first rounds knows what it waits for.
+        ctl = m.get("control") or {}
+        random_now = sum(int(r.get("n") or 0) for r in ctl.get("rounds") or [])
+        console.print(f"does active learning pay off: not yet — {random_now} random labels so far (the control "
+                      f"slice, {_fmt_share(ctl.get('share'))} of each ranked batch, or a random first batch); the audit "
+                      "starts once a model has trained on enough of them (audit.min_random_labels) over "
+                      "audit.min_rounds rounds")
+
+
+def _fmt_share(v) -> str:
+    return "a share" if v is None else f"{round(100 * float(v))} %"
 
 
 def _fmt(v) -> str:
