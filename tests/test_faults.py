@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -223,16 +224,6 @@ def test_database_unavailable_requests_fail_with_503_and_nothing_is_half_written
 
 # ------------------------------------------------------------------ a worker killed mid-job
 
-def _stop_and_check(proc, still_true) -> bool:
-    """SIGSTOP the worker, then re-check the condition on the frozen process: True = it holds
-    (the caller SIGKILLs a worker caught in the act), False = too late (SIGCONT, try again)."""
-    os.kill(proc.pid, signal.SIGSTOP)
-    if still_true():
-        return True
-    os.kill(proc.pid, signal.SIGCONT)
-    return False
-
-
 def test_worker_sigkill_during_training_and_scoring_round_resumes_and_completes(private_redis, tmp_path):
     import torch
     from rq.job import Job
@@ -265,7 +256,9 @@ def test_worker_sigkill_during_training_and_scoring_round_resumes_and_completes(
 
         # --- a new worker; the dead one's job is retried within its heartbeat TTL and resumes.
         w2 = stack.start_worker()
-        rnd = stack.wait_round(pid, 1, states=("scoring", "selecting", "labeling"))
+        wait_for(rdir.joinpath("score.json").is_file, timeout=300, interval=0.005, what="score plan", proc=w2,
+                 log=stack.root / "worker.log")
+        os.kill(w2.pid, signal.SIGSTOP)  # frozen from here on, except for the short slices below
         shards = json.loads((rdir / "score.json").read_text())["shards"]
         assert len(shards) == 4
 
@@ -281,14 +274,18 @@ def test_worker_sigkill_during_training_and_scoring_round_resumes_and_completes(
                     return jid, k
             return None
 
-        caught = None
+        # Slow motion: the worker runs in 2 ms slices and every check is made while it is frozen,
+        # so a shard of 100 small images (tens of ms) cannot slip between two looks, however fast
+        # the machine (CI once scored all four between two HTTP polls).
+        caught = running_shard()
         while caught is None:
             assert w2.poll() is None, stack.logs()
-            if stack.round(pid, 1)["state"] != "scoring" and running_shard() is None:
-                pytest.fail("every shard was scored before the test could catch one running: make them bigger")
-            hit = running_shard()
-            if hit and _stop_and_check(w2, lambda: running_shard() == hit):
-                caught = hit
+            if all((rdir / f"scores_{int(k):05d}.npz").exists() for k in shards):
+                pytest.fail("every shard was scored before the test could catch one running")
+            os.kill(w2.pid, signal.SIGCONT)
+            time.sleep(0.002)
+            os.kill(w2.pid, signal.SIGSTOP)
+            caught = running_shard()
         killed_job, killed_shard = caught
         before = {f.name: f.stat().st_mtime_ns for f in rdir.glob("scores_*.npz")}
         kill(w2)
