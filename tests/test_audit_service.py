@@ -63,3 +63,44 @@ def test_metrics_carry_the_audit_after_each_trained_round(api):
         assert [m.round for m in mv] == [2, 3] and mv[-1].metrics["audit"] == second
         shadow = mv[-1].metrics["shadow"]
         assert shadow["on"] == "random_holdout" and shadow["current"]["n"] == second["accuracy_now"]["n"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_labels_registered_as_a_random_sample_train_the_audits_random_curve(api):
+    """A project that starts from a random sample of its pool (the demo's 200, a team's first
+    export) says so with `labels_random`: round 1 already measures the random curve on them.
+    Without the flag the same labels are not random evidence (they may have been hand-picked)."""
+    from service.rounds import inputs
+
+    c, settings = api
+    no_control = {**FAST, "control": {"share": 0.0}}
+    pool = write_digits(settings.data_dir, 300, "pool", seed=5)
+    picked = {uri for uri, _ in pool[:60]}  # a seeded permutation: a random sample
+    items = [{"uri": uri, "split": "pool", "label": cls if uri in picked else None} for uri, cls in pool]
+    pids = {}
+    for flag in (True, False):
+        r = c.post("/api/v1/projects", json={"name": f"random-start-{flag}-{time.monotonic_ns()}",
+                                             "classes": CLASSES, "config": no_control})
+        assert r.status_code == 201, r.text
+        pids[flag] = pid = r.json()["id"]
+        r = c.post(f"/api/v1/projects/{pid}/items", json={"items": items, "labels_random": flag})
+        assert r.status_code == 202, r.text
+    with session_scope(settings) as s:
+        marked = inputs.random_label_ids(s, pids[True])
+        assert len(marked) == 60 and inputs.random_label_ids(s, pids[False]) == []
+    # A strict flag: "yes" is not true.
+    r = c.post(f"/api/v1/projects/{pids[True]}/items", json={"items": items[:1], "labels_random": "yes"})
+    assert r.status_code == 422
+
+    for flag, pid in pids.items():
+        assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+        round_reaches(c, settings, pid, 1, "labeling")
+    with session_scope(settings) as s:
+        shadow = {flag: s.scalars(select(ModelVersion).where(ModelVersion.project_id == pid)).one().metrics.get("shadow")
+                  for flag, pid in pids.items()}
+    # Round 1's model trained on the 60 minus those held out; the flagged project measured its
+    # random curve on them, the other has no random labels to measure on.
+    assert shadow[True]["random_labels"] > 30 and len(shadow[True]["points"]) >= 2
+    assert not (shadow[False] or {}).get("points")
+    audit = c.get(f"/api/v1/projects/{pids[True]}/metrics").json()["audit"]
+    assert audit is not None and audit["random_labels"] == shadow[True]["random_labels"]

@@ -57,6 +57,9 @@ class ItemsIn(BaseModel):
     items: list[ItemIn] | None = Field(default=None, max_length=1_000_000)
     split: str = Field(default="pool", max_length=16)
     recursive: bool = True
+    labels_random: StrictBool = Field(False, description="the labeled pool images of this request are a uniform "
+                                      "random sample of the pool (a first batch drawn at random): the audit of the "
+                                      "lift may train its random-label models on them, as on the control slice")
 
     _path = field_validator("folder")(check_path)
 

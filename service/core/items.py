@@ -122,8 +122,12 @@ def expand_request(settings: Settings, folder: str | None, entries: list[dict] |
     return out
 
 
-def register(s: Session, settings: Settings, project: Project, entries: list[dict], who: str) -> dict:
+def register(s: Session, settings: Settings, project: Project, entries: list[dict], who: str,
+             labels_random: bool = False) -> dict:
     """Create items (skipping content already registered), their initial labels, and ingest jobs.
+
+    `labels_random`: the labeled pool images given are a uniform random sample of the pool; they
+    are marked (items.sampled_at_random) so that the audit's random learning curve uses them.
 
     Rows go in with Core bulk INSERTs (insertmanyvalues, RETURNING the ids in parameter order):
     flushing 10k ORM objects one by one took ~9 s of a 16 s registration on SQLite."""
@@ -167,6 +171,7 @@ def register(s: Session, settings: Settings, project: Project, entries: list[dic
         rows.append({"project_id": project.id, "uri": e["uri"], "sha256": digest, "split": e["split"],
                      "status": ItemStatus.LABELED if e["label"] is not None else ItemStatus.UNLABELED, "label": e["label"],
                      "region": e.get("region"),
+                     "sampled_at_random": bool(labels_random and e["label"] is not None and e["split"] == "pool"),
                      # index filled in when the ingest result arrives
                      "cache_shard": first + len(rows) // INGEST_CHUNK, "created_at": now})
     if choosing and rows:

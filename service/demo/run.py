@@ -253,7 +253,8 @@ class DemoRun:
         payload = [{"uri": it["uri"], "split": it["split"],
                     "label": it["truth"] if (it["split"] != "pool" or i in seeded) else None}
                    for i, it in enumerate(data.items)]
-        self._ok(self.api.post(f"/projects/{self.pid}/items", json={"items": payload}))
+        # The starting labels are a seeded uniform sample of the pool: the audit may use them.
+        self._ok(self.api.post(f"/projects/{self.pid}/items", json={"items": payload, "labels_random": True}))
         truth_by_uri = {it["uri"]: it["truth"] for it in data.items}
         offset = 0
         while True:

@@ -103,8 +103,13 @@ def trained_models(s: Session, project: Project, n_classes: int) -> list[Trained
 
 def random_label_ids(s: Session, pid: int) -> list[int]:
     """The project's random labels (the audit's shadow learner trains on them only): labeled pool
-    images queued in a batch as control (a random cold start's batch, every control slice)."""
-    return list(s.scalars(select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id)
-                          .join(Item, Item.id == QueueEntry.item_id)
-                          .where(Round.project_id == pid, QueueEntry.control.is_(True), QueueEntry.reserve.is_(False),
-                                 Item.status == ItemStatus.LABELED).distinct().order_by(QueueEntry.item_id)))
+    images queued in a batch as control (a random cold start's batch, every control slice), and
+    those registered with their label as a random sample of the pool (`labels_random`)."""
+    queued = set(s.scalars(select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id)
+                           .join(Item, Item.id == QueueEntry.item_id)
+                           .where(Round.project_id == pid, QueueEntry.control.is_(True), QueueEntry.reserve.is_(False),
+                                  Item.status == ItemStatus.LABELED)))
+    registered = set(s.scalars(select(Item.id).where(Item.project_id == pid, Item.split == "pool",
+                                                     Item.sampled_at_random.is_(True),
+                                                     Item.status == ItemStatus.LABELED)))
+    return sorted(queued | registered)

@@ -77,6 +77,9 @@ class Item(Base):
     # The object's box [x0, y0, x1, y1] in pixels of the file, from the folder's regions.json
     # (engine.regions); NULL: not known (migration 0009).
     region: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # Its registered pool label was part of a uniform random sample of the pool (the request's
+    # `labels_random`): the audit's shadow learner may train on it (migration 0010).
+    sampled_at_random: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Label(Base):

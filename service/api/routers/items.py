@@ -23,7 +23,8 @@ def register_items(pid: Pid, body: ItemsIn, settings: SettingsDep, c: WriterDep)
     entries = items_svc.expand_request(settings, body.folder, [e.model_dump() for e in body.items or []],
                                        body.split, body.recursive)
     with session_scope(settings) as s:
-        out = items_svc.register(s, settings, projects_svc.get_project(s, pid), entries, c.who)
+        out = items_svc.register(s, settings, projects_svc.get_project(s, pid), entries, c.who,
+                                 labels_random=body.labels_random)
     nudge(settings, pid)  # enqueue the ingest jobs now, not at the reconciler's next tick
     return out
 
