@@ -271,3 +271,14 @@ def test_open_ends_of_the_audit_read_as_words_not_none():
     assert _labels_range({"labels": None, "low": -646, "high": None}, "", "not known") == \
         "not known (at least -646, no upper bound)"
     assert "None" not in _labels_range({"labels": None, "low": None, "high": None}, "labels")
+
+
+def test_an_unbounded_random_would_need_draws_to_the_edge_and_says_or_more():
+    """The demo of 2026-12-07 crashed drawing its report: random_would_need had high = null (some
+    bootstrap refits never reach the current accuracy) and the curve tried float(None)."""
+    m = metrics(control=True, audit=True)
+    m["audit"].update(random_would_need={"labels": 420, "low": 340, "high": None},
+                      labels_saved={"labels": 120, "low": 40, "high": None}, verdict="not_paying_off")
+    html = page.render(page.PageInput(title="t", metrics=m, refresh_s=None))
+    _parse(html)
+    assert "random would need 420 (340 or more)" in html and "None" not in html

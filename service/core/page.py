@@ -260,14 +260,18 @@ def learning_curve_svg(metrics: dict, width: int = 1020, height: int = 360) -> s
                    f'({esc(h.get("evaluated_on") or "?")})</title></circle>')
     if need.get("labels") is not None and now.get("value") is not None and audit.get("labels_now") is not None:
         yv = Y(now["value"])
-        lo, hi = need.get("low", need["labels"]), need.get("high", need["labels"])
+        # An interval end of null is unbounded (some bootstrap refits never reach the accuracy):
+        # the band runs to the plot's edge and the words say so.
+        lo = need["labels"] if need.get("low") is None else need["low"]
+        hi = need.get("high")
+        span = f"{lo}–{hi}" if hi is not None else f"{lo} or more"
         out.append(f'<line x1="{X(audit["labels_now"]):.1f}" x2="{X(need["labels"]):.1f}" y1="{yv:.1f}" '
                    f'y2="{yv:.1f}" stroke="#555" stroke-dasharray="2 3"/>'
-                   f'<line x1="{X(lo):.1f}" x2="{X(hi):.1f}" y1="{yv:.1f}" y2="{yv:.1f}" stroke="{RANDOM_COLOUR}" '
-                   f'stroke-width="5" stroke-opacity="0.5"><title>random picking would need {need["labels"]} labels '
-                   f'({lo}–{hi}) for accuracy {num(now["value"])}</title></line>'
+                   f'<line x1="{X(lo):.1f}" x2="{X(x1 if hi is None else hi):.1f}" y1="{yv:.1f}" y2="{yv:.1f}" '
+                   f'stroke="{RANDOM_COLOUR}" stroke-width="5" stroke-opacity="0.5"><title>random picking would '
+                   f'need {need["labels"]} labels ({span}) for accuracy {num(now["value"])}</title></line>'
                    f'<text x="{X(need["labels"]):.1f}" y="{yv - 9:.1f}" text-anchor="middle" class="legend">'
-                   f'random would need {need["labels"]} ({lo}–{hi})</text>')
+                   f'random would need {need["labels"]} ({span})</text>')
     # legend
     items = [(AL_COLOUR, "solid", f"this project ({esc(metrics.get('evaluated_on') or 'evaluation')})")]
     if ctrl:
