@@ -270,7 +270,9 @@ def learning_curve_svg(metrics: dict, width: int = 1020, height: int = 360) -> s
                    f'<line x1="{X(lo):.1f}" x2="{X(x1 if hi is None else hi):.1f}" y1="{yv:.1f}" y2="{yv:.1f}" '
                    f'stroke="{RANDOM_COLOUR}" stroke-width="5" stroke-opacity="0.5"><title>random picking would '
                    f'need {need["labels"]} labels ({span}) for accuracy {num(now["value"])}</title></line>'
-                   f'<text x="{X(need["labels"]):.1f}" y="{yv - 9:.1f}" text-anchor="middle" class="legend">'
+                   # Right-aligned near the right edge: centred there, the words ran off the plot.
+                   f'<text x="{min(X(need["labels"]), L + pw):.1f}" y="{yv - 9:.1f}" '
+                   f'text-anchor="{"end" if X(need["labels"]) > L + 0.7 * pw else "middle"}" class="legend">'
                    f'random would need {need["labels"]} ({span})</text>')
     # legend
     items = [(AL_COLOUR, "solid", f"this project ({esc(metrics.get('evaluated_on') or 'evaluation')})")]
