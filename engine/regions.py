@@ -28,6 +28,11 @@ def _image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
+def file_size(path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header. Raises OSError."""
+    return _image_size(Path(path))
+
+
 def read_regions(folder, images: dict[str, Path] | None = None) -> dict[str, tuple[int, int, int, int]]:
     """{path relative to `folder` → (x0, y0, x1, y1)} from `folder/regions.json` ({} when there is
     none). `images`: the folder's image files by relative path (default: every file the entries
