@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import time
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from service.core import paths
 from service.labelstudio import config as cfg
 from service.labelstudio.events import parse_annotation
+from service.labelstudio.guess import HIDDEN, guess_shown
 from service.labelstudio.ledger import annotations
 from service.labelstudio.regions import file_size
 from service.labelstudio.store_apply import apply_to_store
@@ -39,14 +40,14 @@ def _rect(x, y, w, h):
             "original_height": 8, "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0}}
 
 
-def _answer(ann_id: int, item_id: int, label: str, *rects, wrong: bool = True) -> dict:
+def _answer(ann_id: int, item_id: int, label: str, *rects, wrong: bool = True, round_: int | None = 1) -> dict:
     result = [{"from_name": cfg.CLASS_FROM, "to_name": cfg.IMAGE, "type": "choices", "value": {"choices": [label]}}]
     if wrong:
         result.append({"from_name": cfg.WRONG_FROM, "to_name": cfg.HEATMAP, "type": "choices",
                        "value": {"choices": [cfg.WRONG_VALUE]}})
     return {"id": ann_id, "task": ann_id, "project": 900, "completed_by": 1, "result": result + list(rects),
             "was_cancelled": False, "updated_at": "2026-12-07T01:00:00Z",
-            "_task": {"id": ann_id, "data": {cfg.ITEM_ID: item_id, cfg.ROUND: 1}}}
+            "_task": {"id": ann_id, "data": {cfg.ITEM_ID: item_id, **({cfg.ROUND: round_} if round_ else {})}}}
 
 
 def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(api):
@@ -70,9 +71,11 @@ def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(ap
         region = dict(s.execute(select(Item.id, Item.region).where(Item.id.in_([q["item_id"] for q in queued]))).all())
     with_folder = [q for q in queued if region[q["item_id"]] is not None]
     without = [q for q in queued if region[q["item_id"]] is None]
-    assert len(with_folder) >= 2 and len(without) >= 3, (len(with_folder), len(without))
+    assert len(with_folder) >= 2 and len(without) >= 5, (len(with_folder), len(without))
     drawn_a, drawn_b, folder_c = without[0], with_folder[0], with_folder[1]
     bare_d, several_e, unticked_f = without[1], without[2], (without + with_folder)[3]
+    # Votes that judged no map: a blind task of the anchoring control, a second opinion (no round).
+    blind_g, second_h = without[3], without[4]
     answers = [
         _answer(1, drawn_a["item_id"], truth[drawn_a["uri"]], _rect(25, 12.5, 50, 62.5)),  # 2–6, 1–6 px
         _answer(2, drawn_b["item_id"], truth[drawn_b["uri"]], _rect(50, 50, 50, 50)),      # beats the folder's
@@ -80,12 +83,16 @@ def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(ap
         _answer(4, bare_d["item_id"], truth[bare_d["uri"]]),                                # a bare vote
         _answer(5, several_e["item_id"], truth[several_e["uri"]], _rect(0, 0, 20, 20), _rect(50, 50, 20, 20)),
         _answer(6, unticked_f["item_id"], truth[unticked_f["uri"]], _rect(0, 0, 50, 50), wrong=False),
+        _answer(7, blind_g["item_id"], truth[blind_g["uri"]], _rect(0, 0, 50, 50)),
+        _answer(8, second_h["item_id"], truth[second_h["uri"]], _rect(0, 0, 50, 50), round_=None),
     ]
     with session_scope(settings) as s:
         project = s.get(Project, pid)
+        s.execute(insert(guess_shown).values(project_id=pid, round=1, item_id=blind_g["item_id"], pred="0", p=0.5,
+                                             mode=HIDDEN, control=True))
         events = [parse_annotation(a, a["_task"], CLASSES) for a in answers]
         applied, _ = apply_to_store(s, project, events, 1, 900, image_size=lambda uri: file_size(root, uri))
-        assert applied.created == 6 and applied.problems == []
+        assert applied.created == 8 and applied.problems == []
         assert len(applied.region_notes) == 1 and "2 rectangles drawn" in applied.region_notes[0]
         rows = {r.annotation_id: r for r in s.execute(select(annotations).where(annotations.c.project_id == pid))}
     # Stored in pixels of the 8×8 file, rounded outwards; the bad one stored with why, its vote kept.
@@ -93,6 +100,7 @@ def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(ap
     assert rows[2].region == [4, 4, 8, 8]
     assert rows[5].region is None and "2 rectangles drawn" in rows[5].region_problem and rows[5].wrong_region
     assert rows[6].region == [0, 0, 4, 4] and not rows[6].wrong_region
+    assert rows[7].region == rows[8].region == [0, 0, 4, 4] and rows[7].wrong_region and rows[8].wrong_region
 
     before = client.get(f"/api/v1/projects/{pid}/metrics").json()
     labeled_before = {k: v["labeled"] for k, v in before["per_class"].items()}
