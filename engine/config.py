@@ -188,11 +188,12 @@ class ControlConfig(_Strict):
 
 
 class FeedbackConfig(_Strict):
-    """Explanatory feedback that trains (issue 25; simulation only so far): each image an expert
-    flags "wrong region" whose object region is known adds `counterexamples` copies, with
-    everything outside the region randomised and the same label, to the training set of the
-    next rounds (CAIPI, Teso & Kersting 2019). The copies are no labels: not counted, exported
-    nor read as evidence."""
+    """Explanatory feedback that trains (issue 25): each labeled image an expert flagged "wrong
+    region" whose object region is known (the folder's regions.json, or the rectangle the expert
+    drew in Label Studio) adds `counterexamples` copies, with everything outside the region
+    randomised and the image's label, to the training set of every later round (CAIPI, Teso &
+    Kersting 2019; engine.counterexamples). The copies are no labels: not counted, exported nor
+    read as evidence. A vote without a known region makes none (counted in the round's progress)."""
 
     counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
                                        "(0: votes only move the class budget)")
@@ -252,6 +253,7 @@ class ProjectConfig(_Strict):
     relabel: RelabelConfig = Field(default_factory=RelabelConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     @property
     def reserve_size(self) -> int:
@@ -348,7 +350,6 @@ class SimulationConfig(ProjectConfig):
     expert_votes: StrictBool = Field(False, description="a simulated expert ticks \"wrong region\" on a queued image "
                                      "when under half of its guess's Grad-CAM mass lies in the object's known region "
                                      "(workers.expert_votes)")
-    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
                                                          "class; confusable, the class a clean model confuses the "
                                                          "true one with most")

@@ -247,6 +247,27 @@ class ShadowSpec(_M):
     eval: ImageRefs = Field(default_factory=ImageRefs)
 
 
+class CounterexampleSpec(_M):
+    """Explanatory feedback's counterexamples (engine.counterexamples, issue 25): for each source
+    (a training image an expert flagged "wrong region", with the label it trains as), `copies`
+    copies with everything outside its box [x0, y0, x1, y1] (pixels of the decoded image)
+    replaced by `fill`, each image's copies seeded by (`seed`, its item id). Made by the train
+    job and trained on beside `train`, never counted as labels."""
+    sources: ImageRefs
+    boxes: list[list[int]]
+    copies: int = Field(ge=1)
+    fill: Literal["noise", "shuffle"] = "noise"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_box_each(self):
+        if len(self.boxes) != len(self.sources):
+            raise ValueError("boxes must have one entry per source image")
+        if any(len(b) != 4 or not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]) for b in self.boxes):
+            raise ValueError("each box is [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1")
+        return self
+
+
 class TrainManifest(_M):
     kind: Literal["train"] = "train"
     project_id: int
@@ -270,6 +291,8 @@ class TrainManifest(_M):
     relabel_folds: int = 0
     # The audit's shadow learner on random labels only (None: not this round).
     shadow: ShadowSpec | None = None
+    # Explanatory feedback's counterexamples, trained on beside `train` (None: none this round).
+    counterexamples: CounterexampleSpec | None = None
 
     @model_validator(mode="after")
     def _lengths(self):

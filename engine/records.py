@@ -31,6 +31,10 @@ class RoundProgress(BaseModel):
     n_new: int | None = Field(None, description="training images labeled since the previous model")
     evidence: str | None = Field(None, description="where the evidence is: val, holdout or none")
     n_evidence: int | None = None
+    feedback: dict[str, Any] | None = Field(None, description="explanatory feedback (config feedback): the labeled "
+                                            "images flagged 'wrong region', how many have a region (drawn, or the "
+                                            "folder's) and how many are bare votes (no region: no counterexample), "
+                                            "the images the round trains counterexamples of and the copies")
     # scoring
     scored_by: dict[str, Any] | None = Field(None, description="the model version that scores the pool, and why")
     strategy: str | None = None

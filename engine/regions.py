@@ -4,7 +4,8 @@ A labeled folder (class sub-folders, or pool/ val/ test/) may hold `regions.json
 image path relative to the folder (posix, as `<class>/<file>`) → the object's box
 `[x0, y0, x1, y1]` in pixels of that file (x0 < x1 ≤ width, y0 < y1 ≤ height, x1/y1 exclusive).
 `camloop sample-photos --shortcut` writes one. Images without an entry have no known region.
-Read by `camloop simulate --folder` and by folder registration; every mistake is a ValueError that
+Read by `camloop simulate --folder` and by folder registration (items.region: the service's
+counterexamples of explanatory feedback, service.rounds.feedback, read it); every mistake is a ValueError that
 names the entry (bad JSON, a box that is not four integers, outside the image or empty, a path
 that is no image of the folder).
 """
@@ -26,6 +27,11 @@ def _image_size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as im:  # the header only
         return im.size
+
+
+def file_size(path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header. Raises OSError."""
+    return _image_size(Path(path))
 
 
 def read_regions(folder, images: dict[str, Path] | None = None) -> dict[str, tuple[int, int, int, int]]:

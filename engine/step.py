@@ -7,7 +7,7 @@ one by one, so neither can order them differently.
 
     training(config, project_id, TrainingFacts) -> TrainingPlan
         the training set and the held-out evidence, then the train manifest (seeds, batch size,
-        what is new)
+        what is new, the counterexamples of the flagged images it trains on)
     after_training(config, project_id, TrainedFacts) -> ScorePlan
         the exclusion rule on the evidence of every evaluated round (re-included classes judged
         from their re-inclusion on; without a validation split, the pooled control labels first:
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import counterexamples
 from engine.audit import curve_key, measured_sizes
 from engine.config import ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
@@ -62,6 +63,10 @@ class TrainingFacts:
     # this round) and what earlier rounds' shadow models measured.
     random_ids: Sequence[int] | None = None
     shadow_history: Sequence[Mapping | None] = ()   # earlier rounds' metrics["shadow"]
+    # Explanatory feedback (config.feedback): the labeled images experts flagged "the model looked
+    # at the wrong region" whose object region is known, item id → the box in pixels of the
+    # decoded image; the ones the round trains on get counterexamples (engine.counterexamples).
+    flagged: Mapping[int, Sequence[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
                              measured_sizes(facts.shadow_history, curve_key(manifest)))
         if shadow is not None:
             manifest = manifest.model_copy(update={"shadow": shadow})
+    counter = counterexamples.plan(split.train, facts.flagged, facts.active, config.feedback.counterexamples,
+                                   config.feedback.fill, config.seed)
+    if counter is not None:
+        manifest = manifest.model_copy(update={"counterexamples": counter})
     return TrainingPlan(split, manifest)
 
 

@@ -15,6 +15,9 @@ hooks through the functions here and never name the plug-in:
     export_votes(s, pid, item_ids)             the experts' votes behind exported labels
     wrong_region_votes(s, project, classes)    the experts' wrong-region votes per guessed class,
                                                for the next batch's class budget
+    flagged_regions(s, project)                the images experts flagged "wrong region", with the
+                                               region they drew (or None), for the counterexamples
+                                               of explanatory feedback (config feedback)
 
 Plug-ins are kept per store (the database the settings name): two apps in one process on
 different stores (as in the tests) each reach their own plug-ins, with their own settings. A
@@ -61,6 +64,10 @@ class Plugin(Protocol):
     def project_figures(self, s: Session, project: Project) -> dict:
         """{key: figures} merged into the project's metrics under `experts`."""
 
+    def flagged_regions(self, s: Session, project: Project) -> dict[int, list[int] | None]:
+        """{item id: the region drawn, [x0, y0, x1, y1] in pixels of the file, or None} of the images
+        experts flagged "the model looked at the wrong region"."""
+
     def export_votes(self, s: Session, project_id: int, item_ids: list[int]) -> dict[int, dict[str, int]]:
         """{item id: {class: votes}}: the votes behind each exported label (inside the export's snapshot)."""
 
@@ -89,6 +96,9 @@ class PluginBase:
         return {}
 
     def project_figures(self, s: Session, project: Project) -> dict:
+        return {}
+
+    def flagged_regions(self, s: Session, project: Project) -> dict[int, list[int] | None]:
         return {}
 
     def export_votes(self, s: Session, project_id: int, item_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -214,3 +224,22 @@ def wrong_region_votes(s: Session, project: Project, class_names: list[str]):
                 flagged[index[name]] += int(f)
                 reviewed[index[name]] += int(r)
     return (flagged, reviewed) if reviewed.sum() > 0 else None
+
+
+def flagged_regions(s: Session, project: Project) -> dict[int, list[int] | None]:
+    """{item id: drawn region or None} of the images experts flagged "wrong region", from every
+    plug-in (a drawn region beats a plug-in's None). Read when a round plans its training
+    (explanatory feedback's counterexamples). A plug-in that fails is logged and left out (inside
+    a savepoint: the round's transaction stays usable); the round trains without its votes."""
+    out: dict[int, list[int] | None] = {}
+    for p in _installed_on(s):
+        try:
+            with s.begin_nested():
+                got = p.flagged_regions(s, project) or {}
+        except Exception:  # noqa: BLE001 — feedback is extra; the round trains on its labels
+            log.exception("the %s plug-in's flagged regions failed for project %s", p.name, project.id)
+            continue
+        for item_id, box in got.items():
+            if out.get(int(item_id)) is None:
+                out[int(item_id)] = list(box) if box is not None else None
+    return out

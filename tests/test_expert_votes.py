@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from strategies.gradcam_scores import cam_mass_inside
-from workers.expert_votes import VoteBook, counterexamples, vote
+from engine.counterexamples import counterexamples
+from workers.expert_votes import VoteBook, vote
 
 runner = CliRunner()
 

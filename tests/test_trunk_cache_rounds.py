@@ -8,6 +8,7 @@ runs on pixels as before.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,35 @@ def test_projects_without_frozen_pretrained_blocks_run_on_pixels(project):
     assert plan.trunk_cache(ProjectConfig(), layout, 0) is None  # the small CNN: nothing pretrained to freeze
     with pytest.raises(ValueError, match="frozen"):
         _config(pretrained=False)  # frozen random blocks are refused, so no cache of them either
+
+
+def test_counterexamples_train_from_the_trunk_cache_and_are_computed_once(project, monkeypatch):
+    """Explanatory feedback on a cached trunk (issue 25): the train job makes the flagged images'
+    copies (engine.counterexamples), caches their trunk output beside the labels', and the next
+    round's copies are the same images (seeded by item), so nothing is computed for them again."""
+    from engine.counterexamples import plan as plan_counterexamples
+
+    monkeypatch.setattr(jobs, "DEVICE", "cpu")
+    cfg = _config(feedback={"counterexamples": 2})
+    trunk = Path(plan.trunk_cache(cfg, project["layout"], 0))
+    labeled = np.zeros(N_POOL, bool)
+    labeled[:12] = True
+    flagged = {0: [10, 10, 40, 40], 4: [0, 0, 32, 64]}   # item id → box in decoded pixels
+    chunks = None
+    for number in (1, 2):
+        files = project["layout"].round_files(0, number)
+        files.dir.mkdir(parents=True)
+        split = plan.split_training(project["pool"].take(np.flatnonzero(labeled)), project["val"], cfg, C)
+        m = plan.train_manifest(cfg, 0, number, NAMES, [True] * C, split, c.ImageRefs(), None, files,
+                                trunk_dir=str(trunk))
+        spec = plan_counterexamples(m.train, flagged, [True] * C, 2, "noise", cfg.seed)
+        assert spec is not None and spec.sources.item_ids == [0, 4]
+        c.write_manifest(files.train_manifest, m.model_copy(update={"counterexamples": spec}))
+        jobs.train_round(str(files.train_manifest))
+        tr = json.loads(files.metrics.read_text())["train"]
+        assert tr["counterexamples"] == 4 and tr["n_train"] == tr["n_labeled"] == 12  # copies are no labels
+        if chunks is None:
+            assert _clean_rows(trunk) == 12 + N_VAL + 4  # the labels, the evidence, the four copies
+            chunks = sorted(p.name for p in trunk.glob("*/clean/*.npy"))
+        else:
+            assert sorted(p.name for p in trunk.glob("*/clean/*.npy")) == chunks  # nothing new

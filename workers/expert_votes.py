@@ -7,7 +7,8 @@ benchmark's garment boxes, or a folder's regions.json), as a person ticking the 
 image without a known region gets no vote. The votes are counted as the service counts them
 (service.labelstudio.wrong_region: per guessed class, and they move the class budget through
 the selection's `wrong_region_votes`), and per true class as the shortcut report: the share of
-flagged maps and the mean share of the maps' mass inside the regions.
+flagged maps and the mean share of the maps' mass inside the regions. The counterexamples of the
+flagged images are made where the service makes them, in the train job (engine.counterexamples).
 """
 from __future__ import annotations
 
@@ -93,50 +94,3 @@ class VoteBook:
         return {"per_class": per, "rule": f"flagged: under {WRONG_REGION_BELOW:.0%} of the guess's Grad-CAM mass "
                                           "inside the object's region",
                 "suspect": [n for n, v in per.items() if v["flagged_share"] is not None and v["flagged_share"] >= 0.5]}
-
-
-def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise") -> np.ndarray:
-    """k copies of `image` (H, W, C uint8) with everything outside `box` [x0, y0, x1, y1]
-    randomised (CAIPI's counterexamples): `noise`, uniform random values; `shuffle`, the outside
-    pixels permuted among themselves (the colours stay, their arrangement, any mark, goes). The
-    object, inside the box, is left as it is."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    h, w, ch = image.shape
-    outside = np.ones((h, w), bool)
-    outside[y0:y1, x0:x1] = False
-    out = np.repeat(image[None], k, axis=0)
-    n_out = int(outside.sum())
-    for j in range(k):
-        if fill == "noise":
-            out[j][outside] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)
-        elif fill == "shuffle":
-            out[j][outside] = image[outside][rng.permutation(n_out)]
-        else:
-            raise ValueError(f"unknown fill {fill!r}: noise | shuffle")
-    return out
-
-
-class CounterexampleSet:
-    """The counterexamples made so far: images, their labels and the flagged image each came from."""
-
-    def __init__(self, k: int, fill: str, seed: int):
-        self.k, self.fill = int(k), fill
-        self.rng = np.random.default_rng([int(seed), 25])
-        self.images: list[np.ndarray] = []
-        self.labels: list[int] = []
-        self.source: list[int] = []
-
-    def add(self, images: np.ndarray, boxes: np.ndarray, labels, item_ids) -> int:
-        made = 0
-        for im, box, y, i in zip(images, boxes, labels, item_ids):
-            if self.k <= 0 or (np.asarray(box) < 0).any() or int(y) < 0:
-                continue
-            copies = counterexamples(im, box, self.k, self.rng, self.fill)
-            self.images += list(copies)
-            self.labels += [int(y)] * self.k
-            self.source += [int(i)] * self.k
-            made += self.k
-        return made
-
-    def __len__(self) -> int:
-        return len(self.labels)

@@ -200,8 +200,21 @@ def train_round(manifest_path: str) -> dict:
     base = {**m.settings.model_dump(), "device": str(dev)}
 
     is_new = np.asarray(m.is_new, bool)
+    # What the model fits: the labels, plus explanatory feedback's counterexamples (never new:
+    # not duplicated), which no count, out-of-fold check or shadow model below reads.
+    fit, fit_new, n_counter = train, is_new, 0
+    if m.counterexamples is not None:
+        from engine.counterexamples import make
+        from engine.datasets import Dataset
+
+        extra, extra_labels = make(m.counterexamples)
+        n_counter = len(extra)
+        fit = Dataset(np.concatenate([train.images, extra]), np.concatenate([train.labels, extra_labels]),
+                      list(names))
+        fit_new = np.concatenate([is_new, np.zeros(n_counter, bool)])
     if m.trunk_cache:  # the cache's keys, once: an out-of-memory retry hashes nothing again
         train_dig = _digests(train.images)
+        fit_dig = train_dig + _digests(fit.images[len(train):])
         evidence_dig = _digests(evidence.images) if evidence is not None else None
 
     def attempt(bs: int):
@@ -213,9 +226,9 @@ def train_round(manifest_path: str) -> dict:
         if m.trunk_cache:
             from workers.trunk_cache import train_from_cache
 
-            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), train, train_dig, is_new,
+            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), fit, fit_dig, fit_new,
                                            evidence, evidence_dig, active, tc, checkpoint_dir=files.resume_dir)
-        return model, train_model(model, train, is_new, evidence, active, tc, checkpoint_dir=files.resume_dir)
+        return model, train_model(model, fit, fit_new, evidence, active, tc, checkpoint_dir=files.resume_dir)
 
     (model, res), bs, splits = split_on_oom(attempt, m.settings.batch_size,
                                            what=f"train {Path(manifest_path).parent.name}")
@@ -223,7 +236,7 @@ def train_round(manifest_path: str) -> dict:
                          "val_accuracy": res.val_accuracy, "resumed_from": res.resumed_from,
                          "n_train": len(train), "n_new": int(np.sum(m.is_new)),
                          "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
-                         "batch_size": bs, "oom_splits": splits},
+                         "batch_size": bs, "oom_splits": splits, "counterexamples": n_counter},
                "active": list(m.active), "evidence_source": m.evidence_source}
 
     def predict(images, b: int):

@@ -157,8 +157,9 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         # The stopping signal's fixed sample of pool images, chosen as the service chooses it.
         stop_set = pool.take(stop_set_positions(pool.item_ids, None, project.stopping.stop_set_size, project.seed))
         stop_history: list[dict] = []
-        votes, counter = _feedback_state(config, data, names)
-        first_counter_id = n_pool + len(data.val) + len(data.test)
+        # The simulated expert's votes, and the flagged images with a known region (item id → box
+        # in decoded pixels): the counterexamples of every later round (engine.counterexamples).
+        votes, flagged = _feedback_state(config, names)
         history, models, records, exclusions = [], [], [], []
         control: list[dict] = []  # each round's control estimate (strategies.audit), for the evidence and the JSON
         previous: list[int] | None = None
@@ -173,13 +174,11 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
-                shadow_history=shadows))
+                shadow_history=shadows, flagged=flagged if flagged is not None else {}))
             split, manifest = planned.split, planned.manifest
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
                 manifest = manifest.model_copy(update={"relabel_folds": 0})
-            if counter is not None and len(counter):
-                manifest = _with_counterexamples(manifest, counter, cache, first_counter_id, active)
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
             jobs.train_round(str(files.train_manifest))
@@ -190,6 +189,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             history.append(evidence)
             models.append(plan.TrainedModel(number, str(files.checkpoint), active))
             record = _record(number, metrics, labeled, data, names, status)
+            if flagged is not None:  # the copies this round's model trained on beside its labels
+                record["counterexamples_trained"] = int(metrics["train"].get("counterexamples", 0))
             stop_history.append({"round": number, "labels": int(labeled.sum()),
                                  "accuracy": (metrics.get("evidence") or {}).get("accuracy"),
                                  "stop_set": metrics.get("stop_set")})
@@ -224,8 +225,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 picked = np.asarray([p.item_id for p in sel.batch], np.int64)
                 if votes is not None:
                     record["expert_votes"] = _expert_votes(
-                        votes, counter, [files.score_file(int(k)) for k in scored.manifest.shards], picked, data,
-                        answered.labels)
+                        votes, flagged, project.feedback.counterexamples,
+                        [files.score_file(int(k)) for k in scored.manifest.shards], picked, data)
                 random_ids += [int(p.item_id) for p in sel.batch if getattr(p, "control", False)]
                 reserved[:] = False
                 reserved[[p.item_id for p in sel.reserve]] = True
@@ -288,7 +289,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "control": {"share": project.control.share, "rounds": control,
                     "pooled": {**pool_estimates(control, names)} if control else None},
         **({"shortcut_report": votes.report()} if votes is not None else {}),
-        **({"counterexamples": len(counter)} if counter is not None else {}),
+        **({"counterexamples": len(flagged) * project.feedback.counterexamples}
+           if flagged is not None and project.feedback.counterexamples else {}),
         **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
                             "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
                                         if book.oracle.flip_to is not None else None),
@@ -296,51 +298,33 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
     }
 
 
-def _feedback_state(config: SimulationConfig, data: SimData, names: list[str]):
-    """(the vote book, the counterexamples) of a run with --expert-votes; (None, None) without."""
+def _feedback_state(config: SimulationConfig, names: list[str]):
+    """(the vote book, the flagged images with a known region: item id → box) of a run with
+    --expert-votes; (None, None) without."""
     if not config.expert_votes:
         return None, None
-    from workers.expert_votes import CounterexampleSet, VoteBook
+    from workers.expert_votes import VoteBook
 
-    counter = (CounterexampleSet(config.feedback.counterexamples, config.feedback.fill, config.seed)
-               if config.feedback.counterexamples > 0 else None)
-    return VoteBook(names), counter
+    return VoteBook(names), {}
 
 
-def _expert_votes(votes, counter, score_files, picked: np.ndarray, data: SimData, answers) -> dict:
-    """The simulated expert's wrong-region votes on the queued batch (workers.expert_votes), and
-    the counterexamples of the flagged images with a known region."""
+def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.ndarray, data: SimData) -> dict:
+    """The simulated expert's wrong-region votes on the queued batch (workers.expert_votes); the
+    flagged images join `flagged` (their counterexamples are made by the train jobs of the later
+    rounds, engine.counterexamples, as the service's are)."""
     from workers.expert_votes import guess_maps, vote
 
     maps, guessed = guess_maps(score_files, picked)
     regions = data.pool.regions
     boxes = regions[picked] if regions is not None else np.full((len(picked), 4), -1, np.int64)
-    share, flagged = vote(maps, boxes, data.pool.images.shape[1:3])
-    summary, ids = votes.add(picked, data.pool.labels[picked], guessed, share, flagged)
+    share, flagged_now = vote(maps, boxes, data.pool.images.shape[1:3])
+    summary, ids = votes.add(picked, data.pool.labels[picked], guessed, share, flagged_now)
     out = {**summary, "flagged_images": [data.pool_uris[i] for i in ids]}
-    if counter is not None and ids:
-        ids_a = np.asarray(ids, np.int64)
-        # The label the expert gives the image (the oracle's answer): what its copies are trained as.
-        out["counterexamples_made"] = counter.add(data.pool.images[ids_a], regions[ids_a],
-                                                  np.asarray(answers)[ids_a], ids_a)
+    # The simulated expert votes only where the region is known: every flagged image has one.
+    flagged.update({int(i): [int(v) for v in regions[i]] for i in ids})
+    if copies > 0 and ids:
+        out["counterexamples_made"] = copies * len(ids)
     return out
-
-
-def _with_counterexamples(manifest, counter, cache: Path, first_id: int, active: list[bool]):
-    """The train manifest with the counterexamples of active classes appended to its training
-    images (not to the evidence, not to any count of labels): one cache file, rewritten each round."""
-    labels = np.asarray(counter.labels, np.int64)
-    keep = np.flatnonzero(np.asarray(active, bool)[labels])
-    if not keep.size:
-        return manifest
-    path = cache / f"counterexamples_{keep.size}.npy"  # a new file when the set grows
-    np.save(path, np.stack(counter.images)[keep])
-    extra = c.ImageRefs.build(range(first_id, first_id + keep.size), [path] * keep.size, range(keep.size),
-                              labels[keep])
-    t = manifest.train
-    train = c.ImageRefs(files=t.files + extra.files, file=t.file + [f + len(t.files) for f in extra.file],
-                        row=t.row + extra.row, item_ids=t.item_ids + extra.item_ids, labels=t.labels + extra.labels)
-    return manifest.model_copy(update={"train": train, "is_new": manifest.is_new + [False] * keep.size})
 
 
 def _label_book(config: SimulationConfig, project, layout, pool, val, test, names, first, trunk_dir, data):

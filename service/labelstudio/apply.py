@@ -12,11 +12,14 @@ memory (tests, and the reference semantics the SQL store must match).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from service.labelstudio.events import AnnotationDeleted, AnnotationUpserted, Event
+
+log = logging.getLogger("camloop.labelstudio")
 
 
 class LabelSink(Protocol):
@@ -40,6 +43,8 @@ class ApplyResult:
     unchanged: int = 0
     deleted: int = 0
     problems: list[str] = field(default_factory=list)   # unusable annotations, kept for review
+    # Rectangles drawn but not used (service.labelstudio.regions); the annotations count.
+    region_notes: list[str] = field(default_factory=list)
     changed_items: set[int] = field(default_factory=set)  # items whose resolution may have changed
 
     def __iadd__(self, other: "ApplyResult") -> "ApplyResult":
@@ -48,6 +53,7 @@ class ApplyResult:
         self.unchanged += other.unchanged
         self.deleted += other.deleted
         self.problems += other.problems
+        self.region_notes += other.region_notes
         self.changed_items |= other.changed_items
         return self
 
@@ -69,6 +75,7 @@ def apply_events(sink: LabelSink, events: Iterable[Event]) -> ApplyResult:
             sink.put(ev)
             res.created += 1
             res.changed_items.add(ev.item_id)
+            _note_region(res, ev)
         elif same_content(old, ev):
             res.unchanged += 1
         elif old.updated_at and ev.updated_at and ev.updated_at < old.updated_at:
@@ -78,7 +85,16 @@ def apply_events(sink: LabelSink, events: Iterable[Event]) -> ApplyResult:
             sink.put(ev)
             res.updated += 1
             res.changed_items |= {old.item_id, ev.item_id}
+            _note_region(res, ev)
     return res
+
+
+def _note_region(res: ApplyResult, ev: AnnotationUpserted) -> None:
+    """A drawn rectangle that is not used: said once, when the annotation is stored as it is now."""
+    if ev.region_problem:
+        note = f"annotation {ev.annotation_id} (item {ev.item_id}): {ev.region_problem}; its class and vote count"
+        log.warning("Label Studio %s", note)
+        res.region_notes.append(note)
 
 
 class MemorySink:

@@ -3,7 +3,10 @@
 One screen per image: the image and, beside it, the Grad-CAM overlay of the class the
 model predicted; one single-choice question for the class (pre-selected with the model's
 guess when the project shows predictions) and one optional checkbox "the model looked at
-the wrong region", which is stored with the label and reported per class.
+the wrong region", which is stored with the label and reported per class. With the box ticked
+the expert may draw, with the rectangle tool, the region the model should have looked at on
+the image (service.labelstudio.regions: stored in pixels of the file, the counterexamples of
+explanatory feedback are made of it, engine.counterexamples).
 
 The names below are the contract between this config, the tasks we import and the
 annotations we read back; change them only together with a migration of old projects.
@@ -22,6 +25,7 @@ RANK = "camloop_rank"      # task data key: 0-based priority within the round's 
 CLASS_FROM = "label"       # <Choices name> of the class question
 WRONG_FROM = "wrong_region"  # <Choices name> of the wrong-region flag
 WRONG_VALUE = "The model looked at the wrong region"
+REGION_FROM = "right_region"  # <Rectangle name> of the region the model should have looked at
 
 
 def validate_classes(classes: Sequence[str]) -> list[str]:
@@ -64,6 +68,8 @@ def labeling_config(classes: Sequence[str]) -> str:
   <Choices name="{WRONG_FROM}" toName="{HEATMAP}" choice="multiple">
     <Choice value={quoteattr(WRONG_VALUE)}/>
   </Choices>
+  <Header value="Wrong region? Draw where it should have looked: the rectangle tool, then drag on the image" size="6"/>
+  <Rectangle name="{REGION_FROM}" toName="{IMAGE}" strokeWidth="3" strokeColor="#00c853" canRotate="false"/>
 </View>"""  # no trailing newline: Label Studio stores the config stripped, and we compare to it
 
 

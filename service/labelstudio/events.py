@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from service.labelstudio import config as cfg
+from service.labelstudio.regions import drawn_rectangle
 
 
 class AnnotationError(ValueError):
@@ -39,6 +40,12 @@ class AnnotationUpserted:
     problem: str | None
     updated_at: datetime | None
     round: int | None = None       # the round that queued the task (from task data)
+    # The rectangle drawn on the image (service.labelstudio.regions): `drawn` in percent as Label
+    # Studio sent it, until the store places it in pixels of the file as `region`;
+    # `region_problem` says why a drawn one is not used (the rest of the annotation counts).
+    drawn: tuple[float, float, float, float] | None = None
+    region: tuple[int, int, int, int] | None = None
+    region_problem: str | None = None
 
     @property
     def counts(self) -> bool:
@@ -133,6 +140,8 @@ def parse_annotation(ann: Mapping, task: Mapping | None, classes: Iterable[str])
         problem = f"class {labels[0]!r} is not in the project (classes: {sorted(known)})"
     else:
         label = labels[0]
+    # A skip carries no region either; a rectangle that cannot be used costs nothing else.
+    drawn, region_problem = (None, None) if skipped else drawn_rectangle(result)
     rnd = _int(data.get(cfg.ROUND), cfg.ROUND, annotation_id, optional=True)
     completed_by = ann.get("completed_by")
     if isinstance(completed_by, Mapping):  # some serializers nest the user
@@ -150,4 +159,6 @@ def parse_annotation(ann: Mapping, task: Mapping | None, classes: Iterable[str])
         problem=problem,
         updated_at=_parse_time(ann.get("updated_at") or ann.get("created_at")),
         round=rnd,
+        drawn=drawn,
+        region_problem=region_problem,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (Boolean, Column, DateTime, Engine, ForeignKey, Integer, MetaData, String, Table, Text,
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Engine, ForeignKey, Integer, MetaData, String, Table, Text,
                         delete, insert, select, update)
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,10 @@ annotations = Table(
     Column("skipped", Boolean, nullable=False, default=False),
     Column("problem", Text, nullable=True),
     Column("round", Integer, nullable=True),
+    # The rectangle drawn on the image, [x0, y0, x1, y1] in pixels of the file, and why a drawn
+    # one was not used (migration 0010; service.labelstudio.regions).
+    Column("region", JSON(none_as_null=True), nullable=True),
+    Column("region_problem", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=True),
     Column("seen_at", DateTime(timezone=True), nullable=False),
 )
@@ -67,7 +71,8 @@ def _row_to_event(r) -> AnnotationUpserted:
     return AnnotationUpserted(
         annotation_id=r.annotation_id, ls_task_id=r.ls_task_id, ls_project_id=r.ls_project_id, item_id=r.item_id,
         annotator=r.annotator, label=r.label, wrong_region=bool(r.wrong_region), skipped=bool(r.skipped),
-        problem=r.problem, updated_at=_aware(r.updated_at), round=r.round)
+        problem=r.problem, updated_at=_aware(r.updated_at), round=r.round,
+        region=tuple(r.region) if r.region is not None else None, region_problem=r.region_problem)
 
 
 class SqlSink:
@@ -90,6 +95,7 @@ class SqlSink:
         values = dict(ls_project_id=ev.ls_project_id, ls_task_id=ev.ls_task_id, project_id=self.project_id,
                       item_id=ev.item_id, annotator=ev.annotator, label=ev.label, wrong_region=ev.wrong_region,
                       skipped=ev.skipped, problem=ev.problem, round=ev.round, updated_at=ev.updated_at,
+                      region=list(ev.region) if ev.region is not None else None, region_problem=ev.region_problem,
                       seen_at=datetime.now(timezone.utc))
         done = self.s.execute(update(annotations).where(self._mine(ev.annotation_id))
                               .values(**values)).rowcount

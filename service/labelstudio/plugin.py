@@ -48,7 +48,8 @@ from service.labelstudio.routes import (SignedMediaCors, file_url, files_router,
 from service.labelstudio.store_apply import apply_to_store
 from service.labelstudio.webhook import (WebhookError, check_project_secret, parse_payload, project_id_of,
                                          project_secret, webhook_key)
-from service.labelstudio.wrong_region import per_class_fields, wrong_region_votes
+from service.labelstudio.regions import file_size
+from service.labelstudio.wrong_region import flagged_items, per_class_fields, wrong_region_votes
 from service.plugins import PluginBase
 from service.rounds.progress import eta_and_labels
 from service.runtime.failure_log import FailureStreak
@@ -177,6 +178,14 @@ class LabelStudioPlugin(PluginBase):
         """Per guessed class, (wrong-region votes, votes) from the ledger."""
         return {c: (v["wrong_region"], v["votes"]) for c, v in wrong_region_votes(s, project.id).items()}
 
+    def flagged_regions(self, s: Session, project: Project) -> dict[int, list[int] | None]:
+        """The items experts flagged "wrong region", with the newest region drawn (or None)."""
+        return flagged_items(s, project.id)
+
+    def _image_size(self, uri: str) -> tuple[int, int]:
+        """A registered file's (width, height): where a drawn rectangle's percentages land."""
+        return file_size(self.settings.data_dir, uri)
+
     def project_figures(self, s: Session, project: Project) -> dict:
         """Anchoring per expert (answers against the guess, shown vs hidden), second opinions and
         each expert's estimated quality."""
@@ -301,7 +310,8 @@ class LabelStudioPlugin(PluginBase):
                     return {"action": action, "ignored": True}
                 if all(isinstance(e, AnnotationDeleted) for e in events):
                     raise WebhookError(404, f"Label Studio project {ls_pid} is not connected to a camloop project")
-            applied, synced = apply_to_store(s, project, events, link.maximum_annotations, link.ls_project_id)
+            applied, synced = apply_to_store(s, project, events, link.maximum_annotations, link.ls_project_id,
+                                             image_size=self._image_size)
             pid = project.id
             answer = {**result_view(action, applied), "labeled": synced.labeled, "retracted": synced.retracted,
                       "review": [r.item_id for r in synced.review]}
@@ -326,7 +336,8 @@ class LabelStudioPlugin(PluginBase):
             project = s.get(Project, project_id)
             sink = ledger.SqlSink(s, project_id)
             events = events_from_snapshot(snap, sink.annotation_ids(link.ls_project_id))
-            applied, synced = apply_to_store(s, project, events, link.maximum_annotations, link.ls_project_id)
+            applied, synced = apply_to_store(s, project, events, link.maximum_annotations, link.ls_project_id,
+                                             image_size=self._image_size)
         self._second_opinions(project_id)
         return {**result_view("POLL", applied), "labeled": synced.labeled, "retracted": synced.retracted,
                 "review": [r.item_id for r in synced.review], "errors": snap.errors + synced.problems,

@@ -47,7 +47,7 @@ def handle_webhook(body: bytes, headers, *, secret: str, classes_of: ClassesOf, 
 
 def result_view(action: str, res: ApplyResult) -> dict:
     return {"action": action, "created": res.created, "updated": res.updated, "unchanged": res.unchanged,
-            "deleted": res.deleted, "problems": res.problems}
+            "deleted": res.deleted, "problems": res.problems, "region_notes": res.region_notes}
 
 
 def webhook_router(handler: Callable[[bytes, object], dict] | None = None, *, secret: Callable[[], str] | None = None,

@@ -15,7 +15,7 @@ of its annotators, service.labelstudio.resolve) and the store is brought in line
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
@@ -27,6 +27,7 @@ from service.core.labels import record_label
 from service.labelstudio.apply import ApplyResult, apply_events
 from service.labelstudio.events import AnnotationUpserted, Event
 from service.labelstudio.ledger import SqlSink, annotations
+from service.labelstudio.regions import to_file_pixels
 from service.labelstudio.resolve import Resolution, one_per_annotator, resolve_item
 from service.store import Item, ItemStatus, Label, Project, QueueEntry, Round, RoundState
 
@@ -147,11 +148,44 @@ def owned_events(s: Session, project: Project, events: Iterable[Event],
     return kept, refused
 
 
+ImageSize = Callable[[str], tuple[int, int]]  # a registered file's (width, height), by its uri
+
+
+def place_regions(s: Session, events: Sequence[Event], image_size: ImageSize | None) -> list[Event]:
+    """Each drawn rectangle (percent of the picture) placed in pixels of its item's file
+    (service.labelstudio.regions): `region`, or `region_problem` when it covers no pixel or the
+    file cannot be read. The webhook and the poll both come through here, so the same annotation
+    is the same event whichever delivers it."""
+    drawn = {e.item_id for e in events if isinstance(e, AnnotationUpserted) and e.drawn is not None}
+    if not drawn:
+        return list(events)
+    uris = dict(s.execute(select(Item.id, Item.uri).where(Item.id.in_(drawn))).all())
+    sizes: dict[int, tuple[int, int] | str] = {}
+    for item_id in drawn:
+        try:
+            if image_size is None:
+                raise OSError("no data folder to read it from")
+            sizes[item_id] = image_size(uris[item_id])
+        except (OSError, ValueError, KeyError) as e:
+            sizes[item_id] = f"the image file could not be read to place the rectangle ({e or type(e).__name__})"
+    out: list[Event] = []
+    for ev in events:
+        if isinstance(ev, AnnotationUpserted) and ev.drawn is not None:
+            size = sizes[ev.item_id]
+            box, why = (None, size) if isinstance(size, str) else to_file_pixels(ev.drawn, *size)
+            ev = replace(ev, drawn=None, region=box, region_problem=why)
+        out.append(ev)
+    return out
+
+
 def apply_to_store(s: Session, project: Project, events: Iterable[Event], required: int,
-                   ls_project_id: int | None = None) -> tuple[ApplyResult, SyncResult]:
+                   ls_project_id: int | None = None, *,
+                   image_size: ImageSize | None = None) -> tuple[ApplyResult, SyncResult]:
     """Apply this project's events to the ledger (owned_events: the others are refused and
-    reported), then resolve and write the items they touched. One transaction (the caller's)."""
+    reported; drawn rectangles placed in pixels of the file with `image_size`), then resolve and
+    write the items they touched. One transaction (the caller's)."""
     kept, refused = owned_events(s, project, events, ls_project_id)
+    kept = place_regions(s, kept, image_size)
     sink = SqlSink(s, project.id)
     applied = apply_events(sink, kept)
     applied.problems = refused + applied.problems

@@ -19,7 +19,9 @@ from sqlalchemy import Integer, and_, cast, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from service.labelstudio.guess import hidden_tasks
+from service.labelstudio.ledger import SqlSink
 from service.labelstudio.ledger import annotations as a
+from service.labelstudio.resolve import _EPOCH, one_per_annotator, resolve_item
 from service.store import QueueEntry, Round
 
 
@@ -76,4 +78,27 @@ def per_class_fields(s: Session, project_id: int, classes: Sequence[str]) -> dic
                   "wrong_region_votes": g["wrong_region"],
                   "wrong_region_rate": g["wrong_region"] / g["votes"] if g["votes"] else None,
                   "wrong_region_by_expert_class": dict(sorted(g["wrong_region_by_expert_class"].items()))}
+    return out
+
+
+def flagged_items(s: Session, project_id: int) -> dict[int, list[int] | None]:
+    """{item id: the region drawn, or None} of the items the experts flagged "the model looked at
+    the wrong region": most of the item's usable votes on tasks that showed the map (one per
+    annotator, as its label is resolved, service.labelstudio.resolve) ticked it. The region: the rectangle of the newest
+    flagging vote that drew a usable one (service.labelstudio.regions), in pixels of the file;
+    None where no flagging vote drew one (a bare vote). Which items then train counterexamples,
+    and with which region when the folder knows one too, is the round's decision
+    (service.rounds.handlers)."""
+    ids = set(s.scalars(select(a.c.item_id).where(_usable(project_id), a.c.wrong_region.is_(True)).distinct()))
+    # Only votes on tasks that showed the map judged it (as wrong_region_votes counts them): not a
+    # blind task of the anchoring control, nor a second opinion (no round, no map).
+    hidden = {tuple(r) for r in s.execute(hidden_tasks(project_id))} if ids else set()
+    out: dict[int, list[int] | None] = {}
+    for item_id, anns in SqlSink(s, project_id).for_items(ids).items():
+        judged = [x for x in anns if x.round is not None and (x.round, x.item_id) not in hidden]
+        if not judged or not resolve_item(item_id, judged).wrong_region:
+            continue
+        drew = [x for x in one_per_annotator(judged) if x.counts and x.wrong_region and x.region is not None]
+        newest = max(drew, key=lambda x: (x.updated_at or _EPOCH, x.annotation_id), default=None)
+        out[item_id] = list(newest.region) if newest is not None else None
     return out

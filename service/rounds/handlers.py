@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.core import control, models, paths
 from service.core import jobs
-from service.rounds import hooks, inputs
+from service.rounds import feedback, hooks, inputs
 from service.core.item_lock import lock_items
 from service.rounds.lifecycle import close, open_batch, waiting_reserves, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
@@ -137,6 +137,8 @@ def on_created(x: Ctx) -> None:
         return
     active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
     files = x.files
+    # Explanatory feedback: the flagged labeled images whose region is known (service.rounds.feedback).
+    flagged, flag_counts = feedback.flagged_boxes(x.s, x.settings, x.project, x.config)
     planned = step.training(x.config, x.pid, step.TrainingFacts(
         number=x.rnd.number, class_names=names, active=active, labeled=labeled,
         val=inputs.split_refs(x.s, x.settings, x.project, "val", index),
@@ -145,11 +147,19 @@ def on_created(x: Ctx) -> None:
         stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir,
         # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
         random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
-        shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)]))
+        shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)],
+        flagged=flagged))
     split, manifest = planned.split, planned.manifest
+    if flag_counts is not None:
+        # What trains: the flagged images in this round's training set, each `copies` times (a
+        # flagged image held out as evidence, or of an excluded class, makes none).
+        ce = manifest.counterexamples
+        flag_counts = {**flag_counts, "images": len(ce.sources) if ce else 0,
+                       "copies": len(ce.sources) * ce.copies if ce else 0}
     if not x.move(S.CREATED, S.TRAINING, RoundProgress(stage=S.TRAINING.value, n_train=len(split.train),
                                                        n_new=int(sum(manifest.is_new)), evidence=split.source,
                                                        n_evidence=len(split.evidence),
+                                                       **({"feedback": flag_counts} if flag_counts is not None else {}),
                                                        **({"train_only": True} if x.rnd.train_only else {}))):
         return
     _write(files.train_manifest, manifest,

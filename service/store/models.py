@@ -75,7 +75,9 @@ class Item(Base):
     cache_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # The object's box [x0, y0, x1, y1] in pixels of the file, from the folder's regions.json
-    # (engine.regions); NULL: not known (migration 0009).
+    # (engine.regions); NULL: not known (migration 0009). A rectangle an expert draws in Label
+    # Studio is kept per annotation in the bridge's ledger (migration 0010) and wins over this one
+    # for the counterexamples (service.rounds.feedback).
     region: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # Its registered pool label was part of a uniform random sample of the pool (the request's
     # `labels_random`): the audit's shadow learner may train on it (migration 0010).

@@ -1,0 +1,80 @@
+"""Counterexamples of explanatory feedback (issue 25; CAIPI, Teso & Kersting 2019): an image an
+expert flagged "the model looked at the wrong region", whose object region is known, enters
+training `copies` more times with everything outside the region randomised and the label the
+image has, so that what lies outside the object stops predicting the class.
+
+One implementation for the service and `camloop simulate`: the round's plan (engine.step.training)
+turns the flagged images into a `CounterexampleSpec` of the train manifest (which images, their
+boxes in pixels of the decoded image, how many copies, the fill, the seed) and the train job
+(workers.jobs.train_round) makes the copies with `make` and trains on them. The copies are not
+labels: they are never in the manifest's `train`, so no count of labels, no evidence, no
+out-of-fold check, no shadow learner and no export sees them.
+
+Each image's copies are drawn from a generator seeded by (the project's seed, the item id): the
+same copies every round (the frozen-trunk cache computes their features once) and in every
+process. numpy only: the API process plans them.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from engine.contracts import CounterexampleSpec, ImageRefs
+
+FILLS = ("noise", "shuffle")
+_STREAM = 25  # the generators' second key: counterexamples draw from a stream of their own
+
+
+def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise") -> np.ndarray:
+    """k copies of `image` (H, W, C uint8) with everything outside `box` [x0, y0, x1, y1]
+    randomised: `noise`, uniform random values; `shuffle`, the outside pixels permuted among
+    themselves (the colours stay, their arrangement, any mark, goes). The object, inside the
+    box, is left as it is."""
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}: {' | '.join(FILLS)}")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w, ch = image.shape
+    outside = np.ones((h, w), bool)
+    outside[y0:y1, x0:x1] = False
+    out = np.repeat(image[None], k, axis=0)
+    n_out = int(outside.sum())
+    for j in range(k):
+        if fill == "noise":
+            out[j][outside] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)
+        else:
+            out[j][outside] = image[outside][rng.permutation(n_out)]
+    return out
+
+
+def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequence[bool], copies: int, fill: str,
+         seed: int) -> CounterexampleSpec | None:
+    """The counterexamples of a round: each training image (`train`, the labeled images the round
+    trains on, with their labels) that is in `flagged` (item id → its box in pixels of the decoded
+    image) and whose class is active. Flagged images the round does not train on (held out as
+    evidence, not labeled, an excluded class) get none: copies of an evidence image would let the
+    model see the image it is judged on. None: nothing to make."""
+    if copies <= 0 or not flagged:
+        return None
+    on = np.asarray(active, bool)
+    pick = [k for k, (i, y) in enumerate(zip(train.item_ids, train.labels))
+            if int(i) in flagged and 0 <= y < len(on) and on[y]]
+    if not pick:
+        return None
+    sources = train.take(pick)
+    return CounterexampleSpec(sources=sources, boxes=[[int(v) for v in flagged[int(i)]] for i in sources.item_ids],
+                              copies=int(copies), fill=fill, seed=int(seed))
+
+
+def make(spec: CounterexampleSpec, images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(the copies (N·copies, H, W, C) uint8, their labels) of `spec`; `images`: the sources'
+    pixels when the caller has them already (default: read from the cache files)."""
+    src = spec.sources.gather() if images is None else images
+    out, labels = [], []
+    for im, box, item, y in zip(src, spec.boxes, spec.sources.item_ids, spec.sources.labels):
+        rng = np.random.default_rng([int(spec.seed), _STREAM, int(item)])
+        out.append(counterexamples(im, box, spec.copies, rng, spec.fill))
+        labels += [int(y)] * spec.copies
+    if not out:
+        return np.zeros((0,) + src.shape[1:], np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(out), np.asarray(labels, np.int64)
