@@ -80,7 +80,7 @@ class Item(Base):
     # for the counterexamples (service.rounds.feedback).
     region: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # Its registered pool label was part of a uniform random sample of the pool (the request's
-    # `labels_random`): the audit's shadow learner may train on it (migration 0010).
+    # `labels_random`): the audit's shadow learner may train on it (migration 0011).
     sampled_at_random: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
