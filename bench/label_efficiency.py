@@ -289,7 +289,10 @@ def _checked(result: dict, args, path: Path) -> dict:
             "epochs": args.epochs, "mc_samples": args.mc_samples, "pool_limit": args.pool_limit,
             "val_limit": args.val_limit, "test_limit": args.test_limit}
     want |= {k: v for k, v in _extra(args).items() if k != "trunk_cache_dir"}
-    diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
+    # A section given in part (e.g. {"semi": {"method": ...}}) is stored whole: compare the keys given.
+    diff = {k: (cfg.get(k), v) for k, v in want.items()
+            if (cfg.get(k) != v if not isinstance(v, dict) or not isinstance(cfg.get(k), dict)
+                else any(cfg[k].get(kk) != vv for kk, vv in v.items()))}
     ex = cfg.get("exclusion") or {}
     for k in ("exclude_after", "exclude_below"):
         if ex.get(k) != getattr(args, k):

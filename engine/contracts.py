@@ -247,6 +247,20 @@ class ShadowSpec(_M):
     eval: ImageRefs = Field(default_factory=ImageRefs)
 
 
+class SemiSpec(_M):
+    """A semi-supervised round (engine.semi, config `semi`): the unlabeled pool images the train
+    job may give pseudo-labels to, their labels blanked (−1: a pseudo-label is never a label), and
+    how it picks them."""
+    method: Literal["propagation", "self-training"]
+    pool: ImageRefs
+    threshold: float
+    weight: float
+    max_ratio: float
+    neighbours: int = 10
+    alpha: float = 0.2
+    seed: int = 0
+
+
 class TrainManifest(_M):
     kind: Literal["train"] = "train"
     project_id: int
@@ -270,6 +284,8 @@ class TrainManifest(_M):
     relabel_folds: int = 0
     # The audit's shadow learner on random labels only (None: not this round).
     shadow: ShadowSpec | None = None
+    # Pseudo-labels for unlabeled pool images (None: a supervised round).
+    semi: SemiSpec | None = None
 
     @model_validator(mode="after")
     def _lengths(self):

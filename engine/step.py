@@ -7,7 +7,7 @@ one by one, so neither can order them differently.
 
     training(config, project_id, TrainingFacts) -> TrainingPlan
         the training set and the held-out evidence, then the train manifest (seeds, batch size,
-        what is new)
+        what is new; with config.semi, the unlabeled images pseudo-labels may come from: engine.semi)
     after_training(config, project_id, TrainedFacts) -> ScorePlan
         the exclusion rule on the evidence of every evaluated round (re-included classes judged
         from their re-inclusion on; without a validation split, the pooled control labels first:
@@ -39,6 +39,7 @@ from engine.decisions import Evidence, ExclusionDecision, decide_exclusion, evid
 from engine.plan import (TrainedModel, TrainingSplit, gatekeepers, score_manifest, shadow_spec, split_training,
                          train_manifest)
 from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
+from engine.semi import semi_spec
 
 ACTIVE, EXCLUDED = "active", "excluded"
 
@@ -62,6 +63,8 @@ class TrainingFacts:
     # this round) and what earlier rounds' shadow models measured.
     random_ids: Sequence[int] | None = None
     shadow_history: Sequence[Mapping | None] = ()   # earlier rounds' metrics["shadow"]
+    # The unlabeled pool images (config.semi: the candidates for pseudo-labels; None: none given).
+    unlabeled: ImageRefs | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,11 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
                              measured_sizes(facts.shadow_history, curve_key(manifest)))
         if shadow is not None:
             manifest = manifest.model_copy(update={"shadow": shadow})
+    # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random
+    # labels and everything counted from them stay the labels alone.
+    semi = semi_spec(config, facts.unlabeled, facts.number)
+    if semi is not None:
+        manifest = manifest.model_copy(update={"semi": semi})
     return TrainingPlan(split, manifest)
 
 

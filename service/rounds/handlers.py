@@ -145,7 +145,10 @@ def on_created(x: Ctx) -> None:
         stop_set=inputs.stop_set_refs(x.settings, x.s, x.project, x.config, x.rnd.number), trunk_dir=x.trunk_dir,
         # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
         random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
-        shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)]))
+        shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)],
+        # Semi-supervised rounds (engine.semi): the unlabeled images pseudo-labels may be guessed for.
+        unlabeled=(inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, index)
+                   if x.config.semi.method != "none" else None)))
     split, manifest = planned.split, planned.manifest
     if not x.move(S.CREATED, S.TRAINING, RoundProgress(stage=S.TRAINING.value, n_train=len(split.train),
                                                        n_new=int(sum(manifest.is_new)), evidence=split.source,
