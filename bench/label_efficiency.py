@@ -51,6 +51,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # model's embeddings) instead of at random: needs a pretrained model (--config).
     "hybrid-typical": ("hybrid", {"first_batch": "typical"}),
     "random-typical": ("random", {"first_batch": "typical"}),
+    # Semi-supervised rounds (issue 24, engine.semi) with the config's semi defaults (threshold
+    # 0.9, weight 0.5, at most 1 pseudo-label per label of a class): pseudo-labels from the
+    # round's own model (self-training), or spread over the pretrained embeddings (propagation,
+    # needs the trunk cache).
+    "hybrid-typical-self": ("hybrid", {"first_batch": "typical", "semi": {"method": "self-training"}}),
+    "hybrid-typical-prop": ("hybrid", {"first_batch": "typical", "semi": {"method": "propagation"}}),
+    "random-typical-self": ("random", {"first_batch": "typical", "semi": {"method": "self-training"}}),
 }
 
 

@@ -131,11 +131,16 @@ def test_a_semi_round_plans_the_same_labels_split_and_shadow(tmp_path):
 
 def _round_facts(out):
     """What a round's labels decide, from the simulate JSON: counts, evidence, audit, control."""
+    whole = {r["labeled"] for r in out["rounds"]}  # a round's whole training set: its own model may be the point
     return [{"labeled": r["labeled"], "per_class": {n: v["labeled"] for n, v in r["per_class"].items()},
              "evidence_support": {n: v[1] for n, v in r["evidence"].items()},
              "random_labels": (r.get("audit") or {}).get("random_labels"),
-             # the shadow models' points: trained on the random labels alone, so the same models
-             "random_curve": (r.get("audit") or {}).get("random_curve")} for r in out["rounds"]]
+             # The shadow models' points: their sizes, and the accuracy of each trained on a part
+             # of the random labels (trained on them alone: the same models). The point of all of
+             # them is the round's own model in a supervised round that trained on exactly those.
+             "random_curve": [(p["labels"], p["n"]) + ((p["accuracy"],) if p["labels"] not in whole else ())
+                              for p in ((r.get("audit") or {}).get("random_curve") or [])]}
+            for r in out["rounds"]]
 
 
 def test_simulated_self_training_rounds_count_only_labels():
