@@ -10,9 +10,6 @@ never a label: the service stores nothing of it beside the metrics.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 
 from engine import semi as rule
@@ -76,9 +73,3 @@ def precision(semi_metrics: dict | None, truth: np.ndarray) -> float | None:
         return None
     ids = np.asarray(semi_metrics["item_ids"], np.int64)
     return round(float(np.mean(np.asarray(truth)[ids] == np.asarray(semi_metrics["classes"], np.int64))), 4)
-
-
-def timed(fn: Callable):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
