@@ -51,6 +51,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # model's embeddings) instead of at random: needs a pretrained model (--config).
     "hybrid-typical": ("hybrid", {"first_batch": "typical"}),
     "random-typical": ("random", {"first_batch": "typical"}),
+    # Semi-supervised rounds (issue 24, engine.semi) with the config's semi defaults (threshold
+    # 0.9, weight 0.5, at most 1 pseudo-label per label of a class): pseudo-labels from the
+    # round's own model (self-training), or spread over the pretrained embeddings (propagation,
+    # needs the trunk cache).
+    "hybrid-typical-self": ("hybrid", {"first_batch": "typical", "semi": {"method": "self-training"}}),
+    "hybrid-typical-prop": ("hybrid", {"first_batch": "typical", "semi": {"method": "propagation"}}),
+    "random-typical-self": ("random", {"first_batch": "typical", "semi": {"method": "self-training"}}),
 }
 
 
@@ -289,7 +296,10 @@ def _checked(result: dict, args, path: Path) -> dict:
             "epochs": args.epochs, "mc_samples": args.mc_samples, "pool_limit": args.pool_limit,
             "val_limit": args.val_limit, "test_limit": args.test_limit}
     want |= {k: v for k, v in _extra(args).items() if k != "trunk_cache_dir"}
-    diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v}
+    # A section given in part (e.g. {"semi": {"method": ...}}) is stored whole: compare the keys given.
+    diff = {k: (cfg.get(k), v) for k, v in want.items()
+            if (cfg.get(k) != v if not isinstance(v, dict) or not isinstance(cfg.get(k), dict)
+                else any(cfg[k].get(kk) != vv for kk, vv in v.items()))}
     ex = cfg.get("exclusion") or {}
     for k in ("exclude_after", "exclude_below"):
         if ex.get(k) != getattr(args, k):

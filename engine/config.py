@@ -201,6 +201,27 @@ class FeedbackConfig(_Strict):
                                               "uniform random colours; shuffle, the image's own pixels permuted")
 
 
+class SemiConfig(_Strict):
+    """Semi-supervised rounds (issue 24, engine.semi): the round also trains on unlabeled pool
+    images with a confident guess of their class (pseudo-labels). Pseudo-labels are no labels:
+    not counted, exported, read as evidence, by the control estimate, the audit or the stopping
+    signal; they exist inside the train job only (docs/design.md)."""
+
+    method: Literal["none", "propagation", "self-training"] = Field(
+        "none", description="none; propagation: label spreading over the cached frozen trunk's embeddings "
+        "(needs the trunk cache); self-training: the round's model guesses the pool, a second model trains on "
+        "the labels and the confident guesses (twice a round's training)")
+    threshold: Fraction = Field(0.9, description="a guess becomes a pseudo-label at this confidence or more")
+    weight: Number = Field(0.5, gt=0.0, le=1.0, description="loss weight of a pseudo-labeled image (a label's is 1)")
+    max_ratio: Number = Field(1.0, ge=0.0, le=100.0, description="pseudo-labels per class at most this × the "
+                              "class's training labels")
+    neighbours: StrictInt = Field(10, ge=1, le=200, description="propagation: neighbours per image in the graph")
+    alpha: Number = Field(0.2, gt=0.0, lt=1.0, description="propagation: how far labels spread (label spreading's "
+                          "alpha; small keeps the labels clamped)")
+    max_pool: StrictInt = Field(10000, ge=1, le=10_000_000, description="unlabeled images considered a round at "
+                                "most (a seeded sample of the pool)")
+
+
 class ProjectConfig(_Strict):
     """A project's settings. Every key is optional; these defaults are camloop's defaults."""
 
@@ -254,6 +275,7 @@ class ProjectConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    semi: SemiConfig = Field(default_factory=SemiConfig)
 
     @property
     def reserve_size(self) -> int:
@@ -286,6 +308,10 @@ class ProjectConfig(_Strict):
         # The model's own needs (sizes it accepts, weights installed, freezing only pretrained
         # blocks): refused here, not by a job a round later.
         check_model_config(self.model, self.pretrained, self.image_size, self.channels, self.frozen_blocks)
+        if self.semi.method == "propagation" and not self.uses_trunk_cache():
+            raise ValueError("semi.method 'propagation' spreads labels over the cached frozen trunk's embeddings: "
+                             "it needs a pretrained model with frozen_blocks > 0 and trunk_cache on "
+                             "(or semi.method 'self-training')")
         return self
 
     @field_validator("strategy")

@@ -267,6 +267,19 @@ class CounterexampleSpec(_M):
             raise ValueError("each box is [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1")
         return self
 
+class SemiSpec(_M):
+    """A semi-supervised round (engine.semi, config `semi`): the unlabeled pool images the train
+    job may give pseudo-labels to, their labels blanked (−1: a pseudo-label is never a label), and
+    how it picks them."""
+    method: Literal["propagation", "self-training"]
+    pool: ImageRefs
+    threshold: float
+    weight: float
+    max_ratio: float
+    neighbours: int = 10
+    alpha: float = 0.2
+    seed: int = 0
+
 
 class TrainManifest(_M):
     kind: Literal["train"] = "train"
@@ -293,6 +306,8 @@ class TrainManifest(_M):
     shadow: ShadowSpec | None = None
     # Explanatory feedback's counterexamples, trained on beside `train` (None: none this round).
     counterexamples: CounterexampleSpec | None = None
+    # Pseudo-labels for unlabeled pool images (None: a supervised round).
+    semi: SemiSpec | None = None
 
     @model_validator(mode="after")
     def _lengths(self):

@@ -7,7 +7,8 @@ one by one, so neither can order them differently.
 
     training(config, project_id, TrainingFacts) -> TrainingPlan
         the training set and the held-out evidence, then the train manifest (seeds, batch size,
-        what is new, the counterexamples of the flagged images it trains on)
+        what is new, the counterexamples of the flagged images it trains on; with config.semi, the
+        unlabeled images pseudo-labels may come from: engine.semi)
     after_training(config, project_id, TrainedFacts) -> ScorePlan
         the exclusion rule on the evidence of every evaluated round (re-included classes judged
         from their re-inclusion on; without a validation split, the pooled control labels first:
@@ -40,6 +41,7 @@ from engine.decisions import Evidence, ExclusionDecision, decide_exclusion, evid
 from engine.plan import (TrainedModel, TrainingSplit, gatekeepers, score_manifest, shadow_spec, split_training,
                          train_manifest)
 from engine.selection import Selection, cold_start, select_from_scores, typical_from_scores
+from engine.semi import semi_spec
 
 ACTIVE, EXCLUDED = "active", "excluded"
 
@@ -67,6 +69,8 @@ class TrainingFacts:
     # at the wrong region" whose object region is known, item id → the box in pixels of the
     # decoded image; the ones the round trains on get counterexamples (engine.counterexamples).
     flagged: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    # The unlabeled pool images (config.semi: the candidates for pseudo-labels; None: none given).
+    unlabeled: ImageRefs | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,11 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
                                    config.feedback.fill, config.seed)
     if counter is not None:
         manifest = manifest.model_copy(update={"counterexamples": counter})
+    # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random
+    # labels and everything counted from them stay the labels alone.
+    semi = semi_spec(config, facts.unlabeled, facts.number)
+    if semi is not None:
+        manifest = manifest.model_copy(update={"semi": semi})
     return TrainingPlan(split, manifest)
 
 

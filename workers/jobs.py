@@ -201,7 +201,8 @@ def train_round(manifest_path: str) -> dict:
 
     is_new = np.asarray(m.is_new, bool)
     # What the model fits: the labels, plus explanatory feedback's counterexamples (never new:
-    # not duplicated), which no count, out-of-fold check or shadow model below reads.
+    # not duplicated), which no count, out-of-fold check or shadow model below reads. Pseudo-labels
+    # (config.semi) are added to this set, not to `train`.
     fit, fit_new, n_counter = train, is_new, 0
     if m.counterexamples is not None:
         from engine.counterexamples import make
@@ -212,32 +213,80 @@ def train_round(manifest_path: str) -> dict:
         fit = Dataset(np.concatenate([train.images, extra]), np.concatenate([train.labels, extra_labels]),
                       list(names))
         fit_new = np.concatenate([is_new, np.zeros(n_counter, bool)])
+    fit_dig = None
     if m.trunk_cache:  # the cache's keys, once: an out-of-memory retry hashes nothing again
         train_dig = _digests(train.images)
         fit_dig = train_dig + _digests(fit.images[len(train):])
         evidence_dig = _digests(evidence.images) if evidence is not None else None
 
-    def attempt(bs: int):
+    def attempt(bs: int, data=fit, dig=fit_dig, new=fit_new, pseudo=None, resume=files.resume_dir):
         torch.manual_seed(m.settings.seed)
         model = _build(m.net)  # fresh weights each attempt: a failed one may have taken steps
         tc = TrainConfig(**{**base, "batch_size": bs})
+        weight = m.semi.weight if m.semi is not None else 1.0
         # The evidence is what early stopping watches too: the split the project trusts to say
         # how good a model is (its validation split, or the held-out labeled images).
         if m.trunk_cache:
             from workers.trunk_cache import train_from_cache
 
-            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), fit, fit_dig, fit_new,
-                                           evidence, evidence_dig, active, tc, checkpoint_dir=files.resume_dir)
-        return model, train_model(model, fit, fit_new, evidence, active, tc, checkpoint_dir=files.resume_dir)
+            return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), data, dig, new,
+                                           evidence, evidence_dig, active, tc, checkpoint_dir=resume, pseudo=pseudo,
+                                           pseudo_weight=weight)
+        return model, train_model(model, data, new, evidence, active, tc, checkpoint_dir=resume, pseudo=pseudo,
+                                  pseudo_weight=weight)
 
-    (model, res), bs, splits = split_on_oom(attempt, m.settings.batch_size,
-                                           what=f"train {Path(manifest_path).parent.name}")
+    semi_metrics = None
+    if m.semi is not None and m.semi.method == "propagation":
+        # Pseudo-labels before any training: spread over the pretrained embeddings (engine.semi).
+        from workers import semi
+
+        t_semi = time.perf_counter()
+        pool_images = m.semi.pool.gather()
+        pool_dig = _digests(pool_images)
+        rows, classes, conf = semi.guess_pool(m.semi, train, train_dig, active, len(names),
+                                              cache=_trunk_cache(m.trunk_cache, _build(m.net), m.settings.batch_size),
+                                              pool_images=pool_images, pool_digests=pool_dig)
+        fit, fit_dig, fit_new, pseudo = semi.with_pseudo(fit, fit_dig, fit_new, pool_images, pool_dig, rows,
+                                                         classes)
+        semi_metrics = semi.report(m.semi, names, rows, classes, conf, time.perf_counter() - t_semi)
+        (model, res), bs, splits = split_on_oom(lambda b: attempt(b, fit, fit_dig, fit_new, pseudo),
+                                               m.settings.batch_size, what=f"train {Path(manifest_path).parent.name}")
+    else:
+        (model, res), bs, splits = split_on_oom(attempt, m.settings.batch_size,
+                                               what=f"train {Path(manifest_path).parent.name}")
+    if m.semi is not None and m.semi.method == "self-training":
+        # The model trained on the labels guesses the pool; a second one trains on both.
+        from workers import semi
+
+        t_semi = time.perf_counter()
+        pool_images = m.semi.pool.gather()
+        pool_dig = _digests(pool_images) if m.trunk_cache else None
+        if m.trunk_cache:
+            from workers.trunk_cache import predict_from_cache
+
+            probs = predict_from_cache(model, _trunk_cache(m.trunk_cache, model, 512), pool_dig, pool_images,
+                                       active=active, device=dev, batch_size=512)
+        else:
+            from workers.evaluate import predict_probs
+
+            probs = predict_probs(model, pool_images, active=active, device=dev, batch_size=512)
+        rows, classes, conf = semi.guess_pool(m.semi, train, train_dig if m.trunk_cache else None, active,
+                                              len(names), pool_probs=probs)
+        fit, fit_dig, fit_new, pseudo = semi.with_pseudo(fit, fit_dig, fit_new, pool_images, pool_dig, rows,
+                                                         classes)
+        (model, res), bs, more = split_on_oom(
+            lambda b: attempt(b, fit, fit_dig, fit_new, pseudo, files.resume_dir / "semi"), bs,
+            what=f"train {Path(manifest_path).parent.name} with pseudo-labels")
+        splits += more
+        semi_metrics = semi.report(m.semi, names, rows, classes, conf, time.perf_counter() - t_semi)
     metrics = {"train": {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                          "val_accuracy": res.val_accuracy, "resumed_from": res.resumed_from,
                          "n_train": len(train), "n_new": int(np.sum(m.is_new)),
                          "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
                          "batch_size": bs, "oom_splits": splits, "counterexamples": n_counter},
                "active": list(m.active), "evidence_source": m.evidence_source}
+    if semi_metrics is not None:
+        metrics["semi"] = semi_metrics  # guesses, counted apart: n_train and n_labeled are the labels
 
     def predict(images, b: int):
         if m.trunk_cache:  # the frozen blocks' output from the cache: each image's trunk pass once

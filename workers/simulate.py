@@ -174,7 +174,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
-                shadow_history=shadows, flagged=flagged if flagged is not None else {}))
+                shadow_history=shadows, flagged=flagged if flagged is not None else {},
+                unlabeled=pool.take(np.flatnonzero(~labeled)) if project.semi.method != "none" else None))
             split, manifest = planned.split, planned.manifest
             if number == config.rounds + 1:
                 # The last, train-only round asks nobody again: its fold models would be wasted.
@@ -191,6 +192,11 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             record = _record(number, metrics, labeled, data, names, status)
             if flagged is not None:  # the copies this round's model trained on beside its labels
                 record["counterexamples_trained"] = int(metrics["train"].get("counterexamples", 0))
+            if "semi" in metrics:  # the pseudo-labels' counts and precision: guesses, not labels
+                from workers.semi import precision
+
+                record["semi"] = {**{k: v for k, v in metrics["semi"].items() if k not in ("item_ids", "classes")},
+                                  "precision": precision(metrics["semi"], data.pool.labels)}
             stop_history.append({"round": number, "labels": int(labeled.sum()),
                                  "accuracy": (metrics.get("evidence") or {}).get("accuracy"),
                                  "stop_set": metrics.get("stop_set")})

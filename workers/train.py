@@ -204,7 +204,8 @@ def _atomic_save(obj, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))  # readers see the old or the new file, never half of one
 
 
-def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=None) -> str:
+def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=None, pseudo=None,
+                 pseudo_weight: float = 1.0) -> str:
     """Identifies a training run, so a checkpoint of a different run is never resumed."""
     h = hashlib.sha256()
     cfg = asdict(config)
@@ -218,6 +219,9 @@ def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=
     h.update(hashlib.sha256(np.ascontiguousarray(train.images).tobytes()).digest())
     if inputs is not None:  # a run from cached trunk outputs is another run than one from pixels
         h.update(inputs.fingerprint().encode())
+    if pseudo is not None:  # only then: a supervised run keeps the fingerprint it had before
+        h.update(np.ascontiguousarray(np.asarray(pseudo, bool)).tobytes())
+        h.update(repr(float(pseudo_weight)).encode())
     return h.hexdigest()
 
 
@@ -283,7 +287,7 @@ def _val_accuracy(model, val, active, device, batch_size, inputs=None) -> float:
 
 def train_model(model, train, is_new, val, active, config: TrainConfig | None = None,
                 checkpoint_dir=None, progress: bool | Callable[[dict], None] = False,
-                inputs=None, val_inputs=None) -> TrainResult:
+                inputs=None, val_inputs=None, pseudo=None, pseudo_weight: float = 1.0) -> TrainResult:
     """Train ``model`` in place on ``train`` (a Dataset of labeled images); see the module doc.
 
     ``inputs`` / ``val_inputs`` (workers.trunk_cache.CachedInputs, one row per train / val
@@ -291,7 +295,10 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
     ``model.forward_from``; the copies then take cached augmented views (trunk_cache's doc).
 
     ``is_new`` (bool per train image) marks this round's new labels; ``active`` (bool per class)
-    the classes still trained. ``progress``: True logs a line per epoch; a callable receives a
+    the classes still trained. ``pseudo`` (bool per train image, engine.semi): pseudo-labeled
+    pool images, no labels: each enters an epoch once, as itself (never duplicated, balanced
+    or augmented, and not counted by the balancing), its loss weighted by ``pseudo_weight``
+    against a label's 1. ``progress``: True logs a line per epoch; a callable receives a
     dict per epoch (epoch, epochs, train_loss, train_accuracy, val_accuracy, seconds). On
     return the model holds the weights of the best validation epoch (the last epoch when there
     is no validation set).
@@ -320,7 +327,13 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
                          f"{model.frozen_blocks} frozen blocks")
     if val_inputs is not None and (val is None or len(val_inputs) != len(val)):
         raise ValueError("val_inputs must hold one trunk output per validation image")
-    fp = _fingerprint(model, train, is_new, val, active, config, inputs)
+    if pseudo is not None:
+        pseudo = np.asarray(pseudo, bool)
+        if pseudo.shape != (len(train),):
+            raise ValueError("pseudo must have one entry per training image")
+        if not pseudo.any():
+            pseudo = None
+    fp = _fingerprint(model, train, is_new, val, active, config, inputs, pseudo, pseudo_weight)
     if checkpoint_dir is not None:
         ckpt_dir = Path(checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -349,6 +362,13 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         images = images.pin_memory()  # async host→device copies of each batch
     labels = torch.from_numpy(np.asarray(train.labels, np.int64))
     bs = max(1, int(config.batch_size))
+    real_labels = np.asarray(train.labels, np.int64)
+    if pseudo is not None:
+        # The labels' multiset is built as in a supervised round (the pseudo rows read as
+        # unlabeled), then each pseudo-labeled image of an active class is added once.
+        real_labels = np.where(pseudo, -1, real_labels)
+        pseudo_rows = np.flatnonzero(pseudo & active[np.clip(np.asarray(train.labels, np.int64), 0, None)])
+        row_weight = torch.where(torch.from_numpy(pseudo), float(pseudo_weight), 1.0)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if stopped_early:
@@ -361,9 +381,11 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         # A function of the epoch alone (no scheduler object), so a resumed run gets the same lr.
         for g in opt.param_groups:
             g["lr"] = _epoch_lr(config, epoch)
-        idx = build_training_indices(train.labels, is_new, active, config.duplicate_new, config.balance,
+        idx = build_training_indices(real_labels, is_new, active, config.duplicate_new, config.balance,
                                      config.balance_max_factor, rng, balance_to=config.balance_to,
                                      balance_max_repeats=config.balance_max_repeats)
+        if pseudo is not None:
+            idx = np.concatenate([idx, pseudo_rows])
         copy = repeat_flags(idx)
         perm = rng.permutation(idx.size)
         idx, copy = idx[perm], copy[perm]
@@ -402,7 +424,11 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             logits = logits.float()
             if mask is not None:
                 logits = logits + mask  # excluded classes: −inf logit, zero probability, no gradient
-            loss = F.cross_entropy(logits, y)
+            if pseudo is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                w = row_weight[bi].to(dev)
+                loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -276,22 +276,39 @@ def cached_inputs(cache: TrunkCache, images, digests, *, augment: bool = True, v
 
 
 def train_from_cache(model, cache: TrunkCache, train, train_digests, is_new, val, val_digests, active,
-                     config=None, *, views: int = DEFAULT_VIEWS, checkpoint_dir=None, progress=False):
+                     config=None, *, views: int = DEFAULT_VIEWS, checkpoint_dir=None, progress=False,
+                     pseudo=None, pseudo_weight: float = 1.0):
     """`train_model` with the frozen trunk read from `cache` (computed where missing).
 
     `model` must be the cache's model (its first `cache.k` blocks frozen): it is trained in
-    place and stays a whole CamNet, so its checkpoint scores raw pixels as usual.
+    place and stays a whole CamNet, so its checkpoint scores raw pixels as usual. `pseudo`
+    (engine.semi): the pseudo-labeled rows, which are never augmented copies, so they get no
+    cached views (their view rows repeat the clean output, never read).
     """
     config = config or TrainConfig()
     if model.frozen_blocks != cache.k:
         raise ValueError(f"model has {model.frozen_blocks} frozen blocks, the cache {cache.k}")
-    inputs = cached_inputs(cache, train.images, train_digests, augment=config.augment, views=views, config=config)
+    pseudo_rows = np.zeros(len(train), bool) if pseudo is None else np.asarray(pseudo, bool)
+    if pseudo_rows.any():
+        real = np.flatnonzero(~pseudo_rows)
+        digests = list(train_digests)
+        part = cached_inputs(cache, train.images[real], [digests[i] for i in real], augment=config.augment,
+                             views=views, config=config)
+        cache.ensure(train.images, digests)
+        clean = cache.load(digests)
+        v = None
+        if part.views is not None:
+            v = clean.unsqueeze(1).repeat(1, part.views.shape[1], *([1] * (clean.dim() - 1)))
+            v[torch.from_numpy(real)] = part.views
+        inputs = CachedInputs(clean, cache.k, v)
+    else:
+        inputs = cached_inputs(cache, train.images, train_digests, augment=config.augment, views=views, config=config)
     val_inputs = None
     if val is not None and len(val):
         cache.ensure(val.images, val_digests)
         val_inputs = CachedInputs(cache.load(val_digests), cache.k)
     return train_model(model, train, is_new, val, active, config, checkpoint_dir=checkpoint_dir, progress=progress,
-                       inputs=inputs, val_inputs=val_inputs)
+                       inputs=inputs, val_inputs=val_inputs, pseudo=pseudo, pseudo_weight=pseudo_weight)
 
 
 def score_from_cache(model, cache: TrunkCache, digests, images=None, **kwargs):

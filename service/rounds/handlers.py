@@ -148,7 +148,10 @@ def on_created(x: Ctx) -> None:
         # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
         random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
         shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)],
-        flagged=flagged))
+        flagged=flagged,
+        # Semi-supervised rounds (engine.semi): the unlabeled images pseudo-labels may be guessed for.
+        unlabeled=(inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, index)
+                   if x.config.semi.method != "none" else None)))
     split, manifest = planned.split, planned.manifest
     if flag_counts is not None:
         # What trains: the flagged images in this round's training set, each `copies` times (a
