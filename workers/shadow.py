@@ -45,8 +45,9 @@ def measure(m, names, active, base: dict, evidence, evidence_dig, main_model_cor
     for size, bs in zip(spec.sizes, spec.batch_sizes):
         t0 = time.perf_counter()
         # The round's own model, when it trained on exactly these random labels and nothing else:
-        # with pseudo-labels (engine.semi) it learnt from guesses too, so a shadow trains instead.
-        if m.semi is None and sorted(int(i) for i in spec.train.item_ids[:size]) == main_ids:
+        # with pseudo-labels (engine.semi) or counterexamples (engine.counterexamples) it learnt
+        # from more than labels, so a shadow trains instead.
+        if m.semi is None and m.counterexamples is None and sorted(int(i) for i in spec.train.item_ids[:size]) == main_ids:
             correct, n = current
         else:
             idx = np.arange(size)
