@@ -3,7 +3,8 @@
 Reads only what the strategy needs (engine.scorefiles), keeps out what may not be
 queued (images labeled meanwhile, images a gatekeeper recognised as an excluded class, classes
 excluded from the head), shares the budget between classes from the evidence, and picks the
-batch, then the reserve (the next-ranked images, labeled while the next model trains).
+batch — the top of the fused score, or a seeded draw from it (config.selection, stochastic_keys) —
+then the reserve (the next-ranked images, labeled while the next model trains).
 numpy only: the API process runs it.
 """
 from __future__ import annotations
