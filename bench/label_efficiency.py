@@ -58,6 +58,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hybrid-typical-self": ("hybrid", {"first_batch": "typical", "semi": {"method": "self-training"}}),
     "hybrid-typical-prop": ("hybrid", {"first_batch": "typical", "semi": {"method": "propagation"}}),
     "random-typical-self": ("random", {"first_batch": "typical", "semi": {"method": "self-training"}}),
+    # Stochastic batch acquisition (issue 24, strategies.stochastic): the default's picks drawn
+    # from its fused score instead of its top-k, β = 1 (the paper's default).
+    "hybrid-typical-softrank": ("hybrid", {"first_batch": "typical", "selection": {"mode": "softrank", "beta": 1.0}}),
+    "hybrid-typical-power": ("hybrid", {"first_batch": "typical", "selection": {"mode": "power", "beta": 1.0}}),
+    "hybrid-typical-softmax": ("hybrid", {"first_batch": "typical", "selection": {"mode": "softmax", "beta": 10.0}}),
+    # The scores from the round's temperature-scaled probabilities (issue 24).
+    "hybrid-typical-calibrated": ("hybrid", {"first_batch": "typical", "selection": {"calibrated_scores": True}}),
+    "hybrid-softrank": ("hybrid", {"selection": {"mode": "softrank", "beta": 1.0}}),
 }
 
 

@@ -187,6 +187,29 @@ class ControlConfig(_Strict):
         return max(self.min_per_round, int(round(self.share * budget))), None
 
 
+class SelectionConfig(_Strict):
+    """How the model-ranked picks are taken from the fused score (strategies.stochastic).
+
+    `topk`, the default: the highest fused scores (per class quota, spread by k-center where the
+    strategy asks). The others draw the picks without replacement (Gumbel-top-k) with
+    probabilities growing with the fused score (stochastic batch acquisition, Kirsch et al.,
+    TMLR 2023): `softrank` ∝ rank^−β (rank 1 = the highest fused score; scale-free), `power` ∝
+    score^β (the fused score is a weighted mean of normalised ranks in [0, 1], so β = 1 is close
+    to uniform here), `softmax` ∝ exp(β · score). The draw is seeded by the project's seed and the
+    round; quotas, k-center, the reserve and the control slice run on it as on the scores."""
+
+    mode: Literal["topk", "softrank", "power", "softmax"] = Field(
+        "topk", description="topk: the highest fused scores; softrank, power, softmax: a seeded draw without "
+                            "replacement with probabilities ∝ rank^−β, score^β or exp(β·score) (docs/benchmarks.md, "
+                            "stochastic batch acquisition)")
+    beta: Number = Field(1.0, ge=0.0, le=1e6, description="the draw's sharpness: 0 uniform, large → top-k "
+                                                          "(the paper's default 1)")
+    calibrated_scores: StrictBool = Field(False, description="compute the uncertainty and committee scores from the "
+                                                             "round's temperature-scaled probabilities (the "
+                                                             "temperature the guesses are shown with) instead of the "
+                                                             "model's own softmax")
+
+
 class FeedbackConfig(_Strict):
     """Explanatory feedback that trains (issue 25): each labeled image an expert flagged "wrong
     region" whose object region is known (the folder's regions.json, or the rectangle the expert
@@ -273,6 +296,7 @@ class ProjectConfig(_Strict):
     guess: GuessConfig = Field(default_factory=GuessConfig)
     relabel: RelabelConfig = Field(default_factory=RelabelConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     semi: SemiConfig = Field(default_factory=SemiConfig)
@@ -339,7 +363,7 @@ DECODE_KEYS = ("image_size", "channels")
 
 def merge_config(base: dict, patch: dict) -> dict:
     """`patch` over `base`, one level deep for the nested sections (exclusion, holdout, stopping, guess,
-    relabel, control, audit)."""
+    relabel, control, selection, audit)."""
     out = dict(base)
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):

@@ -353,6 +353,7 @@ class ScoreManifest(_M):
     gatekeepers: list[Gatekeeper] = Field(default_factory=list)
     out_dir: str                  # RoundFiles(out_dir).score_file(shard)
     trunk_cache: str | None = None  # as TrainManifest's: score from the cached frozen trunk
+    calibrated_scores: bool = False  # score columns from the checkpoint's temperature-scaled probabilities
 
 
 class ScoreJobResult(_M):

@@ -3,7 +3,8 @@
 Reads only what the strategy needs (engine.scorefiles), keeps out what may not be
 queued (images labeled meanwhile, images a gatekeeper recognised as an excluded class, classes
 excluded from the head), shares the budget between classes from the evidence, and picks the
-batch, then the reserve (the next-ranked images, labeled while the next model trains).
+batch — the top of the fused score, or a seeded draw from it (config.selection, stochastic_keys) —
+then the reserve (the next-ranked images, labeled while the next model trains).
 numpy only: the API process runs it.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.contracts import (SCORE_COLUMN_PREFIX, SCORE_EMBEDDING, SCORE_GATED, SCORE_ITEM_IDS,
-                                      SCORE_P_GUESS, SCORE_PRED)
+                                      SCORE_P_GUESS, SCORE_PRED, SCORE_PROBS)
 from engine.decisions import class_quota, cold_start_order, round_seed
 from engine.scorefiles import ScoreFile
 
@@ -127,7 +128,8 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
                        active: Sequence[bool], budget: int, reserve: int, accuracy: Sequence[float | None],
                        seed: int, number: int, drop_ids: np.ndarray | None = None,
                        wrong_region_votes: tuple[np.ndarray, np.ndarray] | None = None,
-                       n_control: int = 0) -> Selection:
+                       n_control: int = 0, sampling: tuple[str, float] = ("topk", 1.0),
+                       scores_calibrated: bool = False) -> Selection:
     """The batch and the reserve of round `number`, in priority order.
 
     accuracy: per class, the evidence's accuracy of this round's model (None: no evidence).
@@ -137,7 +139,11 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
     whose guesses experts often flag gets more of the batch (strategies.budget.class_need).
     n_control: the control slice (control_slice): the lowest-ranked n_control picks of the batch
     are replaced by images drawn uniformly from the candidates, placed at seeded random positions
-    of the batch; the reserve stays ranked."""
+    of the batch; the reserve stays ranked.
+    sampling: (mode, β) of strategies.stochastic: "topk" ranks by the fused score; the others
+    rank by Gumbel keys of it (stochastic_keys), so the picks are a seeded draw.
+    scores_calibrated: the score columns were computed from temperature-scaled probabilities
+    (selection.calibrated_scores), so the guess's own probability is read from the stored probs."""
     from strategies.budget import per_class_mean, wrong_region_rate
     from strategies.registry import get_strategy
 
@@ -173,17 +179,20 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
     if ids.size == 0:
         return Selection([], [], n_gated)
 
-    def load_embeddings(rows: np.ndarray) -> np.ndarray:
+    def load_rows(member: str, rows: np.ndarray) -> np.ndarray:
         g = rows if where is None else where[rows]
         shard = np.searchsorted(offsets, g, side="right") - 1
         out = None
         for k in np.unique(shard):
             sel = shard == k
-            e = parts[int(k)][SCORE_EMBEDDING]
+            e = parts[int(k)][member]
             if out is None:
                 out = np.empty((g.size, e.shape[1]), e.dtype)
             out[sel] = e[g[sel] - offsets[k]]
         return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def load_embeddings(rows: np.ndarray) -> np.ndarray:
+        return load_rows(SCORE_EMBEDDING, rows)
 
     rng = np.random.default_rng(round_seed(seed, number))
     quota = None
@@ -194,28 +203,64 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
         region = None if wrong_region_votes is None else wrong_region_rate(*wrong_region_votes)
         quota = class_quota(budget, accuracy, active, available, cam, region)
     weighted = {k: columns[k] for k in spec.weights if k in columns}
+    weights = dict(spec.weights)
+    mode, beta = sampling
+    if mode != "topk" and any(w != 0 for w in weights.values()):
+        # One draw for the batch and the reserve: the reserve is where the same draw goes on.
+        weighted = {"fused": stochastic_keys(weighted, weights, ~active[pred] | gated, mode, beta, seed, number)}
+        weights = {"fused": 1.0}
     loader = load_embeddings if spec.diversity else None
-    chosen = select_rows(weighted, spec.weights, pred, budget, quota, ~active, gated, rng, loader)
+    chosen = select_rows(weighted, weights, pred, budget, quota, ~active, gated, rng, loader)
     extra = np.zeros(0, np.int64)
     if reserve > 0:
         taken = gated.copy()
         taken[chosen] = True
-        extra = select_rows(weighted, spec.weights, pred, reserve, None, ~active, taken, rng, loader)
+        extra = select_rows(weighted, weights, pred, reserve, None, ~active, taken, rng, loader)
+
+    order, is_control = control_slice(np.asarray(chosen, np.int64), np.asarray(extra, np.int64), gated, n_control,
+                                      seed, number)
+    own = {}  # row → the model's own probability of its guess, where least_confidence is calibrated
+    if scores_calibrated and p_guess is not None and SCORE_PROBS in parts[0].members:
+        rows = np.concatenate([order, np.asarray(extra, np.int64)])
+        own = dict(zip(rows.tolist(), load_rows(SCORE_PROBS, rows).max(axis=1).tolist())) if rows.size else {}
 
     def pick(i: int, control: bool = False) -> Pick:
         scores = {k: round(float(columns[k][i]), 6) for k in shown if k in columns}
         if "least_confidence" in columns:
             scores["p_pred"] = round(1.0 - float(columns["least_confidence"][i]), 6)
         if p_guess is not None:  # calibrated: what experts see; the model's own softmax beside it
-            scores["p_pred_uncalibrated"] = scores.get("p_pred", round(float(p_guess[i]), 6))
+            scores["p_pred_uncalibrated"] = (round(float(own[i]), 6) if i in own
+                                             else scores.get("p_pred", round(float(p_guess[i]), 6)))
             scores["p_pred"] = round(float(p_guess[i]), 6)
         return Pick(int(ids[i]), names[int(pred[i])], scores, control)
 
-    order, is_control = control_slice(np.asarray(chosen, np.int64), np.asarray(extra, np.int64), gated, n_control,
-                                      seed, number)
     batch = [pick(int(i), bool(k)) for i, k in zip(order, is_control)]
     return Selection(batch, [pick(int(i)) for i in extra], n_gated, None if quota is None else [int(q) for q in quota],
                      int(is_control.sum()))
+
+
+def stochastic_keys(columns: dict, weights: dict, ineligible: np.ndarray, mode: str, beta: float, seed: int,
+                    number: int) -> np.ndarray:
+    """Gumbel keys of the fused score (strategies.stochastic) for the round's model-ranked picks:
+    ranking by them instead of the score makes every top-k downstream (a class's quota, the
+    candidates k-center spreads, the reserve) a draw without replacement ∝ the mode's weights.
+
+    The weights are computed over the eligible rows only (softrank's ranks are ranks among the
+    candidates); ineligible rows get keys below every eligible one. Its own random stream of the
+    round's seed, so the cold start, the control slice and the random strategy draw what they
+    draw without it."""
+    from strategies.fusion import fuse_ranks
+    from strategies.stochastic import gumbel_keys
+
+    fused = fuse_ranks(columns, weights)
+    ok = ~np.asarray(ineligible, bool)
+    keys = np.zeros(fused.size)
+    if ok.any():
+        rng = np.random.default_rng([round_seed(seed, number), 0x5A3B1E])
+        keys[ok] = gumbel_keys(fused[ok], mode, beta, rng)
+        if not ok.all():
+            keys[~ok] = keys[ok].min() - 1.0
+    return keys
 
 
 def control_slice(chosen: np.ndarray, reserve: np.ndarray, ineligible: np.ndarray, n_control: int, seed: int,

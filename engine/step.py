@@ -19,7 +19,9 @@ one by one, so neither can order them differently.
         score files, the class quota from the evidence (the control labels first without a
         validation split) and the experts' wrong-region votes, the candidates (what was labeled
         meanwhile and what a gatekeeper kept out are not), the batch with its control slice
-        (config.control: drawn uniformly, at seeded places), then the reserve (engine.selection)
+        (config.control: drawn uniformly, at seeded places), then the reserve (engine.selection);
+        config.selection says whether the ranked picks are the top of the fused score or a
+        seeded draw from it (stochastic batch acquisition)
 
 Pure: no store, no jobs, no torch; the score files are the only thing read.
 """
@@ -194,6 +196,7 @@ def select(config: ProjectConfig, facts: SelectionFacts) -> Selection:
     sel = select_from_scores(files, config.strategy, names, facts.active, budget, reserve,
                              evidence_accuracy(with_control(facts.evidence, facts.control, facts.number,
                                                             config.control, names), names), config.seed, facts.number, facts.drop_ids,
-                             facts.wrong_region_votes, n_control)
+                             facts.wrong_region_votes, n_control,
+                             (config.selection.mode, config.selection.beta), config.selection.calibrated_scores)
     sel.control_note = note
     return sel

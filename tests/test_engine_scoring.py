@@ -177,6 +177,35 @@ def test_mc_members_are_the_models_dropout_on_pooled_features():
         np.testing.assert_allclose(r.columns[key], fn(members).numpy(), atol=1e-5, err_msg=key)
 
 
+def test_a_temperature_scales_the_scores_probabilities_not_the_stored_ones():
+    # selection.calibrated_scores: the uncertainty and committee columns come from
+    # softmax(logits / T), every member included; probs, pred and the embedding stay the model's own.
+    m = _model("small-cnn", 28, dropout=0.5)
+    imgs = _images(10)
+    t = 2.5
+    plain = score_images(m, imgs, mc_samples=4, seed=11)
+    hot = score_images(m, imgs, mc_samples=4, seed=11, temperature=t)
+    x = to_model_input(imgs, m)
+    with torch.no_grad():
+        logits = m(x)
+        pooled = m.features(x).mean(dim=(2, 3))
+        keep = torch.empty((4, *pooled.shape)).bernoulli_(0.5, generator=torch.Generator().manual_seed(11))
+        members = torch.stack([(m.head(pooled * k / 0.5) / t).softmax(1) for k in keep])
+    np.testing.assert_array_equal(hot.probs, plain.probs)
+    np.testing.assert_array_equal(hot.pred, plain.pred)
+    scaled = (logits / t).softmax(1)
+    for key, fn in (("least_confidence", uncertainty.least_confidence), ("margin", uncertainty.margin),
+                    ("entropy", uncertainty.entropy)):
+        np.testing.assert_allclose(hot.columns[key], fn(scaled).numpy(), atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(hot.columns["bald"], committee.bald(members).numpy(), atol=1e-5)
+    # A softer distribution: more entropy on every image than the model's own.
+    assert (hot.columns["entropy"] > plain.columns["entropy"]).all()
+    np.testing.assert_array_equal(score_images(m, imgs, mc_samples=4, seed=11, temperature=1.0).columns["bald"],
+                                  plain.columns["bald"])
+    with pytest.raises(ValueError, match="temperature"):
+        score_images(m, imgs, temperature=0.0)
+
+
 def test_class_mask_excluded_classes_get_zero_probability_and_are_never_predicted():
     m = _model("small-cnn", 28)
     imgs = _images(30)

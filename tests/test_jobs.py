@@ -184,6 +184,42 @@ def test_score_shard_writes_npz_and_is_idempotent(env, ingested, trained):
     assert again.get("cached") is True
 
 
+def test_score_shard_with_calibrated_scores_uses_the_checkpoints_temperature(env, ingested, trained):
+    # selection.calibrated_scores: the score columns from softmax(log p / T) with the temperature
+    # the train job kept in the checkpoint; probs and the guess's probability as without it.
+    import torch
+
+    import workers.jobs as jobs
+    from engine.calibration import calibrated
+    from strategies import uncertainty
+
+    m_ing, _ = ingested
+    m_tr, _, row = trained
+    art = env["root"] / "artifacts"
+    ckpt = c.RoundFiles(m_tr.out_dir).checkpoint
+    t = float(torch.load(ckpt, map_location="cpu", weights_only=False)["temperature"])
+    assert t != 1.0  # 30 evidence images: fitted
+    pool = list(range(60, N_IMAGES))
+    refs = c.ImageRefs.build(pool, [m_ing.out] * len(pool), [row[i] for i in pool])
+    out = {}
+    for flag in (False, True):
+        files = c.RoundFiles(art / "rounds" / "1" / f"scores-cal-{flag}")
+        m = c.ScoreManifest(project_id=1, round=1, net=m_tr.net, checkpoint=str(ckpt), active=[True] * 10,
+                            mc_samples=4, seed=0, shards=refs.chunks(len(pool)), out_dir=str(files.dir),
+                            calibrated_scores=flag)
+        path = _write(art / "manifests" / f"score_cal_{flag}.json", m)
+        jobs.score_shard(path, 0)
+        with np.load(files.score_file(0)) as z:
+            out[flag] = {k: z[k] for k in z.files}
+    own, cal = out[False], out[True]
+    np.testing.assert_array_equal(cal["probs"], own["probs"])
+    np.testing.assert_array_equal(cal["p_guess"], own["p_guess"])
+    scaled = torch.from_numpy(calibrated(own["probs"].astype(np.float64), t))
+    np.testing.assert_allclose(cal["col_entropy"], uncertainty.entropy(scaled).numpy(), atol=2e-4)
+    np.testing.assert_allclose(cal["col_margin"], uncertainty.margin(scaled).numpy(), atol=2e-4)
+    assert not np.allclose(cal["col_entropy"], own["col_entropy"], atol=1e-3)
+
+
 def test_same_job_id_enqueued_twice_is_one_job(env):
     s = env["settings"]
     jid = f"{s.queue_prefix}-dup"

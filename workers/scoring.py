@@ -156,7 +156,7 @@ def _head(pooled, w, b, neg_mask):
 
 
 def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, cam_size, members, bf16,
-                 return_maps, start_block=0):
+                 return_maps, start_block=0, temperature=1.0):
     dev = x.device
     # With start_block = k, x is the cached output of the first k (frozen) blocks
     # (workers.trunk_cache) and only the rest of the network runs; every signal below is computed
@@ -173,11 +173,15 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
         c = probs.shape[1]
         top2 = probs.topk(min(2, c), dim=1).indices
         pred = top2[:, 0]
+        # The scores' probabilities: the model's own softmax, or softmax(logits / T) with the
+        # round's temperature (selection.calibrated_scores). `probs` (stored, and calibrated by
+        # the score job for the guess) stays the model's own either way.
+        sp = probs if temperature == 1.0 else (logits / temperature).softmax(dim=1)
 
         cols: dict[str, torch.Tensor] = {
-            "least_confidence": uncertainty.least_confidence(probs),
-            "margin": uncertainty.margin(probs) if c >= 2 else torch.zeros_like(probs[:, 0]),
-            "entropy": uncertainty.entropy(probs),
+            "least_confidence": uncertainty.least_confidence(sp),
+            "margin": uncertainty.margin(sp) if c >= 2 else torch.zeros_like(sp[:, 0]),
+            "entropy": uncertainty.entropy(sp),
         }
 
         wp = w[pred]  # (B, K) head rows of the predicted class
@@ -194,7 +198,7 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
                 scale = keep / (1 - p)  # inverted dropout, as nn.Dropout in train mode
             else:
                 scale = torch.ones((mc_samples, *pooled.shape), device=dev)
-            member_probs.append(_head(pooled[None] * scale, w, b, neg_mask).softmax(dim=-1))
+            member_probs.append((_head(pooled[None] * scale, w, b, neg_mask) / temperature).softmax(dim=-1))
             member_cams.append(torch.einsum("bkhw,tbk->tbhw", a, wp[None] * scale) / hw)
         for snap in members:
             # Snapshot checkpoints (earlier rounds) as extra committee members: one more forward each.
@@ -202,7 +206,7 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
                 sa = snap.features[start_block:](x)  # snapshots share the frozen trunk
             sa = sa.float()
             sw, sb = snap.head.weight.float(), snap.head.bias.float()
-            member_probs.append(_head(sa.mean(dim=(2, 3)), sw, sb, neg_mask).softmax(dim=-1)[None])
+            member_probs.append((_head(sa.mean(dim=(2, 3)), sw, sb, neg_mask) / temperature).softmax(dim=-1)[None])
             member_cams.append((torch.einsum("bkhw,bk->bhw", sa, sw[pred]) / (sa.shape[-2] * sa.shape[-1]))[None])
 
         if member_probs:
@@ -248,7 +252,8 @@ def _progress_cb(progress, total):
 def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, device=None, class_mask=None,
                  cam_threshold: float = 0.5, progress: bool | Callable[[int, int], None] = False,
                  cam_size: int | None = None, members: Sequence = (), bf16: bool | None = None,
-                 return_maps: bool = False, seed: int = 0, start_block: int = 0) -> ScoreResult:
+                 return_maps: bool = False, seed: int = 0, start_block: int = 0,
+                 temperature: float = 1.0) -> ScoreResult:
     """Score uint8 images `(N, H, W, C)` (ndarray or Tensor) with `model` (a CamNet).
 
     start_block = k > 0: `images` are instead the cached outputs `(N, K, h, w)` of the model's
@@ -260,8 +265,13 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
     snapshot models (same classes) added to the committee. cam_size: side of the maps the cam
     scores are computed on (default: twice the feature map's side, at most the input's — the maps
     are bilinear upsamplings of e.g. 7×7, so finer grids change the scores little and cost
-    time: the member maps are T per image). bf16: autocast the backbone on CUDA (default on there). Returns host arrays.
+    time: the member maps are T per image). bf16: autocast the backbone on CUDA (default on there).
+    temperature: the score columns (uncertainty and committee) are computed from softmax(logits / T)
+    (engine.calibration's temperature); the returned probs are the model's own. Returns host arrays.
     """
+    temperature = float(temperature)
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -301,7 +311,8 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
                     x = to_model_input(chunk, model, device=device)
                 outs.append(_score_batch(model, x, w=w, b=b, neg_mask=neg_mask, mc_samples=mc_samples, gen=gen,
                                          cam_threshold=cam_threshold, cam_size=cam_size, members=members,
-                                         bf16=bf16, return_maps=return_maps, start_block=start_block))
+                                         bf16=bf16, return_maps=return_maps, start_block=start_block,
+                                         temperature=temperature))
                 update(min(start + batch_size, n), n)
     finally:
         for m, t in zip((model, *members), was):
