@@ -15,6 +15,8 @@ hooks through the functions here and never name the plug-in:
     export_votes(s, pid, item_ids)             the experts' votes behind exported labels
     wrong_region_votes(s, project, classes)    the experts' wrong-region votes per guessed class,
                                                for the next batch's class budget
+    wrong_region_examples(s, project, limit)   per guessed class, up to `limit` images the experts
+                                               flagged (GET /metrics' shortcut section's examples)
 
 Plug-ins are kept per store (the database the settings name): two apps in one process on
 different stores (as in the tests) each reach their own plug-ins, with their own settings. A
@@ -58,6 +60,9 @@ class Plugin(Protocol):
     def wrong_region_votes(self, s: Session, project: Project) -> dict[str, tuple[int, int]]:
         """{guessed class: (votes saying the model looked at the wrong region, votes)}."""
 
+    def wrong_region_examples(self, s: Session, project: Project, limit: int) -> dict[str, list[int]]:
+        """{guessed class: up to `limit` item ids the experts flagged "wrong region", latest first}."""
+
     def project_figures(self, s: Session, project: Project) -> dict:
         """{key: figures} merged into the project's metrics under `experts`."""
 
@@ -86,6 +91,9 @@ class PluginBase:
         return {}
 
     def wrong_region_votes(self, s: Session, project: Project) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def wrong_region_examples(self, s: Session, project: Project, limit: int) -> dict[str, list[int]]:
         return {}
 
     def project_figures(self, s: Session, project: Project) -> dict:
@@ -214,3 +222,23 @@ def wrong_region_votes(s: Session, project: Project, class_names: list[str]):
                 flagged[index[name]] += int(f)
                 reviewed[index[name]] += int(r)
     return (flagged, reviewed) if reviewed.sum() > 0 else None
+
+
+def wrong_region_examples(s: Session, project: Project, limit: int) -> dict[str, list[int]]:
+    """{guessed class: item ids the experts flagged}, up to `limit` a class, from the plug-ins
+    that implement the hook; one that fails is logged and left out (inside a savepoint)."""
+    out: dict[str, list[int]] = {}
+    for p in _installed_on(s):
+        hook = getattr(p, "wrong_region_examples", None)
+        if hook is None:  # a plug-in written before the hook
+            continue
+        try:
+            with s.begin_nested():
+                got = hook(s, project, limit) or {}
+        except Exception:  # noqa: BLE001 — examples are extra; the metrics go on without them
+            log.exception("the %s plug-in's wrong-region examples failed for project %s", p.name, project.id)
+            continue
+        for name, ids in got.items():
+            here = out.setdefault(name, [])
+            here += [int(i) for i in ids if int(i) not in here][:max(0, limit - len(here))]
+    return out
