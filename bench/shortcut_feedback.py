@@ -1,10 +1,10 @@
 """Explanatory feedback on the shortcut benchmark (issue 25): does a wrong-region vote that trains
 move the model off the shortcut?
 
-`fashion-shortcut` (engine.shortcut_fashion): the colour benchmark's garments with a colour cast
-over everything outside the garment's box; for five classes (the cue-bearing ones) the cast has
+`fashion-shortcut` (engine.shortcut_fashion): the colour benchmark's garments with a solid colour
+over everything outside the garment's box; for five classes (the cue-bearing ones) the colour is
 the class's own colour in 90 % of pool and validation images, the other classes get a colour no
-cue-bearing class owns; in the test split every cast is random. The colour benchmark's settings (pretrained Lite0 at
+cue-bearing class owns; in the test split every colour is random. The colour benchmark's settings (pretrained Lite0 at
 96 px, 7 blocks frozen, the trunk cache, the typical first batch of 50), pool 5,000, validation
 1,000, test 2,000, +50 labels a round for 6 rounds (50 → 350 labels), 10 epochs, `hybrid`.
 
