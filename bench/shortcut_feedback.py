@@ -4,9 +4,11 @@ move the model off the shortcut?
 `fashion-shortcut` (engine.shortcut_fashion): the colour benchmark's garments with a solid colour
 over everything outside the garment's box; for five classes (the cue-bearing ones) the colour is
 the class's own colour in 90 % of pool and validation images, the other classes get a colour no
-cue-bearing class owns; in the test split every colour is random. The colour benchmark's settings (pretrained Lite0 at
-96 px, 7 blocks frozen, the trunk cache, the typical first batch of 50), pool 5,000, validation
-1,000, test 2,000, +50 labels a round for 6 rounds (50 → 350 labels), 10 epochs, `hybrid`.
+cue-bearing class owns; in the test split every colour is random. The colour benchmark's settings
+(pretrained Lite0 at 96 px, 7 blocks frozen, the trunk cache, the typical first batch of 50), pool
+5,000, validation 1,000, test 2,000, +50 labels a round for 6 rounds (50 → 350 labels), 10 epochs,
+`hybrid` (docs/benchmarks.md's second measurement reduced it with --config: pool 2,000,
+validation 500, test 1,000, 5 rounds, 50 → 300 labels).
 
 Conditions (one run of `workers.simulate.run_simulation` each, what `camloop simulate` runs):
 

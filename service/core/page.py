@@ -562,9 +562,11 @@ def _shortcut(m: dict, images: dict[int, str]) -> str:
         if not v.get("votes") and not v.get("maps"):
             continue
         tag = ' <span class="tag">suspect</span>' if v.get("suspect") else ""
-        rows.append(f'<tr><th class="cls">{esc(n)}{tag}</th>'
-                    f'<td>{_count_share(v.get("wrong_region"), v.get("votes"), v.get("flagged_share"), v.get("flagged_low"), v.get("flagged_high"))}</td>'
-                    f'<td>{_count_share(v.get("maps_outside"), v.get("maps"), v.get("outside_share"), v.get("outside_low"), v.get("outside_high"))}</td>'
+        votes = _count_share(v.get("wrong_region"), v.get("votes"), v.get("flagged_share"), v.get("flagged_low"),
+                             v.get("flagged_high"))
+        maps = _count_share(v.get("maps_outside"), v.get("maps"), v.get("outside_share"), v.get("outside_low"),
+                            v.get("outside_high"))
+        rows.append(f'<tr><th class="cls">{esc(n)}{tag}</th><td>{votes}</td><td>{maps}</td>'
                     f'<td>{pct(v.get("mean_inside"), 0)}</td></tr>')
     table = ('<table class="heat" id="shortcut-table"><tr><th>model\'s guess</th><th>experts\' votes: wrong region</th>'
              '<th>maps mostly outside the region</th><th>mean map mass inside</th></tr>' + "".join(rows) + "</table>")

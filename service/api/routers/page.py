@@ -7,8 +7,9 @@
 
 The page is what dashboards and wall screens poll, so it is served from the same cache as GET
 metrics (service.api.cache: rendered bytes, single flight, stale while revalidate). Its images
-(the last batch's Grad-CAM overlays, the shortcut section's examples) are signed URLs of the signed-media routes, relative to the
-page, so the page works behind a proxy and with no key in the browser.
+(the last batch's Grad-CAM overlays, the shortcut section's examples) are signed URLs of the
+signed-media routes, relative to the page, so the page works behind a proxy and with no key in
+the browser.
 """
 from __future__ import annotations
 
