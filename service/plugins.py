@@ -18,6 +18,8 @@ hooks through the functions here and never name the plug-in:
     flagged_regions(s, project)                the images experts flagged "wrong region", with the
                                                region they drew (or None), for the counterexamples
                                                of explanatory feedback (config feedback)
+    wrong_region_examples(s, project, limit)   per guessed class, up to `limit` images the experts
+                                               flagged (GET /metrics' shortcut section's examples)
 
 Plug-ins are kept per store (the database the settings name): two apps in one process on
 different stores (as in the tests) each reach their own plug-ins, with their own settings. A
@@ -61,6 +63,9 @@ class Plugin(Protocol):
     def wrong_region_votes(self, s: Session, project: Project) -> dict[str, tuple[int, int]]:
         """{guessed class: (votes saying the model looked at the wrong region, votes)}."""
 
+    def wrong_region_examples(self, s: Session, project: Project, limit: int) -> dict[str, list[int]]:
+        """{guessed class: up to `limit` item ids the experts flagged "wrong region", latest first}."""
+
     def project_figures(self, s: Session, project: Project) -> dict:
         """{key: figures} merged into the project's metrics under `experts`."""
 
@@ -93,6 +98,9 @@ class PluginBase:
         return {}
 
     def wrong_region_votes(self, s: Session, project: Project) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def wrong_region_examples(self, s: Session, project: Project, limit: int) -> dict[str, list[int]]:
         return {}
 
     def project_figures(self, s: Session, project: Project) -> dict:
@@ -242,4 +250,24 @@ def flagged_regions(s: Session, project: Project) -> dict[int, list[int] | None]
         for item_id, box in got.items():
             if out.get(int(item_id)) is None:
                 out[int(item_id)] = list(box) if box is not None else None
+    return out
+
+
+def wrong_region_examples(s: Session, project: Project, limit: int) -> dict[str, list[int]]:
+    """{guessed class: item ids the experts flagged}, up to `limit` a class, from the plug-ins
+    that implement the hook; one that fails is logged and left out (inside a savepoint)."""
+    out: dict[str, list[int]] = {}
+    for p in _installed_on(s):
+        hook = getattr(p, "wrong_region_examples", None)
+        if hook is None:  # a plug-in written before the hook
+            continue
+        try:
+            with s.begin_nested():
+                got = hook(s, project, limit) or {}
+        except Exception:  # noqa: BLE001 — examples are extra; the metrics go on without them
+            log.exception("the %s plug-in's wrong-region examples failed for project %s", p.name, project.id)
+            continue
+        for name, ids in got.items():
+            here = out.setdefault(name, [])
+            here += [int(i) for i in ids if int(i) not in here][:max(0, limit - len(here))]
     return out

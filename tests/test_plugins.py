@@ -42,6 +42,11 @@ class Recorder(PluginBase):
             raise RuntimeError("ledger unreadable")
         return self.votes
 
+    def wrong_region_examples(self, s, project, limit):
+        if self.fail:
+            raise RuntimeError("ledger unreadable")
+        return {k: list(v)[:limit] for k, v in getattr(self, "examples", {}).items()}
+
 
 class Other(Recorder):
     name = "other"
@@ -111,6 +116,27 @@ def test_no_votes_is_none_and_a_failing_source_is_left_out(stores):
         flagged, reviewed = plugins.wrong_region_votes(s, s.get(Project, 1), ["x", "y", "z"])
         assert np.array_equal(reviewed, [0, 2, 0]) and np.array_equal(flagged, [0, 1, 0])
         s.get(Project, 1).name = "still usable"  # the failed source's savepoint left the transaction alive
+    with session_scope(a) as s:
+        assert s.get(Project, 1).name == "still usable"
+
+
+def test_wrong_region_examples_merge_per_class_up_to_the_limit_and_a_failing_source_is_left_out(stores):
+    (a, _), installed = stores
+    with session_scope(a) as s:
+        assert plugins.wrong_region_examples(s, s.get(Project, 1), 3) == {}  # nothing installed
+    _install(installed, Recorder(a, fail=True))
+    first = _install(installed, Other(a))
+    first.examples = {"x": [7, 8], "y": [1]}
+
+    class Third(Recorder):
+        name = "third"
+        examples = {"x": [8, 9, 10, 11], "z": [4]}
+
+    _install(installed, Third(a))
+    with session_scope(a) as s:
+        got = plugins.wrong_region_examples(s, s.get(Project, 1), 3)
+        s.get(Project, 1).name = "still usable"
+    assert got == {"x": [7, 8, 9], "y": [1], "z": [4]}  # each id once, at most 3 a class
     with session_scope(a) as s:
         assert s.get(Project, 1).name == "still usable"
 

@@ -1,7 +1,8 @@
-"""engine.shortcut_fashion: the corner mark names the class at the cue rate in pool and
-validation and at chance in the test split; every region lies inside its image, covers its garment
-and misses the mark; `camloop sample-photos --shortcut` writes class folders and regions.json,
-the same for the same seed."""
+"""engine.shortcut_fashion: the colour cast outside the garment's box names a cue-bearing class
+at the cue rate in pool and validation, says nothing of the other classes, and is random in the
+test split; the pixels are the composite with the cast outside the box only; every region lies
+inside its image and covers its garment; `camloop sample-photos --shortcut` writes class folders
+and regions.json, the same for the same seed."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,8 @@ from typer.testing import CliRunner
 
 from engine.colour_fashion import _composite
 from engine.datasets import NAMED, NAMED_MODEL_DEFAULTS, load_image_folder
-from engine.shortcut_fashion import CUE_COLOURS, GARMENT_SCALE, load_fashion_shortcut, mark_side
+from engine.shortcut_fashion import (CAST, CUE_CLASSES, CUE_COLOURS, GARMENT_SCALE, cast_outside,
+                                     load_fashion_shortcut)
 
 runner = CliRunner()
 
@@ -24,42 +26,59 @@ def parts():
     return load_fashion_shortcut(0, pool=600, val=200, test=600, with_cues=True, side=64)
 
 
-def _mark_class(images: np.ndarray) -> np.ndarray:
-    m = mark_side(images.shape[1])
-    corner = images[:, :m, :m].reshape(len(images), -1, 3).mean(1)
-    return np.argmin(((corner[:, None, :] - CUE_COLOURS[None].astype(float)) ** 2).sum(-1), axis=1)
+def _recomposite(d, split: int, side: int = 64):
+    """The garments of part `split` composited again with the generator's own stream (no cast)."""
+    from engine.colour_fashion import split_fashion
+
+    train, official_test, pool_i, val_i, test_i = split_fashion(0, 600, 200, 600)
+    src = [train.subset(pool_i), train.subset(val_i), official_test.subset(test_i)][split]
+    rng = np.random.default_rng([0, split, side, 25])
+    return [_composite(src.images[i, ..., 0], rng, side, scale=GARMENT_SCALE) for i in range(len(src))]
 
 
-def test_the_cue_names_the_class_at_the_rate_in_pool_and_val_and_at_chance_in_test(parts):
+def test_the_cast_names_cue_bearing_classes_at_the_rate_in_pool_and_val_and_at_chance_in_test(parts):
     (pool, pc), (val, vc), (test, tc) = parts
-    assert abs((pc == pool.labels).mean() - 0.9) < 0.04
-    assert abs((vc == val.labels).mean() - 0.9) < 0.06
+    bearing = np.isin(pool.labels, CUE_CLASSES)
+    assert abs((pc == pool.labels)[bearing].mean() - 0.9) < 0.05
+    assert abs((vc == val.labels)[np.isin(val.labels, CUE_CLASSES)].mean() - 0.9) < 0.08
+    # The other classes get the colour of a class without a cue: a cue colour never names them.
+    assert not np.isin(pc[~bearing], CUE_CLASSES).any()
+    assert len(np.unique(pc[~bearing])) == 10 - len(CUE_CLASSES)
+    # So a cue colour names its class in the pool (the shortcut), far above chance.
+    for c in CUE_CLASSES:
+        assert (pool.labels[pc == c] == c).mean() > 0.85
+    # Test: uniformly random over all ten colours, for every class.
     assert abs((tc == test.labels).mean() - 0.1) < 0.04
-    # The pixels carry it: the corner's colour is the cue's.
-    for d, cues in ((pool, pc), (test, tc)):
-        assert (_mark_class(d.images) == cues).all()
-    # Wrong cues in the pool spread over the other classes.
-    wrong = pc[pc != pool.labels]
-    assert len(np.unique(wrong)) >= 8
+    assert np.isin(tc[~np.isin(test.labels, CUE_CLASSES)], CUE_CLASSES).mean() > 0.4
+    # Wrong cues in the pool spread over the other colours.
+    assert len(np.unique(pc[bearing & (pc != pool.labels)])) >= 8
 
 
-def test_regions_lie_in_the_image_cover_the_garment_and_miss_the_mark(parts):
-    side, m = 64, mark_side(64)
+def test_the_pixels_are_the_composite_with_the_cast_outside_the_box_only(parts):
+    for split in (0, 2):
+        d, cues = parts[split]
+        for i, (img, mask, box) in enumerate(_recomposite(d, split)[:40]):
+            assert tuple(d.regions[i]) == tuple(box)
+            x0, y0, x1, y1 = box
+            assert mask.any() and not mask[:y0].any() and not mask[y1:].any()  # the box covers the garment
+            assert not mask[:, :x0].any() and not mask[:, x1:].any()
+            assert np.array_equal(d.images[i], cast_outside(img, box, CUE_COLOURS[cues[i]]))
+            assert np.array_equal(d.images[i, y0:y1, x0:x1], img[y0:y1, x0:x1])  # inside: untouched
+            outside = np.ones((64, 64), bool)
+            outside[y0:y1, x0:x1] = False
+            want = (1 - CAST) * img[outside].astype(float) + CAST * CUE_COLOURS[cues[i]]
+            assert np.abs(d.images[i][outside] - want).max() <= 0.5 + 1e-9
+
+
+def test_regions_lie_in_the_image_and_leave_room_for_the_cast(parts):
+    side = 64
     for d, _ in parts:
         r = d.regions
         assert r.shape == (len(d), 4)
         assert (r[:, 0] >= 0).all() and (r[:, 1] >= 0).all() and (r[:, 2] <= side).all() and (r[:, 3] <= side).all()
         assert (r[:, 2] > r[:, 0]).all() and (r[:, 3] > r[:, 1]).all()
-        assert ((r[:, 0] >= m) | (r[:, 1] >= m)).all()  # off the top-left mark
-    # Covering: the colour generator's own mask (garment pixels) lies inside the box it returns.
-    from engine.fashion_mnist import load_fashion_mnist
-
-    train, _ = load_fashion_mnist()
-    rng = np.random.default_rng(0)
-    for i in range(30):
-        _, mask, (x0, y0, x1, y1) = _composite(train.images[i, ..., 0], rng, 64, avoid=m, scale=GARMENT_SCALE)
-        assert mask.any() and not mask[:y0].any() and not mask[y1:].any()
-        assert not mask[:, :x0].any() and not mask[:, x1:].any()
+        area = (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]) / side ** 2
+        assert area.max() <= GARMENT_SCALE[1] ** 2 + 0.02  # the cast covers half the image or more
 
 
 def test_seeded_and_a_named_data_set_with_the_colour_model(parts):

@@ -332,6 +332,14 @@ class MetricsOut(BaseModel):
                                          "bootstrap interval; none: unbounded), `verdict` (paying_off | "
                                          "not_paying_off | too_early), `advice`, `reset_at_round`; none before a "
                                          "model trained with random labels to compare")
+    shortcut: dict[str, Any] | None = Field(None, description="where the model looks (issue 25), per guessed "
+                                            "class: the experts' wrong-region votes (`votes`, `wrong_region`, "
+                                            "`flagged_share` with Wilson `flagged_low`/`flagged_high`) and, where "
+                                            "items have a known region, the queued images' Grad-CAM maps (`maps`, "
+                                            "`maps_outside`: under half the mass inside, `outside_share` with its "
+                                            "interval, `mean_inside`), `suspect` and up to 3 `examples` (item ids); "
+                                            "`suspect` lists the classes, `map_rounds` the rounds whose maps were "
+                                            "read; none before a vote or a judged map")
 
 
 class LabelOut(BaseModel):

@@ -22,11 +22,12 @@ def sample_photos(
     per_class: int = typer.Option(40, help="photos of each of the 10 garment classes"),
     side: int = typer.Option(128, help="side of the square photos, pixels (32–512)"),
     seed: int = typer.Option(0, help="the same seed writes the same photos"),
-    shortcut: bool = typer.Option(False, "--shortcut", help="add a shortcut: a coloured square in the top-left "
-                                  "corner names the class in --cue-rate of the photos; also write regions.json "
-                                  "(each garment's box) beside the class folders"),
-    cue_rate: float = typer.Option(DEFAULT_CUE_RATE, help="with --shortcut: share of photos whose corner mark has "
-                                   "their own class's colour (0.1: the mark says nothing)"),
+    shortcut: bool = typer.Option(False, "--shortcut", help="add a shortcut: a solid colour over everything outside "
+                                  "the garment names the class in --cue-rate of the photos of five classes (T-shirt/top, "
+                                  "Pullover, Coat, Shirt, Bag); also write regions.json (each garment's box) beside "
+                                  "the class folders"),
+    cue_rate: float = typer.Option(DEFAULT_CUE_RATE, help="with --shortcut: share of a cue-bearing class's photos "
+                                   "whose background has their own class's colour (0.1: it says nothing)"),
 ) -> None:
     """Write colour sample photos (garments on textured backgrounds) to try camloop with."""
     try:
@@ -41,5 +42,5 @@ def sample_photos(
         typer.secho(str(e), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {n} colour photos ({per_class} a class, {side} px) in {out}/<class>/"
-               + (f", each garment's box in {out}/regions.json; a corner mark names the class in {cue_rate:.0%} "
-                  "of them" if shortcut else ""))
+               + (f", each garment's box in {out}/regions.json; a background colour names the class in {cue_rate:.0%} "
+                  "of the photos of five classes" if shortcut else ""))

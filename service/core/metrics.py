@@ -5,7 +5,9 @@ round held out: its validation split, or, without one, the random control slice'
 (engine.control: the latest rounds' control labels pooled, each against the guess of the model
 that chose it; per class where a class has enough of them), else held-out labeled images. The
 answer says which and how many (`evaluated_on`, `evidence`); `control` holds every round's
-control estimate. Plug-ins add per-class and project figures (service.plugins.class_figures and
+control estimate; `shortcut` says where the model looks (service.core.shortcut: the experts'
+wrong-region votes and the queued maps against known regions, per guessed class). Plug-ins add
+per-class and project figures (service.plugins.class_figures and
 project_figures: the Label Studio bridge adds the experts' votes, anchoring, second opinions and
 estimated quality); the core never imports them.
 """
@@ -20,6 +22,8 @@ from engine.control import CONTROL, with_control
 from engine.decisions import evidence_of, stopping_signal
 from service import plugins
 from service.core import control as control_slice
+from service.core.shortcut import shortcut_section
+from service.settings import Settings
 from service.store import Item, ItemStatus, ModelVersion, Project, ProjectClass, Round, RoundState
 
 _KEYS = ("accuracy", "precision", "recall", "f1", "support")
@@ -45,7 +49,9 @@ def _evidence_note(metrics: dict) -> dict | None:
     return {"source": source, "n": n, "note": notes.get(source, "")}
 
 
-def project_metrics(s: Session, project: Project) -> dict:
+def project_metrics(s: Session, project: Project, settings: Settings | None = None) -> dict:
+    """GET /metrics' answer. `settings` (the installation's files): without them the shortcut
+    section reads the votes only, not the maps against known regions."""
     classes = list(s.scalars(select(ProjectClass).where(ProjectClass.project_id == project.id)
                              .order_by(ProjectClass.index)))
     names = [c.name for c in classes]
@@ -142,7 +148,8 @@ def project_metrics(s: Session, project: Project) -> dict:
             "control": control,
             # The audit of the lift (engine.audit): computed once when the latest model was
             # registered, from its shadow models on random labels; read here, never recomputed.
-            "audit": lm.get("audit")}
+            "audit": lm.get("audit"),
+            "shortcut": shortcut_section(s, settings, project, names)}
 
 
 def _control_config(project: Project) -> ControlConfig:

@@ -13,7 +13,9 @@ What it shows, each section from its key of the metrics (a key another part fill
   curve (labels → accuracy; the audit's random curve and the control's intervals when there),
   per-class accuracy by round (the control's Wilson intervals when there) and the latest
   model's per class with intervals, the confusion matrix, the stopping signal, the audit's
-  verdict and advice, the queue's progress, the last batch's Grad-CAM grid with guesses and answers.
+  verdict and advice, the queue's progress, the last batch's Grad-CAM grid with guesses and answers,
+  and where the model looks ("shortcut": the suspect classes named, per guessed class the share
+  of maps the experts flagged and of maps outside known regions, example overlays).
 
 `render(PageInput) -> str` is pure (no store, no files): the route passes signed URLs of the
 images, the demo the names of the files it wrote beside the HTML. `latest_batch` and
@@ -73,6 +75,9 @@ class PageInput:
     refresh_s: int | None = None        # reload every so many seconds; None: never (idle, or a snapshot)
     notes: list[str] = field(default_factory=list)
     share_note: str | None = None
+    # The shortcut section's example images (item id → URL of its Grad-CAM overlay); an example
+    # without one is named by its id.
+    shortcut_images: dict[int, str] = field(default_factory=dict)
 
 
 def running(metrics: dict) -> bool:
@@ -540,6 +545,50 @@ def _grid(batch: list[BatchImage], round_no: int | None) -> str:
             f'guess (red: most), and what the expert answered.</p><div class="grid">{"".join(figs)}</div>')
 
 
+def _count_share(k, n, share, lo, hi) -> str:
+    if not n:
+        return '<span class="muted">—</span>'
+    return f'{pct(share, 0)} <span class="ci">{int(k)} of {int(n)} · {interval(lo, hi, 2)}</span>'
+
+
+def _shortcut(m: dict, images: dict[int, str]) -> str:
+    sc = m.get("shortcut")
+    if not sc:
+        return ('<p class="muted" id="shortcut-none">Not yet: no expert has said "the model looked at the wrong '
+                'region", and no queued image with a known region (a regions.json beside the registered folder) '
+                'has a Grad-CAM map to judge.</p>')
+    suspect = sc.get("suspect") or []
+    pc = sc.get("per_class") or {}
+    head = (f'<p id="shortcut-suspect">Suspect: <b>{esc(", ".join(suspect))}</b> — when the model guesses '
+            f'{"this class" if len(suspect) == 1 else "these classes"}, it mostly looks outside the object: it may '
+            f'be right for the wrong reason (a background, a mark, the lighting).</p>' if suspect else
+            '<p id="shortcut-suspect">No suspect class: the model mostly looks at the object.</p>')
+    rows = []
+    for n, v in pc.items():
+        if not v.get("votes") and not v.get("maps"):
+            continue
+        tag = ' <span class="tag">suspect</span>' if v.get("suspect") else ""
+        votes = _count_share(v.get("wrong_region"), v.get("votes"), v.get("flagged_share"), v.get("flagged_low"),
+                             v.get("flagged_high"))
+        maps = _count_share(v.get("maps_outside"), v.get("maps"), v.get("outside_share"), v.get("outside_low"),
+                            v.get("outside_high"))
+        rows.append(f'<tr><th class="cls">{esc(n)}{tag}</th><td>{votes}</td><td>{maps}</td>'
+                    f'<td>{pct(v.get("mean_inside"), 0)}</td></tr>')
+    table = ('<table class="heat" id="shortcut-table"><tr><th>model\'s guess</th><th>experts\' votes: wrong region</th>'
+             '<th>maps mostly outside the region</th><th>mean map mass inside</th></tr>' + "".join(rows) + "</table>")
+    figs = []
+    for n in suspect:
+        for iid in (pc.get(n) or {}).get("examples") or []:
+            url = images.get(int(iid))
+            pic = (f'<img src="{esc(url)}" alt="Grad-CAM of item {int(iid)}" loading="lazy" width="160" height="160">'
+                   if url else '<div class="noimg">no picture</div>')
+            figs.append(f'<figure>{pic}<figcaption>guess: {esc(n)}<br>item {int(iid)}</figcaption></figure>')
+    grid = (f'<p class="muted small">Examples: where the model looked for its guess (red: most).</p>'
+            f'<div class="grid" id="shortcut-examples">{"".join(figs)}</div>' if figs else "")
+    return (head + f'<div class="scroll">{table}</div><p class="small muted">{esc(sc.get("rule") or "")}; 95 % '
+            f'Wilson intervals.</p>' + grid)
+
+
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2329;background:#f6f7f9;margin:0}
 main{max-width:1100px;margin:0 auto;padding:18px 22px 40px}
@@ -601,6 +650,7 @@ def render(p: PageInput) -> str:
         # confusion_on: the confusion matrix is never read on the control slice (too few images)
         ("Confusion matrix" + (f" ({esc(on)})" if (on := m.get("confusion_on") or m.get("evaluated_on")) else ""),
          confusion_svg(conf, names) if conf else '<p class="muted">No confusion matrix yet.</p>'),
+        ("Where the model looks", _shortcut(m, p.shortcut_images)),
         ("Stopping signal", _stopping(m)),
         ("Queue", _queue(p.queue)),
         ("Last batch: Grad-CAM, guesses and answers", _grid(p.batch, p.queue.round if p.queue else None)),

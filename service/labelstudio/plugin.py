@@ -7,7 +7,7 @@ camloop calls (service.plugins); the routes it adds; the background poll.
     hooks       project_created  create or attach the experts' project (config `ls_project_id`)
                 round_entered    a note in the project's instructions while a batch is prepared
                 batch_ready      withdraw the untouched tasks the new batch replaces, push it
-                class_figures, wrong_region_votes   the experts' votes, from the ledger
+                class_figures, wrong_region_votes, wrong_region_examples   the experts' votes, from the ledger
                 project_figures  anchoring per expert, second opinions, expert quality
                 export_votes     the votes behind each exported label
     calls       connect_project, push_round, withdraw_open_tasks, handle_webhook, poll_project,
@@ -49,7 +49,8 @@ from service.labelstudio.store_apply import apply_to_store
 from service.labelstudio.webhook import (WebhookError, check_project_secret, parse_payload, project_id_of,
                                          project_secret, webhook_key)
 from service.labelstudio.regions import file_size
-from service.labelstudio.wrong_region import flagged_items, per_class_fields, wrong_region_votes
+from service.labelstudio.wrong_region import (flagged_items, per_class_fields, wrong_region_examples,
+                                              wrong_region_votes)
 from service.plugins import PluginBase
 from service.rounds.progress import eta_and_labels
 from service.runtime.failure_log import FailureStreak
@@ -177,6 +178,10 @@ class LabelStudioPlugin(PluginBase):
     def wrong_region_votes(self, s: Session, project: Project) -> dict[str, tuple[int, int]]:
         """Per guessed class, (wrong-region votes, votes) from the ledger."""
         return {c: (v["wrong_region"], v["votes"]) for c, v in wrong_region_votes(s, project.id).items()}
+
+    def wrong_region_examples(self, s: Session, project: Project, limit: int) -> dict[str, list[int]]:
+        """Per guessed class, up to `limit` images whose map experts flagged, newest first."""
+        return wrong_region_examples(s, project.id, limit)
 
     def flagged_regions(self, s: Session, project: Project) -> dict[int, list[int] | None]:
         """The items experts flagged "wrong region", with the newest region drawn (or None)."""

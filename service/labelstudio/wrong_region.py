@@ -54,6 +54,26 @@ def wrong_region_votes(s: Session, project_id: int) -> dict[str, dict]:
     return out
 
 
+def wrong_region_examples(s: Session, project_id: int, limit: int) -> dict[str, list[int]]:
+    """guessed class → up to `limit` item ids whose map an expert flagged "wrong region", newest
+    first (the votes `wrong_region_votes` counts: usable, on tasks that showed the map)."""
+    guess = QueueEntry.pred
+    rows = s.execute(
+        select(guess, a.c.item_id)
+        .select_from(a)
+        .join(Round, and_(Round.project_id == a.c.project_id, Round.number == a.c.round))
+        .join(QueueEntry, and_(QueueEntry.round_id == Round.id, QueueEntry.item_id == a.c.item_id))
+        .where(_usable(project_id), guess.is_not(None), a.c.wrong_region.is_(True),
+               tuple_(a.c.round, a.c.item_id).not_in(hidden_tasks(project_id)))
+        .order_by(a.c.seen_at.desc(), a.c.annotation_id.desc())).all()
+    out: dict[str, list[int]] = {}
+    for guessed, item_id in rows:
+        here = out.setdefault(guessed, [])
+        if len(here) < limit and int(item_id) not in here:
+            here.append(int(item_id))
+    return out
+
+
 def expert_votes(s: Session, project_id: int) -> dict[str, int]:
     """expert's class → number of usable votes for it."""
     rows = s.execute(select(a.c.label, func.count()).where(_usable(project_id)).group_by(a.c.label)).all()

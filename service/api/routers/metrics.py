@@ -37,7 +37,7 @@ def metrics_dict(settings: Settings, pid: int) -> dict:
     """GET metrics's answer as JSON-ready data (the page draws the same)."""
     nudge(settings, pid, force=False)
     with session_scope(settings) as s:
-        out = metrics_svc.project_metrics(s, projects_svc.get_project(s, pid))
+        out = metrics_svc.project_metrics(s, projects_svc.get_project(s, pid), settings)
     return jsonable_encoder(MetricsOut.model_validate(out))
 
 

@@ -7,8 +7,9 @@
 
 The page is what dashboards and wall screens poll, so it is served from the same cache as GET
 metrics (service.api.cache: rendered bytes, single flight, stale while revalidate). Its images
-(the last batch's Grad-CAM overlays) are signed URLs of the signed-media routes, relative to the
-page, so the page works behind a proxy and with no key in the browser.
+(the last batch's Grad-CAM overlays, the shortcut section's examples) are signed URLs of the
+signed-media routes, relative to the page, so the page works behind a proxy and with no key in
+the browser.
 """
 from __future__ import annotations
 
@@ -68,8 +69,16 @@ def _render(settings: Settings, pid: int) -> bytes:
                                              status=it.status, control=bool(getattr(e, "control", False)),
                                              image_url=img, heatmap_url=heat))
         name = project.name
+
+    def overlay(item_id: int) -> str:
+        return _relative(signer.sign(f"{HEATMAPS_PREFIX}/{pid}/{int(item_id)}.png", now=now, ttl_s=ttl),
+                         signer.base_url)
+
+    # The shortcut section's examples: images whose maps were judged, so their overlays exist.
+    examples = {int(i): overlay(i) for v in ((metrics.get("shortcut") or {}).get("per_class") or {}).values()
+                for i in v.get("examples") or []}
     html = page_svc.render(page_svc.PageInput(
-        title=f"camloop · {name}", metrics=metrics, batch=batch, queue=queue,
+        title=f"camloop · {name}", metrics=metrics, batch=batch, queue=queue, shortcut_images=examples,
         generated=datetime.now(timezone.utc).strftime("drawn %Y-%m-%d %H:%M:%S UTC"),
         refresh_s=page_svc.REFRESH_S if page_svc.running(metrics) else None))
     return html.encode()
