@@ -169,3 +169,14 @@ def test_metrics_and_page_report_the_class_the_votes_and_the_regions_flag(api):
     for src in srcs:  # signed overlays that answer without a key
         r = c.get(urljoin(f"http://testserver/api/v1/projects/{pid}/page", src), headers={"Authorization": ""})
         assert r.status_code == 200 and r.headers["content-type"] == "image/png", src
+
+    # The Label Studio plug-in's examples: the flagged images of the target, newest vote first,
+    # at most `limit`; a class nobody flagged has none.
+    from service import plugins
+    from service.store import Project
+
+    flagged = [e["item_id"] for e in items if e["item_id"] in guesses and guesses[e["item_id"]] == target]
+    with session_scope(settings) as s:
+        got = plugins.wrong_region_examples(s, s.get(Project, pid), 2)
+    # (the same seen_at: the later annotation, a higher id, comes first)
+    assert set(got) == {target} and got[target] == flagged[::-1][:2]
