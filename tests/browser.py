@@ -103,6 +103,18 @@ def log_in(driver, ls_url: str, email: str, password: str) -> None:
         raise AssertionError(f"login of {email} failed:\n{body_text(driver)[:300]}") from None
 
 
+def sign_up(driver, ls_url: str, invite_token: str, email: str, password: str) -> None:
+    """What an invited expert does: open the invite link, fill in the form, land logged in."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{ls_url}/user/signup/?token={invite_token}")
+    driver.find_element(By.NAME, "email").send_keys(email)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+    WebDriverWait(driver, 120).until(lambda d: "/user/signup" not in d.current_url)
+
+
 def pictures(driver) -> list[dict]:
     """The editor's pictures in page order: natural and on-screen size, position."""
     return driver.execute_script(_PICTURES)

@@ -23,7 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service.labelstudio import config as cfg
 from tests.browser import (LOAD_ERROR, NO_MORE, body_text, chromium, click_choice, console,  # noqa: F401 (fixture)
-                           pictures, submit, task_on_screen)
+                           pictures, sign_up, submit, task_on_screen)
 from tests.labelstudio_server import label_studio  # noqa: F401  (session fixture)
 from tests.labelstudio_stack import served_stack, stack_logs
 from tests.worker_proc import digits_arrays, wait_for, write_pngs
@@ -98,12 +98,7 @@ def _project_with_a_round_to_label(stack) -> tuple[int, int, dict[str, str], lis
 
 def _sign_up(driver, stack, email: str, password: str) -> None:
     """What an invited expert does: open the invite link, fill in the form, land logged in."""
-    invite = _ok(stack["ls"].get("/api/invite"))["token"]
-    driver.get(f"{stack['ls_url']}/user/signup/?token={invite}")
-    driver.find_element(By.NAME, "email").send_keys(email)
-    driver.find_element(By.NAME, "password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    WebDriverWait(driver, 120).until(lambda d: "/user/signup" not in d.current_url)
+    sign_up(driver, stack["ls_url"], _ok(stack["ls"].get("/api/invite"))["token"], email, password)
     who = driver.execute_script("return fetch('/api/current-user/whoami').then(r => r.json())")
     assert who.get("email") == email, who
 

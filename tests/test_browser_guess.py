@@ -21,7 +21,7 @@ from service.labelstudio.second_opinion import SECOND, on_labeling
 from service.store import Round
 from service.store.db import session_scope
 from tests.browser import (LOAD_ERROR, NO_MORE, body_text, chromium, click_choice, console,  # noqa: F401
-                           pictures, submit, task_on_screen)
+                           pictures, sign_up, submit, task_on_screen)
 from tests.labelstudio_server import label_studio  # noqa: F401  (session fixture)
 from tests.test_labelstudio_store import CLASSES, _make_project, annotate, env, ls_tasks  # noqa: F401
 
@@ -64,12 +64,8 @@ def test_an_expert_sees_each_guess_mode_and_a_blind_second_opinion(env, chromium
 
     driver = chromium
     # An invited expert signs up (as in tests/test_browser_expert.py): not one of round 1's experts.
-    invite = env["ls"].get("/api/invite").json()["token"]
-    driver.get(f"{st.label_studio_url}/user/signup/?token={invite}")
-    driver.find_element(By.NAME, "email").send_keys(f"guess-expert-{env['app'].port}@camloop.test")
-    driver.find_element(By.NAME, "password").send_keys("a-Person's-password-1")
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    WebDriverWait(driver, 120).until(lambda d: "/user/signup" not in d.current_url)
+    sign_up(driver, st.label_studio_url, env["ls"].get("/api/invite").json()["token"],
+            f"guess-expert-{env['app'].port}@camloop.test", "a-Person's-password-1")
     shots = tmp_path / "screens"
     shots.mkdir()
 

@@ -31,7 +31,7 @@ from service.labelstudio.wrong_region import flagged_items
 from service.store import Item, ModelVersion, QueueEntry, Round
 from service.store.db import session_scope
 from tests.browser import (LOAD_ERROR, NO_MORE, body_text, chromium, click_choice, console,  # noqa: F401
-                           pictures, submit, task_on_screen)
+                           pictures, sign_up, submit, task_on_screen)
 from tests.labelstudio_server import label_studio  # noqa: F401  (session fixture)
 from tests.test_labelstudio_store import CLASSES, env  # noqa: F401  (module fixture)
 
@@ -118,12 +118,8 @@ def test_an_expert_draws_the_right_region_and_camloop_stores_it_in_file_pixels(e
     assert env["ls"].get(f"/api/projects/{ls_pid}").json()["label_config"] == cfg.labeling_config(CLASSES)
 
     driver = chromium
-    invite = env["ls"].get("/api/invite").json()["token"]
-    driver.get(f"{st.label_studio_url}/user/signup/?token={invite}")
-    driver.find_element(By.NAME, "email").send_keys(f"region-expert-{env['app'].port}@camloop.test")
-    driver.find_element(By.NAME, "password").send_keys("a-Person's-password-1")
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    WebDriverWait(driver, 120).until(lambda d: "/user/signup" not in d.current_url)
+    sign_up(driver, st.label_studio_url, env["ls"].get("/api/invite").json()["token"],
+            f"region-expert-{env['app'].port}@camloop.test", "a-Person's-password-1")
     shots = tmp_path / "screens"
     shots.mkdir()
 
