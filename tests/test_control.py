@@ -15,7 +15,7 @@ from engine.decisions import Evidence
 from engine.plan import TrainedModel
 from engine.selection import control_slice, select_from_scores
 from strategies.audit import control_estimate, pool_estimates, proportion, wilson
-from tests.score_files import ramp_score_file
+from tests.score_files import synthetic_score_file
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -90,7 +90,7 @@ def _select(files, number=2, share=0.1, budget=100, reserve=20, drop=None, seed=
 
 
 def test_the_control_share_replaces_the_lowest_ranked_picks_and_keeps_the_reserve(tmp_path):
-    f = [ramp_score_file(tmp_path / "s0.npz", range(1, 2001))]
+    f = [synthetic_score_file(tmp_path / "s0.npz", range(1, 2001))]
     plain, ctl = _select(f, share=0), _select(f)
     assert plain.n_control == 0 and not any(p.control for p in plain.batch)
     assert ctl.n_control == 10 and sum(p.control for p in ctl.batch) == 10 and len(ctl.batch) == 100
@@ -110,11 +110,11 @@ def test_the_control_share_replaces_the_lowest_ranked_picks_and_keeps_the_reserv
 
 
 def test_control_picks_are_uniform_over_the_candidates_and_their_places_random(tmp_path):
-    f = [ramp_score_file(tmp_path / "s0.npz", range(1, 1001))]
+    f = [synthetic_score_file(tmp_path / "s0.npz", range(1, 1001))]
     drop = np.arange(1, 1001, 10)          # labeled meanwhile: never candidates
     gated = np.zeros(1000, bool)
     gated[500:550] = True                  # a gatekeeper kept these out
-    g = [ramp_score_file(tmp_path / "s1.npz", range(1, 1001), gated=gated)]
+    g = [synthetic_score_file(tmp_path / "s1.npz", range(1, 1001), gated=gated)]
     drawn, places = [], []
     for number in range(1, 301):
         sel = _select(g, number=number, budget=20, reserve=0, drop=drop)
@@ -140,7 +140,7 @@ def test_control_picks_are_uniform_over_the_candidates_and_their_places_random(t
 
 
 def test_a_batch_too_small_for_the_control_gets_none_and_says_why(tmp_path):
-    f = [ramp_score_file(tmp_path / "s0.npz", range(1, 201))]
+    f = [synthetic_score_file(tmp_path / "s0.npz", range(1, 201))]
     sel = _select(f, budget=9, reserve=0)
     assert sel.n_control == 0 and not any(p.control for p in sel.batch) and len(sel.batch) == 9
     assert "min_per_round" in sel.control_note
@@ -165,7 +165,7 @@ def test_cold_starts_are_random_labels_without_a_guess():
 
 
 def test_select_from_scores_without_control_is_unchanged(tmp_path):
-    f = [ramp_score_file(tmp_path / "s0.npz", range(1, 301))]
+    f = [synthetic_score_file(tmp_path / "s0.npz", range(1, 301))]
     a = select_from_scores(f, "entropy", NAMES, [True] * 4, 30, 5, [None] * 4, 1, 2)
     assert not any(p.control for p in a.batch) and a.n_control == 0
 
@@ -221,7 +221,7 @@ def test_the_exclusion_rule_and_the_budget_read_the_control_first(tmp_path):
     assert step.after_training(cfg, 1, facts(())).newly_excluded == []
     assert step.after_training(cfg, 1, facts(ests)).newly_excluded == ["d"]
     # The class budget: "d" gets more of the batch when the control says it is not learned.
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 401))]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 401))]
     cfg = cfg.model_copy(update={"strategy": "hybrid"})
 
     def quota(control):
@@ -234,7 +234,7 @@ def test_the_exclusion_rule_and_the_budget_read_the_control_first(tmp_path):
 def test_a_strategy_change_keeps_the_control_uniform_and_its_size(tmp_path):
     # The draw reads no score: whatever ranks the batch (even random), the control is the share
     # of the batch drawn from the candidates, and a config change applies from the next selection.
-    f = [ramp_score_file(tmp_path / "s0.npz", range(1, 1001))]
+    f = [synthetic_score_file(tmp_path / "s0.npz", range(1, 1001))]
     for strategy in ("entropy", "margin", "random", "hybrid"):
         sel = _select(f, strategy=strategy, budget=40, reserve=10)
         assert sel.n_control == 5 and sum(p.control for p in sel.batch) == 5 and len(sel.batch) == 40

@@ -12,6 +12,7 @@ from engine.config import ProjectConfig
 from engine.decisions import Evidence, evidence_accuracy, round_seed
 from engine.plan import TrainedModel
 from engine.selection import cold_start, select_from_scores
+from tests.score_files import synthetic_score_file
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -119,16 +120,7 @@ def test_a_class_without_evidence_is_reported_not_judged(tmp_path):
 # ----------------------------------------------------------------------------- selection
 
 def _score_file(path, ids, classes=4, seed=0, gated=None):
-    rng = np.random.default_rng(seed)
-    n = len(ids)
-    arrays = {c.SCORE_ITEM_IDS: np.asarray(ids, np.int64), c.SCORE_PRED: np.arange(n) % classes,
-              c.SCORE_PROBS: rng.dirichlet(np.ones(classes), n).astype(np.float32),
-              c.SCORE_EMBEDDING: rng.normal(size=(n, 8)).astype(np.float32),
-              c.SCORE_GATED: np.zeros(n, bool) if gated is None else np.asarray(gated, bool)}
-    for k in ("margin", "entropy", "bald", "least_confidence", "cam_score", "vote_entropy", "mean_kl"):
-        arrays[c.SCORE_COLUMN_PREFIX + k] = rng.random(n).astype(np.float32)
-    np.savez(path, **arrays)
-    return path
+    return synthetic_score_file(path, ids, seed=seed, gated=gated, classes=classes, columns="random")
 
 
 CONFIG = ProjectConfig.model_validate({"budget": 20, "reserve": 6, "seed": 4, "strategy": "hybrid"})

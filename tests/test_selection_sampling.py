@@ -13,7 +13,7 @@ from engine.config import ProjectConfig
 from engine.decisions import Evidence
 from engine.selection import select_from_scores
 from strategies.stochastic import sampling_probs
-from tests.score_files import ramp_score_file
+from tests.score_files import synthetic_score_file
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -45,7 +45,7 @@ def test_the_config_is_strict_and_topk_by_default():
 
 
 def test_topk_is_todays_selection(tmp_path):
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 2001), p_guess=True)]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 2001), p_guess=True)]
     for strategy in ("entropy", "hybrid"):
         plain = select_from_scores(f, strategy, NAMES, [True] * 4, 40, 10, [None] * 4, 4, 2, n_control=5)
         via = _select(f, mode="topk", strategy=strategy)
@@ -56,7 +56,7 @@ def test_topk_is_todays_selection(tmp_path):
 def test_a_draw_composes_with_quota_kcenter_reserve_and_control(tmp_path):
     gated = np.zeros(2000, bool)
     gated[1900:1950] = True
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 2001), gated=gated, p_guess=True)]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 2001), gated=gated, p_guess=True)]
     drop = np.arange(1990, 2001)  # labeled meanwhile
     acc = [0.9, 0.5, 0.7, 0.8]    # class b is the weakest: the budget favours it
     sel = _select(f, drop=drop, accuracy=acc)
@@ -86,7 +86,7 @@ def test_a_draw_composes_with_quota_kcenter_reserve_and_control(tmp_path):
 def test_the_draw_leaves_the_control_slices_stream_alone(tmp_path):
     # The control slice draws from what the ranked picks left, with its own stream: the ranked
     # picks of a draw with control are the draw's without control, less the lowest-ranked.
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 1001), p_guess=True)]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 1001), p_guess=True)]
     plain = _select(f, share=0, strategy="entropy")
     ctl = _select(f, strategy="entropy")
     assert [p.item_id for p in ctl.batch if not p.control] == _ids(plain.batch)[:35]
@@ -94,7 +94,7 @@ def test_the_draw_leaves_the_control_slices_stream_alone(tmp_path):
 
 
 def test_excluded_classes_are_never_drawn(tmp_path):
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 801), p_guess=True)]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 801), p_guess=True)]
     for number in range(1, 6):
         sel = _select(f, number=number, active=(True, False, True, True), share=0, mode="softmax", beta=2.0)
         assert len(sel.batch) == 40 and all(p.pred != "b" for p in sel.batch + sel.reserve)
@@ -102,7 +102,7 @@ def test_excluded_classes_are_never_drawn(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["entropy", "hybrid"])
 def test_a_large_beta_is_top_k(tmp_path, strategy):
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 1001), p_guess=True)]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 1001), p_guess=True)]
     top = _select(f, mode="topk", strategy=strategy)
     for mode in ("softrank", "power", "softmax"):
         big = _select(f, mode=mode, beta=1e6, strategy=strategy)
@@ -112,7 +112,7 @@ def test_a_large_beta_is_top_k(tmp_path, strategy):
 def test_one_pick_a_round_follows_the_softrank_weights(tmp_path):
     # 20 candidates, one pick a round, no quota, no k-center, no control: over 2,000 rounds (the
     # round seeds the draw) each item is picked with probability ∝ 1 / its rank.
-    f = [ramp_score_file(tmp_path / "s.npz", range(1, 21), p_guess=True)]
+    f = [synthetic_score_file(tmp_path / "s.npz", range(1, 21), p_guess=True)]
     p = sampling_probs(np.arange(1, 21, dtype=float), "softrank", 1.0)
     n = 2000
     picks = [_select(f, number=k, strategy="entropy", budget=1, reserve=0, share=0).batch[0].item_id
@@ -123,7 +123,7 @@ def test_one_pick_a_round_follows_the_softrank_weights(tmp_path):
 
 
 def test_the_guess_own_probability_is_read_from_probs_when_the_scores_are_calibrated(tmp_path):
-    path = ramp_score_file(tmp_path / "s.npz", range(1, 201), p_guess=True)
+    path = synthetic_score_file(tmp_path / "s.npz", range(1, 201), p_guess=True)
     probs = np.load(path)[c.SCORE_PROBS]
     sel = select_from_scores([path], "entropy", NAMES, [True] * 4, 10, 0, [None] * 4, 0, 2, scores_calibrated=True)
     plain = select_from_scores([path], "entropy", NAMES, [True] * 4, 10, 0, [None] * 4, 0, 2)
