@@ -1,5 +1,5 @@
-"""Synthetic score files (the score job's npz) for selection tests: uncertainty rising with the
-item id, so a ranking picks from the top ids and a uniform draw does not."""
+"""Synthetic score files (the score job's npz) for selection tests: by default uncertainty rising
+with the item id, so a ranking picks from the top ids and a uniform draw does not."""
 from __future__ import annotations
 
 import numpy as np
