@@ -29,21 +29,25 @@ def _usable(project_id: int):
     return and_(a.c.project_id == project_id, a.c.label.is_not(None), a.c.problem.is_(None), a.c.skipped.is_(False))
 
 
+def _on_shown_maps(query, project_id: int):
+    """`query` over the usable votes on tasks that showed a map, each joined to its task's queue
+    entry (QueueEntry.pred: the guessed class whose map the expert judged)."""
+    return (query.select_from(a)
+            .join(Round, and_(Round.project_id == a.c.project_id, Round.number == a.c.round))
+            .join(QueueEntry, and_(QueueEntry.round_id == Round.id, QueueEntry.item_id == a.c.item_id))
+            .where(_usable(project_id), QueueEntry.pred.is_not(None),
+                   # A task shown without the guess showed no map either: nothing was judged there.
+                   tuple_(a.c.round, a.c.item_id).not_in(hidden_tasks(project_id))))
+
+
 def wrong_region_votes(s: Session, project_id: int) -> dict[str, dict]:
     """guessed class → {"votes", "wrong_region", "wrong_region_by_expert_class": {expert class: n}}.
 
     `votes`: expert votes on tasks where the model guessed that class (each saw its map);
     `wrong_region`: how many of them ticked "the model looked at the wrong region"."""
     guess = QueueEntry.pred
-    rows = s.execute(
-        select(guess, a.c.label, func.count(), func.sum(cast(a.c.wrong_region, Integer)))
-        .select_from(a)
-        .join(Round, and_(Round.project_id == a.c.project_id, Round.number == a.c.round))
-        .join(QueueEntry, and_(QueueEntry.round_id == Round.id, QueueEntry.item_id == a.c.item_id))
-        .where(_usable(project_id), guess.is_not(None),
-               # A task shown without the guess showed no map either: nothing was judged there.
-               tuple_(a.c.round, a.c.item_id).not_in(hidden_tasks(project_id)))
-        .group_by(guess, a.c.label)).all()
+    rows = s.execute(_on_shown_maps(select(guess, a.c.label, func.count(), func.sum(cast(a.c.wrong_region, Integer))),
+                                    project_id).group_by(guess, a.c.label)).all()
     out: dict[str, dict] = {}
     for guessed, label, n, wrong in rows:
         entry = out.setdefault(guessed, {"votes": 0, "wrong_region": 0, "wrong_region_by_expert_class": {}})
@@ -57,15 +61,9 @@ def wrong_region_votes(s: Session, project_id: int) -> dict[str, dict]:
 def wrong_region_examples(s: Session, project_id: int, limit: int) -> dict[str, list[int]]:
     """guessed class → up to `limit` item ids whose map an expert flagged "wrong region", newest
     first (the votes `wrong_region_votes` counts: usable, on tasks that showed the map)."""
-    guess = QueueEntry.pred
-    rows = s.execute(
-        select(guess, a.c.item_id)
-        .select_from(a)
-        .join(Round, and_(Round.project_id == a.c.project_id, Round.number == a.c.round))
-        .join(QueueEntry, and_(QueueEntry.round_id == Round.id, QueueEntry.item_id == a.c.item_id))
-        .where(_usable(project_id), guess.is_not(None), a.c.wrong_region.is_(True),
-               tuple_(a.c.round, a.c.item_id).not_in(hidden_tasks(project_id)))
-        .order_by(a.c.seen_at.desc(), a.c.annotation_id.desc())).all()
+    rows = s.execute(_on_shown_maps(select(QueueEntry.pred, a.c.item_id), project_id)
+                     .where(a.c.wrong_region.is_(True))
+                     .order_by(a.c.seen_at.desc(), a.c.annotation_id.desc())).all()
     out: dict[str, list[int]] = {}
     for guessed, item_id in rows:
         here = out.setdefault(guessed, [])
