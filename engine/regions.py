@@ -20,6 +20,9 @@ from engine.imageio import letterbox_geometry
 
 REGIONS_FILE = "regions.json"
 NO_REGION = (-1, -1, -1, -1)
+# A Grad-CAM map with under this share of its mass inside the object's region looks at the wrong
+# region: the simulated expert's tick (workers.expert_votes) and the shortcut report's (service.core.shortcut).
+WRONG_REGION_BELOW = 0.5
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine import contracts as c
-
-WRONG_REGION_BELOW = 0.5  # inside share under which the expert ticks "wrong region"
+from engine.regions import WRONG_REGION_BELOW
 
 
 def guess_maps(score_files, item_ids) -> tuple[np.ndarray, np.ndarray]:

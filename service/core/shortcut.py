@@ -15,7 +15,7 @@ them the same way):
           map the overlay is drawn from), over the letterboxed frame the model saw, with the
           region mapped onto that frame (engine.regions.to_decoded). A map with under half its
           mass inside is counted as outside — the simulated expert's rule
-          (workers.expert_votes.WRONG_REGION_BELOW); the share of such maps with its interval,
+          (engine.regions.WRONG_REGION_BELOW); the share of such maps with its interval,
           and the mean share inside. The latest `MAP_ROUNDS` rounds that queued guessed images.
 
 A class is `suspect` when at least half of its votes, or of its judged maps, are flagged, over
@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
-from engine.regions import to_decoded
+from engine.regions import WRONG_REGION_BELOW, file_size, to_decoded
 from engine.scorefiles import ScoreFile
 from service import plugins
 from service.core import paths
@@ -46,7 +46,6 @@ from strategies.exclusion import wilson_interval
 
 log = logging.getLogger("camloop.shortcut")
 
-WRONG_REGION_BELOW = 0.5  # the simulated expert's rule: under half of the mass inside → the wrong region
 MIN_JUDGED = 3            # votes or maps a class needs before it can be called suspect
 MAP_ROUNDS = 3            # the latest rounds whose queued images' maps are judged
 EXAMPLES = 3              # example images per suspect class
@@ -71,11 +70,8 @@ def mass_inside(cam: np.ndarray, box, side: int) -> float:
 
 
 def _image_size(settings: Settings, uri: str) -> tuple[int, int] | None:
-    from PIL import Image
-
     try:
-        with Image.open(safe_join(settings.data_dir, uri)) as im:  # the header only
-            return im.size
+        return file_size(safe_join(settings.data_dir, uri))
     except (OSError, UnsafePath, ValueError):
         return None
 

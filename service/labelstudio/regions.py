@@ -75,9 +75,7 @@ def to_file_pixels(box: Box, width: int, height: int) -> tuple[tuple[int, int, i
 
 def file_size(data_dir: Path | str, uri: str) -> tuple[int, int]:
     """(width, height) of a registered file, from its header. Raises OSError / ValueError."""
-    from PIL import Image
-
+    from engine.regions import file_size as header_size
     from service.core.signing import safe_join
 
-    with Image.open(safe_join(Path(data_dir), uri)) as im:
-        return im.size
+    return header_size(safe_join(Path(data_dir), uri))
