@@ -235,6 +235,18 @@ def train_round(manifest_path: str) -> dict:
         return model, train_model(model, data, new, evidence, active, tc, checkpoint_dir=resume, pseudo=pseudo,
                                   pseudo_weight=weight)
 
+    def predict(images, b: int, digests=None):
+        """The current `model`'s probabilities (`digests`: the images' cache keys, when known)."""
+        if m.trunk_cache:  # the frozen blocks' output from the cache: each image's trunk pass once
+            from workers.trunk_cache import predict_from_cache
+
+            return predict_from_cache(model, _trunk_cache(m.trunk_cache, model, b),
+                                      _digests(images) if digests is None else digests, images,
+                                      active=active, device=dev, batch_size=b)
+        from workers.evaluate import predict_probs
+
+        return predict_probs(model, images, active=active, device=dev, batch_size=b)
+
     semi_metrics = None
     if m.semi is not None and m.semi.method == "propagation":
         # Pseudo-labels before any training: spread over the pretrained embeddings (engine.semi).
@@ -261,15 +273,7 @@ def train_round(manifest_path: str) -> dict:
         t_semi = time.perf_counter()
         pool_images = m.semi.pool.gather()
         pool_dig = _digests(pool_images) if m.trunk_cache else None
-        if m.trunk_cache:
-            from workers.trunk_cache import predict_from_cache
-
-            probs = predict_from_cache(model, _trunk_cache(m.trunk_cache, model, 512), pool_dig, pool_images,
-                                       active=active, device=dev, batch_size=512)
-        else:
-            from workers.evaluate import predict_probs
-
-            probs = predict_probs(model, pool_images, active=active, device=dev, batch_size=512)
+        probs = predict(pool_images, 512, pool_dig)  # the model trained on the labels alone
         rows, classes, conf = semi.guess_pool(m.semi, train, train_dig if m.trunk_cache else None, active,
                                               len(names), pool_probs=probs)
         fit, fit_dig, fit_new, pseudo = semi.with_pseudo(fit, fit_dig, fit_new, pool_images, pool_dig, rows,
@@ -287,16 +291,6 @@ def train_round(manifest_path: str) -> dict:
                "active": list(m.active), "evidence_source": m.evidence_source}
     if semi_metrics is not None:
         metrics["semi"] = semi_metrics  # guesses, counted apart: n_train and n_labeled are the labels
-
-    def predict(images, b: int):
-        if m.trunk_cache:  # the frozen blocks' output from the cache: each image's trunk pass once
-            from workers.trunk_cache import predict_from_cache
-
-            return predict_from_cache(model, _trunk_cache(m.trunk_cache, model, b), _digests(images), images,
-                                      active=active, device=dev, batch_size=b)
-        from workers.evaluate import predict_probs
-
-        return predict_probs(model, images, active=active, device=dev, batch_size=b)
 
     eval_bs = 512
     held: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # split → (probs, labels): what calibration reads
