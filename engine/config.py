@@ -371,8 +371,8 @@ def check_switches(given: dict, config: ProjectConfig) -> None:
     whole config, or a patch merged over the stored one: the project's switch then decides).
     ValueError names the field, as pydantic's errors do; `"enabled": false` beside the settings
     keeps them, switched off, on purpose. Checked where a client gives a config (the API's create
-    and PATCH, `camloop simulate --config`), not on stored configs: one stored that way by an
-    earlier version still runs, as it did, with the section off."""
+    and PATCH, the --config of `camloop simulate` and `camloop demo`), not on stored configs: one
+    stored that way by an earlier version still runs, as it did, with the section off."""
     for name in SWITCHED_SECTIONS:
         section = given.get(name)
         if not isinstance(section, dict) or not section or "enabled" in section or getattr(config, name).enabled:
