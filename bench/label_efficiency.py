@@ -19,6 +19,10 @@ for docs/benchmarks.md (issue 2):
 
     nice -n 15 .venv/bin/python bench/label_efficiency.py --seeds 1 --rounds 3 --pool-limit 20000 \
         --out-dir bench/results/label_efficiency_cpu
+
+With a pretrained model and frozen blocks (--config), `--trunk-cache-dir DIR` keeps the frozen
+trunk's outputs in DIR, so every variant and seed on the same images computes them once (as in
+bench/shortcut_feedback.py); without it each run fills its own temporary cache.
 """
 from __future__ import annotations
 
@@ -190,7 +194,7 @@ _RUN_KEYS = ("dataset", "model", "initial", "budget", "epochs", "mc_samples", "p
              "exclude_after", "exclude_below")
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Label efficiency benchmark (issue 2)")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--model", default="small-cnn")
@@ -216,6 +220,9 @@ def main(argv=None) -> int:
                                                    "benchmark's model: '{\"image_size\": 96, \"channels\": 3, "
                                                    "\"frozen_blocks\": 7}'")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--trunk-cache-dir", default=None,
+                    help="keep the frozen-trunk cache in this folder, shared by every run on the same images "
+                         "(default: each run's temporary folder; acts with a pretrained model and frozen blocks)")
     ap.add_argument("--reserve", type=int, default=0,
                     help="the reserve queued after each batch (0: none, the protocol's; it only keeps experts busy, "
                          "and keeps its images out of the next round's candidates)")
@@ -226,6 +233,11 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-epochs", type=int, default=None, help="epochs for --reference 'all' (default --epochs)")
     ap.add_argument("--report-only", action="store_true", help="rebuild results.* from the run files in --out-dir")
     ap.add_argument("--out-dir", type=Path, default=Path("bench/results/label_efficiency"))
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.val_limit == 0:
         args.val_limit = None
@@ -242,7 +254,6 @@ def main(argv=None) -> int:
     if args.reference:
         _reference(args)
         return 0
-    from engine.config import SimulationConfig
     from workers.simulate import run_simulation
 
     run_dir = args.out_dir / "runs"
@@ -260,19 +271,7 @@ def main(argv=None) -> int:
             if path.exists():
                 runs[name].append(_checked(json.loads(path.read_text()), args, path))
                 continue
-            strategy, overrides = VARIANTS[name]
-            # Random initial labels unless the variant says otherwise (a project's default, auto,
-            # would pick typical ones for a pretrained model).
-            overrides = {"first_batch": "random", **_extra(args), **overrides}
-            # The threshold rule: what these figures were measured with (issue 2), before the
-            # evidence rule became the default (issue 15; bench/exclusion_balancing.py compares them).
-            exclusion = {"rule": "threshold", "exclude_after": args.exclude_after, "exclude_below": args.exclude_below,
-                         **overrides.pop("exclusion", {})}
-            cfg = SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
-                                   budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
-                                   mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
-                                   exclusion=exclusion, threads=args.threads, reserve=args.reserve,
-                                   test_limit=args.test_limit, val_limit=args.val_limit, **overrides)
+            cfg = run_config(args, name, seed)
             t0 = time.perf_counter()
             result = run_simulation(cfg, progress=lambda r, n=name, s=seed: print(
                 f"  {n} seed {s} round {r['round']}: {r['labeled']} labels, acc {r['accuracy']:.4f} "
@@ -287,6 +286,30 @@ def main(argv=None) -> int:
     _write_outputs(args, runs)
     print((args.out_dir / "results.md").read_text())
     return 0
+
+
+def run_config(args, name: str, seed: int):
+    """The SimulationConfig of variant `name`'s run with `seed` under these arguments."""
+    from engine.config import SimulationConfig
+
+    strategy, overrides = VARIANTS[name]
+    # Random initial labels unless the variant says otherwise (a project's default, auto,
+    # would pick typical ones for a pretrained model).
+    overrides = {"first_batch": "random", **_extra(args), **overrides}
+    if args.trunk_cache_dir:
+        # Where the frozen trunk's outputs are kept, shared by the runs (variants, seeds) on the
+        # same images; it changes no result, so run files are reused whatever folder made them.
+        overrides["trunk_cache_dir"] = args.trunk_cache_dir
+    # The threshold rule: what these figures were measured with (issue 2), before the
+    # evidence rule became the default (issue 15; bench/exclusion_balancing.py compares them).
+    # Off unless the variant turns it on.
+    exclusion = {"enabled": False, "rule": "threshold", "exclude_after": args.exclude_after,
+                 "exclude_below": args.exclude_below, **overrides.pop("exclusion", {})}
+    return SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
+                            budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
+                            mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
+                            exclusion=exclusion, threads=args.threads, reserve=args.reserve,
+                            test_limit=args.test_limit, val_limit=args.val_limit, **overrides)
 
 
 def _extra(args) -> dict:

@@ -49,7 +49,9 @@ class ExclusionConfig(_Strict):
     significantly above `min_rise`, unless some round showed it learned (lower bound above chance). `rule` "threshold" (the rule before issue 15): below `exclude_below` over
     the window and a gain under `min_gain`. `exclude_after`, `patience`, `min_active` serve both."""
 
-    enabled: StrictBool = Field(False, description="let the rule exclude classes (an engineer can always exclude or include one by hand)")
+    enabled: StrictBool = Field(False, description="let the rule exclude classes (an engineer can always exclude or "
+                                "include one by hand); off by default, and the section's other keys given without "
+                                "it while it is off are refused (they would not act)")
     rule: Literal["evidence", "threshold"] = Field("evidence", description="evidence: an interval on the held-out count and a "
                                                    "slope with its standard error; threshold: fixed exclude_below and min_gain")
     exclude_after: StrictInt = Field(3, ge=1, le=1000, description="first round whose evaluation may exclude a class")
@@ -127,7 +129,9 @@ class RelabelConfig(_Strict):
     the model's guess hidden). Off by default: it trains `folds` more models a round, and needs
     at least two experts."""
 
-    enabled: StrictBool = Field(False, description="find suspicious labels each round and ask for second opinions")
+    enabled: StrictBool = Field(False, description="find suspicious labels each round and ask for second opinions; "
+                                "off by default, and the section's other keys given without it while it is off are "
+                                "refused (they would not act)")
     share: Fraction = Field(0.15, description="second opinions a round, at most this share of the budget (docs/"
                                               "benchmarks.md: 0.15 fixed 73 % of wrong labels within two rounds "
                                               "for 12 % extra labels, 0.10 fixed 66 %)")
@@ -354,6 +358,35 @@ class ProjectConfig(_Strict):
         if isinstance(v, int) and not 1 <= v <= 2**31 - 1:
             raise ValueError(f"a Label Studio project id is between 1 and {2**31 - 1}, got {v}")
         return v
+
+
+# Sections switched on by `enabled`, off by default: their other keys act only once it is on.
+SWITCHED_SECTIONS = ("exclusion", "relabel")
+
+
+def check_switches(given: dict, config: ProjectConfig) -> None:
+    """Refuses settings of a switched section given without its `enabled` when `config` (what
+    `given` produced) leaves the section off: `{"exclusion": {"exclude_after": 2}}` alone would
+    be stored and never act, the rule being off by default. `given` is what the client sent (a
+    whole config, or a patch merged over the stored one: the project's switch then decides).
+    ValueError names the field, as pydantic's errors do; `"enabled": false` beside the settings
+    keeps them, switched off, on purpose. Checked where a client gives a config (the API's create
+    and PATCH, the --config of `camloop simulate` and `camloop demo`), not on stored configs: one
+    stored that way by an earlier version still runs, as it did, with the section off."""
+    for name in SWITCHED_SECTIONS:
+        section = given.get(name)
+        if not isinstance(section, dict) or not section or "enabled" in section or getattr(config, name).enabled:
+            continue
+        keys = ", ".join(f"{name}.{k}" for k in section)
+        raise ValueError(f"{name}.enabled: {keys} given without it, and {name} is off (enabled is false unless "
+                         f"set), so they would not act: add \"enabled\": true to turn it on, or \"enabled\": "
+                         f"false to keep them with {name} off")
+
+
+def given_sections(config: ProjectConfig) -> dict:
+    """The switched sections' keys a validated config was given (as `check_switches` reads them)."""
+    return {name: dict.fromkeys(getattr(config, name).model_fields_set)
+            for name in SWITCHED_SECTIONS if name in config.model_fields_set}
 
 
 # Keys of ProjectConfig that decide how images are decoded: fixed once images are registered

@@ -85,6 +85,9 @@ def test_bad_options_are_refused_before_any_work(tmp_path):
     assert out.returncode == 1 and "unknown strategy 'best'" in out.stderr and "hybrid" in out.stderr
     out = camloop("demo", "--dataset", "cifar", "--data-dir", str(tmp_path / "d"))
     assert out.returncode == 1 and "unknown data set 'cifar'" in out.stderr
+    # Settings of the exclusion rule, left off, given without its `enabled`: they would not act.
+    out = camloop("demo", "--config", '{"exclusion": {"exclude_after": 2}}', "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 2 and "exclusion.enabled" in out.stderr and "--config" in out.stderr, out.stderr
     # Label Studio unreachable: said at once, with the URL.
     out = camloop("demo", "--label-studio", "http://127.0.0.1:9", "--token", "t", "--data-dir", str(tmp_path / "d"))
     assert out.returncode == 1 and "cannot reach Label Studio at http://127.0.0.1:9" in out.stderr

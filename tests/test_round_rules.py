@@ -51,6 +51,9 @@ BAD_CONFIGS = [
     ({"model": "nope"}, "model"),
     ({"auto_next_round": "yes"}, "auto_next_round"),
     ({"budjet": 10}, "budjet"),
+    # a switched section's settings without its switch, the section off: they would never act
+    ({"exclusion": {"exclude_after": 2}}, "exclusion.enabled"),
+    ({"relabel": {"share": 0.2}}, "relabel.enabled"),
 ]
 
 
@@ -94,6 +97,23 @@ def test_patch_changes_the_config_between_rounds_and_merges_sections(api):
     assert cfg["exclusion"]["patience"] == 3 and cfg["exclusion"]["enabled"] is True  # merged, not replaced
 
 
+def test_a_switched_sections_settings_stay_with_the_switch_said(api):
+    """`"enabled": false` beside the settings keeps them, off on purpose; a patch of the settings
+    alone is read against the project's switch (on: accepted; off: a 422 naming it)."""
+    c, _ = api
+    r = _new(c, exclusion={"enabled": False, "exclude_after": 5}, relabel={"enabled": False, "share": 0.3})
+    assert r.status_code == 201, r.text
+    pid, cfg = r.json()["id"], r.json()["config"]
+    assert (cfg["exclusion"]["enabled"], cfg["exclusion"]["exclude_after"]) == (False, 5)
+    assert (cfg["relabel"]["enabled"], cfg["relabel"]["share"]) == (False, 0.3)
+    r = c.patch(f"/api/v1/projects/{pid}", json={"config": {"exclusion": {"patience": 4}}})
+    assert r.status_code == 422 and "exclusion.enabled" in r.json()["detail"], r.text
+    r = c.patch(f"/api/v1/projects/{pid}", json={"config": {"exclusion": {"enabled": True}}})
+    assert r.status_code == 200, r.text
+    r = c.patch(f"/api/v1/projects/{pid}", json={"config": {"exclusion": {"patience": 4}}})
+    assert r.status_code == 200 and r.json()["config"]["exclusion"]["patience"] == 4, r.text
+
+
 def test_an_error_inside_the_round_engine_fails_the_round_once_and_retry_works_after_the_fix(api, caplog):
     """A project config that the engine cannot read: written straight into the store, as a config
     stored by an older camloop (before configs were validated) would be, while round 1 waits for
@@ -131,7 +151,8 @@ def test_an_error_inside_the_round_engine_fails_the_round_once_and_retry_works_a
     assert r.status_code == 200 and "exclusion.patience" in r.json()["warnings"][0], r.text
     # The fix: PATCH merges over the stored config; a key this version does not know is dropped
     # from it (and said so), else it could never be taken out and the config never fixed.
-    r = c.patch(f"/api/v1/projects/{pid}", json={"config": {"exclusion": {"patience": 2}}})
+    # (`enabled` said: the rule is off, and settings of a rule left off without it are refused.)
+    r = c.patch(f"/api/v1/projects/{pid}", json={"config": {"exclusion": {"enabled": False, "patience": 2}}})
     assert r.status_code == 200, r.text
     assert r.json()["config"]["exclusion"]["patience"] == 2 and "exclusion.unknown_key" in r.json()["warnings"][0]
     # The patch itself stays strict: an unknown key sent now is refused.

@@ -58,6 +58,17 @@ def test_a_wrong_config_value_is_named(tmp_path):
     assert not out.exists()
     res = _simulate("--dataset", "digits", "--exclusion-rule", "fancy", "--out", str(out))
     assert res.exit_code == 2 and "exclusion.rule" in res.output, res.output
+
+
+def test_config_settings_of_a_section_left_off_are_refused(tmp_path):
+    """--config's exclusion or relabel keys without `enabled`, the section off: refused naming
+    the switch (they would not act), as --exclude-after without --exclusion is."""
+    out = tmp_path / "x.json"
+    for cfg, switch in (('{"exclusion": {"exclude_after": 2}}', "exclusion.enabled"),
+                        ('{"relabel": {"share": 0.2}}', "relabel.enabled")):
+        res = _simulate("--dataset", "digits", "--config", cfg, "--out", str(out))
+        assert res.exit_code == 2 and switch in res.output and "--config" in res.output, res.output
+    assert not out.exists()
     assert not out.exists()
 
 

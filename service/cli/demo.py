@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 
+from engine.config import ProjectConfig, check_switches, merge_config
 from service.demo.run import DemoError, DemoOptions, run_demo
 from service.cli.options import json_object as _json_object
 
@@ -55,12 +57,21 @@ def demo(
         raise typer.BadParameter(f"{label_studio!r} is not an http(s) URL", param_hint="--label-studio")
     if public_url and not public_url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"{public_url!r} is not an http(s) URL", param_hint="--public-url")
+    extra = _json_object(config, "--config")
+    try:
+        # As `camloop simulate --config`: exclusion or relabel settings without their `enabled`,
+        # the section off, would not act (the project's config has `enabled` from --exclusion).
+        check_switches(extra, ProjectConfig.model_validate(merge_config({"exclusion": {"enabled": exclusion}}, extra)))
+    except ValidationError:
+        pass  # a wrong value: the API's 422 names it when the demo creates the project
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--config") from None
     try:
         run_demo(DemoOptions(dataset=dataset, rounds=rounds, initial=initial, budget=budget, pool=pool,
                              epochs=epochs, strategy=strategy, model=model, seed=seed, data_dir=data_dir,
                              report_dir=report_dir, label_studio_url=label_studio, label_studio_token=token,
                              host=host, port=port, public_url=public_url,
-                             exclusion=exclusion, reserve=reserve, config=_json_object(config, "--config"),
+                             exclusion=exclusion, reserve=reserve, config=extra,
                              threads=threads))
     except DemoError as e:
         typer.secho(f"camloop demo: {e}", fg=typer.colors.RED, err=True)

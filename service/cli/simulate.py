@@ -21,7 +21,7 @@ from strategies.registry import STRATEGIES
 from service.cli.options import json_object
 from service.demo.report import plot_learning_curves
 from engine.files import atomic_write_json
-from engine.config import ExclusionConfig, SimulationConfig, merge_config
+from engine.config import ExclusionConfig, SimulationConfig, check_switches, merge_config
 from engine.model_specs import model_names
 
 STRATEGY_NAMES = list(STRATEGIES)
@@ -109,11 +109,16 @@ def simulate(
                "oracle_noise": oracle_noise, "noise_kind": noise_kind, "relabel": {"enabled": relabel},
                "exclusion": {"enabled": exclusion, **given_rule}, "expert_votes": expert_votes,
                **({"feedback": {"counterexamples": counterexamples}} if counterexamples else {})}
+    extra = json_object(config, "--config")
     try:
-        config = SimulationConfig(**merge_config(options, json_object(config, "--config")))
+        config = SimulationConfig(**merge_config(options, extra))
     except ValidationError as e:
         err = e.errors()[0]
         raise typer.BadParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    try:
+        check_switches(extra, config)  # e.g. --config '{"relabel": {"share": 0.2}}' without --relabel
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--config") from None
     if dataset and folder is not None:
         raise typer.BadParameter("give --dataset or --folder, not both", param_hint="--folder")
     if config.feedback.counterexamples and not config.expert_votes:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service.core import model_choice
 from service.errors import Conflict, NotFound, Unprocessable
 from service.store import WORKING_STATES, Item, Project, ProjectClass, Round, utcnow
-from engine.config import DECODE_KEYS, ProjectConfig, merge_config
+from engine.config import DECODE_KEYS, ProjectConfig, check_switches, given_sections, merge_config
 
 log = logging.getLogger("camloop.projects")
 
@@ -22,6 +22,15 @@ def validated_config(data: dict | None) -> ProjectConfig:
     except ValidationError as e:
         raise Unprocessable("invalid config: " + "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())) from None
+
+
+def _switches_named(given: dict, config: ProjectConfig) -> None:
+    """A switched section's settings given while it stays off (engine.config.check_switches): a
+    422 naming `<section>.enabled`, as a wrong value is."""
+    try:
+        check_switches(given, config)
+    except ValueError as e:
+        raise Unprocessable(f"invalid config: {e}") from None
 
 
 def check_name(what: str, name: str) -> None:
@@ -44,6 +53,7 @@ def create_project(s: Session, name: str, class_names: list[str], config: dict |
         raise Unprocessable("classes must be at least two distinct names" +
                             (f" (equal but for spaces around them: {twins})" if twins else ""))
     cfg = config if isinstance(config, ProjectConfig) else validated_config(config)
+    _switches_named(given_sections(config) if isinstance(config, ProjectConfig) else (config or {}), cfg)
     # The model keys the caller did not set are chosen from the images when the first ones are
     # registered (service.core.model_choice); until then the config holds ProjectConfig's defaults.
     explicit = cfg.model_fields_set if isinstance(config, ProjectConfig) else set(config or {})
@@ -91,6 +101,7 @@ def update_config(s: Session, project: Project, patch: dict) -> list[str]:
         raise Conflict(f"round {busy.number} is {busy.state}; change the config between rounds")
     base, dropped = known_keys_only(project.config or {})
     new = validated_config(merge_config(base, patch))
+    _switches_named(patch, new)  # the project's switch, stored or patched, decides
     old = project.config or {}
     # A key missing from the stored config (an older version's) means its default.
     changed = [k for k in DECODE_KEYS if old.get(k, ProjectConfig.model_fields[k].default) != getattr(new, k)]

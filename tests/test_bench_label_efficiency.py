@@ -1,0 +1,63 @@
+"""bench/label_efficiency.py: the config each run gets from the command line (no run trains here)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "label_efficiency.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("label_efficiency", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# The colour benchmark's model, where the trunk cache acts (a pretrained trunk with frozen blocks).
+COLOUR = ["--model", "efficientnet-lite0", "--config", '{"image_size": 96, "channels": 3, "frozen_blocks": 7}']
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench()
+
+
+def test_trunk_cache_dir_reaches_every_run(bench, tmp_path):
+    args = bench.parser().parse_args(["--dataset", "digits", "--trunk-cache-dir", str(tmp_path / "trunk")])
+    for name in ("random", "hybrid", "hybrid-cam-excl"):
+        for seed in (0, 1):
+            assert bench.run_config(args, name, seed).trunk_cache_dir == str(tmp_path / "trunk")
+
+
+def test_without_the_flag_each_run_keeps_its_own_cache_unless_config_names_one(bench, tmp_path):
+    args = bench.parser().parse_args(["--dataset", "digits"])
+    assert bench.run_config(args, "hybrid", 0).trunk_cache_dir is None
+    # --config could already name it; the flag is the same setting, as in bench/shortcut_feedback.py.
+    args = bench.parser().parse_args(["--dataset", "digits", "--config", f'{{"trunk_cache_dir": "{tmp_path}"}}'])
+    assert bench.run_config(args, "hybrid", 0).trunk_cache_dir == str(tmp_path)
+
+
+def test_a_run_file_made_with_another_cache_folder_is_reused(bench, tmp_path):
+    """Where the cache lives changes no result: a cut-off benchmark resumed with another
+    --trunk-cache-dir (or none) reuses its run files; another model setting is still refused."""
+    made = bench.parser().parse_args([*COLOUR, "--trunk-cache-dir", str(tmp_path / "a")])
+    stored = {"config": bench.run_config(made, "hybrid", 0).model_dump(mode="json"), "rounds": []}
+    for again in (["--trunk-cache-dir", str(tmp_path / "b")], []):
+        args = bench.parser().parse_args([*COLOUR, *again])
+        assert bench._checked(stored, args, tmp_path / "hybrid_seed0.json") is stored
+    other = bench.parser().parse_args([*COLOUR[:3], COLOUR[3].replace('"frozen_blocks": 7', '"frozen_blocks": 6')])
+    with pytest.raises(SystemExit, match="frozen_blocks"):
+        bench._checked(stored, other, tmp_path / "hybrid_seed0.json")
+
+
+def test_exclusion_is_on_only_in_the_variant_that_asks_for_it(bench):
+    args = bench.parser().parse_args(["--dataset", "digits", "--exclude-after", "2"])
+    on = bench.run_config(args, "hybrid-cam-excl", 0).exclusion
+    off = bench.run_config(args, "hybrid-cam", 0).exclusion
+    assert on.enabled and not off.enabled
+    assert on.rule == off.rule == "threshold" and on.exclude_after == off.exclude_after == 2
