@@ -78,6 +78,7 @@ def test_a_simulated_round_with_pruning_trains_on_fewer_labels_and_keeps_them_co
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 def test_confirmed_labels_are_those_two_experts_gave_and_the_item_holds_now(api):
     from service.rounds import inputs
+    from service.store import Project
     from service.store.db import session_scope
     from tests.test_api import new_project, register
 
@@ -94,4 +95,5 @@ def test_confirmed_labels_are_those_two_experts_gave_and_the_item_holds_now(api)
         r = c.post(url, json={"labels": [{"item_id": item, "class": cls, "client_id": f"c{k}", "who": who}]})
         assert r.status_code in (200, 201), r.text
     with session_scope(settings) as s:
-        assert inputs.confirmed_label_ids(s, pid) == [items[0]]
+        project = s.get(Project, pid)
+        assert inputs.confirmed_label_ids(s, project) == [items[0]]
