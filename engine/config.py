@@ -140,6 +140,12 @@ class RelabelConfig(_Strict):
     tie_break: Literal["model", "review"] = Field("model", description="two experts who disagree: model, the answer "
                                                   "the out-of-fold probabilities favour (cleanlab's majority-vote "
                                                   "rule); review: no label until someone decides")
+    prune: StrictBool = Field(False, description="train the round's model without cleanlab's suspects whose label "
+                                                 "no second expert has confirmed (confident learning's pruning); the "
+                                                 "labels stay labels: counted, exported, asked again")
+    prune_max: Fraction = Field(0.1, description="prune at most this share of the round's training labels, the "
+                                                 "most suspicious first: cleanlab's count of suspects is only as good "
+                                                 "as the fold models, and weak ones flag most labels")
 
 
 class AuditConfig(_Strict):

@@ -302,6 +302,11 @@ class TrainManifest(_M):
     # Cross-validation folds for out-of-fold probabilities of the labeled images (0: none), which
     # cleanlab reads for label issues (workers.label_issues; config relabel).
     relabel_folds: int = 0
+    # Train without the suspects the folds find (config relabel.prune), except these item ids:
+    # labels that two or more experts agreed on, which no out-of-fold guess overrules.
+    relabel_prune: bool = False
+    relabel_prune_max: float = 0.1   # at most this share of the training labels, most suspicious first
+    relabel_confirmed: list[int] = Field(default_factory=list)
     # The audit's shadow learner on random labels only (None: not this round).
     shadow: ShadowSpec | None = None
     # Explanatory feedback's counterexamples, trained on beside `train` (None: none this round).

@@ -90,3 +90,10 @@ def decide(votes: Sequence, pred_probs: Sequence[float] | None, class_index: dic
         # A tied class the model gives no probability (excluded since) or an exact tie: a person decides.
         return Decision(None, "tie", dict(counts))
     return Decision(tied[int(np.argmax(p))], "tie-broken", dict(counts))
+
+
+def confirmed(votes: Sequence) -> bool:
+    """Two or more experts agreed on the image's label and it wins outright (config relabel.prune
+    never leaves such a label out of training: no out-of-fold guess overrules two people)."""
+    top = Counter(votes).most_common(2)
+    return bool(top) and top[0][1] >= 2 and (len(top) == 1 or top[0][1] > top[1][1])

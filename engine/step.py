@@ -73,6 +73,9 @@ class TrainingFacts:
     flagged: Mapping[int, Sequence[int]] = field(default_factory=dict)
     # The unlabeled pool images (config.semi: the candidates for pseudo-labels; None: none given).
     unlabeled: ImageRefs | None = None
+    # Labeled images whose label two or more experts agreed on (config relabel.prune never
+    # leaves them out of training).
+    confirmed: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
                              measured_sizes(facts.shadow_history, curve_key(manifest)))
         if shadow is not None:
             manifest = manifest.model_copy(update={"shadow": shadow})
+    if manifest.relabel_prune and facts.confirmed:
+        manifest = manifest.model_copy(update={"relabel_confirmed": sorted(int(i) for i in facts.confirmed)})
     counter = counterexamples.plan(split.train, facts.flagged, facts.active, config.feedback.counterexamples,
                                    config.feedback.fill, config.seed)
     if counter is not None:

@@ -76,6 +76,10 @@ class Plugin(Protocol):
     def export_votes(self, s: Session, project_id: int, item_ids: list[int]) -> dict[int, dict[str, int]]:
         """{item id: {class: votes}}: the votes behind each exported label (inside the export's snapshot)."""
 
+    def confirmed_labels(self, s: Session, project: Project) -> dict[int, str]:
+        """{item id: class} of the images whose label two or more of the plug-in's experts gave
+        (config relabel.prune never leaves those out of training)."""
+
 
 class PluginBase:
     """A plug-in that implements no hook yet: subclass it and override the hooks you need."""
@@ -110,6 +114,9 @@ class PluginBase:
         return {}
 
     def export_votes(self, s: Session, project_id: int, item_ids: list[int]) -> dict[int, dict[str, int]]:
+        return {}
+
+    def confirmed_labels(self, s: Session, project: Project) -> dict[int, str]:
         return {}
 
 
@@ -250,6 +257,21 @@ def flagged_regions(s: Session, project: Project) -> dict[int, list[int] | None]
         for item_id, box in got.items():
             if out.get(int(item_id)) is None:
                 out[int(item_id)] = list(box) if box is not None else None
+    return out
+
+
+def confirmed_labels(s: Session, project: Project) -> dict[int, str]:
+    """{item id: class} two or more experts gave, from every plug-in. A plug-in that fails is
+    logged and left out (inside a savepoint): its labels may then be pruned, never lost."""
+    out: dict[int, str] = {}
+    for p in _installed_on(s):
+        try:
+            with s.begin_nested():
+                got = p.confirmed_labels(s, project) or {}
+        except Exception:  # noqa: BLE001 — pruning is extra; the round still trains
+            log.exception("the %s plug-in's confirmed labels failed for project %s", p.name, project.id)
+            continue
+        out.update({int(k): str(v) for k, v in got.items()})
     return out
 
 

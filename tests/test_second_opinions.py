@@ -303,3 +303,18 @@ def test_expert_quality_says_why_when_it_cannot_be_estimated(st):
     pid, _ = _project(st)
     with session_scope(st) as s:
         assert "no out-of-fold probabilities" in expert_quality(s, s.get(Project, pid))["note"]
+
+
+def test_labels_two_annotators_gave_are_confirmed_and_kept_from_pruning(st):
+    """relabel.prune never leaves out of training a label two or more Label Studio annotators gave
+    (one vote each): items 0 and 3 have two "cat" votes; item 1's second answer disagrees (a tie);
+    an expert who answers twice still votes once."""
+    from service.labelstudio.resolve import confirmed_items
+    from service.rounds import inputs
+
+    pid, ids = _project(st)
+    _deliver(st, pid, vote(ids[1], "dog", U1, task=11), vote(ids[2], "cat", U0, task=12, minutes=5),
+             vote(ids[0], "dog", U2, task=10, minutes=1))
+    with session_scope(st) as s:
+        assert confirmed_items(s, pid) == {ids[0]: "cat", ids[3]: "cat"}
+        assert inputs.confirmed_label_ids(s, s.get(Project, pid)) == []  # no plug-in installed here

@@ -200,24 +200,41 @@ def train_round(manifest_path: str) -> dict:
     base = {**m.settings.model_dump(), "device": str(dev)}
 
     is_new = np.asarray(m.is_new, bool)
+    if m.trunk_cache:  # the cache's keys, once: an out-of-memory retry hashes nothing again
+        train_dig = _digests(train.images)
+        evidence_dig = _digests(evidence.images) if evidence is not None else None
+    cache_of = (lambda net: _trunk_cache(m.trunk_cache, net, base["batch_size"])) if m.trunk_cache else None
+    fold_probs, keep = None, np.ones(len(train), bool)
+    if m.relabel_folds and m.relabel_prune:
+        # Confident learning's pruning: the folds' out-of-fold probabilities first, then the
+        # round's model trains without cleanlab's unconfirmed suspects (workers.label_issues).
+        from workers.label_issues import out_of_fold, pruned_keep
+
+        t_folds = time.perf_counter()
+        fold_probs = out_of_fold(m, train, is_new, evidence, active, base, _build, cache_of,
+                                 train_dig if m.trunk_cache else None, evidence_dig if m.trunk_cache else None, dev)
+        keep = pruned_keep(m, train.labels, fold_probs, active)
+        log.info("relabel.prune: %d of %d labels left out of training (folds %.1f s)", int((~keep).sum()),
+                 len(keep), time.perf_counter() - t_folds)
     # What the model fits: the labels, plus explanatory feedback's counterexamples (never new:
     # not duplicated), which no count, out-of-fold check or shadow model below reads. Pseudo-labels
     # (config.semi) are added to this set, not to `train`.
     fit, fit_new, n_counter = train, is_new, 0
+    if not keep.all():
+        fit, fit_new = train.subset(np.flatnonzero(keep)), is_new[keep]
     if m.counterexamples is not None:
         from engine.counterexamples import make
         from engine.datasets import Dataset
 
         extra, extra_labels = make(m.counterexamples)
         n_counter = len(extra)
-        fit = Dataset(np.concatenate([train.images, extra]), np.concatenate([train.labels, extra_labels]),
+        fit = Dataset(np.concatenate([fit.images, extra]), np.concatenate([fit.labels, extra_labels]),
                       list(names))
-        fit_new = np.concatenate([is_new, np.zeros(n_counter, bool)])
+        fit_new = np.concatenate([fit_new, np.zeros(n_counter, bool)])
     fit_dig = None
-    if m.trunk_cache:  # the cache's keys, once: an out-of-memory retry hashes nothing again
-        train_dig = _digests(train.images)
-        fit_dig = train_dig + _digests(fit.images[len(train):])
-        evidence_dig = _digests(evidence.images) if evidence is not None else None
+    if m.trunk_cache:
+        kept_dig = [d for d, k in zip(train_dig, keep) if k]
+        fit_dig = kept_dig + _digests(fit.images[len(kept_dig):])
 
     def attempt(bs: int, data=fit, dig=fit_dig, new=fit_new, pseudo=None, resume=files.resume_dir):
         torch.manual_seed(m.settings.seed)
@@ -287,7 +304,9 @@ def train_round(manifest_path: str) -> dict:
                          "val_accuracy": res.val_accuracy, "resumed_from": res.resumed_from,
                          "n_train": len(train), "n_new": int(np.sum(m.is_new)),
                          "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
-                         "batch_size": bs, "oom_splits": splits, "counterexamples": n_counter},
+                         "batch_size": bs, "oom_splits": splits, "counterexamples": n_counter,
+                         "pruned": int((~keep).sum()),
+                         "pruned_item_ids": [int(i) for i in np.asarray(m.train.item_ids)[~keep]]},
                "active": list(m.active), "evidence_source": m.evidence_source}
     if semi_metrics is not None:
         metrics["semi"] = semi_metrics  # guesses, counted apart: n_train and n_labeled are the labels
@@ -349,10 +368,9 @@ def train_round(manifest_path: str) -> dict:
         # Out-of-fold probabilities of the labeled images and cleanlab's suspects among them.
         from workers.label_issues import write_label_issues
 
-        cache = (lambda net: _trunk_cache(m.trunk_cache, net, base["batch_size"])) if m.trunk_cache else None
         metrics["label_issues"] = write_label_issues(m, files, train, is_new, evidence, active, base, _build,
-                                                    predict, cache, train_dig if m.trunk_cache else None,
-                                                    evidence_dig if m.trunk_cache else None, _device())
+                                                    predict, cache_of, train_dig if m.trunk_cache else None,
+                                                    evidence_dig if m.trunk_cache else None, _device(), fold_probs)
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": m.net.model_dump(), "temperature": temperature}
     atomic_write(files.checkpoint, lambda f: torch.save(state, f))

@@ -101,15 +101,39 @@ def out_of_fold(m, train, is_new, evidence, active, base: dict, build, trunk_cac
     return probs
 
 
+def pruned_keep(m, labels: np.ndarray, fold_probs: np.ndarray, active) -> np.ndarray:
+    """Which training images the round's model fits when `m.relabel_prune` (confident learning's
+    pruning, Northcutt et al. 2021): all but cleanlab's suspects among them, except the labels two
+    or more experts agreed on (`m.relabel_confirmed`), at most `m.relabel_prune_max` of them, the
+    lowest label quality first (weak fold models make cleanlab flag most labels: the cap keeps a
+    round from training on a fraction of its labels). A pruned label is still a label — counted,
+    exported, and as likely as before to be asked again; it only does not train this round."""
+    labels = np.asarray(labels, np.int64)
+    keep = np.ones(len(labels), bool)
+    checked = np.asarray(active, bool)[labels]
+    issue, quality = np.zeros(len(labels), bool), np.ones(len(labels))
+    issue[checked], quality[checked] = find_issues(labels[checked], fold_probs[checked])
+    confirmed = np.isin(np.asarray(m.train.item_ids, np.int64), np.asarray(m.relabel_confirmed, np.int64))
+    out = np.flatnonzero(issue & ~confirmed)
+    out = out[np.argsort(quality[out], kind="stable")][:int(m.relabel_prune_max * len(labels))]
+    keep[out] = False
+    return keep
+
+
 def write_label_issues(m, files, train, is_new, evidence, active, base, build, predict, cache, train_dig,
-                       evidence_dig, device) -> dict:
+                       evidence_dig, device, fold_probs: np.ndarray | None = None) -> dict:
     """Out-of-fold probabilities (training images by k folds, held-out evidence by the round's
     model), cleanlab's verdict, written atomically to files.label_issues → a summary for metrics.
-    `cache(model)`: the project's frozen-trunk cache for a fold model (None: from pixels)."""
+    `cache(model)`: the project's frozen-trunk cache for a fold model (None: from pixels).
+    `fold_probs`: the training images' out-of-fold probabilities when already made (pruning
+    needs them before the round's model trains)."""
     t0 = time.perf_counter()
     ids = [np.asarray(m.train.item_ids, np.int64)]
     labels = [np.asarray(train.labels, np.int64)]
-    probs = [out_of_fold(m, train, is_new, evidence, active, base, build, cache, train_dig, evidence_dig, device)]
+    if fold_probs is None:
+        fold_probs = out_of_fold(m, train, is_new, evidence, active, base, build, cache, train_dig, evidence_dig,
+                                 device)
+    probs = [fold_probs]
     source = [np.full(len(train), FOLD, np.int8)]
     if m.evidence_source == "holdout" and evidence is not None and len(evidence):
         ids.append(np.asarray(m.evidence.item_ids, np.int64))

@@ -175,10 +175,12 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
                 shadow_history=shadows, flagged=flagged if flagged is not None else {},
-                unlabeled=pool.take(np.flatnonzero(~labeled)) if project.semi.method != "none" else None))
+                unlabeled=pool.take(np.flatnonzero(~labeled)) if project.semi.method != "none" else None,
+                confirmed=_confirmed(book, labeled)))
             split, manifest = planned.split, planned.manifest
-            if number == config.rounds + 1:
-                # The last, train-only round asks nobody again: its fold models would be wasted.
+            if number == config.rounds + 1 and not manifest.relabel_prune:
+                # The last, train-only round asks nobody again: its fold models would be wasted
+                # (with relabel.prune they choose what the last model trains on).
                 manifest = manifest.model_copy(update={"relabel_folds": 0})
             c.write_manifest(files.train_manifest, manifest)
             t0 = time.perf_counter()
@@ -190,6 +192,11 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
             history.append(evidence)
             models.append(plan.TrainedModel(number, str(files.checkpoint), active))
             record = _record(number, metrics, labeled, data, names, status)
+            if manifest.relabel_prune:
+                # Labels left out of training (relabel.prune): how many, and how many were wrong.
+                out_ids = metrics["train"]["pruned_item_ids"]
+                record["pruned"] = {"labels": len(out_ids),
+                                    "wrong": sum(int(book.wrong(i)) for i in out_ids) if book is not None else 0}
             if flagged is not None:  # the copies this round's model trained on beside its labels
                 record["counterexamples_trained"] = int(metrics["train"].get("counterexamples", 0))
             if "semi" in metrics:  # the pseudo-labels' counts and precision: guesses, not labels
@@ -302,6 +309,16 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                                         if book.oracle.flip_to is not None else None),
                             "labels": book.report(data.pool_uris, names)}} if book is not None else {}),
     }
+
+
+def _confirmed(book, labeled: np.ndarray) -> list[int]:
+    """The labeled pool images (item id = pool position) whose label two or more simulated experts
+    agreed on (engine.relabel.confirmed): relabel.prune never leaves them out of training."""
+    if book is None:
+        return []
+    from engine.relabel import confirmed
+
+    return [i for i, v in book.votes.items() if labeled[i] and confirmed(v)]
 
 
 def _feedback_state(config: SimulationConfig, names: list[str]):

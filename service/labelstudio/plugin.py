@@ -42,7 +42,7 @@ from service.labelstudio.client import BatchItem, LabelStudioBridge, LabelStudio
 from service.labelstudio.events import AnnotationDeleted
 from service.labelstudio.guess import anchoring, decide_batch
 from service.labelstudio.poll import events_from_snapshot, snapshot
-from service.labelstudio.resolve import resolve_all
+from service.labelstudio.resolve import confirmed_items, resolve_all
 from service.labelstudio.routes import (SignedMediaCors, file_url, files_router, heatmap_url, heatmaps_router,
                                         result_view, webhook_router)
 from service.labelstudio.store_apply import apply_to_store
@@ -186,6 +186,10 @@ class LabelStudioPlugin(PluginBase):
     def flagged_regions(self, s: Session, project: Project) -> dict[int, list[int] | None]:
         """The items experts flagged "wrong region", with the newest region drawn (or None)."""
         return flagged_items(s, project.id)
+
+    def confirmed_labels(self, s: Session, project: Project) -> dict[int, str]:
+        """The items whose resolved label two or more annotators gave (one vote each, as resolved)."""
+        return confirmed_items(s, project.id)
 
     def _image_size(self, uri: str) -> tuple[int, int]:
         """A registered file's (width, height): where a drawn rectangle's percentages land."""

@@ -69,3 +69,20 @@ def resolve_item(item_id: int, annotations: Sequence[AnnotationUpserted], requir
 
 def resolve_all(by_item: dict[int, Sequence[AnnotationUpserted]], required: int = 1) -> dict[int, Resolution]:
     return {item: resolve_item(item, anns, required) for item, anns in by_item.items()}
+
+
+def confirmed_items(s, project_id: int) -> dict[int, str]:
+    """{item id: class} of the items whose resolution two or more annotators' votes carry (one vote
+    each: their latest answer). Only items with answers from two annotators or more are read."""
+    from sqlalchemy import func, select
+
+    from service.labelstudio.ledger import SqlSink, annotations as a
+
+    many = list(s.scalars(select(a.c.item_id).where(a.c.project_id == project_id, a.c.label.is_not(None))
+                          .group_by(a.c.item_id).having(func.count(func.distinct(a.c.annotator)) >= 2)))
+    out: dict[int, str] = {}
+    for item_id, anns in SqlSink(s, project_id).for_items(many).items():
+        res = resolve_item(item_id, anns)
+        if res.label is not None and res.votes.get(res.label, 0) >= 2:
+            out[item_id] = res.label
+    return out

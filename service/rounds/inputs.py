@@ -5,12 +5,13 @@ paths resolved once per shard, not per item.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.core import paths
+from service.rounds import hooks
 from service.settings import Settings
-from service.store import Item, ItemStatus, ModelVersion, Project, ProjectClass, QueueEntry, Round
+from service.store import Item, ItemStatus, Label, ModelVersion, Project, ProjectClass, QueueEntry, Round
 from engine.config import ProjectConfig
 from engine.contracts import ImageRefs, TrainManifest, read_manifest
 from engine.decisions import Evidence, evidence_of, stop_set_positions
@@ -99,6 +100,26 @@ def evidence_history(s: Session, project: Project, names: list[str]) -> list[Evi
 def trained_models(s: Session, project: Project, n_classes: int) -> list[TrainedModel]:
     return [TrainedModel(mv.round, mv.checkpoint_path, list((mv.metrics or {}).get("active") or [True] * n_classes))
             for mv in model_versions(s, project.id)]
+
+
+def confirmed_label_ids(s: Session, project: Project) -> list[int]:
+    """Labeled pool images whose current label two or more experts gave (config relabel.prune
+    never leaves them out of training: no out-of-fold guess overrules two people): through the
+    API, two clients' `who`; in a plug-in (Label Studio), two annotators' votes."""
+    api = set(s.scalars(select(Label.item_id).join(Item, Item.id == Label.item_id)
+                        .where(Label.project_id == project.id, Item.status == ItemStatus.LABELED,
+                               Item.split == "pool", Label.class_name == Item.label,
+                               # a plug-in's rows are its resolutions (one per change of its votes,
+                               # each its own `who`): the plug-in counts its experts itself
+                               Label.source.in_(("api", "registration")))
+                        .group_by(Label.item_id).having(func.count(func.distinct(Label.who)) >= 2)))
+    voted = hooks.confirmed_labels(s, project)
+    if voted:
+        now = dict(s.execute(select(Item.id, Item.label).where(Item.id.in_(list(voted)),
+                                                               Item.status == ItemStatus.LABELED,
+                                                               Item.split == "pool")).all())
+        api |= {i for i, cls in voted.items() if now.get(i) == cls}
+    return sorted(api)
 
 
 def random_label_ids(s: Session, pid: int) -> list[int]:

@@ -1,0 +1,99 @@
+"""relabel.prune: the round's model trains without cleanlab's unconfirmed suspects (confident
+learning's pruning); the labels stay labels, and two experts who agreed are never overruled."""
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from engine.relabel import confirmed
+from workers.label_issues import find_issues, pruned_keep
+
+
+def test_a_label_is_confirmed_when_two_experts_gave_it_and_it_wins_outright():
+    assert confirmed(["a", "a"]) and confirmed([3, 1, 3])
+    assert not confirmed(["a"]) and not confirmed(["a", "b"]) and not confirmed(["a", "a", "b", "b"])
+    assert not confirmed([])
+
+
+def _noisy(n=300, c=4, flip=0.15, seed=3):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(c, size=n)
+    z = rng.normal(size=(n, c))
+    z[np.arange(n), truth] += 3.0
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    given = truth.copy()
+    wrong = rng.random(n) < flip
+    given[wrong] = (truth[wrong] + rng.integers(1, c, size=wrong.sum())) % c
+    return given, p, wrong
+
+
+def test_pruning_leaves_out_the_suspects_except_confirmed_labels_and_labels_of_excluded_classes():
+    given, p, wrong = _noisy()
+    ids = np.arange(1000, 1000 + len(given))
+    suspects = find_issues(given, p)[0]
+    assert suspects[wrong].mean() > 0.8  # the fixture's flips are findable
+    confirmed_ids = ids[suspects][:5].tolist()
+    m = SimpleNamespace(train=SimpleNamespace(item_ids=ids.tolist()), relabel_confirmed=confirmed_ids,
+                        relabel_prune_max=1.0)
+    keep = pruned_keep(m, given, p, [True] * 4)
+    assert not keep[suspects & ~np.isin(ids, confirmed_ids)].any()
+    assert keep[np.isin(ids, confirmed_ids)].all() and keep[~suspects].all()
+    # The cap: at most prune_max of the labels, the least trustworthy (lowest quality) first.
+    quality = find_issues(given, p)[1]
+    capped = pruned_keep(SimpleNamespace(**{**vars(m), "relabel_prune_max": 0.05}), given, p, [True] * 4)
+    assert (~capped).sum() == int(0.05 * len(given)) < (~keep).sum()
+    assert quality[~capped].max() <= quality[~keep & capped].min()
+    # A class excluded since: its labels do not train anyway and are not judged here.
+    keep_x = pruned_keep(m, given, p, [True, True, True, False])
+    assert keep_x[given == 3].all()
+
+
+def test_a_simulated_round_with_pruning_trains_on_fewer_labels_and_keeps_them_counted(tmp_path):
+    """`camloop simulate` with relabel.prune on noisy digits: each round's model trains without
+    the suspects (metrics train.pruned), which are mostly wrong labels; every label still counts
+    (labeled), the label-issue file still checks all of them, the last, train-only round prunes
+    too (its folds are kept for it), and no round prunes more than prune_max of its labels."""
+    from engine.config import SimulationConfig
+    from workers.simulate import run_simulation
+
+    cfg = SimulationConfig(dataset="digits", initial=150, budget=40, rounds=2, epochs=8, mc_samples=2, threads=1,
+                           oracle_noise=0.2, noise_kind="uniform",
+                           relabel={"enabled": True, "share": 0.25, "prune": True})
+    out = run_simulation(cfg, work_dir=tmp_path)
+    json.dumps(out)
+    rounds = out["rounds"]
+    assert all("pruned" in r for r in rounds) and "label_issues" in rounds[-1]
+    pruned = sum(r["pruned"]["labels"] for r in rounds)
+    wrong = sum(r["pruned"]["wrong"] for r in rounds)
+    assert pruned > 0 and wrong / pruned > 0.5, rounds
+    for r in rounds:
+        assert r["label_issues"]["checked"] >= r["labeled"] - r["pruned"]["labels"]
+        assert r["pruned"]["labels"] <= 0.1 * r["labeled"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_confirmed_labels_are_those_two_experts_gave_and_the_item_holds_now(api):
+    from service.rounds import inputs
+    from service.store import Project
+    from service.store.db import session_scope
+    from tests.test_api import new_project, register
+
+    c, settings = api
+    pid = new_project(c, name=f"confirmed-{time.monotonic_ns()}")
+    register(c, settings, pid, pool=6, val=2)
+    items = [x["id"] for x in c.get(f"/api/v1/projects/{pid}/items", params={"split": "pool"}).json()["items"]]
+    url = f"/api/v1/projects/{pid}/labels"
+    answers = [(items[0], "3", "ann"), (items[0], "3", "bob"),     # two experts agree: confirmed
+               (items[1], "4", "ann"), (items[1], "4", "ann2"), (items[1], "5", "bob"),  # latest wins: 5, one expert
+               (items[2], "6", "ann"), (items[2], "6", "ann"),     # the same expert twice: not two experts
+               (items[3], "7", "ann")]                             # one answer
+    for k, (item, cls, who) in enumerate(answers):
+        r = c.post(url, json={"labels": [{"item_id": item, "class": cls, "client_id": f"c{k}", "who": who}]})
+        assert r.status_code in (200, 201), r.text
+    with session_scope(settings) as s:
+        project = s.get(Project, pid)
+        assert inputs.confirmed_label_ids(s, project) == [items[0]]
