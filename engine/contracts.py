@@ -305,7 +305,7 @@ class TrainManifest(_M):
     # Train without the suspects the folds find (config relabel.prune), except these item ids:
     # labels that two or more experts agreed on, which no out-of-fold guess overrules.
     relabel_prune: bool = False
-    relabel_prune_max: float = 0.1   # at most this share of the training labels, most suspicious first
+    relabel_prune_max: float = 0.04  # at most this share of the training labels, most suspicious first
     relabel_confirmed: list[int] = Field(default_factory=list)
     # The audit's shadow learner on random labels only (None: not this round).
     shadow: ShadowSpec | None = None
