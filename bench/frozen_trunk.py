@@ -48,11 +48,85 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.colour_fashion import load_fashion_colour  # noqa: E402
 from workers.adabn import adapt_batchnorm, recalibrate_from  # noqa: E402
 from workers.evaluate import predict_probs  # noqa: E402
-from workers.models import build_model  # noqa: E402
+from workers.models import CamNet, build_model  # noqa: E402
 from workers.scoring import score_images  # noqa: E402
 from workers.train import TrainConfig, train_model  # noqa: E402
 from workers.trunk_cache import (DEFAULT_VIEWS, CachedInputs, TrunkCache, cached_inputs, image_digest,  # noqa: E402
                                  score_from_cache)
+
+
+class MultiDepthNet(CamNet):
+    """A probe (issue 24, "features of several depths"): the head also reads the global-average-
+    pooled outputs of earlier frozen blocks (`taps`), concatenated to the last block's. Those
+    blocks are frozen, so their pooled vectors are as fixed as the trunk output: `_TapCache`
+    stores them beside it, packed as extra channels repeated over the trunk map's positions, and
+    `forward_from` unpacks them. Not a project model: camloop's fused scoring reads the head as
+    the last block's linear map (Grad-CAM weights), which this head is not."""
+
+    @classmethod
+    def convert(cls, model: CamNet, taps: list[int]) -> "MultiDepthNet":
+        if not taps or max(taps) >= model.frozen_blocks:
+            raise SystemExit(f"taps {taps} must be frozen blocks (< {model.frozen_blocks})")
+        with torch.no_grad():
+            chans = [b(x).shape[1] for b, x in [(model.features[:t + 1], torch.zeros(1, model.in_channels,
+                                                                                   model.input_size, model.input_size))
+                                                for t in taps]]
+            trunk_ch = model.features[:model.frozen_blocks](
+                torch.zeros(1, model.in_channels, model.input_size, model.input_size)).shape[1]
+        model.__class__ = cls
+        model.taps, model.trunk_channels = sorted(taps), trunk_ch
+        model.head = torch.nn.Linear(model.head.in_features + sum(chans), model.head.out_features)
+        return model
+
+    def forward(self, x):
+        taps = []
+        for i, b in enumerate(self.features):
+            x = b(x)
+            if i in self.taps:
+                taps.append(self.pool(x))
+        return self.head(self.dropout(torch.cat([self.pool(x), *taps], 1)))
+
+    def forward_from(self, start, a):
+        t, a = a[:, self.trunk_channels:, 0, 0], a[:, :self.trunk_channels]
+        return self.head(self.dropout(torch.cat([self.pool(self.features[start:](a)), t], 1)))
+
+
+class _TapCache(TrunkCache):
+    """The trunk cache of a MultiDepthNet: the trunk output, then the taps' pooled vectors."""
+
+    @torch.no_grad()
+    def _trunk(self, x):
+        trunk = self.model.features[: self.k]
+        was = trunk.training
+        trunk.eval()
+        try:
+            taps = []
+            for i, b in enumerate(trunk):
+                x = b(x)
+                if i in self.model.taps:
+                    taps.append(self.model.pool(x))
+            t = torch.cat(taps, 1)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            return torch.cat([x, t], 1).to(self.dtype).cpu()
+        finally:
+            trunk.train(was)
+
+
+@torch.no_grad()
+def _score_multi(model, cache, digests, args):
+    """What a round's scoring computes for a MultiDepthNet: eval probabilities and `--mc` dropout
+    passes of the head over the whole pool from the cache (no Grad-CAM maps: see MultiDepthNet)."""
+    model.eval()
+    pred = []
+    for s in range(0, len(digests), args.score_batch):
+        a = cache.load(digests[s:s + args.score_batch]).float()
+        t, a = a[:, model.trunk_channels:, 0, 0], a[:, :model.trunk_channels]
+        z = torch.cat([model.pool(model.features[cache.k:](a)), t], 1)
+        probs = torch.softmax(model.head(z), 1)
+        model.dropout.train()
+        _ = [torch.softmax(model.head(model.dropout(z)), 1) for _ in range(args.mc)]
+        model.dropout.eval()
+        pred.append(probs.argmax(1))
+    return torch.cat(pred)
 
 
 def _accuracy(model, test) -> float:
@@ -94,13 +168,16 @@ def _round(name, model, pool, train, is_new, val, cfg, args, cache=None, pool_di
             adapt_batchnorm(model, pool.images[post_rows], blocks=len(model.features), batch_size=args.score_batch)
         out["recalibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    if cache is not None:
-        res = score_from_cache(model, cache, pool_dig, batch_size=args.score_batch, mc_samples=args.mc)
+    if isinstance(model, MultiDepthNet):
+        scored = len(_score_multi(model, cache, pool_dig, args))
+        out["scoring"] = "probabilities + MC dropout, no Grad-CAM"
+    elif cache is not None:
+        scored = len(score_from_cache(model, cache, pool_dig, batch_size=args.score_batch, mc_samples=args.mc).pred)
     else:
-        res = score_images(model, pool.images, batch_size=args.score_batch, mc_samples=args.mc)
+        scored = len(score_images(model, pool.images, batch_size=args.score_batch, mc_samples=args.mc).pred)
     out["score_s"] = time.perf_counter() - t
     out["round_s"] = out["train_s"] + out["recalibrate_s"] + out["score_s"]
-    out["scored"] = int(len(res.pred))
+    out["scored"] = int(scored)
     return out
 
 
@@ -144,6 +221,8 @@ CONFIGS = {
     "cached-adabn-post": ("model", "k", True, "frozen+post"),
     # only the trained blocks' statistics re-estimated after training
     "cached-post": ("model", "k", True, "post"),
+    # the head also reads the pooled outputs of earlier frozen blocks (--taps; MultiDepthNet)
+    "cached-multi": ("model", "k", True, None),
     # full fine-tuning, then every block's BN statistics re-estimated from pixels (a reference:
     # what the same recalibration gives the network it is compared with)
     "full-post": ("model", 0, False, "post"),
@@ -178,6 +257,8 @@ def main(argv=None):
                                                     "--with-* ones")
     ap.add_argument("--adabn-images", type=int, default=2000,
                     help="pool images (a seeded sample) the AdaBN configurations re-estimate BN statistics on")
+    ap.add_argument("--taps", default="4,5,6", help="cached-multi: the frozen blocks (0-based) whose pooled "
+                                                     "outputs the head also reads")
     ap.add_argument("--post-source", choices=("pool", "train"), default="pool",
                     help="what the *-post configurations re-estimate the trained blocks' statistics on: the "
                          "--adabn-images pool sample, or the round's labeled images")
@@ -226,7 +307,11 @@ def main(argv=None):
                 adapt_batchnorm(model, pool.images[adabn_rows],
                                 blocks=len(model.features) if adabn == "all" else frozen)
                 adabn_s = time.perf_counter() - t
-            cache = TrunkCache(tmp, model) if use_cache else None
+            if base == "cached-multi":
+                model = MultiDepthNet.convert(model, [int(t) for t in args.taps.split(",")])
+                cache = _TapCache(Path(tmp) / "taps", model)
+            else:
+                cache = TrunkCache(tmp, model) if use_cache else None
             run_cfg = cfg
             if base.startswith("full") and args.full_epochs:
                 run_cfg = TrainConfig(epochs=args.full_epochs, seed=args.seed, patience=args.full_epochs)
@@ -236,6 +321,8 @@ def main(argv=None):
             r = _round(name, model, pool, train, is_new, val, run_cfg, args, cache, pool_dig, train_dig, val_dig,
                        post)
             r["config"], r["epochs"] = name, run_cfg.epochs
+            if base == "cached-multi":
+                r["taps"] = model.taps
             if adabn:
                 r["adabn"], r["adabn_images"], r["adabn_s"] = adabn, len(adabn_rows), adabn_s
             r["test_accuracy"] = _accuracy(model, test)
