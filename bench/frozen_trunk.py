@@ -14,7 +14,21 @@ and TrainConfig, pretrained EfficientNet-Lite (ImageNet weights):
             images, from pixels: what a project got before models were chosen from the images
 
 `--configs` runs a subset (e.g. `--configs small-cnn --out ...` adds one to an earlier run's
-figures; the summary needs full and cached in the same run).
+figures), each optionally at its own depth (`cached@6`). Issue 24's attempts to close the cached
+trunk's gap, each a configuration (docs/benchmarks.md, "More of the network for less"):
+
+  cached-adabn       AdaBN: the frozen blocks' BN statistics re-estimated on --adabn-images pool
+                     images (workers.adabn) before the trunk cache is filled
+  cached-adabn-all   every block's statistics re-estimated first
+  cached-post        after training, the trained blocks' BN statistics re-estimated from the
+                     cached trunk outputs of those pool images (--post-source train: the labeled
+                     images), inside the round; cached-adabn-post: both; full-post: full
+                     fine-tuning, then every block's, from pixels
+  cached-multi       the head also reads the pooled outputs of earlier frozen blocks (--taps)
+  full-adabn         full fine-tuning from a network with the pool's BN statistics
+
+The summary compares every configuration with `full` of the same run (issue 24's bar: within
+1.5 points at ≤ 25 % of its round).
 
 Reported: seconds of each round's train and score, the ratio cached / full (the issue's bar:
 ≤ 0.25), test accuracy of each (bar: cached within ±0.5 points of full), the trunk pass, and
@@ -24,6 +38,7 @@ thread count is fixed by --threads and recorded. Writes JSON to bench/results/fr
     python bench/frozen_trunk.py --pool 10000 --labels 500 --budget 100 --epochs 10 --val 1000 --test 2000
     python bench/frozen_trunk.py ... --full-epochs 3      # full fine-tuning stopped early: equal accuracy
     python bench/frozen_trunk.py ... --configs cached --k 5 --out bench/results/frozen_trunk/k5_cached.json
+    python bench/frozen_trunk.py ... --threads 1 --configs full,cached@6,cached@7,cached-adabn,cached-multi
     python bench/frozen_trunk.py --smoke                  # minutes, for a check
 
 The figures in docs/benchmarks.md ("Colour photos") came from these; the runs are in
