@@ -221,7 +221,9 @@ class FeedbackConfig(_Strict):
     counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
                                        "(0: votes only move the class budget)")
     fill: Literal["noise", "shuffle"] = Field("noise", description="what replaces the outside of the region: noise, "
-                                              "uniform random colours; shuffle, the image's own pixels permuted")
+                                              "uniform random colours; shuffle, the outside of another training "
+                                              "image, at random (CAIPI's: it removes a cue without knowing what "
+                                              "it is, with a background that looks like the data's)")
 
 
 class SemiConfig(_Strict):
