@@ -400,8 +400,8 @@ class SimulationConfig(ProjectConfig):
     oracle_noise: Fraction = Field(0.0, description="each simulated expert answer is wrong with this probability "
                                                     "(workers.noisy_oracle)")
     expert_votes: StrictBool = Field(False, description="a simulated expert ticks \"wrong region\" on a queued image "
-                                     "when under half of its guess's Grad-CAM mass lies in the object's known region "
-                                     "(workers.expert_votes)")
+                                     "when its guess's Grad-CAM map is less dense in the object's known region than "
+                                     "0.8 of its mean (engine.regions.wrong_region; workers.expert_votes)")
     noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
                                                          "class; confusable, the class a clean model confuses the "
                                                          "true one with most")

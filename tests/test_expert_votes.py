@@ -156,7 +156,8 @@ def test_shuffle_pastes_other_training_images_never_the_source(tmp_path):
     assert plan(train.take([1]), {101: [3, 3, 9, 9]}, [True, True], 2, "shuffle", 7) is None
 
 
-def test_simulate_expert_votes_and_counterexamples_on_a_shortcut_folder(tmp_path):
+@pytest.mark.parametrize("fill", ["noise", "shuffle"])
+def test_simulate_expert_votes_and_counterexamples_on_a_shortcut_folder(tmp_path, fill):
     from service.cli import app
 
     folder = tmp_path / "photos"
@@ -166,7 +167,8 @@ def test_simulate_expert_votes_and_counterexamples_on_a_shortcut_folder(tmp_path
     r = runner.invoke(app, ["simulate", "--folder", str(folder), "--model", "small-cnn", "--image-size", "32",
                             "--channels", "3", "--initial", "20", "--budget", "10", "--rounds", "2", "--epochs", "1",
                             "--mc-samples", "2", "--threads", "1", "--expert-votes", "--counterexamples", "2",
-                            "--config", '{"pretrained": false, "frozen_blocks": 0, "first_batch": "random"}',
+                            "--config", json.dumps({"pretrained": False, "frozen_blocks": 0, "first_batch": "random",
+                                                    "feedback": {"fill": fill}}),
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
@@ -180,6 +182,9 @@ def test_simulate_expert_votes_and_counterexamples_on_a_shortcut_folder(tmp_path
         made += v.get("counterexamples_made", 0)
         assert v.get("counterexamples_made", 0) == 2 * v["flagged"]
     assert data["counterexamples"] == made
+    assert data["config"]["feedback"]["fill"] == fill
+    # The last round trained on the copies of every image flagged before it (the train job made them).
+    assert data["rounds"][-1]["counterexamples_trained"] == made
     # No labels: the counts are the oracle's answers only.
     assert [x["labeled"] for x in data["rounds"]] == [20, 30, 40]
     for x in data["rounds"]:
