@@ -17,6 +17,9 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
              rule (the share of the guess's Grad-CAM mass inside the garment's box under 0.8 of
              the box's share of the image); the votes move the class budget, as the service's
              do, and train nothing
+  no-cue     the ceiling: the same garments and boxes with the background's colour random in
+             every split (no shortcut to learn), plain: what a model that never saw the cue
+             reaches on the test split, so what feedback could at most win back
   feedback   --expert-votes --counterexamples K (--k, default 2): each flagged image adds K
              copies with everything outside the box replaced (--fill noise: uniform noise;
              shuffle: the outside of another training image) to the next rounds' training
@@ -38,19 +41,25 @@ from pathlib import Path
 
 PRESET = dict(dataset="fashion-shortcut", pool_limit=5000, val_limit=1000, test_limit=2000, initial=50, budget=50,
               rounds=6, epochs=10, strategy="hybrid")
-CONDITIONS = {"plain": {}, "votes": {"expert_votes": True},
+CONDITIONS = {"plain": {}, "no-cue": {"dataset": "fashion-shortcut-no-cue"}, "votes": {"expert_votes": True},
               "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2}}}
 
 
 def run(args) -> None:
     from engine.config import SimulationConfig, merge_config
+    from engine.datasets import COLOUR_MODEL, register_dataset
+    from engine.shortcut_fashion import load_fashion_shortcut
     from workers.simulate import run_simulation
+
+    register_dataset("fashion-shortcut-no-cue", lambda seed: load_fashion_shortcut(seed, cue_rate=None))
 
     cfg = merge_config({**PRESET, "seed": args.seed, "threads": args.threads,
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
     if args.condition == "feedback":
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill}})
+    if args.condition == "no-cue":  # the named default model is fashion-shortcut's: give it
+        cfg = merge_config(cfg, COLOUR_MODEL)
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
     name = args.condition + (f"-k{args.k}" if args.condition == "feedback" and args.k != 2 else "") \
         + (f"-{args.fill}" if args.condition == "feedback" and args.fill != "noise" else "") + args.tag
