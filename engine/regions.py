@@ -27,8 +27,8 @@ NO_REGION = (-1, -1, -1, -1)
 # over the whole image. Relative to the area because an absolute share depends on the box's size:
 # with "under half inside", a map spread evenly over an image whose object covers 20-49 % of it
 # (the shortcut benchmark) was flagged, so a diffuse map counted as evidence of a shortcut. A map
-# spread evenly, or nearly (within a fifth of its mean density: about what bilinear resizing of
-# a 3 × 3 map moves between a box's edge and its centre), is no evidence either way.
+# spread evenly, or nearly (within a fifth of its mean density: the 0.8 is a margin chosen, not
+# tuned), is no evidence either way.
 WRONG_REGION_BELOW = 0.8
 # A class is suspect (it looks at the wrong region) when at least this share of its judged maps
 # or votes are flagged, over at least SUSPECT_MIN_JUDGED of them: the same in both reports, per
