@@ -232,7 +232,9 @@ class FeedbackConfig(_Strict):
     counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
                                        "(0: votes only move the class budget)")
     fill: Literal["noise", "shuffle"] = Field("noise", description="what replaces the outside of the region: noise, "
-                                              "uniform random colours; shuffle, the image's own pixels permuted")
+                                              "uniform random colours; shuffle, the outside of another training "
+                                              "image, at random (CAIPI's: it removes a cue without knowing what "
+                                              "it is, with a background that looks like the data's)")
 
 
 class SemiConfig(_Strict):
@@ -438,8 +440,8 @@ class SimulationConfig(ProjectConfig):
     oracle_noise: Fraction = Field(0.0, description="each simulated expert answer is wrong with this probability "
                                                     "(workers.noisy_oracle)")
     expert_votes: StrictBool = Field(False, description="a simulated expert ticks \"wrong region\" on a queued image "
-                                     "when under half of its guess's Grad-CAM mass lies in the object's known region "
-                                     "(workers.expert_votes)")
+                                     "when its guess's Grad-CAM map is less dense in the object's known region than "
+                                     "0.8 of its mean (engine.regions.wrong_region; workers.expert_votes)")
     noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
                                                          "class; confusable, the class a clean model confuses the "
                                                          "true one with most")

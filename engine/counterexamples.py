@@ -1,7 +1,7 @@
 """Counterexamples of explanatory feedback (issue 25; CAIPI, Teso & Kersting 2019): an image an
 expert flagged "the model looked at the wrong region", whose object region is known, enters
-training `copies` more times with everything outside the region randomised and the label the
-image has, so that what lies outside the object stops predicting the class.
+training `copies` more times with everything outside the region randomised (uniform noise, or
+`shuffle`: the outside of another training image) and the label the image has, so that what lies outside the object stops predicting the class.
 
 One implementation for the service and `camloop simulate`: the round's plan (engine.step.training)
 turns the flagged images into a `CounterexampleSpec` of the train manifest (which images, their
@@ -11,8 +11,9 @@ labels: they are never in the manifest's `train`, so no count of labels, no evid
 out-of-fold check, no shadow learner and no export sees them.
 
 Each image's copies are drawn from a generator seeded by (the project's seed, the item id): the
-same copies every round (the frozen-trunk cache computes their features once) and in every
-process. numpy only: the API process plans them.
+same copies every round with `noise` (the frozen-trunk cache computes their features once) and
+in every process; with `shuffle` the donors are the round's training images, so the pasted
+outsides change as labels arrive. numpy only: the API process plans them.
 """
 from __future__ import annotations
 
@@ -26,11 +27,16 @@ FILLS = ("noise", "shuffle")
 _STREAM = 25  # the generators' second key: counterexamples draw from a stream of their own
 
 
-def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise") -> np.ndarray:
+def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise",
+                    donors: np.ndarray | None = None) -> np.ndarray:
     """k copies of `image` (H, W, C uint8) with everything outside `box` [x0, y0, x1, y1]
-    randomised: `noise`, uniform random values; `shuffle`, the outside pixels permuted among
-    themselves (the colours stay, their arrangement, any mark, goes). The object, inside the
-    box, is left as it is."""
+    randomised: `noise`, uniform random values; `shuffle`, the outside pasted from one of
+    `donors` (M, H, W, C: other images of the data, never this one), a different donor for each
+    copy while there are enough. A permutation of the image's own outside pixels was the first
+    `shuffle`: it keeps a background's colour, so it cannot remove a colour cue (the shortcut
+    benchmark's); another image's outside removes any cue the outside carries without knowing
+    what it is, and looks like the data's backgrounds rather than noise (CAIPI). The object,
+    inside the box, is left as it is."""
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}: {' | '.join(FILLS)}")
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -39,11 +45,17 @@ def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fi
     outside[y0:y1, x0:x1] = False
     out = np.repeat(image[None], k, axis=0)
     n_out = int(outside.sum())
+    if fill == "shuffle":
+        if donors is None or len(donors) == 0:
+            raise ValueError("fill 'shuffle' needs donor images")
+        if donors.shape[1:] != image.shape:
+            raise ValueError(f"donor images are {donors.shape[1:]}, the image is {image.shape}")
+        pick = rng.choice(len(donors), size=k, replace=len(donors) < k)
     for j in range(k):
         if fill == "noise":
             out[j][outside] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)
         else:
-            out[j][outside] = image[outside][rng.permutation(n_out)]
+            out[j][outside] = donors[pick[j]][outside]
     return out
 
 
@@ -62,18 +74,28 @@ def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequenc
     if not pick:
         return None
     sources = train.take(pick)
+    # shuffle's donors: every image the round trains on, of any class (their backgrounds follow
+    # the data's, uncorrelated with the source's label). They grow with the labels, so a source's
+    # copies change from round to round (the trunk cache computes the new ones' features).
+    donors = train if fill == "shuffle" else None
+    if donors is not None and len(set(donors.item_ids)) < 2:
+        return None
     return CounterexampleSpec(sources=sources, boxes=[[int(v) for v in flagged[int(i)]] for i in sources.item_ids],
-                              copies=int(copies), fill=fill, seed=int(seed))
+                              copies=int(copies), fill=fill, seed=int(seed),
+                              **({"donors": donors} if donors is not None else {}))
 
 
 def make(spec: CounterexampleSpec, images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(the copies (N·copies, H, W, C) uint8, their labels) of `spec`; `images`: the sources'
     pixels when the caller has them already (default: read from the cache files)."""
     src = spec.sources.gather() if images is None else images
+    donors = np.asarray(spec.donors.gather()) if spec.fill == "shuffle" else None
+    donor_ids = np.asarray(spec.donors.item_ids, np.int64)
     out, labels = [], []
     for im, box, item, y in zip(src, spec.boxes, spec.sources.item_ids, spec.sources.labels):
         rng = np.random.default_rng([int(spec.seed), _STREAM, int(item)])
-        out.append(counterexamples(im, box, spec.copies, rng, spec.fill))
+        others = donors[donor_ids != int(item)] if donors is not None else None
+        out.append(counterexamples(im, box, spec.copies, rng, spec.fill, others))
         labels += [int(y)] * spec.copies
     if not out:
         return np.zeros((0,) + src.shape[1:], np.uint8), np.zeros(0, np.int64)

@@ -20,9 +20,53 @@ from engine.imageio import letterbox_geometry
 
 REGIONS_FILE = "regions.json"
 NO_REGION = (-1, -1, -1, -1)
-# A Grad-CAM map with under this share of its mass inside the object's region looks at the wrong
-# region: the simulated expert's tick (workers.expert_votes) and the shortcut report's (service.core.shortcut).
-WRONG_REGION_BELOW = 0.5
+# The wrong-region rule, one definition for the simulated expert's tick (workers.expert_votes) and
+# the shortcut report's maps (service.core.shortcut): a Grad-CAM map looks at the wrong region
+# when the share of its mass inside the object's box is under WRONG_REGION_BELOW times the box's
+# share of the image's area, i.e. the map is on average less than 0.8 as dense inside the box as
+# over the whole image. Relative to the area because an absolute share depends on the box's size:
+# with "under half inside", a map spread evenly over an image whose object covers 20-49 % of it
+# (the shortcut benchmark) was flagged, so a diffuse map counted as evidence of a shortcut. A map
+# spread evenly, or nearly (within a fifth of its mean density: the 0.8 is a margin chosen, not
+# tuned), is no evidence either way.
+WRONG_REGION_BELOW = 0.8
+# A class is suspect (it looks at the wrong region) when at least this share of its judged maps
+# or votes are flagged, over at least SUSPECT_MIN_JUDGED of them: the same in both reports, per
+# guessed class (an expert judges the map of the model's guess).
+SUSPECT_SHARE = 0.5
+SUSPECT_MIN_JUDGED = 3
+
+
+def area_share(box, width: int, height: int) -> float:
+    """The share of a width × height image that `box` [x0, y0, x1, y1] (x1/y1 exclusive, clipped
+    to the image) covers."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    w = max(0, min(x1, width) - max(x0, 0))
+    h = max(0, min(y1, height) - max(y0, 0))
+    return w * h / float(width * height)
+
+
+def wrong_region(share_inside, box_area_share):
+    """The rule (see WRONG_REGION_BELOW): True where the share of a map's mass inside the box is
+    under WRONG_REGION_BELOW × the box's share of the image; NaN shares (nothing to judge) never.
+    Scalars or arrays, numpy only."""
+    share = np.asarray(share_inside, np.float64)
+    area = np.asarray(box_area_share, np.float64)
+    if np.any(area[~np.isnan(share)] <= 0):
+        raise ValueError("a judged map's box covers no area")
+    out = np.nan_to_num(share, nan=np.inf) < WRONG_REGION_BELOW * area
+    return bool(out) if out.ndim == 0 else out
+
+
+def is_suspect(flagged: int, judged: int) -> bool:
+    """A class with `flagged` of `judged` maps (or votes) flagged looks at the wrong region."""
+    return judged >= SUSPECT_MIN_JUDGED and flagged / judged >= SUSPECT_SHARE
+
+
+def rule_text() -> str:
+    return (f"flagged: under {WRONG_REGION_BELOW:g} × the box's share of the image of the guess's Grad-CAM mass "
+            f"inside the object's region; suspect: a guessed class with at least {SUSPECT_SHARE:.0%} of at least "
+            f"{SUSPECT_MIN_JUDGED} judged maps or votes flagged")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

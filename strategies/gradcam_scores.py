@@ -102,7 +102,7 @@ def cam_mass_inside(maps, boxes, image_hw: tuple[int, int]) -> torch.Tensor:
     resolution: resized bilinearly to the image's), boxes (N, 4) [x0, y0, x1, y1] in pixels of
     the (H, W) image, x1/y1 exclusive. NaN for an all-zero map or a box with a negative
     coordinate (region not known): nothing to judge there. A simulated expert ticks "wrong
-    region" where the share is under one half."""
+    region" where the share is low for the box's area (engine.regions.wrong_region)."""
     m = _maps(maps, "maps", 3)
     b = torch.as_tensor(boxes, dtype=torch.int64)
     n = m.shape[0]

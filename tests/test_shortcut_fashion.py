@@ -1,5 +1,5 @@
 """engine.shortcut_fashion: the colour cast outside the garment's box names a cue-bearing class
-at the cue rate in pool and validation, says nothing of the other classes, and is random in the
+at the cue rate in pool and validation, is drawn from all ten colours for the other classes, and is random in the
 test split; the pixels are the composite with the cast outside the box only; every region lies
 inside its image and covers its garment; `camloop sample-photos --shortcut` writes class folders
 and regions.json, the same for the same seed."""
@@ -41,12 +41,18 @@ def test_the_cast_names_cue_bearing_classes_at_the_rate_in_pool_and_val_and_at_c
     bearing = np.isin(pool.labels, CUE_CLASSES)
     assert abs((pc == pool.labels)[bearing].mean() - 0.9) < 0.05
     assert abs((vc == val.labels)[np.isin(val.labels, CUE_CLASSES)].mean() - 0.9) < 0.08
-    # The other classes get the colour of a class without a cue: a cue colour never names them.
-    assert not np.isin(pc[~bearing], CUE_CLASSES).any()
-    assert len(np.unique(pc[~bearing])) == 10 - len(CUE_CLASSES)
-    # So a cue colour names its class in the pool (the shortcut), far above chance.
+    # The other classes draw from all ten colours, in every split: their background says nothing.
+    for labels, cues in ((pool.labels, pc), (val.labels, vc)):
+        free = ~np.isin(labels, CUE_CLASSES)
+        assert len(np.unique(cues[free])) == 10
+        assert abs((cues[free] == labels[free]).mean() - 0.1) < 0.08
+        assert abs(np.isin(cues[free], CUE_CLASSES).mean() - 0.5) < 0.1
+    # So a cue colour names its class in the pool (the shortcut) well above chance (about 62 %),
+    # and a free class's own colour does not.
     for c in CUE_CLASSES:
-        assert (pool.labels[pc == c] == c).mean() > 0.85
+        assert (pool.labels[pc == c] == c).mean() > 0.45
+    for c in set(range(10)) - set(CUE_CLASSES):
+        assert (pool.labels[pc == c] == c).mean() < 0.4
     # Test: uniformly random over all ten colours, for every class.
     assert abs((tc == test.labels).mean() - 0.1) < 0.04
     assert np.isin(tc[~np.isin(test.labels, CUE_CLASSES)], CUE_CLASSES).mean() > 0.4

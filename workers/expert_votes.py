@@ -1,21 +1,26 @@
 """The simulated expert who votes on regions (`camloop simulate --expert-votes`).
 
 An expert in Label Studio sees each queued image beside the Grad-CAM map of the model's guess
-and may tick "the model looked at the wrong region". The simulated one ticks it when less than
-half of that map's mass lies inside the object's known region (Dataset.regions: the shortcut
-benchmark's garment boxes, or a folder's regions.json), as a person ticking the box would; an
-image without a known region gets no vote. The votes are counted as the service counts them
-(service.labelstudio.wrong_region: per guessed class, and they move the class budget through
-the selection's `wrong_region_votes`), and per true class as the shortcut report: the share of
-flagged maps and the mean share of the maps' mass inside the regions. The counterexamples of the
-flagged images are made where the service makes them, in the train job (engine.counterexamples).
+and may tick "the model looked at the wrong region". The simulated one ticks it by the rule of
+engine.regions (`wrong_region`: the share of that map's mass inside the object's known region is
+under WRONG_REGION_BELOW times the region's share of the image, so a map spread evenly is no
+evidence whatever the box's size), on the object's box (Dataset.regions: the shortcut
+benchmark's garment boxes, or a folder's regions.json); an image without a known region gets no
+vote. The votes are counted as the service counts them (service.labelstudio.wrong_region: per
+guessed class, and they move the class budget through the selection's `wrong_region_votes`),
+and the shortcut report is the service's definition too (service.core.shortcut): per guessed
+class, the share of flagged maps, the mean share of the maps' mass inside the regions,
+`suspect` by engine.regions.is_suspect; the same figures per true class beside it
+(`per_true_class`, which a simulation knows and a service does not, for reading a benchmark).
+The counterexamples of the flagged images are made where the service makes them, in the train
+job (engine.counterexamples).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from engine import contracts as c
-from engine.regions import WRONG_REGION_BELOW
+from engine.regions import area_share, is_suspect, rule_text, wrong_region
 
 
 def guess_maps(score_files, item_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -44,21 +49,25 @@ def vote(maps: np.ndarray, boxes: np.ndarray, image_hw) -> tuple[np.ndarray, np.
 
     from strategies.gradcam_scores import cam_mass_inside
 
-    share = cam_mass_inside(torch.from_numpy(np.clip(maps, 0, 1)), torch.from_numpy(np.asarray(boxes)),
+    boxes = np.asarray(boxes)
+    share = cam_mass_inside(torch.from_numpy(np.clip(maps, 0, 1)), torch.from_numpy(boxes),
                             image_hw).numpy().astype(np.float64)
-    flagged = np.nan_to_num(share, nan=1.0) < WRONG_REGION_BELOW
+    h, w = int(image_hw[0]), int(image_hw[1])
+    area = np.array([area_share(b, w, h) if (np.asarray(b) >= 0).all() else np.nan for b in boxes], np.float64)
+    flagged = np.asarray(wrong_region(share, area), bool).reshape(share.shape)
     return share, flagged
 
 
 class VoteBook:
-    """Every vote of a run: per guessed class (what the selection reads) and per true class (the
-    shortcut report)."""
+    """Every vote of a run: per guessed class (what the selection reads, and the shortcut
+    report) and per true class (beside it, for reading a benchmark)."""
 
     def __init__(self, names: list[str]):
         self.names = names
         k = len(names)
         self.flagged_by_guess = np.zeros(k, np.int64)
         self.reviewed_by_guess = np.zeros(k, np.int64)
+        self.inside_by_guess = np.zeros(k, np.float64)
         self.flagged = np.zeros(k, np.int64)
         self.reviewed = np.zeros(k, np.int64)
         self.inside_sum = np.zeros(k, np.float64)
@@ -73,6 +82,7 @@ class VoteBook:
             if p >= 0:
                 self.reviewed_by_guess[p] += 1
                 self.flagged_by_guess[p] += int(f)
+                self.inside_by_guess[p] += s
         ids = [int(i) for i in np.asarray(item_ids)[judged & flagged]]
         self.flagged_ids += ids
         return {"judged": int(judged.sum()), "flagged": len(ids),
@@ -81,15 +91,22 @@ class VoteBook:
     def selection_votes(self) -> tuple[np.ndarray, np.ndarray] | None:
         return (self.flagged_by_guess.copy(), self.reviewed_by_guess.copy()) if self.reviewed_by_guess.any() else None
 
-    def report(self) -> dict:
-        """Per true class: votes, flagged, the flagged share, the mean share of map mass inside
-        the region; classes flagged in at least half their maps listed as `suspect`."""
+    def _table(self, reviewed, flagged, inside) -> dict:
         per = {}
         for i, n in enumerate(self.names):
-            r = int(self.reviewed[i])
-            per[n] = {"votes": r, "flagged": int(self.flagged[i]),
-                      "flagged_share": round(self.flagged[i] / r, 4) if r else None,
-                      "mean_inside": round(self.inside_sum[i] / r, 4) if r else None}
-        return {"per_class": per, "rule": f"flagged: under {WRONG_REGION_BELOW:.0%} of the guess's Grad-CAM mass "
-                                          "inside the object's region",
-                "suspect": [n for n, v in per.items() if v["flagged_share"] is not None and v["flagged_share"] >= 0.5]}
+            r = int(reviewed[i])
+            per[n] = {"votes": r, "flagged": int(flagged[i]),
+                      "flagged_share": round(flagged[i] / r, 4) if r else None,
+                      "mean_inside": round(inside[i] / r, 4) if r else None,
+                      "suspect": is_suspect(int(flagged[i]), r)}
+        return per
+
+    def report(self) -> dict:
+        """The shortcut report, as the service's (service.core.shortcut): per guessed class
+        votes, flagged, the flagged share, the mean share of map mass inside the region, and
+        `suspect` (engine.regions.is_suspect); `per_true_class` the same by true class."""
+        per = self._table(self.reviewed_by_guess, self.flagged_by_guess, self.inside_by_guess)
+        true = self._table(self.reviewed, self.flagged, self.inside_sum)
+        return {"per_class": per, "per_true_class": true, "rule": "per guessed class; " + rule_text(),
+                "suspect": [n for n, v in per.items() if v["suspect"]],
+                "suspect_by_true_class": [n for n, v in true.items() if v["suspect"]]}

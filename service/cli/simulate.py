@@ -68,10 +68,11 @@ def simulate(
                                                                       "on out-of-fold probabilities) and ask an "
                                                                       "independent simulated expert again"),
     expert_votes: bool = typer.Option(False, "--expert-votes/--no-expert-votes", help="a simulated expert ticks "
-                                      "\"wrong region\" on a queued image when under half of its guess's Grad-CAM "
-                                      "mass lies in the object's known region (a regions.json beside --folder's class "
+                                      "\"wrong region\" on a queued image when the share of its guess's Grad-CAM "
+                                      "mass inside the object's known region is under 0.8 of the region's share of "
+                                      "the image (engine.regions.wrong_region; a regions.json beside --folder's class "
                                       "folders, or the data set's, e.g. fashion-shortcut); the JSON gets the votes "
-                                      "and a per-class shortcut report"),
+                                      "and a shortcut report per guessed class, as the service's"),
     counterexamples: int = typer.Option(0, min=0, max=10, help="with --expert-votes: copies of each flagged image, "
                                         "its outside of the region randomised, added to the next rounds' training "
                                         "(feedback.counterexamples; 0: none)"),

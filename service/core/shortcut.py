@@ -13,14 +13,15 @@ them the same way):
           regions.json), the share of each queued image's map mass inside that region: the
           map of its guess from the score files of the round that queued it (the low-resolution
           map the overlay is drawn from), over the letterboxed frame the model saw, with the
-          region mapped onto that frame (engine.regions.to_decoded). A map with under half its
-          mass inside is counted as outside — the simulated expert's rule
-          (engine.regions.WRONG_REGION_BELOW); the share of such maps with its interval,
-          and the mean share inside. The latest `MAP_ROUNDS` rounds that queued guessed images.
+          region mapped onto that frame (engine.regions.to_decoded). A map is counted as
+          outside by the simulated expert's rule (engine.regions.wrong_region: under
+          WRONG_REGION_BELOW times the region's share of the frame inside); the share of such
+          maps with its interval, and the mean share inside. The latest `MAP_ROUNDS` rounds that queued guessed images.
 
 A class is `suspect` when at least half of its votes, or of its judged maps, are flagged, over
-at least `MIN_JUDGED` of them. For each suspect class up to `EXAMPLES` image ids: its maps most
-outside their regions (under half inside), then images the experts flagged (the plug-ins'
+at least `MIN_JUDGED` of them (engine.regions.is_suspect: `camloop simulate`'s report uses the
+same rule, per guessed class too). For each suspect class up to `EXAMPLES` image ids: its maps
+most outside their regions (the lowest share inside against the region's area), then images the experts flagged (the plug-ins'
 `wrong_region_examples`), for the page's overlays. No torch here (the API process): the maps
 are resized with Pillow.
 """
@@ -34,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
-from engine.regions import WRONG_REGION_BELOW, file_size, to_decoded
+from engine.regions import SUSPECT_MIN_JUDGED, area_share, file_size, is_suspect, rule_text, to_decoded, wrong_region
 from engine.scorefiles import ScoreFile
 from service import plugins
 from service.core import paths
@@ -46,7 +47,7 @@ from strategies.exclusion import wilson_interval
 
 log = logging.getLogger("camloop.shortcut")
 
-MIN_JUDGED = 3            # votes or maps a class needs before it can be called suspect
+MIN_JUDGED = SUSPECT_MIN_JUDGED  # votes or maps a class needs before it can be called suspect
 MAP_ROUNDS = 3            # the latest rounds whose queued images' maps are judged
 EXAMPLES = 3              # example images per suspect class
 
@@ -88,15 +89,15 @@ def _frame_side(settings: Settings, pid: int, shard: int | None, sides: dict) ->
     return sides[shard]
 
 
-def judged_maps(s: Session, settings: Settings, pid: int) -> tuple[list[tuple[str, int, float]], list[int]]:
-    """([(guessed class, item id, share inside)], rounds read): the maps of the images queued in
+def judged_maps(s: Session, settings: Settings, pid: int) -> tuple[list[tuple[str, int, float, float]], list[int]]:
+    """([(guessed class, item id, share inside, the region's share of the frame)], rounds read): the maps of the images queued in
     the latest MAP_ROUNDS rounds that queued guessed images, where the item's region is known."""
     if s.scalar(select(Item.id).where(Item.project_id == pid, Item.region.is_not(None)).limit(1)) is None:
         return [], []
     numbers = list(s.scalars(select(Round.number).join(QueueEntry, QueueEntry.round_id == Round.id)
                              .where(Round.project_id == pid, QueueEntry.pred.is_not(None))
                              .group_by(Round.number).order_by(Round.number.desc()).limit(MAP_ROUNDS)))
-    out: list[tuple[str, int, float]] = []
+    out: list[tuple[str, int, float, float]] = []
     sides: dict = {}
     for number in numbers:
         rows = s.execute(select(QueueEntry.pred, Item).join(Round, Round.id == QueueEntry.round_id)
@@ -121,9 +122,10 @@ def judged_maps(s: Session, settings: Settings, pid: int) -> tuple[list[tuple[st
                 size = _image_size(settings, it.uri) if side else None
                 if size is None:
                     continue
-                share = mass_inside(cams[j], to_decoded(it.region, size[0], size[1], side), side)
+                box = to_decoded(it.region, size[0], size[1], side)
+                share = mass_inside(cams[j], box, side)
                 if not np.isnan(share):
-                    out.append((pred, int(it.id), share))
+                    out.append((pred, int(it.id), share, area_share(box, side, side)))
     return out, numbers
 
 
@@ -137,21 +139,20 @@ def shortcut_section(s: Session, settings: Settings | None, project: Project, na
     if votes is None and not maps:
         return None
     flagged, reviewed = votes if votes is not None else (np.zeros(len(names)), np.zeros(len(names)))
-    by_class: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
-    for pred, iid, share in maps:
+    by_class: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
+    for pred, iid, share, area in maps:
         if pred in by_class:
-            by_class[pred].append((iid, share))
+            by_class[pred].append((iid, share, area))
     voted_examples = plugins.wrong_region_examples(s, project, EXAMPLES)
     per_class, suspect = {}, []
     for i, n in enumerate(names):
         k_v, n_v = int(flagged[i]), int(reviewed[i])
         judged = by_class[n]
-        outside = sorted((sh, iid) for iid, sh in judged if sh < WRONG_REGION_BELOW)
+        outside = sorted((sh / area, iid) for iid, sh, area in judged if wrong_region(sh, area))
         v, o = _share(k_v, n_v), _share(len(outside), len(judged))
-        is_suspect = any(x["share"] is not None and x["share"] >= 0.5 and m >= MIN_JUDGED
-                         for x, m in ((v, n_v), (o, len(judged))))
+        suspect_here = is_suspect(k_v, n_v) or is_suspect(len(outside), len(judged))
         examples: list[int] = []
-        if is_suspect:
+        if suspect_here:
             suspect.append(n)
             for iid in [iid for _, iid in outside] + list(voted_examples.get(n, [])):
                 if iid not in examples and len(examples) < EXAMPLES:
@@ -161,10 +162,8 @@ def shortcut_section(s: Session, settings: Settings | None, project: Project, na
             "flagged_high": v["high"],
             "maps": len(judged), "maps_outside": len(outside), "outside_share": o["share"],
             "outside_low": o["low"], "outside_high": o["high"],
-            "mean_inside": round(float(np.mean([sh for _, sh in judged])), 4) if judged else None,
-            "suspect": is_suspect, "examples": examples}
+            "mean_inside": round(float(np.mean([sh for _, sh, _ in judged])), 4) if judged else None,
+            "suspect": suspect_here, "examples": examples}
     return {"per_class": per_class, "suspect": suspect, "map_rounds": sorted(rounds),
-            "rule": f"per guessed class: flagged, an expert's \"wrong region\" vote; outside, a queued image's "
-                    f"Grad-CAM map with under {WRONG_REGION_BELOW:.0%} of its mass inside the object's known "
-                    f"region (latest {MAP_ROUNDS} rounds); suspect, at least half of the votes or of the maps "
-                    f"(at least {MIN_JUDGED} of them) flagged or outside"}
+            "rule": f"per guessed class: flagged, an expert's \"wrong region\" vote or a queued image's map "
+                    f"(latest {MAP_ROUNDS} rounds) judged outside its known region; " + rule_text()}
