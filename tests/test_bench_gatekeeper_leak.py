@@ -1,21 +1,15 @@
 """bench/gatekeeper_leak.py: the share of a batch from the excluded classes, on a hand-made run."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "gatekeeper_leak.py"
+from tests.bench_module import load_bench
+
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("gatekeeper_leak", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gatekeeper_leak")
 
 
 def _record(number, labeled, status, selected=None, kept=0):

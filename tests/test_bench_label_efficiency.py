@@ -1,21 +1,15 @@
 """bench/label_efficiency.py: the config each run gets from the command line (no run trains here)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "label_efficiency.py"
+from tests.bench_module import load_bench
+
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("label_efficiency", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("label_efficiency")
 
 
 # The colour benchmark's model, where the trunk cache acts (a pretrained trunk with frozen blocks).

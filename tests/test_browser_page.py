@@ -8,10 +8,8 @@ Screenshots: page-top.png and page-full.png under the test's tmp folder (CAMLOOP
 copies them there too)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,19 +19,15 @@ import numpy as np
 import pytest
 
 from tests.browser import chromium, console  # noqa: F401  (fixture)
+from tests.bench_module import load_bench
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "load_annotators.py"
 CLASSES = [str(i) for i in range(10)]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("load_annotators", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("load_annotators")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.relabel import confirmed
+from tests.test_label_issues import _noisy
 from workers.label_issues import find_issues, pruned_keep
 
 
@@ -19,20 +20,8 @@ def test_a_label_is_confirmed_when_two_experts_gave_it_and_it_wins_outright():
     assert not confirmed([])
 
 
-def _noisy(n=300, c=4, flip=0.15, seed=3):
-    rng = np.random.default_rng(seed)
-    truth = rng.integers(c, size=n)
-    z = rng.normal(size=(n, c))
-    z[np.arange(n), truth] += 3.0
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    given = truth.copy()
-    wrong = rng.random(n) < flip
-    given[wrong] = (truth[wrong] + rng.integers(1, c, size=wrong.sum())) % c
-    return given, p, wrong
-
-
 def test_pruning_leaves_out_the_suspects_except_confirmed_labels_and_labels_of_excluded_classes():
-    given, p, wrong = _noisy()
+    given, p, wrong = _noisy(n=300, c=4, seed=3)
     ids = np.arange(1000, 1000 + len(given))
     suspects = find_issues(given, p)[0]
     assert suspects[wrong].mean() > 0.8  # the fixture's flips are findable

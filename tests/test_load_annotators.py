@@ -5,23 +5,17 @@ no 5xx. No timing assertions: latency figures come from bench/load_annotators.py
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench_module import load_bench
+
 pytestmark = pytest.mark.slow
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "load_annotators.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("load_annotators", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("load_annotators")
 
 
 @pytest.mark.parametrize("db", ["postgresql", "sqlite"])
