@@ -86,3 +86,54 @@ def test_confirmed_labels_are_those_two_experts_gave_and_the_item_holds_now(api)
     with session_scope(settings) as s:
         project = s.get(Project, pid)
         assert inputs.confirmed_label_ids(s, project) == [items[0]]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_service_round_with_pruning_keeps_labels_two_experts_gave(api):
+    """Through the service: 150 registered labels of digits, a fifth of them wrong; ten wrong ones
+    also answered the same by a second expert (POST labels, another `who`): confirmed. The round's
+    train job leaves suspects out (metrics train.pruned), never a confirmed label, and every label
+    still counts."""
+    from service.core import paths
+    from service.store import ModelVersion
+    from service.store.db import session_scope
+    from engine.contracts import TrainManifest, read_manifest
+    from tests.conftest import round_reaches, write_digits
+    from sqlalchemy import select
+
+    c, settings = api
+    cfg = {"epochs": 6, "budget": 20, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False,
+           "first_batch": "random", "stopping": {"stop_set_size": 0}, "control": {"share": 0.0},
+           "audit": {"enabled": False}, "relabel": {"enabled": True, "prune": True, "prune_max": 0.2}}
+    r = c.post("/api/v1/projects", json={"name": f"prune-{time.monotonic_ns()}",
+                                         "classes": [str(i) for i in range(10)], "config": cfg})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    pool = write_digits(settings.data_dir, 250, "pool", seed=4)
+    rng = np.random.default_rng(0)
+    labeled = pool[:150]
+    wrong = set(rng.choice(150, size=30, replace=False).tolist())
+    given = {uri: (str((int(cls) + 1 + int(rng.integers(9))) % 10) if k in wrong else cls)
+             for k, (uri, cls) in enumerate(labeled)}
+    items = [{"uri": uri, "split": "pool", "label": given.get(uri)} for uri, _ in pool]
+    assert c.post(f"/api/v1/projects/{pid}/items", json={"items": items}).status_code == 202
+    ids = {x["uri"]: x["id"] for x in c.get(f"/api/v1/projects/{pid}/items",
+                                             params={"split": "pool", "limit": 1000}).json()["items"]}
+    twice = [labeled[k][0] for k in sorted(wrong)[:10]]
+    r = c.post(f"/api/v1/projects/{pid}/labels", json={"labels": [
+        {"item_id": ids[u], "class": given[u], "client_id": f"second-{ids[u]}", "who": "bob"} for u in twice]})
+    assert r.status_code == 201, r.text
+
+    assert c.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    round_reaches(c, settings, pid, 1, "labeling")
+    m = read_manifest(paths.round_files(settings, pid, 1).train_manifest, TrainManifest)
+    assert m.relabel_prune and sorted(m.relabel_confirmed) == sorted(ids[u] for u in twice)
+    with session_scope(settings) as s:
+        mv = s.scalars(select(ModelVersion).where(ModelVersion.project_id == pid)).one()
+        train = mv.metrics["train"]
+    out = set(train["pruned_item_ids"])
+    assert 0 < train["pruned"] == len(out) <= 0.2 * len(m.train)
+    assert not out & set(m.relabel_confirmed)
+    wrong_ids = {ids[labeled[k][0]] for k in wrong}
+    assert len(out & wrong_ids) > len(out) / 2, (len(out & wrong_ids), len(out))
+    assert c.get(f"/api/v1/projects/{pid}/metrics").json()["labeled"] == 150
