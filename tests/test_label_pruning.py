@@ -136,4 +136,7 @@ def test_a_service_round_with_pruning_keeps_labels_two_experts_gave(api):
     assert not out & set(m.relabel_confirmed)
     wrong_ids = {ids[labeled[k][0]] for k in wrong}
     assert len(out & wrong_ids) > len(out) / 2, (len(out & wrong_ids), len(out))
-    assert c.get(f"/api/v1/projects/{pid}/metrics").json()["labeled"] == 150
+    metrics = c.get(f"/api/v1/projects/{pid}/metrics").json()
+    assert metrics["labeled"] == 150  # pruned labels are labels
+    assert metrics["label_issues"]["pruned"] == train["pruned"]
+    assert set(metrics["label_issues"]["pruned_item_ids"]) == out

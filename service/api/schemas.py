@@ -317,7 +317,8 @@ class MetricsOut(BaseModel):
                                                "evidence) and the expected calibration error before and after, on "
                                                "the evidence and the test split")
     label_issues: dict[str, Any] | None = Field(None, description="relabel on: labels checked (out-of-fold) and "
-                                                "cleanlab's issues among them")
+                                                "cleanlab's issues among them; with relabel.prune, `pruned` and "
+                                                "`pruned_item_ids`: the labels the latest model trained without")
     experts: dict[str, Any] | None = Field(None, description="with Label Studio: anchoring (per expert, agreement "
                                            "with the guess shown vs hidden, `flagged`), second opinions (asked, open, "
                                            "answered, not independent) and each expert's estimated quality")

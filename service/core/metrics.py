@@ -49,6 +49,18 @@ def _evidence_note(metrics: dict) -> dict | None:
     return {"source": source, "n": n, "note": notes.get(source, "")}
 
 
+def _label_issues(lm: dict) -> dict | None:
+    """cleanlab's verdict on the labels the latest model trained on (workers.label_issues), and
+    with relabel.prune the labels it was trained without (item ids: still labels, counted and
+    exported; only the model did not learn from them)."""
+    out = {k: v for k, v in (lm.get("label_issues") or {}).items() if k != "file"}
+    train = lm.get("train") or {}
+    if out and "pruned_item_ids" in train and train.get("pruned"):
+        out["pruned"] = int(train["pruned"])
+        out["pruned_item_ids"] = list(train["pruned_item_ids"])
+    return out or None
+
+
 def project_metrics(s: Session, project: Project, settings: Settings | None = None) -> dict:
     """GET /metrics' answer. `settings` (the installation's files): without them the shortcut
     section reads the votes only, not the maps against known regions."""
@@ -143,7 +155,7 @@ def project_metrics(s: Session, project: Project, settings: Settings | None = No
             # The latest model's temperature and its calibration error before/after (engine.calibration),
             # and cleanlab's label issues among the labels it trained on (workers.label_issues).
             "calibration": lm.get("calibration"),
-            "label_issues": {k: v for k, v in (lm.get("label_issues") or {}).items() if k != "file"} or None,
+            "label_issues": _label_issues(lm),
             "experts": experts or None,
             "control": control,
             # The audit of the lift (engine.audit): computed once when the latest model was
