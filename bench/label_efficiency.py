@@ -305,11 +305,13 @@ def run_config(args, name: str, seed: int):
     # Off unless the variant turns it on.
     exclusion = {"enabled": False, "rule": "threshold", "exclude_after": args.exclude_after,
                  "exclude_below": args.exclude_below, **overrides.pop("exclusion", {})}
-    return SimulationConfig(dataset=args.dataset, strategy=strategy, model=args.model, initial=args.initial,
-                            budget=args.budget, rounds=args.rounds, seed=seed, epochs=args.epochs,
-                            mc_samples=args.mc_samples, device=args.device, pool_limit=args.pool_limit,
-                            exclusion=exclusion, threads=args.threads, reserve=args.reserve,
-                            test_limit=args.test_limit, val_limit=args.val_limit, **overrides)
+    # --config and the variant may set any key the flags set too (e.g. "model"): theirs win.
+    return SimulationConfig(**{**dict(dataset=args.dataset, strategy=strategy, model=args.model,
+                                      initial=args.initial, budget=args.budget, rounds=args.rounds, seed=seed,
+                                      epochs=args.epochs, mc_samples=args.mc_samples, device=args.device,
+                                      pool_limit=args.pool_limit, exclusion=exclusion, threads=args.threads,
+                                      reserve=args.reserve, test_limit=args.test_limit, val_limit=args.val_limit),
+                               **overrides})
 
 
 def _extra(args) -> dict:
@@ -362,16 +364,20 @@ def _reference(args) -> None:
             continue
         n = 10**9 if size == "all" else int(size)
         epochs = (args.reference_epochs or args.epochs) if size == "all" else args.epochs
-        cfg = SimulationConfig(dataset=args.dataset, strategy="random", model=args.model, initial=n,
-                               rounds=0, seed=0, epochs=epochs, device=args.device, threads=args.threads,
-                               val_limit=args.val_limit, test_limit=args.test_limit)
+        # The runs' training settings (--config, --trunk-cache-dir), on random labels of this size.
+        cfg = SimulationConfig(**{**dict(dataset=args.dataset, model=args.model, device=args.device,
+                                         threads=args.threads, val_limit=args.val_limit,
+                                         test_limit=args.test_limit),
+                                  **_extra(args),
+                                  **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
+                                  "strategy": "random", "initial": n, "rounds": 0, "seed": 0, "epochs": epochs})
         t0 = time.perf_counter()
         out = run_simulation(cfg)
         r = out["rounds"][0]
         ref[size] = {"labeled": r["labeled"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
                      "epochs": epochs, "seconds": time.perf_counter() - t0,
                      "per_class": {c: v["accuracy"] for c, v in r["per_class"].items()}}
-        ref["meta"] = {"dataset": args.dataset, "model": args.model, "val_limit": args.val_limit,
+        ref["meta"] = {"dataset": args.dataset, "model": cfg.model, "val_limit": args.val_limit,
                        "test_size": out["config"]["test_size"], "pool_size": out["config"]["pool_size"],
                        "machine": _machine(args)}
         print(f"reference {size}: {r['labeled']} labels, test accuracy {r['accuracy']:.4f} "

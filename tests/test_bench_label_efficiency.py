@@ -55,3 +55,11 @@ def test_exclusion_is_on_only_in_the_variant_that_asks_for_it(bench):
     off = bench.run_config(args, "hybrid-cam", 0).exclusion
     assert on.enabled and not off.enabled
     assert on.rule == off.rule == "threshold" and on.exclude_after == off.exclude_after == 2
+
+
+def test_config_may_name_the_model_a_flag_also_sets(bench):
+    """--config '{"model": …}' used to raise "multiple values for keyword argument 'model'"."""
+    args = bench.parser().parse_args(["--dataset", "digits", "--config", '{"model": "efficientnet-lite0", '
+                                      '"image_size": 96, "channels": 3, "frozen_blocks": 7}'])
+    assert bench.run_config(args, "hybrid", 0).model == "efficientnet-lite0"
+    assert bench.run_config(bench.parser().parse_args(["--dataset", "digits"]), "hybrid", 0).model == "small-cnn"
