@@ -363,7 +363,8 @@ def _reference(args) -> None:
         if size in ref:
             continue
         n = 10**9 if size == "all" else int(size)
-        epochs = (args.reference_epochs or args.epochs) if size == "all" else args.epochs
+        epochs = _extra(args).get("epochs", args.epochs)  # the runs' epochs (--config wins, as there)
+        epochs = (args.reference_epochs or epochs) if size == "all" else epochs
         # The runs' training settings (--config, --trunk-cache-dir), on random labels of this size.
         cfg = SimulationConfig(**{**dict(dataset=args.dataset, model=args.model, device=args.device,
                                          threads=args.threads, val_limit=args.val_limit,
