@@ -362,7 +362,7 @@ def _reference(args) -> None:
     for size in [x.strip() for x in args.reference.split(",") if x.strip()]:
         if size in ref:
             continue
-        n = 10**9 if size == "all" else int(size)
+        n = 10_000_000 if size == "all" else int(size)  # the whole pool (SimulationConfig.initial's bound)
         epochs = _extra(args).get("epochs", args.epochs)  # the runs' epochs (--config wins, as there)
         epochs = (args.reference_epochs or epochs) if size == "all" else epochs
         # The runs' training settings (--config, --trunk-cache-dir), on random labels of this size.

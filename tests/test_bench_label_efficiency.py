@@ -63,3 +63,23 @@ def test_config_may_name_the_model_a_flag_also_sets(bench):
                                       '"image_size": 96, "channels": 3, "frozen_blocks": 7}'])
     assert bench.run_config(args, "hybrid", 0).model == "efficientnet-lite0"
     assert bench.run_config(bench.parser().parse_args(["--dataset", "digits"]), "hybrid", 0).model == "small-cnn"
+
+
+def test_reference_trains_with_the_runs_settings_and_all_is_the_whole_pool(bench, tmp_path, monkeypatch):
+    """--reference used to ignore --config (other epochs, augmentation, model than the runs it is
+    read beside), and 'all' asked for more initial labels than SimulationConfig allows."""
+    import workers.simulate
+
+    seen = []
+
+    def fake_run(cfg, **_):  # the configs the reference would train with; no training here
+        seen.append(cfg)
+        return {"rounds": [{"labeled": 5, "accuracy": 0.5, "macro_f1": 0.4, "per_class": {}}],
+                "config": {"test_size": 1, "pool_size": 2}}
+
+    monkeypatch.setattr(workers.simulate, "run_simulation", fake_run)
+    args = bench.parser().parse_args(["--dataset", "digits", "--reference", "100,all", "--reference-epochs", "7",
+                                      "--out-dir", str(tmp_path), "--config", '{"epochs": 3, "hflip": false}'])
+    bench._reference(args)
+    assert [(c.initial, c.epochs, c.hflip, c.rounds, c.strategy) for c in seen] == [
+        (100, 3, False, 0, "random"), (10_000_000, 7, False, 0, "random")]
