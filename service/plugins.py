@@ -203,17 +203,28 @@ def project_figures(s: Session, project: Project) -> dict:
     return out
 
 
+def _answers(s: Session, hook: str, project_id: int, *args, optional: bool = False):
+    """Each answer of the session's store's plug-ins to `hook(s, *args)`, each call inside a
+    savepoint. A plug-in that fails is logged and left out: its answer is extra, and the caller's
+    transaction (a round's, an export's snapshot, the metrics') stays usable and goes on without
+    it. `optional`: a plug-in written before the hook (without it) is skipped."""
+    for p in _installed_on(s):
+        if optional and not hasattr(p, hook):
+            continue
+        try:
+            with s.begin_nested():
+                got = getattr(p, hook)(s, *args) or {}
+        except Exception:  # noqa: BLE001 — one plug-in's outage must not fail the caller
+            log.exception("the %s plug-in's %s failed for project %s", p.name, hook, project_id)
+            continue
+        yield got
+
+
 def export_votes(s: Session, project_id: int, item_ids: list[int]) -> dict[int, dict[str, int]]:
     """{item id: {class: votes}} from every plug-in of the session's store; a plug-in that fails
     is logged and left out (inside a savepoint: the export's snapshot stays usable)."""
     out: dict[int, dict[str, int]] = {}
-    for p in _installed_on(s):
-        try:
-            with s.begin_nested():
-                got = p.export_votes(s, project_id, item_ids) or {}
-        except Exception:  # noqa: BLE001 — votes are extra; the labels export without them
-            log.exception("the %s plug-in's export votes failed for project %s", p.name, project_id)
-            continue
+    for got in _answers(s, "export_votes", project_id, project_id, item_ids):
         for iid, v in got.items():
             out.setdefault(iid, {}).update(v)
     return out
@@ -227,13 +238,7 @@ def wrong_region_votes(s: Session, project: Project, class_names: list[str]):
     logged and left out (inside a savepoint: the round's transaction stays usable)."""
     index = {n: i for i, n in enumerate(class_names)}
     flagged, reviewed = np.zeros(len(class_names)), np.zeros(len(class_names))
-    for p in _installed_on(s):
-        try:
-            with s.begin_nested():
-                counts = p.wrong_region_votes(s, project) or {}
-        except Exception:  # noqa: BLE001 — the votes are extra evidence; the round goes on without them
-            log.exception("the %s plug-in's wrong-region votes failed for project %s", p.name, project.id)
-            continue
+    for counts in _answers(s, "wrong_region_votes", project.id, project):
         for name, (f, r) in counts.items():
             if name in index:
                 flagged[index[name]] += int(f)
@@ -247,13 +252,7 @@ def flagged_regions(s: Session, project: Project) -> dict[int, list[int] | None]
     (explanatory feedback's counterexamples). A plug-in that fails is logged and left out (inside
     a savepoint: the round's transaction stays usable); the round trains without its votes."""
     out: dict[int, list[int] | None] = {}
-    for p in _installed_on(s):
-        try:
-            with s.begin_nested():
-                got = p.flagged_regions(s, project) or {}
-        except Exception:  # noqa: BLE001 — feedback is extra; the round trains on its labels
-            log.exception("the %s plug-in's flagged regions failed for project %s", p.name, project.id)
-            continue
+    for got in _answers(s, "flagged_regions", project.id, project):
         for item_id, box in got.items():
             if out.get(int(item_id)) is None:
                 out[int(item_id)] = list(box) if box is not None else None
@@ -264,13 +263,7 @@ def confirmed_labels(s: Session, project: Project) -> dict[int, str]:
     """{item id: class} two or more experts gave, from every plug-in. A plug-in that fails is
     logged and left out (inside a savepoint): its labels may then be pruned, never lost."""
     out: dict[int, str] = {}
-    for p in _installed_on(s):
-        try:
-            with s.begin_nested():
-                got = p.confirmed_labels(s, project) or {}
-        except Exception:  # noqa: BLE001 — pruning is extra; the round still trains
-            log.exception("the %s plug-in's confirmed labels failed for project %s", p.name, project.id)
-            continue
+    for got in _answers(s, "confirmed_labels", project.id, project):
         out.update({int(k): str(v) for k, v in got.items()})
     return out
 
@@ -279,16 +272,7 @@ def wrong_region_examples(s: Session, project: Project, limit: int) -> dict[str,
     """{guessed class: item ids the experts flagged}, up to `limit` a class, from the plug-ins
     that implement the hook; one that fails is logged and left out (inside a savepoint)."""
     out: dict[str, list[int]] = {}
-    for p in _installed_on(s):
-        hook = getattr(p, "wrong_region_examples", None)
-        if hook is None:  # a plug-in written before the hook
-            continue
-        try:
-            with s.begin_nested():
-                got = hook(s, project, limit) or {}
-        except Exception:  # noqa: BLE001 — examples are extra; the metrics go on without them
-            log.exception("the %s plug-in's wrong-region examples failed for project %s", p.name, project.id)
-            continue
+    for got in _answers(s, "wrong_region_examples", project.id, project, limit, optional=True):
         for name, ids in got.items():
             here = out.setdefault(name, [])
             here += [int(i) for i in ids if int(i) not in here][:max(0, limit - len(here))]

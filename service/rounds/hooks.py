@@ -1,7 +1,8 @@
 """What the round engine tells the plug-ins (service.plugins) and asks of them: the states a round
 entered (the reconciler, after its transaction), the experts' wrong-region votes (the class
 budget of a selection), the images they flagged with their regions (the counterexamples of
-a round's training) and the labels several of them agreed on (relabel.prune keeps those). The engine never names a plug-in."""
+a round's training) and the labels several of them agreed on (relabel.prune keeps those). The
+engine never names a plug-in."""
 from __future__ import annotations
 
 from service.plugins import round_entered as run  # noqa: F401  (reconciler: after a transition)
