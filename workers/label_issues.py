@@ -41,6 +41,16 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
+def active_issues(labels: np.ndarray, pred_probs: np.ndarray, active) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(checked, issue, quality): cleanlab's verdict on the labels of active classes; a label of an
+    excluded class does not train, so it is not checked (no issue, quality 1)."""
+    labels = np.asarray(labels, np.int64)
+    checked = np.asarray(active, bool)[labels]
+    issue, quality = np.zeros(len(labels), bool), np.ones(len(labels))
+    issue[checked], quality[checked] = find_issues(labels[checked], pred_probs[checked])
+    return checked, issue, quality
+
+
 def find_issues(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(issue mask, label quality) from cleanlab, over the classes that have labels and probability."""
     from cleanlab.filter import find_label_issues
@@ -108,11 +118,8 @@ def pruned_keep(m, labels: np.ndarray, fold_probs: np.ndarray, active) -> np.nda
     lowest label quality first (weak fold models make cleanlab flag most labels: the cap keeps a
     round from training on a fraction of its labels). A pruned label is still a label — counted,
     exported, and as likely as before to be asked again; it only does not train this round."""
-    labels = np.asarray(labels, np.int64)
     keep = np.ones(len(labels), bool)
-    checked = np.asarray(active, bool)[labels]
-    issue, quality = np.zeros(len(labels), bool), np.ones(len(labels))
-    issue[checked], quality[checked] = find_issues(labels[checked], fold_probs[checked])
+    _, issue, quality = active_issues(labels, fold_probs, active)
     confirmed = np.isin(np.asarray(m.train.item_ids, np.int64), np.asarray(m.relabel_confirmed, np.int64))
     out = np.flatnonzero(issue & ~confirmed)
     out = out[np.argsort(quality[out], kind="stable")][:int(m.relabel_prune_max * len(labels))]
@@ -141,10 +148,7 @@ def write_label_issues(m, files, train, is_new, evidence, active, base, build, p
         probs.append(predict(evidence.images, 512))
         source.append(np.full(len(evidence), HOLDOUT, np.int8))
     ids, labels, probs, source = (np.concatenate(a) for a in (ids, labels, probs, source))
-    act = np.asarray(active, bool)
-    checked = act[labels]  # an excluded class's label does not train: nothing to check
-    issue, quality = np.zeros(len(ids), bool), np.ones(len(ids))
-    issue[checked], quality[checked] = find_issues(labels[checked], probs[checked])
+    checked, issue, quality = active_issues(labels, probs, active)
     arrays = dict(item_ids=ids, labels=labels, pred_probs=probs.astype(np.float32), quality=quality,
                   issue=issue, source=source)
     atomic_write(files.label_issues, lambda f: np.savez(f, **arrays))
