@@ -200,9 +200,9 @@ def train_round(manifest_path: str) -> dict:
     base = {**m.settings.model_dump(), "device": str(dev)}
 
     is_new = np.asarray(m.is_new, bool)
-    if m.trunk_cache:  # the cache's keys, once: an out-of-memory retry hashes nothing again
-        train_dig = _digests(train.images)
-        evidence_dig = _digests(evidence.images) if evidence is not None else None
+    # The cache's keys, once (None: pixels, no cache): an out-of-memory retry hashes nothing again.
+    train_dig = _digests(train.images) if m.trunk_cache else None
+    evidence_dig = _digests(evidence.images) if m.trunk_cache and evidence is not None else None
     cache_of = (lambda net: _trunk_cache(m.trunk_cache, net, base["batch_size"])) if m.trunk_cache else None
     fold_probs, keep = None, np.ones(len(train), bool)
     if m.relabel_folds and m.relabel_prune:
@@ -211,8 +211,8 @@ def train_round(manifest_path: str) -> dict:
         from workers.label_issues import out_of_fold, pruned_keep
 
         t_folds = time.perf_counter()
-        fold_probs = out_of_fold(m, train, is_new, evidence, active, base, _build, cache_of,
-                                 train_dig if m.trunk_cache else None, evidence_dig if m.trunk_cache else None, dev)
+        fold_probs = out_of_fold(m, train, is_new, evidence, active, base, _build, cache_of, train_dig,
+                                 evidence_dig, dev)
         keep = pruned_keep(m, train.labels, fold_probs, active)
         log.info("relabel.prune: %d of %d labels left out of training (folds %.1f s)", int((~keep).sum()),
                  len(keep), time.perf_counter() - t_folds)
@@ -291,8 +291,7 @@ def train_round(manifest_path: str) -> dict:
         pool_images = m.semi.pool.gather()
         pool_dig = _digests(pool_images) if m.trunk_cache else None
         probs = predict(pool_images, 512, pool_dig)  # the model trained on the labels alone
-        rows, classes, conf = semi.guess_pool(m.semi, train, train_dig if m.trunk_cache else None, active,
-                                              len(names), pool_probs=probs)
+        rows, classes, conf = semi.guess_pool(m.semi, train, train_dig, active, len(names), pool_probs=probs)
         fit, fit_dig, fit_new, pseudo = semi.with_pseudo(fit, fit_dig, fit_new, pool_images, pool_dig, rows,
                                                          classes)
         (model, res), bs, more = split_on_oom(
@@ -360,7 +359,7 @@ def train_round(manifest_path: str) -> dict:
             return int((probs.argmax(axis=1)[keep] == y[keep]).sum()), int(keep.sum())
 
         t_shadow = time.perf_counter()
-        metrics["shadow"] = measure(m, names, active, base, evidence, evidence_dig if m.trunk_cache else None,
+        metrics["shadow"] = measure(m, names, active, base, evidence, evidence_dig,
                                     main_correct, _build, lambda refs: _dataset(refs, names), _digests,
                                     lambda net_model, b: _trunk_cache(m.trunk_cache, net_model, b), predict_with)
         metrics["shadow"]["seconds"] = round(time.perf_counter() - t_shadow, 3)
@@ -369,8 +368,8 @@ def train_round(manifest_path: str) -> dict:
         from workers.label_issues import write_label_issues
 
         metrics["label_issues"] = write_label_issues(m, files, train, is_new, evidence, active, base, _build,
-                                                    predict, cache_of, train_dig if m.trunk_cache else None,
-                                                    evidence_dig if m.trunk_cache else None, _device(), fold_probs)
+                                                    predict, cache_of, train_dig, evidence_dig, _device(),
+                                                    fold_probs)
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": m.net.model_dump(), "temperature": temperature}
     atomic_write(files.checkpoint, lambda f: torch.save(state, f))
