@@ -1,7 +1,8 @@
 """Counterexamples of explanatory feedback (issue 25; CAIPI, Teso & Kersting 2019): an image an
 expert flagged "the model looked at the wrong region", whose object region is known, enters
 training `copies` more times with everything outside the region randomised (uniform noise, or
-`shuffle`: the outside of another training image) and the label the image has, so that what lies outside the object stops predicting the class.
+`shuffle`: the outside of another training image) and the label the image has, so that what
+lies outside the object stops predicting the class.
 
 One implementation for the service and `camloop simulate`: the round's plan (engine.step.training)
 turns the flagged images into a `CounterexampleSpec` of the train manifest (which images, their

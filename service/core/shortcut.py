@@ -16,13 +16,14 @@ them the same way):
           region mapped onto that frame (engine.regions.to_decoded). A map is counted as
           outside by the simulated expert's rule (engine.regions.wrong_region: under
           WRONG_REGION_BELOW times the region's share of the frame inside); the share of such
-          maps with its interval, and the mean share inside. The latest `MAP_ROUNDS` rounds that queued guessed images.
+          maps with its interval, and the mean share inside. The latest `MAP_ROUNDS` rounds that
+          queued guessed images.
 
 A class is `suspect` when at least half of its votes, or of its judged maps, are flagged, over
-at least `MIN_JUDGED` of them (engine.regions.is_suspect: `camloop simulate`'s report uses the
-same rule, per guessed class too). For each suspect class up to `EXAMPLES` image ids: its maps
-most outside their regions (the lowest share inside against the region's area), then images the experts flagged (the plug-ins'
-`wrong_region_examples`), for the page's overlays. No torch here (the API process): the maps
+at least `SUSPECT_MIN_JUDGED` of them (engine.regions.is_suspect: `camloop simulate`'s report
+uses the same rule, per guessed class too). For each suspect class up to `EXAMPLES` image ids:
+its maps most outside their regions (the lowest share inside against the region's area), then
+images the experts flagged (the plug-ins' `wrong_region_examples`), for the page's overlays. No torch here (the API process): the maps
 are resized with Pillow.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
-from engine.regions import SUSPECT_MIN_JUDGED, area_share, file_size, is_suspect, rule_text, to_decoded, wrong_region
+from engine.regions import area_share, file_size, is_suspect, rule_text, to_decoded, wrong_region
 from engine.scorefiles import ScoreFile
 from service import plugins
 from service.core import paths
@@ -47,7 +48,6 @@ from strategies.exclusion import wilson_interval
 
 log = logging.getLogger("camloop.shortcut")
 
-MIN_JUDGED = SUSPECT_MIN_JUDGED  # votes or maps a class needs before it can be called suspect
 MAP_ROUNDS = 3            # the latest rounds whose queued images' maps are judged
 EXAMPLES = 3              # example images per suspect class
 
@@ -90,8 +90,9 @@ def _frame_side(settings: Settings, pid: int, shard: int | None, sides: dict) ->
 
 
 def judged_maps(s: Session, settings: Settings, pid: int) -> tuple[list[tuple[str, int, float, float]], list[int]]:
-    """([(guessed class, item id, share inside, the region's share of the frame)], rounds read): the maps of the images queued in
-    the latest MAP_ROUNDS rounds that queued guessed images, where the item's region is known."""
+    """([(guessed class, item id, share inside, the region's share of the frame)], rounds read):
+    the maps of the images queued in the latest MAP_ROUNDS rounds that queued guessed images,
+    where the item's region is known."""
     if s.scalar(select(Item.id).where(Item.project_id == pid, Item.region.is_not(None)).limit(1)) is None:
         return [], []
     numbers = list(s.scalars(select(Round.number).join(QueueEntry, QueueEntry.round_id == Round.id)
