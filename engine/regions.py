@@ -64,9 +64,11 @@ def is_suspect(flagged: int, judged: int) -> bool:
 
 
 def rule_text() -> str:
-    return (f"flagged: under {WRONG_REGION_BELOW:g} × the box's share of the image of the guess's Grad-CAM mass "
-            f"inside the object's region; suspect: a guessed class with at least {SUSPECT_SHARE:.0%} of at least "
-            f"{SUSPECT_MIN_JUDGED} judged maps or votes flagged")
+    """The rule in words, for the reports (the page's "Where the model looks", simulate's JSON)."""
+    return (f"a map is outside when the share of its Grad-CAM mass inside the object's region is under "
+            f"{WRONG_REGION_BELOW:g} × the region's share of the image (a map spread evenly is not); suspect: a "
+            f"guessed class with at least {SUSPECT_SHARE:.0%} of at least {SUSPECT_MIN_JUDGED} judged maps or "
+            f"votes flagged or outside")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

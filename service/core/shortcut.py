@@ -167,4 +167,4 @@ def shortcut_section(s: Session, settings: Settings | None, project: Project, na
             "suspect": suspect_here, "examples": examples}
     return {"per_class": per_class, "suspect": suspect, "map_rounds": sorted(rounds),
             "rule": f"per guessed class: flagged, an expert's \"wrong region\" vote or a queued image's map "
-                    f"(latest {MAP_ROUNDS} rounds) judged outside its known region; " + rule_text()}
+                    f"(latest {MAP_ROUNDS} rounds) outside its known region; " + rule_text()}
