@@ -24,6 +24,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service.api.auth import authenticate
 from service.api.cache import FastPolls
+from service.api.heap import settle_heap
 from service.api.deps import caller, writer
 from service.api.prometheus import StoreCollector, render
 from service.api.routers import router
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True, migr
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
             upgrade_head(settings)
+        settle_heap()
         rec = Reconciler(settings, settings.reconcile_interval_s) if reconcile else None
         if rec:
             rec.start()
