@@ -76,6 +76,10 @@ class Settings(BaseSettings):
 
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads a worker's torch uses (default: torch's choice); results depend on it")
+    # Training is throughput work, the API's answers are someone waiting: where both share cores
+    # (`camloop serve --with-worker`, one compose host), the worker yields its CPU to the API.
+    worker_nice: int = Field(default=10, ge=0, le=19, description="niceness a worker adds to its own CPU priority, so "
+                             "that the API, the database and Label Studio on the same cores answer first; 0 = unchanged")
     score_shard_size: int = SCORE_SHARD_SIZE
     job_timeout_s: int = 3600
     job_retries: int = Field(default=2, ge=0, description="re-runs of a job after an error in the job itself")

@@ -123,7 +123,7 @@ def worker(
     from engine.jobkinds import QUEUES
     from service.runtime import jobqueue
     from service.runtime.supervise import exit_with_parent
-    from service.runtime.worker import WORKER_TTL_S, HeartbeatWorker
+    from service.runtime.worker import WORKER_TTL_S, HeartbeatWorker, lower_priority
 
     if parent_pid is not None:
         exit_with_parent(parent_pid, what="camloop worker")
@@ -135,6 +135,8 @@ def worker(
     import workers.jobs as jobs
 
     settings = settings_or_exit("camloop worker")
+    niceness = lower_priority(settings.worker_nice)
+    typer.echo(f"camloop worker: CPU niceness {niceness} (CAMLOOP_WORKER_NICE={settings.worker_nice})", err=True)
     jobs.DEVICE = "cuda:0" if gpu is not None else settings.device  # the one visible GPU
     if settings.torch_threads:
         import torch  # the worker process only (see workers.jobs above)

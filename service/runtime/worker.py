@@ -79,6 +79,23 @@ class HeartbeatWorker(SimpleWorker):
                 log.warning("heartbeat for job %s failed: %s: %s", job.id, type(e).__name__, e)
 
 
+def lower_priority(increment: int) -> int:
+    """Add `increment` to this process's niceness (CAMLOOP_WORKER_NICE) and return the new one.
+
+    Measured on 2 shared cores (docs/benchmarks.md, issue 22): a round training at the default
+    priority took the core the API needed to answer dashboards and annotators. A worker on a
+    machine of its own loses nothing by it: no one else wants the CPU there.
+    """
+    if increment <= 0:
+        return os.nice(0)
+    try:
+        now = os.nice(increment)
+    except OSError as e:  # a platform or sandbox that refuses: the worker runs anyway, and says so
+        log.warning("could not lower the worker's CPU priority by %d: %s", increment, e)
+        return os.nice(0)
+    return now
+
+
 def spawn_worker(settings: Settings, *, extra_env: dict[str, str] | None = None, burst: bool = False,
                  stdout=None) -> subprocess.Popen:
     """Start `camloop worker` as a child connected to the same Redis (embedded or not); it ends
