@@ -109,7 +109,7 @@ class Stack:
                 c.execute(f'DROP DATABASE IF EXISTS "{self.db_url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
-def start_stack(db: str = "postgresql", root: Path | None = None) -> Stack:
+def start_stack(db: str = "postgresql", root: Path | None = None, worker_nice: int | None = None) -> Stack:
     import httpx
 
     root = Path(root or tempfile.mkdtemp(prefix="camloop-load-"))
@@ -124,6 +124,8 @@ def start_stack(db: str = "postgresql", root: Path | None = None) -> Stack:
     env.update({"CAMLOOP_DATA_DIR": str(root), "CAMLOOP_QUEUE_PREFIX": st.prefix, "CAMLOOP_API_KEYS": ENGINEER,
                 "CAMLOOP_DASHBOARD_KEYS": DASHBOARD, "REDIS_URL": REDIS_URL, "DATABASE_URL": db_url,
                 "CAMLOOP_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "CAMLOOP_SCORE_SHARD_SIZE": "500"})
+    if worker_nice is not None:
+        env["CAMLOOP_WORKER_NICE"] = str(worker_nice)
     code = "from service.cli import app; app()"
     st.procs.append(subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(st.port), "--log-level",
                                       "warning"], env=env, cwd=ROOT, stdout=open(root / "server.log", "ab"),
@@ -293,9 +295,13 @@ class Endpoint:
     # the load generator's own lag: from a request's due time until its task ran (the generator
     # shares the cores; what it adds is not the server's)
     lags: list[float] = field(default_factory=list)
+    # when each request was due, seconds from the run's start: where in the run the tail lies
+    due_at: list[float] = field(default_factory=list)
 
-    def record(self, status: str, seconds: float, ok: bool) -> None:
+    def record(self, status: str, seconds: float, ok: bool, due_at: float | None = None) -> None:
         self.latencies.append(seconds)
+        if due_at is not None:
+            self.due_at.append(due_at)
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if not ok:
             self.errors += 1
@@ -308,7 +314,21 @@ class Endpoint:
                 "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
                 "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()),
                 **({"generator_lag_p50_ms": float(np.percentile(self.lags, 50) * 1000),
-                    "generator_lag_p99_ms": float(np.percentile(self.lags, 99) * 1000)} if self.lags else {})}
+                    "generator_lag_p99_ms": float(np.percentile(self.lags, 99) * 1000)} if self.lags else {}),
+                **({"slow_seconds": self.slow_seconds()} if self.due_at else {})}
+
+    def slow_seconds(self, over_s: float = 0.020, top: int = 8) -> list[dict]:
+        """The run's seconds with the most requests over `over_s` (when the tail happened: a
+        steady tail is CPU scheduling, a few bad seconds are something the server did then)."""
+        due = np.asarray(self.due_at)
+        lat = np.asarray(self.latencies[-len(due):])
+        slow = np.floor(due[lat > over_s]).astype(int)
+        if not len(slow):
+            return []
+        sec, count = np.unique(slow, return_counts=True)
+        order = np.argsort(-count)[:top]
+        return [{"second": int(sec[i]), "over_20ms": int(count[i]),
+                 "max_ms": float(lat[(np.floor(due) == sec[i])].max() * 1000)} for i in sorted(order)]
 
 
 @dataclass
@@ -325,6 +345,10 @@ async def _annotator(i: int, c, pid: int, own: list[int], hot: list[int], truth:
     seq = 0
     url = f"/api/v1/projects/{pid}/labels"
     own = list(own)
+    # An annotator looks at its first image too. Without this wait all of them posted in the same
+    # millisecond at the start, a burst no team makes: 50 label writes at once held the server
+    # ~0.3 s, and those first 0.3 s of dashboard polls were the whole p99 of a 30 s run.
+    await asyncio.sleep(rng.uniform(*think))
     while time.monotonic() < stop:
         labels = []
         for _ in range(rng.randint(1, 5)):
@@ -374,7 +398,7 @@ async def _dashboard(c: RawHttp, pid: int, rps: float, stop: float, ep: Endpoint
             status, ok = str(r.status_code), r.status_code == 200
         except Exception as e:  # noqa: BLE001
             status, ok = type(e).__name__, False
-        (page_ep if on_page else ep).record(status, time.monotonic() - due, ok)
+        (page_ep if on_page else ep).record(status, time.monotonic() - due, ok, due - start)
 
     k = 0
     while True:
@@ -408,7 +432,7 @@ async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str],
     host, port = url.split("//", 1)[1].split(":")
     ann = RawHttp(host, int(port), {"Authorization": f"Bearer {ENGINEER}"}, size=annotators)
     dash = RawHttp(host, int(port), {"Authorization": f"Bearer {DASHBOARD}"}, size=in_flight)
-    t0 = time.monotonic()
+    t0, started_unix = time.monotonic(), time.time()
     stop = t0 + seconds
     await asyncio.gather(
         _dashboard(dash, pid, dashboard_rps, stop, dash_ep, in_flight, page_ep),
@@ -432,8 +456,9 @@ async def _load(url: str, pid: int, unlabeled: list[int], truth: dict[int, str],
     await ann.close()
     await dash.close()
     both = Endpoint(dash_ep.latencies + (page_ep.latencies if page_ep else []), dash_ep.errors + (
-        page_ep.errors if page_ep else 0), lags=dash_ep.lags + (page_ep.lags if page_ep else []))
-    return {"wall_s": wall, "labels_endpoint": labels_ep.summary(wall), "metrics_endpoint": dash_ep.summary(wall),
+        page_ep.errors if page_ep else 0), lags=dash_ep.lags + (page_ep.lags if page_ep else []),
+        due_at=dash_ep.due_at + (page_ep.due_at if page_ep else []))
+    return {"wall_s": wall, "started_unix": started_unix, "labels_endpoint": labels_ep.summary(wall), "metrics_endpoint": dash_ep.summary(wall),
             **({"page_endpoint": page_ep.summary(wall), "dashboard_all": both.summary(wall)} if page_ep else {}),
             "ledger": ledger, "resent_after_failure": resent_after, "hot_items": hot}
 
@@ -487,10 +512,10 @@ def _cpu_s(pid: int) -> float:
 
 def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60, db: str = "postgresql",
         seed_labels: int = 300, epochs: int = 15, think: tuple[float, float] = (0.3, 1.2), seed: int = 0,
-        root: Path | None = None, page: bool = True) -> dict:
+        root: Path | None = None, page: bool = True, worker_nice: int | None = None) -> dict:
     import httpx
 
-    st = start_stack(db, root)
+    st = start_stack(db, root, worker_nice)
     try:
         pid, unlabeled, truth = setup_project(st, seed_labels=seed_labels, epochs=epochs)
         c = httpx.Client(base_url=st.url, headers={"Authorization": f"Bearer {ENGINEER}"}, timeout=60)
@@ -510,7 +535,7 @@ def run(*, annotators: int = 50, dashboard_rps: float = 200, seconds: float = 60
         load.pop("hot_items")
         server_log = (st.root / "server.log").read_text(errors="replace")
         return {"config": {"annotators": annotators, "dashboard_rps": dashboard_rps, "seconds": seconds, "db": db,
-                           "page": page,
+                           "page": page, "worker_nice": worker_nice,
                            "seed_labels": seed_labels, "epochs": epochs, "think_s": list(think)},
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                             "load_generator": "same machine, one asyncio process (raw HTTP/1.1 keep-alive)",
@@ -534,10 +559,12 @@ def main() -> None:
     ap.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--no-page", dest="page", action="store_false", help="the dashboard polls GET metrics only")
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="the worker's CAMLOOP_WORKER_NICE (default: the service's default)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out = run(annotators=args.annotators, dashboard_rps=args.dashboard_rps, seconds=args.seconds, db=args.db,
-              epochs=args.epochs, page=args.page)
+              epochs=args.epochs, page=args.page, worker_nice=args.worker_nice)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -38,3 +38,13 @@ def test_annotators_dashboard_and_training_no_label_lost_or_counted_twice(db, tm
     # Issue 19, item 11: the item row is locked before its label row is inserted, so "latest wins"
     # follows the label rows' order, not the order the transactions happened to commit in.
     assert check["items_whose_label_is_not_their_newest_row"] == 0, check
+
+
+def test_slow_seconds_names_the_seconds_where_the_tail_lies():
+    ep = _bench().Endpoint()
+    # second 0: two slow; second 3: one slow of 90 ms; second 5: fast only
+    for due, lat in [(0.1, 0.05), (0.7, 0.03), (0.9, 0.001), (3.2, 0.09), (3.5, 0.002), (5.0, 0.004)]:
+        ep.record("200", lat, True, due)
+    assert ep.slow_seconds() == [{"second": 0, "over_20ms": 2, "max_ms": 50.0},
+                                 {"second": 3, "over_20ms": 1, "max_ms": 90.0}]
+    assert ep.summary(6.0)["slow_seconds"] == ep.slow_seconds()
