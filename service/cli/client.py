@@ -155,8 +155,19 @@ def status(
         console.print(f"  {escape(str(st.get('reason') or ''))}")
         if st.get("stopped_after_round"):
             console.print(f"  auto_next_round stopped after round {st['stopped_after_round']} (stop_when_stable)")
+    _print_audit(m)
+    _print_shortcut(m.get("shortcut"))
+
+
+def _print_audit(m: dict) -> None:
+    """GET /metrics' `audit` (or why there is none yet): does active learning pay off here."""
     au = m.get("audit")
-    if au:
+    if au and au.get("verdict") == "too_early":
+        # No estimate yet: the advice says what it waits for; an empty "would need — (—–∞)" said nothing.
+        console.print(f"does active learning pay off: [bold]too early[/bold] — used {au.get('labels_now')} labels, "
+                      f"of them {au.get('random_labels')} random")
+        console.print(f"  {escape(str(au.get('advice') or ''))}")
+    elif au:
         need = au.get("random_would_need") or {}
         hi = "∞" if need.get("high") is None else need["high"]
         console.print(f"does active learning pay off: [bold]{au.get('verdict')}[/bold] — random picking would need "
@@ -171,6 +182,28 @@ def status(
                       f"slice, {_fmt_share(ctl.get('share'))} of each ranked batch, or a random first batch); the audit "
                       "starts once a model has trained on enough of them (audit.min_random_labels) over "
                       "audit.min_rounds rounds")
+
+
+def _print_shortcut(sc: dict | None) -> None:
+    """GET /metrics' `shortcut` in two lines and one per suspect class: where the model looks."""
+    if not sc:
+        return
+    per = sc.get("per_class") or {}
+    maps = sum(int(c.get("maps") or 0) for c in per.values())
+    outside = sum(int(c.get("maps_outside") or 0) for c in per.values())
+    votes = sum(int(c.get("votes") or 0) for c in per.values())
+    flagged = sum(int(c.get("wrong_region") or 0) for c in per.values())
+    suspect = sc.get("suspect") or []
+    head = (f"[bold]suspect: {escape(', '.join(suspect))}[/bold]" if suspect
+            else "no class suspect")
+    console.print(f"where the model looks: {head} — Grad-CAM maps off the object's region {outside} of {maps} "
+                  f"(rounds {', '.join(map(str, sc.get('map_rounds') or [])) or '—'}), "
+                  f"\"wrong region\" votes {flagged} of {votes}")
+    for name in suspect:
+        c = per.get(name) or {}
+        console.print(f"  {escape(name)}: maps off the region {c.get('maps_outside')} of {c.get('maps')}, votes "
+                      f"{c.get('wrong_region')} of {c.get('votes')}; examples: items "
+                      f"{', '.join(map(str, c.get('examples') or [])) or '—'}")
 
 
 def _fmt_share(v) -> str:
