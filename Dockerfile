@@ -12,7 +12,10 @@ COPY service ./service
 COPY engine ./engine
 COPY workers ./workers
 COPY strategies ./strategies
-RUN pip install . && camloop --help >/dev/null
+# The exact versions scripts/setup installs (Python 3.11, x86_64): a new upstream release cannot
+# change the image behind our back (sentry-sdk 3.0 once broke a fresh Label Studio set-up).
+COPY scripts/constraints/camloop.txt ./constraints.txt
+RUN pip install -c constraints.txt . && camloop --help >/dev/null
 RUN useradd --create-home camloop && mkdir -p /data /artifacts && chown camloop /data /artifacts
 USER camloop
 EXPOSE 8000

@@ -205,3 +205,7 @@ def test_commands_parse_with_the_cli_and_the_image_installs_every_package(servic
     for pkg in re.findall(r'"(\w+)\*"', include):
         assert re.search(rf"^COPY {pkg} \./{pkg}$", docker, re.M), f"the image lacks the {pkg} package"
     assert re.search(r'^CMD \["camloop", "serve"', docker, re.M)
+    # The image installs the versions the development set-up installs, from the same file.
+    copied = re.search(r"^COPY (scripts/constraints/camloop\.txt) \./(\S+)$", docker, re.M)
+    assert copied and (ROOT / copied.group(1)).is_file(), "the image does not copy the constraints file"
+    assert re.search(rf"^RUN pip install -c {re.escape(copied.group(2))} \. ", docker, re.M), docker
