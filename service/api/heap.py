@@ -26,8 +26,18 @@ def warm_imports() -> None:
     import service.core.page  # noqa: F401
 
 
+_settled = False
+
+
 def settle_heap() -> int:
-    """Collect once, then freeze everything alive: returns the number of objects frozen."""
+    """Collect once, then freeze everything alive: returns the number of objects frozen.
+
+    Once per process: a second app in the same process (tests start many) would freeze whatever
+    the first left alive at that moment — its engines and connections included — for good."""
+    global _settled
+    if _settled:
+        return gc.get_freeze_count()
+    _settled = True
     started = time.perf_counter()
     warm_imports()
     gc.collect()
