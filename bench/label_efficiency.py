@@ -78,6 +78,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hybrid-dropquery": ("hybrid", {"selection": {"mode": "dropquery", "passes": 3, "dropout": 0.75}}),
     # DropQuery as the paper runs it: no class quotas (margin has no class budget), one k-means
     # over all the candidates; margin only orders the queue (and would fill, were candidates few).
+    "margin-typical": ("margin", {"first_batch": "typical"}),
     "margin-typical-dropquery": ("margin", {"first_batch": "typical",
                                             "selection": {"mode": "dropquery", "passes": 3, "dropout": 0.75}}),
 }
