@@ -70,6 +70,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # The scores from the round's temperature-scaled probabilities (issue 24).
     "hybrid-typical-calibrated": ("hybrid", {"first_batch": "typical", "selection": {"calibrated_scores": True}}),
     "hybrid-softrank": ("hybrid", {"selection": {"mode": "softrank", "beta": 1.0}}),
+    # DropQuery (issue 24, strategies.dropquery): candidates = images at least half of 3 dropout
+    # passes (rate 0.75 on the pooled features, the paper's settings) disagree on, then the
+    # candidate nearest each k-means centre, under the default's class quotas and control slice.
+    "hybrid-typical-dropquery": ("hybrid", {"first_batch": "typical",
+                                            "selection": {"mode": "dropquery", "passes": 3, "dropout": 0.75}}),
+    "hybrid-dropquery": ("hybrid", {"selection": {"mode": "dropquery", "passes": 3, "dropout": 0.75}}),
+    # DropQuery as the paper runs it: no class quotas (margin has no class budget), one k-means
+    # over all the candidates; margin only orders the queue (and would fill, were candidates few).
+    "margin-typical": ("margin", {"first_batch": "typical"}),
+    "margin-typical-dropquery": ("margin", {"first_batch": "typical",
+                                            "selection": {"mode": "dropquery", "passes": 3, "dropout": 0.75}}),
 }
 
 

@@ -207,14 +207,27 @@ class SelectionConfig(_Strict):
     TMLR 2023): `softrank` ∝ rank^−β (rank 1 = the highest fused score; scale-free), `power` ∝
     score^β (the fused score is a weighted mean of normalised ranks in [0, 1], so β = 1 is close
     to uniform here), `softmax` ∝ exp(β · score). The draw is seeded by the project's seed and the
-    round; quotas, k-center, the reserve and the control slice run on it as on the scores."""
+    round; quotas, k-center, the reserve and the control slice run on it as on the scores.
 
-    mode: Literal["topk", "softrank", "power", "softmax"] = Field(
+    `dropquery` (Gupte et al., TMLR 2024; strategies.dropquery): the score job also runs `passes`
+    forward passes of the head with dropout at rate `dropout` on the pooled features; the images
+    at least half of whose passes predict another class than the plain prediction are the
+    candidates, and each class's quota is k-means (scikit-learn) of its candidates' embeddings
+    into as many clusters as picks, the candidate nearest each centre picked; too few candidates:
+    the rest from the fused score's top. It replaces the top-k and the k-center step; the class
+    quotas, the reserve (DropQuery over what the batch left) and the control slice stay."""
+
+    mode: Literal["topk", "softrank", "power", "softmax", "dropquery"] = Field(
         "topk", description="topk: the highest fused scores; softrank, power, softmax: a seeded draw without "
                             "replacement with probabilities ∝ rank^−β, score^β or exp(β·score) (docs/benchmarks.md, "
-                            "stochastic batch acquisition)")
+                            "stochastic batch acquisition); dropquery: the centres of k-means clusters of the images "
+                            "dropout passes disagree on (passes, dropout)")
     beta: Number = Field(1.0, ge=0.0, le=1e6, description="the draw's sharpness: 0 uniform, large → top-k "
                                                           "(the paper's default 1)")
+    passes: StrictInt = Field(3, ge=1, le=64, description="dropquery: forward passes of the head with dropout on its "
+                                                           "features (the paper's 3)")
+    dropout: Number = Field(0.75, gt=0.0, lt=1.0, description="dropquery: the passes' dropout rate on the pooled "
+                                                              "features (the paper's code: 0.75)")
     calibrated_scores: StrictBool = Field(False, description="compute the uncertainty and committee scores from the "
                                                              "round's temperature-scaled probabilities (the "
                                                              "temperature the guesses are shown with) instead of the "

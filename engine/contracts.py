@@ -363,6 +363,8 @@ class ScoreManifest(_M):
     out_dir: str                  # RoundFiles(out_dir).score_file(shard)
     trunk_cache: str | None = None  # as TrainManifest's: score from the cached frozen trunk
     calibrated_scores: bool = False  # score columns from the checkpoint's temperature-scaled probabilities
+    dropout_passes: int = 0       # selection.mode dropquery: passes of the head with dropout (0: no such column)
+    dropout_rate: float = 0.0     # their dropout rate on the pooled features
 
 
 class ScoreJobResult(_M):

@@ -108,7 +108,9 @@ def score_manifest(config: ProjectConfig, project_id: int, number: int, class_na
         project_id=project_id, round=number, net=model_spec(config, class_names), checkpoint=checkpoint,
         active=[bool(a) for a in active], mc_samples=config.mc_samples if checkpoint is not None else 0,
         seed=round_seed(config.seed, number), shards=pool.chunks(shard_size), gatekeepers=list(keepers),
-        out_dir=str(files.dir), trunk_cache=trunk_dir, calibrated_scores=config.selection.calibrated_scores)
+        out_dir=str(files.dir), trunk_cache=trunk_dir, calibrated_scores=config.selection.calibrated_scores,
+        **(dict(dropout_passes=config.selection.passes, dropout_rate=config.selection.dropout)
+           if config.selection.mode == "dropquery" and checkpoint is not None else {}))
 
 
 def shadow_spec(config: ProjectConfig, split: TrainingSplit, random_ids: Sequence[int],

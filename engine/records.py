@@ -53,6 +53,9 @@ class RoundProgress(BaseModel):
     control: int | None = Field(None, description="batch images drawn uniformly: the control slice (config control)")
     control_note: str | None = Field(None, description="why the batch has no control slice though the config asks "
                                                        "for one (a budget under twice control.min_per_round)")
+    dropquery_candidates: int | None = Field(None, description="selection.mode dropquery: the eligible images at least "
+                                             "half of the dropout passes disagree on")
+    selection_note: str | None = Field(None, description="why the batch was not picked as selection.mode asks")
     note: str | None = None
     reserve_withdrawn: int | None = None
     labeled_while_selecting: int | None = Field(None, description="picks an expert labeled before the batch was queued")

@@ -3,9 +3,10 @@
 Reads only what the strategy needs (engine.scorefiles), keeps out what may not be
 queued (images labeled meanwhile, images a gatekeeper recognised as an excluded class, classes
 excluded from the head), shares the budget between classes from the evidence, and picks the
-batch — the top of the fused score, or a seeded draw from it (config.selection, stochastic_keys) —
-then the reserve (the next-ranked images, labeled while the next model trains).
-numpy only: the API process runs it.
+batch — the top of the fused score, a seeded draw from it (config.selection, stochastic_keys), or
+DropQuery's cluster centres among the images dropout passes disagree on (dropquery_rows) — then
+the reserve (the next-ranked images, labeled while the next model trains).
+numpy (and scikit-learn's k-means for DropQuery) only: the API process runs it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from engine.contracts import (SCORE_COLUMN_PREFIX, SCORE_EMBEDDING, SCORE_GATED,
                                       SCORE_P_GUESS, SCORE_PRED, SCORE_PROBS)
 from engine.decisions import class_quota, cold_start_order, round_seed
 from engine.scorefiles import ScoreFile
+from strategies.dropquery import CANDIDATE_SHARE as DROPQUERY_SHARE
+from strategies.dropquery import COLUMN as DROPQUERY_COLUMN
 
 # Shown with each queued image when the strategy weighs nothing (random): the usual uncertainty.
 DEFAULT_SHOWN = ("margin", "entropy")
@@ -40,6 +43,8 @@ class Selection:
     quota: list[int] | None = None   # labels per class the budget asked for
     n_control: int = 0               # picks of the batch drawn uniformly (Pick.control)
     control_note: str | None = None  # why the batch has no control slice though the config asks for one
+    dropquery_candidates: int | None = None  # selection.mode dropquery: eligible images ≥ half the passes disagree on
+    selection_note: str | None = None  # why the batch was not picked the way the config asks (old score files)
 
 
 def cold_start(item_ids: Sequence[int], budget: int, reserve: int, seed: int, number: int) -> Selection:
@@ -141,7 +146,9 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
     are replaced by images drawn uniformly from the candidates, placed at seeded random positions
     of the batch; the reserve stays ranked.
     sampling: (mode, β) of strategies.stochastic: "topk" ranks by the fused score; the others
-    rank by Gumbel keys of it (stochastic_keys), so the picks are a seeded draw.
+    rank by Gumbel keys of it (stochastic_keys), so the picks are a seeded draw; "dropquery"
+    picks by strategies.dropquery from the score files' dropout disagreement (dropquery_rows), top-k
+    with a `selection_note` when the files have none (scored before the mode was set).
     scores_calibrated: the score columns were computed from temperature-scaled probabilities
     (selection.calibrated_scores), so the guess's own probability is read from the stored probs."""
     from strategies.budget import per_class_mean, wrong_region_rate
@@ -163,6 +170,10 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
     gated = (np.concatenate([p[SCORE_GATED] for p in parts]).astype(bool)
              if SCORE_GATED in parts[0].members else np.zeros(ids.size, bool))
     columns = {k: np.concatenate([p[SCORE_COLUMN_PREFIX + k] for p in parts]).astype(np.float64) for k in keys}
+    mode, beta = sampling
+    dq_key = SCORE_COLUMN_PREFIX + DROPQUERY_COLUMN
+    share = (np.concatenate([p[dq_key] for p in parts]).astype(np.float64)
+             if mode == "dropquery" and dq_key in parts[0].members else None)
     # The calibrated probability of the guess (score files written before calibration: 1 − least_confidence).
     p_guess = (np.concatenate([p[SCORE_P_GUESS] for p in parts]).astype(np.float64)
                if SCORE_P_GUESS in parts[0].members else None)
@@ -175,6 +186,7 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
             ids, pred, gated = ids[keep], pred[keep], gated[keep]
             columns = {k: v[keep] for k, v in columns.items()}
             p_guess = p_guess[keep] if p_guess is not None else None
+            share = share[keep] if share is not None else None
     n_gated = int((gated & active[pred]).sum())
     if ids.size == 0:
         return Selection([], [], n_gated)
@@ -204,18 +216,37 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
         quota = class_quota(budget, accuracy, active, available, cam, region)
     weighted = {k: columns[k] for k in spec.weights if k in columns}
     weights = dict(spec.weights)
-    mode, beta = sampling
-    if mode != "topk" and any(w != 0 for w in weights.values()):
+    if mode not in ("topk", "dropquery") and any(w != 0 for w in weights.values()):
         # One draw for the batch and the reserve: the reserve is where the same draw goes on.
         weighted = {"fused": stochastic_keys(weighted, weights, ~active[pred] | gated, mode, beta, seed, number)}
         weights = {"fused": 1.0}
     loader = load_embeddings if spec.diversity else None
-    chosen = select_rows(weighted, weights, pred, budget, quota, ~active, gated, rng, loader)
-    extra = np.zeros(0, np.int64)
-    if reserve > 0:
-        taken = gated.copy()
-        taken[chosen] = True
-        extra = select_rows(weighted, weights, pred, reserve, None, ~active, taken, rng, loader)
+    n_candidates, note = None, None
+    if share is not None:
+        # DropQuery replaces the top-k and k-center (and ignores spec.diversity: the clusters are
+        # its diversity); the quotas, the reserve and the control slice stay.
+        from strategies.fusion import fuse_ranks
+
+        fused = (fuse_ranks(weighted, weights) if any(w != 0 for w in weights.values())
+                 else np.random.default_rng([round_seed(seed, number), 0xF111]).random(ids.size))
+        eligible = active[pred] & ~gated
+        n_candidates = int((eligible & (share >= DROPQUERY_SHARE)).sum())
+        chosen = dropquery_rows(share, fused, pred, budget, quota, eligible, load_embeddings, seed, number)
+        extra = np.zeros(0, np.int64)
+        if reserve > 0:
+            left = eligible.copy()
+            left[chosen] = False
+            extra = dropquery_rows(share, fused, pred, reserve, None, left, load_embeddings, seed, number, 1)
+    else:
+        if mode == "dropquery":
+            note = ("selection.mode dropquery: the score files have no dropout disagreement (scored before the "
+                    "mode was set), so this batch is the fused score's top-k")
+        chosen = select_rows(weighted, weights, pred, budget, quota, ~active, gated, rng, loader)
+        extra = np.zeros(0, np.int64)
+        if reserve > 0:
+            taken = gated.copy()
+            taken[chosen] = True
+            extra = select_rows(weighted, weights, pred, reserve, None, ~active, taken, rng, loader)
 
     order, is_control = control_slice(np.asarray(chosen, np.int64), np.asarray(extra, np.int64), gated, n_control,
                                       seed, number)
@@ -226,6 +257,8 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
 
     def pick(i: int, control: bool = False) -> Pick:
         scores = {k: round(float(columns[k][i]), 6) for k in shown if k in columns}
+        if share is not None:
+            scores[DROPQUERY_COLUMN] = round(float(share[i]), 6)
         if "least_confidence" in columns:
             scores["p_pred"] = round(1.0 - float(columns["least_confidence"][i]), 6)
         if p_guess is not None:  # calibrated: what experts see; the model's own softmax beside it
@@ -236,7 +269,25 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
 
     batch = [pick(int(i), bool(k)) for i, k in zip(order, is_control)]
     return Selection(batch, [pick(int(i)) for i in extra], n_gated, None if quota is None else [int(q) for q in quota],
-                     int(is_control.sum()))
+                     int(is_control.sum()), dropquery_candidates=n_candidates, selection_note=note)
+
+
+# DropQuery's k-means runs on at most this many candidates a call (a seeded uniform sample above):
+# its cost and the embeddings read stay bounded on a pool of millions (~100 MB of 1,280-d float32).
+DROPQUERY_MAX_CLUSTERED = 20000
+
+
+def dropquery_rows(share: np.ndarray, fused: np.ndarray, pred: np.ndarray, budget: int, quota,
+                   eligible: np.ndarray, load_embeddings: Callable[[np.ndarray], np.ndarray], seed: int,
+                   number: int, stream: int = 0) -> np.ndarray:
+    """strategies.dropquery.select_dropquery on the round's rows, reading embeddings only for
+    the candidates k-means clusters. Its own random stream of the round's seed (`stream` 0 the
+    batch, 1 the reserve), so the control slice draws what it draws without it."""
+    from strategies.dropquery import select_dropquery
+
+    rng = np.random.default_rng([round_seed(seed, number), 0xD509, int(stream)])
+    return select_dropquery(share, fused, pred, load_embeddings, budget, quota, eligible, rng,
+                            DROPQUERY_MAX_CLUSTERED)
 
 
 def stochastic_keys(columns: dict, weights: dict, ineligible: np.ndarray, mode: str, beta: float, seed: int,

@@ -83,3 +83,27 @@ def test_reference_trains_with_the_runs_settings_and_all_is_the_whole_pool(bench
     bench._reference(args)
     assert [(c.initial, c.epochs, c.hflip, c.rounds, c.strategy) for c in seen] == [
         (100, 3, False, 0, "random"), (10_000_000, 7, False, 0, "random")]
+
+
+def test_the_dropquery_arms_ask_for_the_mode(bench):
+    args = bench.parser().parse_args(["--dataset", "digits"])
+    for name in ("hybrid-typical-dropquery", "margin-typical-dropquery"):
+        sel = bench.run_config(args, name, 0).selection
+        assert (sel.mode, sel.passes, sel.dropout) == ("dropquery", 3, 0.75)
+    assert bench.run_config(args, "margin-typical", 0).selection.mode == "topk"
+
+
+def test_compare_runs_per_seed_and_round(tmp_path):
+    # bench/compare_runs.py: AULC and per-round differences of two arms' run files, seed by seed.
+    import json
+
+    compare = load_bench("compare_runs").compare
+    for arm, accs in (("a", [0.4, 0.6, 0.7]), ("b", [0.4, 0.5, 0.72]), ("r", [0.4, 0.55, 0.71])):
+        rounds = [{"labeled": n, "accuracy": x, "dropquery_candidates": 9 if arm == "a" else None}
+                  for n, x in zip((50, 100, 150), accs)]
+        (tmp_path / f"{arm}_seed0.json").write_text(json.dumps({"rounds": rounds, "wall_seconds": 10}))
+    text = compare(str(tmp_path / "a_seed{}.json"), str(tmp_path / "b_seed{}.json"), [0, 1],
+                   str(tmp_path / "r_seed{}.json"))
+    # AULC a = (0.5 + 0.65) / 2 = 0.575, b = (0.45 + 0.61) / 2 = 0.53: +4.50 points.
+    assert "| 0 | 0.5750 | 0.5300 | +4.50 | +10.00, -2.00 | 1 of 2 | 1 | 10 |" in text
+    assert "seed 1: arm not run" in text and "- seed 0: 9, 9, 9" in text

@@ -252,3 +252,43 @@ def test_normalise_maps_matches_scale_cam_image():
     cam = torch.rand(3, 5, 5) - 0.3
     want = scale_cam_image(scale_cam_image(np.maximum(cam.numpy(), 0), (20, 20)))
     np.testing.assert_allclose(normalise_maps(cam, (20, 20)).numpy(), want, atol=1e-5)
+
+
+def test_dropout_passes_add_dropquerys_disagreement_and_change_nothing_else():
+    # selection.mode dropquery: M passes of the head with dropout at rate q on the pooled features
+    # (a generator of their own, seeded by `seed`); the column is the share of passes whose
+    # prediction is not the plain one. The other columns are those of a run without the passes.
+    from strategies.dropquery import COLUMN
+
+    m = _model("small-cnn", 28, dropout=0.5)
+    imgs = _images(40)
+    plain = score_images(m, imgs, batch_size=16, mc_samples=4, seed=11)
+    dq = score_images(m, imgs, batch_size=16, mc_samples=4, seed=11, dropout_passes=3, dropout_rate=0.75)
+    assert COLUMN not in plain.columns
+    for key in SCORE_KEYS:
+        np.testing.assert_array_equal(dq.columns[key], plain.columns[key], err_msg=key)
+    np.testing.assert_array_equal(dq.pred, plain.pred)
+    # The same computation by hand, batch by batch from the one generator.
+    x = to_model_input(imgs, m)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([11, 0xD509]).generate_state(1)[0]))
+    want = []
+    with torch.no_grad():
+        for start in range(0, 40, 16):
+            pooled = m.features(x[start:start + 16]).mean(dim=(2, 3))
+            pred = m.head(pooled).argmax(1)
+            keep = torch.empty((3, *pooled.shape)).bernoulli_(0.25, generator=gen)
+            passes = torch.stack([m.head(pooled * k / 0.25).argmax(1) for k in keep])
+            want.append((passes != pred[None]).float().mean(0))
+    np.testing.assert_allclose(dq.columns[COLUMN], torch.cat(want).numpy(), atol=1e-6)
+    assert set(np.round(dq.columns[COLUMN] * 3).astype(int).tolist()) <= {0, 1, 2, 3}
+    assert 0 < (dq.columns[COLUMN] >= 0.5).sum() < 40  # some candidates, not all (rate 0.75)
+    # A tiny rate changes no prediction; excluded classes are never a pass's prediction either.
+    np.testing.assert_array_equal(score_images(m, imgs, mc_samples=0, dropout_passes=3,
+                                               dropout_rate=1e-6).columns[COLUMN], 0)
+    mask = np.array([True, True, False, True, True, True])
+    masked = score_images(m, imgs, mc_samples=0, class_mask=mask, dropout_passes=5, dropout_rate=0.9)
+    assert np.isfinite(masked.columns[COLUMN]).all()
+    with pytest.raises(ValueError, match="dropout"):
+        score_images(m, imgs, dropout_passes=3, dropout_rate=1.0)
+    with pytest.raises(ValueError, match="dropout"):
+        score_images(m, imgs, dropout_passes=-1, dropout_rate=0.5)

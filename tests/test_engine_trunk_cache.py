@@ -99,15 +99,17 @@ def test_training_from_cache_equals_training_with_frozen_blocks(tmp_path, dtype,
 def test_scoring_from_cache_equals_scoring_pixels(tmp_path, dtype, atol):
     m = _model(4).eval()
     data, dig = _data(16, 3)
-    want = score_images(m, data.images, batch_size=8, mc_samples=4, return_maps=True, seed=2)
+    # With DropQuery's passes (selection.mode dropquery): their column comes from the cache too.
+    want = score_images(m, data.images, batch_size=8, mc_samples=4, return_maps=True, seed=2, dropout_passes=3,
+                        dropout_rate=0.75)
     got = score_from_cache(m, TrunkCache(tmp_path, m, dtype=dtype), dig, data.images, batch_size=8, mc_samples=4,
-                           return_maps=True, seed=2)
+                           return_maps=True, seed=2, dropout_passes=3, dropout_rate=0.75)
     np.testing.assert_allclose(got.probs, want.probs, atol=atol)
     np.testing.assert_allclose(got.embedding, want.embedding, atol=atol * 10)
     np.testing.assert_allclose(got.maps.astype(np.float32), want.maps.astype(np.float32), atol=atol * 5)
     if dtype == torch.float32:
         assert (got.pred == want.pred).all()
-        for key in SCORE_KEYS:  # the Grad-CAM columns included
+        for key in SCORE_KEYS + ("dropout_disagreement",):  # the Grad-CAM columns included
             np.testing.assert_allclose(got.columns[key], want.columns[key], atol=1e-4, err_msg=key)
 
 

@@ -71,3 +71,16 @@ def test_val_limit_subsamples_validation_stratified():
     assert full["config"]["val_size"] > 300
     assert 95 <= small["config"]["val_size"] <= 105
     assert small["config"]["val_limit"] == 100 and small["config"]["test_size"] == full["config"]["test_size"]
+
+
+def test_dropquery_rounds_run_with_the_small_cnn():
+    # selection.mode dropquery end to end on the small model (plan → score job's passes →
+    # selection): every model-ranked round reports its candidates and no fallback note.
+    out = run_simulation(SimulationConfig(dataset="digits", strategy="hybrid", initial=100, budget=40, rounds=2,
+                                          epochs=1, pool_limit=600, threads=1,
+                                          selection={"mode": "dropquery", "passes": 3, "dropout": 0.75}))
+    assert [r["labeled"] for r in out["rounds"]] == [100, 140, 180]
+    ranked = [r for r in out["rounds"] if r.get("selected")]
+    assert ranked and all(isinstance(r["dropquery_candidates"], int) for r in ranked)
+    assert not any("selection_note" in r for r in out["rounds"])
+    assert all(len(set(r["selected"])) == len(r["selected"]) == 40 for r in ranked)

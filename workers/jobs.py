@@ -449,7 +449,8 @@ def score_shard(manifest_path: str, shard: int) -> dict:
     # batch size alone (MC-dropout masks are drawn batch by batch from one seeded generator).
     kwargs = dict(mc_samples=m.mc_samples, device=_device(), class_mask=np.asarray(m.active, bool), return_maps=True,
                   seed=m.seed,
-                  temperature=getattr(model, "temperature", 1.0) if m.calibrated_scores else 1.0)
+                  temperature=getattr(model, "temperature", 1.0) if m.calibrated_scores else 1.0,
+                  dropout_passes=m.dropout_passes, dropout_rate=m.dropout_rate)
     if m.trunk_cache:
         # The frozen blocks' output from the project's cache (computed here for images it lacks:
         # the pool's one-time trunk pass happens in the first round that scores it).

@@ -11,6 +11,9 @@ Per batch, on the device:
                                                       head, so ∂y_c/∂A_k(i,j) = W[c,k]/(h·w) at
                                                       every position; no backward pass
   top-2 class maps and the members' maps the same way (members' weights are W[c] ⊙ mask_t/(1−p))
+  dropout_disagreement = share of M passes argmax(head(pooled ⊙ mask_m / (1−q))) ≠ pred, with the
+                                                      caller's rate q (selection.mode dropquery,
+                                                      strategies.dropquery); only when asked for
 and the score columns come from `strategies` (uncertainty, committee, gradcam_scores). Only the
 per-image scalars and the embeddings (and, on request, the small feature-resolution maps) are
 copied back to the host.
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from strategies import committee, gradcam_scores, uncertainty
+from strategies import committee, dropquery, gradcam_scores, uncertainty
 from workers.preprocess import to_model_input
 
 UNCERTAINTY_KEYS = ("least_confidence", "margin", "entropy")
@@ -156,7 +159,8 @@ def _head(pooled, w, b, neg_mask):
 
 
 def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, cam_size, members, bf16,
-                 return_maps, start_block=0, temperature=1.0):
+                 return_maps, start_block=0, temperature=1.0, dropout_passes=0, dropout_rate=0.0,
+                 dq_gen=None):
     dev = x.device
     # With start_block = k, x is the cached output of the first k (frozen) blocks
     # (workers.trunk_cache) and only the rest of the network runs; every signal below is computed
@@ -231,7 +235,15 @@ def _score_batch(model, x, *, w, b, neg_mask, mc_samples, gen, cam_threshold, ca
         for k in gradcam_scores.CAM_SCORE_KEYS:
             cols[k] = cam_cols[k].to(dev)
 
-        table = torch.stack([cols[k].float() for k in SCORE_KEYS], dim=1)
+        keys = SCORE_KEYS
+        if dropout_passes:
+            # DropQuery's passes: their own masks and generator (the committee's stay as without them).
+            keep = torch.empty((dropout_passes, *pooled.shape), device=dev).bernoulli_(1 - dropout_rate,
+                                                                                       generator=dq_gen)
+            pass_pred = _head(pooled[None] * keep / (1 - dropout_rate), w, b, neg_mask).argmax(dim=-1)
+            cols[dropquery.COLUMN] = dropquery.disagreement(pred, pass_pred).float()
+            keys = keys + (dropquery.COLUMN,)
+        table = torch.stack([cols[k].float() for k in keys], dim=1)
         small_maps = normalise_maps(cams, None).half() if return_maps else None
     # The only device → host copies of the batch: scalars, probs, embeddings (and small maps).
     return (probs.cpu(), pred.cpu(), pooled.cpu(), table.cpu(),
@@ -253,7 +265,7 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
                  cam_threshold: float = 0.5, progress: bool | Callable[[int, int], None] = False,
                  cam_size: int | None = None, members: Sequence = (), bf16: bool | None = None,
                  return_maps: bool = False, seed: int = 0, start_block: int = 0,
-                 temperature: float = 1.0) -> ScoreResult:
+                 temperature: float = 1.0, dropout_passes: int = 0, dropout_rate: float = 0.0) -> ScoreResult:
     """Score uint8 images `(N, H, W, C)` (ndarray or Tensor) with `model` (a CamNet).
 
     start_block = k > 0: `images` are instead the cached outputs `(N, K, h, w)` of the model's
@@ -267,11 +279,18 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
     are bilinear upsamplings of e.g. 7×7, so finer grids change the scores little and cost
     time: the member maps are T per image). bf16: autocast the backbone on CUDA (default on there).
     temperature: the score columns (uncertainty and committee) are computed from softmax(logits / T)
-    (engine.calibration's temperature); the returned probs are the model's own. Returns host arrays.
+    (engine.calibration's temperature); the returned probs are the model's own.
+    dropout_passes M > 0: one more column, `dropout_disagreement` (strategies.dropquery): the share
+    of M passes of the head with dropout at `dropout_rate` on the pooled features whose prediction
+    differs from `pred` (seeded by `seed`, on a generator of their own). Returns host arrays.
     """
     temperature = float(temperature)
     if not temperature > 0 or not np.isfinite(temperature):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    dropout_passes, dropout_rate = int(dropout_passes), float(dropout_rate)
+    if dropout_passes < 0 or (dropout_passes and not 0.0 < dropout_rate < 1.0):
+        raise ValueError(f"dropout passes need a count >= 0 and a rate in (0, 1), got {dropout_passes} and "
+                         f"{dropout_rate}")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -292,6 +311,10 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
             raise ValueError("class_mask excludes every class")
         neg_mask = torch.zeros(cm.shape, device=device).masked_fill(~cm, float("-inf"))
     gen = torch.Generator(device=device).manual_seed(seed)
+    dq_gen = None
+    if dropout_passes:
+        dq_gen = torch.Generator(device=device).manual_seed(
+            int(np.random.SeedSequence([seed, 0xD509]).generate_state(1)[0]))
 
     outs = []
     update, bar = _progress_cb(progress, n)
@@ -312,22 +335,24 @@ def score_images(model, images, *, batch_size: int = 256, mc_samples: int = 8, d
                 outs.append(_score_batch(model, x, w=w, b=b, neg_mask=neg_mask, mc_samples=mc_samples, gen=gen,
                                          cam_threshold=cam_threshold, cam_size=cam_size, members=members,
                                          bf16=bf16, return_maps=return_maps, start_block=start_block,
-                                         temperature=temperature))
+                                         temperature=temperature, dropout_passes=dropout_passes,
+                                         dropout_rate=dropout_rate, dq_gen=dq_gen))
                 update(min(start + batch_size, n), n)
     finally:
         for m, t in zip((model, *members), was):
             m.train(t)
 
     c, k = w.shape
+    keys = SCORE_KEYS + ((dropquery.COLUMN,) if dropout_passes else ())
     if not outs:
         return ScoreResult(np.zeros((0, c), np.float32), np.zeros(0, np.int64), np.zeros((0, k), np.float32),
-                           {key: np.zeros(0, np.float32) for key in SCORE_KEYS}, None)
+                           {key: np.zeros(0, np.float32) for key in keys}, None)
     probs, pred, emb, table, maps = (list(z) for z in zip(*outs))
     table = torch.cat(table).numpy()
     return ScoreResult(
         probs=torch.cat(probs).numpy(),
         pred=torch.cat(pred).numpy().astype(np.int64),
         embedding=torch.cat(emb).numpy(),
-        columns={key: np.ascontiguousarray(table[:, i]) for i, key in enumerate(SCORE_KEYS)},
+        columns={key: np.ascontiguousarray(table[:, i]) for i, key in enumerate(keys)},
         maps=torch.cat(maps).numpy() if return_maps else None,
     )

@@ -247,6 +247,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 record["selected"] = [data.pool_uris[i] for i in picked]
                 record["reserve"] = [data.pool_uris[p.item_id] for p in sel.reserve]
                 record["kept_out_as_excluded"] = sel.gated
+                if sel.dropquery_candidates is not None:  # selection.mode dropquery
+                    record["dropquery_candidates"] = sel.dropquery_candidates
+                if sel.selection_note:
+                    record["selection_note"] = sel.selection_note
                 # What pre-selection is decided by: the calibrated probability of each guess, and
                 # whether the guess was right (the benchmark of guess.threshold).
                 truth = {i: names[int(data.pool.labels[i])] for i in picked}

@@ -332,6 +332,10 @@ def on_selecting(x: Ctx) -> None:
         more["control"] = sel.n_control
     if sel.control_note:
         more["control_note"] = sel.control_note
+    if sel.dropquery_candidates is not None:
+        more["dropquery_candidates"] = sel.dropquery_candidates
+    if sel.selection_note:
+        more["selection_note"] = sel.selection_note
     if not sel.batch:
         more["note"] = "nothing to queue: no unlabeled pool images left" if not sel.gated else \
             "nothing to queue: every unlabeled image looks like an excluded class"
