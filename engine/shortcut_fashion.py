@@ -111,14 +111,15 @@ def make_fashion_shortcut(source: Dataset, seed: int, split: int = 0, side: int 
 
 def load_fashion_shortcut(seed: int = 0, *, side: int = DEFAULT_SIDE, pool: int = 10_000, val: int = 2_000,
                           test: int = 2_000, cue_rate: float | None = DEFAULT_CUE_RATE, fashion_root=None,
-                          with_cues: bool = False):
+                          with_cues: bool = False, cue_classes=CUE_CLASSES):
     """(pool, val, test) of the shortcut benchmark (the same garments as `load_fashion_colour`'s
     for the same seed and sizes); with `with_cues` each part is (Dataset, cast colour indices).
-    `cue_rate` None: the colour random in every split (no shortcut; the benchmark's ceiling)."""
+    `cue_rate` None: the colour random in every split (no shortcut; the benchmark's ceiling).
+    `cue_classes`: the classes that carry the cue (default CUE_CLASSES)."""
     train, official_test, pool_i, val_i, test_i = split_fashion(seed, pool, val, test, fashion_root)
-    parts = [make_fashion_shortcut(train.subset(pool_i), seed, 0, side, cue_rate),
-             make_fashion_shortcut(train.subset(val_i), seed, 1, side, cue_rate),
-             make_fashion_shortcut(official_test.subset(test_i), seed, 2, side, None)]
+    parts = [make_fashion_shortcut(train.subset(pool_i), seed, 0, side, cue_rate, cue_classes),
+             make_fashion_shortcut(train.subset(val_i), seed, 1, side, cue_rate, cue_classes),
+             make_fashion_shortcut(official_test.subset(test_i), seed, 2, side, None, cue_classes)]
     return tuple(parts) if with_cues else tuple(d for d, _ in parts)
 
 

@@ -142,3 +142,12 @@ def test_simulate_gives_the_named_shortcut_set_the_colour_model_unless_set():
     assert cfg.image_size == 64 and cfg.model == "efficientnet-lite0"
     cfg, choice = model_from_images(SimulationConfig(dataset="fashion-colour"))
     assert choice is None  # the other named sets keep their defaults
+
+
+def test_the_cue_bearing_classes_and_the_rate_are_parameters():
+    (pool, pc), (val, vc), (test, tc) = load_fashion_shortcut(0, pool=400, val=100, test=100, with_cues=True, side=48,
+                                                               cue_rate=1.0, cue_classes=(1, 3))
+    bearing = np.isin(pool.labels, (1, 3))
+    assert (pc == pool.labels)[bearing].all() and (vc == val.labels)[np.isin(val.labels, (1, 3))].all()
+    assert (pc[~bearing] == pool.labels[~bearing]).mean() < 0.3  # the others: random over all ten
+    assert (tc == test.labels).mean() < 0.3
