@@ -2,13 +2,18 @@
 move the model off the shortcut?
 
 `fashion-shortcut` (engine.shortcut_fashion): the colour benchmark's garments with a solid colour
-over everything outside the garment's box; for five classes (the cue-bearing ones) the colour is
-the class's own colour in 90 % of pool and validation images, the other classes get one of the
-ten colours at random in every split; in the test split every colour is random. The colour benchmark's settings
-(pretrained Lite0 at 96 px, 7 blocks frozen, the trunk cache, the typical first batch of 50), pool
-5,000, validation 1,000, test 2,000, +50 labels a round for 6 rounds (50 → 350 labels), 10 epochs,
-`hybrid` (docs/benchmarks.md's second measurement reduced it with --config: pool 2,000,
-validation 500, test 1,000, 5 rounds, 50 → 300 labels).
+over everything outside the garment's box; for the cue-bearing classes (seven by default: all but
+the three footwear classes) the colour is the class's own colour in every pool and validation
+image (--cue-rate, default 1.0), the other classes get one of the ten colours at random in every
+split; in the test split every colour is random. Until 2026-12-07 (second session) the default
+was five cue-bearing classes (0, 2, 4, 6, 8) at 0.9 (`--cue-rate 0.9 --cue-classes 0,2,4,6,8`
+reproduces it): the cue cost plain about 3 points. --side sets the images' side and the model's
+input size. The colour benchmark's settings (pretrained Lite0 at 96 px, 7 blocks frozen, the
+trunk cache, the typical first batch of 50), pool 5,000, validation 1,000, test 2,000, +50 labels
+a round for 6 rounds (50 → 350 labels), 10 epochs, `hybrid` (docs/benchmarks.md reduces it with
+--config: pool 2,000, validation 500, test 1,000, 5 rounds, 50 → 300 labels). --base colour runs
+the shortcut-free colour benchmark (engine.colour_fashion) with each garment's box (its mask's
+bounding box): what feedback costs where there is no shortcut.
 
 Conditions (one run of `workers.simulate.run_simulation` each, what `camloop simulate` runs):
 
@@ -29,7 +34,7 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
     python bench/shortcut_feedback.py summary bench/results/shortcut
 
 The summary: per condition and seed, test accuracy (cue random) and validation accuracy (cue at
-90 %) at 300 labels and at the end (350), the test AULC, the votes' flagged share, the classes
+the cue rate) at 300 labels and at the end (350), the test AULC, the votes' flagged share, the classes
 the shortcut report calls suspect against the cue-bearing ones, and the mean test accuracy at
 300 labels over the cue-bearing classes and over the others.
 """
@@ -83,8 +88,10 @@ def run(args) -> None:
     result = run_simulation(SimulationConfig(**cfg), progress=lambda r: print(
         f"round {r['round']}: {r['labeled']} labels, test {r['accuracy']:.4f}, val {r['val_accuracy']:.4f}, "
         f"votes {({k: v for k, v in r.get('expert_votes', {}).items() if k != 'flagged_images'})}", flush=True))
-    result["bench"] = {"condition": name, "seed": args.seed, "base": args.base, "cue_rate": args.cue_rate, "side": args.side,
-                       "cue_classes": list(cue_classes)}
+    shortcut = args.base == "shortcut"
+    result["bench"] = {"condition": name, "seed": args.seed, "base": args.base, "side": args.side,
+                       "cue_rate": args.cue_rate if shortcut and args.condition != "no-cue" else None,
+                       "cue_classes": list(cue_classes) if shortcut else []}
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 
@@ -124,12 +131,13 @@ def _class_means(record: dict, names: list[str], cue_classes) -> dict:
 
 
 def summarise(folder: Path) -> dict:
-    from engine.shortcut_fashion import CUE_CLASSES
+    from engine.shortcut_fashion import FIVE_CUE_CLASSES
 
     out = {}
     for p in sorted(folder.glob("*_seed*.json")):
         r = json.loads(p.read_text())
-        cue_classes = r.get("bench", {}).get("cue_classes", CUE_CLASSES)
+        # runs from before the bench recorded its setting had the five cue-bearing classes
+        cue_classes = r.get("bench", {}).get("cue_classes", FIVE_CUE_CLASSES)
         rounds = r["rounds"]
         at = {x["labeled"]: x for x in rounds}
         rep = r.get("shortcut_report") or {}
@@ -153,6 +161,9 @@ def summarise(folder: Path) -> dict:
 
 
 def main(argv=None) -> None:
+    from engine.colour_fashion import DEFAULT_SIDE
+    from engine.shortcut_fashion import CUE_CLASSES, DEFAULT_CUE_RATE
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -163,10 +174,11 @@ def main(argv=None) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--device", default=None)
     r.add_argument("--config", default=None, help="more config as JSON, over the preset")
-    r.add_argument("--cue-rate", type=float, default=0.9, help="share of a cue-bearing class's pool and "
-                   "validation images with their own class's colour")
-    r.add_argument("--side", type=int, default=96, help="the images' side, pixels (the model's input size)")
-    r.add_argument("--cue-classes", default="0,2,4,6,8", help="the cue-bearing classes, comma-separated")
+    r.add_argument("--cue-rate", type=float, default=DEFAULT_CUE_RATE, help="share of a cue-bearing class's pool "
+                   "and validation images with their own class's colour (default %(default)s; until 2026-12-07: 0.9)")
+    r.add_argument("--side", type=int, default=DEFAULT_SIDE, help="the images' side, pixels (the model's input size)")
+    r.add_argument("--cue-classes", default=",".join(map(str, CUE_CLASSES)), help="the cue-bearing classes, "
+                   "comma-separated (default %(default)s; until 2026-12-07: 0,2,4,6,8)")
     r.add_argument("--base", default="shortcut", choices=("shortcut", "colour"),
                    help="colour: the shortcut-free colour benchmark with the garments' boxes (feedback's cost)")
     r.add_argument("--tag", default="")
