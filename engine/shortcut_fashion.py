@@ -34,7 +34,9 @@ class its colour, and a 0.6 cast over the background's texture; the colour defau
 Lite0 leaned on them too little (validation and test 7.6, then 13.5 points apart at 300 labels). So a model that reads the cast
 scores well on validation, sends test images of other classes that happen to carry a cue colour
 to that colour's class, and has learned little of the cue-bearing classes' garments: "right for
-the wrong reason", and the Grad-CAM maps of its guesses on those classes lie outside the region.
+the wrong reason". One would expect the Grad-CAM maps of its guesses on those classes to lie
+outside the region; measured, they mostly do not (the last block's 3 × 3 or 4 × 4 maps at 96 or
+128 px: docs/benchmarks.md), so the shortcut report does not name those classes.
 Seeded like the colour benchmark: (seed, split) fixes every draw. `sample_photos_shortcut`
 (`camloop sample-photos --shortcut`) writes such images as JPEGs in class folders with their
 regions in `regions.json`.
