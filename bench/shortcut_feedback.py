@@ -2,13 +2,18 @@
 move the model off the shortcut?
 
 `fashion-shortcut` (engine.shortcut_fashion): the colour benchmark's garments with a solid colour
-over everything outside the garment's box; for five classes (the cue-bearing ones) the colour is
-the class's own colour in 90 % of pool and validation images, the other classes get one of the
-ten colours at random in every split; in the test split every colour is random. The colour benchmark's settings
-(pretrained Lite0 at 96 px, 7 blocks frozen, the trunk cache, the typical first batch of 50), pool
-5,000, validation 1,000, test 2,000, +50 labels a round for 6 rounds (50 → 350 labels), 10 epochs,
-`hybrid` (docs/benchmarks.md's second measurement reduced it with --config: pool 2,000,
-validation 500, test 1,000, 5 rounds, 50 → 300 labels).
+over everything outside the garment's box; for the cue-bearing classes (seven by default: all but
+the three footwear classes) the colour is the class's own colour in every pool and validation
+image (--cue-rate, default 1.0), the other classes get one of the ten colours at random in every
+split; in the test split every colour is random. Until 2026-12-07 (second session) the default
+was five cue-bearing classes (0, 2, 4, 6, 8) at 0.9 (`--cue-rate 0.9 --cue-classes 0,2,4,6,8`
+reproduces it): the cue cost plain about 3 points. --side sets the images' side and the model's
+input size. The colour benchmark's settings (pretrained Lite0 at 96 px, 7 blocks frozen, the
+trunk cache, the typical first batch of 50), pool 5,000, validation 1,000, test 2,000, +50 labels
+a round for 6 rounds (50 → 350 labels), 10 epochs, `hybrid` (docs/benchmarks.md reduces it with
+--config: pool 2,000, validation 500, test 1,000, 5 rounds, 50 → 300 labels). --base colour runs
+the shortcut-free colour benchmark (engine.colour_fashion) with each garment's box (its mask's
+bounding box): what feedback costs where there is no shortcut.
 
 Conditions (one run of `workers.simulate.run_simulation` each, what `camloop simulate` runs):
 
@@ -29,7 +34,7 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
     python bench/shortcut_feedback.py summary bench/results/shortcut
 
 The summary: per condition and seed, test accuracy (cue random) and validation accuracy (cue at
-90 %) at 300 labels and at the end (350), the test AULC, the votes' flagged share, the classes
+the cue rate) at 300 labels and at the end (350), the test AULC, the votes' flagged share, the classes
 the shortcut report calls suspect against the cue-bearing ones, and the mean test accuracy at
 300 labels over the cue-bearing classes and over the others.
 """
@@ -48,18 +53,33 @@ CONDITIONS = {"plain": {}, "no-cue": {"dataset": "fashion-shortcut-no-cue"}, "vo
 def run(args) -> None:
     from engine.config import SimulationConfig, merge_config
     from engine.datasets import COLOUR_MODEL, register_dataset
-    from engine.shortcut_fashion import load_fashion_shortcut
+    from engine.colour_fashion import DEFAULT_SIDE
+    from engine.shortcut_fashion import CUE_CLASSES, DEFAULT_CUE_RATE, load_fashion_shortcut
     from workers.simulate import run_simulation
 
-    register_dataset("fashion-shortcut-no-cue", lambda seed: load_fashion_shortcut(seed, cue_rate=None))
+    cue_classes = tuple(int(c) for c in args.cue_classes.split(","))
+    default = (args.cue_rate == DEFAULT_CUE_RATE and args.side == DEFAULT_SIDE and cue_classes == CUE_CLASSES)
+    register_dataset("fashion-shortcut-no-cue", lambda seed: load_fashion_shortcut(seed, cue_rate=None, side=args.side))
+    # Another setting of the benchmark (cue rate, side, cue-bearing classes) is a data set of its
+    # own name, simulated with the colour default's model at the data's side.
+    register_dataset("fashion-shortcut-bench", lambda seed: load_fashion_shortcut(
+        seed, cue_rate=args.cue_rate, side=args.side, cue_classes=cue_classes))
+
+    register_dataset("fashion-colour-regions", lambda seed: _colour_with_regions(seed, args.side))
+    if args.base == "colour":  # the shortcut-free colour benchmark: what feedback costs without a shortcut
+        if args.condition not in ("plain", "votes", "feedback"):
+            raise SystemExit("--base colour: the conditions are plain, votes and feedback")
+        default = False
 
     cfg = merge_config({**PRESET, "seed": args.seed, "threads": args.threads,
+                        **({} if default else {"dataset": "fashion-shortcut-bench"}),
+                        **({"dataset": "fashion-colour-regions"} if args.base == "colour" else {}),
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
     if args.condition == "feedback":
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill}})
-    if args.condition == "no-cue":  # the named default model is fashion-shortcut's: give it
-        cfg = merge_config(cfg, COLOUR_MODEL)
+    if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
+        cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
     name = args.condition + (f"-k{args.k}" if args.condition == "feedback" and args.k != 2 else "") \
         + (f"-{args.fill}" if args.condition == "feedback" and args.fill != "noise" else "") + args.tag
@@ -68,9 +88,29 @@ def run(args) -> None:
     result = run_simulation(SimulationConfig(**cfg), progress=lambda r: print(
         f"round {r['round']}: {r['labeled']} labels, test {r['accuracy']:.4f}, val {r['val_accuracy']:.4f}, "
         f"votes {({k: v for k, v in r.get('expert_votes', {}).items() if k != 'flagged_images'})}", flush=True))
-    result["bench"] = {"condition": name, "seed": args.seed}
+    shortcut = args.base == "shortcut"
+    result["bench"] = {"condition": name, "seed": args.seed, "base": args.base, "side": args.side,
+                       "cue_rate": args.cue_rate if shortcut and args.condition != "no-cue" else None,
+                       "cue_classes": list(cue_classes) if shortcut else []}
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
+
+
+def _colour_with_regions(seed: int, side: int):
+    """The colour benchmark (engine.colour_fashion, no shortcut) with each garment's region: the
+    bounding box of its mask (x1/y1 exclusive), so that the simulated expert can vote and
+    counterexamples can be made on it."""
+    import numpy as np
+
+    from engine.colour_fashion import load_fashion_colour
+
+    parts = []
+    for d, masks in load_fashion_colour(seed, side=side, with_masks=True):
+        ys, xs = masks.any(axis=2), masks.any(axis=1)
+        d.regions = np.array([[x.argmax(), y.argmax(), len(x) - x[::-1].argmax(), len(y) - y[::-1].argmax()]
+                              for x, y in zip(xs, ys)], np.int64)
+        parts.append(d)
+    return tuple(parts)
 
 
 def aulc(rounds: list[dict]) -> float:
@@ -81,23 +121,23 @@ def aulc(rounds: list[dict]) -> float:
     return area / (x[-1] - x[0]) if x[-1] > x[0] else y[0]
 
 
-def _class_means(record: dict, names: list[str]) -> dict:
+def _class_means(record: dict, names: list[str], cue_classes) -> dict:
     """Mean test accuracy over the cue-bearing classes and over the others (one round's record)."""
-    from engine.shortcut_fashion import CUE_CLASSES
-
     pc = record.get("per_class") or {}
-    bearing = [n for i, n in enumerate(names) if i in CUE_CLASSES]
+    bearing = [n for i, n in enumerate(names) if i in cue_classes]
     others = [n for n in names if n not in bearing]
     mean = lambda ns: round(sum(pc[n]["accuracy"] for n in ns) / len(ns), 4) if ns and all(n in pc for n in ns) else None
     return {"cue_bearing": mean(bearing), "others": mean(others)}
 
 
 def summarise(folder: Path) -> dict:
-    from engine.shortcut_fashion import CUE_CLASSES
+    from engine.shortcut_fashion import FIVE_CUE_CLASSES
 
     out = {}
     for p in sorted(folder.glob("*_seed*.json")):
         r = json.loads(p.read_text())
+        # runs from before the bench recorded its setting had the five cue-bearing classes
+        cue_classes = r.get("bench", {}).get("cue_classes", FIVE_CUE_CLASSES)
         rounds = r["rounds"]
         at = {x["labeled"]: x for x in rounds}
         rep = r.get("shortcut_report") or {}
@@ -109,17 +149,21 @@ def summarise(folder: Path) -> dict:
             "test_aulc": round(aulc(rounds), 4),
             "flagged_share": round(sum(v["flagged"] for v in votes) / judged, 4) if judged else None,
             "flagged_by_round": [round(v["flagged"] / v["judged"], 3) if v["judged"] else None for v in votes],
-            "test_300_by_cue": _class_means(at[300], r["config"]["classes"]) if 300 in at else None,
+            "test_300_by_cue": _class_means(at[300], r["config"]["classes"], cue_classes) if 300 in at else None,
             "counterexamples": r.get("counterexamples"), "suspect": rep.get("suspect"),
             "suspect_by_true_class": rep.get("suspect_by_true_class"),
             "flagged_share_by_guess": {n: v.get("flagged_share") for n, v in (rep.get("per_class") or {}).items()},
-            "cue_bearing": [n for i, n in enumerate(r["config"]["classes"]) if i in CUE_CLASSES],
+            "cue_bearing": [n for i, n in enumerate(r["config"]["classes"]) if i in cue_classes],
+            "setting": {k: r.get("bench", {}).get(k) for k in ("cue_rate", "side", "cue_classes")},
             "seconds": r["config"].get("seconds"),
         }
     return out
 
 
 def main(argv=None) -> None:
+    from engine.colour_fashion import DEFAULT_SIDE
+    from engine.shortcut_fashion import CUE_CLASSES, DEFAULT_CUE_RATE
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -130,6 +174,13 @@ def main(argv=None) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--device", default=None)
     r.add_argument("--config", default=None, help="more config as JSON, over the preset")
+    r.add_argument("--cue-rate", type=float, default=DEFAULT_CUE_RATE, help="share of a cue-bearing class's pool "
+                   "and validation images with their own class's colour (default %(default)s; until 2026-12-07: 0.9)")
+    r.add_argument("--side", type=int, default=DEFAULT_SIDE, help="the images' side, pixels (the model's input size)")
+    r.add_argument("--cue-classes", default=",".join(map(str, CUE_CLASSES)), help="the cue-bearing classes, "
+                   "comma-separated (default %(default)s; until 2026-12-07: 0,2,4,6,8)")
+    r.add_argument("--base", default="shortcut", choices=("shortcut", "colour"),
+                   help="colour: the shortcut-free colour benchmark with the garments' boxes (feedback's cost)")
     r.add_argument("--tag", default="")
     r.add_argument("--trunk-cache-dir", default=None)
     r.add_argument("--out-dir", required=True)

@@ -15,15 +15,18 @@ from typer.testing import CliRunner
 
 from engine.colour_fashion import _composite
 from engine.datasets import NAMED, NAMED_MODEL_DEFAULTS, load_image_folder
-from engine.shortcut_fashion import (CAST, CUE_CLASSES, CUE_COLOURS, GARMENT_SCALE, cast_outside,
-                                     load_fashion_shortcut)
+from engine.shortcut_fashion import (CAST, CUE_CLASSES, CUE_COLOURS, DEFAULT_CUE_RATE, FIVE_CUE_CLASSES,
+                                     GARMENT_SCALE, cast_outside, load_fashion_shortcut)
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def parts():
-    return load_fashion_shortcut(0, pool=600, val=200, test=600, with_cues=True, side=64)
+    # the setting before 2026-12-07 (second session): five cue-bearing classes at 0.9, where a
+    # wrong cue can be drawn (the default, 1.0, never draws one)
+    return load_fashion_shortcut(0, pool=600, val=200, test=600, with_cues=True, side=64, cue_rate=0.9,
+                                 cue_classes=FIVE_CUE_CLASSES)
 
 
 def _recomposite(d, split: int, side: int = 64):
@@ -38,24 +41,24 @@ def _recomposite(d, split: int, side: int = 64):
 
 def test_the_cast_names_cue_bearing_classes_at_the_rate_in_pool_and_val_and_at_chance_in_test(parts):
     (pool, pc), (val, vc), (test, tc) = parts
-    bearing = np.isin(pool.labels, CUE_CLASSES)
+    bearing = np.isin(pool.labels, FIVE_CUE_CLASSES)
     assert abs((pc == pool.labels)[bearing].mean() - 0.9) < 0.05
-    assert abs((vc == val.labels)[np.isin(val.labels, CUE_CLASSES)].mean() - 0.9) < 0.08
+    assert abs((vc == val.labels)[np.isin(val.labels, FIVE_CUE_CLASSES)].mean() - 0.9) < 0.08
     # The other classes draw from all ten colours, in every split: their background says nothing.
     for labels, cues in ((pool.labels, pc), (val.labels, vc)):
-        free = ~np.isin(labels, CUE_CLASSES)
+        free = ~np.isin(labels, FIVE_CUE_CLASSES)
         assert len(np.unique(cues[free])) == 10
         assert abs((cues[free] == labels[free]).mean() - 0.1) < 0.08
-        assert abs(np.isin(cues[free], CUE_CLASSES).mean() - 0.5) < 0.1
+        assert abs(np.isin(cues[free], FIVE_CUE_CLASSES).mean() - 0.5) < 0.1
     # So a cue colour names its class in the pool (the shortcut) well above chance (about 62 %),
     # and a free class's own colour does not.
-    for c in CUE_CLASSES:
+    for c in FIVE_CUE_CLASSES:
         assert (pool.labels[pc == c] == c).mean() > 0.45
-    for c in set(range(10)) - set(CUE_CLASSES):
+    for c in set(range(10)) - set(FIVE_CUE_CLASSES):
         assert (pool.labels[pc == c] == c).mean() < 0.4
     # Test: uniformly random over all ten colours, for every class.
     assert abs((tc == test.labels).mean() - 0.1) < 0.04
-    assert np.isin(tc[~np.isin(test.labels, CUE_CLASSES)], CUE_CLASSES).mean() > 0.4
+    assert np.isin(tc[~np.isin(test.labels, FIVE_CUE_CLASSES)], FIVE_CUE_CLASSES).mean() > 0.4
     # Wrong cues in the pool spread over the other colours.
     assert len(np.unique(pc[bearing & (pc != pool.labels)])) >= 8
 
@@ -88,7 +91,8 @@ def test_regions_lie_in_the_image_and_leave_room_for_the_cast(parts):
 
 
 def test_seeded_and_a_named_data_set_with_the_colour_model(parts):
-    again = load_fashion_shortcut(0, pool=600, val=200, test=600, with_cues=True, side=64)
+    again = load_fashion_shortcut(0, pool=600, val=200, test=600, with_cues=True, side=64, cue_rate=0.9,
+                                  cue_classes=FIVE_CUE_CLASSES)
     for (a, ca), (b, cb) in zip(parts, again):
         assert np.array_equal(a.images, b.images) and np.array_equal(a.regions, b.regions)
         assert np.array_equal(ca, cb)
@@ -142,3 +146,24 @@ def test_simulate_gives_the_named_shortcut_set_the_colour_model_unless_set():
     assert cfg.image_size == 64 and cfg.model == "efficientnet-lite0"
     cfg, choice = model_from_images(SimulationConfig(dataset="fashion-colour"))
     assert choice is None  # the other named sets keep their defaults
+
+
+def test_the_cue_bearing_classes_and_the_rate_are_parameters():
+    (pool, pc), (val, vc), (test, tc) = load_fashion_shortcut(0, pool=400, val=100, test=100, with_cues=True, side=48,
+                                                               cue_rate=1.0, cue_classes=(1, 3))
+    bearing = np.isin(pool.labels, (1, 3))
+    assert (pc == pool.labels)[bearing].all() and (vc == val.labels)[np.isin(val.labels, (1, 3))].all()
+    assert (pc[~bearing] == pool.labels[~bearing]).mean() < 0.3  # the others: random over all ten
+    assert (tc == test.labels).mean() < 0.3
+
+
+def test_the_default_cue_every_image_of_seven_classes():
+    assert DEFAULT_CUE_RATE == 1.0 and CUE_CLASSES == (0, 1, 2, 3, 4, 6, 8)
+    (pool, pc), (val, vc), (test, tc) = load_fashion_shortcut(0, pool=500, val=100, test=200, with_cues=True, side=40)
+    for labels, cues in ((pool.labels, pc), (val.labels, vc)):
+        bearing = np.isin(labels, CUE_CLASSES)
+        assert (cues[bearing] == labels[bearing]).all()
+        assert len(np.unique(cues[~bearing])) >= 8  # footwear: any of the ten colours
+    for c in CUE_CLASSES:  # a cue colour names its class in about 77 % of pool images
+        assert (pool.labels[pc == c] == c).mean() > 0.6
+    assert (tc == test.labels).mean() < 0.25

@@ -23,8 +23,8 @@ def sample_photos(
     side: int = typer.Option(128, help="side of the square photos, pixels (32–512)"),
     seed: int = typer.Option(0, help="the same seed writes the same photos"),
     shortcut: bool = typer.Option(False, "--shortcut", help="add a shortcut: a solid colour over everything outside "
-                                  "the garment names the class in --cue-rate of the photos of five classes (T-shirt/top, "
-                                  "Pullover, Coat, Shirt, Bag); also write regions.json (each garment's box) beside "
+                                  "the garment names the class in --cue-rate of the photos of seven classes (all but "
+                                  "Sandal, Sneaker, Ankle boot, whose colour is random); also write regions.json (each garment's box) beside "
                                   "the class folders"),
     cue_rate: float = typer.Option(DEFAULT_CUE_RATE, help="with --shortcut: share of a cue-bearing class's photos "
                                    "whose background has their own class's colour (0.1: it says nothing)"),
@@ -43,4 +43,4 @@ def sample_photos(
         raise typer.Exit(2) from None
     typer.echo(f"wrote {n} colour photos ({per_class} a class, {side} px) in {out}/<class>/"
                + (f", each garment's box in {out}/regions.json; a background colour names the class in {cue_rate:.0%} "
-                  "of the photos of five classes" if shortcut else ""))
+                  "of the photos of seven classes" if shortcut else ""))
