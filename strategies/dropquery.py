@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from strategies._checks import finite_array
+from strategies.selection import fill_class_quotas
 
 # The score column the passes' disagreement is stored under (workers.scoring writes it,
 # engine.selection reads it).
@@ -176,18 +177,5 @@ def select_dropquery(share, fused, pred, embeddings, budget: int, class_quota=No
     if class_quota is None:
         chosen = pick(np.flatnonzero(ok), budget)
     else:
-        quota = np.asarray(class_quota, np.int64)
-        parts = []
-        for c, q in enumerate(quota):
-            if q <= 0:
-                continue
-            idx = np.flatnonzero(ok & (pred == c))
-            parts.append(pick(idx, int(q)))
-        chosen = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        chosen = chosen[:budget]
-        short = budget - chosen.size
-        if short > 0:
-            rest = ok.copy()
-            rest[chosen] = False
-            chosen = np.concatenate([chosen, pick(np.flatnonzero(rest), short)])
+        chosen = fill_class_quotas(pred, class_quota, ok, budget, pick)
     return chosen[np.lexsort((-score[chosen], ~cand[chosen]))]

@@ -1,7 +1,7 @@
 """Selection: fused scores -> per-class quotas -> diversity -> the queue, in priority order."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -69,22 +69,34 @@ def select(
     if class_quota is None:
         chosen = pick(np.flatnonzero(eligible), budget)
     else:
-        quota = np.asarray(class_quota, dtype=np.int64)
-        # One stable sort by class instead of a boolean mask per class: linear in N for any C.
-        order = np.argsort(pred, kind="stable")
-        bounds = np.searchsorted(pred[order], np.arange(quota.shape[0] + 1))
-        parts = []
-        for c, q in enumerate(quota):
-            if q <= 0:
-                continue
-            idx = order[bounds[c]:bounds[c + 1]]
-            idx = idx[eligible[idx]]
-            parts.append(pick(idx, int(q)))
-        chosen = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        chosen = chosen[:budget]
-        short = budget - chosen.size
-        if short > 0:
-            rest = eligible.copy()
-            rest[chosen] = False
-            chosen = np.concatenate([chosen, pick(np.flatnonzero(rest), short)])
+        chosen = fill_class_quotas(pred, class_quota, eligible, budget, pick)
     return chosen[np.argsort(-fused[chosen], kind="stable")]
+
+
+def fill_class_quotas(pred: np.ndarray, class_quota, eligible: np.ndarray, budget: int,
+                      pick: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Each class's quota picked among the eligible items predicted as that class
+    (`pick(indices, k)`, indices in ascending order), at most `budget` in all; then what the
+    quotas left unfilled picked from every eligible item left. In pick order.
+
+    One way to fill a class budget for every selection rule (top-k with k-center here,
+    DropQuery in strategies.dropquery): only `pick` differs."""
+    quota = np.asarray(class_quota, dtype=np.int64)
+    # One stable sort by class instead of a boolean mask per class: linear in N for any C.
+    order = np.argsort(pred, kind="stable")
+    bounds = np.searchsorted(pred[order], np.arange(quota.shape[0] + 1))
+    parts = []
+    for c, q in enumerate(quota):
+        if q <= 0:
+            continue
+        idx = order[bounds[c]:bounds[c + 1]]
+        idx = idx[eligible[idx]]
+        parts.append(pick(idx, int(q)))
+    chosen = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    chosen = chosen[:budget]
+    short = budget - chosen.size
+    if short > 0:
+        rest = eligible.copy()
+        rest[chosen] = False
+        chosen = np.concatenate([chosen, pick(np.flatnonzero(rest), short)])
+    return chosen

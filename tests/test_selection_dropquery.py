@@ -8,15 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from engine import contracts as c
-from engine import step
 from engine.config import ProjectConfig
-from engine.decisions import Evidence
 from engine.selection import dropquery_rows
 from strategies.dropquery import COLUMN
 from strategies.fusion import fuse_ranks
 from tests.score_files import synthetic_score_file
+from tests.selection_step import NAMES, select_step
 
-NAMES = ["a", "b", "c", "d"]
 
 
 def _with_disagreement(path, share):
@@ -34,14 +32,8 @@ def _file(tmp_path, n=2000, gated=None, share=None, seed=0):
     return [_with_disagreement(path, share)], np.asarray(share)
 
 
-def _select(files, number=2, mode="dropquery", strategy="hybrid", budget=40, reserve=10, share=0.1, seed=4,
-            drop=None, active=(True,) * 4, accuracy=None, **sel):
-    cfg = ProjectConfig.model_validate({"budget": budget, "reserve": reserve, "seed": seed, "strategy": strategy,
-                                        "control": {"share": share}, "selection": {"mode": mode, **sel}})
-    ev = None if accuracy is None else Evidence(number, {n: int(a * 100) for n, a in zip(NAMES, accuracy)},
-                                                 {n: 100 for n in NAMES}, "val")
-    return step.select(cfg, step.SelectionFacts(number, NAMES, list(active), step.Ranking.SCORES, files,
-                                                evidence=ev, drop_ids=drop))
+def _select(files, mode="dropquery", **kw):
+    return select_step(files, {"mode": mode}, **kw)
 
 
 def _ids(picks):

@@ -8,24 +8,16 @@ import pytest
 from pydantic import ValidationError
 
 from engine import contracts as c
-from engine import step
 from engine.config import ProjectConfig
-from engine.decisions import Evidence
 from engine.selection import select_from_scores
 from strategies.stochastic import sampling_probs
 from tests.score_files import synthetic_score_file
+from tests.selection_step import NAMES, select_step
 
-NAMES = ["a", "b", "c", "d"]
 
 
-def _select(files, number=2, mode="softrank", beta=1.0, strategy="hybrid", budget=40, reserve=10, share=0.1,
-            seed=4, drop=None, active=(True,) * 4, accuracy=None):
-    cfg = ProjectConfig.model_validate({"budget": budget, "reserve": reserve, "seed": seed, "strategy": strategy,
-                                        "control": {"share": share}, "selection": {"mode": mode, "beta": beta}})
-    ev = None if accuracy is None else Evidence(number, {n: int(a * 100) for n, a in zip(NAMES, accuracy)},
-                                                 {n: 100 for n in NAMES}, "val")
-    return step.select(cfg, step.SelectionFacts(number, NAMES, list(active), step.Ranking.SCORES, files,
-                                                evidence=ev, drop_ids=drop))
+def _select(files, mode="softrank", beta=1.0, **kw):
+    return select_step(files, {"mode": mode, "beta": beta}, **kw)
 
 
 def _ids(picks):
