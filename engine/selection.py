@@ -229,24 +229,26 @@ def select_from_scores(score_files: Sequence[Path | str], strategy: str, class_n
 
         fused = (fuse_ranks(weighted, weights) if any(w != 0 for w in weights.values())
                  else np.random.default_rng([round_seed(seed, number), 0xF111]).random(ids.size))
-        eligible = active[pred] & ~gated
-        n_candidates = int((eligible & (share >= DROPQUERY_SHARE)).sum())
-        chosen = dropquery_rows(share, fused, pred, budget, quota, eligible, load_embeddings, seed, number)
-        extra = np.zeros(0, np.int64)
-        if reserve > 0:
-            left = eligible.copy()
-            left[chosen] = False
-            extra = dropquery_rows(share, fused, pred, reserve, None, left, load_embeddings, seed, number, 1)
+        n_candidates = int((active[pred] & ~gated & (share >= DROPQUERY_SHARE)).sum())
+
+        def rows(k: int, quota, off: np.ndarray, stream: int) -> np.ndarray:
+            return dropquery_rows(share, fused, pred, k, quota, active[pred] & ~off, load_embeddings, seed, number,
+                                  stream)
     else:
         if mode == "dropquery":
             note = ("selection.mode dropquery: the score files have no dropout disagreement (scored before the "
                     "mode was set), so this batch is the fused score's top-k")
-        chosen = select_rows(weighted, weights, pred, budget, quota, ~active, gated, rng, loader)
-        extra = np.zeros(0, np.int64)
-        if reserve > 0:
-            taken = gated.copy()
-            taken[chosen] = True
-            extra = select_rows(weighted, weights, pred, reserve, None, ~active, taken, rng, loader)
+
+        def rows(k: int, quota, off: np.ndarray, stream: int) -> np.ndarray:
+            return select_rows(weighted, weights, pred, k, quota, ~active, off, rng, loader)
+
+    # The batch, then the reserve from what it left (each rule's own stream: 0 the batch, 1 the reserve).
+    chosen = rows(budget, quota, gated, 0)
+    extra = np.zeros(0, np.int64)
+    if reserve > 0:
+        taken = gated.copy()
+        taken[chosen] = True
+        extra = rows(reserve, None, taken, 1)
 
     order, is_control = control_slice(np.asarray(chosen, np.int64), np.asarray(extra, np.int64), gated, n_control,
                                       seed, number)
