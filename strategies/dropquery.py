@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from strategies._checks import finite_array
+from strategies.diversity import top_k
 from strategies.selection import fill_class_quotas
 
 # The score column the passes' disagreement is stored under (workers.scoring writes it,
@@ -110,8 +111,6 @@ def dropquery_pick(embeddings, candidate, k: int, fallback, random_state: int = 
     read). max_clustered: with more candidates than this, k-means runs on a uniform sample of
     that many (drawn with `rng`), as a bound on its cost for very large pools.
     Returns the picks, cluster picks first (largest cluster first), then the fill by score."""
-    from strategies.diversity import top_k
-
     cand = np.asarray(candidate, bool)
     score = finite_array(fallback, "fallback", ndim=1)
     n = cand.shape[0]
