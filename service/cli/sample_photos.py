@@ -24,8 +24,8 @@ def sample_photos(
     seed: int = typer.Option(0, help="the same seed writes the same photos"),
     shortcut: bool = typer.Option(False, "--shortcut", help="add a shortcut: a solid colour over everything outside "
                                   "the garment names the class in --cue-rate of the photos of seven classes (all but "
-                                  "Sandal, Sneaker, Ankle boot, whose colour is random); also write regions.json (each garment's box) beside "
-                                  "the class folders"),
+                                  "Sandal, Sneaker, Ankle boot, whose colour is random); also write regions.json "
+                                  "(each garment's box) beside the class folders"),
     cue_rate: float = typer.Option(DEFAULT_CUE_RATE, help="with --shortcut: share of a cue-bearing class's photos "
                                    "whose background has their own class's colour (0.1: it says nothing)"),
 ) -> None:
