@@ -24,8 +24,8 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service.api.auth import authenticate
 from service.api.cache import FastPolls
-from service.api.heap import settle_heap
 from service.api.deps import caller, writer
+from service.api.heap import settle_heap
 from service.api.prometheus import StoreCollector, render
 from service.api.routers import router
 from service.core import mlflow_log
