@@ -119,6 +119,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
     import torch
 
     from workers import jobs
+    from workers.provenance import provenance
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -298,6 +299,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "config": {**config.model_dump(mode="json"), "hflip": project.hflip, "classes": names,
                    "pool_size": len(data.pool), "val_size": len(data.val), "test_size": len(data.test),
                    "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_run, 1)},
+        "provenance": provenance(),
         **({"model_choice": choice} if choice is not None else {}),
         "first_batch": "typical" if project.typical_first_batch() else "random",
         "initial_labels": [data.pool_uris[i] for i in first],
