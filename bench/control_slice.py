@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workers.provenance import provenance  # noqa: E402
 
 
 def run_one(args, seed: int, share: float, out: Path) -> dict:
@@ -114,6 +115,7 @@ def main() -> None:
     summary = {**summarise(runs, args.share), "protocol": {k: (str(v) if isinstance(v, Path) else v)
                                                           for k, v in vars(args).items()},
                "python": platform.python_version()}
+    summary["provenance"] = provenance()
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 

@@ -45,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy's
+from workers.provenance import provenance  # noqa: E402
 
 from engine.files import atomic_write_json  # noqa: E402  (after the path above)
 
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
                       flush=True)
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "torch_threads": args.threads, "host": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-               "runs": summaries}
+               "runs": summaries, "provenance": provenance()}
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from workers.provenance import provenance
+
 
 def run(reserve: int, args) -> dict:
     from service.demo.run import DemoOptions, export_images
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
               f"{r['idle_total_s']} s) over {r['labeled']} labels in {r['wall_s']} s", flush=True)
         results.append(r)
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"),
-           "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": results}
+           "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": results,
+           "provenance": provenance()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {args.out}")

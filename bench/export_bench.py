@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workers.provenance import provenance  # noqa: E402
 
 CLASSES = [f"class-{i}" for i in range(10)]
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000008000000080800000000e164e1570000000f"
@@ -109,7 +110,8 @@ def main() -> None:
 
     export.register_format(export_tasks.FORMAT)
     results = {"machine": f"{platform.node()} {os.cpu_count()} vCPU, {platform.python_version()}",
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": []}
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": [],
+               "provenance": provenance()}
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
             files = any(f == "imagefolder" for f in args.formats) and n <= args.imagefolder_n

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workers.provenance import provenance  # noqa: E402
 
 from strategies.typical import typical_first_batch  # noqa: E402
 from engine.colour_fashion import load_fashion_colour  # noqa: E402
@@ -86,7 +87,7 @@ def main(argv=None):
                 "classes_mean": float(np.mean([q["classes_covered"] for q in r]))}
     result = {"bench": "first_batch", "args": vars(args), "embed_seconds": embed_s, "torch": torch.__version__,
               "machine": platform.machine(), "rows": rows, "summary": summary,
-              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "provenance": provenance()}
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"first_batch_pool{args.pool}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workers.provenance import provenance  # noqa: E402
 
 from engine.colour_fashion import load_fashion_colour  # noqa: E402
 from workers.adabn import adapt_batchnorm, recalibrate_from  # noqa: E402
@@ -355,6 +356,7 @@ def main(argv=None):
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "data_seconds": data_s,
         "runs": runs, "summary": summary, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "provenance": provenance(),
     }
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / "frozen_trunk" / (
         f"{'smoke_' if args.smoke else ''}{args.model}_{args.size}px_pool{args.pool}.json")

@@ -46,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy's
+from workers.provenance import provenance  # noqa: E402
 
 OTHER = "Other"
 DEFAULT_RUN_DIRS = ("bench/results/exclusion_balancing/seeds3", "bench/results/exclusion_balancing/seeds3-imb")
@@ -226,6 +227,7 @@ def main(argv=None) -> int:
     print(markdown(summary))
     print(f"\nclasses from: {summary['classes_from']} ({summary['runs_checked_item_by_item']} runs checked)")
     args.out.mkdir(parents=True, exist_ok=True)
+    summary["provenance"] = provenance()
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0
 

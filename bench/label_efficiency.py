@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.files import atomic_write_json
+from workers.provenance import provenance
 
 # name -> (strategy, overrides of SimulationConfig)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -423,7 +424,8 @@ def _write_outputs(args, runs: dict[str, list[dict]]) -> None:
     summary = summarise(done, args.target, second)
     comparisons = {n: versus(done, n) for n in done if n != "random"}
     (args.out_dir / "results.json").write_text(json.dumps(
-        {"meta": meta, "summary": summary, "versus_random": comparisons, "reference": reference}, indent=1))
+        {"meta": meta, "summary": summary, "versus_random": comparisons, "reference": reference,
+         "provenance": provenance()}, indent=1))
     (args.out_dir / "results.md").write_text(markdown(summary, args.target, meta, comparisons, reference))
     from service.demo.report import plot_learning_curves
 

@@ -45,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from workers.provenance import provenance  # noqa: E402
 
 from service.runtime.host import free_port  # noqa: E402  (after the path above)
 
@@ -567,7 +568,7 @@ def main() -> None:
     args = ap.parse_args()
     out = run(annotators=args.annotators, dashboard_rps=args.dashboard_rps, seconds=args.seconds, db=args.db,
               epochs=args.epochs, page=args.page, worker_nice=args.worker_nice)
-    text = json.dumps(out, indent=2)
+    text = json.dumps({**out, "provenance": provenance()}, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text)

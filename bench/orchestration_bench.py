@@ -48,6 +48,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from workers.provenance import provenance  # noqa: E402
 
 from service.runtime.host import free_port  # noqa: E402  (after the path above)
 
@@ -543,7 +544,7 @@ def main() -> None:
     out = overhead(args) if args.part == "overhead" else load(args)
     (_print_overhead if args.part == "overhead" else _print_load)(out)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps({**out, "provenance": provenance()}, indent=2))
 
 
 if __name__ == "__main__":

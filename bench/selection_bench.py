@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from workers.provenance import provenance  # noqa: E402
 
 from strategies.budget import allocate_budget, class_need, per_class_mean  # noqa: E402
 from strategies.registry import get_strategy  # noqa: E402
@@ -193,7 +194,7 @@ def main() -> None:
           f"{'met' if best <= TARGET_S else 'NOT met'} (wall), {'met' if out['median_cpu_s'] <= TARGET_S else 'NOT met'} (CPU)")
     print(f"  machine: {before['cpus']} CPUs, load average {before['loadavg']} → {out['machine_after']['loadavg']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps({**out, "provenance": provenance()}, indent=2))
 
 
 if __name__ == "__main__":
