@@ -248,11 +248,11 @@ class FeedbackConfig(_Strict):
                                               "uniform random colours; shuffle, the outside of another training "
                                               "image, at random (CAIPI's: it removes a cue without knowing what "
                                               "it is, with a background that looks like the data's)")
-    swap_images: StrictInt = Field(300, ge=0, le=100_000, description="the background-swap test (engine.swap_test; "
+    swap_images: StrictInt = Field(1000, ge=0, le=100_000, description="the background-swap test (engine.swap_test; "
                                    "camloop simulate only for now): after each round's training, up to this many "
                                    "pool images with a known region are guessed with their outside pasted from "
-                                   "other images; a guessed class whose guesses change too often is suspect in "
-                                   "the shortcut report (0: off)")
+                                   "other images (objects removed); a guessed class whose guesses follow the pasted "
+                                   "background is suspect in the shortcut report (0: off)")
     swap_suspects: StrictBool = Field(False, description="a class the background-swap test names suspect: every "
                                       "labeled image of it with a known region gets `counterexamples` copies in "
                                       "every later round, flagged by an expert or not (camloop simulate only for now)")

@@ -10,16 +10,23 @@ copies CAIPI's counterexamples are), and see whether the model's guess changes. 
 rests on the object survives a new background; one that rests on the background follows it.
 No label is needed, so the test runs on pool images with a known region.
 
-Per *guessed* class (as the shortcut report is: the class the model says), the **flip share** is
-the share of the copies whose guess differs from the original image's guess. Its 95 % Wilson
-interval (strategies.exclusion.wilson_interval) counts each image once, not each copy (an
-image's copies share its object and are not independent evidence): k = round(share × images),
-n = images. A guessed class is **suspect** when the interval's lower bound is at least
-`SUSPECT_LOW` over at least `MIN_IMAGES` images. `SUSPECT_LOW` was chosen on a development
-seed of both benchmarks that no reported figure uses (docs/benchmarks.md, "Background swap").
+Each copy's background comes from another tested image whose own region was first filled with
+the median colour of its outside (`object_free`): a donor's object reaching outside the tested
+image's region would be evidence for the donor's class, and a guess that follows it no shortcut.
+Per *guessed* class (as the shortcut report is: the class the model says), the **follow share**
+is the share of copies whose guess changed to the guess of the image the background came from;
+the **flip share** (any change) is reported beside it but decides nothing: measured on the
+shortcut-free colour benchmark it was as high as on the shortcut benchmark (0.2–0.7), a model
+unsettled by any new background rather than one that reads it (docs/benchmarks.md). The follow
+share's 95 % Wilson interval (strategies.exclusion.wilson_interval) counts each image once, not
+each copy (an image's copies share its object and are not independent evidence): k = round(share
+× images), n = images. A guessed class is **suspect** when the interval's lower bound is at least
+`SUSPECT_LOW` over at least `MIN_IMAGES` images. `SUSPECT_LOW` was chosen on a development seed
+(9) of both benchmarks that no reported figure uses (docs/benchmarks.md, "The background-swap
+test").
 
-An image whose region covers the whole image has no outside to swap: it is not tested (counted
-in `untestable`), as an image without a region is not. numpy only: the pure half; the model's
+An image whose region covers the whole image has no outside to swap: it is not tested, as an
+image without a region is not (both are counted in the report's `untestable`). numpy only: the pure half; the model's
 forward is workers.swap_test.
 """
 from __future__ import annotations
@@ -32,9 +39,10 @@ from engine.counterexamples import counterexamples
 from strategies.exclusion import wilson_interval
 
 COPIES = 4          # swapped copies per image
-IMAGES = 300        # pool images tested per round at most (a fixed, seeded sample)
-SUSPECT_LOW = 0.25  # a guessed class is suspect when its flip share's Wilson lower bound is at least this
+IMAGES = 1000       # pool images tested per round at most (a fixed, seeded sample)
+SUSPECT_LOW = 0.10  # a guessed class is suspect when its follow share's Wilson lower bound is at least this
 MIN_IMAGES = 10     # … over at least this many images guessed as the class
+DONORS = 64         # the donors an image's copies draw from: the next DONORS tested images, cyclically
 _STREAM = 2525      # the generators' second key: the swap copies draw from a stream of their own
 
 
@@ -74,61 +82,107 @@ def swap_copies(images: np.ndarray, boxes: np.ndarray, item_ids: Sequence[int], 
     if len(images) < 2:
         raise ValueError("the swap test needs at least two images (one's outside comes from another)")
     h, w = images.shape[1:3]
-    out = np.empty((len(images), int(copies)) + images.shape[1:], np.uint8)
-    for j, (im, box, item) in enumerate(zip(images, boxes, item_ids)):
+    for box, item in zip(boxes, item_ids):
         if not has_outside(box, h, w):
             raise ValueError(f"image {int(item)}: its region {list(map(int, box))} leaves nothing outside to swap")
+    clean = object_free(images, boxes)
+    out = np.empty((len(images), int(copies)) + images.shape[1:], np.uint8)
+    for j, (im, box, item) in enumerate(zip(images, boxes, item_ids)):
         rng = np.random.default_rng([int(seed), _STREAM, int(item)])
-        donors = np.delete(images, j, axis=0)
-        out[j] = counterexamples(im, box, int(copies), rng, "shuffle", donors)
+        out[j] = counterexamples(im, box, int(copies), rng, "shuffle", clean[_donor_pool(j, len(images))])
+    return out
+
+
+def _donor_pool(j: int, n: int) -> np.ndarray:
+    """The positions image j's copies draw their donor from: the next min(DONORS, n − 1) images,
+    cyclically (never j)."""
+    return (j + 1 + np.arange(min(DONORS, n - 1))) % n
+
+
+def donors_of(n: int, item_ids: Sequence[int], copies: int, seed: int) -> np.ndarray:
+    """(N, copies): the position (in the tested images) of each copy's donor, as swap_copies draws
+    them (engine.counterexamples' `shuffle` picks from the generator's first draw)."""
+    out = np.empty((n, int(copies)), np.int64)
+    for j, item in enumerate(item_ids):
+        rng = np.random.default_rng([int(seed), _STREAM, int(item)])
+        pool = _donor_pool(j, n)
+        out[j] = pool[rng.choice(len(pool), size=int(copies), replace=len(pool) < int(copies))]
+    return out
+
+
+def object_free(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The donors of the swap: each image with its own region filled with the median colour of its
+    outside, so that a copy gets another image's background and none of another image's object (a
+    donor's object reaching outside the tested image's region would be evidence for the donor's
+    class, and a guess that follows it no shortcut). Every image must have an outside."""
+    out = np.array(images, np.uint8, copy=True)
+    h, w = out.shape[1:3]
+    for im, box in zip(out, boxes):
+        x0, y0, x1, y1 = (int(v) for v in box)
+        outside = np.ones((h, w), bool)
+        outside[max(y0, 0):y1, max(x0, 0):x1] = False
+        im[~outside] = np.median(im[outside], axis=0).astype(np.uint8)
     return out
 
 
 def is_suspect(low: float | None, images: int) -> bool:
-    """The rule: at least MIN_IMAGES images guessed as the class and the flip share's Wilson lower
+    """The rule: at least MIN_IMAGES images guessed as the class and the follow share's Wilson lower
     bound at least SUSPECT_LOW."""
     return images >= MIN_IMAGES and low is not None and low >= SUSPECT_LOW
 
 
-def tally(group: np.ndarray, guess: np.ndarray, copy_guess: np.ndarray, names: Sequence[str]) -> dict:
+def _interval(share: float | None, m: int) -> tuple[float | None, float | None]:
+    """Wilson's 95 % interval of a share of copies, one count per image (k = round(share × m))."""
+    if not m or share is None:
+        return None, None
+    lo, hi = wilson_interval(int(round(share * m)), m)
+    return round(lo, 4), round(hi, 4)
+
+
+def tally(group: np.ndarray, guess: np.ndarray, copy_guess: np.ndarray, donor_guess: np.ndarray,
+          names: Sequence[str]) -> dict:
     """Per class of `group` (the guessed class, or the true class when a benchmark knows it): images,
-    copies, flips (copies whose guess differs from its image's `guess`), the flip share with its
-    Wilson interval (one count per image), `suspect`. `copy_guess` (N, K)."""
+    copies; flips, the copies whose guess differs from their image's `guess`, and its share;
+    follows, the flips to the guess of the copy's donor (`donor_guess`, (N, K): the donor image's
+    own guess), its share with Wilson's interval (one count per image), and `suspect`."""
     group, guess = np.asarray(group, np.int64), np.asarray(guess, np.int64)
-    copy_guess = np.asarray(copy_guess, np.int64)
-    if copy_guess.ndim != 2 or len(copy_guess) != len(guess):
-        raise ValueError(f"copy_guess must be (N, K) with N = {len(guess)} images, got {copy_guess.shape}")
+    copy_guess, donor_guess = np.asarray(copy_guess, np.int64), np.asarray(donor_guess, np.int64)
+    if copy_guess.ndim != 2 or len(copy_guess) != len(guess) or donor_guess.shape != copy_guess.shape:
+        raise ValueError(f"copy_guess and donor_guess must be (N, K) with N = {len(guess)} images, got "
+                         f"{copy_guess.shape} and {donor_guess.shape}")
     flips = copy_guess != guess[:, None]
+    follows = flips & (copy_guess == donor_guess)
     per = {}
     for i, n in enumerate(names):
         mine = group == i
-        m = int(mine.sum())
-        k = int(flips[mine].sum())
-        c = int(flips[mine].size)
-        share = k / c if c else None
-        lo, hi = wilson_interval(int(round(share * m)), m) if m else (None, None)
-        per[n] = {"images": m, "copies": c, "flips": k, "flip_share": None if share is None else round(share, 4),
-                  "low": None if lo is None else round(lo, 4), "high": None if hi is None else round(hi, 4),
-                  "suspect": is_suspect(lo, m)}
+        m, c = int(mine.sum()), int(flips[mine].size)
+        k, f = int(flips[mine].sum()), int(follows[mine].sum())
+        flip_share, follow_share = (k / c, f / c) if c else (None, None)
+        lo, hi = _interval(follow_share, m)
+        per[n] = {"images": m, "copies": c, "flips": k,
+                  "flip_share": None if flip_share is None else round(flip_share, 4), "follows": f,
+                  "follow_share": None if follow_share is None else round(follow_share, 4),
+                  "follow_low": lo, "follow_high": hi, "suspect": is_suspect(lo, m)}
     return per
 
 
-def report(guess: np.ndarray, copy_guess: np.ndarray, names: Sequence[str], untestable: int = 0,
-           truth: np.ndarray | None = None) -> dict:
+def report(guess: np.ndarray, copy_guess: np.ndarray, donor_guess: np.ndarray, names: Sequence[str],
+           untestable: int = 0, truth: np.ndarray | None = None) -> dict:
     """The swap test's section of a shortcut report: per guessed class (and per true class when
     `truth` is given), the suspect classes, the rule."""
-    per = tally(guess, guess, copy_guess, names)
+    per = tally(guess, guess, copy_guess, donor_guess, names)
     out = {"per_class": per, "suspect": [n for n, v in per.items() if v["suspect"]],
            "images": int(len(guess)), "copies": int(np.asarray(copy_guess).size), "untestable": int(untestable),
            "rule": rule_text()}
     if truth is not None:
-        true = tally(truth, guess, copy_guess, names)
+        true = tally(truth, guess, copy_guess, donor_guess, names)
         out["per_true_class"] = true
         out["suspect_by_true_class"] = [n for n, v in true.items() if v["suspect"]]
     return out
 
 
 def rule_text() -> str:
-    return (f"background swap: each tested image's outside (of its known region) pasted from another image, "
-            f"{COPIES} copies; a guessed class is suspect when the share of copies whose guess changes has a 95 % "
-            f"Wilson lower bound (one count per image) of at least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images")
+    return (f"background swap: {COPIES} copies of each tested image with the outside of its known region pasted "
+            f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
+            f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
+            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images")

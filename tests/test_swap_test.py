@@ -81,30 +81,39 @@ def test_a_region_that_is_the_whole_image_has_nothing_to_swap():
 
 def test_the_tally_and_the_rule():
     k = 4
-    # 20 images guessed "red", every copy's guess changed; 20 guessed "blue", none changed.
+    # 20 images guessed "red", every copy's guess changed to its donor's guess ("blue"): named.
+    # 20 guessed "blue", every copy changed too, but never to its donor's guess (a "blue" donor): a
+    # model unsettled by any new background, not one that reads it: not named.
     guess = np.array([0] * 20 + [1] * 20)
-    copy_guess = np.concatenate([np.ones((20, k)), np.ones((20, k))]).astype(int)
-    rep = swap_test.report(guess, copy_guess, NAMES)
-    assert rep["per_class"]["red"]["flips"] == 80 and rep["per_class"]["red"]["flip_share"] == 1.0
-    assert rep["per_class"]["blue"]["flips"] == 0 and rep["per_class"]["blue"]["low"] == 0.0
+    copy_guess = np.array([[1] * k] * 20 + [[0] * k] * 20)
+    donor_guess = np.ones((40, k), int)
+    rep = swap_test.report(guess, copy_guess, donor_guess, NAMES)
+    red, blue = rep["per_class"]["red"], rep["per_class"]["blue"]
+    assert red["flips"] == red["follows"] == 80 and red["follow_share"] == 1.0 and red["suspect"]
+    assert blue["flip_share"] == 1.0 and blue["follows"] == 0 and blue["follow_low"] == 0.0 and not blue["suspect"]
     assert rep["suspect"] == ["red"] and rep["images"] == 40 and rep["copies"] == 160
     # The interval counts images, not copies: 20 images at share 1.0 give Wilson's (0.839, 1).
-    assert rep["per_class"]["red"]["low"] == pytest.approx(0.8389, abs=1e-3)
+    assert red["follow_low"] == pytest.approx(0.8389, abs=1e-3)
     # Too few images: never named, whatever the share.
-    few = swap_test.report(np.zeros(swap_test.MIN_IMAGES - 1, int),
-                           np.ones((swap_test.MIN_IMAGES - 1, k), int), NAMES)
-    assert few["suspect"] == [] and few["per_class"]["red"]["flip_share"] == 1.0
-    # A share whose lower bound is under SUSPECT_LOW is not named: 30 images, a fifth of copies flipped.
-    cg = np.zeros((30, 5), int)
-    cg[:, 0] = 1
-    low = swap_test.report(np.zeros(30, int), cg, NAMES)
-    assert low["per_class"]["red"]["flip_share"] == 0.2 and low["per_class"]["red"]["low"] < swap_test.SUSPECT_LOW
+    n = swap_test.MIN_IMAGES - 1
+    few = swap_test.report(np.zeros(n, int), np.ones((n, k), int), np.ones((n, k), int), NAMES)
+    assert few["suspect"] == [] and few["per_class"]["red"]["follow_share"] == 1.0
+    # A share whose lower bound is under SUSPECT_LOW is not named: 100 images, 1 copy in 20 followed.
+    cg = np.zeros((100, 5), int)
+    cg[::4, 0] = 1
+    low = swap_test.report(np.zeros(100, int), cg, np.ones((100, 5), int), NAMES)
+    assert low["per_class"]["red"]["follow_share"] == 0.05 and low["per_class"]["red"]["follow_low"] < swap_test.SUSPECT_LOW
     assert low["suspect"] == []
-    # By true class when the truth is known (a benchmark): the same flips grouped by the truth.
-    by_truth = swap_test.report(guess, copy_guess, NAMES, truth=np.array([1] * 20 + [0] * 20))
+    # One that is above: 100 images, half the copies followed.
+    cg[:, :3] = 1
+    assert swap_test.report(np.zeros(100, int), cg, np.ones((100, 5), int), NAMES)["suspect"] == ["red"]
+    # By true class when the truth is known (a benchmark): the same follows grouped by the truth.
+    by_truth = swap_test.report(guess, copy_guess, donor_guess, NAMES, truth=np.array([1] * 20 + [0] * 20))
     assert by_truth["suspect_by_true_class"] == ["blue"]
-    assert by_truth["per_true_class"]["blue"]["flips"] == 80
-    assert swap_test.report(np.zeros(0, int), np.zeros((0, k), int), NAMES)["suspect"] == []
+    assert by_truth["per_true_class"]["blue"]["follows"] == 80
+    assert swap_test.report(np.zeros(0, int), np.zeros((0, k), int), np.zeros((0, k), int), NAMES)["suspect"] == []
+    with pytest.raises(ValueError, match="must be \\(N, K\\)"):
+        swap_test.report(guess, copy_guess, donor_guess[:3], NAMES)
 
 
 def test_a_model_that_reads_the_background_is_named_one_that_reads_the_object_is_not():
@@ -112,7 +121,8 @@ def test_a_model_that_reads_the_background_is_named_one_that_reads_the_object_is
     for where, named in (("background", ["red", "blue"]), ("object", [])):
         guess, copy_guess = run(_Reader(where), ims, boxes, range(40), seed=0, copies=4)
         assert (guess == labels).all()                                 # both are right on every image
-        rep = swap_test.report(guess, copy_guess, NAMES)
+        donors = swap_test.donors_of(40, range(40), 4, seed=0)
+        rep = swap_test.report(guess, copy_guess, guess[donors], NAMES)
         assert rep["suspect"] == named, (where, rep["per_class"])
     # The background reader follows the donor's colour: about half the copies (a donor of the other class).
     guess, copy_guess = run(_Reader("background"), ims, boxes, range(40), seed=0, copies=4)
@@ -183,3 +193,31 @@ def test_off_with_swap_images_0_and_without_regions(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert "shortcut_report" not in data and all("swap_test" not in x for x in data["rounds"])
+
+
+def test_donors_of_names_the_donor_each_copy_was_pasted_from():
+    ims, _, boxes = _images(8)
+    ims[:, 0, 0] = np.arange(8)[:, None] * 20          # each image's outside tells which image it is
+    ims[:, :4] = ims[:, :1, :1]
+    copies = swap_test.swap_copies(ims, boxes, range(50, 58), 3, seed=4)
+    donors = swap_test.donors_of(8, range(50, 58), 3, seed=4)
+    assert (donors != np.arange(8)[:, None]).all()
+    assert (copies[:, :, 0, 0, 0] == donors * 20).all()
+    # A copy that flips to its donor's guess follows the background.
+    rep = swap_test.report(np.array([0, 1] * 4), np.array([[1, 0, 1]] * 8), np.array([[1, 1, 0]] * 8), NAMES)
+    assert rep["per_class"]["red"]["follow_share"] == round(4 / 12, 4)   # class 0's flips to 1 from a "1" donor
+    assert rep["per_class"]["red"]["flip_share"] == round(8 / 12, 4)
+
+
+def test_a_copy_gets_the_donors_background_never_its_object():
+    """The donors' own regions are filled with the median colour of their outside (object_free), so
+    a donor's object outside the tested image's region is not pasted in."""
+    ims = np.zeros((2, 16, 16, 3), np.uint8)
+    ims[0], ims[1] = 10, 200
+    ims[0, 0:8, 0:8] = 50                 # image 0's object, top left
+    ims[1, 8:16, 8:16] = 77               # image 1's object, bottom right: outside image 0's region
+    boxes = np.array([[0, 0, 8, 8], [8, 8, 16, 16]])
+    copies = swap_test.swap_copies(ims, boxes, [0, 1], 2, seed=0)
+    assert (copies[0][:, 0:8, 0:8] == 50).all()                    # image 0's object kept
+    assert (copies[0][:, 8:16, 8:16] == 200).all()                  # image 1's background, not its object
+    assert (copies[1][:, 8:16, 8:16] == 77).all() and (copies[1][:, 0:8, 0:8] == 10).all()

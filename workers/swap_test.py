@@ -67,7 +67,9 @@ class SwapState:
         model = load_model(checkpoint, net)
         guess, copy_guess = run(model, self.images[self.picked], self.regions[self.picked], self.picked, self.seed,
                                 active=np.asarray(active, bool), trunk_dir=trunk_dir)
-        rep = swap_test.report(guess, copy_guess, names, self.untestable, truth=self.labels[self.picked])
+        donors = swap_test.donors_of(len(self.picked), self.picked, swap_test.COPIES, self.seed)
+        rep = swap_test.report(guess, copy_guess, guess[donors], names, self.untestable,
+                               truth=self.labels[self.picked])
         for n in rep["suspect"]:
             self.named_in_round.setdefault(n, int(number))
         self.last = rep
