@@ -164,8 +164,9 @@ def summarise(folder: Path) -> dict:
             "counterexamples": r.get("counterexamples"), "suspect": rep.get("suspect"),
             "suspect_by_swap": rep.get("suspect_by_swap"), "suspect_by_votes": rep.get("suspect_by_votes"),
             "swap_named_in_round": (rep.get("swap") or {}).get("named_in_round"),
-            "swap_flip_share_by_guess": {n: (v.get("flip_share"), v.get("low"), v.get("images"))
-                                         for n, v in ((rep.get("swap") or {}).get("per_class") or {}).items()},
+            # the last model's swap test per guessed class: [flip share, follow share, its Wilson low, images]
+            "swap_by_guess": {n: [v.get("flip_share"), v.get("follow_share"), v.get("follow_low"), v.get("images")]
+                              for n, v in ((rep.get("swap") or {}).get("per_class") or {}).items()},
             "swap_suspect_by_round": [(x.get("swap_test") or {}).get("suspect") for x in rounds],
             "counterexamples_trained": [x.get("counterexamples_trained") for x in rounds],
             "suspect_by_true_class": rep.get("suspect_by_true_class"),

@@ -240,7 +240,11 @@ class FeedbackConfig(_Strict):
     drew in Label Studio) adds `counterexamples` copies, with everything outside the region
     randomised and the image's label, to the training set of every later round (CAIPI, Teso &
     Kersting 2019; engine.counterexamples). The copies are no labels: not counted, exported nor
-    read as evidence. A vote without a known region makes none (counted in the round's progress)."""
+    read as evidence. A vote without a known region makes none (counted in the round's progress).
+    The background-swap test (`swap_images`, engine.swap_test) names the guessed classes whose
+    guesses follow a pasted background; with `swap_suspects` their labeled images get the copies
+    too, flagged or not. Both run in `camloop simulate` only, for now (the service's report does
+    not run the test: it needs a worker job)."""
 
     counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
                                        "(0: votes only move the class budget)")
