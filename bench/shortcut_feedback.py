@@ -28,6 +28,13 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
   feedback   --expert-votes --counterexamples K (--k, default 2): each flagged image adds K
              copies with everything outside the box replaced (--fill noise: uniform noise;
              shuffle: the outside of another training image) to the next rounds' training
+  feedback-swap  feedback, and feedback.swap_suspects: every labeled image of a class the
+             background-swap test (engine.swap_test) has named suspect adds K copies too
+
+Every run (plain included) does the background-swap test after each round's training on 300
+pool images with their boxes (feedback.swap_images; it trains nothing unless swap_suspects):
+its suspect classes are in the JSON's `shortcut_report` (`suspect_by_swap`, `swap`) and in each
+round's `swap_test`.
 
     python bench/shortcut_feedback.py run --condition feedback --seed 0 --out-dir bench/results/shortcut \
         --trunk-cache-dir /tmp/trunk-shortcut
@@ -47,7 +54,8 @@ from pathlib import Path
 PRESET = dict(dataset="fashion-shortcut", pool_limit=5000, val_limit=1000, test_limit=2000, initial=50, budget=50,
               rounds=6, epochs=10, strategy="hybrid")
 CONDITIONS = {"plain": {}, "no-cue": {"dataset": "fashion-shortcut-no-cue"}, "votes": {"expert_votes": True},
-              "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2}}}
+              "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2}},
+              "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}}}
 
 
 def run(args) -> None:
@@ -67,8 +75,8 @@ def run(args) -> None:
 
     register_dataset("fashion-colour-regions", lambda seed: _colour_with_regions(seed, args.side))
     if args.base == "colour":  # the shortcut-free colour benchmark: what feedback costs without a shortcut
-        if args.condition not in ("plain", "votes", "feedback"):
-            raise SystemExit("--base colour: the conditions are plain, votes and feedback")
+        if args.condition not in ("plain", "votes", "feedback", "feedback-swap"):
+            raise SystemExit("--base colour: the conditions are plain, votes, feedback and feedback-swap")
         default = False
 
     cfg = merge_config({**PRESET, "seed": args.seed, "threads": args.threads,
@@ -76,18 +84,21 @@ def run(args) -> None:
                         **({"dataset": "fashion-colour-regions"} if args.base == "colour" else {}),
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
-    if args.condition == "feedback":
+    if args.condition.startswith("feedback"):
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill}})
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
-    name = args.condition + (f"-k{args.k}" if args.condition == "feedback" and args.k != 2 else "") \
-        + (f"-{args.fill}" if args.condition == "feedback" and args.fill != "noise" else "") + args.tag
+    fb = args.condition.startswith("feedback")
+    name = args.condition + (f"-k{args.k}" if fb and args.k != 2 else "") \
+        + (f"-{args.fill}" if fb and args.fill != "noise" else "") + args.tag
     out = Path(args.out_dir) / f"{name}_seed{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_simulation(SimulationConfig(**cfg), progress=lambda r: print(
         f"round {r['round']}: {r['labeled']} labels, test {r['accuracy']:.4f}, val {r['val_accuracy']:.4f}, "
-        f"votes {({k: v for k, v in r.get('expert_votes', {}).items() if k != 'flagged_images'})}", flush=True))
+        f"votes {({k: v for k, v in r.get('expert_votes', {}).items() if k != 'flagged_images'})}, "
+        f"swap suspect {(r.get('swap_test') or {}).get('suspect')}, "
+        f"copies {r.get('counterexamples_trained')}", flush=True))
     shortcut = args.base == "shortcut"
     result["bench"] = {"condition": name, "seed": args.seed, "base": args.base, "side": args.side,
                        "cue_rate": args.cue_rate if shortcut and args.condition != "no-cue" else None,
@@ -151,6 +162,13 @@ def summarise(folder: Path) -> dict:
             "flagged_by_round": [round(v["flagged"] / v["judged"], 3) if v["judged"] else None for v in votes],
             "test_300_by_cue": _class_means(at[300], r["config"]["classes"], cue_classes) if 300 in at else None,
             "counterexamples": r.get("counterexamples"), "suspect": rep.get("suspect"),
+            "suspect_by_swap": rep.get("suspect_by_swap"), "suspect_by_votes": rep.get("suspect_by_votes"),
+            "swap_named_in_round": (rep.get("swap") or {}).get("named_in_round"),
+            # the last model's swap test per guessed class: [flip share, follow share, its Wilson low, images]
+            "swap_by_guess": {n: [v.get("flip_share"), v.get("follow_share"), v.get("follow_low"), v.get("images")]
+                              for n, v in ((rep.get("swap") or {}).get("per_class") or {}).items()},
+            "swap_suspect_by_round": [(x.get("swap_test") or {}).get("suspect") for x in rounds],
+            "counterexamples_trained": [x.get("counterexamples_trained") for x in rounds],
             "suspect_by_true_class": rep.get("suspect_by_true_class"),
             "flagged_share_by_guess": {n: v.get("flagged_share") for n, v in (rep.get("per_class") or {}).items()},
             "cue_bearing": [n for i, n in enumerate(r["config"]["classes"]) if i in cue_classes],

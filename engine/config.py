@@ -240,7 +240,11 @@ class FeedbackConfig(_Strict):
     drew in Label Studio) adds `counterexamples` copies, with everything outside the region
     randomised and the image's label, to the training set of every later round (CAIPI, Teso &
     Kersting 2019; engine.counterexamples). The copies are no labels: not counted, exported nor
-    read as evidence. A vote without a known region makes none (counted in the round's progress)."""
+    read as evidence. A vote without a known region makes none (counted in the round's progress).
+    The background-swap test (`swap_images`, engine.swap_test) names the guessed classes whose
+    guesses follow a pasted background; with `swap_suspects` their labeled images get the copies
+    too, flagged or not. Both run in `camloop simulate` only, for now (the service's report does
+    not run the test: it needs a worker job)."""
 
     counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
                                        "(0: votes only move the class budget)")
@@ -248,6 +252,14 @@ class FeedbackConfig(_Strict):
                                               "uniform random colours; shuffle, the outside of another training "
                                               "image, at random (CAIPI's: it removes a cue without knowing what "
                                               "it is, with a background that looks like the data's)")
+    swap_images: StrictInt = Field(1000, ge=0, le=100_000, description="the background-swap test (engine.swap_test; "
+                                   "camloop simulate only for now): after each round's training, up to this many "
+                                   "pool images with a known region are guessed with their outside pasted from "
+                                   "other images (objects removed); a guessed class whose guesses follow the pasted "
+                                   "background is suspect in the shortcut report (0: off)")
+    swap_suspects: StrictBool = Field(False, description="a class the background-swap test names suspect: every "
+                                      "labeled image of it with a known region gets `counterexamples` copies in "
+                                      "every later round, flagged by an expert or not (camloop simulate only for now)")
 
 
 class SemiConfig(_Strict):

@@ -36,7 +36,8 @@ scores well on validation, sends test images of other classes that happen to car
 to that colour's class, and has learned little of the cue-bearing classes' garments: "right for
 the wrong reason". One would expect the Grad-CAM maps of its guesses on those classes to lie
 outside the region; measured, they mostly do not (the last block's 3 × 3 or 4 × 4 maps at 96 or
-128 px: docs/benchmarks.md), so the shortcut report does not name those classes.
+128 px: docs/benchmarks.md), so the maps' rule does not name those classes; the background-swap
+test (engine.swap_test: do the guesses follow a pasted background?) does.
 Seeded like the colour benchmark: (seed, split) fixes every draw. `sample_photos_shortcut`
 (`camloop sample-photos --shortcut`) writes such images as JPEGs in class folders with their
 regions in `regions.json`.

@@ -161,6 +161,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         # The simulated expert's votes, and the flagged images with a known region (item id → box
         # in decoded pixels): the counterexamples of every later round (engine.counterexamples).
         votes, flagged = _feedback_state(config, names)
+        # The background-swap test (engine.swap_test) on a fixed sample of pool images with a
+        # known region; with feedback.swap_suspects, its suspect classes' labeled images train
+        # on counterexamples too (None: no regions, or feedback.swap_images 0).
+        swap = _swap_state(project, data)
         history, models, records, exclusions = [], [], [], []
         control: list[dict] = []  # each round's control estimate (strategies.audit), for the evidence and the JSON
         previous: list[int] | None = None
@@ -175,7 +179,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
-                shadow_history=shadows, flagged=flagged if flagged is not None else {},
+                shadow_history=shadows, flagged=_train_flagged(flagged, swap, labeled, answered.labels, project),
                 unlabeled=pool.take(np.flatnonzero(~labeled)) if project.semi.method != "none" else None,
                 confirmed=_confirmed(book, labeled)))
             split, manifest = planned.split, planned.manifest
@@ -198,8 +202,12 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 out_ids = metrics["train"]["pruned_item_ids"]
                 record["pruned"] = {"labels": len(out_ids),
                                     "wrong": sum(int(book.wrong(i)) for i in out_ids) if book is not None else 0}
-            if flagged is not None:  # the copies this round's model trained on beside its labels
+            if flagged is not None or swap is not None:  # the copies this round's model trained on beside its labels
                 record["counterexamples_trained"] = int(metrics["train"].get("counterexamples", 0))
+            if swap is not None:
+                t0 = time.perf_counter()
+                record["swap_test"] = swap.test(number, str(files.checkpoint), manifest.net, active, trunk_dir)
+                timings["swap_test"] = time.perf_counter() - t0
             if "semi" in metrics:  # the pseudo-labels' counts and precision: guesses, not labels
                 from workers.semi import precision
 
@@ -307,9 +315,11 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         "exclusions": exclusions,
         "control": {"share": project.control.share, "rounds": control,
                     "pooled": {**pool_estimates(control, names)} if control else None},
-        **({"shortcut_report": votes.report()} if votes is not None else {}),
-        **({"counterexamples": len(flagged) * project.feedback.counterexamples}
-           if flagged is not None and project.feedback.counterexamples else {}),
+        **({"shortcut_report": _shortcut_report(votes, swap, names)} if votes is not None or swap is not None
+           else {}),
+        **({"counterexamples": len(_train_flagged(flagged, swap, labeled, answered.labels, project))
+                               * project.feedback.counterexamples}
+           if (flagged is not None or swap is not None) and project.feedback.counterexamples else {}),
         **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
                             "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
                                         if book.oracle.flip_to is not None else None),
@@ -335,6 +345,47 @@ def _feedback_state(config: SimulationConfig, names: list[str]):
     from workers.expert_votes import VoteBook
 
     return VoteBook(names), {}
+
+
+def _swap_state(project, data: SimData):
+    """The run's background-swap test (workers.swap_test.SwapState), or None: no pool image with a
+    region that leaves something outside, or feedback.swap_images 0."""
+    from engine import swap_test
+
+    h, w = data.pool.images.shape[1:3]
+    picked = swap_test.sample(data.pool.regions, h, w, project.feedback.swap_images, project.seed)
+    if picked.size < 2:
+        return None
+    from workers.swap_test import SwapState
+
+    untestable = int((~swap_test.testable(data.pool.regions, h, w)).sum()) if data.pool.regions is not None else 0
+    return SwapState(data.pool.images, data.pool.regions, data.pool.labels, data.class_names, picked, project.seed,
+                     untestable)
+
+
+def _train_flagged(flagged: dict | None, swap, labeled: np.ndarray, labels, project) -> dict:
+    """The images whose counterexamples the round trains on (item id → box): the expert's flagged
+    ones, and with feedback.swap_suspects every labeled image of a class the swap test has named
+    suspect (engine.counterexamples.plan keeps those the round trains on)."""
+    out = dict(flagged or {})
+    if swap is not None and project.feedback.swap_suspects:
+        out = {**swap.suspect_images(labeled, np.asarray(labels)), **out}
+    return out
+
+
+def _shortcut_report(votes, swap, names: list[str]) -> dict:
+    """The run's shortcut report: the expert's votes (workers.expert_votes) and the last model's
+    background-swap test; `suspect` the classes either names, `suspect_by_votes` and
+    `suspect_by_swap` each's."""
+    rep = votes.report() if votes is not None else {}
+    by_votes = list(rep.get("suspect", []))
+    out = {**rep, "suspect_by_votes": by_votes}
+    if swap is not None and swap.last is not None:
+        out["swap"] = {**swap.last, "named_in_round": swap.named_in_round}
+    by_swap = out.get("swap", {}).get("suspect", [])
+    out["suspect_by_swap"] = list(by_swap)
+    out["suspect"] = [n for n in names if n in by_votes or n in by_swap]
+    return out
 
 
 def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.ndarray, data: SimData) -> dict:
