@@ -138,6 +138,12 @@ def test_a_service_round_with_pruning_keeps_labels_two_experts_gave(api):
     assert len(out & wrong_ids) > len(out) / 2, (len(out & wrong_ids), len(out))
     metrics = c.get(f"/api/v1/projects/{pid}/metrics").json()
     assert metrics["labeled"] == 150  # pruned labels are labels
+    # Nor is a confirmed label a suspect to ask about again, wrong as these ten are.
+    from engine.relabel import read_issues
+
+    issues = read_issues(paths.round_files(settings, pid, 1).label_issues)
+    assert not issues["issue"][np.isin(issues["item_ids"], m.relabel_confirmed)].any()
+    assert metrics["label_issues"]["confirmed"] == 10
     assert metrics["label_issues"]["pruned"] == train["pruned"]
     assert set(metrics["label_issues"]["pruned_item_ids"]) == out
 
