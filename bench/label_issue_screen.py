@@ -186,24 +186,34 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
 
 
 def table(paths: list[str], rankings_shown: list[str] | None = None) -> None:
-    """Markdown rows from screen JSONs: per file, round, probabilities and ranking, the wrong labels
-    among the top `ask` of all labels and of the newest batch (count, precision, recall)."""
-    print("| noise, seed, round (labels, wrong, wrong new) | probabilities (their accuracy vs truth) | ranking | "
-          "top of all: wrong (precision, recall) | top of newest: wrong (precision, recall) |")
-    print("|---|---|---|---|---|")
+    """Markdown rows from screen JSONs, side by side (one column pair per file and round): for each
+    probabilities and ranking, the wrong labels among the top `ask` of all labels and of the
+    newest batch, as "found (precision, recall)"."""
+    cols = []
     for path in paths:
         rec = json.loads(Path(path).read_text())
         for rnd, res in rec.get("rounds", {}).items():
-            head = f"{rec['kind']} s{rec['seed']} r{rnd} ({res['labels']}, {res['wrong']}, {res['wrong_new']})"
-            for pname, pr in res["probs"].items():
-                for rname, sc in pr["rankings"].items():
-                    if rankings_shown and rname not in rankings_shown:
-                        continue
-                    acc = pr["oof_accuracy_vs_truth"]
-                    pn = pname if acc is None else f"{pname} ({acc:.3f})"
-                    print(f"| {head} | {pn} | {rname} | "
-                          f"{sc['top_wrong']}/{sc['top_n']} ({sc['precision']}, {sc['recall']}) | "
-                          f"{sc['new_top_wrong']}/{sc['new_top_n']} ({sc['new_precision']}, {sc['new_recall']}) |")
+            cols.append((f"{rec['kind']} seed {rec['seed']}, round {rnd} ({res['labels']} labels, {res['wrong']} "
+                         f"wrong, {res['wrong_new']} of them new)", res))
+    keys = []
+    for _, res in cols:
+        for pname, pr in res["probs"].items():
+            keys += [(pname, r) for r in pr["rankings"] if (pname, r) not in keys]
+    print("| probabilities | ranking | " + " | ".join(f"{h}: top {res['ask']} of all | top {res['ask']} of the new"
+                                                   for h, res in cols) + " |")
+    print("|---|---|" + "---|---|" * len(cols))
+
+    def cell(sc, pre):
+        return f"{sc[pre + 'top_wrong']} ({sc[pre + 'precision']:.2f}, {sc[pre + 'recall']:.2f})"
+
+    for pname, rname in keys:
+        if rankings_shown and rname not in rankings_shown:
+            continue
+        row = []
+        for _, res in cols:
+            sc = res["probs"].get(pname, {}).get("rankings", {}).get(rname)
+            row += [cell(sc, ""), cell(sc, "new_")] if sc else ["", ""]
+        print(f"| {pname} | {rname} | " + " | ".join(row) + " |")
 
 
 def main(argv=None) -> None:
