@@ -93,7 +93,9 @@ def summarise(folder: Path) -> dict:
             first_answers = sum(len(x.get("selected", [])) for x in r["rounds"]) + len(r.get("initial_labels", []))
             fw, elig, fe, made = fixed_within(r)
             clean = by.get((ds, "clean"), {}).get(seed)
-            off = by.get((ds, setting.replace("-detect", "-off")), {}).get(seed) if "-detect" in setting else None
+            # Against the same noise undetected: `<kind>-off` (a tagged detect run, e.g.
+            # uniform-detect-share15, is compared with the untagged off run of its kind).
+            off = by.get((ds, setting.split("-")[0] + "-off"), {}).get(seed) if "-detect" in setting else None
             rows[seed] = {"accuracy": last["accuracy"], "wrong_made": made,
                           "fixed_2_rounds": fw / elig if elig else None, "eligible_2_rounds": elig,
                           "fixed_by_end": fe / made if made else None,

@@ -306,10 +306,11 @@ class TrainManifest(_M):
     # Cross-validation folds for out-of-fold probabilities of the labeled images (0: none), which
     # cleanlab reads for label issues (workers.label_issues; config relabel).
     relabel_folds: int = 0
-    # Train without the suspects the folds find (config relabel.prune), except these item ids:
-    # labels that two or more experts agreed on, which no out-of-fold guess overrules.
+    # Train without the suspects the folds find (config relabel.prune).
     relabel_prune: bool = False
     relabel_prune_max: float = 0.04  # at most this share of the training labels, most suspicious first
+    # Labels two or more experts agreed on, which no out-of-fold guess overrules: never pruned,
+    # never a suspect asked again (a third expert would almost always agree once more).
     relabel_confirmed: list[int] = Field(default_factory=list)
     # The audit's shadow learner on random labels only (None: not this round).
     shadow: ShadowSpec | None = None

@@ -94,7 +94,8 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
                              measured_sizes(facts.shadow_history, curve_key(manifest)))
         if shadow is not None:
             manifest = manifest.model_copy(update={"shadow": shadow})
-    if manifest.relabel_prune and facts.confirmed:
+    if (manifest.relabel_prune or manifest.relabel_folds) and facts.confirmed:
+        # Labels two experts agreed on: never pruned, never asked again (workers.label_issues).
         manifest = manifest.model_copy(update={"relabel_confirmed": sorted(int(i) for i in facts.confirmed)})
     counter = counterexamples.plan(split.train, facts.flagged, facts.active, config.feedback.counterexamples,
                                    config.feedback.fill, config.seed)

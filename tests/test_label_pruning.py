@@ -138,5 +138,45 @@ def test_a_service_round_with_pruning_keeps_labels_two_experts_gave(api):
     assert len(out & wrong_ids) > len(out) / 2, (len(out & wrong_ids), len(out))
     metrics = c.get(f"/api/v1/projects/{pid}/metrics").json()
     assert metrics["labeled"] == 150  # pruned labels are labels
+    # Nor is a confirmed label a suspect to ask about again, wrong as these ten are.
+    from engine.relabel import read_issues
+
+    issues = read_issues(paths.round_files(settings, pid, 1).label_issues)
+    assert not issues["issue"][np.isin(issues["item_ids"], m.relabel_confirmed)].any()
+    assert metrics["label_issues"]["confirmed"] == 10
     assert metrics["label_issues"]["pruned"] == train["pruned"]
     assert set(metrics["label_issues"]["pruned_item_ids"]) == out
+
+
+def test_a_label_two_experts_agreed_on_is_never_a_suspect_asked_again(tmp_path):
+    """The model keeps doubting hard labels however often experts confirm them: a label two
+    experts gave (TrainManifest.relabel_confirmed) is not an issue in the round's file, so the
+    picks go to other suspects; its probabilities and quality are still written."""
+    from engine.relabel import read_issues, second_opinion_picks
+    from workers.label_issues import write_label_issues
+
+    given, p, wrong = _noisy(n=300, c=4, seed=3)
+    ids = np.arange(1000, 1000 + len(given))
+    suspects, quality = find_issues(given, p)
+    flagged = np.flatnonzero(suspects)
+    most = ids[flagged[np.argsort(quality[flagged], kind="stable")]][:10]  # cleanlab's ten most suspicious
+    files = SimpleNamespace(label_issues=tmp_path / "issues.npz")
+    from engine.datasets import Dataset
+
+    train = Dataset(np.zeros((len(given), 2, 2, 1), np.uint8), given, list("abcd"))
+
+    def write(confirmed_ids):
+        m = SimpleNamespace(train=SimpleNamespace(item_ids=ids.tolist()), relabel_folds=3, evidence_source="val",
+                            relabel_confirmed=list(confirmed_ids))
+        summary = write_label_issues(m, files, train, None, None, [True] * 4, {}, None, None, None, None, None,
+                                     "cpu", fold_probs=p)
+        return summary, read_issues(files.label_issues)
+
+    before, issues = write([])
+    assert [s.item_id for s in second_opinion_picks(issues, 10)] == most.tolist()
+    after, issues = write(most[:4])
+    picks = [s.item_id for s in second_opinion_picks(issues, 10)]
+    assert not set(picks) & set(most[:4].tolist()) and len(picks) == 10
+    assert picks[:6] == most[4:].tolist()  # the next suspects take their place
+    assert after["confirmed"] == 4 and after["issues"] == before["issues"] - 4
+    assert np.allclose(issues["quality"], quality)

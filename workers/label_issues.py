@@ -14,6 +14,9 @@ the round's folder (RoundFiles.label_issues), read by the simulation and the ser
   item_ids (N,), labels (N,) the label each image trained with, pred_probs (N, C) out of fold,
   quality (N,) cleanlab's self-confidence (low = suspicious), issue (N,) bool, source (N,) 0 fold / 1 holdout
 
+A label two or more experts agreed on (TrainManifest.relabel_confirmed) is never an issue: it is
+not asked again, as it is never pruned.
+
 Excluded classes (masked out of the head) and classes with no labeled image are left out of what
 cleanlab sees; an image labeled with an excluded class is not checked (it does not train).
 """
@@ -149,8 +152,15 @@ def write_label_issues(m, files, train, is_new, evidence, active, base, build, p
         source.append(np.full(len(evidence), HOLDOUT, np.int8))
     ids, labels, probs, source = (np.concatenate(a) for a in (ids, labels, probs, source))
     checked, issue, quality = active_issues(labels, probs, active)
+    # A label two experts agreed on is not a suspect to ask about again: a third expert would
+    # agree once more unless both erred the same way (about noise² of the time). The model keeps
+    # doubting such labels (hard images, confusable classes), and each ask spent on them is one
+    # fewer for a fresh wrong label (docs/benchmarks.md, issue 23).
+    confirmed = np.isin(ids, np.asarray(getattr(m, "relabel_confirmed", ()), np.int64))
+    issue &= ~confirmed
     arrays = dict(item_ids=ids, labels=labels, pred_probs=probs.astype(np.float32), quality=quality,
                   issue=issue, source=source)
     atomic_write(files.label_issues, lambda f: np.savez(f, **arrays))
-    return {"checked": int(checked.sum()), "issues": int(issue.sum()), "folds": int(m.relabel_folds),
+    return {"checked": int(checked.sum()), "issues": int(issue.sum()), "confirmed": int(confirmed.sum()),
+            "folds": int(m.relabel_folds),
             "seconds": round(time.perf_counter() - t0, 3), "file": str(files.label_issues)}

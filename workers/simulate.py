@@ -329,7 +329,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
 
 def _confirmed(book, labeled: np.ndarray) -> list[int]:
     """The labeled pool images (item id = pool position) whose label two or more simulated experts
-    agreed on (engine.relabel.confirmed): relabel.prune never leaves them out of training."""
+    agreed on (engine.relabel.confirmed): never left out of training (relabel.prune), never asked again."""
     if book is None:
         return []
     from engine.relabel import confirmed

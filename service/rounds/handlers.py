@@ -153,7 +153,7 @@ def on_created(x: Ctx) -> None:
         unlabeled=(inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, index)
                    if x.config.semi.method != "none" else None),
         confirmed=(inputs.confirmed_label_ids(x.s, x.project)
-                   if x.config.relabel.enabled and x.config.relabel.prune else ())))
+                   if x.config.relabel.enabled else ())))
     split, manifest = planned.split, planned.manifest
     if flag_counts is not None:
         # What trains: the flagged images in this round's training set, each `copies` times (a
