@@ -5,7 +5,6 @@ guessed class, the copies with the outside randomised (noise, or another image's
 votes per round, the shortcut report, the counterexamples trained on and counted as no labels."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -17,6 +16,8 @@ from strategies.gradcam_scores import cam_mass_inside
 from engine.counterexamples import counterexamples
 from engine.regions import area_share, is_suspect, wrong_region
 from workers.expert_votes import VoteBook, vote
+
+from tests.shortcut_folder import simulate_shortcut_folder
 
 runner = CliRunner()
 
@@ -158,20 +159,7 @@ def test_shuffle_pastes_other_training_images_never_the_source(tmp_path):
 
 @pytest.mark.parametrize("fill", ["noise", "shuffle"])
 def test_simulate_expert_votes_and_counterexamples_on_a_shortcut_folder(tmp_path, fill):
-    from service.cli import app
-
-    folder = tmp_path / "photos"
-    assert runner.invoke(app, ["sample-photos", str(folder), "--per-class", "8", "--side", "32",
-                               "--shortcut"]).exit_code == 0
-    out = tmp_path / "run.json"
-    r = runner.invoke(app, ["simulate", "--folder", str(folder), "--model", "small-cnn", "--image-size", "32",
-                            "--channels", "3", "--initial", "20", "--budget", "10", "--rounds", "2", "--epochs", "1",
-                            "--mc-samples", "2", "--threads", "1", "--expert-votes", "--counterexamples", "2",
-                            "--config", json.dumps({"pretrained": False, "frozen_blocks": 0, "first_batch": "random",
-                                                    "feedback": {"fill": fill}}),
-                            "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    data = json.loads(out.read_text())
+    data = simulate_shortcut_folder(tmp_path, {"fill": fill})
     acq = [x for x in data["rounds"] if "selected" in x]
     assert len(acq) == 2
     made = 0

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from engine import swap_test
 from workers.swap_test import run
 
+from tests.shortcut_folder import simulate_shortcut_folder
+
 runner = CliRunner()
 NAMES = ["red", "blue"]
 
@@ -136,24 +138,10 @@ def test_simulate_carries_the_swap_test_and_trains_on_suspect_classes(tmp_path, 
     expert's flagged ones (each image once). `name_everything`: a rule that names every guessed
     class (the lower bound 0, one image), so that round 1 names classes and rounds 2–3 must train
     on their copies."""
-    from service.cli import app
-
     if name_everything:
         monkeypatch.setattr(swap_test, "SUSPECT_LOW", 0.0)
         monkeypatch.setattr(swap_test, "MIN_IMAGES", 1)
-    folder = tmp_path / "photos"
-    assert runner.invoke(app, ["sample-photos", str(folder), "--per-class", "8", "--side", "32",
-                               "--shortcut"]).exit_code == 0
-    out = tmp_path / "run.json"
-    r = runner.invoke(app, ["simulate", "--folder", str(folder), "--model", "small-cnn", "--image-size", "32",
-                            "--channels", "3", "--initial", "20", "--budget", "10", "--rounds", "2", "--epochs", "1",
-                            "--mc-samples", "2", "--threads", "1", "--expert-votes", "--counterexamples", "2",
-                            "--config", json.dumps({"pretrained": False, "frozen_blocks": 0, "first_batch": "random",
-                                                    "feedback": {"fill": "shuffle", "swap_suspects": True,
-                                                                 "swap_images": 40}}),
-                            "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    data = json.loads(out.read_text())
+    data = simulate_shortcut_folder(tmp_path, {"fill": "shuffle", "swap_suspects": True, "swap_images": 40})
     rounds = data["rounds"]
     for x in rounds:
         s = x["swap_test"]
