@@ -2,6 +2,8 @@
 metrics and model to MLflow — here a local file store, over the real service."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import make_settings
@@ -36,7 +38,14 @@ def test_each_round_logs_config_metrics_and_model_to_mlflow(api):
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     exp = client.get_experiment_by_name(f"camloop-test/{name}")
-    runs = {r.data.tags["camloop.round"]: r for r in client.search_runs([exp.experiment_id])}
+    # The hook logs after the transition to `closed` is committed, so the state can be read a
+    # moment before round 3's run is written (seen once on a loaded machine): wait for it.
+    deadline = time.monotonic() + 60
+    while True:
+        runs = {r.data.tags["camloop.round"]: r for r in client.search_runs([exp.experiment_id])}
+        if "3" in runs or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert sorted(runs) == ["2", "3"]
     run = runs["2"]
     assert run.info.run_name == "round-2" and run.data.tags["camloop.model_version"] == "1"
