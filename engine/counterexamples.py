@@ -28,6 +28,13 @@ FILLS = ("noise", "shuffle")
 _STREAM = 25  # the generators' second key: counterexamples draw from a stream of their own
 
 
+def donor_picks(rng: np.random.Generator, n_donors: int, k: int) -> np.ndarray:
+    """The donors (positions in the donor images) of `shuffle`'s k copies: the generator's first draw,
+    a different donor for each copy while there are enough (engine.swap_test replays it to know
+    whose background each copy got)."""
+    return rng.choice(n_donors, size=k, replace=n_donors < k)
+
+
 def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise",
                     donors: np.ndarray | None = None) -> np.ndarray:
     """k copies of `image` (H, W, C uint8) with everything outside `box` [x0, y0, x1, y1]
@@ -51,7 +58,7 @@ def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fi
             raise ValueError("fill 'shuffle' needs donor images")
         if donors.shape[1:] != image.shape:
             raise ValueError(f"donor images are {donors.shape[1:]}, the image is {image.shape}")
-        pick = rng.choice(len(donors), size=k, replace=len(donors) < k)
+        pick = donor_picks(rng, len(donors), k)
     for j in range(k):
         if fill == "noise":
             out[j][outside] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.counterexamples import counterexamples
+from engine.counterexamples import counterexamples, donor_picks
 from strategies.exclusion import wilson_interval
 
 COPIES = 4          # swapped copies per image
@@ -101,12 +101,12 @@ def _donor_pool(j: int, n: int) -> np.ndarray:
 
 def donors_of(n: int, item_ids: Sequence[int], copies: int, seed: int) -> np.ndarray:
     """(N, copies): the position (in the tested images) of each copy's donor, as swap_copies draws
-    them (engine.counterexamples' `shuffle` picks from the generator's first draw)."""
+    them (engine.counterexamples.donor_picks, the same generator's first draw)."""
     out = np.empty((n, int(copies)), np.int64)
     for j, item in enumerate(item_ids):
         rng = np.random.default_rng([int(seed), _STREAM, int(item)])
         pool = _donor_pool(j, n)
-        out[j] = pool[rng.choice(len(pool), size=int(copies), replace=len(pool) < int(copies))]
+        out[j] = pool[donor_picks(rng, len(pool), int(copies))]
     return out
 
 
