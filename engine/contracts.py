@@ -56,6 +56,16 @@ class RoundFiles:
         return self.dir / f"scores_{int(shard):05d}.npz"
 
     @property
+    def swap_manifest(self) -> Path:
+        """The round's background-swap test (SwapTestManifest)."""
+        return self.dir / "swap.json"
+
+    @property
+    def swap_result(self) -> Path:
+        """Its report; written last, so its presence marks the job done."""
+        return self.dir / "swap_report.json"
+
+    @property
     def label_issues(self) -> Path:
         """Out-of-fold probabilities of the labeled images and cleanlab's suspects (workers.label_issues)."""
         return self.dir / "label_issues.npz"
@@ -426,6 +436,33 @@ class ConvertResult(_M):
     max_abs_diff_onnx: float      # onnxruntime vs torch on the check images
     max_abs_diff_torchscript: float
     seconds: float | None = None
+
+
+# ----------------------------------------------------------------------------- background-swap test
+
+class SwapTestManifest(_M):
+    """A round's background-swap test (engine.swap_test, workers.swap_job): the round's model
+    guesses a fixed, seeded sample of the pool images with a known region, and copies of them
+    with the outside of the region pasted from other tested images. The candidates' regions are
+    in pixels of their files (the folder's regions.json, or a rectangle an expert drew); the job
+    maps them onto the decoded frame (engine.regions.to_decoded) and draws the sample among those
+    that leave something outside (engine.swap_test.sample), so the API process reads no file."""
+    kind: Literal["swap"] = "swap"
+    project_id: int
+    round: int
+    checkpoint: str
+    net: ModelSpec
+    active: list[bool]
+    candidates: ImageRefs         # the decoded pool images with a known region, by item id
+    uris: list[str]               # … their files, relative to data_root
+    regions: list[list[int]]      # … their regions [x0, y0, x1, y1] in pixels of the file
+    data_root: str
+    pool_size: int                # the decoded pool images: those not tested are the report's `untestable`
+    images: int                   # feedback.swap_images: the sample's size at most
+    copies: int
+    seed: int
+    trunk_cache: str | None = None
+    result: str                   # the report as JSON; written last, so it marks the job done
 
 
 # ----------------------------------------------------------------------------- prediction jobs

@@ -12,6 +12,7 @@ the service wrote; the service knows the job finished when the file the job writ
     freeze   workers.jobs.freeze_report_job      train    FreezeReportManifest   result
     convert  workers.jobs.convert_model          score    ConvertManifest        the version's TorchScript + ONNX files
     predict  workers.jobs.predict_images         score    PredictManifest        result
+    swap     workers.swap_job.swap_test_job      train    SwapTestManifest       result
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class JobKind(StrEnum):
     FREEZE = "freeze"
     CONVERT = "convert"    # a model version's TorchScript and ONNX files (service.core.models)
     PREDICT = "predict"    # a prediction request too large to answer at once (service.core.predict)
+    SWAP = "swap"          # a round's background-swap test (engine.swap_test; service.rounds.swap)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ JOB_KINDS: dict[JobKind, JobKindSpec] = {spec.kind: spec for spec in (
                 lambda m, shard: c.ModelFiles(m.out_dir).result,
                 lambda m, shard: {"result": str(c.ModelFiles(m.out_dir).result)}),
     JobKindSpec(JobKind.PREDICT, "workers.jobs.predict_images", "score", c.PredictManifest, False,
+                lambda m, shard: Path(m.result), lambda m, shard: {"result": m.result}),
+    # A job of its own, not folded into the train or score job that has the round's model loaded:
+    # both gate the experts' next batch (scoring waits for training, the batch for every score
+    # shard), and the test's copies cost ~5 forward passes per tested image. Enqueued once the
+    # round's batch is queued (service.rounds.swap), on the train queue: it runs torch, and a
+    # single worker takes it before the next round's train job, which (feedback.swap_suspects)
+    # reads its answer.
+    JobKindSpec(JobKind.SWAP, "workers.swap_job.swap_test_job", "train", c.SwapTestManifest, False,
                 lambda m, shard: Path(m.result), lambda m, shard: {"result": m.result}),
 )}
 

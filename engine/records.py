@@ -59,6 +59,8 @@ class RoundProgress(BaseModel):
     note: str | None = None
     reserve_withdrawn: int | None = None
     labeled_while_selecting: int | None = Field(None, description="picks an expert labeled before the batch was queued")
+    swap_test: str | None = Field(None, description="the round's background-swap test (config feedback.swap_images): "
+                                  "queued once the batch is, or why it does not run")
     # closed, failed
     abandoned: int | None = None
     failed_stage: str | None = None

@@ -186,3 +186,23 @@ def rule_text() -> str:
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
             f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images")
+
+
+def name_suspects(named_in_round: dict[str, int], report: dict, number: int) -> dict[str, int]:
+    """The classes named so far (class → the first round that named it) after round `number`'s
+    report: a class the report calls suspect is named from this round on and stays named (with
+    feedback.swap_suspects its labeled images keep getting counterexamples). The one naming rule
+    of `camloop simulate` (workers.swap_test.SwapState) and the service (service.rounds.swap)."""
+    out = dict(named_in_round)
+    for n in report.get("suspect", []):
+        out.setdefault(n, int(number))
+    return out
+
+
+def union_suspects(names: Sequence[str], by_votes: Sequence[str], swap: dict | None) -> dict:
+    """A shortcut report's verdict: `suspect_by_votes` (the experts' votes, or the maps, as the
+    caller judged them), `suspect_by_swap` (the background-swap report's `suspect`, [] without
+    one) and `suspect`, the classes either names, in class order."""
+    by_swap = list((swap or {}).get("suspect", []))
+    return {"suspect_by_votes": list(by_votes), "suspect_by_swap": by_swap,
+            "suspect": [n for n in names if n in by_votes or n in by_swap]}

@@ -377,15 +377,12 @@ def _shortcut_report(votes, swap, names: list[str]) -> dict:
     """The run's shortcut report: the expert's votes (workers.expert_votes) and the last model's
     background-swap test; `suspect` the classes either names, `suspect_by_votes` and
     `suspect_by_swap` each's."""
-    rep = votes.report() if votes is not None else {}
-    by_votes = list(rep.get("suspect", []))
-    out = {**rep, "suspect_by_votes": by_votes}
+    from engine.swap_test import union_suspects
+
+    out = votes.report() if votes is not None else {}
     if swap is not None and swap.last is not None:
         out["swap"] = {**swap.last, "named_in_round": swap.named_in_round}
-    by_swap = out.get("swap", {}).get("suspect", [])
-    out["suspect_by_swap"] = list(by_swap)
-    out["suspect"] = [n for n in names if n in by_votes or n in by_swap]
-    return out
+    return {**out, **union_suspects(names, out.get("suspect", []), out.get("swap"))}
 
 
 def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.ndarray, data: SimData) -> dict:

@@ -70,8 +70,7 @@ class SwapState:
         donors = swap_test.donors_of(len(self.picked), self.picked, swap_test.COPIES, self.seed)
         rep = swap_test.report(guess, copy_guess, guess[donors], names, self.untestable,
                                truth=self.labels[self.picked])
-        for n in rep["suspect"]:
-            self.named_in_round.setdefault(n, int(number))
+        self.named_in_round = swap_test.name_suspects(self.named_in_round, rep, number)
         self.last = rep
         return rep
 

@@ -199,10 +199,22 @@ def _print_shortcut(sc: dict | None) -> None:
     console.print(f"where the model looks: {head} — Grad-CAM maps off the object's region {outside} of {maps} "
                   f"(rounds {', '.join(map(str, sc.get('map_rounds') or [])) or '—'}), "
                   f"\"wrong region\" votes {flagged} of {votes}")
+    sw = sc.get("swap")
+    if sw:
+        console.print(f"background-swap test (round {sw.get('round')}, {sw.get('images')} images): "
+                      + (f"suspect {escape(', '.join(sc.get('suspect_by_swap') or []))}"
+                         if sc.get("suspect_by_swap") else "no class follows a pasted background"))
+    elif sc.get("swap_note"):
+        console.print(f"background-swap test: {escape(sc['swap_note'])}")
+    swapped = (sw or {}).get("per_class") or {}
     for name in suspect:
         c = per.get(name) or {}
+        s = swapped.get(name) or {}
+        swap_part = (f"; swap: follows the pasted background {_fmt_share(s.get('follow_share'))} of "
+                     f"{s.get('copies')} copies ({s.get('images')} images, 95 % from {_fmt_share(s.get('follow_low'))}"
+                     f"), named in round {(sw.get('named_in_round') or {}).get(name, '—')}" if s.get("suspect") else "")
         console.print(f"  {escape(name)}: maps off the region {c.get('maps_outside')} of {c.get('maps')}, votes "
-                      f"{c.get('wrong_region')} of {c.get('votes')}; examples: items "
+                      f"{c.get('wrong_region')} of {c.get('votes')}{swap_part}; examples: items "
                       f"{', '.join(map(str, c.get('examples') or [])) or '—'}")
 
 

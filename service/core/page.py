@@ -586,7 +586,38 @@ def _shortcut(m: dict, images: dict[int, str]) -> str:
     grid = (f'<p class="muted small">Examples: where the model looked for its guess (red: most).</p>'
             f'<div class="grid" id="shortcut-examples">{"".join(figs)}</div>' if figs else "")
     return (head + f'<div class="scroll">{table}</div><p class="small muted">{esc(sc.get("rule") or "")}; 95 % '
-            f'Wilson intervals.</p>' + grid)
+            f'Wilson intervals.</p>' + grid + _swap(sc))
+
+
+def _swap(sc: dict) -> str:
+    """The background-swap test's block (`shortcut.swap`): per guessed class the share of swapped
+    copies whose guess follows the pasted background, the classes it names; why there is none."""
+    sw = sc.get("swap")
+    if not sw:
+        note = sc.get("swap_note")
+        return f'<p class="muted small" id="swap-none">Background-swap test: {esc(note)}.</p>' if note else ""
+    named = sw.get("named_in_round") or {}
+    rows = []
+    for n, v in (sw.get("per_class") or {}).items():
+        if not v.get("images"):
+            continue
+        tag = ' <span class="tag">suspect</span>' if v.get("suspect") else ""
+        follow = _count_share(v.get("follows"), v.get("copies"), v.get("follow_share"), v.get("follow_low"),
+                              v.get("follow_high"))
+        since = f'round {int(named[n])}' if n in named else '<span class="muted">—</span>'
+        rows.append(f'<tr><th class="cls">{esc(n)}{tag}</th><td>{int(v["images"])}</td><td>{follow}</td>'
+                    f'<td>{pct(v.get("flip_share"), 0)}</td><td>{since}</td></tr>')
+    by_swap = sc.get("suspect_by_swap") or []
+    head = (f'<p id="swap-suspect">Background-swap test (round {int(sw.get("round") or 0)}, {int(sw.get("images") or 0)} '
+            f'images): suspect <b>{esc(", ".join(by_swap))}</b> — the guesses follow a background pasted from '
+            f'another image.</p>' if by_swap else
+            f'<p id="swap-suspect">Background-swap test (round {int(sw.get("round") or 0)}, {int(sw.get("images") or 0)} '
+            f'images): no class\'s guesses follow a pasted background.</p>')
+    table = ('<table class="heat" id="swap-table"><tr><th>model\'s guess</th><th>images</th>'
+             '<th>copies whose guess follows the pasted background</th><th>copies whose guess changes</th>'
+             '<th>named since</th></tr>' + "".join(rows) + "</table>")
+    return (head + f'<div class="scroll">{table}</div><p class="small muted">{esc(sw.get("rule") or "")}.</p>'
+            if rows else head)
 
 
 STYLE = """

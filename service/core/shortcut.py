@@ -38,12 +38,14 @@ from sqlalchemy.orm import Session
 from engine.contracts import SCORE_CAM, SCORE_ITEM_IDS
 from engine.regions import area_share, file_size, is_suspect, rule_text, to_decoded, wrong_region
 from engine.scorefiles import ScoreFile
+from engine.swap_test import rule_text as swap_rule_text
+from engine.swap_test import union_suspects
 from service import plugins
 from service.core import paths
 from service.core.heatmaps import upsample
 from service.core.signing import UnsafePath, safe_join
 from service.settings import Settings
-from service.store import Item, Project, QueueEntry, Round
+from service.store import Item, Project, QueueEntry, Round, SwapReport
 from strategies.exclusion import wilson_interval
 
 log = logging.getLogger("camloop.shortcut")
@@ -137,7 +139,8 @@ def shortcut_section(s: Session, settings: Settings | None, project: Project, na
     files at hand) the votes only."""
     votes = plugins.wrong_region_votes(s, project, names)
     maps, rounds = judged_maps(s, settings, project.id) if settings is not None else ([], [])
-    if votes is None and not maps:
+    swap = swap_section(s, project)
+    if votes is None and not maps and swap is None:
         return None
     flagged, reviewed = votes if votes is not None else (np.zeros(len(names)), np.zeros(len(names)))
     by_class: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
@@ -165,6 +168,39 @@ def shortcut_section(s: Session, settings: Settings | None, project: Project, na
             "outside_low": o["low"], "outside_high": o["high"],
             "mean_inside": round(float(np.mean([sh for _, sh, _ in judged])), 4) if judged else None,
             "suspect": suspect_here, "examples": examples}
-    return {"per_class": per_class, "suspect": suspect, "map_rounds": sorted(rounds),
+    return {"per_class": per_class, "map_rounds": sorted(rounds),
+            **({"swap": swap} if swap is not None else {"swap_note": swap_note(project)}),
+            # `suspect`: the classes the votes or maps name, or the background-swap test (one
+            # function with `camloop simulate`'s report)
+            **union_suspects(names, suspect, swap),
             "rule": f"per guessed class: flagged, an expert's \"wrong region\" vote or a queued image's map "
-                    f"(latest {MAP_ROUNDS} rounds) outside its known region; " + rule_text()}
+                    f"(latest {MAP_ROUNDS} rounds) outside its known region; " + rule_text()
+                    + "; or named by the " + swap_rule_text()}
+
+
+SWAP_OFF = "off: feedback.swap_images is 0"
+
+
+def latest_swap_report(s: Session, pid: int) -> SwapReport | None:
+    """The project's latest stored background-swap report (one row by its unique index)."""
+    return s.scalar(select(SwapReport).where(SwapReport.project_id == pid).order_by(SwapReport.round.desc()).limit(1))
+
+
+def swap_section(s: Session, project: Project) -> dict | None:
+    """`shortcut.swap`: the project's latest background-swap report (service.rounds.swap: a worker
+    job after each round's batch is queued, stored per round), its round and the classes named
+    so far (`named_in_round`); None before the first one. One stored row: no test runs here."""
+    row = latest_swap_report(s, project.id)
+    if row is None:
+        return None
+    rep = {k: v for k, v in (row.report or {}).items() if k != "item_ids"}
+    return {**rep, "round": row.round, "named_in_round": dict(row.named_in_round or {})}
+
+
+def swap_note(project: Project) -> str:
+    """Why `shortcut` has no `swap` (yet)."""
+    if int(((project.config or {}).get("feedback") or {}).get("swap_images", 1)) <= 0:
+        return SWAP_OFF
+    return ("no report yet: the background-swap test runs after a round's model is trained and its batch queued, "
+            "on pool images whose region is known (a regions.json beside the registered folder, or a rectangle "
+            "drawn in Label Studio)")

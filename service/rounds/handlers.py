@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.core import control, models, paths
 from service.core import jobs
-from service.rounds import feedback, hooks, inputs
+from service.rounds import feedback, hooks, inputs, swap
 from service.core.item_lock import lock_items
 from service.rounds.lifecycle import close, open_batch, waiting_reserves, withdraw_reserves
 from service.rounds.state import RoundState, cas, fail
@@ -135,10 +135,22 @@ def on_created(x: Ctx) -> None:
                                                                         f"{x.config.model}"}
                                                         if x.config.first_batch == "typical" else {})))
         return
+    if (x.config.feedback.swap_suspects and x.config.feedback.counterexamples > 0
+            and swap.apply_finished(x.s, x.settings, x.pid, x.conn)):
+        # The classes the last background-swap test names decide what trains: wait for its report
+        # (a worker takes it before this round's train job anyway; the batch is already queued).
+        x.record(x.progress.but(stage=S.CREATED.value, waiting_for=JobKind.SWAP.value))
+        return
     active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
     files = x.files
     # Explanatory feedback: the flagged labeled images whose region is known (service.rounds.feedback).
     flagged, flag_counts = feedback.flagged_boxes(x.s, x.settings, x.project, x.config)
+    # … and with feedback.swap_suspects, the labeled images of the classes the background-swap
+    # test named (service.rounds.swap), an expert's flag winning where both give a box.
+    named = swap.suspect_boxes(x.s, x.settings, x.project, x.config)
+    if named:
+        flagged = {**named, **flagged}
+        flag_counts = {**(flag_counts or {}), "swap_named": len(named)}
     planned = step.training(x.config, x.pid, step.TrainingFacts(
         number=x.rnd.number, class_names=names, active=active, labeled=labeled,
         val=inputs.split_refs(x.s, x.settings, x.project, "val", index),
@@ -375,6 +387,10 @@ def on_labeling(x: Ctx) -> None:
     # Skipped and quarantined items leave the queue too; "labeled" here is "answered".
     if x.progress.labeled != done:
         x.record(x.progress.but(labeled=done, queued=total))
+    # The round's background-swap test, once its batch is with the experts (service.rounds.swap).
+    said = swap.enqueue(x.s, x.settings, x.project, x.config, x.rnd, x.conn, x.entered)
+    if said is not None:
+        x.record(x.progress.but(swap_test=said))
     if waiting == 0 and close(x.s, x.rnd) is not None:
         x.entered.append(S.CLOSED.value)
 

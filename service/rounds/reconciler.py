@@ -25,7 +25,7 @@ from engine.jobkinds import JobKind
 from service.core.metrics import stopping_of
 from service.core.projects import get_project
 from service.errors import Conflict, Unprocessable
-from service.rounds import handlers, hooks, inputs
+from service.rounds import handlers, hooks, inputs, swap
 from service.rounds.lifecycle import get_round, start_round
 from service.rounds.state import OPEN_STATES, RoundState, fail
 from service.runtime import jobqueue
@@ -147,6 +147,7 @@ def advance_project(settings: Settings, project_id: int) -> None:
                                                                 Round.state.in_(OPEN_STATES))))
         pending_ingest = s.scalar(select(func.count()).select_from(Job).where(
             Job.project_id == project_id, Job.kind == JobKind.INGEST, Job.state.in_(JOB_WAITING)))
+        pending_swap = swap.waiting(s, project_id)
     outage = None
     for n in open_rounds:
         try:
@@ -156,6 +157,10 @@ def advance_project(settings: Settings, project_id: int) -> None:
     if pending_ingest and not open_rounds:
         with _lock, session_scope(settings) as s:
             handlers.ingest_state(s, settings, project_id, jobqueue.connection(settings))
+    if pending_swap:
+        # A background-swap test outlives its round's labeling: its report is stored when it ends.
+        with _lock, session_scope(settings) as s:
+            swap.apply_finished(s, settings, project_id, jobqueue.connection(settings))
     if outage is not None:
         raise outage
 
@@ -163,7 +168,8 @@ def advance_project(settings: Settings, project_id: int) -> None:
 def reconcile_all(settings: Settings) -> None:
     with session_scope(settings) as s:
         pids = set(s.scalars(select(Round.project_id).where(Round.state.in_(OPEN_STATES))))
-        pids |= set(s.scalars(select(Job.project_id).where(Job.kind == JobKind.INGEST, Job.state.in_(JOB_WAITING))))
+        pids |= set(s.scalars(select(Job.project_id).where(Job.kind.in_((JobKind.INGEST, JobKind.SWAP)),
+                                                           Job.state.in_(JOB_WAITING))))
     for pid in sorted(pids):
         advance_project(settings, pid)
 

@@ -196,3 +196,19 @@ class QueueEntry(Base):
     # Drawn uniformly from the candidates, not ranked (the control slice, migration 0008): with
     # the item's label and `pred`, the unbiased estimate of the model that chose the batch.
     control: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class SwapReport(Base):
+    """A round's background-swap test (engine.swap_test, run by a worker job: service.rounds.swap),
+    per project and round: the report as the job wrote it, and the classes named suspect so far
+    (class → the first round that named them, engine.swap_test.name_suspects) after this round
+    (migration 0012). GET /metrics reads the latest row; the next training reads `named_in_round`
+    (feedback.swap_suspects)."""
+    __tablename__ = "swap_reports"
+    __table_args__ = (UniqueConstraint("project_id", "round", name="uq_swap_reports_project_round"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict] = mapped_column(JSON)
+    named_in_round: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
