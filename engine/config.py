@@ -243,8 +243,8 @@ class FeedbackConfig(_Strict):
     read as evidence. A vote without a known region makes none (counted in the round's progress).
     The background-swap test (`swap_images`, engine.swap_test) names the guessed classes whose
     guesses follow a pasted background; with `swap_suspects` their labeled images get the copies
-    too, flagged or not. Both run in `camloop simulate` only, for now (the service's report does
-    not run the test: it needs a worker job)."""
+    too, flagged or not. Both run in `camloop simulate` and in the service (a worker job after each
+    round's batch is queued: service.rounds.swap)."""
 
     counterexamples: StrictInt = Field(0, ge=0, le=10, description="copies per flagged image with a known region "
                                        "(0: votes only move the class budget)")
@@ -253,13 +253,13 @@ class FeedbackConfig(_Strict):
                                               "image, at random (CAIPI's: it removes a cue without knowing what "
                                               "it is, with a background that looks like the data's)")
     swap_images: StrictInt = Field(1000, ge=0, le=100_000, description="the background-swap test (engine.swap_test; "
-                                   "camloop simulate only for now): after each round's training, up to this many "
+                                   "camloop simulate, and the service's worker): after each round's training, up to this many "
                                    "pool images with a known region are guessed with their outside pasted from "
                                    "other images (objects removed); a guessed class whose guesses follow the pasted "
                                    "background is suspect in the shortcut report (0: off)")
     swap_suspects: StrictBool = Field(False, description="a class the background-swap test names suspect: every "
                                       "labeled image of it with a known region gets `counterexamples` copies in "
-                                      "every later round, flagged by an expert or not (camloop simulate only for now)")
+                                      "every later round, flagged by an expert or not")
 
 
 class SemiConfig(_Strict):
