@@ -131,6 +131,19 @@ def is_suspect(low: float | None, images: int) -> bool:
     return images >= MIN_IMAGES and low is not None and low >= SUSPECT_LOW
 
 
+def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]]) -> dict[str, int]:
+    """The classes named so far: class → the first round (rounds in order, as given) whose test
+    called it suspect. Once named, a class stays named (with feedback.swap_suspects its labeled
+    images keep getting counterexamples after the feedback has moved the model off the
+    background). The one naming rule of `camloop simulate` (workers.swap_test.SwapState) and the
+    service (service.rounds.swap, from its stored reports)."""
+    out: dict[str, int] = {}
+    for number, suspect in suspect_by_round:
+        for n in suspect:
+            out.setdefault(n, int(number))
+    return out
+
+
 def _interval(share: float | None, m: int) -> tuple[float | None, float | None]:
     """Wilson's 95 % interval of a share of copies, one count per image (k = round(share × m))."""
     if not m or share is None:
@@ -186,17 +199,6 @@ def rule_text() -> str:
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
             f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images")
-
-
-def name_suspects(named_in_round: dict[str, int], report: dict, number: int) -> dict[str, int]:
-    """The classes named so far (class → the first round that named it) after round `number`'s
-    report: a class the report calls suspect is named from this round on and stays named (with
-    feedback.swap_suspects its labeled images keep getting counterexamples). The one naming rule
-    of `camloop simulate` (workers.swap_test.SwapState) and the service (service.rounds.swap)."""
-    out = dict(named_in_round)
-    for n in report.get("suspect", []):
-        out.setdefault(n, int(number))
-    return out
 
 
 def union_suspects(names: Sequence[str], by_votes: Sequence[str], swap: dict | None) -> dict:

@@ -191,3 +191,18 @@ def test_no_swap_job_when_it_is_off_or_no_image_has_a_region(api, case):
     else:
         assert progress["swap_test"].startswith("no pool image has a known region")
         assert sc is None  # no votes, no regions: nothing to say where the model looks
+
+
+def test_one_naming_rule_and_one_verdict_for_the_service_and_simulate():
+    import service.core.shortcut as service_report
+    import service.rounds.swap as service_rounds
+    import workers.simulate as simulate
+
+    # The service names from its stored reports with the function SwapState calls.
+    assert service_rounds.swap_test.named is swap_test.named
+    assert swap_test.named([(2, ["a"]), (3, ["b", "a"]), (4, [])]) == {"a": 2, "b": 3}  # named stays named
+    assert service_report.union_suspects is swap_test.union_suspects
+    rep = simulate._shortcut_report(None, None, ["a", "b", "c"])
+    assert rep == {"suspect_by_votes": [], "suspect_by_swap": [], "suspect": []}
+    assert swap_test.union_suspects(["a", "b", "c"], ["c"], {"suspect": ["a"]}) == \
+        {"suspect_by_votes": ["c"], "suspect_by_swap": ["a"], "suspect": ["a", "c"]}

@@ -57,6 +57,7 @@ class SwapState:
         self.class_names = list(class_names)
         self.picked, self.seed, self.untestable = np.asarray(picked, np.int64), int(seed), int(untestable)
         self.named_in_round: dict[str, int] = {}
+        self.suspect_by_round: list[tuple[int, list[str]]] = []
         self.last: dict | None = None
 
     def test(self, number: int, checkpoint: str, net, active, trunk_dir: str | None) -> dict:
@@ -70,7 +71,8 @@ class SwapState:
         donors = swap_test.donors_of(len(self.picked), self.picked, swap_test.COPIES, self.seed)
         rep = swap_test.report(guess, copy_guess, guess[donors], names, self.untestable,
                                truth=self.labels[self.picked])
-        self.named_in_round = swap_test.name_suspects(self.named_in_round, rep, number)
+        self.suspect_by_round.append((int(number), list(rep["suspect"])))
+        self.named_in_round = swap_test.named(self.suspect_by_round)
         self.last = rep
         return rep
 

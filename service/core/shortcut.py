@@ -169,7 +169,7 @@ def shortcut_section(s: Session, settings: Settings | None, project: Project, na
             "mean_inside": round(float(np.mean([sh for _, sh, _ in judged])), 4) if judged else None,
             "suspect": suspect_here, "examples": examples}
     return {"per_class": per_class, "map_rounds": sorted(rounds),
-            **({"swap": swap} if swap is not None else {"swap_note": swap_note(project)}),
+            **({"swap": swap} if swap is not None else {"swap_note": swap_note(s, project)}),
             # `suspect`: the classes the votes or maps name, or the background-swap test (one
             # function with `camloop simulate`'s report)
             **union_suspects(names, suspect, swap),
@@ -197,10 +197,16 @@ def swap_section(s: Session, project: Project) -> dict | None:
     return {**rep, "round": row.round, "named_in_round": dict(row.named_in_round or {})}
 
 
-def swap_note(project: Project) -> str:
-    """Why `shortcut` has no `swap` (yet)."""
+def swap_note(s: Session, project: Project) -> str:
+    """Why `shortcut` has no `swap` (yet): what the latest round that considered the test said
+    (service.rounds.swap: off, or no pool image with a known region), else that none ran yet."""
     if int(((project.config or {}).get("feedback") or {}).get("swap_images", 1)) <= 0:
         return SWAP_OFF
+    said = s.scalar(select(Round.progress).where(Round.project_id == project.id).order_by(Round.number.desc())
+                    .limit(1))
+    said = (said or {}).get("swap_test")
+    if said and said != "queued":
+        return said
     return ("no report yet: the background-swap test runs after a round's model is trained and its batch queued, "
             "on pool images whose region is known (a regions.json beside the registered folder, or a rectangle "
             "drawn in Label Studio)")

@@ -96,7 +96,7 @@ def waiting(s: Session, pid: int) -> bool:
 
 def apply_finished(s: Session, settings: Settings, pid: int, conn) -> int:
     """Poll the project's waiting swap-test jobs; store each finished one's report (its row and
-    the named classes, engine.swap_test.name_suspects) in the same transaction as the job's
+    the named classes, engine.swap_test.named) in the same transaction as the job's
     state. Returns how many still wait."""
     left = 0
     for job in s.scalars(select(Job).where(Job.project_id == pid, Job.kind == JobKind.SWAP,
@@ -115,9 +115,11 @@ def _store(s: Session, pid: int, m: c.SwapTestManifest) -> None:
     if s.scalar(select(SwapReport.id).where(SwapReport.project_id == pid, SwapReport.round == m.round)) is not None:
         return
     report = json.loads(Path(m.result).read_text())
-    before = s.scalar(select(SwapReport).where(SwapReport.project_id == pid, SwapReport.round < m.round)
-                      .order_by(SwapReport.round.desc()).limit(1))
-    named = swap_test.name_suspects(before.named_in_round if before is not None else {}, report, m.round)
+    # The naming rule reads every round's suspect classes in order (engine.swap_test.named).
+    earlier = s.execute(select(SwapReport.round, SwapReport.report).where(
+        SwapReport.project_id == pid, SwapReport.round < m.round).order_by(SwapReport.round)).all()
+    named = swap_test.named([(r, (rep or {}).get("suspect", [])) for r, rep in earlier]
+                            + [(m.round, report.get("suspect", []))])
     s.add(SwapReport(project_id=pid, round=m.round, report=report, named_in_round=named))
     s.flush()
 

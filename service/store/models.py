@@ -201,7 +201,7 @@ class QueueEntry(Base):
 class SwapReport(Base):
     """A round's background-swap test (engine.swap_test, run by a worker job: service.rounds.swap),
     per project and round: the report as the job wrote it, and the classes named suspect so far
-    (class → the first round that named them, engine.swap_test.name_suspects) after this round
+    (class → the first round that named them, engine.swap_test.named) after this round
     (migration 0012). GET /metrics reads the latest row; the next training reads `named_in_round`
     (feedback.swap_suspects)."""
     __tablename__ = "swap_reports"
