@@ -9,6 +9,7 @@ that won it, in the same transaction.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from engine.records import RoundProgress
 from engine.selection import Selection
 
 S = RoundState
+log = logging.getLogger("camloop.rounds")
 
 
 @dataclass
@@ -388,7 +390,14 @@ def on_labeling(x: Ctx) -> None:
     if x.progress.labeled != done:
         x.record(x.progress.but(labeled=done, queued=total))
     # The round's background-swap test, once its batch is with the experts (service.rounds.swap).
-    said = swap.enqueue(x.s, x.settings, x.project, x.config, x.rnd, x.conn, x.entered)
+    # Its files unreadable (a manifest gone): the round labels and closes without it, never stuck
+    # on it; an outage (Redis, the database) passes as for any handler.
+    try:
+        with x.s.begin_nested():
+            said = swap.enqueue(x.s, x.settings, x.project, x.config, x.rnd, x.conn, x.entered)
+    except (OSError, ValueError) as e:
+        log.warning("project %s round %s: no background-swap test: %s", x.pid, x.rnd.number, e)
+        said = f"not run: {type(e).__name__}: {e}"[:300]
     if said is not None:
         x.record(x.progress.but(swap_test=said))
     if waiting == 0 and close(x.s, x.rnd) is not None:

@@ -145,9 +145,12 @@ def advance_project(settings: Settings, project_id: int) -> None:
     with session_scope(settings) as s:
         open_rounds = list(s.scalars(select(Round.number).where(Round.project_id == project_id,
                                                                 Round.state.in_(OPEN_STATES))))
-        pending_ingest = s.scalar(select(func.count()).select_from(Job).where(
-            Job.project_id == project_id, Job.kind == JobKind.INGEST, Job.state.in_(JOB_WAITING)))
-        pending_swap = swap.waiting(s, project_id)
+        # The project's waiting ingest jobs (applied here while no round is open) and swap-test
+        # jobs (they outlive their round's labeling), in one query.
+        pending = dict(s.execute(select(Job.kind, func.count()).where(
+            Job.project_id == project_id, Job.kind.in_((JobKind.INGEST, JobKind.SWAP)),
+            Job.state.in_(JOB_WAITING)).group_by(Job.kind)).all())
+        pending_ingest, pending_swap = pending.get(JobKind.INGEST, 0), pending.get(JobKind.SWAP, 0)
     outage = None
     for n in open_rounds:
         try:

@@ -20,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import contracts as c
@@ -86,12 +86,6 @@ def enqueue(s: Session, settings: Settings, project: Project, config: ProjectCon
     job = jobs.ensure_job(s, project.id, rnd.id, jobs.rq_id(settings, rnd, JobKind.SWAP), JobKind.SWAP, None, path)
     jobs.poll(s, settings, job, conn)
     return "queued"
-
-
-def waiting(s: Session, pid: int) -> bool:
-    """The project has a swap-test job not finished yet."""
-    return s.scalar(select(func.count()).select_from(Job).where(
-        Job.project_id == pid, Job.kind == JobKind.SWAP, Job.state.in_(JOB_WAITING))) > 0
 
 
 def apply_finished(s: Session, settings: Settings, pid: int, conn) -> int:
