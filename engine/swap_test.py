@@ -42,6 +42,7 @@ COPIES = 4          # swapped copies per image
 IMAGES = 1000       # pool images tested per round at most (a fixed, seeded sample)
 SUSPECT_LOW = 0.10  # a guessed class is suspect when its follow share's Wilson lower bound is at least this
 MIN_IMAGES = 10     # … over at least this many images guessed as the class
+CONFIRM = 2         # a class is *named* once the test calls it suspect on this many consecutive rounds' models
 DONORS = 64         # the donors an image's copies draw from: the next DONORS tested images, cyclically
 _STREAM = 2525      # the generators' second key: the swap copies draw from a stream of their own
 
@@ -131,6 +132,28 @@ def is_suspect(low: float | None, images: int) -> bool:
     return images >= MIN_IMAGES and low is not None and low >= SUSPECT_LOW
 
 
+def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]], confirm: int | None = None) -> dict[str, int]:
+    """The classes named so far: class → the round whose test confirmed it, i.e. the first round
+    ending a run of `confirm` consecutive tests (rounds in order, as given) that called the class
+    suspect (`confirm` None: CONFIRM). Once named, a class stays named (feedback that moves the model off the background
+    lowers its follow share; the shortcut is in the data still).
+
+    Why not act on one test: on the shortcut-free colour benchmark the first model (50 labels)
+    had 1–2 classes called suspect on every seed, never again after; on the shortcut benchmark the
+    cue-bearing classes, once called, were called again in the next round in most cases
+    (development seed 9; docs/benchmarks.md, "The background-swap test: naming")."""
+    out: dict[str, int] = {}
+    streak: dict[str, int] = {}
+    confirm = CONFIRM if confirm is None else int(confirm)
+    for number, suspect in suspect_by_round:
+        now = set(suspect)
+        streak = {n: streak.get(n, 0) + 1 for n in now}
+        for n, k in streak.items():
+            if k >= confirm:
+                out.setdefault(n, int(number))
+    return out
+
+
 def _interval(share: float | None, m: int) -> tuple[float | None, float | None]:
     """Wilson's 95 % interval of a share of copies, one count per image (k = round(share × m))."""
     if not m or share is None:
@@ -185,4 +208,5 @@ def rule_text() -> str:
     return (f"background swap: {COPIES} copies of each tested image with the outside of its known region pasted "
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
-            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images")
+            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named once it is suspect on "
+            f"{CONFIRM} consecutive rounds' models")
