@@ -42,7 +42,8 @@ COPIES = 4          # swapped copies per image
 IMAGES = 1000       # pool images tested per round at most (a fixed, seeded sample)
 SUSPECT_LOW = 0.10  # a guessed class is suspect when its follow share's Wilson lower bound is at least this
 MIN_IMAGES = 10     # … over at least this many images guessed as the class
-CONFIRM = 2         # a class is *named* once the test calls it suspect on this many consecutive rounds' models
+CONFIRM = 1         # a class is *named* once the test calls it suspect on this many consecutive rounds' models…
+FIRST_ROUND = 2     # … from this round's model on (the first batch's model only reports: `named`)
 DONORS = 64         # the donors an image's copies draw from: the next DONORS tested images, cyclically
 _STREAM = 2525      # the generators' second key: the swap copies draw from a stream of their own
 
@@ -132,24 +133,28 @@ def is_suspect(low: float | None, images: int) -> bool:
     return images >= MIN_IMAGES and low is not None and low >= SUSPECT_LOW
 
 
-def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]], confirm: int | None = None) -> dict[str, int]:
-    """The classes named so far: class → the round whose test confirmed it, i.e. the first round
-    ending a run of `confirm` consecutive tests (rounds in order, as given) that called the class
-    suspect (`confirm` None: CONFIRM). Once named, a class stays named (feedback that moves the model off the background
-    lowers its follow share; the shortcut is in the data still).
+def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]], confirm: int | None = None,
+          first_round: int | None = None) -> dict[str, int]:
+    """The classes named so far: class → the round whose test named it, i.e. the first round from
+    `first_round` on ending a run of `confirm` consecutive tests (rounds in order, as given) that
+    called the class suspect (None: the module's FIRST_ROUND and CONFIRM). Earlier rounds' tests
+    are reported and name nothing. Once named, a class stays named (feedback that moves the model
+    off the background lowers its follow share; the shortcut is in the data still).
 
-    Why not act on one test: on the shortcut-free colour benchmark the first model (50 labels)
-    had 1–2 classes called suspect on every seed, never again after; on the shortcut benchmark the
-    cue-bearing classes, once called, were called again in the next round in most cases
-    (development seed 9; docs/benchmarks.md, "The background-swap test: naming")."""
+    Why not the first round's model: trained on the first batch alone (5 labels a class on the
+    benchmarks) it called 1–2 classes suspect on every seed of the shortcut-free colour benchmark,
+    and never again after; no later model did (docs/benchmarks.md, "The background-swap test:
+    naming"). Why one call and not two in a row: under feedback the cue-bearing classes' calls
+    come and go (each round's copies lower their follow share), and two in a row named nothing
+    on the development seed."""
+    confirm = CONFIRM if confirm is None else int(confirm)
+    first_round = FIRST_ROUND if first_round is None else int(first_round)
     out: dict[str, int] = {}
     streak: dict[str, int] = {}
-    confirm = CONFIRM if confirm is None else int(confirm)
     for number, suspect in suspect_by_round:
-        now = set(suspect)
-        streak = {n: streak.get(n, 0) + 1 for n in now}
+        streak = {n: streak.get(n, 0) + 1 for n in set(suspect)}
         for n, k in streak.items():
-            if k >= confirm:
+            if k >= confirm and int(number) >= first_round:
                 out.setdefault(n, int(number))
     return out
 
@@ -208,5 +213,5 @@ def rule_text() -> str:
     return (f"background swap: {COPIES} copies of each tested image with the outside of its known region pasted "
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
-            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named once it is suspect on "
-            f"{CONFIRM} consecutive rounds' models")
+            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named (and stays named) once "
+            f"suspect on {CONFIRM} consecutive round(s)' models from round {FIRST_ROUND} on")
