@@ -235,6 +235,7 @@ def test_swap_scope_all_gives_every_class_copies_once_one_is_named():
     st = SwapState(images, regions, labels, ["a", "b"], np.arange(4), seed=0)
     labeled = np.array([True, True, True, True])
     assert st.suspect_images(labeled, labels, "all") == {}            # nothing named yet
+    assert set(st.suspect_images(labeled, labels, "always")) == {0, 1, 2}
     st.named_in_round = {"a": 2}
     assert set(st.suspect_images(labeled, labels, "named")) == {0, 2}
     assert set(st.suspect_images(labeled, labels, "all")) == {0, 1, 2}  # 3 has no outside

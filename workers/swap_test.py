@@ -81,8 +81,9 @@ class SwapState:
         """{item id: box} of the labeled pool images whose region leaves something outside and whose
         label is a class named so far (`scope` "named"), or of every class once any is named ("all":
         a background the model reads for some classes is in every class's images, and copies of
-        the others keep the named classes' cue from passing to them)."""
-        if not self.named_in_round:
+        the others keep the named classes' cue from passing to them), or of every class from the
+        first round, named or not ("always": background randomisation wherever a region is known)."""
+        if not self.named_in_round and scope != "always":
             return {}
         h, w = self.images.shape[1:3]
         ok = swap_test.testable(self.regions, h, w)
