@@ -30,6 +30,9 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
              shuffle: the outside of another training image) to the next rounds' training
   feedback-swap  feedback, and feedback.swap_suspects: every labeled image of a class the
              background-swap test (engine.swap_test) has named suspect adds K copies too
+             (feedback.swap_scope, via --config: named, the default; all, every class once any
+             is named; always, every class from the first round)
+  swap       no votes: only the swap test's feedback (swap_suspects, K copies, --fill)
 
 Every run (plain included) does the background-swap test after each round's training on 300
 pool images with their boxes (feedback.swap_images; it trains nothing unless swap_suspects):
@@ -55,7 +58,8 @@ PRESET = dict(dataset="fashion-shortcut", pool_limit=5000, val_limit=1000, test_
               rounds=6, epochs=10, strategy="hybrid")
 CONDITIONS = {"plain": {}, "no-cue": {"dataset": "fashion-shortcut-no-cue"}, "votes": {"expert_votes": True},
               "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2}},
-              "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}}}
+              "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}},
+              "swap": {"feedback": {"counterexamples": 2, "swap_suspects": True}}}
 
 
 def run(args) -> None:
@@ -78,8 +82,8 @@ def run(args) -> None:
 
     register_dataset("fashion-colour-regions", lambda seed: _colour_with_regions(seed, args.side))
     if args.base == "colour":  # the shortcut-free colour benchmark: what feedback costs without a shortcut
-        if args.condition not in ("plain", "votes", "feedback", "feedback-swap"):
-            raise SystemExit("--base colour: the conditions are plain, votes, feedback and feedback-swap")
+        if args.condition not in ("plain", "votes", "feedback", "feedback-swap", "swap"):
+            raise SystemExit("--base colour: the conditions are plain, votes, feedback, feedback-swap and swap")
         default = False
 
     cfg = merge_config({**PRESET, "seed": args.seed, "threads": args.threads,
@@ -87,12 +91,12 @@ def run(args) -> None:
                         **({"dataset": "fashion-colour-regions"} if args.base == "colour" else {}),
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
-    if args.condition.startswith("feedback"):
+    if args.condition.startswith("feedback") or args.condition == "swap":
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill}})
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
-    fb = args.condition.startswith("feedback")
+    fb = args.condition.startswith("feedback") or args.condition == "swap"
     name = args.condition + (f"-k{args.k}" if fb and args.k != 2 else "") \
         + (f"-{args.fill}" if fb and args.fill != "noise" else "") + args.tag
     out = Path(args.out_dir) / f"{name}_seed{args.seed}.json"
