@@ -30,6 +30,9 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
              shuffle: the outside of another training image) to the next rounds' training
   feedback-swap  feedback, and feedback.swap_suspects: every labeled image of a class the
              background-swap test (engine.swap_test) has named suspect adds K copies too
+             (feedback.swap_scope, via --config: named, the default; all, every class once any
+             is named; always, every class from the first round)
+  swap       no votes: only the swap test's feedback (swap_suspects, K copies, --fill)
 
 Every run (plain included) does the background-swap test after each round's training on 300
 pool images with their boxes (feedback.swap_images; it trains nothing unless swap_suspects):
@@ -55,7 +58,8 @@ PRESET = dict(dataset="fashion-shortcut", pool_limit=5000, val_limit=1000, test_
               rounds=6, epochs=10, strategy="hybrid")
 CONDITIONS = {"plain": {}, "no-cue": {"dataset": "fashion-shortcut-no-cue"}, "votes": {"expert_votes": True},
               "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2}},
-              "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}}}
+              "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}},
+              "swap": {"feedback": {"counterexamples": 2, "swap_suspects": True}}}
 
 
 def run(args) -> None:
@@ -65,6 +69,9 @@ def run(args) -> None:
     from engine.shortcut_fashion import CUE_CLASSES, DEFAULT_CUE_RATE, load_fashion_shortcut
     from workers.simulate import run_simulation
 
+    if args.swap_rule:  # a naming rule other than the shipped one (engine.swap_test.named): "confirm,first_round"
+        from engine import swap_test
+        swap_test.CONFIRM, swap_test.FIRST_ROUND = (int(v) for v in args.swap_rule.split(","))
     cue_classes = tuple(int(c) for c in args.cue_classes.split(","))
     default = (args.cue_rate == DEFAULT_CUE_RATE and args.side == DEFAULT_SIDE and cue_classes == CUE_CLASSES)
     register_dataset("fashion-shortcut-no-cue", lambda seed: load_fashion_shortcut(seed, cue_rate=None, side=args.side))
@@ -75,8 +82,8 @@ def run(args) -> None:
 
     register_dataset("fashion-colour-regions", lambda seed: _colour_with_regions(seed, args.side))
     if args.base == "colour":  # the shortcut-free colour benchmark: what feedback costs without a shortcut
-        if args.condition not in ("plain", "votes", "feedback", "feedback-swap"):
-            raise SystemExit("--base colour: the conditions are plain, votes, feedback and feedback-swap")
+        if args.condition not in ("plain", "votes", "feedback", "feedback-swap", "swap"):
+            raise SystemExit("--base colour: the conditions are plain, votes, feedback, feedback-swap and swap")
         default = False
 
     cfg = merge_config({**PRESET, "seed": args.seed, "threads": args.threads,
@@ -84,12 +91,12 @@ def run(args) -> None:
                         **({"dataset": "fashion-colour-regions"} if args.base == "colour" else {}),
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
-    if args.condition.startswith("feedback"):
+    if args.condition.startswith("feedback") or args.condition == "swap":
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill}})
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
-    fb = args.condition.startswith("feedback")
+    fb = args.condition.startswith("feedback") or args.condition == "swap"
     name = args.condition + (f"-k{args.k}" if fb and args.k != 2 else "") \
         + (f"-{args.fill}" if fb and args.fill != "noise" else "") + args.tag
     out = Path(args.out_dir) / f"{name}_seed{args.seed}.json"
@@ -190,6 +197,8 @@ def main(argv=None) -> None:
     r.add_argument("--k", type=int, default=2, help="counterexamples per flagged image (feedback)")
     r.add_argument("--fill", default="noise", choices=("noise", "shuffle"))
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--swap-rule", default=None, help="CONFIRM,FIRST_ROUND: the swap test names a class once suspect "
+                   "on CONFIRM consecutive rounds from round FIRST_ROUND on (default: engine.swap_test's)")
     r.add_argument("--device", default=None)
     r.add_argument("--config", default=None, help="more config as JSON, over the preset")
     r.add_argument("--cue-rate", type=float, default=DEFAULT_CUE_RATE, help="share of a cue-bearing class's pool "

@@ -260,6 +260,10 @@ class FeedbackConfig(_Strict):
     swap_suspects: StrictBool = Field(False, description="a class the background-swap test names suspect: every "
                                       "labeled image of it with a known region gets `counterexamples` copies in "
                                       "every later round, flagged by an expert or not")
+    swap_scope: Literal["named", "all", "always"] = Field(
+        "named", description="with swap_suspects: whose labeled images get the copies — named, the classes the swap "
+        "test has named; all, every class's, once the test has named any; always, every class's from the first "
+        "round, named or not")
 
 
 class SemiConfig(_Strict):

@@ -42,6 +42,8 @@ COPIES = 4          # swapped copies per image
 IMAGES = 1000       # pool images tested per round at most (a fixed, seeded sample)
 SUSPECT_LOW = 0.10  # a guessed class is suspect when its follow share's Wilson lower bound is at least this
 MIN_IMAGES = 10     # … over at least this many images guessed as the class
+CONFIRM = 1         # a class is *named* once the test calls it suspect on this many consecutive rounds' models…
+FIRST_ROUND = 2     # … from this round's model on (the first batch's model only reports: `named`)
 DONORS = 64         # the donors an image's copies draw from: the next DONORS tested images, cyclically
 _STREAM = 2525      # the generators' second key: the swap copies draw from a stream of their own
 
@@ -131,16 +133,29 @@ def is_suspect(low: float | None, images: int) -> bool:
     return images >= MIN_IMAGES and low is not None and low >= SUSPECT_LOW
 
 
-def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]]) -> dict[str, int]:
-    """The classes named so far: class → the first round (rounds in order, as given) whose test
-    called it suspect. Once named, a class stays named (with feedback.swap_suspects its labeled
-    images keep getting counterexamples after the feedback has moved the model off the
-    background). The one naming rule of `camloop simulate` (workers.swap_test.SwapState) and the
-    service (service.rounds.swap, from its stored reports)."""
+def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]], confirm: int | None = None,
+          first_round: int | None = None) -> dict[str, int]:
+    """The classes named so far: class → the round whose test named it, i.e. the first round from
+    `first_round` on ending a run of `confirm` consecutive tests (rounds in order, as given) that
+    called the class suspect (None: the module's FIRST_ROUND and CONFIRM). Earlier rounds' tests
+    are reported and name nothing. Once named, a class stays named (feedback that moves the model
+    off the background lowers its follow share; the shortcut is in the data still).
+
+    Why not the first round's model: trained on the first batch alone (5 labels a class on the
+    benchmarks) it called 1–2 classes suspect on every seed of the shortcut-free colour benchmark,
+    and never again after; no later model did (docs/benchmarks.md, "The background-swap test:
+    naming"). Why one call and not two in a row: under feedback the cue-bearing classes' calls
+    come and go (each round's copies lower their follow share), and two in a row named nothing
+    on the development seed."""
+    confirm = CONFIRM if confirm is None else int(confirm)
+    first_round = FIRST_ROUND if first_round is None else int(first_round)
     out: dict[str, int] = {}
+    streak: dict[str, int] = {}
     for number, suspect in suspect_by_round:
-        for n in suspect:
-            out.setdefault(n, int(number))
+        streak = {n: streak.get(n, 0) + 1 for n in set(suspect)}
+        for n, k in streak.items():
+            if k >= confirm and int(number) >= first_round:
+                out.setdefault(n, int(number))
     return out
 
 
@@ -198,7 +213,8 @@ def rule_text() -> str:
     return (f"background swap: {COPIES} copies of each tested image with the outside of its known region pasted "
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
-            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images")
+            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named (and stays named) once "
+            f"suspect on {CONFIRM} consecutive round(s)' models from round {FIRST_ROUND} on")
 
 
 def union_suspects(names: Sequence[str], by_votes: Sequence[str], swap: dict | None) -> dict:

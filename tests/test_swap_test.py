@@ -136,9 +136,10 @@ def test_simulate_carries_the_swap_test_and_trains_on_suspect_classes(tmp_path, 
     """The report in every round and in the shortcut report; with feedback.swap_suspects each round
     trains on K copies of every labeled image of a class named in an earlier round, besides the
     expert's flagged ones (each image once). `name_everything`: a rule that names every guessed
-    class (the lower bound 0, one image), so that round 1 names classes and rounds 2–3 must train
-    on their copies."""
+    class (the lower bound 0, one image, on one round's call), so that round 1 names classes and
+    rounds 2–3 must train on their copies."""
     if name_everything:
+        monkeypatch.setattr(swap_test, "FIRST_ROUND", 1)
         monkeypatch.setattr(swap_test, "SUSPECT_LOW", 0.0)
         monkeypatch.setattr(swap_test, "MIN_IMAGES", 1)
     data = simulate_shortcut_folder(tmp_path, {"fill": "shuffle", "swap_suspects": True, "swap_images": 40})
@@ -153,9 +154,10 @@ def test_simulate_carries_the_swap_test_and_trains_on_suspect_classes(tmp_path, 
     assert rep["suspect_by_swap"] == rounds[-1]["swap_test"]["suspect"]
     assert set(rep["suspect"]) == set(rep["suspect_by_swap"]) | set(rep["suspect_by_votes"])
     named = rep["swap"]["named_in_round"]
-    for n, k in named.items():   # the round that first named a class did name it, no earlier one did
-        assert n in rounds[k - 1]["swap_test"]["suspect"]
-        assert all(n not in x["swap_test"]["suspect"] for x in rounds[:k - 1])
+    # A class is named by the round ending its first run of CONFIRM consecutive suspect calls.
+    assert named == swap_test.named([(x["round"], x["swap_test"]["suspect"]) for x in rounds])
+    for n, k in named.items():
+        assert all(n in x["swap_test"]["suspect"] for x in rounds[k - swap_test.CONFIRM:k])
     # What each round trained on, from the JSON alone: a folder's uri is <class>/<file>.
     labeled, flagged, beyond = list(data["initial_labels"]), set(), 0
     for x in rounds:
@@ -209,3 +211,31 @@ def test_a_copy_gets_the_donors_background_never_its_object():
     assert (copies[0][:, 0:8, 0:8] == 50).all()                    # image 0's object kept
     assert (copies[0][:, 8:16, 8:16] == 200).all()                  # image 1's background, not its object
     assert (copies[1][:, 8:16, 8:16] == 77).all() and (copies[1][:, 0:8, 0:8] == 10).all()
+
+
+def test_naming_rule_skips_the_first_model_and_a_class_stays_named():
+    """The first round's model (the first batch alone) names nothing — its calls were the
+    shortcut-free benchmark's false alarms; from round 2 one call names a class; with CONFIRM 2
+    only two calls in a row do; a named class stays named when later tests stop calling it
+    (feedback moves the model off the background, the cue is still in the data)."""
+    assert swap_test.named([(1, ["Coat"]), (2, []), (3, ["Bag"]), (4, [])], confirm=1, first_round=2) == {"Bag": 3}
+    assert swap_test.named([(1, ["Coat"]), (2, ["Coat"])], confirm=1, first_round=2) == {"Coat": 2}
+    assert swap_test.named([(1, ["Coat"]), (2, ["Coat", "Bag"]), (3, ["Bag"]), (4, [])], confirm=2,
+                           first_round=1) == {"Coat": 2, "Bag": 3}
+    assert swap_test.named([(1, ["Coat"]), (2, []), (3, ["Coat"]), (4, ["Coat"])], confirm=2, first_round=1) == {"Coat": 4}
+    assert swap_test.named([(1, ["Coat"])]) == {}   # the shipped rule: round 1 only reports
+
+
+def test_swap_scope_all_gives_every_class_copies_once_one_is_named():
+    from workers.swap_test import SwapState
+
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    regions = np.array([[1, 1, 6, 6]] * 3 + [[0, 0, 8, 8]])   # the last: whole image, nothing to swap
+    labels = np.array([0, 1, 0, 1])
+    st = SwapState(images, regions, labels, ["a", "b"], np.arange(4), seed=0)
+    labeled = np.array([True, True, True, True])
+    assert st.suspect_images(labeled, labels, "all") == {}            # nothing named yet
+    assert set(st.suspect_images(labeled, labels, "always")) == {0, 1, 2}
+    st.named_in_round = {"a": 2}
+    assert set(st.suspect_images(labeled, labels, "named")) == {0, 2}
+    assert set(st.suspect_images(labeled, labels, "all")) == {0, 1, 2}  # 3 has no outside

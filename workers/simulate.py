@@ -369,7 +369,7 @@ def _train_flagged(flagged: dict | None, swap, labeled: np.ndarray, labels, proj
     suspect (engine.counterexamples.plan keeps those the round trains on)."""
     out = dict(flagged or {})
     if swap is not None and project.feedback.swap_suspects:
-        out = {**swap.suspect_images(labeled, np.asarray(labels)), **out}
+        out = {**swap.suspect_images(labeled, np.asarray(labels), project.feedback.swap_scope), **out}
     return out
 
 

@@ -47,9 +47,10 @@ def run(model, images: np.ndarray, boxes: np.ndarray, item_ids: Sequence[int], s
 class SwapState:
     """A run's background-swap test (camloop simulate): a fixed sample of pool images with a known
     region (`picked`, positions = item ids), tested after each round's training; the classes
-    named suspect so far (`named_in_round`: class → the first round that named it), which stay
-    named: with feedback.swap_suspects their labeled images keep getting counterexamples after the
-    feedback has moved the model off the background, as an expert's flagged image does."""
+    named so far (`named_in_round`: class → the round that confirmed it, engine.swap_test.named:
+    suspect on CONFIRM consecutive rounds), which stay named: with feedback.swap_suspects their
+    labeled images keep getting counterexamples after the feedback has moved the model off the
+    background, as an expert's flagged image does."""
 
     def __init__(self, images: np.ndarray, regions: np.ndarray, labels: np.ndarray, class_names: list[str],
                  picked: np.ndarray, seed: int, untestable: int = 0):
@@ -76,13 +77,16 @@ class SwapState:
         self.last = rep
         return rep
 
-    def suspect_images(self, labeled: np.ndarray, labels: np.ndarray) -> dict[int, list[int]]:
-        """{item id: box} of the labeled pool images whose label is a class named suspect so far and
-        whose region leaves something outside."""
-        if not self.named_in_round:
+    def suspect_images(self, labeled: np.ndarray, labels: np.ndarray, scope: str = "named") -> dict[int, list[int]]:
+        """{item id: box} of the labeled pool images whose region leaves something outside and whose
+        label is a class named so far (`scope` "named"), or of every class once any is named ("all":
+        a background the model reads for some classes is in every class's images, and copies of
+        the others keep the named classes' cue from passing to them), or of every class from the
+        first round, named or not ("always": background randomisation wherever a region is known)."""
+        if not self.named_in_round and scope != "always":
             return {}
         h, w = self.images.shape[1:3]
         ok = swap_test.testable(self.regions, h, w)
-        names_idx = set(self.named_in_round)
+        names_idx = set(self.named_in_round) if scope == "named" else set(self.class_names)
         return {int(i): [int(v) for v in self.regions[i]] for i in np.flatnonzero(labeled & ok)
                 if 0 <= int(labels[i]) and self.class_names[int(labels[i])] in names_idx}
