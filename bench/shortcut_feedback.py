@@ -69,9 +69,9 @@ def run(args) -> None:
     from engine.shortcut_fashion import CUE_CLASSES, DEFAULT_CUE_RATE, load_fashion_shortcut
     from workers.simulate import run_simulation
 
-    if args.swap_rule:  # a naming rule other than the shipped one (engine.swap_test.named): "confirm,first_round"
+    if args.swap_rule:  # a naming rule other than the shipped one (engine.swap_test.named): "confirm,report_only"
         from engine import swap_test
-        swap_test.CONFIRM, swap_test.FIRST_ROUND = (int(v) for v in args.swap_rule.split(","))
+        swap_test.CONFIRM, swap_test.REPORT_ONLY = (int(v) for v in args.swap_rule.split(","))
     cue_classes = tuple(int(c) for c in args.cue_classes.split(","))
     default = (args.cue_rate == DEFAULT_CUE_RATE and args.side == DEFAULT_SIDE and cue_classes == CUE_CLASSES)
     register_dataset("fashion-shortcut-no-cue", lambda seed: load_fashion_shortcut(seed, cue_rate=None, side=args.side))
@@ -197,8 +197,8 @@ def main(argv=None) -> None:
     r.add_argument("--k", type=int, default=2, help="counterexamples per flagged image (feedback)")
     r.add_argument("--fill", default="noise", choices=("noise", "shuffle"))
     r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--swap-rule", default=None, help="CONFIRM,FIRST_ROUND: the swap test names a class once suspect "
-                   "on CONFIRM consecutive rounds from round FIRST_ROUND on (default: engine.swap_test's)")
+    r.add_argument("--swap-rule", default=None, help="CONFIRM,REPORT_ONLY: the swap test names a class once suspect "
+                   "on CONFIRM consecutive tests after the first REPORT_ONLY (default: engine.swap_test's)")
     r.add_argument("--device", default=None)
     r.add_argument("--config", default=None, help="more config as JSON, over the preset")
     r.add_argument("--cue-rate", type=float, default=DEFAULT_CUE_RATE, help="share of a cue-bearing class's pool "

@@ -43,7 +43,7 @@ IMAGES = 1000       # pool images tested per round at most (a fixed, seeded samp
 SUSPECT_LOW = 0.10  # a guessed class is suspect when its follow share's Wilson lower bound is at least this
 MIN_IMAGES = 10     # … over at least this many images guessed as the class
 CONFIRM = 1         # a class is *named* once the test calls it suspect on this many consecutive rounds' models…
-FIRST_ROUND = 2     # … from this round's model on (the first batch's model only reports: `named`)
+REPORT_ONLY = 1     # … after the run's first test (of the first batch's model), which only reports: `named`
 DONORS = 64         # the donors an image's copies draw from: the next DONORS tested images, cyclically
 _STREAM = 2525      # the generators' second key: the swap copies draw from a stream of their own
 
@@ -134,27 +134,28 @@ def is_suspect(low: float | None, images: int) -> bool:
 
 
 def named(suspect_by_round: Sequence[tuple[int, Sequence[str]]], confirm: int | None = None,
-          first_round: int | None = None) -> dict[str, int]:
-    """The classes named so far: class → the round whose test named it, i.e. the first round from
-    `first_round` on ending a run of `confirm` consecutive tests (rounds in order, as given) that
-    called the class suspect (None: the module's FIRST_ROUND and CONFIRM). Earlier rounds' tests
-    are reported and name nothing. Once named, a class stays named (feedback that moves the model
-    off the background lowers its follow share; the shortcut is in the data still).
+          report_only: int | None = None) -> dict[str, int]:
+    """The classes named so far: class → the round whose test named it, i.e. the first test, after
+    the first `report_only` tests of the run, ending a run of `confirm` consecutive tests (in
+    order, as given) that called the class suspect (None: the module's REPORT_ONLY and CONFIRM).
+    The first tests are reported and name nothing. Once named, a class stays named (feedback that
+    moves the model off the background lowers its follow share; the shortcut is in the data still).
 
-    Why not the first round's model: trained on the first batch alone (5 labels a class on the
-    benchmarks) it called 1–2 classes suspect on every seed of the shortcut-free colour benchmark,
-    and never again after; no later model did (docs/benchmarks.md, "The background-swap test:
-    naming"). Why one call and not two in a row: under feedback the cue-bearing classes' calls
-    come and go (each round's copies lower their follow share), and two in a row named nothing
-    on the development seed."""
+    Why not the first test: its model, trained on the first batch alone (5 labels a class on the
+    benchmarks; round 1's model in `camloop simulate`, round 2's in the service, whose round 1
+    queues the first batch without a model), called 1–2 classes suspect on every seed of the
+    shortcut-free colour benchmark, and no later model did (docs/benchmarks.md, "The
+    background-swap test: naming"). Why one call and not two in a row: under feedback the
+    cue-bearing classes' calls come and go (each round's copies lower their follow share), and
+    two in a row named nothing on the development seed."""
     confirm = CONFIRM if confirm is None else int(confirm)
-    first_round = FIRST_ROUND if first_round is None else int(first_round)
+    report_only = REPORT_ONLY if report_only is None else int(report_only)
     out: dict[str, int] = {}
     streak: dict[str, int] = {}
-    for number, suspect in suspect_by_round:
-        streak = {n: streak.get(n, 0) + 1 for n in set(suspect)}
+    for i, (number, suspect) in enumerate(suspect_by_round):
+        streak = {n: streak.get(n, 0) + 1 for n in set(suspect)} if i >= report_only else {}
         for n, k in streak.items():
-            if k >= confirm and int(number) >= first_round:
+            if k >= confirm:
                 out.setdefault(n, int(number))
     return out
 
@@ -214,13 +215,17 @@ def rule_text() -> str:
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
             f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named (and stays named) once "
-            f"suspect on {CONFIRM} consecutive round(s)' models from round {FIRST_ROUND} on")
+            f"suspect on {CONFIRM} consecutive round(s)' tests after the first {REPORT_ONLY} (the first batch's model)")
 
 
 def union_suspects(names: Sequence[str], by_votes: Sequence[str], swap: dict | None) -> dict:
     """A shortcut report's verdict: `suspect_by_votes` (the experts' votes, or the maps, as the
-    caller judged them), `suspect_by_swap` (the background-swap report's `suspect`, [] without
-    one) and `suspect`, the classes either names, in class order."""
+    caller judged them), `suspect_by_swap` (the background-swap report's `suspect` that the naming
+    rule has named — its `named_in_round`, when the report carries one: the first batch's model's
+    calls are reported, not suspect; [] without a report) and `suspect`, the classes either names,
+    in class order."""
     by_swap = list((swap or {}).get("suspect", []))
+    if swap is not None and "named_in_round" in swap:
+        by_swap = [n for n in by_swap if n in swap["named_in_round"]]
     return {"suspect_by_votes": list(by_votes), "suspect_by_swap": by_swap,
             "suspect": [n for n in names if n in by_votes or n in by_swap]}

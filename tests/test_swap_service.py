@@ -126,9 +126,10 @@ def test_a_round_runs_the_swap_test_after_its_batch_and_metrics_page_and_status_
     assert (sw["images"], sw["copies"], sw["untestable"], sw["rule"]) == \
         (want["images"], want["copies"], want["untestable"], swap_test.rule_text())
     assert sw["round"] == 2 and "item_ids" not in sw
-    assert sw["named_in_round"] == {n: 2 for n in want["suspect"]}
-    assert sc["suspect_by_swap"] == want["suspect"]
-    assert set(sc["suspect"]) == set(sc["suspect_by_votes"]) | set(want["suspect"])
+    # The project's first test (of the first batch's model) reports and names nothing
+    # (engine.swap_test.named): its calls are not suspect.
+    assert sw["named_in_round"] == {} and sc["suspect_by_swap"] == []
+    assert set(sc["suspect"]) == set(sc["suspect_by_votes"])
 
     # The page's table: a row per guessed class, its images.
     html = client.get(f"/api/v1/projects/{pid}/page", headers={"Authorization": f"Bearer {DASHBOARD_KEY}"}).text
@@ -168,6 +169,27 @@ def test_a_round_runs_the_swap_test_after_its_batch_and_metrics_page_and_status_
     assert all(truth[uris[i]] == named for i in spec.sources.item_ids)
     # (the named class's labeled images; those held out as evidence make no copies)
     assert rnd3["progress"]["feedback"]["swap_named"] >= len(spec.sources.item_ids) > 0
+    # feedback.swap_scope: every class's labeled images once one is named (all), or named or not
+    # (always).
+    from service.rounds import inputs
+    from service.rounds import swap as service_swap
+    from service.store import Project
+
+    with session_scope(settings) as s:
+        project = s.get(Project, pid)
+        cfg = inputs.config(project)
+        by_scope = {scope: service_swap.suspect_boxes(s, settings, project, cfg.model_copy(update={
+            "feedback": cfg.feedback.model_copy(update={"swap_scope": scope})})) for scope in ("named", "all", "always")}
+        row = s.scalar(select(SwapReport).where(SwapReport.project_id == pid, SwapReport.round == 2))
+        row.named_in_round = {}
+        s.flush()
+        unnamed = {scope: service_swap.suspect_boxes(s, settings, project, cfg.model_copy(update={
+            "feedback": cfg.feedback.model_copy(update={"swap_scope": scope})})) for scope in ("named", "all", "always")}
+        label_of = dict(s.execute(select(Item.id, Item.label)).all())
+    assert {label_of[i] for i in by_scope["named"]} == {named}
+    assert len({label_of[i] for i in by_scope["all"]}) > 1 and set(by_scope["named"]) < set(by_scope["all"])
+    assert by_scope["always"] == by_scope["all"]
+    assert unnamed["named"] == unnamed["all"] == {} and unnamed["always"] == by_scope["all"]
 
 
 @pytest.mark.parametrize("case", ["off", "no regions"])
@@ -200,9 +222,13 @@ def test_one_naming_rule_and_one_verdict_for_the_service_and_simulate():
 
     # The service names from its stored reports with the function SwapState calls.
     assert service_rounds.swap_test.named is swap_test.named
-    assert swap_test.named([(2, ["a"]), (3, ["b", "a"]), (4, [])]) == {"a": 2, "b": 3}  # named stays named
+    # the first test only reports; named stays named
+    assert swap_test.named([(2, ["a"]), (3, ["b", "a"]), (4, [])]) == {"a": 3, "b": 3}
     assert service_report.union_suspects is swap_test.union_suspects
     rep = simulate._shortcut_report(None, None, ["a", "b", "c"])
     assert rep == {"suspect_by_votes": [], "suspect_by_swap": [], "suspect": []}
     assert swap_test.union_suspects(["a", "b", "c"], ["c"], {"suspect": ["a"]}) == \
         {"suspect_by_votes": ["c"], "suspect_by_swap": ["a"], "suspect": ["a", "c"]}
+    # A report's calls the naming rule has not named (the first batch's model's) are not suspect.
+    assert swap_test.union_suspects(["a", "b", "c"], [], {"suspect": ["a", "b"], "named_in_round": {"b": 3}}) == \
+        {"suspect_by_votes": [], "suspect_by_swap": ["b"], "suspect": ["b"]}

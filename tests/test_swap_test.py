@@ -139,7 +139,7 @@ def test_simulate_carries_the_swap_test_and_trains_on_suspect_classes(tmp_path, 
     class (the lower bound 0, one image, on one round's call), so that round 1 names classes and
     rounds 2–3 must train on their copies."""
     if name_everything:
-        monkeypatch.setattr(swap_test, "FIRST_ROUND", 1)
+        monkeypatch.setattr(swap_test, "REPORT_ONLY", 0)
         monkeypatch.setattr(swap_test, "SUSPECT_LOW", 0.0)
         monkeypatch.setattr(swap_test, "MIN_IMAGES", 1)
     data = simulate_shortcut_folder(tmp_path, {"fill": "shuffle", "swap_suspects": True, "swap_images": 40})
@@ -214,16 +214,19 @@ def test_a_copy_gets_the_donors_background_never_its_object():
 
 
 def test_naming_rule_skips_the_first_model_and_a_class_stays_named():
-    """The first round's model (the first batch alone) names nothing — its calls were the
-    shortcut-free benchmark's false alarms; from round 2 one call names a class; with CONFIRM 2
+    """The run's first test (of the first batch's model) names nothing — its calls were the
+    shortcut-free benchmark's false alarms; from the second test one call names a class; with CONFIRM 2
     only two calls in a row do; a named class stays named when later tests stop calling it
     (feedback moves the model off the background, the cue is still in the data)."""
-    assert swap_test.named([(1, ["Coat"]), (2, []), (3, ["Bag"]), (4, [])], confirm=1, first_round=2) == {"Bag": 3}
-    assert swap_test.named([(1, ["Coat"]), (2, ["Coat"])], confirm=1, first_round=2) == {"Coat": 2}
+    assert swap_test.named([(1, ["Coat"]), (2, []), (3, ["Bag"]), (4, [])], confirm=1, report_only=1) == {"Bag": 3}
+    assert swap_test.named([(1, ["Coat"]), (2, ["Coat"])], confirm=1, report_only=1) == {"Coat": 2}
     assert swap_test.named([(1, ["Coat"]), (2, ["Coat", "Bag"]), (3, ["Bag"]), (4, [])], confirm=2,
-                           first_round=1) == {"Coat": 2, "Bag": 3}
-    assert swap_test.named([(1, ["Coat"]), (2, []), (3, ["Coat"]), (4, ["Coat"])], confirm=2, first_round=1) == {"Coat": 4}
-    assert swap_test.named([(1, ["Coat"])]) == {}   # the shipped rule: round 1 only reports
+                           report_only=0) == {"Coat": 2, "Bag": 3}
+    assert swap_test.named([(1, ["Coat"]), (2, []), (3, ["Coat"]), (4, ["Coat"])], confirm=2, report_only=0) == {"Coat": 4}
+    # The shipped rule: the run's first test only reports, whatever its round's number (the
+    # service's first model is round 2's).
+    assert swap_test.named([(1, ["Coat"])]) == {}
+    assert swap_test.named([(2, ["Coat"]), (3, ["Bag"])]) == {"Bag": 3}
 
 
 def test_swap_scope_all_gives_every_class_copies_once_one_is_named():

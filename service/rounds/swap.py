@@ -119,19 +119,21 @@ def _store(s: Session, pid: int, m: c.SwapTestManifest) -> None:
 
 
 def suspect_boxes(s: Session, settings: Settings, project: Project, config: ProjectConfig) -> dict[int, list[int]]:
-    """feedback.swap_suspects: {item id: box in decoded pixels} of the labeled pool images of the
-    classes the test has named so far, whose region is known and leaves something outside
-    (workers.swap_test.SwapState.suspect_images, as the service's store has them)."""
+    """feedback.swap_suspects: {item id: box in decoded pixels} of the labeled pool images whose
+    region is known and leaves something outside, of the classes the test has named so far
+    (feedback.swap_scope named), of every class once one is named (all) or from the start
+    (always) (workers.swap_test.SwapState.suspect_images, as the service's store has them)."""
     if not config.feedback.swap_suspects or config.feedback.counterexamples <= 0:
         return {}
+    scope = config.feedback.swap_scope
     row = latest_swap_report(s, project.id)
     named = sorted((row.named_in_round or {}) if row is not None else {})
-    if not named:
+    if not named and scope != "always":
         return {}
     drawn = {i: b for i, b in hooks.flagged_regions(s, project).items() if b is not None}
     rows = s.execute(decoded(select(Item.id, Item.uri, Item.region).where(
         Item.project_id == project.id, Item.split == "pool", Item.status == ItemStatus.LABELED,
-        Item.label.in_(named)))).all()
+        Item.label.in_(named) if scope == "named" else Item.label.is_not(None)))).all()
     side = config.image_size
     out: dict[int, list[int]] = {}
     for iid, uri, folder_box in rows:
