@@ -30,8 +30,9 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
              shuffle: the outside of another training image) to the next rounds' training
   feedback-swap  feedback, and feedback.swap_suspects: every labeled image of a class the
              background-swap test (engine.swap_test) has named suspect adds K copies too
-             (feedback.swap_scope, via --config: named, the default; all, every class once any
-             is named; always, every class from the first round)
+             (feedback.swap_scope, via --config: all, the default since 2026-12-07, every class
+             once any is named; named, the runs before it; always, every class from the first
+             round)
   swap       no votes: only the swap test's feedback (swap_suspects, K copies, --fill)
 
 Every run (plain included) does the background-swap test after each round's training on 300
@@ -56,8 +57,11 @@ from pathlib import Path
 
 PRESET = dict(dataset="fashion-shortcut", pool_limit=5000, val_limit=1000, test_limit=2000, initial=50, budget=50,
               rounds=6, epochs=10, strategy="hybrid")
-CONDITIONS = {"plain": {}, "no-cue": {"dataset": "fashion-shortcut-no-cue"}, "votes": {"expert_votes": True},
-              "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2}},
+# The swap test's feedback is on by default since 2026-12-07 (fourth session: `swap_suspects`,
+# `swap_scope` all, `swap_copies` 4): the conditions without it turn it off.
+_OFF = {"feedback": {"swap_suspects": False}}
+CONDITIONS = {"plain": _OFF, "no-cue": {"dataset": "fashion-shortcut-no-cue", **_OFF}, "votes": {"expert_votes": True, **_OFF},
+              "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": False}},
               "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}},
               "swap": {"feedback": {"counterexamples": 2, "swap_suspects": True}}}
 
@@ -92,7 +96,9 @@ def run(args) -> None:
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
     if args.condition.startswith("feedback") or args.condition == "swap":
-        cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill}})
+        # --k: the votes' copies and, once the swap test's feedback acts, its copies (always
+        # `shuffle`: engine.step; the runs before 2026-12-07's fourth session had one K for both)
+        cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill, "swap_copies": args.k}})
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))

@@ -71,6 +71,10 @@ class TrainingFacts:
     # at the wrong region" whose object region is known, item id → the box in pixels of the
     # decoded image; the ones the round trains on get counterexamples (engine.counterexamples).
     flagged: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    # … and the labeled images the background-swap test's feedback covers (config.feedback
+    # swap_suspects and swap_scope; item id → box): not empty, they and the flagged ones get
+    # `swap_copies` shuffle copies.
+    swap_covered: Mapping[int, Sequence[int]] = field(default_factory=dict)
     # The unlabeled pool images (config.semi: the candidates for pseudo-labels; None: none given).
     unlabeled: ImageRefs | None = None
     # Labeled images whose label two or more experts agreed on (config relabel.prune never
@@ -82,6 +86,17 @@ class TrainingFacts:
 class TrainingPlan:
     split: TrainingSplit
     manifest: TrainManifest
+
+
+def _copies_of(config: ProjectConfig, facts: TrainingFacts) -> tuple[dict, Sequence[bool], int, str]:
+    """(images → box, active, copies, fill) of the round's counterexamples: the experts' flagged
+    images with `counterexamples` copies in `fill`; while the background-swap test's feedback acts
+    (facts.swap_covered not empty), its images and the flagged ones with `swap_copies` `shuffle`
+    copies — the measured setting (docs/benchmarks.md), one K for every image of the round."""
+    fb = config.feedback
+    if facts.swap_covered:
+        return {**facts.swap_covered, **facts.flagged}, facts.active, fb.swap_copies, "shuffle"
+    return dict(facts.flagged), facts.active, fb.counterexamples, fb.fill
 
 
 def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> TrainingPlan:
@@ -97,8 +112,7 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     if (manifest.relabel_prune or manifest.relabel_folds) and facts.confirmed:
         # Labels two experts agreed on: never pruned, never asked again (workers.label_issues).
         manifest = manifest.model_copy(update={"relabel_confirmed": sorted(int(i) for i in facts.confirmed)})
-    counter = counterexamples.plan(split.train, facts.flagged, facts.active, config.feedback.counterexamples,
-                                   config.feedback.fill, config.seed)
+    counter = counterexamples.plan(split.train, *_copies_of(config, facts), config.seed)
     if counter is not None:
         manifest = manifest.model_copy(update={"counterexamples": counter})
     # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random

@@ -31,7 +31,8 @@ from engine.regions import to_decoded
 CLASSES = [str(i) for i in range(10)]
 K = 3
 FAST = {"epochs": 3, "budget": 20, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False,
-        "feedback": {"counterexamples": K}}
+        # the votes' copies alone, with the noise fill (the swap test's feedback: tests/test_swap_service.py)
+        "feedback": {"counterexamples": K, "swap_suspects": False}}
 FOLDER_BOX = [1, 1, 7, 7]  # regions.json's box of every even-numbered pool image (8×8 digits)
 
 

@@ -153,11 +153,11 @@ def test_a_round_runs_the_swap_test_after_its_batch_and_metrics_page_and_status_
         row.named_in_round = {named: 2}
     round_reaches(client, settings, pid, 2, "closed")
     assert client.patch(f"/api/v1/projects/{pid}", json={"config": {"feedback": {
-        "swap_suspects": True, "counterexamples": 2}}}).status_code == 200
+        "swap_suspects": True, "swap_scope": "named", "swap_copies": 2}}}).status_code == 200
     assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     rnd3 = round_reaches(client, settings, pid, 3, "training")
     spec = c.read_manifest(paths.round_files(settings, pid, 3).train_manifest, c.TrainManifest).counterexamples
-    assert spec is not None and spec.copies == 2
+    assert spec is not None and spec.copies == 2 and spec.fill == "shuffle"
     names = list(net.class_names)
     assert {names[y] for y in spec.sources.labels} == {named}
     with session_scope(settings) as s:

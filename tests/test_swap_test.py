@@ -142,7 +142,8 @@ def test_simulate_carries_the_swap_test_and_trains_on_suspect_classes(tmp_path, 
         monkeypatch.setattr(swap_test, "REPORT_ONLY", 0)
         monkeypatch.setattr(swap_test, "SUSPECT_LOW", 0.0)
         monkeypatch.setattr(swap_test, "MIN_IMAGES", 1)
-    data = simulate_shortcut_folder(tmp_path, {"fill": "shuffle", "swap_suspects": True, "swap_images": 40})
+    data = simulate_shortcut_folder(tmp_path, {"fill": "shuffle", "swap_suspects": True, "swap_scope": "named",
+                                               "swap_copies": 2, "swap_images": 40})
     rounds = data["rounds"]
     for x in rounds:
         s = x["swap_test"]

@@ -179,7 +179,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
-                shadow_history=shadows, flagged=_train_flagged(flagged, swap, labeled, answered.labels, project),
+                shadow_history=shadows, flagged=dict(flagged or {}),
+                swap_covered=_swap_covered(swap, labeled, answered.labels, project),
                 unlabeled=pool.take(np.flatnonzero(~labeled)) if project.semi.method != "none" else None,
                 confirmed=_confirmed(book, labeled)))
             split, manifest = planned.split, planned.manifest
@@ -317,9 +318,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                     "pooled": {**pool_estimates(control, names)} if control else None},
         **({"shortcut_report": _shortcut_report(votes, swap, names)} if votes is not None or swap is not None
            else {}),
-        **({"counterexamples": len(_train_flagged(flagged, swap, labeled, answered.labels, project))
-                               * project.feedback.counterexamples}
-           if (flagged is not None or swap is not None) and project.feedback.counterexamples else {}),
+        **({"counterexamples": _copies_planned(flagged, swap, labeled, answered.labels, project)}
+           if flagged is not None or swap is not None else {}),
         **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
                             "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
                                         if book.oracle.flip_to is not None else None),
@@ -363,14 +363,22 @@ def _swap_state(project, data: SimData):
                      untestable)
 
 
-def _train_flagged(flagged: dict | None, swap, labeled: np.ndarray, labels, project) -> dict:
-    """The images whose counterexamples the round trains on (item id → box): the expert's flagged
-    ones, and with feedback.swap_suspects every labeled image of a class the swap test has named
-    suspect (engine.counterexamples.plan keeps those the round trains on)."""
-    out = dict(flagged or {})
-    if swap is not None and project.feedback.swap_suspects:
-        out = {**swap.suspect_images(labeled, np.asarray(labels), project.feedback.swap_scope), **out}
-    return out
+def _swap_covered(swap, labeled: np.ndarray, labels, project) -> dict:
+    """The labeled images the swap test's feedback gives copies this round (item id → box;
+    feedback.swap_suspects, swap_scope; engine.step gives the flagged ones the same copies while
+    it acts, and engine.counterexamples.plan keeps those the round trains on)."""
+    if swap is None or not project.feedback.swap_suspects or project.feedback.swap_copies <= 0:
+        return {}
+    return swap.suspect_images(labeled, np.asarray(labels), project.feedback.swap_scope)
+
+
+def _copies_planned(flagged: dict | None, swap, labeled: np.ndarray, labels, project) -> int:
+    """Copies a next round would plan (engine.step's rule): the swap test's feedback's K for its
+    images and the flagged ones while it acts, else `counterexamples` per flagged image."""
+    covered = _swap_covered(swap, labeled, labels, project)
+    if covered:
+        return len({**covered, **(flagged or {})}) * project.feedback.swap_copies
+    return len(flagged or {}) * project.feedback.counterexamples
 
 
 def _shortcut_report(votes, swap, names: list[str]) -> dict:

@@ -73,9 +73,9 @@ def simulate(
                                       "the image (engine.regions.wrong_region; a regions.json beside --folder's class "
                                       "folders, or the data set's, e.g. fashion-shortcut); the JSON gets the votes "
                                       "and a shortcut report per guessed class, as the service's"),
-    counterexamples: int = typer.Option(0, min=0, max=10, help="with --expert-votes: copies of each flagged image, "
-                                        "its outside of the region randomised, added to the next rounds' training "
-                                        "(feedback.counterexamples; 0: none)"),
+    counterexamples: Optional[int] = typer.Option(None, min=0, max=10, help="with --expert-votes: copies of each "
+                                                  "flagged image, its outside of the region randomised, added to the "
+                                                  "next rounds' training (feedback.counterexamples; 0: none)"),
     config: Optional[str] = typer.Option(None, help='more project config as JSON (what a project\'s config takes), '
                                                     'e.g. \'{"exclusion": {"enabled": true, "exclude_after": 2}}\''),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the engine's choice)"),
@@ -109,7 +109,7 @@ def simulate(
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
                "oracle_noise": oracle_noise, "noise_kind": noise_kind, "relabel": {"enabled": relabel},
                "exclusion": {"enabled": exclusion, **given_rule}, "expert_votes": expert_votes,
-               **({"feedback": {"counterexamples": counterexamples}} if counterexamples else {})}
+               **({"feedback": {"counterexamples": counterexamples}} if counterexamples is not None else {})}
     extra = json_object(config, "--config")
     try:
         config = SimulationConfig(**merge_config(options, extra))
@@ -123,7 +123,8 @@ def simulate(
     if dataset and folder is not None:
         raise typer.BadParameter("give --dataset or --folder, not both", param_hint="--folder")
     if config.feedback.counterexamples and not config.expert_votes:
-        raise typer.BadParameter("counterexamples are made of the images the expert flags: add --expert-votes",
+        raise typer.BadParameter("counterexamples are made of the images the expert flags: add --expert-votes "
+                                 "(the background-swap test's copies are feedback.swap_copies)",
                                  param_hint="--counterexamples")
     if given_rule and not config.exclusion.enabled:
         flags = ", ".join("--" + k.replace("_", "-").replace("rule", "exclusion-rule") for k in given_rule)

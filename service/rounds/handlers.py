@@ -137,7 +137,7 @@ def on_created(x: Ctx) -> None:
                                                                         f"{x.config.model}"}
                                                         if x.config.first_batch == "typical" else {})))
         return
-    if (x.config.feedback.swap_suspects and x.config.feedback.counterexamples > 0
+    if (x.config.feedback.swap_suspects and x.config.feedback.swap_copies > 0
             and swap.apply_finished(x.s, x.settings, x.pid, x.conn)):
         # The classes the last background-swap test names decide what trains: wait for its report
         # (a worker takes it before this round's train job anyway; the batch is already queued).
@@ -151,7 +151,6 @@ def on_created(x: Ctx) -> None:
     # test named (service.rounds.swap), an expert's flag winning where both give a box.
     named = swap.suspect_boxes(x.s, x.settings, x.project, x.config)
     if named:
-        flagged = {**named, **flagged}
         flag_counts = {**(flag_counts or {}), "swap_named": len(named)}
     planned = step.training(x.config, x.pid, step.TrainingFacts(
         number=x.rnd.number, class_names=names, active=active, labeled=labeled,
@@ -162,7 +161,7 @@ def on_created(x: Ctx) -> None:
         # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
         random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
         shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)],
-        flagged=flagged,
+        flagged=flagged, swap_covered=named,
         # Semi-supervised rounds (engine.semi): the unlabeled images pseudo-labels may be guessed for.
         unlabeled=(inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, index)
                    if x.config.semi.method != "none" else None),

@@ -123,7 +123,7 @@ def suspect_boxes(s: Session, settings: Settings, project: Project, config: Proj
     region is known and leaves something outside, of the classes the test has named so far
     (feedback.swap_scope named), of every class once one is named (all) or from the start
     (always) (workers.swap_test.SwapState.suspect_images, as the service's store has them)."""
-    if not config.feedback.swap_suspects or config.feedback.counterexamples <= 0:
+    if not config.feedback.swap_suspects or config.feedback.swap_copies <= 0:
         return {}
     scope = config.feedback.swap_scope
     row = latest_swap_report(s, project.id)
