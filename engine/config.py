@@ -140,6 +140,13 @@ class RelabelConfig(_Strict):
     tie_break: Literal["model", "review"] = Field("model", description="two experts who disagree: model, the answer "
                                                   "the out-of-fold probabilities favour (cleanlab's majority-vote "
                                                   "rule); review: no label until someone decides")
+    ranking: Literal["self_confidence", "self_confidence+knn"] = Field(
+        "self_confidence", description="the order of suspicion of the labels: self_confidence, cleanlab's label "
+        "quality from the out-of-fold probabilities; self_confidence+knn, its mean with cleanlab Datalab's "
+        "k-nearest-neighbour label score on the round's model's features (the images the neighbours label "
+        "otherwise; its suspects join the out-of-fold ones). docs/benchmarks.md has both through the benchmark")
+    knn_k: StrictInt = Field(25, ge=1, le=1000, description="neighbours of the kNN label score (ranking "
+                                                            "self_confidence+knn; fewer labels: all but one)")
     prune: StrictBool = Field(False, description="train the round's model without cleanlab's suspects whose label "
                                                  "no second expert has confirmed (confident learning's pruning); the "
                                                  "labels stay labels: counted, exported, asked again")
