@@ -144,7 +144,8 @@ class RelabelConfig(_Strict):
         "self_confidence", description="the order of suspicion of the labels: self_confidence, cleanlab's label "
         "quality from the out-of-fold probabilities; self_confidence+knn, its mean with cleanlab Datalab's "
         "k-nearest-neighbour label score on the round's model's features (the images the neighbours label "
-        "otherwise; its suspects join the out-of-fold ones). docs/benchmarks.md has both through the benchmark")
+        "otherwise; its suspects join the out-of-fold ones; pruning keeps self-confidence: it runs before the round's "
+        "model exists). docs/benchmarks.md has both through the benchmark")
     knn_k: StrictInt = Field(25, ge=1, le=1000, description="neighbours of the kNN label score (ranking "
                                                             "self_confidence+knn; fewer labels: all but one)")
     prune: StrictBool = Field(False, description="train the round's model without cleanlab's suspects whose label "
