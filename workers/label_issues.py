@@ -16,7 +16,7 @@ the round's folder (RoundFiles.label_issues), read by the simulation and the ser
   source (N,) 0 fold / 1 holdout, self_confidence (N,) cleanlab's label quality from the probabilities;
   with ranking "self_confidence+knn" also knn_score (N,) and knn_issue (N,)
 
-Ranking "self_confidence" (the default): quality is the self-confidence. "self_confidence+knn":
+Ranking "self_confidence": quality is the self-confidence. "self_confidence+knn" (the default):
 the round's model embeds the same images (the features its head reads), cleanlab's Datalab
 label check scores each label by its k nearest neighbours' labels (out of sample: an image is
 not its own neighbour), quality is the mean of the two scores, and Datalab's suspects join the
