@@ -20,6 +20,7 @@ The summary, per dataset and setting (mean over seeds, each seed beside it):
   fixed by the end   every wrong label made, fixed by the last round
   extra labels       second opinions ÷ first answers (the goal: ≤ 15 %)
   broken             right labels a second opinion turned wrong
+  asked wrong        second opinions that reached a wrong label, of all asked (summary.json)
   accuracy           the last (train-only) round's test accuracy; Δ clean = against the clean run of
                      the same seed (the goal: within 1 point), Δ off = against the same noise undetected
 """
@@ -101,12 +102,15 @@ def summarise(folder: Path) -> dict:
                           "fixed_by_end": fe / made if made else None,
                           "extra_labels": noise.get("second_opinions", 0) / first_answers if first_answers else 0.0,
                           "broken": noise.get("broken", 0), "wrong_share_end": noise.get("wrong_share"),
+                          # second opinions that reached a wrong label (the ranking's precision)
+                          "asked_wrong": (noise.get("found", 0) / noise["second_opinions"]
+                                          if noise.get("second_opinions") else None),
                           "delta_clean": last["accuracy"] - clean["rounds"][-1]["accuracy"] if clean else None,
                           "delta_off": last["accuracy"] - off["rounds"][-1]["accuracy"] if off else None,
                           "ece": [(x.get("calibration") or {}).get("test") for x in r["rounds"]][-1]}
         mean = {}
         for k in ("accuracy", "fixed_2_rounds", "fixed_by_end", "extra_labels", "delta_clean", "delta_off",
-                  "wrong_share_end"):
+                  "wrong_share_end", "asked_wrong"):
             vals = [v[k] for v in rows.values() if v[k] is not None]
             mean[k] = statistics.fmean(vals) if vals else None
         table[f"{ds} {setting}"] = {"seeds": rows, "mean": mean}

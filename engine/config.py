@@ -124,7 +124,8 @@ class RelabelConfig(_Strict):
     """Wrong labels found and asked again (workers.label_issues, engine.relabel).
 
     Each round, out-of-fold probabilities of the labeled images (k models, each trained without
-    one fold) go to cleanlab's `find_label_issues`; the most suspicious labels, at most `share` of
+    one fold) go to cleanlab's `find_label_issues` (and, by default, the round's model's features to
+    cleanlab Datalab's kNN label check: `ranking`); the most suspicious labels, at most `share` of
     the budget, go back to the experts as second opinions (another expert, the first answer and
     the model's guess hidden). Off by default: it trains `folds` more models a round, and needs
     at least two experts."""
@@ -140,6 +141,15 @@ class RelabelConfig(_Strict):
     tie_break: Literal["model", "review"] = Field("model", description="two experts who disagree: model, the answer "
                                                   "the out-of-fold probabilities favour (cleanlab's majority-vote "
                                                   "rule); review: no label until someone decides")
+    ranking: Literal["self_confidence", "self_confidence+knn"] = Field(
+        "self_confidence+knn", description="the order of suspicion of the labels: self_confidence, cleanlab's label "
+        "quality from the out-of-fold probabilities; self_confidence+knn (default), its mean with cleanlab Datalab's "
+        "k-nearest-neighbour label score on the round's model's features (the images the neighbours label "
+        "otherwise; its suspects join the out-of-fold ones; pruning keeps self-confidence: it runs before the round's "
+        "model exists). docs/benchmarks.md: on Fashion-MNIST, 3 seeds, it fixed 47 % of confusable flips within "
+        "two rounds against 44 %, 78 % of uniform ones against 76 %, and ended 0.6 points higher")
+    knn_k: StrictInt = Field(25, ge=1, le=1000, description="neighbours of the kNN label score (ranking "
+                                                            "self_confidence+knn; fewer labels: all but one)")
     prune: StrictBool = Field(False, description="train the round's model without cleanlab's suspects whose label "
                                                  "no second expert has confirmed (confident learning's pruning); the "
                                                  "labels stay labels: counted, exported, asked again")

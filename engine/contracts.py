@@ -319,6 +319,9 @@ class TrainManifest(_M):
     # Train without the suspects the folds find (config relabel.prune).
     relabel_prune: bool = False
     relabel_prune_max: float = 0.04  # at most this share of the training labels, most suspicious first
+    # The order of suspicion (config relabel.ranking) and the kNN score's neighbours (relabel.knn_k).
+    relabel_ranking: str = "self_confidence"
+    relabel_knn_k: int = 25
     # Labels two or more experts agreed on, which no out-of-fold guess overrules: never pruned,
     # never a suspect asked again (a third expert would almost always agree once more).
     relabel_confirmed: list[int] = Field(default_factory=list)

@@ -69,7 +69,8 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
                                seed=seed),
         out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs(), trunk_cache=trunk_dir,
         relabel_folds=config.relabel.folds if config.relabel.enabled else 0,
-        relabel_prune=config.relabel.enabled and config.relabel.prune, relabel_prune_max=config.relabel.prune_max)
+        relabel_prune=config.relabel.enabled and config.relabel.prune, relabel_prune_max=config.relabel.prune_max,
+        relabel_ranking=config.relabel.ranking, relabel_knn_k=config.relabel.knn_k)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 class Suspect:
     item_id: int
     label: int                 # the class index the image trained with
-    quality: float             # cleanlab's label quality (self-confidence): lower = more suspicious
+    quality: float             # the order of suspicion (config relabel.ranking): lower = more suspicious
     pred_probs: list[float]    # out-of-fold probabilities (kept to break a tie later)
 
     @property
@@ -46,7 +46,8 @@ def max_second_opinions(share: float, budget: int) -> int:
 
 def second_opinion_picks(issues: dict[str, np.ndarray], limit: int,
                          may_ask: Callable[[int], bool] = lambda item_id: True) -> list[Suspect]:
-    """cleanlab's suspects in order of suspicion (lowest label quality first; item id breaks ties),
+    """cleanlab's suspects in order of suspicion (lowest `quality` first: self-confidence, or its mean
+    with the kNN label score under relabel.ranking; item id breaks ties),
     those `may_ask(item_id)` allows, at most `limit`."""
     if limit <= 0 or not len(issues.get("item_ids", ())):
         return []

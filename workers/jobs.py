@@ -367,9 +367,19 @@ def train_round(manifest_path: str) -> dict:
         # Out-of-fold probabilities of the labeled images and cleanlab's suspects among them.
         from workers.label_issues import write_label_issues
 
+        def embed(images, digests=None):
+            """The round's model's features of images: what its head reads (relabel.ranking's kNN)."""
+            feats = []
+            hook = model.head.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().float().cpu()))
+            try:
+                predict(images, eval_bs, digests)
+            finally:
+                hook.remove()
+            return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+
         metrics["label_issues"] = write_label_issues(m, files, train, is_new, evidence, active, base, _build,
                                                     predict, cache_of, train_dig, evidence_dig, _device(),
-                                                    fold_probs)
+                                                    fold_probs, embed)
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "meta": m.net.model_dump(), "temperature": temperature}
     atomic_write(files.checkpoint, lambda f: torch.save(state, f))

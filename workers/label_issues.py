@@ -12,7 +12,17 @@ Those probabilities go to `cleanlab.filter.find_label_issues` (not rewritten her
 the round's folder (RoundFiles.label_issues), read by the simulation and the service alike:
 
   item_ids (N,), labels (N,) the label each image trained with, pred_probs (N, C) out of fold,
-  quality (N,) cleanlab's self-confidence (low = suspicious), issue (N,) bool, source (N,) 0 fold / 1 holdout
+  quality (N,) the order of suspicion (low = suspicious; config relabel.ranking), issue (N,) bool,
+  source (N,) 0 fold / 1 holdout, self_confidence (N,) cleanlab's label quality from the probabilities;
+  with ranking "self_confidence+knn" also knn_score (N,) and knn_issue (N,)
+
+Ranking "self_confidence": quality is the self-confidence. "self_confidence+knn" (the default):
+the round's model embeds the same images (the features its head reads), cleanlab's Datalab
+label check scores each label by its k nearest neighbours' labels (out of sample: an image is
+not its own neighbour), quality is the mean of the two scores, and Datalab's suspects join the
+out-of-fold ones. Why: a flip to the class the model itself confuses looks like the model's own
+mistake to the probabilities, less so to the neighbours (the label-issue screen of
+docs/benchmarks.md, and the benchmark beside it).
 
 A label two or more experts agreed on (TrainManifest.relabel_confirmed) is never an issue: it is
 not asked again, as it is never pruned.
@@ -81,6 +91,47 @@ def find_issues(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray,
     return issue, quality
 
 
+def knn_issues(labels: np.ndarray, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(label score, is issue) per label from cleanlab Datalab's label check on `features` alone
+    (its k-nearest-neighbour probabilities, out of sample → confident learning; not rewritten
+    here). Fewer labels than k + 1: k is all but one; one class or under 3 labels: nothing to say."""
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    score, issue = np.ones(n), np.zeros(n, bool)
+    if n < 3 or np.unique(labels).size < 2:
+        return score, issue
+    from cleanlab import Datalab
+
+    lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
+    # n_jobs=1 for the reason find_issues gives (no forked pool beside torch's threads).
+    lab.find_issues(features=np.asarray(features, np.float32),
+                    issue_types={"label": {"k": min(int(k), n - 1),
+                                           "clean_learning_kwargs": {"find_label_issues_kwargs": {"n_jobs": 1}}}})
+    found = lab.get_issues("label")
+    return np.asarray(found["label_score"], np.float64), np.asarray(found["is_label_issue"], bool)
+
+
+def ranked_issues(labels: np.ndarray, pred_probs: np.ndarray, active, ranking: str = "self_confidence",
+                  features: np.ndarray | None = None, knn_k: int = 25) -> dict[str, np.ndarray]:
+    """cleanlab's verdict under config relabel.ranking → checked, issue, quality (the order of
+    suspicion), self_confidence, and with "self_confidence+knn" knn_score and knn_issue (labels of
+    active classes only, as `active_issues`)."""
+    checked, issue, sc = active_issues(labels, pred_probs, active)
+    out = {"checked": checked, "issue": issue, "quality": sc, "self_confidence": sc}
+    if ranking == "self_confidence":
+        return out
+    if ranking != "self_confidence+knn":
+        raise ValueError(f"relabel.ranking: unknown ranking {ranking!r} (self_confidence, self_confidence+knn)")
+    if features is None or len(features) != len(labels):
+        raise ValueError("relabel.ranking self_confidence+knn needs one feature row per label")
+    labels = np.asarray(labels, np.int64)
+    knn_score, knn_issue = np.ones(len(labels)), np.zeros(len(labels), bool)
+    knn_score[checked], knn_issue[checked] = knn_issues(labels[checked], np.asarray(features)[checked], knn_k)
+    # The screen's combination: the mean of the two scores (both in [0, 1], low = suspicious).
+    return {**out, "issue": issue | knn_issue, "quality": (sc + knn_score) / 2, "knn_score": knn_score,
+            "knn_issue": knn_issue}
+
+
 def out_of_fold(m, train, is_new, evidence, active, base: dict, build, trunk_cache, train_dig, evidence_dig,
                 device) -> np.ndarray:
     """(N_train, C) probabilities of each training image from the fold model that did not see it."""
@@ -131,12 +182,13 @@ def pruned_keep(m, labels: np.ndarray, fold_probs: np.ndarray, active) -> np.nda
 
 
 def write_label_issues(m, files, train, is_new, evidence, active, base, build, predict, cache, train_dig,
-                       evidence_dig, device, fold_probs: np.ndarray | None = None) -> dict:
+                       evidence_dig, device, fold_probs: np.ndarray | None = None, embed=None) -> dict:
     """Out-of-fold probabilities (training images by k folds, held-out evidence by the round's
     model), cleanlab's verdict, written atomically to files.label_issues → a summary for metrics.
     `cache(model)`: the project's frozen-trunk cache for a fold model (None: from pixels).
     `fold_probs`: the training images' out-of-fold probabilities when already made (pruning
-    needs them before the round's model trains)."""
+    needs them before the round's model trains). `embed(images, digests)`: the round's model's
+    features of images (digests: their cache keys or None), read when `m.relabel_ranking` uses them."""
     t0 = time.perf_counter()
     ids = [np.asarray(m.train.item_ids, np.int64)]
     labels = [np.asarray(train.labels, np.int64)]
@@ -145,13 +197,24 @@ def write_label_issues(m, files, train, is_new, evidence, active, base, build, p
                                  device)
     probs = [fold_probs]
     source = [np.full(len(train), FOLD, np.int8)]
+    ranking = getattr(m, "relabel_ranking", "self_confidence")
+    knn = ranking != "self_confidence"
+    if knn and embed is None:
+        raise ValueError(f"relabel.ranking {ranking!r} needs the round's model's features")
+    feats = [embed(train.images, train_dig)] if knn else []
     if m.evidence_source == "holdout" and evidence is not None and len(evidence):
         ids.append(np.asarray(m.evidence.item_ids, np.int64))
         labels.append(np.asarray(evidence.labels, np.int64))
         probs.append(predict(evidence.images, 512))
         source.append(np.full(len(evidence), HOLDOUT, np.int8))
+        if knn:
+            feats.append(embed(evidence.images, evidence_dig))
     ids, labels, probs, source = (np.concatenate(a) for a in (ids, labels, probs, source))
-    checked, issue, quality = active_issues(labels, probs, active)
+    t_knn = time.perf_counter()
+    verdict = ranked_issues(labels, probs, active, ranking, np.concatenate(feats) if knn else None,
+                            getattr(m, "relabel_knn_k", 25))
+    t_knn = time.perf_counter() - t_knn
+    checked, issue, quality = verdict["checked"], verdict["issue"], verdict["quality"]
     # A label two experts agreed on is not a suspect to ask about again: a third expert would
     # agree once more unless both erred the same way (about noise² of the time). The model keeps
     # doubting such labels (hard images, confusable classes), and each ask spent on them is one
@@ -159,8 +222,11 @@ def write_label_issues(m, files, train, is_new, evidence, active, base, build, p
     confirmed = np.isin(ids, np.asarray(getattr(m, "relabel_confirmed", ()), np.int64))
     issue &= ~confirmed
     arrays = dict(item_ids=ids, labels=labels, pred_probs=probs.astype(np.float32), quality=quality,
-                  issue=issue, source=source)
+                  issue=issue, source=source,
+                  **{k: verdict[k] for k in ("self_confidence", "knn_score", "knn_issue") if k in verdict})
     atomic_write(files.label_issues, lambda f: np.savez(f, **arrays))
     return {"checked": int(checked.sum()), "issues": int(issue.sum()), "confirmed": int(confirmed.sum()),
-            "folds": int(m.relabel_folds),
+            "folds": int(m.relabel_folds), "ranking": ranking,
+            **({"knn_issues": int((verdict["knn_issue"] & ~confirmed).sum()), "knn_seconds": round(t_knn, 3)}
+               if knn else {}),
             "seconds": round(time.perf_counter() - t0, 3), "file": str(files.label_issues)}
