@@ -254,7 +254,7 @@ class FeedbackConfig(_Strict):
     The background-swap test (`swap_images`, engine.swap_test) names the guessed classes whose
     guesses follow a pasted background; with `swap_suspects` (the default), once it has named one,
     the labeled images with a region of every class (`swap_scope` all) get `swap_copies` `shuffle`
-    copies, flagged or not: on the shortcut benchmark +10.5 points on the cue-free test split, on
+    copies, flagged or not: on the shortcut benchmark +13.4 points on the cue-free test split, on
     the shortcut-free one nothing named, nothing trained (docs/benchmarks.md). Both run in
     `camloop simulate` and in the service (a worker job after each round's batch is queued:
     service.rounds.swap)."""

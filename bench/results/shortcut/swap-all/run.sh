@@ -48,3 +48,7 @@ d=/tmp/wr/ph96_60
 echo "$(date -u +%FT%TZ) start side 96 per-class 60 --image-size 96" >> $R/runs.log
 OMP_NUM_THREADS=1 PYTHONPATH=$PWD nice -n 19 /work/main/.venv/bin/camloop simulate --folder $d --initial 50 --budget 50 --rounds 3 --threads 1 --image-size 96 --out $R/side96_pc60_size96.json > $R/side96_pc60_size96.log 2>&1
 echo "$(date -u +%FT%TZ) end side 96 per-class 60 --image-size 96 rc $?" >> $R/runs.log
+C=/work/w-rule-run3/bench/results/shortcut/colour-cost-swap-all
+for s in 1 2; do /tmp/wr/runq3.sh $C plain-rerun_seed$s --base colour --condition plain --seed $s --tag=-rerun; done
+S=/work/w-rule-run3/bench/results/shortcut/swap-all
+for s in 0 1 2; do /tmp/wr/runq3.sh $S plain-rerun_seed$s --condition plain --seed $s --tag=-rerun; done
