@@ -214,8 +214,11 @@ def rule_text() -> str:
     return (f"background swap: {COPIES} copies of each tested image with the outside of its known region pasted "
             f"from another image (its object removed); a guessed class is suspect when the share of copies whose "
             f"guess changes to the donor image's guess has a 95 % Wilson lower bound (one count per image) of at "
-            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named (and stays named) once "
-            f"suspect on {CONFIRM} consecutive round(s)' tests after the first {REPORT_ONLY} (the first batch's model)")
+            f"least {SUSPECT_LOW:g}, over at least {MIN_IMAGES} images; a class is named, and stays named, "
+            + (f"when suspect on {CONFIRM} consecutive rounds' tests" if CONFIRM > 1 else "when suspect")
+            + (" from the run's second test on (the first, of the first batch's model, only reports)"
+               if REPORT_ONLY == 1 else f" after the run's first {REPORT_ONLY} tests (they only report)"
+               if REPORT_ONLY else ""))
 
 
 def union_suspects(names: Sequence[str], by_votes: Sequence[str], swap: dict | None) -> dict:
