@@ -36,7 +36,7 @@ import numpy as np
 
 from engine import counterexamples
 from engine.audit import curve_key, measured_sizes
-from engine.config import ProjectConfig
+from engine.config import FeedbackConfig, ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
 from engine.control import history_with_control, with_control
 from engine.decisions import Evidence, ExclusionDecision, decide_exclusion, evidence_accuracy
@@ -88,15 +88,15 @@ class TrainingPlan:
     manifest: TrainManifest
 
 
-def _copies_of(config: ProjectConfig, facts: TrainingFacts) -> tuple[dict, Sequence[bool], int, str]:
-    """(images → box, active, copies, fill) of the round's counterexamples: the experts' flagged
-    images with `counterexamples` copies in `fill`; while the background-swap test's feedback acts
-    (facts.swap_covered not empty), its images and the flagged ones with `swap_copies` `shuffle`
+def feedback_copies(feedback: FeedbackConfig, flagged: Mapping[int, Sequence[int]],
+                    swap_covered: Mapping[int, Sequence[int]]) -> tuple[dict, int, str]:
+    """(images → box, copies, fill) of a round's counterexamples: the experts' flagged images with
+    `counterexamples` copies in `fill`; while the background-swap test's feedback acts
+    (`swap_covered` not empty), its images and the flagged ones with `swap_copies` `shuffle`
     copies — the measured setting (docs/benchmarks.md), one K for every image of the round."""
-    fb = config.feedback
-    if facts.swap_covered:
-        return {**facts.swap_covered, **facts.flagged}, facts.active, fb.swap_copies, "shuffle"
-    return dict(facts.flagged), facts.active, fb.counterexamples, fb.fill
+    if swap_covered:
+        return {**swap_covered, **flagged}, feedback.swap_copies, "shuffle"
+    return dict(flagged), feedback.counterexamples, feedback.fill
 
 
 def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> TrainingPlan:
@@ -112,7 +112,8 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     if (manifest.relabel_prune or manifest.relabel_folds) and facts.confirmed:
         # Labels two experts agreed on: never pruned, never asked again (workers.label_issues).
         manifest = manifest.model_copy(update={"relabel_confirmed": sorted(int(i) for i in facts.confirmed)})
-    counter = counterexamples.plan(split.train, *_copies_of(config, facts), config.seed)
+    images, copies, fill = feedback_copies(config.feedback, facts.flagged, facts.swap_covered)
+    counter = counterexamples.plan(split.train, images, facts.active, copies, fill, config.seed)
     if counter is not None:
         manifest = manifest.model_copy(update={"counterexamples": counter})
     # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random

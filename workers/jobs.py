@@ -547,4 +547,3 @@ def predict_images(manifest_path: str) -> dict:
         return {"result": m.result, "cached": True}
     answer = predict(m, device=_device())
     return {"result": m.result, "n": answer["n"], "seconds": answer["seconds"]}
-

@@ -373,12 +373,12 @@ def _swap_covered(swap, labeled: np.ndarray, labels, project) -> dict:
 
 
 def _copies_planned(flagged: dict | None, swap, labeled: np.ndarray, labels, project) -> int:
-    """Copies a next round would plan (engine.step's rule): the swap test's feedback's K for its
-    images and the flagged ones while it acts, else `counterexamples` per flagged image."""
-    covered = _swap_covered(swap, labeled, labels, project)
-    if covered:
-        return len({**covered, **(flagged or {})}) * project.feedback.swap_copies
-    return len(flagged or {}) * project.feedback.counterexamples
+    """Copies a next round would plan (engine.step.feedback_copies, the rule its training uses)."""
+    from engine.step import feedback_copies
+
+    images, copies, _ = feedback_copies(project.feedback, flagged or {},
+                                        _swap_covered(swap, labeled, labels, project))
+    return len(images) * copies
 
 
 def _shortcut_report(votes, swap, names: list[str]) -> dict:

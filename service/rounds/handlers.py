@@ -147,11 +147,11 @@ def on_created(x: Ctx) -> None:
     files = x.files
     # Explanatory feedback: the flagged labeled images whose region is known (service.rounds.feedback).
     flagged, flag_counts = feedback.flagged_boxes(x.s, x.settings, x.project, x.config)
-    # … and with feedback.swap_suspects, the labeled images of the classes the background-swap
-    # test named (service.rounds.swap), an expert's flag winning where both give a box.
-    named = swap.suspect_boxes(x.s, x.settings, x.project, x.config)
-    if named:
-        flag_counts = {**(flag_counts or {}), "swap_named": len(named)}
+    # … and with feedback.swap_suspects, the labeled images the background-swap test's feedback
+    # covers (service.rounds.swap; swap_scope), an expert's flag winning where both give a box.
+    covered = swap.suspect_boxes(x.s, x.settings, x.project, x.config)
+    if covered:
+        flag_counts = {**(flag_counts or {}), "swap_named": len(covered)}
     planned = step.training(x.config, x.pid, step.TrainingFacts(
         number=x.rnd.number, class_names=names, active=active, labeled=labeled,
         val=inputs.split_refs(x.s, x.settings, x.project, "val", index),
@@ -161,7 +161,7 @@ def on_created(x: Ctx) -> None:
         # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
         random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
         shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)],
-        flagged=flagged, swap_covered=named,
+        flagged=flagged, swap_covered=covered,
         # Semi-supervised rounds (engine.semi): the unlabeled images pseudo-labels may be guessed for.
         unlabeled=(inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, index)
                    if x.config.semi.method != "none" else None),

@@ -38,8 +38,12 @@ from service.store import JOB_WAITING, Item, ItemStatus, Job, JobState, ModelVer
 
 log = logging.getLogger("camloop.rounds")
 
-OFF = SWAP_OFF
 NO_REGIONS = "no pool image has a known region (a regions.json beside the registered folder, or a rectangle drawn)"
+
+
+def _drawn(s: Session, project: Project) -> dict[int, list[int]]:
+    """{item id: the rectangle an expert drew} (service.rounds.hooks: only flagged votes carry one)."""
+    return {i: b for i, b in hooks.flagged_regions(s, project).items() if b is not None}
 
 
 def _regions(s: Session, project: Project) -> tuple[list, dict[int, list[int]]]:
@@ -47,7 +51,7 @@ def _regions(s: Session, project: Project) -> tuple[list, dict[int, list[int]]]:
     pixels of the file} of those with a known one, a drawn rectangle winning over the folder's)."""
     rows = s.execute(decoded(select(Item.id, Item.cache_shard, Item.cache_index, Item.uri, Item.region)
                              .where(Item.project_id == project.id, Item.split == "pool")).order_by(Item.id)).all()
-    drawn = {i: b for i, b in hooks.flagged_regions(s, project).items() if b is not None}
+    drawn = _drawn(s, project)
     return rows, {r[0]: list(drawn.get(r[0]) or r[4]) for r in rows if r[0] in drawn or r[4] is not None}
 
 
@@ -59,7 +63,7 @@ def enqueue(s: Session, settings: Settings, project: Project, config: ProjectCon
     if (rnd.progress or {}).get("swap_test") is not None or "labeling" in entered or rnd.model_version_id is None:
         return None
     if config.feedback.swap_images <= 0:
-        return OFF
+        return SWAP_OFF
     rows, regions = _regions(s, project)
     if len(regions) < 2:
         return NO_REGIONS
@@ -130,7 +134,7 @@ def suspect_boxes(s: Session, settings: Settings, project: Project, config: Proj
     named = sorted((row.named_in_round or {}) if row is not None else {})
     if not named and scope != "always":
         return {}
-    drawn = {i: b for i, b in hooks.flagged_regions(s, project).items() if b is not None}
+    drawn = _drawn(s, project)
     rows = s.execute(decoded(select(Item.id, Item.uri, Item.region).where(
         Item.project_id == project.id, Item.split == "pool", Item.status == ItemStatus.LABELED,
         Item.label.in_(named) if scope == "named" else Item.label.is_not(None)))).all()
