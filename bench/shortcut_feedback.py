@@ -34,6 +34,10 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
              once any is named; named, the runs before it; always, every class from the first
              round)
   swap       no votes: only the swap test's feedback (swap_suspects, K copies, --fill)
+  bare       --expert-votes --bare-votes, feedback.bare peak: the expert flags by the same rule
+             but the training gets only the vote, no box (a bare vote); each flagged image adds
+             K copies with the inside of the box of its map's peak cell randomised (--fill),
+             the map being the one the expert judged; swap feedback off
 
 Every run (plain included) does the background-swap test after each round's training on 300
 pool images with their boxes (feedback.swap_images; it trains nothing unless swap_suspects):
@@ -63,7 +67,10 @@ _OFF = {"feedback": {"swap_suspects": False}}
 CONDITIONS = {"plain": _OFF, "no-cue": {"dataset": "fashion-shortcut-no-cue", **_OFF}, "votes": {"expert_votes": True, **_OFF},
               "feedback": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": False}},
               "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}},
-              "swap": {"feedback": {"counterexamples": 2, "swap_suspects": True}}}
+              "swap": {"feedback": {"counterexamples": 2, "swap_suspects": True}},
+              "bare": {"expert_votes": True, "bare_votes": True,
+                       "feedback": {"counterexamples": 2, "swap_suspects": False, "bare": "peak"}}}
+_COPIES = ("feedback", "feedback-swap", "swap", "bare")  # the conditions --k and --fill act on
 
 
 def run(args) -> None:
@@ -86,8 +93,8 @@ def run(args) -> None:
 
     register_dataset("fashion-colour-regions", lambda seed: _colour_with_regions(seed, args.side))
     if args.base == "colour":  # the shortcut-free colour benchmark: what feedback costs without a shortcut
-        if args.condition not in ("plain", "votes", "feedback", "feedback-swap", "swap"):
-            raise SystemExit("--base colour: the conditions are plain, votes, feedback, feedback-swap and swap")
+        if args.condition not in ("plain", "votes", "feedback", "feedback-swap", "swap", "bare"):
+            raise SystemExit("--base colour: the conditions are plain, votes, feedback, feedback-swap, swap and bare")
         default = False
 
     cfg = merge_config({**PRESET, "seed": args.seed, "threads": args.threads,
@@ -95,14 +102,14 @@ def run(args) -> None:
                         **({"dataset": "fashion-colour-regions"} if args.base == "colour" else {}),
                         **({"trunk_cache_dir": args.trunk_cache_dir} if args.trunk_cache_dir else {}),
                         **({"device": args.device} if args.device else {})}, CONDITIONS[args.condition])
-    if args.condition.startswith("feedback") or args.condition == "swap":
+    if args.condition in _COPIES:
         # --k: the votes' copies and, once the swap test's feedback acts, its copies (always
         # `shuffle`: engine.step; the runs before 2026-12-07's fourth session had one K for both)
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill, "swap_copies": args.k}})
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
-    fb = args.condition.startswith("feedback") or args.condition == "swap"
+    fb = args.condition in _COPIES
     name = args.condition + (f"-k{args.k}" if fb and args.k != 2 else "") \
         + (f"-{args.fill}" if fb and args.fill != "noise" else "") + args.tag
     out = Path(args.out_dir) / f"{name}_seed{args.seed}.json"
@@ -174,7 +181,8 @@ def summarise(folder: Path) -> dict:
             "flagged_share": round(sum(v["flagged"] for v in votes) / judged, 4) if judged else None,
             "flagged_by_round": [round(v["flagged"] / v["judged"], 3) if v["judged"] else None for v in votes],
             "test_300_by_cue": _class_means(at[300], r["config"]["classes"], cue_classes) if 300 in at else None,
-            "counterexamples": r.get("counterexamples"), "suspect": rep.get("suspect"),
+            "counterexamples": r.get("counterexamples"), "bare_votes": r.get("bare_votes"),
+            "suspect": rep.get("suspect"),
             "suspect_by_swap": rep.get("suspect_by_swap"), "suspect_by_votes": rep.get("suspect_by_votes"),
             "swap_named_in_round": (rep.get("swap") or {}).get("named_in_round"),
             # the last model's swap test per guessed class: [flip share, follow share, its Wilson low, images]

@@ -250,7 +250,10 @@ class FeedbackConfig(_Strict):
     drew in Label Studio) adds `counterexamples` copies, with everything outside the region
     randomised and the image's label, to the training set of every later round (CAIPI, Teso &
     Kersting 2019; engine.counterexamples). The copies are no labels: not counted, exported nor
-    read as evidence. A vote without a known region makes none (counted in the round's progress).
+    read as evidence. A vote without a known region (a bare vote) makes none by default (counted
+    in the round's progress); with `bare: peak` it gets the same copies with the INSIDE of the
+    wrong region randomised, the wrong region being the peak cell of the Grad-CAM map the expert
+    judged (engine.counterexamples.peak_box; measured in docs/benchmarks.md).
     The background-swap test (`swap_images`, engine.swap_test) names the guessed classes whose
     guesses follow a pasted background; with `swap_suspects` (the default), once it has named one,
     the labeled images with a region of every class (`swap_scope` all) get `swap_copies` `shuffle`
@@ -265,6 +268,10 @@ class FeedbackConfig(_Strict):
                                               "uniform random colours; shuffle, the outside of another training "
                                               "image, at random (CAIPI's: it removes a cue without knowing what "
                                               "it is, with a background that looks like the data's)")
+    bare: Literal["none", "peak"] = Field("none", description="a flagged image with no known region (a bare vote): "
+                                          "none, no copies; peak, `counterexamples` copies (while the swap test's "
+                                          "feedback acts, `swap_copies`) with the inside of the box of the peak cell "
+                                          "of the map the expert judged randomised by `fill`, the rest kept")
     swap_images: StrictInt = Field(1000, ge=0, le=100_000, description="the background-swap test (engine.swap_test; "
                                    "camloop simulate, and the service's worker): after each round's training, up to this many "
                                    "pool images with a known region are guessed with their outside pasted from "
@@ -487,6 +494,9 @@ class SimulationConfig(ProjectConfig):
     expert_votes: StrictBool = Field(False, description="a simulated expert ticks \"wrong region\" on a queued image "
                                      "when its guess's Grad-CAM map is less dense in the object's known region than "
                                      "0.8 of its mean (engine.regions.wrong_region; workers.expert_votes)")
+    bare_votes: StrictBool = Field(False, description="with expert_votes: the simulated expert's wrong-region votes "
+                                   "reach training as bare votes (the rule uses the known region, the training gets "
+                                   "only the vote: feedback.bare decides what they train)")
     noise_kind: Literal["uniform", "confusable"] = Field("uniform", description="a wrong answer: uniform, any other "
                                                          "class; confusable, the class a clean model confuses the "
                                                          "true one with most")

@@ -262,19 +262,24 @@ class CounterexampleSpec(_M):
     (a training image an expert flagged "wrong region", with the label it trains as), `copies`
     copies with everything outside its box [x0, y0, x1, y1] (pixels of the decoded image)
     replaced by `fill`, each image's copies seeded by (`seed`, its item id). `donors`: the images
-    whose outsides `shuffle` pastes (the round's training images). Made by the train job and
-    trained on beside `train`, never counted as labels."""
+    whose outsides `shuffle` pastes (the round's training images). `inside` (per source; empty:
+    none): a bare vote's source, whose box is the map's wrong region and whose INSIDE is
+    randomised instead (config feedback.bare). Made by the train job and trained on beside
+    `train`, never counted as labels."""
     sources: ImageRefs
     boxes: list[list[int]]
     copies: int = Field(ge=1)
     fill: Literal["noise", "shuffle"] = "noise"
     seed: int = 0
     donors: ImageRefs = Field(default_factory=ImageRefs)
+    inside: list[bool] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_box_each(self):
         if len(self.boxes) != len(self.sources):
             raise ValueError("boxes must have one entry per source image")
+        if self.inside and len(self.inside) != len(self.sources):
+            raise ValueError("inside must be empty or have one entry per source image")
         if self.fill == "shuffle" and len(set(self.donors.item_ids)) < 2:
             raise ValueError("fill 'shuffle' needs at least two donor images (one other than each source)")
         if any(len(b) != 4 or not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]) for b in self.boxes):

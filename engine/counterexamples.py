@@ -15,6 +15,12 @@ Each image's copies are drawn from a generator seeded by (the project's seed, th
 same copies every round with `noise` (the frozen-trunk cache computes their features once) and
 in every process; with `shuffle` the donors are the round's training images, so the pasted
 outsides change as labels arrive. numpy only: the API process plans them.
+
+A bare vote (a flagged image with no known region, config `feedback.bare`): nothing says where
+the object is, only that the map looked at the wrong place. With `bare: peak` the wrong place is
+the box of the map's peak cell (`peak_box`, on the Grad-CAM map of the guess the expert judged)
+and the image's copies have the INSIDE of that box randomised (`inside`), the rest left as it is:
+the model is told that what it looked at there does not decide the class.
 """
 from __future__ import annotations
 
@@ -35,8 +41,34 @@ def donor_picks(rng: np.random.Generator, n_donors: int, k: int) -> np.ndarray:
     return rng.choice(n_donors, size=k, replace=n_donors < k)
 
 
+def peak_box(cam: np.ndarray, image_hw) -> list[int] | None:
+    """The "wrong region" of a bare vote: the box [x0, y0, x1, y1] (x1/y1 exclusive, pixels of the
+    decoded (H, W) image the map was computed on) of the map's peak cell (cam (h, w), the low-res
+    Grad-CAM of the guess the expert judged). Cell (r, c) covers [c·W/w, (c+1)·W/w) ×
+    [r·H/h, (r+1)·H/h), widened to whole pixels and clipped to the image. None: no peak (an
+    empty, flat or non-finite map).
+
+    Why the peak cell and not the cells holding a share of the mass: the maps are at the trunk's
+    feature resolution (3 × 3 at 96 px with Lite0), so one cell is already a ninth of the image,
+    and the bounding box of the cells holding, say, half the mass is often two thirds of it or
+    more — it would take the object with it. The peak is what the map says most loudly, and what
+    an expert who saw it and said "wrong" rejected most surely."""
+    m = np.asarray(cam, np.float64)
+    if m.ndim != 2 or m.size == 0 or not np.isfinite(m).all():
+        return None
+    if m.max() <= 0 or m.max() == m.min():
+        return None
+    h, w = m.shape
+    H, W = int(image_hw[0]), int(image_hw[1])
+    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+    x0, x1 = int(np.floor(c * W / w)), int(np.ceil((c + 1) * W / w))
+    y0, y1 = int(np.floor(r * H / h)), int(np.ceil((r + 1) * H / h))
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+    return [x0, y0, x1, y1] if x0 < x1 and y0 < y1 else None
+
+
 def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fill: str = "noise",
-                    donors: np.ndarray | None = None) -> np.ndarray:
+                    donors: np.ndarray | None = None, inside: bool = False) -> np.ndarray:
     """k copies of `image` (H, W, C uint8) with everything outside `box` [x0, y0, x1, y1]
     randomised: `noise`, uniform random values; `shuffle`, the outside pasted from one of
     `donors` (M, H, W, C: other images of the data, never this one), a different donor for each
@@ -44,15 +76,20 @@ def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fi
     `shuffle`: it keeps a background's colour, so it cannot remove a colour cue (the shortcut
     benchmark's); another image's outside removes any cue the outside carries without knowing
     what it is, and looks like the data's backgrounds rather than noise (CAIPI). The object,
-    inside the box, is left as it is."""
+    inside the box, is left as it is. `inside` (a bare vote's copies, the box the map's wrong
+    region): the inside of the box is randomised instead (`shuffle`: the same box of a donor) and
+    the outside left as it is. A box reaching past the image is clipped to it."""
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}: {' | '.join(FILLS)}")
-    x0, y0, x1, y1 = (int(v) for v in box)
     h, w, ch = image.shape
-    outside = np.ones((h, w), bool)
-    outside[y0:y1, x0:x1] = False
+    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, x1 = min(max(x0, 0), w), min(max(x1, 0), w)
+    y0, y1 = min(max(y0, 0), h), min(max(y1, 0), h)
+    boxed = np.zeros((h, w), bool)
+    boxed[y0:y1, x0:x1] = True
+    region = boxed if inside else ~boxed  # what is randomised
     out = np.repeat(image[None], k, axis=0)
-    n_out = int(outside.sum())
+    n_out = int(region.sum())
     if fill == "shuffle":
         if donors is None or len(donors) == 0:
             raise ValueError("fill 'shuffle' needs donor images")
@@ -61,24 +98,27 @@ def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fi
         pick = donor_picks(rng, len(donors), k)
     for j in range(k):
         if fill == "noise":
-            out[j][outside] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)
+            out[j][region] = rng.integers(0, 256, (n_out, ch), dtype=np.uint8)
         else:
-            out[j][outside] = donors[pick[j]][outside]
+            out[j][region] = donors[pick[j]][region]
     return out
 
 
 def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequence[bool], copies: int, fill: str,
-         seed: int) -> CounterexampleSpec | None:
+         seed: int, wrong: Mapping[int, Sequence[int]] | None = None) -> CounterexampleSpec | None:
     """The counterexamples of a round: each training image (`train`, the labeled images the round
     trains on, with their labels) that is in `flagged` (item id → its box in pixels of the decoded
-    image) and whose class is active. Flagged images the round does not train on (held out as
-    evidence, not labeled, an excluded class) get none: copies of an evidence image would let the
-    model see the image it is judged on. None: nothing to make."""
-    if copies <= 0 or not flagged:
+    image: the outside is randomised) or in `wrong` (a bare vote's: item id → the box of the map's
+    peak, whose inside is randomised; `flagged` wins for an image in both) and whose class is
+    active. Flagged images the round does not train on (held out as evidence, not labeled, an
+    excluded class) get none: copies of an evidence image would let the model see the image it is
+    judged on. None: nothing to make."""
+    wrong = {} if wrong is None else wrong
+    if copies <= 0 or not (flagged or wrong):
         return None
     on = np.asarray(active, bool)
     pick = [k for k, (i, y) in enumerate(zip(train.item_ids, train.labels))
-            if int(i) in flagged and 0 <= y < len(on) and on[y]]
+            if (int(i) in flagged or int(i) in wrong) and 0 <= y < len(on) and on[y]]
     if not pick:
         return None
     sources = train.take(pick)
@@ -88,9 +128,11 @@ def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequenc
     donors = train if fill == "shuffle" else None
     if donors is not None and len(set(donors.item_ids)) < 2:
         return None
-    return CounterexampleSpec(sources=sources, boxes=[[int(v) for v in flagged[int(i)]] for i in sources.item_ids],
-                              copies=int(copies), fill=fill, seed=int(seed),
-                              **({"donors": donors} if donors is not None else {}))
+    inside = [int(i) not in flagged for i in sources.item_ids]
+    boxes = [[int(v) for v in (wrong[int(i)] if bare else flagged[int(i)])] for i, bare in zip(sources.item_ids, inside)]
+    return CounterexampleSpec(sources=sources, boxes=boxes, copies=int(copies), fill=fill, seed=int(seed),
+                              **({"donors": donors} if donors is not None else {}),
+                              **({"inside": inside} if any(inside) else {}))
 
 
 def make(spec: CounterexampleSpec, images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -100,10 +142,11 @@ def make(spec: CounterexampleSpec, images: np.ndarray | None = None) -> tuple[np
     donors = np.asarray(spec.donors.gather()) if spec.fill == "shuffle" else None
     donor_ids = np.asarray(spec.donors.item_ids, np.int64)
     out, labels = [], []
-    for im, box, item, y in zip(src, spec.boxes, spec.sources.item_ids, spec.sources.labels):
+    inside = spec.inside or [False] * len(spec.boxes)
+    for im, box, item, y, ins in zip(src, spec.boxes, spec.sources.item_ids, spec.sources.labels, inside):
         rng = np.random.default_rng([int(spec.seed), _STREAM, int(item)])
         others = donors[donor_ids != int(item)] if donors is not None else None
-        out.append(counterexamples(im, box, spec.copies, rng, spec.fill, others))
+        out.append(counterexamples(im, box, spec.copies, rng, spec.fill, others, inside=ins))
         labels += [int(y)] * spec.copies
     if not out:
         return np.zeros((0,) + src.shape[1:], np.uint8), np.zeros(0, np.int64)

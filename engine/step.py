@@ -75,6 +75,10 @@ class TrainingFacts:
     # swap_suspects and swap_scope; item id → box): not empty, they and the flagged ones get
     # `swap_copies` shuffle copies.
     swap_covered: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    # … and the bare votes: flagged labeled images with no known region, item id → the box (decoded
+    # pixels) of the peak cell of the Grad-CAM map the expert judged (engine.counterexamples.peak_box);
+    # with config feedback.bare peak they get copies with that box's inside randomised.
+    bare: Mapping[int, Sequence[int]] = field(default_factory=dict)
     # The unlabeled pool images (config.semi: the candidates for pseudo-labels; None: none given).
     unlabeled: ImageRefs | None = None
     # Labeled images whose label two or more experts agreed on (config relabel.prune never
@@ -89,14 +93,20 @@ class TrainingPlan:
 
 
 def feedback_copies(feedback: FeedbackConfig, flagged: Mapping[int, Sequence[int]],
-                    swap_covered: Mapping[int, Sequence[int]]) -> tuple[dict, int, str]:
-    """(images → box, copies, fill) of a round's counterexamples: the experts' flagged images with
-    `counterexamples` copies in `fill`; while the background-swap test's feedback acts
+                    swap_covered: Mapping[int, Sequence[int]],
+                    bare: Mapping[int, Sequence[int]] | None = None) -> tuple[dict, dict, int, str]:
+    """(images → box whose outside is randomised, bare votes → wrong box whose inside is
+    randomised, copies, fill) of a round's counterexamples: the experts' flagged images with
+    `counterexamples` copies in `fill`, and with `feedback.bare` peak the bare votes (not among
+    the others: a known region wins); while the background-swap test's feedback acts
     (`swap_covered` not empty), its images and the flagged ones with `swap_copies` `shuffle`
     copies — the measured setting (docs/benchmarks.md), one K for every image of the round."""
+    images = {**swap_covered, **flagged}
+    wrong = ({int(i): b for i, b in (bare or {}).items() if int(i) not in images}
+             if feedback.bare == "peak" else {})
     if swap_covered:
-        return {**swap_covered, **flagged}, feedback.swap_copies, "shuffle"
-    return dict(flagged), feedback.counterexamples, feedback.fill
+        return images, wrong, feedback.swap_copies, "shuffle"
+    return images, wrong, feedback.counterexamples, feedback.fill
 
 
 def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> TrainingPlan:
@@ -112,8 +122,8 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     if (manifest.relabel_prune or manifest.relabel_folds) and facts.confirmed:
         # Labels two experts agreed on: never pruned, never asked again (workers.label_issues).
         manifest = manifest.model_copy(update={"relabel_confirmed": sorted(int(i) for i in facts.confirmed)})
-    images, copies, fill = feedback_copies(config.feedback, facts.flagged, facts.swap_covered)
-    counter = counterexamples.plan(split.train, images, facts.active, copies, fill, config.seed)
+    images, wrong, copies, fill = feedback_copies(config.feedback, facts.flagged, facts.swap_covered, facts.bare)
+    counter = counterexamples.plan(split.train, images, facts.active, copies, fill, config.seed, wrong)
     if counter is not None:
         manifest = manifest.model_copy(update={"counterexamples": counter})
     # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 runner = CliRunner()
 
 
-def simulate_shortcut_folder(tmp_path, feedback: dict) -> dict:
-    """The run's JSON; `feedback` is the config's feedback section."""
+def simulate_shortcut_folder(tmp_path, feedback: dict, extra: tuple[str, ...] = ()) -> dict:
+    """The run's JSON; `feedback` is the config's feedback section, `extra` more options."""
     from service.cli import app
 
     folder = tmp_path / "photos"
@@ -23,6 +23,6 @@ def simulate_shortcut_folder(tmp_path, feedback: dict) -> dict:
                             "--mc-samples", "2", "--threads", "1", "--expert-votes", "--counterexamples", "2",
                             "--config", json.dumps({"pretrained": False, "frozen_blocks": 0, "first_batch": "random",
                                                     "feedback": feedback}),
-                            "--out", str(out)])
+                            *extra, "--out", str(out)])
     assert r.exit_code == 0, r.output
     return json.loads(out.read_text())

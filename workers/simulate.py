@@ -161,6 +161,10 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
         # The simulated expert's votes, and the flagged images with a known region (item id → box
         # in decoded pixels): the counterexamples of every later round (engine.counterexamples).
         votes, flagged = _feedback_state(config, names)
+        # With --bare-votes the expert's flags reach training without their box (bare votes):
+        # item id → the box of the peak of the map the expert judged (engine.counterexamples.peak_box),
+        # which feedback.bare peak trains on; the flagged images with a box stay empty.
+        bare: dict[int, list[int]] | None = {} if votes is not None and config.bare_votes else None
         # The background-swap test (engine.swap_test) on a fixed sample of pool images with a
         # known region; with feedback.swap_suspects, its suspect classes' labeled images train
         # on counterexamples too (None: no regions, or feedback.swap_images 0).
@@ -179,7 +183,7 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 number=number, class_names=names, active=active, labeled=answered.take(np.flatnonzero(labeled)),
                 val=val, test=test, previous_train_ids=previous, files=files, stop_set=stop_set, trunk_dir=trunk_dir,
                 random_ids=[i for i in random_ids if labeled[i]] if project.audit.enabled else None,
-                shadow_history=shadows, flagged=dict(flagged or {}),
+                shadow_history=shadows, flagged=dict(flagged or {}), bare=dict(bare or {}),
                 swap_covered=_swap_covered(swap, labeled, answered.labels, project),
                 unlabeled=pool.take(np.flatnonzero(~labeled)) if project.semi.method != "none" else None,
                 confirmed=_confirmed(book, labeled)))
@@ -249,7 +253,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                 if votes is not None:
                     record["expert_votes"] = _expert_votes(
                         votes, flagged, project.feedback.counterexamples,
-                        [files.score_file(int(k)) for k in scored.manifest.shards], picked, data)
+                        [files.score_file(int(k)) for k in scored.manifest.shards], picked, data, bare,
+                        project.feedback.bare)
                 random_ids += [int(p.item_id) for p in sel.batch if getattr(p, "control", False)]
                 reserved[:] = False
                 reserved[[p.item_id for p in sel.reserve]] = True
@@ -318,8 +323,9 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                     "pooled": {**pool_estimates(control, names)} if control else None},
         **({"shortcut_report": _shortcut_report(votes, swap, names)} if votes is not None or swap is not None
            else {}),
-        **({"counterexamples": _copies_planned(flagged, swap, labeled, answered.labels, project)}
+        **({"counterexamples": _copies_planned(flagged, swap, labeled, answered.labels, project, bare)}
            if flagged is not None or swap is not None else {}),
+        **({"bare_votes": _bare_summary(records, bare, project)} if bare is not None else {}),
         **({"label_noise": {"oracle_noise": config.oracle_noise, "noise_kind": config.noise_kind,
                             "flip_to": ({names[c]: names[int(t)] for c, t in enumerate(book.oracle.flip_to)}
                                         if book.oracle.flip_to is not None else None),
@@ -372,13 +378,24 @@ def _swap_covered(swap, labeled: np.ndarray, labels, project) -> dict:
     return swap.suspect_images(labeled, np.asarray(labels), project.feedback.swap_scope)
 
 
-def _copies_planned(flagged: dict | None, swap, labeled: np.ndarray, labels, project) -> int:
+def _copies_planned(flagged: dict | None, swap, labeled: np.ndarray, labels, project, bare: dict | None = None) -> int:
     """Copies a next round would plan (engine.step.feedback_copies, the rule its training uses)."""
     from engine.step import feedback_copies
 
-    images, copies, _ = feedback_copies(project.feedback, flagged or {},
-                                        _swap_covered(swap, labeled, labels, project))
-    return len(images) * copies
+    images, wrong, copies, _ = feedback_copies(project.feedback, flagged or {},
+                                               _swap_covered(swap, labeled, labels, project), bare)
+    return (len(images) + len(wrong)) * copies
+
+
+def _bare_summary(records: list[dict], bare: dict, project) -> dict:
+    """The bare votes of a --bare-votes run: how many, how many had a peak box (the peak-region
+    copies' sources under feedback.bare peak), and the copies a next round would plan for them."""
+    from engine.step import feedback_copies
+
+    votes = sum(int((r.get("expert_votes") or {}).get("flagged", 0)) for r in records)
+    _, wrong, copies, _ = feedback_copies(project.feedback, {}, {}, bare)
+    return {"votes": votes, "with_peak_box": len(bare), "with_peak_copies": len(wrong) if copies > 0 else 0,
+            "copies_planned": len(wrong) * copies, "bare": project.feedback.bare}
 
 
 def _shortcut_report(votes, swap, names: list[str]) -> dict:
@@ -393,10 +410,13 @@ def _shortcut_report(votes, swap, names: list[str]) -> dict:
     return {**out, **union_suspects(names, out.get("suspect", []), out.get("swap"))}
 
 
-def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.ndarray, data: SimData) -> dict:
+def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.ndarray, data: SimData,
+                  bare: dict | None = None, bare_mode: str = "none") -> dict:
     """The simulated expert's wrong-region votes on the queued batch (workers.expert_votes); the
     flagged images join `flagged` (their counterexamples are made by the train jobs of the later
-    rounds, engine.counterexamples, as the service's are)."""
+    rounds, engine.counterexamples, as the service's are) — or, with --bare-votes (`bare` not
+    None), `bare`: the box of the peak of the map the expert judged (this round's, the model that
+    queued the image), and the known box is not handed to training."""
     from workers.expert_votes import guess_maps, vote
 
     maps, guessed = guess_maps(score_files, picked)
@@ -405,6 +425,18 @@ def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.nda
     share, flagged_now = vote(maps, boxes, data.pool.images.shape[1:3])
     summary, ids = votes.add(picked, data.pool.labels[picked], guessed, share, flagged_now)
     out = {**summary, "flagged_images": [data.pool_uris[i] for i in ids]}
+    if bare is not None:
+        from engine.counterexamples import peak_box
+
+        at = {int(i): k for k, i in enumerate(picked)}
+        hw = data.pool.images.shape[1:3]
+        peaks = {int(i): peak_box(maps[at[int(i)]], hw) for i in ids}
+        bare.update({i: b for i, b in peaks.items() if b is not None})
+        n_peak = sum(b is not None for b in peaks.values())
+        out["bare"] = {"votes": len(ids), "with_peak_box": n_peak}
+        if copies > 0 and bare_mode == "peak" and n_peak:
+            out["counterexamples_made"] = copies * n_peak
+        return out
     # The simulated expert votes only where the region is known: every flagged image has one.
     flagged.update({int(i): [int(v) for v in regions[i]] for i in ids})
     if copies > 0 and ids:

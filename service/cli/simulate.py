@@ -73,6 +73,11 @@ def simulate(
                                       "the image (engine.regions.wrong_region; a regions.json beside --folder's class "
                                       "folders, or the data set's, e.g. fashion-shortcut); the JSON gets the votes "
                                       "and a shortcut report per guessed class, as the service's"),
+    bare_votes: bool = typer.Option(False, "--bare-votes/--no-bare-votes", help="with --expert-votes: the votes "
+                                    "reach training without their region (bare votes, as an expert who draws no "
+                                    "rectangle); with --config '{\"feedback\": {\"bare\": \"peak\"}}' each gets "
+                                    "--counterexamples copies with the peak region of the map the expert judged "
+                                    "randomised"),
     counterexamples: Optional[int] = typer.Option(None, min=0, max=10, help="with --expert-votes: copies of each "
                                                   "flagged image, its outside of the region randomised, added to the "
                                                   "next rounds' training (feedback.counterexamples; 0: none)"),
@@ -109,6 +114,7 @@ def simulate(
                "mc_samples": mc_samples, "device": device, "threads": threads, "pool_limit": pool_limit,
                "oracle_noise": oracle_noise, "noise_kind": noise_kind, "relabel": {"enabled": relabel},
                "exclusion": {"enabled": exclusion, **given_rule}, "expert_votes": expert_votes,
+               "bare_votes": bare_votes,
                **({"feedback": {"counterexamples": counterexamples}} if counterexamples is not None else {})}
     extra = json_object(config, "--config")
     try:
@@ -126,6 +132,9 @@ def simulate(
         raise typer.BadParameter("counterexamples are made of the images the expert flags: add --expert-votes "
                                  "(the background-swap test's copies are feedback.swap_copies)",
                                  param_hint="--counterexamples")
+    if config.bare_votes and not config.expert_votes:
+        raise typer.BadParameter("bare votes are the simulated expert's votes: add --expert-votes",
+                                 param_hint="--bare-votes")
     if given_rule and not config.exclusion.enabled:
         flags = ", ".join("--" + k.replace("_", "-").replace("rule", "exclusion-rule") for k in given_rule)
         raise typer.BadParameter(f"{flags} act only with --exclusion (the exclusion rule is off): add --exclusion, "

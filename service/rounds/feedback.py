@@ -7,8 +7,12 @@ bridge, through service.plugins: the newest flagging vote's), else the box of th
 regions.json (items.region). The drawn one wins: it is the expert's answer about this very
 image and this model's map, given after the folder was registered; the folder's box stays in
 items.region, so a drawing deleted later falls back to it. A flagged image with neither is a
-bare vote: no counterexample (it still moves the class budget), counted in the round's
-progress (`feedback.bare`).
+bare vote: no counterexample by default (it still moves the class budget), counted in the
+round's progress (`feedback.bare`). With config `feedback.bare: peak` a bare vote gets copies with
+the inside of its map's peak cell randomised (engine.counterexamples.peak_box): the map is the
+item's Grad-CAM map from the newest round whose score files hold it (service.core.heatmap_view,
+what the expert was shown: a labeled image is not scored again, so that is the round that queued
+it); counted as `bare_peak` (a bare vote without a stored map makes none).
 """
 from __future__ import annotations
 
@@ -17,32 +21,41 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.core.heatmap_view import find_cam
 from service.core.signing import safe_join
 from service.rounds import hooks
 from service.settings import Settings
 from service.store import Item, ItemStatus, Project
 from engine.config import ProjectConfig
+from engine.counterexamples import peak_box
 from engine.regions import file_size, to_decoded
 
 log = logging.getLogger("camloop.rounds")
 
 
 def flagged_boxes(s: Session, settings: Settings, project: Project,
-                  config: ProjectConfig) -> tuple[dict[int, list[int]], dict | None]:
+                  config: ProjectConfig) -> tuple[dict[int, list[int]], dict | None, dict[int, list[int]]]:
     """({item id: box in decoded pixels} of the flagged labeled pool images with a known region,
-    the counts for the round's progress); ({}, None) when the project makes no counterexamples."""
+    the counts for the round's progress, {item id: the peak box in decoded pixels} of the bare
+    votes when feedback.bare is peak); ({}, None, {}) when the project makes no counterexamples."""
     if config.feedback.counterexamples <= 0:
-        return {}, None
+        return {}, None, {}
     votes = hooks.flagged_regions(s, project)
     rows = s.execute(select(Item.id, Item.uri, Item.region).where(
         Item.project_id == project.id, Item.id.in_(list(votes)), Item.split == "pool",
         Item.status == ItemStatus.LABELED, Item.cache_index.is_not(None))).all() if votes else []
     boxes: dict[int, list[int]] = {}
+    peaks: dict[int, list[int]] = {}
     drawn = folder = bare = unreadable = 0
     for item_id, uri, folder_box in rows:
         box = votes[item_id] if votes[item_id] is not None else folder_box
         if box is None:
             bare += 1
+            if config.feedback.bare == "peak":
+                cam = find_cam(s, settings, s.get(Item, item_id))
+                peak = peak_box(cam, (config.image_size, config.image_size)) if cam is not None else None
+                if peak is not None:  # the map is over the letterboxed decoded image the model trains on
+                    peaks[item_id] = peak
             continue
         try:
             w, h = file_size(safe_join(settings.data_dir, uri))
@@ -54,5 +67,6 @@ def flagged_boxes(s: Session, settings: Settings, project: Project,
         drawn += votes[item_id] is not None
         folder += votes[item_id] is None
     counts = {"flagged": len(rows), "drawn": drawn, "folder": folder, "bare": bare,
+              **({"bare_peak": len(peaks)} if config.feedback.bare == "peak" else {}),
               **({"unreadable": unreadable} if unreadable else {})}
-    return boxes, counts
+    return boxes, counts, peaks

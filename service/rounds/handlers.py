@@ -146,7 +146,8 @@ def on_created(x: Ctx) -> None:
     active = [cl.status == step.ACTIVE for cl in inputs.classes(x.s, x.pid)]
     files = x.files
     # Explanatory feedback: the flagged labeled images whose region is known (service.rounds.feedback).
-    flagged, flag_counts = feedback.flagged_boxes(x.s, x.settings, x.project, x.config)
+    # With feedback.bare peak, the bare votes too: the box of their map's peak (engine.counterexamples).
+    flagged, flag_counts, bare = feedback.flagged_boxes(x.s, x.settings, x.project, x.config)
     # … and with feedback.swap_suspects, the labeled images the background-swap test's feedback
     # covers (service.rounds.swap; swap_scope), an expert's flag winning where both give a box.
     covered = swap.suspect_boxes(x.s, x.settings, x.project, x.config)
@@ -161,7 +162,7 @@ def on_created(x: Ctx) -> None:
         # The audit's shadow learner (workers.shadow): the random labels, what earlier rounds measured.
         random_ids=inputs.random_label_ids(x.s, x.pid) if x.config.audit.enabled else None,
         shadow_history=[(mv.metrics or {}).get("shadow") for mv in inputs.model_versions(x.s, x.pid, x.rnd.number)],
-        flagged=flagged, swap_covered=covered,
+        flagged=flagged, swap_covered=covered, bare=bare,
         # Semi-supervised rounds (engine.semi): the unlabeled images pseudo-labels may be guessed for.
         unlabeled=(inputs.pool_refs(x.s, x.settings, x.project, ItemStatus.UNLABELED, index)
                    if x.config.semi.method != "none" else None),
