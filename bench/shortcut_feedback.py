@@ -182,6 +182,9 @@ def summarise(folder: Path) -> dict:
             "flagged_by_round": [round(v["flagged"] / v["judged"], 3) if v["judged"] else None for v in votes],
             "test_300_by_cue": _class_means(at[300], r["config"]["classes"], cue_classes) if 300 in at else None,
             "counterexamples": r.get("counterexamples"), "bare_votes": r.get("bare_votes"),
+            # per round: [bare votes, peak boxes wholly off the garment's box, mean share of a peak box on it]
+            "bare_by_round": [[v["bare"]["votes"], v["bare"]["peak_off_object"], v["bare"]["peak_on_object"]]
+                              for v in votes if "bare" in v],
             "suspect": rep.get("suspect"),
             "suspect_by_swap": rep.get("suspect_by_swap"), "suspect_by_votes": rep.get("suspect_by_votes"),
             "swap_named_in_round": (rep.get("swap") or {}).get("named_in_round"),

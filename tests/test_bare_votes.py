@@ -103,6 +103,7 @@ def test_simulate_bare_votes_train_peak_copies(tmp_path):
     flagged = sum(x["expert_votes"]["flagged"] for x in acq)
     peaks = sum(x["expert_votes"]["bare"]["with_peak_box"] for x in acq)
     assert flagged > 0, "the tiny run flagged nothing: the test shows nothing"
+    assert all(0 <= x["expert_votes"]["bare"]["peak_on_object"] <= 1 for x in acq if x["expert_votes"]["flagged"])
     assert data["bare_votes"]["votes"] == flagged and data["bare_votes"]["with_peak_box"] == peaks
     assert data["bare_votes"]["copies_planned"] == 2 * peaks == data["counterexamples"]
     # Only the vote reached training: the copies are the bare votes' (no known box handed on).

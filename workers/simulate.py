@@ -433,7 +433,12 @@ def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.nda
         peaks = {int(i): peak_box(maps[at[int(i)]], hw) for i in ids}
         bare.update({i: b for i, b in peaks.items() if b is not None})
         n_peak = sum(b is not None for b in peaks.values())
-        out["bare"] = {"votes": len(ids), "with_peak_box": n_peak}
+        # What only a simulation knows: how much of each peak box lies on the object (its known
+        # box) — 0 is the wrong region truly off the object, 1 the peak on it.
+        on_object = [_overlap(b, regions[i]) for i, b in peaks.items() if b is not None and regions is not None]
+        out["bare"] = {"votes": len(ids), "with_peak_box": n_peak,
+                       "peak_on_object": round(float(np.mean(on_object)), 4) if on_object else None,
+                       "peak_off_object": int(sum(v == 0 for v in on_object))}
         if copies > 0 and bare_mode == "peak" and n_peak:
             out["counterexamples_made"] = copies * n_peak
         return out
@@ -442,6 +447,13 @@ def _expert_votes(votes, flagged: dict, copies: int, score_files, picked: np.nda
     if copies > 0 and ids:
         out["counterexamples_made"] = copies * len(ids)
     return out
+
+
+def _overlap(box, region) -> float:
+    """Share of `box`'s area inside `region` (both [x0, y0, x1, y1], x1/y1 exclusive)."""
+    w = max(0, min(box[2], int(region[2])) - max(box[0], int(region[0])))
+    h = max(0, min(box[3], int(region[3])) - max(box[1], int(region[1])))
+    return w * h / max(1, (box[2] - box[0]) * (box[3] - box[1]))
 
 
 def _label_book(config: SimulationConfig, project, layout, pool, val, test, names, first, trunk_dir, data):
