@@ -139,3 +139,57 @@ def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(ap
     rows = [json.loads(ln) for ln in export.text.splitlines() if ln.strip()]
     assert sorted(r["item_id"] for r in rows if r["registered_split"] == "pool") == sorted(q["item_id"] for q in queued)
     assert len(rows) == len(queued) + len(val)
+
+
+def test_bare_votes_with_feedback_bare_peak_train_the_peak_of_the_stored_map(api):
+    """feedback.bare peak: a flagged image with no region (a bare vote) gets K copies with the
+    inside of the box of its map's peak cell randomised — the map from the round that queued it
+    (the one the expert saw, in that round's score files); a bare vote on an image no round
+    scored (round 1's random cold start) has no map and makes none."""
+    from engine.counterexamples import peak_box
+    from workers.expert_votes import guess_maps
+
+    client, settings = api
+    config = {**FAST, "feedback": {**FAST["feedback"], "bare": "peak", "fill": "shuffle"}}
+    pid = client.post("/api/v1/projects", json={"name": f"bare-{time.monotonic_ns()}", "classes": CLASSES,
+                                                "config": config}).json()["id"]
+    root = settings.data_dir
+    truth = dict(write_digits(root, 200, "pool", seed=4))
+    val = write_digits(root, 60, "val", seed=4, offset=200)
+    assert client.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool", "items": [
+        {"uri": u, "split": "val", "label": y} for u, y in val]}).status_code == 202
+    assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    round_reaches(client, settings, pid, 1, "labeling")
+    first = label_queue(client, pid, truth)
+    round_reaches(client, settings, pid, 1, "closed")
+    assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    round_reaches(client, settings, pid, 2, "labeling")
+    second = label_queue(client, pid, truth)
+    round_reaches(client, settings, pid, 2, "closed")
+
+    # Bare votes (no rectangle, no folder box): one on an image round 2's model scored and queued,
+    # one on a cold-start image of round 1 (no map anywhere).
+    scored, cold = second[0], first[0]
+    answers = [_answer(11, scored["item_id"], truth[scored["uri"]], round_=2),
+               _answer(12, cold["item_id"], truth[cold["uri"]], round_=1)]
+    with session_scope(settings) as s:
+        project = s.get(Project, pid)
+        events = [parse_annotation(a, a["_task"], CLASSES) for a in answers]
+        applied, _ = apply_to_store(s, project, events, 1, 900, image_size=lambda uri: file_size(root, uri))
+        assert applied.created == 2 and applied.problems == []
+
+    assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
+    rnd = round_reaches(client, settings, pid, 3, "labeling")
+    manifest = c.read_manifest(paths.round_files(settings, pid, 3).train_manifest, c.TrainManifest)
+    spec = manifest.counterexamples
+    size = manifest.net.image_size
+    maps, _ = guess_maps(sorted(paths.round_dir(settings, pid, 2).glob("scores_*.npz")), [scored["item_id"]])
+    want = peak_box(maps[0], (size, size))
+    assert want is not None
+    assert spec is not None and spec.sources.item_ids == [scored["item_id"]] and spec.inside == [True]
+    assert spec.boxes == [want] and spec.copies == K and spec.fill == "shuffle"
+    assert rnd["progress"]["feedback"] == {"flagged": 2, "drawn": 0, "folder": 0, "bare": 2, "bare_peak": 1,
+                                           "images": 1, "copies": K}
+    metrics = json.loads(paths.round_files(settings, pid, 3).metrics.read_text())
+    assert metrics["train"]["counterexamples"] == K
+    assert metrics["train"]["n_train"] == metrics["train"]["n_labeled"] == len(first) + len(second)
