@@ -1,7 +1,7 @@
 #!/bin/bash
 # The runs of docs/benchmarks.md's "A bare vote: the map's peak region as the wrong one": one at a
 # time, from a frozen copy of the branch (/work/h-bare-frozen), a fresh trunk cache per run;
-# start and end with the load in runs.log.
+# start and end with the load in runs.log. The frozen copy was commit 9aad4a7 (since removed).
 cd /work/h-bare-frozen
 OUT=/work/h-bare/bench/results/shortcut/bare
 CFG='{"pool_limit": 2000, "val_limit": 500, "test_limit": 1000, "rounds": 5}'
