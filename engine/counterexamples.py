@@ -67,6 +67,14 @@ def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fi
     return out
 
 
+def trained_rows(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequence[bool]) -> list[int]:
+    """Positions in `train` of the images in `flagged` whose class is active: what a round's
+    feedback (counterexamples, the attribution penalty) may act on."""
+    on = np.asarray(active, bool)
+    return [k for k, (i, y) in enumerate(zip(train.item_ids, train.labels))
+            if int(i) in flagged and 0 <= y < len(on) and on[y]]
+
+
 def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequence[bool], copies: int, fill: str,
          seed: int) -> CounterexampleSpec | None:
     """The counterexamples of a round: each training image (`train`, the labeled images the round
@@ -76,9 +84,7 @@ def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequenc
     model see the image it is judged on. None: nothing to make."""
     if copies <= 0 or not flagged:
         return None
-    on = np.asarray(active, bool)
-    pick = [k for k, (i, y) in enumerate(zip(train.item_ids, train.labels))
-            if int(i) in flagged and 0 <= y < len(on) and on[y]]
+    pick = trained_rows(train, flagged, active)
     if not pick:
         return None
     sources = train.take(pick)
