@@ -37,7 +37,8 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
   penalty    --expert-votes and the attribution penalty instead of copies: each flagged image's
              share of input-gradient energy outside its box, × --penalty (feedback.penalty,
              workers.attribution), added to the loss of every later round; no copies, no swap
-             feedback
+             feedback; --penalty-at pixels takes the gradients at the pixels (through the frozen
+             trunk) instead of the cached trunk output
 
 Every run (plain included) does the background-swap test after each round's training on 300
 pool images with their boxes (feedback.swap_images; it trains nothing unless swap_suspects):
@@ -107,12 +108,13 @@ def run(args) -> None:
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
     if args.condition == "penalty":
-        cfg = merge_config(cfg, {"feedback": {"penalty": args.penalty}})
+        cfg = merge_config(cfg, {"feedback": {"penalty": args.penalty, "penalty_at": args.penalty_at}})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
     fb = args.condition.startswith("feedback") or args.condition == "swap"
     name = args.condition + (f"-k{args.k}" if fb and args.k != 2 else "") \
         + (f"-{args.fill}" if fb and args.fill != "noise" else "") \
-        + (f"-w{args.penalty:g}" if args.condition == "penalty" else "") + args.tag
+        + (f"-w{args.penalty:g}{'-px' if args.penalty_at == 'pixels' else ''}" if args.condition == "penalty" else "") \
+        + args.tag
     out = Path(args.out_dir) / f"{name}_seed{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_simulation(SimulationConfig(**cfg), progress=lambda r: print(
@@ -212,6 +214,8 @@ def main(argv=None) -> None:
     r.add_argument("--k", type=int, default=2, help="counterexamples per flagged image (feedback)")
     r.add_argument("--fill", default="noise", choices=("noise", "shuffle"))
     r.add_argument("--penalty", type=float, default=1.0, help="the attribution penalty's weight (condition penalty)")
+    r.add_argument("--penalty-at", default="trained", choices=("trained", "pixels"),
+                   help="where the penalty's gradients are taken (feedback.penalty_at)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--swap-rule", default=None, help="CONFIRM,REPORT_ONLY: the swap test names a class once suspect "
                    "on CONFIRM consecutive tests after the first REPORT_ONLY (default: engine.swap_test's)")

@@ -17,7 +17,7 @@ from engine.counterexamples import trained_rows
 
 
 def plan(train: ImageRefs, images: Mapping[int, Sequence[int]], active: Sequence[bool],
-         weight: float) -> PenaltySpec | None:
+         weight: float, at: str = "trained") -> PenaltySpec | None:
     """The round's PenaltySpec (None: off, or no image to act on)."""
     if weight <= 0 or not images:
         return None
@@ -25,4 +25,5 @@ def plan(train: ImageRefs, images: Mapping[int, Sequence[int]], active: Sequence
     if not rows:
         return None
     ids = [int(train.item_ids[k]) for k in rows]
-    return PenaltySpec(item_ids=ids, boxes=[[int(v) for v in images[i]] for i in ids], weight=float(weight))
+    return PenaltySpec(item_ids=ids, boxes=[[int(v) for v in images[i]] for i in ids], weight=float(weight),
+                       at=at)

@@ -285,6 +285,10 @@ class FeedbackConfig(_Strict):
                             "known region, and the swap feedback's) also add this weight × the share of their input "
                             "gradients' energy that falls outside their region to the training loss (0: off; "
                             "measured in docs/benchmarks.md)")
+    penalty_at: Literal["trained", "pixels"] = Field(
+        "trained", description="the input the penalty's gradients are taken at: trained, what the trained blocks "
+        "see (on the trunk cache its cached output, 3 × 3 cells at 96 px: cheap, coarse); pixels, the image, "
+        "through the frozen trunk too (a backward pass through it for each penalised image)")
 
 
 class SemiConfig(_Strict):

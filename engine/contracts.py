@@ -289,6 +289,7 @@ class PenaltySpec(_M):
     item_ids: list[int]
     boxes: list[list[int]]
     weight: float = Field(gt=0.0)
+    at: Literal["trained", "pixels"] = "trained"   # where the gradients are taken (config feedback.penalty_at)
 
     @model_validator(mode="after")
     def _one_box_each(self):

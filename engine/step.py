@@ -117,7 +117,8 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     counter = counterexamples.plan(split.train, images, facts.active, copies, fill, config.seed)
     if counter is not None:
         manifest = manifest.model_copy(update={"counterexamples": counter})
-    penalty = attribution_penalty.plan(split.train, images, facts.active, config.feedback.penalty)
+    penalty = attribution_penalty.plan(split.train, images, facts.active, config.feedback.penalty,
+                                       config.feedback.penalty_at)
     if penalty is not None:
         manifest = manifest.model_copy(update={"penalty": penalty})
     # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random

@@ -138,3 +138,34 @@ def test_step_training_plans_the_penalty_beside_the_counterexamples(tmp_path):
     assert m.counterexamples.sources.item_ids == [3, 4]
     off = ProjectConfig.model_validate({**cfg.model_dump(), "feedback": {"penalty": 0.0, "swap_suspects": False}})
     assert step.training(off, 1, facts).manifest.penalty is None
+
+
+def test_the_penalty_at_the_pixels_from_the_trunk_cache_equals_the_penalty_on_pixels(tmp_path):
+    # penalty_at "pixels" on the cache runs the penalised rows through the frozen trunk: the
+    # same training as on pixels (where the penalty is at the pixels anyway), epoch by epoch —
+    # and "trained" on the cache is another one (the cached output is the input there).
+    from tests.test_engine_trunk_cache import _data, _model
+    from workers.train import TrainConfig, train_model
+    from workers.trunk_cache import TrunkCache, train_from_cache
+
+    train, dig = _data(40, 1)
+    val, vdig = _data(12, 2)
+    is_new = np.zeros(len(train), bool)
+    side = train.images.shape[1]
+    boxes = normalised_boxes(len(train), range(0, 40, 3), [[8, 8, side - 8, side - 8]] * 14, side, side)
+    # lr 0: the same weights at every step, so the epochs' mean shares compare the penalty's
+    # inputs alone (with steps taken, Adam turns the last-bit differences of the trunk's batches
+    # into ±lr moves of weights with ~0 gradients: tests/test_engine_trunk_cache.py).
+    cfg = TrainConfig(epochs=2, augment=False, seed=5, min_steps_per_epoch=4, patience=10, lr=0.0)
+    full, cached, coarse = _model(3), _model(3), _model(3)
+    r_full = train_model(full, train, is_new, val, None, cfg, penalty=Penalty(boxes, 5.0, "pixels"))
+    r_cache = train_from_cache(cached, TrunkCache(tmp_path, cached, dtype=torch.float32), train, dig, is_new, val,
+                               vdig, None, cfg, penalty=Penalty(boxes, 5.0, "pixels"))
+    r_coarse = train_from_cache(coarse, TrunkCache(tmp_path, coarse, dtype=torch.float32), train, dig, is_new, val,
+                                vdig, None, cfg, penalty=Penalty(boxes, 5.0, "trained"))
+    share = [h["attribution_outside"] for h in r_full.history]
+    assert all(0.0 < v < 1.0 for v in share)
+    np.testing.assert_allclose([h["attribution_outside"] for h in r_cache.history], share, atol=1e-5)
+    np.testing.assert_allclose([h["train_loss"] for h in r_cache.history],
+                               [h["train_loss"] for h in r_full.history], atol=1e-5)
+    assert abs(r_coarse.history[0]["attribution_outside"] - share[0]) > 1e-3

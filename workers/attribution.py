@@ -49,11 +49,13 @@ def outside_share(x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, box
                   active: torch.Tensor) -> torch.Tensor:
     """The mean over `rows` (bool per batch row) of the share of the input-gradient energy of
     Σ log p (over the active classes) that lies outside each row's box (`boxes`, one per True
-    row, fractions of the image). `x` must require grad and `logits` come from it; the result is
-    differentiable (create_graph)."""
+    row, fractions of the image). `x` must require grad and `logits` come from it: the whole
+    batch's input, or the True rows' only; the result is differentiable (create_graph)."""
     lp = F.log_softmax(logits[rows][:, active], dim=1)
     (grad,) = torch.autograd.grad(lp.sum(), x, create_graph=True)
-    energy = grad[rows].float().pow(2).sum(1)  # (n, h, w)
+    if grad.shape[0] == rows.numel():
+        grad = grad[rows]
+    energy = grad.float().pow(2).sum(1)  # (n, h, w)
     out = outside_weights(boxes.to(energy.device), energy.shape[1], energy.shape[2])
     return ((energy * out).sum((1, 2)) / (energy.sum((1, 2)) + 1e-12)).mean()
 
@@ -62,20 +64,23 @@ class Penalty:
     """The attribution penalty of one training run: `boxes` (one row per training image, 4
     fractions of the image, NaN where the image has none) and the loss weight."""
 
-    def __init__(self, boxes: np.ndarray, weight: float):
+    def __init__(self, boxes: np.ndarray, weight: float, at: str = "trained"):
+        if at not in ("trained", "pixels"):
+            raise ValueError(f"penalty at {at!r}: trained | pixels")
         self.boxes = np.asarray(boxes, np.float32)
         self.weight = float(weight)
+        self.at = at
         self.has = ~np.isnan(self.boxes).any(axis=1)
 
     def __len__(self) -> int:
         return int(self.has.sum())
 
     def fingerprint(self) -> bytes:
-        return np.nan_to_num(self.boxes, nan=-1.0).tobytes() + repr(self.weight).encode()
+        return np.nan_to_num(self.boxes, nan=-1.0).tobytes() + repr((self.weight, self.at)).encode()
 
     def extended(self, n_rows: int) -> "Penalty":
         """The same penalty over `n_rows` ≥ len(boxes) rows, the added ones without a box."""
         if n_rows == len(self.boxes):
             return self
         extra = np.full((n_rows - len(self.boxes), 4), np.nan, np.float32)
-        return Penalty(np.concatenate([self.boxes, extra]), self.weight)
+        return Penalty(np.concatenate([self.boxes, extra]), self.weight, self.at)

@@ -242,7 +242,7 @@ def train_round(manifest_path: str) -> dict:
         if rows:
             h, w = fit.images.shape[1:3]
             penalty = Penalty(normalised_boxes(len(fit), [r for r, _ in rows], [b for _, b in rows], h, w),
-                              m.penalty.weight)
+                              m.penalty.weight, m.penalty.at)
     fit_dig = None
     if m.trunk_cache:
         kept_dig = [d for d, k in zip(train_dig, keep) if k]

@@ -437,10 +437,16 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             if penalty is not None:
                 augmented = copy[s:e] if config.augment_scope == "copies" else np.ones(e - s, bool)
                 pen = penalty.has[idx[s:e]] & ~(augmented & config.augment)
-                if pen.any():
-                    x = x.detach().requires_grad_(True)
-                else:
+                if not pen.any():
                     pen = None
+                elif inputs is not None and penalty.at == "pixels":
+                    # Through the frozen trunk: its output for the penalised rows, differentiable in
+                    # their pixels, takes the place of their cached output.
+                    wrt = to_model_input(images[bi[torch.from_numpy(pen)]], model, device=dev).requires_grad_(True)
+                    x = x.clone()
+                    x[torch.from_numpy(pen).to(dev)] = model.features[:inputs.start_block](wrt).float()
+                else:
+                    x = wrt = x.detach().requires_grad_(True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 logits = model(x) if inputs is None else model.forward_from(inputs.start_block, x)
             logits = logits.float()
@@ -453,7 +459,8 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
                 loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
             if pen is not None:
                 rows = torch.from_numpy(pen).to(dev)
-                share = outside_share(x, logits, rows, torch.from_numpy(penalty.boxes[idx[s:e][pen]]), active_t.to(dev))
+                share = outside_share(wrt, logits, rows, torch.from_numpy(penalty.boxes[idx[s:e][pen]]),
+                                      active_t.to(dev))
                 loss = loss + penalty.weight * share
                 pen_sum += float(share.detach()) * int(pen.sum())
                 pen_seen += int(pen.sum())
