@@ -457,6 +457,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             else:
                 w = row_weight[bi].to(dev)
                 loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+            ce = loss.detach()  # what the history's train_loss reports, with the penalty or without
             if pen is not None:
                 rows = torch.from_numpy(pen).to(dev)
                 share = outside_share(wrt, logits, rows, torch.from_numpy(penalty.boxes[idx[s:e][pen]]),
@@ -467,7 +468,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss.detach()) * len(bi)
+            loss_sum += float(ce) * len(bi)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(bi)
 
