@@ -38,6 +38,11 @@ Conditions (one run of `workers.simulate.run_simulation` each, what `camloop sim
              but the training gets only the vote, no box (a bare vote); each flagged image adds
              K copies with the inside of the box of its map's peak cell randomised (--fill),
              the map being the one the expert judged; swap feedback off
+  penalty    --expert-votes and the attribution penalty instead of copies: each flagged image's
+             share of input-gradient energy outside its box, × --penalty (feedback.penalty,
+             workers.attribution), added to the loss of every later round; no copies, no swap
+             feedback; --penalty-at pixels takes the gradients at the pixels (through the frozen
+             trunk) instead of the cached trunk output
 
 Every run (plain included) does the background-swap test after each round's training on 300
 pool images with their boxes (feedback.swap_images; it trains nothing unless swap_suspects):
@@ -69,7 +74,8 @@ CONDITIONS = {"plain": _OFF, "no-cue": {"dataset": "fashion-shortcut-no-cue", **
               "feedback-swap": {"expert_votes": True, "feedback": {"counterexamples": 2, "swap_suspects": True}},
               "swap": {"feedback": {"counterexamples": 2, "swap_suspects": True}},
               "bare": {"expert_votes": True, "bare_votes": True,
-                       "feedback": {"counterexamples": 2, "swap_suspects": False, "bare": "peak"}}}
+                       "feedback": {"counterexamples": 2, "swap_suspects": False, "bare": "peak"}},
+              "penalty": {"expert_votes": True, "feedback": {"counterexamples": 0, "swap_suspects": False, "penalty": 1.0}}}
 _COPIES = ("feedback", "feedback-swap", "swap", "bare")  # the conditions --k and --fill act on
 
 
@@ -108,17 +114,22 @@ def run(args) -> None:
         cfg = merge_config(cfg, {"feedback": {"counterexamples": args.k, "fill": args.fill, "swap_copies": args.k}})
     if args.condition == "no-cue" or not default:  # the named default model is fashion-shortcut's: give it
         cfg = merge_config(cfg, {**COLOUR_MODEL, "image_size": args.side})
+    if args.condition == "penalty":
+        cfg = merge_config(cfg, {"feedback": {"penalty": args.penalty, "penalty_at": args.penalty_at}})
     cfg = merge_config(cfg, json.loads(args.config or "{}"))
     fb = args.condition in _COPIES
     name = args.condition + (f"-k{args.k}" if fb and args.k != 2 else "") \
-        + (f"-{args.fill}" if fb and args.fill != "noise" else "") + args.tag
+        + (f"-{args.fill}" if fb and args.fill != "noise" else "") \
+        + (f"-w{args.penalty:g}{'-px' if args.penalty_at == 'pixels' else ''}" if args.condition == "penalty" else "") \
+        + args.tag
     out = Path(args.out_dir) / f"{name}_seed{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_simulation(SimulationConfig(**cfg), progress=lambda r: print(
         f"round {r['round']}: {r['labeled']} labels, test {r['accuracy']:.4f}, val {r['val_accuracy']:.4f}, "
         f"votes {({k: v for k, v in r.get('expert_votes', {}).items() if k != 'flagged_images'})}, "
         f"swap suspect {(r.get('swap_test') or {}).get('suspect')}, "
-        f"copies {r.get('counterexamples_trained')}", flush=True))
+        f"copies {r.get('counterexamples_trained')}"
+        + (f", penalised {r['penalty_images']}" if "penalty_images" in r else ""), flush=True))
     shortcut = args.base == "shortcut"
     result["bench"] = {"condition": name, "seed": args.seed, "base": args.base, "side": args.side,
                        "cue_rate": args.cue_rate if shortcut and args.condition != "no-cue" else None,
@@ -213,6 +224,9 @@ def main(argv=None) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--k", type=int, default=2, help="counterexamples per flagged image (feedback)")
     r.add_argument("--fill", default="noise", choices=("noise", "shuffle"))
+    r.add_argument("--penalty", type=float, default=1.0, help="the attribution penalty's weight (condition penalty)")
+    r.add_argument("--penalty-at", default="trained", choices=("trained", "pixels"),
+                   help="where the penalty's gradients are taken (feedback.penalty_at)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--swap-rule", default=None, help="CONFIRM,REPORT_ONLY: the swap test names a class once suspect "
                    "on CONFIRM consecutive tests after the first REPORT_ONLY (default: engine.swap_test's)")

@@ -287,6 +287,15 @@ class FeedbackConfig(_Strict):
         "all", description="with swap_suspects: whose labeled images get the copies — named, the classes the swap "
         "test has named; all, every class's, once the test has named any; always, every class's from the first "
         "round, named or not")
+    penalty: Number = Field(0.0, ge=0.0, le=100.0, description="the attribution penalty (\"right for the right "
+                            "reasons\", Ross et al. 2017): the images that get counterexamples (the flagged ones with a "
+                            "known region, and the swap feedback's) also add this weight × the share of their input "
+                            "gradients' energy that falls outside their region to the training loss (0: off; "
+                            "measured in docs/benchmarks.md)")
+    penalty_at: Literal["trained", "pixels"] = Field(
+        "trained", description="the input the penalty's gradients are taken at: trained, what the trained blocks "
+        "see (on the trunk cache its cached output, 3 × 3 cells at 96 px: cheap, coarse); pixels, the image, "
+        "through the frozen trunk too (a backward pass through it for each penalised image)")
 
 
 class SemiConfig(_Strict):

@@ -286,6 +286,25 @@ class CounterexampleSpec(_M):
             raise ValueError("each box is [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1")
         return self
 
+class PenaltySpec(_M):
+    """The attribution penalty of explanatory feedback (engine.attribution_penalty, config
+    feedback.penalty): for each listed training image, its object's box [x0, y0, x1, y1] (pixels
+    of the decoded image); the train job adds `weight` × the share of the image's input-gradient
+    energy outside the box to the loss (workers.attribution)."""
+    item_ids: list[int]
+    boxes: list[list[int]]
+    weight: float = Field(gt=0.0)
+    at: Literal["trained", "pixels"] = "trained"   # where the gradients are taken (config feedback.penalty_at)
+
+    @model_validator(mode="after")
+    def _one_box_each(self):
+        if len(self.boxes) != len(self.item_ids) or not self.item_ids:
+            raise ValueError("boxes must have one entry per image, and there must be at least one")
+        if any(len(b) != 4 or not (0 <= b[0] < b[2] and 0 <= b[1] < b[3]) for b in self.boxes):
+            raise ValueError("each box is [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1")
+        return self
+
+
 class SemiSpec(_M):
     """A semi-supervised round (engine.semi, config `semi`): the unlabeled pool images the train
     job may give pseudo-labels to, their labels blanked (−1: a pseudo-label is never a label), and
@@ -334,6 +353,8 @@ class TrainManifest(_M):
     shadow: ShadowSpec | None = None
     # Explanatory feedback's counterexamples, trained on beside `train` (None: none this round).
     counterexamples: CounterexampleSpec | None = None
+    # Explanatory feedback's attribution penalty on training images with a known region (None: none).
+    penalty: PenaltySpec | None = None
     # Pseudo-labels for unlabeled pool images (None: a supervised round).
     semi: SemiSpec | None = None
 

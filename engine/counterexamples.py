@@ -104,6 +104,14 @@ def counterexamples(image: np.ndarray, box, k: int, rng: np.random.Generator, fi
     return out
 
 
+def trained_rows(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequence[bool]) -> list[int]:
+    """Positions in `train` of the images in `flagged` whose class is active: what a round's
+    feedback (counterexamples, the attribution penalty) may act on."""
+    on = np.asarray(active, bool)
+    return [k for k, (i, y) in enumerate(zip(train.item_ids, train.labels))
+            if int(i) in flagged and 0 <= y < len(on) and on[y]]
+
+
 def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequence[bool], copies: int, fill: str,
          seed: int, wrong: Mapping[int, Sequence[int]] | None = None) -> CounterexampleSpec | None:
     """The counterexamples of a round: each training image (`train`, the labeled images the round
@@ -116,9 +124,7 @@ def plan(train: ImageRefs, flagged: Mapping[int, Sequence[int]], active: Sequenc
     wrong = {} if wrong is None else wrong
     if copies <= 0 or not (flagged or wrong):
         return None
-    on = np.asarray(active, bool)
-    pick = [k for k, (i, y) in enumerate(zip(train.item_ids, train.labels))
-            if (int(i) in flagged or int(i) in wrong) and 0 <= y < len(on) and on[y]]
+    pick = trained_rows(train, {**wrong, **flagged}, active)
     if not pick:
         return None
     sources = train.take(pick)

@@ -7,7 +7,8 @@ one by one, so neither can order them differently.
 
     training(config, project_id, TrainingFacts) -> TrainingPlan
         the training set and the held-out evidence, then the train manifest (seeds, batch size,
-        what is new, the counterexamples of the flagged images it trains on; with config.semi, the
+        what is new, the counterexamples of the flagged images it trains on and their attribution
+        penalty (config.feedback.penalty); with config.semi, the
         unlabeled images pseudo-labels may come from: engine.semi)
     after_training(config, project_id, TrainedFacts) -> ScorePlan
         the exclusion rule on the evidence of every evaluated round (re-included classes judged
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import counterexamples
+from engine import attribution_penalty, counterexamples
 from engine.audit import curve_key, measured_sizes
 from engine.config import FeedbackConfig, ProjectConfig
 from engine.contracts import Gatekeeper, ImageRefs, RoundFiles, ScoreManifest, TrainManifest
@@ -126,6 +127,10 @@ def training(config: ProjectConfig, project_id: int, facts: TrainingFacts) -> Tr
     counter = counterexamples.plan(split.train, images, facts.active, copies, fill, config.seed, wrong)
     if counter is not None:
         manifest = manifest.model_copy(update={"counterexamples": counter})
+    penalty = attribution_penalty.plan(split.train, images, facts.active, config.feedback.penalty,
+                                       config.feedback.penalty_at)
+    if penalty is not None:
+        manifest = manifest.model_copy(update={"penalty": penalty})
     # Pseudo-labels (engine.semi) join the job's training set only: the split, the shadow's random
     # labels and everything counted from them stay the labels alone.
     semi = semi_spec(config, facts.unlabeled, facts.number)

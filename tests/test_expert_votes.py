@@ -187,3 +187,18 @@ def test_counterexamples_need_expert_votes(tmp_path):
 
     r = runner.invoke(app, ["simulate", "--dataset", "digits", "--counterexamples", "2", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--expert-votes" in r.output
+
+
+def test_simulate_attribution_penalty_acts_on_the_flagged_images(tmp_path):
+    # The penalty alone (no copies): each later round's training penalises every flagged image
+    # it trains on, at the pixels (small CNN, no trunk cache).
+    data = simulate_shortcut_folder(tmp_path, {"counterexamples": 0, "penalty": 1.0, "swap_suspects": False})
+    acq = [x for x in data["rounds"] if "selected" in x]
+    flagged = [len(x["expert_votes"]["flagged_images"]) for x in acq]
+    assert sum(flagged) > 0, "the tiny run flagged nothing: the test reads nothing"
+    trained = [x["penalty_images"] for x in data["rounds"]]
+    # Round 1 trains before any vote; each later round on every image flagged so far (a flagged
+    # image held out as evidence would get none; this seeded run holds none of them out).
+    assert trained[0] == 0 and trained[1:] == list(np.cumsum(flagged)), (trained, flagged)
+    assert all(x["counterexamples_trained"] == 0 for x in data["rounds"])
+    assert data["config"]["feedback"]["penalty"] == 1.0

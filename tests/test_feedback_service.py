@@ -32,7 +32,7 @@ CLASSES = [str(i) for i in range(10)]
 K = 3
 FAST = {"epochs": 3, "budget": 20, "reserve": 0, "mc_samples": 2, "hflip": False, "pretrained": False,
         # the votes' copies alone, with the noise fill (the swap test's feedback: tests/test_swap_service.py)
-        "feedback": {"counterexamples": K, "swap_suspects": False}}
+        "feedback": {"counterexamples": K, "swap_suspects": False, "penalty": 1.0}}
 FOLDER_BOX = [1, 1, 7, 7]  # regions.json's box of every even-numbered pool image (8×8 digits)
 
 
@@ -123,9 +123,11 @@ def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(ap
     # Not labels: the training set is the labeled images only.
     assert sorted(manifest.train.item_ids) == sorted(q["item_id"] for q in queued)
     assert rnd["progress"]["feedback"] == {"flagged": 5, "drawn": 2, "folder": 1, "bare": 2, "images": 3,
-                                           "copies": 3 * K}
+                                           "copies": 3 * K, "penalty_images": 3}
+    # The attribution penalty (feedback.penalty) acts on the same three images, with the same boxes.
+    assert dict(zip(manifest.penalty.item_ids, map(tuple, manifest.penalty.boxes))) == want
     metrics = json.loads(paths.round_files(settings, pid, 2).metrics.read_text())
-    assert metrics["train"]["counterexamples"] == 3 * K
+    assert metrics["train"]["counterexamples"] == 3 * K and metrics["train"]["penalty_images"] == 3
     assert metrics["train"]["n_train"] == metrics["train"]["n_labeled"] == len(queued)
 
     # The metrics' label counts, the history and the export know nothing of the copies.
@@ -140,6 +142,24 @@ def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(ap
     assert sorted(r["item_id"] for r in rows if r["registered_split"] == "pool") == sorted(q["item_id"] for q in queued)
     assert len(rows) == len(queued) + len(val)
 
+    # Which feedback makes the flagged boxes matter: with no copies of their own they still go to
+    # the plan while the swap test's feedback is on (they get its copies once it acts, as in
+    # `camloop simulate`, whatever swap_scope) or with the penalty; with neither, nothing.
+    from engine.config import ProjectConfig
+    from service.rounds.feedback import flagged_boxes
+
+    base = ProjectConfig.model_validate(FAST)
+    with session_scope(settings) as s:
+        project = s.get(Project, pid)
+        for fb in ({"counterexamples": 0, "penalty": 0.0, "swap_scope": "named"},   # swap feedback on: the default
+                   {"counterexamples": 0, "penalty": 0.5, "swap_suspects": False}):
+            config = base.model_copy(update={"feedback": base.feedback.model_copy(update=fb | (
+                {} if "swap_suspects" in fb else {"swap_suspects": True}))})
+            boxes, counts, _ = flagged_boxes(s, settings, project, config)
+            assert {i: tuple(b) for i, b in boxes.items()} == want and counts["flagged"] == 5, fb
+        off = base.model_copy(update={"feedback": base.feedback.model_copy(
+            update={"counterexamples": 0, "penalty": 0.0, "swap_suspects": False})})
+        assert flagged_boxes(s, settings, project, off) == ({}, None, {})
 
 def test_bare_votes_with_feedback_bare_peak_train_the_peak_of_the_stored_map(api):
     """feedback.bare peak: a flagged image with no region (a bare vote) gets K copies with the

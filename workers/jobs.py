@@ -231,6 +231,18 @@ def train_round(manifest_path: str) -> dict:
         fit = Dataset(np.concatenate([fit.images, extra]), np.concatenate([fit.labels, extra_labels]),
                       list(names))
         fit_new = np.concatenate([fit_new, np.zeros(n_counter, bool)])
+    penalty = None
+    if m.penalty is not None:
+        # The attribution penalty's boxes, one row per image the model fits (the copies have none).
+        from workers.attribution import Penalty, normalised_boxes
+
+        fit_ids = [int(i) for i, k in zip(m.train.item_ids, keep) if k]
+        row_of = {i: r for r, i in enumerate(fit_ids)}
+        rows = [(row_of[i], b) for i, b in zip(m.penalty.item_ids, m.penalty.boxes) if i in row_of]
+        if rows:
+            h, w = fit.images.shape[1:3]
+            penalty = Penalty(normalised_boxes(len(fit), [r for r, _ in rows], [b for _, b in rows], h, w),
+                              m.penalty.weight, m.penalty.at)
     fit_dig = None
     if m.trunk_cache:
         kept_dig = [d for d, k in zip(train_dig, keep) if k]
@@ -238,6 +250,8 @@ def train_round(manifest_path: str) -> dict:
 
     def attempt(bs: int, data=fit, dig=fit_dig, new=fit_new, pseudo=None, resume=files.resume_dir):
         torch.manual_seed(m.settings.seed)
+        # Pseudo-labels append rows after `fit`'s: they get no box.
+        pen = None if penalty is None else penalty.extended(len(data))
         model = _build(m.net)  # fresh weights each attempt: a failed one may have taken steps
         tc = TrainConfig(**{**base, "batch_size": bs})
         weight = m.semi.weight if m.semi is not None else 1.0
@@ -248,9 +262,9 @@ def train_round(manifest_path: str) -> dict:
 
             return model, train_from_cache(model, _trunk_cache(m.trunk_cache, model, bs), data, dig, new,
                                            evidence, evidence_dig, active, tc, checkpoint_dir=resume, pseudo=pseudo,
-                                           pseudo_weight=weight)
+                                           pseudo_weight=weight, penalty=pen)
         return model, train_model(model, data, new, evidence, active, tc, checkpoint_dir=resume, pseudo=pseudo,
-                                  pseudo_weight=weight)
+                                  pseudo_weight=weight, penalty=pen)
 
     def predict(images, b: int, digests=None):
         """The current `model`'s probabilities (`digests`: the images' cache keys, when known)."""
@@ -304,6 +318,7 @@ def train_round(manifest_path: str) -> dict:
                          "n_train": len(train), "n_new": int(np.sum(m.is_new)),
                          "n_labeled": len(train) + (len(m.evidence) if m.evidence_source == "holdout" else 0),
                          "batch_size": bs, "oom_splits": splits, "counterexamples": n_counter,
+                         "penalty_images": len(penalty) if penalty is not None else 0,
                          "pruned": int((~keep).sum()),
                          "pruned_item_ids": [int(i) for i in np.asarray(m.train.item_ids)[~keep]]},
                "active": list(m.active), "evidence_source": m.evidence_source}

@@ -209,6 +209,8 @@ def run_simulation(config: SimulationConfig, progress: Progress | None = None, w
                                     "wrong": sum(int(book.wrong(i)) for i in out_ids) if book is not None else 0}
             if flagged is not None or swap is not None:  # the copies this round's model trained on beside its labels
                 record["counterexamples_trained"] = int(metrics["train"].get("counterexamples", 0))
+            if project.feedback.penalty > 0:  # the images the attribution penalty acted on this round
+                record["penalty_images"] = int(metrics["train"].get("penalty_images", 0))
             if swap is not None:
                 t0 = time.perf_counter()
                 record["swap_test"] = swap.test(number, str(files.checkpoint), manifest.net, active, trunk_dir)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from engine.config import ProjectConfig
 from engine.files import atomic_write
+from workers.attribution import outside_share
 from workers.evaluate import active_logit_mask, default_device, predict_probs
 from workers.preprocess import to_model_input
 
@@ -205,7 +206,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=None, pseudo=None,
-                 pseudo_weight: float = 1.0) -> str:
+                 pseudo_weight: float = 1.0, penalty=None) -> str:
     """Identifies a training run, so a checkpoint of a different run is never resumed."""
     h = hashlib.sha256()
     cfg = asdict(config)
@@ -222,6 +223,8 @@ def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=
     if pseudo is not None:  # only then: a supervised run keeps the fingerprint it had before
         h.update(np.ascontiguousarray(np.asarray(pseudo, bool)).tobytes())
         h.update(repr(float(pseudo_weight)).encode())
+    if penalty is not None:  # likewise: a run without the attribution penalty keeps its fingerprint
+        h.update(penalty.fingerprint())
     return h.hexdigest()
 
 
@@ -287,7 +290,8 @@ def _val_accuracy(model, val, active, device, batch_size, inputs=None) -> float:
 
 def train_model(model, train, is_new, val, active, config: TrainConfig | None = None,
                 checkpoint_dir=None, progress: bool | Callable[[dict], None] = False,
-                inputs=None, val_inputs=None, pseudo=None, pseudo_weight: float = 1.0) -> TrainResult:
+                inputs=None, val_inputs=None, pseudo=None, pseudo_weight: float = 1.0,
+                penalty=None) -> TrainResult:
     """Train ``model`` in place on ``train`` (a Dataset of labeled images); see the module doc.
 
     ``inputs`` / ``val_inputs`` (workers.trunk_cache.CachedInputs, one row per train / val
@@ -298,7 +302,9 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
     the classes still trained. ``pseudo`` (bool per train image, engine.semi): pseudo-labeled
     pool images, no labels: each enters an epoch once, as itself (never duplicated, balanced
     or augmented, and not counted by the balancing), its loss weighted by ``pseudo_weight``
-    against a label's 1. ``progress``: True logs a line per epoch; a callable receives a
+    against a label's 1. ``penalty`` (workers.attribution.Penalty, one box row per train image):
+    the attribution penalty on the clean entries of the images with a box, its epoch mean in
+    the history (``attribution_outside``). ``progress``: True logs a line per epoch; a callable receives a
     dict per epoch (epoch, epochs, train_loss, train_accuracy, val_accuracy, seconds). On
     return the model holds the weights of the best validation epoch (the last epoch when there
     is no validation set).
@@ -333,7 +339,13 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             raise ValueError("pseudo must have one entry per training image")
         if not pseudo.any():
             pseudo = None
-    fp = _fingerprint(model, train, is_new, val, active, config, inputs, pseudo, pseudo_weight)
+    if penalty is not None:
+        if len(penalty.boxes) != len(train):
+            raise ValueError("penalty must have one box row per training image")
+        if not len(penalty):
+            penalty = None
+    fp = _fingerprint(model, train, is_new, val, active, config, inputs, pseudo, pseudo_weight, penalty)
+    active_t = torch.from_numpy(active)
     if checkpoint_dir is not None:
         ckpt_dir = Path(checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -400,6 +412,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             starts.pop()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
+        pen_sum, pen_seen = 0.0, 0
         for j, s in enumerate(starts):
             e = starts[j + 1] if j + 1 < len(starts) else idx.size
             bi = torch.from_numpy(idx[s:e])
@@ -419,6 +432,21 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
                 elif bool(sel.any()):
                     x[sel] = augment_batch(x[sel], gen, hflip=config.hflip, max_rotate=config.max_rotate,
                                            max_translate=config.max_translate, scale_range=config.scale_range)
+            # The penalty's rows: images with a box, entered as themselves (a copy is augmented).
+            pen = None
+            if penalty is not None:
+                augmented = copy[s:e] if config.augment_scope == "copies" else np.ones(e - s, bool)
+                pen = penalty.has[idx[s:e]] & ~(augmented & config.augment)
+                if not pen.any():
+                    pen = None
+                elif inputs is not None and penalty.at == "pixels":
+                    # Through the frozen trunk: its output for the penalised rows, differentiable in
+                    # their pixels, takes the place of their cached output.
+                    wrt = to_model_input(images[bi[torch.from_numpy(pen)]], model, device=dev).requires_grad_(True)
+                    x = x.clone()
+                    x[torch.from_numpy(pen).to(dev)] = model.features[:inputs.start_block](wrt).float()
+                else:
+                    x = wrt = x.detach().requires_grad_(True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 logits = model(x) if inputs is None else model.forward_from(inputs.start_block, x)
             logits = logits.float()
@@ -429,10 +457,18 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             else:
                 w = row_weight[bi].to(dev)
                 loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+            ce = loss.detach()  # what the history's train_loss reports, with the penalty or without
+            if pen is not None:
+                rows = torch.from_numpy(pen).to(dev)
+                share = outside_share(wrt, logits, rows, torch.from_numpy(penalty.boxes[idx[s:e][pen]]),
+                                      active_t.to(dev))
+                loss = loss + penalty.weight * share
+                pen_sum += float(share.detach()) * int(pen.sum())
+                pen_seen += int(pen.sum())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss.detach()) * len(bi)
+            loss_sum += float(ce) * len(bi)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(bi)
 
@@ -441,6 +477,8 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
                "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_accuracy": val_acc, "train_images": int(seen),
                "seconds": time.perf_counter() - t0}
+        if pen_seen:
+            rec["attribution_outside"] = pen_sum / pen_seen
         history.append(rec)
         # No validation set: every epoch counts as the best so far (the model ends on its last).
         score = val_acc if not math.isnan(val_acc) else float(epoch)

@@ -277,7 +277,7 @@ def cached_inputs(cache: TrunkCache, images, digests, *, augment: bool = True, v
 
 def train_from_cache(model, cache: TrunkCache, train, train_digests, is_new, val, val_digests, active,
                      config=None, *, views: int = DEFAULT_VIEWS, checkpoint_dir=None, progress=False,
-                     pseudo=None, pseudo_weight: float = 1.0):
+                     pseudo=None, pseudo_weight: float = 1.0, penalty=None):
     """`train_model` with the frozen trunk read from `cache` (computed where missing).
 
     `model` must be the cache's model (its first `cache.k` blocks frozen): it is trained in
@@ -308,7 +308,8 @@ def train_from_cache(model, cache: TrunkCache, train, train_digests, is_new, val
         cache.ensure(val.images, val_digests)
         val_inputs = CachedInputs(cache.load(val_digests), cache.k)
     return train_model(model, train, is_new, val, active, config, checkpoint_dir=checkpoint_dir, progress=progress,
-                       inputs=inputs, val_inputs=val_inputs, pseudo=pseudo, pseudo_weight=pseudo_weight)
+                       inputs=inputs, val_inputs=val_inputs, pseudo=pseudo, pseudo_weight=pseudo_weight,
+                       penalty=penalty)
 
 
 def score_from_cache(model, cache: TrunkCache, digests, images=None, **kwargs):

@@ -37,8 +37,12 @@ def flagged_boxes(s: Session, settings: Settings, project: Project,
                   config: ProjectConfig) -> tuple[dict[int, list[int]], dict | None, dict[int, list[int]]]:
     """({item id: box in decoded pixels} of the flagged labeled pool images with a known region,
     the counts for the round's progress, {item id: the peak box in decoded pixels} of the bare
-    votes when feedback.bare is peak); ({}, None, {}) when the project makes no counterexamples."""
-    if config.feedback.counterexamples <= 0:
+    votes when feedback.bare is peak); ({}, None, {}) when no feedback of the project can act on
+    them. With `counterexamples` 0 they still matter while the swap test's feedback is on (they
+    get its copies once it acts, engine.step.feedback_copies: as in `camloop simulate`, whatever
+    `swap_scope`) and with the attribution penalty."""
+    fb = config.feedback
+    if fb.counterexamples <= 0 and fb.penalty <= 0 and not (fb.swap_suspects and fb.swap_copies > 0):
         return {}, None, {}
     votes = hooks.flagged_regions(s, project)
     rows = s.execute(select(Item.id, Item.uri, Item.region).where(

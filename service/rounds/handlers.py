@@ -174,7 +174,8 @@ def on_created(x: Ctx) -> None:
         # flagged image held out as evidence, or of an excluded class, makes none).
         ce = manifest.counterexamples
         flag_counts = {**flag_counts, "images": len(ce.sources) if ce else 0,
-                       "copies": len(ce.sources) * ce.copies if ce else 0}
+                       "copies": len(ce.sources) * ce.copies if ce else 0,
+                       **({"penalty_images": len(manifest.penalty.item_ids)} if manifest.penalty else {})}
     if not x.move(S.CREATED, S.TRAINING, RoundProgress(stage=S.TRAINING.value, n_train=len(split.train),
                                                        n_new=int(sum(manifest.is_new)), evidence=split.source,
                                                        n_evidence=len(split.evidence),
