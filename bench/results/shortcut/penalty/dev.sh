@@ -1,4 +1,5 @@
 #!/bin/bash
+# As run on the development machine (paths there): /work/pen-frozen was a frozen copy of commit 8a31637, /work/pen-frozen2 of 17f265d; the venv was the repository's .venv.
 # dev seed 9: the penalty's weight, chosen before any reported seed
 cd /work/pen-frozen
 CFG='{"pool_limit": 2000, "val_limit": 500, "test_limit": 1000, "rounds": 5}'

@@ -1,4 +1,5 @@
 #!/bin/bash
+# As run on the development machine (paths there): /work/pen-frozen was a frozen copy of commit 8a31637, /work/pen-frozen2 of 17f265d; the venv was the repository's .venv.
 while pgrep -f pen-runs/dev.sh > /dev/null; do sleep 10; done
 cd /work/pen-frozen2
 CFG='{"pool_limit": 2000, "val_limit": 500, "test_limit": 1000, "rounds": 5}'

@@ -1,4 +1,5 @@
 #!/bin/bash
+# As run on the development machine (paths there): /work/pen-frozen was a frozen copy of commit 8a31637, /work/pen-frozen2 of 17f265d; the venv was the repository's .venv.
 # seeds 0-2 of the chosen penalty variant: $1 weight, $2 trained|pixels
 while pgrep -f pen-runs/dev2.sh > /dev/null; do sleep 10; done
 cd /work/pen-frozen2

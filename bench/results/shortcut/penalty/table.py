@@ -1,3 +1,5 @@
+"""The penalty section's table rows (docs/benchmarks.md): penalty runs beside the same day's plain,
+feedback and votes runs."""
 import json, sys, numpy as np
 CUE=[0,1,2,3,4,6,8]
 def load(p):
@@ -9,14 +11,14 @@ def load(p):
     return dict(t=r['accuracy'], v=r['val_accuracy'], a=np.trapezoid(acc,n)/(n[-1]-n[0]), pen=[x.get('penalty_images') for x in rs],
                 sw=[len((x.get('swap_test') or {}).get('suspect',[])) for x in rs], cue=cue, foot=foot,
                 fl=sum(((x.get('expert_votes') or {}).get('flagged') or 0) for x in rs), sec=d['config'].get('seconds'))
-A='/work/h-cam/bench/results/shortcut/cam-term/'
-for kind, pat in (('trained','/work/pen-runs/seeds/penalty-w1_seed{}.json'),('pixels','/work/pen-runs/seeds/penalty-w1-px_seed{}.json')):
+A='bench/results/shortcut/cam-term/'  # run from the repository's root
+for kind, pat in (('trained','bench/results/shortcut/penalty/penalty-w1_seed{}.json'),('pixels','bench/results/shortcut/penalty/penalty-w1-px_seed{}.json')):
     rows=[]
     for s in (0,1,2):
         try: p=load(pat.format(s))
         except FileNotFoundError: continue
         pl=load(A+f'plain_seed{s}.json'); fb=load(A+f'feedback-k4-shuffle_seed{s}.json')
-        vo=load(f'/work/h-bare/bench/results/shortcut/bare/votes_seed{s}.json')
+        vo=load(f'bench/results/shortcut/bare/votes_seed{s}.json')
         rows.append((s,p,pl,fb,vo))
         print(f"| {s} | {kind} | {pl['t']:.4f} | {vo['t']:.4f} | {fb['t']:.4f} | **{p['t']:.4f}** | **{100*(p['t']-pl['t']):+.1f}** | {100*(p['t']-vo['t']):+.1f} | {pl['v']:.3f} / {p['v']:.3f} | {pl['a']:.4f} / {fb['a']:.4f} / {p['a']:.4f} | {pl['cue']:.3f} / {p['cue']:.3f} | {', '.join(map(str,p['pen']))} | {' '.join(map(str,pl['sw']))} / {' '.join(map(str,p['sw']))} | {p['sec']:.0f} |")
     if rows:
