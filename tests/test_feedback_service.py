@@ -51,21 +51,30 @@ def _answer(ann_id: int, item_id: int, label: str, *rects, wrong: bool = True, r
             "_task": {"id": ann_id, "data": {cfg.ITEM_ID: item_id, **({cfg.ROUND: round_} if round_ else {})}}}
 
 
-def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(api):
-    client, settings = api
-    pid = client.post("/api/v1/projects", json={"name": f"fb-{time.monotonic_ns()}", "classes": CLASSES,
-                                                "config": FAST}).json()["id"]
+def _labeled_first_round(client, settings, name: str, config: dict, seed: int, regions: bool):
+    """A project of 200 pool digits (`regions`: a regions.json box on every other one) and 60
+    validation digits whose first round is labeled and closed: (pid, truth, val, queued)."""
+    pid = client.post("/api/v1/projects", json={"name": f"{name}-{time.monotonic_ns()}", "classes": CLASSES,
+                                                "config": config}).json()["id"]
     root = settings.data_dir
-    truth = dict(write_digits(root, 200, "pool", seed=3))
-    val = write_digits(root, 60, "val", seed=3, offset=200)
-    (root / "pool" / "regions.json").write_text(json.dumps(
-        {u.split("/", 1)[1]: FOLDER_BOX for u in sorted(truth)[::2]}))
+    truth = dict(write_digits(root, 200, "pool", seed=seed))
+    val = write_digits(root, 60, "val", seed=seed, offset=200)
+    if regions:
+        (root / "pool" / "regions.json").write_text(json.dumps(
+            {u.split("/", 1)[1]: FOLDER_BOX for u in sorted(truth)[::2]}))
     assert client.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool", "items": [
         {"uri": u, "split": "val", "label": y} for u, y in val]}).status_code == 202
     assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     round_reaches(client, settings, pid, 1, "labeling")
     queued = label_queue(client, pid, truth)
     round_reaches(client, settings, pid, 1, "closed")
+    return pid, truth, val, queued
+
+
+def test_flagged_images_with_a_region_train_counterexamples_and_are_no_labels(api):
+    client, settings = api
+    pid, truth, val, queued = _labeled_first_round(client, settings, "fb", FAST, 3, regions=True)
+    root = settings.data_dir
 
     # The experts' answers on round 1's images, as Label Studio sends them.
     with session_scope(settings) as s:
@@ -171,17 +180,8 @@ def test_bare_votes_with_feedback_bare_peak_train_the_peak_of_the_stored_map(api
 
     client, settings = api
     config = {**FAST, "feedback": {**FAST["feedback"], "bare": "peak", "fill": "shuffle"}}
-    pid = client.post("/api/v1/projects", json={"name": f"bare-{time.monotonic_ns()}", "classes": CLASSES,
-                                                "config": config}).json()["id"]
+    pid, truth, val, first = _labeled_first_round(client, settings, "bare", config, 4, regions=False)
     root = settings.data_dir
-    truth = dict(write_digits(root, 200, "pool", seed=4))
-    val = write_digits(root, 60, "val", seed=4, offset=200)
-    assert client.post(f"/api/v1/projects/{pid}/items", json={"folder": "pool", "items": [
-        {"uri": u, "split": "val", "label": y} for u, y in val]}).status_code == 202
-    assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
-    round_reaches(client, settings, pid, 1, "labeling")
-    first = label_queue(client, pid, truth)
-    round_reaches(client, settings, pid, 1, "closed")
     assert client.post(f"/api/v1/projects/{pid}/rounds").status_code == 202
     round_reaches(client, settings, pid, 2, "labeling")
     second = label_queue(client, pid, truth)
