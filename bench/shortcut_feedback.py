@@ -53,10 +53,10 @@ round's `swap_test`.
         --trunk-cache-dir /tmp/trunk-shortcut
     python bench/shortcut_feedback.py summary bench/results/shortcut
 
-The summary: per condition and seed, test accuracy (cue random) and validation accuracy (cue at
-the cue rate) at 300 labels and at the end (350), the test AULC, the votes' flagged share, the classes
-the shortcut report calls suspect against the cue-bearing ones, and the mean test accuracy at
-300 labels over the cue-bearing classes and over the others.
+The summary: per run (its file name), the run's strategy and condition, test accuracy (cue random)
+and validation accuracy (cue at the cue rate) at 300 labels and at the end (350), the test AULC,
+the votes' flagged share, the classes the shortcut report calls suspect against the cue-bearing
+ones, and the mean test accuracy at 300 labels over the cue-bearing classes and over the others.
 """
 from __future__ import annotations
 
@@ -186,6 +186,7 @@ def summarise(folder: Path) -> dict:
         votes = [x.get("expert_votes") for x in rounds if x.get("expert_votes")]
         judged = sum(v["judged"] for v in votes)
         out[p.stem] = {
+            "strategy": r["config"].get("strategy"), "condition": r.get("bench", {}).get("condition"),
             "test_300": at.get(300, {}).get("accuracy"), "val_300": at.get(300, {}).get("val_accuracy"),
             "test_end": rounds[-1]["accuracy"], "val_end": rounds[-1]["val_accuracy"], "labels_end": rounds[-1]["labeled"],
             "test_aulc": round(aulc(rounds), 4),
