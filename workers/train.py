@@ -345,7 +345,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         if not len(penalty):
             penalty = None
     fp = _fingerprint(model, train, is_new, val, active, config, inputs, pseudo, pseudo_weight, penalty)
-    active_t = torch.from_numpy(active)
+    active_t = torch.from_numpy(active).to(dev)  # the penalty's Σ log p is over the active classes
     if checkpoint_dir is not None:
         ckpt_dir = Path(checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +461,7 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
             if pen is not None:
                 rows = torch.from_numpy(pen).to(dev)
                 share = outside_share(wrt, logits, rows, torch.from_numpy(penalty.boxes[idx[s:e][pen]]),
-                                      active_t.to(dev))
+                                      active_t)
                 loss = loss + penalty.weight * share
                 pen_sum += float(share.detach()) * int(pen.sum())
                 pen_seen += int(pen.sum())
