@@ -94,6 +94,22 @@ def knn_scores(labels: np.ndarray, feats: np.ndarray, k: int = 10) -> tuple[np.n
     return np.asarray(issues["label_score"], np.float64), np.asarray(issues["is_label_issue"], bool)
 
 
+def noise_posterior(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """P(the given label is the true one | the image, the given label), with cleanlab's estimate of
+    the noise (`cleanlab.count.estimate_joint`: P(given = j, true = i)): a label j the image's
+    probabilities give to a class i from which labels rarely turn into j is a hard image, not a
+    flip; one they give to a class whose labels often turn into j is a likely flip."""
+    from cleanlab.count import estimate_joint
+
+    p = np.maximum(np.asarray(probs, np.float64), 1e-12)
+    p /= p.sum(axis=1, keepdims=True)
+    joint = estimate_joint(labels, p)                  # [given, true]
+    flips = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-12)   # P(given = j | true = i)
+    likelihood = flips[labels]                          # (N, C): P(given = label | true = i)
+    evidence = (p * likelihood).sum(axis=1)
+    return p[np.arange(len(labels)), labels] * likelihood[np.arange(len(labels)), labels] / np.maximum(evidence, 1e-12)
+
+
 def by_score(q: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
     """Indices by ascending score (index breaks ties), `among` only when given."""
     order = np.lexsort((np.arange(len(q)), q))
@@ -129,9 +145,12 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
     res["wrong_pairs"] = dict(sorted(pairs.items(), key=lambda kv: -kv[1]))
     cached = Path(args.out).with_suffix(f".round{m.round}.npz")  # a rerun reuses the fold models' output
     probs: dict[str, np.ndarray] = {}
+    ids = np.asarray(m.train.item_ids, np.int64)
     if cached.is_file():
         with np.load(cached) as z:
-            probs = {k: z[k] for k in z.files if k != "features"}
+            # Only for the same labeled set (other code picks other images: their probabilities would lie).
+            if "item_ids" in z.files and np.array_equal(z["item_ids"], ids):
+                probs = {k: z[k] for k in z.files if k.startswith("oof ")}
     t0 = time.perf_counter()
     for k in args.folds:
         for rep in range(args.repeats if k == 3 else 1):
@@ -143,7 +162,7 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
             probs[name] = out_of_fold(mk, train, is_new, evidence, active, {**base, "seed": m.settings.seed + 17 * rep},
                                       jobs._build, cache_of, train_dig, evidence_dig, dev)
             print(f"  folds k={k} rep {rep}: {time.perf_counter() - t0:.0f} s", flush=True)
-            np.savez(cached, **probs)
+            np.savez(cached, item_ids=ids, **probs)
     reps = [probs[f"oof k=3 rep{r}"] for r in range(args.repeats) if f"oof k=3 rep{r}" in probs]
     if len(reps) > 1:
         probs[f"oof k=3 mean of {len(reps)}"] = np.mean(reps, 0)
@@ -152,8 +171,9 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
     model = jobs._build(m.net)
     model.load_state_dict(ckpt["state_dict"])
     feats = penultimate(model, train.images, active, dev)
-    np.savez(cached, features=feats, **probs)
     truth_train = truth[np.asarray(m.train.item_ids, np.int64)]
+    # The labeled set beside its probabilities: a later screen of another ranking reads them alone.
+    np.savez(cached, item_ids=ids, features=feats, labels=labels, truth=truth_train, is_new=is_new, **probs)
     orders: dict[str, dict[str, np.ndarray]] = {}
     quality: dict[str, np.ndarray] = {}
     from cleanlab.rank import get_label_quality_scores
@@ -166,13 +186,15 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
         pp /= pp.sum(1, keepdims=True)
         quality[name + " sc"] = get_label_quality_scores(labels, pp, method="self_confidence")
         quality[name + " nm"] = get_label_quality_scores(labels, pp, method="normalized_margin")
+        quality[name + " post"] = noise_posterior(labels, pp)
+        orders[name]["all/noise_posterior"] = by_score(quality[name + " post"])
     for kn in (10, 25):
         q, issue = knn_scores(labels, feats, kn)
         name = f"knn k={kn} (round model features, Datalab)"
         res["probs"][name] = {"oof_accuracy_vs_truth": None, "rankings": {}}
         orders[name] = {"all/label_score": by_score(q), "issues/label_score": by_score(q, issue)}
         quality[name] = q
-    for a in ("oof k=3 rep0 sc", "oof k=3 rep0 nm", f"oof k=3 mean of {len(reps)} sc"):
+    for a in ("oof k=3 rep0 sc", "oof k=3 rep0 nm", f"oof k=3 mean of {len(reps)} sc", "oof k=3 rep0 post"):
         for b in ("knn k=10 (round model features, Datalab)", "knn k=25 (round model features, Datalab)"):
             if a in quality and b in quality:
                 name = f"mean of scores: {a} + {b.split(' (')[0]}"
