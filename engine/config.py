@@ -148,9 +148,6 @@ class RelabelConfig(_Strict):
         "otherwise; its suspects join the out-of-fold ones; pruning keeps self-confidence: it runs before the round's "
         "model exists). docs/benchmarks.md: on Fashion-MNIST, 3 seeds, it fixed 47 % of confusable flips within "
         "two rounds against 44 %, 78 % of uniform ones against 76 %, and ended 0.6 points higher")
-    window: StrictInt = Field(0, ge=0, le=1000, description="ask again only labels first given in the last this-"
-                              "many rounds (0: any age). A label's checks then come while it is fresh, and the "
-                              "asks are not spent on old labels that earlier rounds already checked")
     knn_k: StrictInt = Field(25, ge=1, le=1000, description="neighbours of the kNN label score (ranking "
                                                             "self_confidence+knn; fewer labels: all but one)")
     prune: StrictBool = Field(False, description="train the round's model without cleanlab's suspects whose label "

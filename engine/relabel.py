@@ -4,7 +4,6 @@ The service and `camloop simulate` both call these (one rule, one place):
 
   * `second_opinion_picks` — from a round's label-issue file (workers.label_issues): cleanlab's
     suspects, most suspicious first, those that may be asked again, at most `share` × budget;
-  * `in_window` — whether a label is young enough to be asked about (`relabel.window`);
   * `decide` — an image's votes (one per expert) → its label: the majority, as the Label Studio
     bridge resolves it (service.labelstudio.resolve); a tie between experts is broken by the
     out-of-fold probabilities when `tie_break` is "model" — cleanlab's own rule for majority-vote
@@ -43,13 +42,6 @@ def read_issues(path: Path | str) -> dict[str, np.ndarray]:
 
 def max_second_opinions(share: float, budget: int) -> int:
     return int(np.floor(share * budget + 1e-9))
-
-
-def in_window(first_round: int | None, number: int, window: int) -> bool:
-    """relabel.window: may round `number` ask again about a label first given in round
-    `first_round`? Yes when it is at most `window` rounds old, or when `window` is 0 (any age) or
-    the first round is not known."""
-    return window <= 0 or first_round is None or first_round >= number - window
 
 
 def second_opinion_picks(issues: dict[str, np.ndarray], limit: int,

@@ -168,7 +168,7 @@ def ask_second_opinions(book: LabelBook, files, project, names, labeled: np.ndar
     the labels the round trained on, at most relabel.share × budget, each answered by one more
     independent simulated expert; the votes decide (a tie by the out-of-fold probabilities, or
     left undecided: the image leaves training). → the item ids asked."""
-    from engine.relabel import decide, in_window, max_second_opinions, read_issues, second_opinion_picks
+    from engine.relabel import decide, max_second_opinions, read_issues, second_opinion_picks
 
     rc = project.relabel
     if not files.label_issues.is_file():
@@ -176,8 +176,7 @@ def ask_second_opinions(book: LabelBook, files, project, names, labeled: np.ndar
     index = {i: i for i in range(len(names))}
 
     def may_ask(item: int) -> bool:
-        return (bool(labeled[item]) and book.asked.get(item, 0) < rc.max_per_item
-                and in_window(book.made.get(item), number, rc.window))
+        return bool(labeled[item]) and book.asked.get(item, 0) < rc.max_per_item
 
     picks = second_opinion_picks(read_issues(files.label_issues), max_second_opinions(rc.share, project.budget),
                                  may_ask)

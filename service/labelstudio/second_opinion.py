@@ -3,8 +3,7 @@
 When a round reaches labeling and its project has `relabel.enabled`, the round's label-issue
 file (cleanlab's suspects among the labels it trained on, workers.label_issues) gives the
 labels to ask again (engine.relabel.second_opinion_picks: most suspicious first, at most
-`relabel.share` × budget, never more than `relabel.max_per_item` times an image, only labels first
-given within the last `relabel.window` rounds when it is set). Only labels
+`relabel.share` × budget, never more than `relabel.max_per_item` times an image). Only labels
 that came from Label Studio are asked (their experts are known), and only when the project has
 seen at least two experts, one of whom has not labeled the image: with one expert there is no
 one to ask.
@@ -39,7 +38,7 @@ from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, Table, Un
 from sqlalchemy.orm import Session
 
 from engine.config import ProjectConfig
-from engine.relabel import decide, in_window, max_second_opinions, read_issues, second_opinion_picks
+from engine.relabel import decide, max_second_opinions, read_issues, second_opinion_picks
 from service.core import paths
 from service.labelstudio import config as cfg
 from service.labelstudio.ledger import annotations as ledger_annotations
@@ -127,10 +126,7 @@ def request(s: Session, settings, project, round_no: int) -> list[int]:
         latest = s.scalar(select(Label.source).where(Label.item_id == item_id).order_by(Label.id.desc()).limit(1))
         who = voters.get(item_id, set())
         # Only Label Studio's labels (whose experts are known), and someone must be left to ask.
-        if not (latest == "label-studio" and bool(who) and bool(experts - who)):
-            return False
-        first = s.scalar(select(func.min(Label.round)).where(Label.item_id == item_id))
-        return in_window(first, round_no, conf.relabel.window)
+        return latest == "label-studio" and bool(who) and bool(experts - who)
 
     limit = max_second_opinions(conf.relabel.share, conf.budget) - len(open_now)
     picks = second_opinion_picks(read_issues(issues_file), limit, may_ask)
