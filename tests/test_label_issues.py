@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.calibration import MIN_EVIDENCE, calibrated, log_probs, round_calibration
-from engine.relabel import decide, in_window, max_second_opinions, second_opinion_picks
+from engine.relabel import decide, max_second_opinions, second_opinion_picks
 from strategies.calibration import expected_calibration_error
 from workers.label_issues import find_issues, fold_ids
 from workers.noisy_oracle import LabelBook, NoisyOracle, confusable_targets
@@ -98,37 +98,6 @@ def test_picks_are_the_most_suspicious_that_may_be_asked_at_most_the_share_of_th
     assert [p.item_id for p in picks] == [11, 13] and picks[0].suggested == 1
     assert [p.item_id for p in second_opinion_picks(issues, 3, lambda i: i != 13)] == [11, 14, 10]
     assert second_opinion_picks(issues, 0) == []
-
-
-def test_a_window_keeps_the_asks_on_labels_first_given_in_the_last_rounds(tmp_path):
-    """relabel.window 2: round 4 asks about labels of rounds 2 and 3 only, however suspicious an
-    older one is; 0 asks about any age. The simulation's book applies it as the service does."""
-    from types import SimpleNamespace
-
-    from engine.config import ProjectConfig
-    from workers.noisy_oracle import ask_second_opinions
-
-    assert in_window(2, 4, 2) and in_window(3, 4, 2) and not in_window(1, 4, 2)
-    assert in_window(0, 4, 0) and in_window(None, 4, 2)
-    truth = np.zeros(6, np.int64)
-    book = LabelBook(NoisyOracle(truth, 2, 0.0))
-    for number, items in enumerate([[0], [1], [2], [3, 4]]):  # rounds 0 … 3
-        book.first_answers(items, number)
-    labeled = book.given >= 0
-    files = SimpleNamespace(label_issues=tmp_path / "issues.npz")
-    # The oldest labels are the most suspicious: without a window they are asked first.
-    np.savez(files.label_issues, item_ids=np.arange(5), labels=np.zeros(5, np.int64),
-             pred_probs=np.tile([0.3, 0.7], (5, 1)).astype(np.float32), quality=np.arange(5) / 10,
-             issue=np.ones(5, bool))
-
-    def asked(window: int) -> list[int]:
-        b = LabelBook(book.oracle, votes={k: list(v) for k, v in book.votes.items()}, given=book.given.copy(),
-                      made=dict(book.made))
-        project = ProjectConfig(budget=20, relabel={"enabled": True, "share": 0.1, "window": window})
-        return ask_second_opinions(b, files, project, ["a", "b"], labeled.copy(), 4)
-
-    assert asked(0) == [0, 1]
-    assert asked(2) == [2, 3]
 
 
 def test_votes_decide_by_majority_and_a_tie_by_the_out_of_fold_probabilities_where_allowed():

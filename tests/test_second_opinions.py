@@ -120,21 +120,6 @@ def test_the_most_suspicious_labels_are_asked_at_most_the_share_of_the_budget(st
     assert _ask(st, pid, 2) == []
 
 
-def test_a_window_asks_only_about_labels_first_given_in_the_last_rounds(st):
-    """relabel.window: the labels were answered in round 2 (the latest round when they came);
-    round 4 with window 1 finds them too old to ask about, with window 2 asks as usual."""
-    pid, ids = _project(st, {"share": 0.2, "window": 1})  # 0.2 × 20 = 4 a round
-    f = paths.round_files(st, pid, 4).label_issues
-    f.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(f, item_ids=np.asarray(ids), labels=np.zeros(4, np.int64), pred_probs=np.tile([0.1, 0.8, 0.1], (4, 1)),
-             quality=np.linspace(0.01, 0.4, 4), issue=np.ones(4, bool), source=np.zeros(4, np.int8))
-    assert _ask(st, pid, 4) == []
-    with session_scope(st) as s:
-        p = s.get(Project, pid)
-        p.config = {**p.config, "relabel": {**p.config["relabel"], "window": 2}}
-    assert _ask(st, pid, 4) == ids
-
-
 def test_with_one_expert_nobody_is_asked(st):
     with session_scope(st) as s:
         p = create_project(s, f"so-one-{Ids.next()}", CLASSES, {"relabel": {"enabled": True}})
