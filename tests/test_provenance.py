@@ -18,6 +18,9 @@ def test_simulate_result_records_commit_and_versions():
     assert rec["packages"]["torch"] == torch.__version__.split("+")[0] or rec["packages"]["torch"] == torch.__version__
     assert rec["packages"]["camloop"] and rec["packages"]["cleanlab"] and rec["packages"]["numpy"]
     assert rec["machine"]["cpus"] >= 1 and rec["python"].count(".") == 2
+    # The processor and torch's kernel level: figures from another processor differ by float noise.
+    assert rec["machine"]["processor"]["model"]
+    assert rec["machine"]["processor"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert rec["source"]["commit"] == head and isinstance(rec["source"]["modified"], bool)
 

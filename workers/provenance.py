@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +42,29 @@ def source_commit(root: Path = _SOURCE_ROOT) -> dict | None:
     return {"commit": head, "modified": bool(changed.strip())}
 
 
+def processor() -> dict:
+    """The processor's model and, where torch is loaded, the vector instructions its CPU kernels
+    use: the same code and seeds can give other float results on another processor (torch picks
+    its kernels by the vector instructions it finds, and they may sum in another order), which
+    active learning then amplifies through other picks — a figure from another machine is not a
+    comparison."""
+    out: dict = {"model": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                out["model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        out["model"] = platform.processor() or None
+    torch = sys.modules.get("torch")  # never imported here: a run without torch has no such kernels
+    if torch is not None:
+        try:
+            out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        except (AttributeError, RuntimeError):
+            pass
+    return out
+
+
 def provenance() -> dict:
     """A JSON-ready record of the code, the library versions and the machine, at this moment."""
     return {
@@ -48,5 +72,6 @@ def provenance() -> dict:
         "source": source_commit(),
         "packages": {name: _version(name) for name in PACKAGES},
         "python": platform.python_version(),
-        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "system": platform.system()},
+        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "system": platform.system(),
+                    "processor": processor()},
     }
