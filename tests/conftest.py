@@ -68,6 +68,12 @@ def queue_prefix():
     conn.srem("rq:queues", *[f"rq:queue:{prefix}-{k}" for k in ("ingest", "train", "score")])
 
 
+def cli_text(output: str) -> str:
+    """A CLI error as one line: rich draws it in a box wrapped at the terminal's width, so where a
+    phrase breaks depends on the length of the paths in it (another tmp path moves the break)."""
+    return " ".join(output.replace("│", " ").split())
+
+
 def make_settings(data_dir: Path, db_url: str | None, prefix: str, redis_url: str | None = REDIS_URL, **kw):
     from service.settings import Settings
 

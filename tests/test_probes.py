@@ -24,7 +24,7 @@ from service.labelstudio import ledger
 from service.labelstudio.webhook import SECRET_HEADER, project_id_of, project_secret, webhook_key
 from service.store import Item, Label, QueueEntry, Round
 from service.store.db import session_scope
-from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, make_settings, write_digits
+from tests.conftest import DASHBOARD_KEY, ENGINEER_KEY, cli_text, make_settings, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "probe-webhook-secret-3f9a"
@@ -501,8 +501,7 @@ def test_simulate_on_a_camloop_demo_folder_names_images_dataset_instead(tmp_path
     res = _simulate("--folder", str(demo), "--out", str(out))
     # rich wraps the message in a box at the terminal's width, wherever the temp path's length
     # puts the breaks: read it as one line of words
-    flat = " ".join(res.output.replace("│", " ").split())
-    assert res.exit_code == 2 and "is a camloop folder" in flat, res.output
+    assert res.exit_code == 2 and "is a camloop folder" in cli_text(res.output), res.output
     assert "images/digits" in res.output.replace("\n", "").replace(" ", "").replace("│", "") or \
         str(demo / "images" / "digits") in res.output, res.output
     assert not out.exists()
@@ -513,16 +512,16 @@ def test_simulate_on_class_folders_of_under_two_images_each_is_refused(tmp_path)
     for c in ("a", "b", "c"):
         _png(folder / c / "only.png")
     res = _simulate("--folder", str(folder), "--out", str(tmp_path / "x.json"))
-    assert res.exit_code == 2 and "under two images each" in res.output, res.output
+    assert res.exit_code == 2 and "under two images each" in cli_text(res.output), res.output
 
 
 def test_simulate_exclusion_options_without_exclusion_are_refused(tmp_path):
     out = tmp_path / "x.json"
     for args in (("--exclude-after", "2"), ("--exclude-below", "0.3"), ("--exclusion-rule", "threshold")):
         res = _simulate("--dataset", "digits", "--no-exclusion", *args, "--out", str(out))
-        assert res.exit_code == 2 and "act only with --exclusion" in res.output, (args, res.output)
+        assert res.exit_code == 2 and "act only with --exclusion" in cli_text(res.output), (args, res.output)
         res = _simulate("--dataset", "digits", *args, "--out", str(out))  # the default: off
-        assert res.exit_code == 2 and "act only with --exclusion" in res.output, (args, res.output)
+        assert res.exit_code == 2 and "act only with --exclusion" in cli_text(res.output), (args, res.output)
     assert not out.exists()
 
 

@@ -10,6 +10,7 @@ import json
 from typer.testing import CliRunner
 
 from service.cli import app
+from tests.conftest import cli_text
 
 runner = CliRunner()
 
@@ -85,7 +86,7 @@ def test_missing_compare_file_is_refused_before_any_work(tmp_path):
     res = _simulate("--dataset", "digits", "--out", str(out), "--plot", str(tmp_path / "c.png"),
                     "--compare", str(tmp_path / "absent.json"))
     assert res.exit_code == 2
-    assert "does not exist" in res.output
+    assert "does not exist" in cli_text(res.output)
     assert not out.exists() and not (tmp_path / "c.png").exists()
 
 
