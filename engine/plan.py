@@ -15,6 +15,7 @@ from engine.config import ProjectConfig
 from engine.contracts import (Gatekeeper, ImageRefs, Layout, ModelSpec, RoundFiles, ScoreManifest,
                                       ShadowSpec, TrainManifest, TrainSettings)
 from engine.decisions import _unit_hash, holdout_mask, new_label_mask, round_seed, train_batch_size
+from engine.relabel import resolved_ranking
 
 # The smallest random-label set a shadow model trains on (a curve point below it says little).
 SHADOW_MIN_LABELS = 10
@@ -70,7 +71,7 @@ def train_manifest(config: ProjectConfig, project_id: int, number: int, class_na
         out_dir=str(files.dir), stop_set=stop_set if stop_set is not None else ImageRefs(), trunk_cache=trunk_dir,
         relabel_folds=config.relabel.folds if config.relabel.enabled else 0,
         relabel_prune=config.relabel.enabled and config.relabel.prune, relabel_prune_max=config.relabel.prune_max,
-        relabel_ranking=config.relabel.ranking, relabel_knn_k=config.relabel.knn_k)
+        relabel_ranking=resolved_ranking(config.relabel.ranking, config.frozen_blocks), relabel_knn_k=config.relabel.knn_k)
 
 
 @dataclass

@@ -40,6 +40,16 @@ def read_issues(path: Path | str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def resolved_ranking(ranking: str, frozen_blocks: int) -> str:
+    """config relabel.ranking "auto" → the ranking measured better for the model (docs/benchmarks.md,
+    issue 23): the kNN label score helped on a model whose features are learned from the labels and
+    hurt on a frozen pretrained trunk, whose features grouped that data set by background as much
+    as by class. Any other value is kept."""
+    if ranking != "auto":
+        return ranking
+    return "self_confidence" if frozen_blocks > 0 else "self_confidence+knn"
+
+
 def max_second_opinions(share: float, budget: int) -> int:
     return int(np.floor(share * budget + 1e-9))
 

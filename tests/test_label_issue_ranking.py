@@ -10,14 +10,14 @@ from pydantic import ValidationError
 
 from engine.config import ProjectConfig
 from engine.datasets import Dataset
-from engine.relabel import read_issues, second_opinion_picks
+from engine.relabel import read_issues, resolved_ranking, second_opinion_picks
 from workers.label_issues import ranked_issues, write_label_issues
 
 
 def test_an_unknown_ranking_is_a_config_error_naming_the_value():
     assert ProjectConfig(relabel={"enabled": True, "ranking": "self_confidence+knn"}).relabel.ranking == \
         "self_confidence+knn"
-    assert ProjectConfig().relabel.ranking == "self_confidence+knn"  # the default (docs/benchmarks.md)
+    assert ProjectConfig().relabel.ranking == "auto"  # the default: by the model (docs/benchmarks.md)
     assert ProjectConfig(relabel={"enabled": True, "ranking": "self_confidence"}).relabel.ranking == "self_confidence"
     with pytest.raises(ValidationError) as err:
         ProjectConfig(relabel={"enabled": True, "ranking": "knn-only"})
@@ -43,6 +43,15 @@ def _planted(seed=0, n_per=20, c=4):
     rest = (1 - p.sum(1)) / (c - 1)
     p += (p == 0) * rest[:, None]
     return given, p, feats
+
+
+def test_auto_ranks_by_self_confidence_on_a_frozen_trunk_and_adds_the_knn_score_otherwise():
+    """The benchmark's finding (docs/benchmarks.md, issue 23): the kNN score helped the small CNN and
+    hurt the frozen pretrained trunk; an explicit choice is kept either way."""
+    assert resolved_ranking("auto", 0) == "self_confidence+knn"
+    assert resolved_ranking("auto", 7) == "self_confidence"
+    assert resolved_ranking("self_confidence+knn", 7) == "self_confidence+knn"
+    assert resolved_ranking("self_confidence", 0) == "self_confidence"
 
 
 def test_the_combined_ranking_puts_a_label_its_neighbours_contradict_above_the_right_ones():
@@ -103,7 +112,7 @@ def test_a_simulated_round_ranks_with_the_models_features(tmp_path, monkeypatch)
     monkeypatch.setattr(jobs, "train_round", kept)
     cfg = SimulationConfig(dataset="digits", initial=100, budget=40, rounds=1, epochs=1, mc_samples=2, threads=1,
                            oracle_noise=0.2, noise_kind="uniform",
-                           relabel={"enabled": True, "share": 0.25, "ranking": "self_confidence+knn", "knn_k": 5})
+                           relabel={"enabled": True, "share": 0.25, "knn_k": 5})  # ranking auto: no frozen blocks
     out = run_simulation(cfg, work_dir=tmp_path)
     first = out["rounds"][0]["label_issues"]
     assert first["ranking"] == "self_confidence+knn" and first["checked"] == 100 and "knn_seconds" in first
