@@ -134,7 +134,9 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
     evidence_dig = jobs._digests(evidence.images) if m.trunk_cache and evidence is not None else None
     cache_of = (lambda net: jobs._trunk_cache(m.trunk_cache, net, base["batch_size"])) if m.trunk_cache else None
     labels = np.asarray(train.labels, np.int64)
-    wrong = labels != truth[np.asarray(m.train.item_ids, np.int64)]
+    ids = np.asarray(m.train.item_ids, np.int64)
+    truth_train = truth[ids]
+    wrong = labels != truth_train
     ask = int(args.ask)
     res = {"labels": int(len(labels)), "new": int(is_new.sum()), "wrong": int(wrong.sum()),
            "wrong_new": int((wrong & is_new).sum()), "ask": ask, "probs": {}}
@@ -145,7 +147,6 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
     res["wrong_pairs"] = dict(sorted(pairs.items(), key=lambda kv: -kv[1]))
     cached = Path(args.out).with_suffix(f".round{m.round}.npz")  # a rerun reuses the fold models' output
     probs: dict[str, np.ndarray] = {}
-    ids = np.asarray(m.train.item_ids, np.int64)
     if cached.is_file():
         with np.load(cached) as z:
             # Only for the same labeled set (other code picks other images: their probabilities would lie).
@@ -171,7 +172,6 @@ def screen_round(m, truth: np.ndarray, args, record: dict) -> None:
     model = jobs._build(m.net)
     model.load_state_dict(ckpt["state_dict"])
     feats = penultimate(model, train.images, active, dev)
-    truth_train = truth[np.asarray(m.train.item_ids, np.int64)]
     # The labeled set beside its probabilities: a later screen of another ranking reads them alone.
     np.savez(cached, item_ids=ids, features=feats, labels=labels, truth=truth_train, is_new=is_new, **probs)
     orders: dict[str, dict[str, np.ndarray]] = {}
