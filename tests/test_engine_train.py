@@ -95,6 +95,24 @@ def test_augment_scope_copies_leaves_originals_clean():
         train_model(_model(), d, None, None, None, _cfg(epochs=1, augment_scope="some"))
 
 
+def test_pseudo_rows_enter_augmented_only_with_pseudo_augment():
+    # A pseudo-labeled image enters an epoch once: not a copy, so "copies" leaves it clean —
+    # unless pseudo_augment asks for a perturbed view of it (bench/semi_screen.py measures both).
+    d = _squares()
+    pseudo = np.arange(len(d)) % 2 == 0
+    runs = {}
+    for name, kw in {"plain": {}, "aug": dict(pseudo_augment=True)}.items():
+        m = _model()
+        train_model(m, d, np.zeros(len(d), bool), None, np.ones(3, bool), _cfg(epochs=2, **kw), pseudo=pseudo,
+                    pseudo_weight=0.5)
+        runs[name] = _state(m)
+    off = _model()
+    train_model(off, d, np.zeros(len(d), bool), None, np.ones(3, bool), _cfg(epochs=2, augment=False), pseudo=pseudo,
+                pseudo_weight=0.5)
+    assert all(torch.equal(runs["plain"][k], off.state_dict()[k]) for k in runs["plain"])
+    assert not all(torch.equal(runs["aug"][k], runs["plain"][k]) for k in runs["plain"])
+
+
 def test_excluded_classes_and_unlabeled_dropped():
     labels = np.array([0, 1, 2, -1, 2])
     idx = build_training_indices(labels, np.ones(5, bool), np.array([True, True, False]), duplicate_new=2)

@@ -71,6 +71,7 @@ class TrainConfig:
     max_rotate: float = 10.0        # degrees
     max_translate: float = 0.1      # fraction of the side (the "random crop")
     scale_range: tuple[float, float] = (0.9, 1.1)
+    pseudo_augment: bool = False    # pseudo-labeled rows enter augmented, as the copies do (engine.semi)
     seed: int = 0
     device: str | None = None
 
@@ -399,6 +400,8 @@ def train_model(model, train, is_new, val, active, config: TrainConfig | None = 
         if pseudo is not None:
             idx = np.concatenate([idx, pseudo_rows])
         copy = repeat_flags(idx)
+        if pseudo is not None and config.pseudo_augment:
+            copy = copy | pseudo[idx]  # a guess is trained on a perturbed view of its image
         perm = rng.permutation(idx.size)
         idx, copy = idx[perm], copy[perm]
         # Active learning trains on a few hundred labels: at batch 128 that is a handful of
