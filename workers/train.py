@@ -212,6 +212,8 @@ def _fingerprint(model, train, is_new, val, active, config: TrainConfig, inputs=
     h = hashlib.sha256()
     cfg = asdict(config)
     cfg.pop("device", None)  # the same run may resume on another device
+    if not cfg.get("pseudo_augment"):  # off: a run keeps the fingerprint it had before the option
+        cfg.pop("pseudo_augment", None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     h.update(json.dumps([model.name if hasattr(model, "name") else type(model).__name__,
                          model.num_classes, len(train), 0 if val is None else len(val)]).encode())
