@@ -67,8 +67,8 @@ def main(argv=None) -> int:
         model = build_model("small-cnn", C)
         cfg = TrainConfig(epochs=args.epochs, seed=seed, pseudo_augment=aug_pseudo)
         t0 = time.perf_counter()
-        res = train_model(model, data, np.ones(len(data), bool) & ~(pseudo if pseudo is not None else False),
-                          val, active, cfg, pseudo=pseudo, pseudo_weight=weight)
+        is_new = np.ones(len(data), bool) if pseudo is None else ~pseudo  # the labels are new, the guesses not
+        res = train_model(model, data, is_new, val, active, cfg, pseudo=pseudo, pseudo_weight=weight)
         acc = float((predict_probs(model, test.images, active=active).argmax(1) == test.labels).mean())
         return model, acc, res, time.perf_counter() - t0
 

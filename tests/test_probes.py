@@ -499,8 +499,6 @@ def test_simulate_on_a_camloop_demo_folder_names_images_dataset_instead(tmp_path
     _png(demo / "images" / "digits" / "pool" / "0" / "a.png")
     out = tmp_path / "x.json"
     res = _simulate("--folder", str(demo), "--out", str(out))
-    # rich wraps the message in a box at the terminal's width, wherever the temp path's length
-    # puts the breaks: read it as one line of words
     assert res.exit_code == 2 and "is a camloop folder" in cli_text(res.output), res.output
     assert "images/digits" in res.output.replace("\n", "").replace(" ", "").replace("│", "") or \
         str(demo / "images" / "digits") in res.output, res.output
